@@ -1,0 +1,39 @@
+# Collective: the two commands a newcomer needs are `make demo` and `make test`.
+SHELL := /bin/bash
+CARGO ?= cargo
+
+.PHONY: all build release demo demo-down test unit integration lint bench prereqs clean
+
+all: build
+
+build:
+	$(CARGO) build
+
+release:
+	$(CARGO) build --release
+
+prereqs:
+	@scripts/prereqs.sh
+
+## demo: build in release mode, start a local cluster, store, list, read back and verify a file
+demo: prereqs release
+	@scripts/demo.sh
+
+demo-down:
+	@target/release/collective dev down --dir demo
+
+## test: unit tests and the multi-process integration tests
+test: prereqs
+	$(CARGO) build --bins
+	$(CARGO) test --workspace --all-targets
+
+lint:
+	$(CARGO) fmt --all -- --check
+	$(CARGO) clippy --all-targets -- -D warnings
+
+## bench: release build, local cluster (1 coordinator, 3 nodes, R=2), figures in target/bench/results.json
+bench: prereqs release
+	@python3 scripts/bench.py
+
+clean:
+	$(CARGO) clean

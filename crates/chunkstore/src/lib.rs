@@ -1,0 +1,325 @@
+//! The content-addressed chunk store of a storage node.
+//!
+//! A chunk is stored under the BLAKE3 hash of its bytes, in a two-level directory fan-out
+//! (`chunks/ab/cd/abcd…`, 65,536 leaf directories, so millions of chunks keep directories
+//! small). Writes are verified before anything touches the disk and made durable (temp
+//! file, fdatasync, rename, directory fsync); reads verify again, and a chunk that no longer
+//! matches its name is moved to `quarantine/` instead of being served. A configured
+//! capacity is enforced. The store knows nothing about networking or tokens.
+
+use std::fs::{self, File};
+use std::io::{self, Write};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use collective_core::{ChunkId, format_bytes};
+
+/// Written to `STORE_VERSION`; a store of another version is refused, never guessed at.
+pub const STORE_FORMAT: &str = "collective-chunkstore 1";
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("chunk {0} is not stored here")]
+    NotFound(ChunkId),
+    #[error("chunk {id} is corrupt on disk (its bytes hash to {actual}); it was quarantined")]
+    Corrupt { id: ChunkId, actual: String },
+    #[error("the uploaded bytes do not match chunk id {0}")]
+    HashMismatch(ChunkId),
+    #[error("no space for a {} chunk: {} free of {} capacity; add capacity or remove data", format_bytes(*.needed), format_bytes(*.free), format_bytes(*.capacity))]
+    NoSpace { needed: u64, free: u64, capacity: u64 },
+    #[error("{path}: {source}")]
+    Io { path: PathBuf, source: io::Error },
+    #[error("{0} holds a chunk store of format '{1}', this program reads '{STORE_FORMAT}'")]
+    Format(PathBuf, String),
+}
+
+fn io_err(path: &Path) -> impl FnOnce(io::Error) -> StoreError + '_ {
+    move |source| StoreError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+/// Outcome of a put.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Put {
+    Stored,
+    AlreadyPresent,
+}
+
+pub struct ChunkStore {
+    root: PathBuf,
+    capacity: u64,
+    used: AtomicU64,
+    count: AtomicU64,
+    tmp_seq: AtomicU64,
+}
+
+fn fsync_dir(path: &Path) -> Result<(), StoreError> {
+    File::open(path).and_then(|d| d.sync_all()).map_err(io_err(path))
+}
+
+impl ChunkStore {
+    /// Opens (or creates) the store at `root`, counting what it holds.
+    pub fn open(root: &Path, capacity: u64) -> Result<ChunkStore, StoreError> {
+        for sub in ["chunks", "tmp", "quarantine"] {
+            let p = root.join(sub);
+            fs::create_dir_all(&p).map_err(io_err(&p))?;
+        }
+        let vpath = root.join("STORE_VERSION");
+        match fs::read_to_string(&vpath) {
+            Ok(v) if v.trim() == STORE_FORMAT => {}
+            Ok(v) => return Err(StoreError::Format(root.to_path_buf(), v.trim().to_string())),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                fs::write(&vpath, format!("{STORE_FORMAT}\n")).map_err(io_err(&vpath))?;
+            }
+            Err(e) => return Err(StoreError::Io { path: vpath, source: e }),
+        }
+        // Leftovers of writes interrupted by a crash.
+        let tmp = root.join("tmp");
+        for e in fs::read_dir(&tmp).map_err(io_err(&tmp))?.flatten() {
+            let _ = fs::remove_file(e.path());
+        }
+        let (mut used, mut count) = (0u64, 0u64);
+        let chunks = root.join("chunks");
+        for l1 in fs::read_dir(&chunks).map_err(io_err(&chunks))?.flatten() {
+            for l2 in fs::read_dir(l1.path()).map_err(io_err(&l1.path()))?.flatten() {
+                for f in fs::read_dir(l2.path()).map_err(io_err(&l2.path()))?.flatten() {
+                    if let Ok(m) = f.metadata() {
+                        used += m.len();
+                        count += 1;
+                    }
+                }
+            }
+        }
+        Ok(ChunkStore {
+            root: root.to_path_buf(),
+            capacity,
+            used: AtomicU64::new(used),
+            count: AtomicU64::new(count),
+            tmp_seq: AtomicU64::new(0),
+        })
+    }
+
+    /// Where a chunk lives on disk.
+    pub fn path_of(&self, id: &ChunkId) -> PathBuf {
+        let h = id.to_hex();
+        self.root.join("chunks").join(&h[0..2]).join(&h[2..4]).join(h)
+    }
+
+    pub fn capacity(&self) -> u64 {
+        self.capacity
+    }
+
+    pub fn used(&self) -> u64 {
+        self.used.load(Ordering::Relaxed)
+    }
+
+    pub fn chunk_count(&self) -> u64 {
+        self.count.load(Ordering::Relaxed)
+    }
+
+    /// Free bytes: what capacity allows, bounded by what the filesystem has.
+    pub fn free(&self) -> u64 {
+        let by_capacity = self.capacity.saturating_sub(self.used());
+        by_capacity.min(fs_available(&self.root).unwrap_or(u64::MAX))
+    }
+
+    pub fn contains(&self, id: &ChunkId) -> bool {
+        self.path_of(id).exists()
+    }
+
+    /// Verifies `data` hashes to `id` and stores it durably.
+    pub fn put(&self, id: &ChunkId, data: &[u8]) -> Result<Put, StoreError> {
+        if ChunkId::of(data) != *id {
+            return Err(StoreError::HashMismatch(*id));
+        }
+        let dest = self.path_of(id);
+        if dest.exists() {
+            return Ok(Put::AlreadyPresent);
+        }
+        let len = data.len() as u64;
+        let before = self.used.fetch_add(len, Ordering::SeqCst);
+        let fs_free = fs_available(&self.root).unwrap_or(u64::MAX);
+        if before + len > self.capacity || len > fs_free {
+            self.used.fetch_sub(len, Ordering::SeqCst);
+            return Err(StoreError::NoSpace {
+                needed: len,
+                free: self.free(),
+                capacity: self.capacity,
+            });
+        }
+        match self.write_durably(&dest, data) {
+            Ok(()) => {
+                self.count.fetch_add(1, Ordering::Relaxed);
+                Ok(Put::Stored)
+            }
+            Err(e) => {
+                self.used.fetch_sub(len, Ordering::SeqCst);
+                if let StoreError::Io { source, .. } = &e
+                    && source.raw_os_error() == Some(libc::ENOSPC)
+                {
+                    return Err(StoreError::NoSpace {
+                        needed: len,
+                        free: 0,
+                        capacity: self.capacity,
+                    });
+                }
+                Err(e)
+            }
+        }
+    }
+
+    fn write_durably(&self, dest: &Path, data: &[u8]) -> Result<(), StoreError> {
+        let seq = self.tmp_seq.fetch_add(1, Ordering::Relaxed);
+        let tmp = self.root.join("tmp").join(format!("{}-{seq}", std::process::id()));
+        let result = (|| {
+            let mut f = File::create(&tmp).map_err(io_err(&tmp))?;
+            f.write_all(data).map_err(io_err(&tmp))?;
+            f.sync_data().map_err(io_err(&tmp))?;
+            drop(f);
+            let dir = dest.parent().unwrap_or(&self.root);
+            if !dir.exists() {
+                fs::create_dir_all(dir).map_err(io_err(dir))?;
+                if let Some(p) = dir.parent() {
+                    fsync_dir(p)?;
+                }
+            }
+            fs::rename(&tmp, dest).map_err(io_err(dest))?;
+            fsync_dir(dir)
+        })();
+        if result.is_err() {
+            let _ = fs::remove_file(&tmp);
+        }
+        result
+    }
+
+    /// Reads a chunk, verifying it. A corrupt chunk is quarantined and reported.
+    pub fn get(&self, id: &ChunkId) -> Result<Vec<u8>, StoreError> {
+        let path = self.path_of(id);
+        let data = match fs::read(&path) {
+            Ok(d) => d,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Err(StoreError::NotFound(*id)),
+            Err(e) => return Err(StoreError::Io { path, source: e }),
+        };
+        let actual = ChunkId::of(&data);
+        if actual != *id {
+            self.quarantine(id, data.len() as u64)?;
+            return Err(StoreError::Corrupt {
+                id: *id,
+                actual: actual.short(),
+            });
+        }
+        Ok(data)
+    }
+
+    /// Re-hashes a stored chunk: `Ok(true)` intact, `Ok(false)` corrupt (now quarantined).
+    pub fn verify(&self, id: &ChunkId) -> Result<bool, StoreError> {
+        match self.get(id) {
+            Ok(_) => Ok(true),
+            Err(StoreError::Corrupt { .. }) => Ok(false),
+            Err(e) => Err(e),
+        }
+    }
+
+    fn quarantine(&self, id: &ChunkId, len: u64) -> Result<(), StoreError> {
+        let from = self.path_of(id);
+        let to = self.root.join("quarantine").join(id.to_hex());
+        fs::rename(&from, &to).map_err(io_err(&from))?;
+        self.used.fetch_sub(len.min(self.used()), Ordering::SeqCst);
+        self.count.fetch_sub(1, Ordering::Relaxed);
+        tracing::warn!(chunk = %id, "corrupt chunk quarantined to {}", to.display());
+        Ok(())
+    }
+
+    /// Deletes a chunk; returns the bytes freed (0 when it was not there).
+    pub fn delete(&self, id: &ChunkId) -> Result<u64, StoreError> {
+        let path = self.path_of(id);
+        let len = match fs::metadata(&path) {
+            Ok(m) => m.len(),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(0),
+            Err(e) => return Err(StoreError::Io { path, source: e }),
+        };
+        fs::remove_file(&path).map_err(io_err(&path))?;
+        self.used.fetch_sub(len.min(self.used()), Ordering::SeqCst);
+        self.count.fetch_sub(1, Ordering::Relaxed);
+        Ok(len)
+    }
+}
+
+fn fs_available(path: &Path) -> Option<u64> {
+    use std::os::unix::ffi::OsStrExt;
+    let c = std::ffi::CString::new(path.as_os_str().as_bytes()).ok()?;
+    let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
+    // SAFETY: `c` is a valid NUL-terminated path and `st` a properly sized out-parameter.
+    let rc = unsafe { libc::statvfs(c.as_ptr(), &mut st) };
+    (rc == 0).then(|| st.f_bavail as u64 * st.f_frsize as u64)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tmpdir(name: &str) -> PathBuf {
+        let d = std::env::temp_dir().join(format!("collective-store-{name}-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&d);
+        d
+    }
+
+    #[test]
+    fn stores_verifies_and_counts_chunks() {
+        let dir = tmpdir("basic");
+        let s = ChunkStore::open(&dir, 1 << 20).unwrap();
+        let data = b"hello chunk".to_vec();
+        let id = ChunkId::of(&data);
+        assert_eq!(s.put(&id, &data).unwrap(), Put::Stored);
+        assert_eq!(s.put(&id, &data).unwrap(), Put::AlreadyPresent);
+        assert_eq!(s.get(&id).unwrap(), data);
+        assert_eq!(s.used(), data.len() as u64);
+        assert!(matches!(s.put(&ChunkId::of(b"other"), &data), Err(StoreError::HashMismatch(_))));
+        drop(s);
+        let s = ChunkStore::open(&dir, 1 << 20).unwrap();
+        assert_eq!((s.used(), s.chunk_count()), (data.len() as u64, 1));
+        assert_eq!(s.delete(&id).unwrap(), data.len() as u64);
+        assert!(matches!(s.get(&id), Err(StoreError::NotFound(_))));
+        fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn corrupt_chunks_are_quarantined_not_served() {
+        let dir = tmpdir("corrupt");
+        let s = ChunkStore::open(&dir, 1 << 20).unwrap();
+        let data = vec![7u8; 1000];
+        let id = ChunkId::of(&data);
+        s.put(&id, &data).unwrap();
+        let mut bytes = fs::read(s.path_of(&id)).unwrap();
+        bytes[500] ^= 1;
+        fs::write(s.path_of(&id), bytes).unwrap();
+        assert!(matches!(s.get(&id), Err(StoreError::Corrupt { .. })));
+        assert!(!s.contains(&id));
+        assert!(dir.join("quarantine").join(id.to_hex()).exists());
+        fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn capacity_is_enforced_with_a_clear_error() {
+        let dir = tmpdir("full");
+        let s = ChunkStore::open(&dir, 1500).unwrap();
+        let a = vec![1u8; 1000];
+        s.put(&ChunkId::of(&a), &a).unwrap();
+        let b = vec![2u8; 1000];
+        let err = s.put(&ChunkId::of(&b), &b).unwrap_err();
+        assert!(err.to_string().contains("no space"), "{err}");
+        assert_eq!(s.used(), 1000);
+        fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn a_store_of_another_format_is_refused() {
+        let dir = tmpdir("format");
+        ChunkStore::open(&dir, 10).unwrap();
+        fs::write(dir.join("STORE_VERSION"), "collective-chunkstore 99").unwrap();
+        assert!(matches!(ChunkStore::open(&dir, 10), Err(StoreError::Format(..))));
+        fs::remove_dir_all(&dir).unwrap();
+    }
+}

@@ -1,0 +1,36 @@
+//! `client.toml`.
+
+use std::path::PathBuf;
+
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ClientConfig {
+    /// gRPC address of this member's coordinator.
+    pub coordinator: String,
+    /// Principal name of the coordinator within this member.
+    pub coordinator_name: String,
+    /// Trusted CA certificate, our certificate and our key (0600).
+    pub ca: PathBuf,
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    /// Memory for chunk data in flight (read-ahead and uploads), e.g. "32MiB".
+    pub buffer: String,
+    /// Chunks fetched or sent at once.
+    pub parallel_chunks: usize,
+}
+
+impl Default for ClientConfig {
+    fn default() -> Self {
+        ClientConfig {
+            coordinator: "127.0.0.1:7000".into(),
+            coordinator_name: "coordinator".into(),
+            ca: PathBuf::from("ca.crt"),
+            cert: PathBuf::from("client.crt"),
+            key: PathBuf::from("client.key"),
+            buffer: "32MiB".into(),
+            parallel_chunks: 16,
+        }
+    }
+}

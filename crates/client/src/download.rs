@@ -1,0 +1,226 @@
+//! The read path: plan, fetch chunks in parallel with read-ahead, verify every chunk, fall
+//! back to another replica (and report the bad one), write in order.
+
+use std::path::{Path, PathBuf};
+
+use bytes::Bytes;
+use collective_core::{ChunkId, validate_path};
+use collective_dataplane::NodeTarget;
+use collective_proto::v1::{ChunkLocation, FileAttr, FilePlan, PathRequest, ReadPlanRequest, ReportBadReplicaRequest};
+use futures::{StreamExt, TryStreamExt};
+use tokio::io::{AsyncWrite, AsyncWriteExt};
+
+use crate::ClientError;
+use crate::session::{Client, Progress};
+
+/// Files whose plans are fetched in one coordinator call.
+const PLAN_BATCH: usize = 64;
+
+/// What a get did.
+#[derive(Debug, Default, Clone)]
+pub struct GetReport {
+    pub files: u64,
+    pub bytes: u64,
+}
+
+impl Client {
+    async fn plans(&self, paths: Vec<String>) -> Result<Vec<FilePlan>, ClientError> {
+        Ok(self
+            .meta()
+            .read_plan(ReadPlanRequest { paths })
+            .await
+            .map_err(ClientError::status)?
+            .into_inner()
+            .files)
+    }
+
+    /// Fetches one chunk, trying each replica in turn; reports replicas that are corrupt
+    /// or missing so the coordinator can repair them.
+    async fn fetch_chunk(&self, loc: &ChunkLocation, file: &str) -> Result<Bytes, ClientError> {
+        let id = ChunkId::from_slice(&loc.id).ok_or_else(|| ClientError::Other("the coordinator sent a malformed chunk id".into()))?;
+        let mut errors = Vec::new();
+        for replica in &loc.replicas {
+            let Ok(addr) = replica.quic_addr.parse() else {
+                errors.push(format!("{}: no known address", replica.node));
+                continue;
+            };
+            let target = NodeTarget {
+                node: replica.node.clone(),
+                addr,
+            };
+            match self.chunks.get(&target, &id, &loc.token).await {
+                Ok(data) if data.len() as u64 == loc.size => return Ok(data),
+                Ok(data) => errors.push(format!("{}: returned {} bytes, expected {}", replica.node, data.len(), loc.size)),
+                Err(e) => {
+                    tracing::warn!(chunk = %id.short(), node = %replica.node, "chunk read failed: {e}");
+                    if e.is_bad_replica() {
+                        let mut meta = self.meta();
+                        let req = ReportBadReplicaRequest {
+                            id: loc.id.clone(),
+                            node: replica.node.clone(),
+                            reason: e.to_string(),
+                        };
+                        tokio::spawn(async move {
+                            let _ = meta.report_bad_replica(req).await;
+                        });
+                    }
+                    errors.push(e.to_string());
+                }
+            }
+        }
+        if loc.replicas.is_empty() {
+            errors.push("no replica is recorded".into());
+        }
+        Err(ClientError::Unreadable {
+            chunk: id.short(),
+            file: file.to_string(),
+            detail: errors.join("; "),
+        })
+    }
+
+    /// Streams a planned file into `out` in order, `parallel` chunks ahead.
+    async fn write_plan<W: AsyncWrite + Unpin>(
+        &self,
+        plan: &FilePlan,
+        out: &mut W,
+        progress: &Option<Progress>,
+        parallel: usize,
+    ) -> Result<u64, ClientError> {
+        let path = plan.attr.as_ref().map(|a| a.path.clone()).unwrap_or_default();
+        let path = &path;
+        let mut stream = futures::stream::iter(plan.chunks.iter())
+            .map(|loc| async move {
+                let kib = (loc.size.div_ceil(1024) as u32).clamp(1, self.budget_kib);
+                let permit = self
+                    .budget
+                    .clone()
+                    .acquire_many_owned(kib)
+                    .await
+                    .map_err(|_| ClientError::Other("client is shutting down".into()))?;
+                Ok::<_, ClientError>((self.fetch_chunk(loc, path).await?, permit))
+            })
+            .buffered(parallel);
+        let mut written = 0u64;
+        while let Some((data, permit)) = stream.try_next().await? {
+            out.write_all(&data)
+                .await
+                .map_err(|e| ClientError::Other(format!("writing {path}: {e}")))?;
+            written += data.len() as u64;
+            if let Some(p) = progress {
+                p(data.len() as u64);
+            }
+            drop(permit);
+        }
+        Ok(written)
+    }
+
+    /// Streams a remote file to `out`; returns its attributes.
+    pub async fn read_to<W: AsyncWrite + Unpin>(
+        &self,
+        path: &str,
+        out: &mut W,
+        progress: Option<Progress>,
+    ) -> Result<FileAttr, ClientError> {
+        let path = validate_path(path)?;
+        let plan = self
+            .plans(vec![path.to_string()])
+            .await?
+            .pop()
+            .ok_or_else(|| ClientError::Other("the coordinator returned no plan".into()))?;
+        self.write_plan(&plan, out, &progress, self.parallel).await?;
+        out.flush().await.map_err(|e| ClientError::Other(format!("writing output: {e}")))?;
+        plan.attr
+            .ok_or_else(|| ClientError::Other("the coordinator returned no attributes".into()))
+    }
+
+    /// Downloads a planned file to `local` through a temporary file, so a failed download
+    /// never leaves a partial file behind.
+    async fn save_plan(&self, plan: &FilePlan, local: &Path, progress: &Option<Progress>, parallel: usize) -> Result<u64, ClientError> {
+        let tmp = tmp_path(local);
+        let mut f = tokio::fs::File::create(&tmp).await.map_err(ClientError::local(&tmp))?;
+        let result = async {
+            let n = self.write_plan(plan, &mut f, progress, parallel).await?;
+            f.flush().await.map_err(ClientError::local(&tmp))?;
+            if let Some(a) = &plan.attr {
+                use std::os::unix::fs::PermissionsExt;
+                let mode = if a.mode & 0o777 == 0 { 0o644 } else { a.mode & 0o777 };
+                let _ = tokio::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(mode)).await;
+            }
+            tokio::fs::rename(&tmp, local).await.map_err(ClientError::local(local))?;
+            Ok(n)
+        }
+        .await;
+        if result.is_err() {
+            let _ = tokio::fs::remove_file(&tmp).await;
+        }
+        result
+    }
+
+    /// Downloads one remote file to a local path.
+    pub async fn get_file(&self, path: &str, local: &Path, progress: Option<Progress>) -> Result<FileAttr, ClientError> {
+        let path = validate_path(path)?;
+        let plan = self
+            .plans(vec![path.to_string()])
+            .await?
+            .pop()
+            .ok_or_else(|| ClientError::Other("the coordinator returned no plan".into()))?;
+        self.save_plan(&plan, local, &progress, self.parallel).await?;
+        plan.attr
+            .ok_or_else(|| ClientError::Other("the coordinator returned no attributes".into()))
+    }
+
+    /// Downloads every file below `remote` into `local`, recreating the tree.
+    pub async fn get_tree(&self, remote: &str, local: &Path, progress: Option<Progress>) -> Result<GetReport, ClientError> {
+        let remote = validate_path(remote)?;
+        let prefix = if remote.is_root() { "/".to_string() } else { format!("{remote}/") };
+        let mut walk = self
+            .meta()
+            .walk(PathRequest { path: remote.to_string() })
+            .await
+            .map_err(ClientError::status)?
+            .into_inner();
+        tokio::fs::create_dir_all(local).await.map_err(ClientError::local(local))?;
+        let mut report = GetReport::default();
+        let mut pending: Vec<(String, PathBuf)> = Vec::new();
+        loop {
+            let batch = walk.message().await.map_err(ClientError::status)?;
+            let end = batch.is_none();
+            for attr in batch.map(|b| b.entries).unwrap_or_default() {
+                let rel = attr.path.strip_prefix(&prefix).unwrap_or(&attr.path).to_string();
+                let rel = if rel.is_empty() || attr.path == remote.as_str() {
+                    attr.path.rsplit('/').next().unwrap_or("file").to_string()
+                } else {
+                    rel
+                };
+                pending.push((attr.path.clone(), local.join(rel)));
+            }
+            while pending.len() >= PLAN_BATCH || (end && !pending.is_empty()) {
+                let take: Vec<(String, PathBuf)> = pending.drain(..pending.len().min(PLAN_BATCH)).collect();
+                let plans = self.plans(take.iter().map(|(p, _)| p.clone()).collect()).await?;
+                let jobs = plans.iter().zip(take.iter()).map(|(plan, (_, dest))| {
+                    let progress = progress.clone();
+                    async move {
+                        if let Some(parent) = dest.parent() {
+                            tokio::fs::create_dir_all(parent).await.map_err(ClientError::local(parent))?;
+                        }
+                        self.save_plan(plan, dest, &progress, 4).await
+                    }
+                });
+                let sizes: Vec<u64> = futures::stream::iter(jobs).buffer_unordered(self.parallel).try_collect().await?;
+                report.files += sizes.len() as u64;
+                report.bytes += sizes.iter().sum::<u64>();
+            }
+            if end {
+                return Ok(report);
+            }
+        }
+    }
+}
+
+fn tmp_path(local: &Path) -> PathBuf {
+    let name = local
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "download".into());
+    local.with_file_name(format!(".{name}.collective-part"))
+}

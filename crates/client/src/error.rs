@@ -1,0 +1,43 @@
+use std::path::PathBuf;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    #[error("{0}")]
+    Config(String),
+    #[error(transparent)]
+    Pki(#[from] collective_pki::PkiError),
+    #[error(transparent)]
+    Rpc(#[from] collective_rpc::RpcError),
+    /// A coordinator call failed; the message already names the problem.
+    #[error("{0}")]
+    Remote(String),
+    #[error(transparent)]
+    Data(#[from] collective_dataplane::DataError),
+    #[error("{path}: {source}")]
+    Local { path: PathBuf, source: std::io::Error },
+    #[error("{0}")]
+    Path(#[from] collective_core::PathError),
+    #[error("could not store chunk {chunk} of {file} on {wanted} nodes: {detail}")]
+    Replication {
+        chunk: String,
+        file: String,
+        wanted: usize,
+        detail: String,
+    },
+    #[error("chunk {chunk} of {file} is unreadable on every replica: {detail}")]
+    Unreadable { chunk: String, file: String, detail: String },
+    #[error("{0}")]
+    Other(String),
+}
+
+impl ClientError {
+    pub fn local(path: impl Into<PathBuf>) -> impl FnOnce(std::io::Error) -> ClientError {
+        let path = path.into();
+        move |source| ClientError::Local { path, source }
+    }
+
+    /// Turns a failed coordinator call into an error naming the problem.
+    pub fn status(s: tonic::Status) -> ClientError {
+        ClientError::Remote(collective_rpc::explain_status("the coordinator", &s))
+    }
+}

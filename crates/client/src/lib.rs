@@ -1,0 +1,22 @@
+//! The Collective client library: everything the CLI (and later the FUSE mount) does.
+//!
+//! It talks to its member's coordinator over gRPC for metadata and plans, and straight to
+//! storage nodes over QUIC for chunk bytes. Writes chunk the input with FastCDC, hash with
+//! BLAKE3, skip chunks already stored, stream the rest to R nodes with a bounded memory
+//! budget and commit the manifest only when every chunk has R verified copies. Reads fetch
+//! chunks in parallel with read-ahead, verify each, and fall back to another replica
+//! (reporting the bad one) on error.
+
+mod chunking;
+mod config;
+mod download;
+mod error;
+mod session;
+mod upload;
+
+pub use chunking::{ChunkParams, chunk_params};
+pub use config::ClientConfig;
+pub use download::GetReport;
+pub use error::ClientError;
+pub use session::{Client, Progress};
+pub use upload::{PutReport, Source};

@@ -1,0 +1,152 @@
+//! A connected client: identity, coordinator channel, QUIC chunk client, memory budget.
+
+use std::sync::Arc;
+
+use collective_core::{Principal, Role, parse_size, validate_path};
+use collective_dataplane::ChunkClient;
+use collective_pki::TlsIdentity;
+use collective_proto::v1::metadata_client::MetadataClient;
+use collective_proto::v1::{
+    DirEntry, FileAttr, ListRequest, MkdirRequest, PathRequest, RemoveRequest, RemoveResponse, RenameRequest, StatusRequest, StatusResponse,
+};
+use tokio::sync::Semaphore;
+use tonic::transport::Channel;
+
+use crate::{ClientConfig, ClientError};
+
+/// Called with the number of payload bytes just transferred.
+pub type Progress = Arc<dyn Fn(u64) + Send + Sync>;
+
+const MAX_MESSAGE_BYTES: usize = 64 << 20;
+
+pub struct Client {
+    pub(crate) meta: MetadataClient<Channel>,
+    pub(crate) chunks: Arc<ChunkClient>,
+    /// Memory for chunk bytes in flight, in KiB permits.
+    pub(crate) budget: Arc<Semaphore>,
+    pub(crate) budget_kib: u32,
+    pub(crate) parallel: usize,
+    pub principal: String,
+}
+
+impl Client {
+    /// Loads the identity and prepares connections (made lazily, on first use).
+    /// Must be called inside a tokio runtime.
+    pub fn connect(cfg: &ClientConfig) -> Result<Client, ClientError> {
+        let identity = TlsIdentity::load(&cfg.ca, &cfg.cert, &cfg.key)?;
+        if identity.role != Role::Client {
+            return Err(ClientError::Config(format!(
+                "{} holds a {} certificate; the CLI needs a client certificate (`collective ca issue --role client`)",
+                identity.cert_path.display(),
+                identity.role
+            )));
+        }
+        let coordinator = Principal::new(&cfg.coordinator_name, &identity.principal.domain)
+            .map_err(|e| ClientError::Config(format!("coordinator_name: {e}")))?;
+        let channel = collective_rpc::channel(&identity, &cfg.coordinator, &coordinator)?;
+        let meta = MetadataClient::new(channel)
+            .max_decoding_message_size(MAX_MESSAGE_BYTES)
+            .max_encoding_message_size(MAX_MESSAGE_BYTES);
+        let chunks = Arc::new(ChunkClient::new(&identity)?);
+        let budget_bytes = parse_size(&cfg.buffer).map_err(|e| ClientError::Config(format!("buffer: {e}")))?;
+        // At least one maximum-size chunk must fit.
+        let budget_kib = (budget_bytes / 1024).clamp(16 * 1024 + 64, 4 << 20) as u32;
+        Ok(Client {
+            meta,
+            chunks,
+            budget: Arc::new(Semaphore::new(budget_kib as usize)),
+            budget_kib,
+            parallel: cfg.parallel_chunks.max(1),
+            principal: identity.principal.to_string(),
+        })
+    }
+
+    pub(crate) fn meta(&self) -> MetadataClient<Channel> {
+        self.meta.clone()
+    }
+
+    pub async fn stat(&self, path: &str) -> Result<FileAttr, ClientError> {
+        let path = validate_path(path)?;
+        Ok(self
+            .meta()
+            .stat(PathRequest { path: path.to_string() })
+            .await
+            .map_err(ClientError::status)?
+            .into_inner())
+    }
+
+    /// Every entry of a directory (paging through large ones), or the file itself.
+    pub async fn list(&self, path: &str) -> Result<Vec<DirEntry>, ClientError> {
+        let path = validate_path(path)?;
+        let mut out = Vec::new();
+        let mut after = String::new();
+        loop {
+            let page = self
+                .meta()
+                .list(ListRequest {
+                    path: path.to_string(),
+                    start_after: after.clone(),
+                    limit: 0,
+                })
+                .await
+                .map_err(ClientError::status)?
+                .into_inner();
+            if let Some(last) = page.entries.last() {
+                after = last.name.clone();
+            }
+            out.extend(page.entries);
+            if !page.more {
+                return Ok(out);
+            }
+        }
+    }
+
+    pub async fn mkdir(&self, path: &str, parents: bool) -> Result<FileAttr, ClientError> {
+        let path = validate_path(path)?;
+        Ok(self
+            .meta()
+            .mkdir(MkdirRequest {
+                path: path.to_string(),
+                parents,
+                mode: 0o755,
+            })
+            .await
+            .map_err(ClientError::status)?
+            .into_inner())
+    }
+
+    pub async fn remove(&self, path: &str, recursive: bool) -> Result<RemoveResponse, ClientError> {
+        let path = validate_path(path)?;
+        Ok(self
+            .meta()
+            .remove(RemoveRequest {
+                path: path.to_string(),
+                recursive,
+            })
+            .await
+            .map_err(ClientError::status)?
+            .into_inner())
+    }
+
+    pub async fn rename(&self, src: &str, dst: &str) -> Result<FileAttr, ClientError> {
+        let (src, dst) = (validate_path(src)?, validate_path(dst)?);
+        Ok(self
+            .meta()
+            .rename(RenameRequest {
+                src: src.to_string(),
+                dst: dst.to_string(),
+            })
+            .await
+            .map_err(ClientError::status)?
+            .into_inner())
+    }
+
+    pub async fn status(&self) -> Result<StatusResponse, ClientError> {
+        Ok(self
+            .meta()
+            .status(StatusRequest {})
+            .await
+            .map_err(ClientError::status)?
+            .into_inner())
+    }
+}

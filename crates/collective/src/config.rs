@@ -1,0 +1,74 @@
+//! Loading TOML configuration; relative paths in a file are relative to that file.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result};
+use collective_client::ClientConfig;
+use serde::de::DeserializeOwned;
+
+/// Command-line overrides of the client configuration.
+pub struct ClientOverrides {
+    pub config: Option<PathBuf>,
+    pub coordinator: Option<String>,
+    pub ca: Option<PathBuf>,
+    pub cert: Option<PathBuf>,
+    pub key: Option<PathBuf>,
+}
+
+/// `$XDG_CONFIG_HOME/collective/client.toml`, else `~/.config/collective/client.toml`.
+pub fn default_client_config() -> Option<PathBuf> {
+    let base = std::env::var_os("XDG_CONFIG_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".config")))?;
+    Some(base.join("collective").join("client.toml"))
+}
+
+pub fn load_toml<T: DeserializeOwned>(path: &Path) -> Result<T> {
+    let text = std::fs::read_to_string(path).with_context(|| format!("cannot read the configuration file {}", path.display()))?;
+    toml::from_str(&text).with_context(|| format!("{} is not a valid configuration", path.display()))
+}
+
+/// Makes `p` absolute relative to the directory of the config file.
+pub fn rebase(config: &Path, p: &mut PathBuf) {
+    if p.is_relative()
+        && let Some(dir) = config.parent()
+    {
+        *p = dir.join(&*p);
+    }
+}
+
+pub fn client_config(o: &ClientOverrides) -> Result<ClientConfig> {
+    let path = o.config.clone().or_else(default_client_config);
+    let mut cfg = match &path {
+        Some(p) if p.exists() => {
+            let mut c: ClientConfig = load_toml(p)?;
+            rebase(p, &mut c.ca);
+            rebase(p, &mut c.cert);
+            rebase(p, &mut c.key);
+            c
+        }
+        Some(p) if o.config.is_some() => anyhow::bail!("the configuration file {} does not exist", p.display()),
+        _ => {
+            if o.cert.is_none() {
+                anyhow::bail!(
+                    "no client configuration: pass --config FILE (or set COLLECTIVE_CONFIG), or give --coordinator, --ca, --cert and --key. \
+                     For a local cluster, `collective dev up --dir DIR` writes DIR/client.toml"
+                );
+            }
+            ClientConfig::default()
+        }
+    };
+    if let Some(v) = &o.coordinator {
+        cfg.coordinator = v.clone();
+    }
+    if let Some(v) = &o.ca {
+        cfg.ca = v.clone();
+    }
+    if let Some(v) = &o.cert {
+        cfg.cert = v.clone();
+    }
+    if let Some(v) = &o.key {
+        cfg.key = v.clone();
+    }
+    Ok(cfg)
+}

@@ -1,0 +1,564 @@
+//! Client subcommands: put, get, cat, write, ls, mkdir, rm, mv, stat, status.
+
+use std::io::IsTerminal;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Instant;
+
+use anyhow::{Context, Result, bail};
+use clap::Args;
+use collective_client::{Client, Progress, Source};
+use collective_core::{RemotePath, format_bytes, validate_path};
+use collective_proto::v1::{FileAttr, FileKind, StatusResponse};
+use serde_json::json;
+
+use crate::config::{ClientOverrides, client_config};
+
+#[derive(Args)]
+pub struct PutArgs {
+    /// Copy directories recursively
+    #[arg(short, long)]
+    recursive: bool,
+    /// Local files (and with -r, directories), then the remote destination
+    #[arg(required = true, num_args = 2..)]
+    paths: Vec<String>,
+}
+
+#[derive(Args)]
+pub struct GetArgs {
+    /// Copy a remote directory recursively
+    #[arg(short, long)]
+    recursive: bool,
+    remote: String,
+    local: PathBuf,
+}
+
+#[derive(Args)]
+pub struct PathArg {
+    path: String,
+}
+
+#[derive(Args)]
+pub struct LsArgs {
+    /// Long listing: mode, owner, size, modification time
+    #[arg(short, long)]
+    long: bool,
+    #[arg(long)]
+    json: bool,
+    #[arg(default_value = "/")]
+    path: String,
+}
+
+#[derive(Args)]
+pub struct MkdirArgs {
+    /// Make parent directories as needed; no error if it exists
+    #[arg(short, long)]
+    parents: bool,
+    path: String,
+}
+
+#[derive(Args)]
+pub struct RmArgs {
+    /// Remove directories and their contents
+    #[arg(short, long)]
+    recursive: bool,
+    path: String,
+}
+
+#[derive(Args)]
+pub struct MvArgs {
+    src: String,
+    dst: String,
+}
+
+#[derive(Args)]
+pub struct StatArgs {
+    #[arg(long)]
+    json: bool,
+    path: String,
+}
+
+#[derive(Args)]
+pub struct StatusArgs {
+    #[arg(long)]
+    json: bool,
+    /// Refresh every N seconds until interrupted
+    #[arg(long, value_name = "SECONDS", num_args = 0..=1, default_missing_value = "2")]
+    watch: Option<u64>,
+}
+
+fn connect(o: &ClientOverrides) -> Result<Client> {
+    let cfg = client_config(o)?;
+    Ok(Client::connect(&cfg)?)
+}
+
+fn remote(p: &str) -> Result<RemotePath> {
+    validate_path(p).with_context(|| format!("bad remote path '{}'", p.escape_debug()))
+}
+
+/// A progress bar on stderr when it is a terminal.
+fn progress_bar(total: Option<u64>) -> (Option<Progress>, Option<indicatif::ProgressBar>) {
+    if !std::io::stderr().is_terminal() {
+        return (None, None);
+    }
+    let bar = match total {
+        Some(t) => indicatif::ProgressBar::new(t),
+        None => indicatif::ProgressBar::new_spinner(),
+    };
+    let style = indicatif::ProgressStyle::with_template("{spinner} {bytes}/{total_bytes} {bytes_per_sec} {wide_bar} {eta}")
+        .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar());
+    bar.set_style(style);
+    let b = bar.clone();
+    (Some(Arc::new(move |n| b.inc(n)) as Progress), Some(bar))
+}
+
+fn mbps(bytes: u64, secs: f64) -> String {
+    if secs <= 0.0 {
+        "-".into()
+    } else {
+        format!("{:.1} MB/s", bytes as f64 / 1e6 / secs)
+    }
+}
+
+fn is_dir(a: &FileAttr) -> bool {
+    a.kind == FileKind::Dir as i32
+}
+
+fn base_name(p: &Path) -> Result<String> {
+    let canon = std::fs::canonicalize(p).unwrap_or_else(|_| p.to_path_buf());
+    canon
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .with_context(|| format!("{} has no file name", p.display()))
+}
+
+/// Adds every file below `dir` (and each empty directory) to the upload list.
+fn walk_local(dir: &Path, dest: &RemotePath, items: &mut Vec<(Source, RemotePath)>, empty_dirs: &mut Vec<RemotePath>) -> Result<()> {
+    let mut entries: Vec<_> = std::fs::read_dir(dir)
+        .with_context(|| format!("cannot read {}", dir.display()))?
+        .collect::<Result<_, _>>()?;
+    entries.sort_by_key(|e| e.file_name());
+    if entries.is_empty() {
+        empty_dirs.push(dest.clone());
+    }
+    for e in entries {
+        let name = e.file_name().to_string_lossy().into_owned();
+        let target = dest
+            .join(&name)
+            .with_context(|| format!("{} cannot be stored under that name", e.path().display()))?;
+        let ft = e.file_type()?;
+        if ft.is_dir() {
+            walk_local(&e.path(), &target, items, empty_dirs)?;
+        } else if ft.is_file() || (ft.is_symlink() && e.path().is_file()) {
+            items.push((Source::File(e.path()), target));
+        } else {
+            eprintln!("skipping {} (not a regular file)", e.path().display());
+        }
+    }
+    Ok(())
+}
+
+pub async fn put(o: &ClientOverrides, a: PutArgs) -> Result<()> {
+    let (locals, dest) = a.paths.split_at(a.paths.len() - 1);
+    let dest_raw = &dest[0];
+    let dest = remote(dest_raw)?;
+    let client = connect(o)?;
+    let dest_is_dir = match client.stat(dest.as_str()).await {
+        Ok(attr) => is_dir(&attr),
+        Err(_) => false,
+    };
+    let into_dir = dest_is_dir || locals.len() > 1 || dest_raw.ends_with('/');
+    let mut items = Vec::new();
+    let mut empty_dirs = Vec::new();
+    for l in locals {
+        let p = PathBuf::from(l);
+        let meta = std::fs::metadata(&p).with_context(|| format!("cannot read {}", p.display()))?;
+        let target = if into_dir { dest.join(&base_name(&p)?)? } else { dest.clone() };
+        if meta.is_dir() {
+            if !a.recursive {
+                bail!("{} is a directory; use `collective put -r` to copy it", p.display());
+            }
+            walk_local(&p, &target, &mut items, &mut empty_dirs)?;
+        } else {
+            items.push((Source::File(p), target));
+        }
+    }
+    let total: u64 = items
+        .iter()
+        .filter_map(|(s, _)| {
+            if let Source::File(p) = s {
+                std::fs::metadata(p).ok().map(|m| m.len())
+            } else {
+                None
+            }
+        })
+        .sum();
+    for d in &empty_dirs {
+        client.mkdir(d.as_str(), true).await?;
+    }
+    let (progress, bar) = progress_bar(Some(total));
+    let started = Instant::now();
+    let report = client.put_files(items, true, progress).await;
+    if let Some(b) = bar {
+        b.finish_and_clear();
+    }
+    let report = report?;
+    let secs = started.elapsed().as_secs_f64();
+    if report.files == 1 {
+        if let Some(f) = report.committed.first() {
+            println!(
+                "stored {} ({}) in {secs:.2} s, {}; {} of {} chunks sent, the rest were already stored",
+                f.path,
+                format_bytes(report.bytes),
+                mbps(report.bytes, secs),
+                report.chunks_sent,
+                report.chunks
+            );
+        }
+    } else {
+        println!(
+            "stored {} files ({}) in {secs:.2} s, {}, {:.0} files/s; {} of {} chunks sent, the rest were already stored",
+            report.files,
+            format_bytes(report.bytes),
+            mbps(report.bytes, secs),
+            report.files as f64 / secs.max(1e-9),
+            report.chunks_sent,
+            report.chunks
+        );
+    }
+    Ok(())
+}
+
+pub async fn get(o: &ClientOverrides, a: GetArgs) -> Result<()> {
+    let src = remote(&a.remote)?;
+    let client = connect(o)?;
+    let attr = client.stat(src.as_str()).await?;
+    let local_is_dir = a.local.is_dir();
+    let started = Instant::now();
+    if is_dir(&attr) {
+        if !a.recursive {
+            bail!("{src} is a directory; use `collective get -r` to copy it");
+        }
+        let dest = if local_is_dir && !src.is_root() {
+            a.local.join(src.split_last()?.1)
+        } else {
+            a.local.clone()
+        };
+        let (progress, bar) = progress_bar(Some(0));
+        let report = client.get_tree(src.as_str(), &dest, progress).await;
+        if let Some(b) = bar {
+            b.finish_and_clear();
+        }
+        let report = report?;
+        let secs = started.elapsed().as_secs_f64();
+        println!(
+            "fetched {} files ({}) into {} in {secs:.2} s, {}, {:.0} files/s",
+            report.files,
+            format_bytes(report.bytes),
+            dest.display(),
+            mbps(report.bytes, secs),
+            report.files as f64 / secs.max(1e-9)
+        );
+        return Ok(());
+    }
+    let dest = if local_is_dir {
+        a.local.join(src.split_last()?.1)
+    } else {
+        a.local.clone()
+    };
+    let (progress, bar) = progress_bar(Some(attr.size));
+    let r = client.get_file(src.as_str(), &dest, progress).await;
+    if let Some(b) = bar {
+        b.finish_and_clear();
+    }
+    let got = r?;
+    let secs = started.elapsed().as_secs_f64();
+    println!(
+        "fetched {} ({}) to {} in {secs:.2} s, {}",
+        got.path,
+        format_bytes(got.size),
+        dest.display(),
+        mbps(got.size, secs)
+    );
+    Ok(())
+}
+
+pub async fn cat(o: &ClientOverrides, a: PathArg) -> Result<()> {
+    let src = remote(&a.path)?;
+    let client = connect(o)?;
+    let mut out = tokio::io::stdout();
+    client.read_to(src.as_str(), &mut out, None).await?;
+    Ok(())
+}
+
+pub async fn write(o: &ClientOverrides, a: PathArg) -> Result<()> {
+    let dest = remote(&a.path)?;
+    let client = connect(o)?;
+    let report = client.put_files(vec![(Source::Stdin, dest)], true, None).await?;
+    if let Some(f) = report.committed.first() {
+        eprintln!("stored {} ({})", f.path, format_bytes(f.size));
+    }
+    Ok(())
+}
+
+fn kind_str(a: &FileAttr) -> &'static str {
+    if is_dir(a) { "dir" } else { "file" }
+}
+
+fn mode_str(a: &FileAttr) -> String {
+    let mut s = String::from(if is_dir(a) { "d" } else { "-" });
+    for shift in [6, 3, 0] {
+        let bits = (a.mode >> shift) & 7;
+        s.push(if bits & 4 != 0 { 'r' } else { '-' });
+        s.push(if bits & 2 != 0 { 'w' } else { '-' });
+        s.push(if bits & 1 != 0 { 'x' } else { '-' });
+    }
+    s
+}
+
+fn time_str(ms: i64) -> String {
+    time::OffsetDateTime::from_unix_timestamp_nanos(ms as i128 * 1_000_000)
+        .ok()
+        .and_then(|t| t.format(&time::format_description::well_known::Rfc3339).ok())
+        .unwrap_or_else(|| "-".into())
+}
+
+fn attr_json(a: &FileAttr) -> serde_json::Value {
+    json!({
+        "path": a.path,
+        "name": a.path.rsplit('/').next().unwrap_or(""),
+        "type": kind_str(a),
+        "size": a.size,
+        "mode": format!("{:o}", a.mode),
+        "mtime": time_str(a.mtime_ms),
+        "owner": a.owner,
+        "chunks": if is_dir(a) { 0 } else { a.chunks },
+        "entries": if is_dir(a) { a.chunks } else { 0 },
+        "version": a.version,
+    })
+}
+
+pub async fn ls(o: &ClientOverrides, a: LsArgs) -> Result<()> {
+    let path = remote(&a.path)?;
+    let client = connect(o)?;
+    let entries = client.list(path.as_str()).await?;
+    let attrs: Vec<FileAttr> = entries.into_iter().filter_map(|e| e.attr).collect();
+    if a.json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&json!({ "path": path.as_str(), "entries": attrs.iter().map(attr_json).collect::<Vec<_>>() }))?
+        );
+        return Ok(());
+    }
+    for e in &attrs {
+        let name = e.path.rsplit('/').next().unwrap_or("");
+        let suffix = if is_dir(e) { "/" } else { "" };
+        if a.long {
+            println!(
+                "{} {:<28} {:>12} {} {name}{suffix}",
+                mode_str(e),
+                e.owner,
+                e.size,
+                time_str(e.mtime_ms)
+            );
+        } else {
+            println!("{name}{suffix}");
+        }
+    }
+    Ok(())
+}
+
+pub async fn mkdir(o: &ClientOverrides, a: MkdirArgs) -> Result<()> {
+    let path = remote(&a.path)?;
+    connect(o)?.mkdir(path.as_str(), a.parents).await?;
+    Ok(())
+}
+
+pub async fn rm(o: &ClientOverrides, a: RmArgs) -> Result<()> {
+    let path = remote(&a.path)?;
+    let r = connect(o)?.remove(path.as_str(), a.recursive).await?;
+    if a.recursive {
+        println!("removed {} files and {} directories", r.files, r.dirs);
+    }
+    Ok(())
+}
+
+pub async fn mv(o: &ClientOverrides, a: MvArgs) -> Result<()> {
+    let (src, mut dst) = (remote(&a.src)?, remote(&a.dst)?);
+    let client = connect(o)?;
+    // Like mv(1): moving onto an existing directory moves into it.
+    if let Ok(attr) = client.stat(dst.as_str()).await
+        && is_dir(&attr)
+        && !src.is_root()
+        && src != dst
+    {
+        dst = dst.join(src.split_last()?.1)?;
+    }
+    client.rename(src.as_str(), dst.as_str()).await?;
+    Ok(())
+}
+
+pub async fn stat(o: &ClientOverrides, a: StatArgs) -> Result<()> {
+    let path = remote(&a.path)?;
+    let attr = connect(o)?.stat(path.as_str()).await?;
+    if a.json {
+        println!("{}", serde_json::to_string_pretty(&attr_json(&attr))?);
+        return Ok(());
+    }
+    println!("path:     {}", attr.path);
+    println!("type:     {}", kind_str(&attr));
+    println!("size:     {} ({})", attr.size, format_bytes(attr.size));
+    println!("mode:     {} ({:o})", mode_str(&attr), attr.mode);
+    println!("owner:    {}", attr.owner);
+    println!("modified: {}", time_str(attr.mtime_ms));
+    if is_dir(&attr) {
+        println!("entries:  {}", attr.chunks);
+    } else {
+        println!("chunks:   {}", attr.chunks);
+        println!("version:  {}", attr.version);
+    }
+    Ok(())
+}
+
+fn status_json(s: &StatusResponse) -> serde_json::Value {
+    let healthy = s.unique_chunks.saturating_sub(s.under_replicated_chunks + s.unreadable_chunks);
+    json!({
+        "coordinator": s.coordinator,
+        "member": s.member,
+        "version": s.version,
+        "replication": s.replication,
+        "nodes": s.nodes.iter().map(|n| json!({
+            "node": n.node,
+            "state": n.state,
+            "address": n.quic_addr,
+            "capacity_bytes": n.capacity_bytes,
+            "used_bytes": n.used_bytes,
+            "free_bytes": n.free_bytes,
+            "chunks": n.chunks,
+            "last_seen": if n.last_seen_ms > 0 { json!(time_str(n.last_seen_ms)) } else { json!(null) },
+            "message": n.message,
+        })).collect::<Vec<_>>(),
+        "data": {
+            "files": s.files,
+            "directories": s.dirs,
+            "logical_bytes": s.logical_bytes,
+            "unique_bytes": s.unique_bytes,
+            "physical_bytes": s.physical_bytes,
+            "dedup_ratio": if s.unique_bytes > 0 { s.logical_bytes as f64 / s.unique_bytes as f64 } else { 1.0 },
+        },
+        "replication_state": {
+            "chunks": s.unique_chunks,
+            "healthy_chunks": healthy,
+            "under_replicated_chunks": s.under_replicated_chunks,
+            "unreadable_chunks": s.unreadable_chunks,
+            "bad_replica_reports": s.corrupt_reports,
+        },
+        "warnings": warnings(s),
+    })
+}
+
+fn warnings(s: &StatusResponse) -> Vec<String> {
+    let mut w = Vec::new();
+    let up = s.nodes.iter().filter(|n| n.state == "up").count();
+    for n in s.nodes.iter().filter(|n| n.state != "up") {
+        w.push(format!("{} is down: chunks it holds have fewer copies until it returns", n.node));
+    }
+    if up < s.replication as usize {
+        w.push(format!(
+            "only {up} node(s) up but replication is {}: new files cannot be stored",
+            s.replication
+        ));
+    }
+    if s.unreadable_chunks > 0 {
+        w.push(format!(
+            "{} chunk(s) have no known copy: some files cannot be read",
+            s.unreadable_chunks
+        ));
+    }
+    if s.under_replicated_chunks > 0 {
+        w.push(format!(
+            "{} chunk(s) have fewer than {} copies",
+            s.under_replicated_chunks, s.replication
+        ));
+    }
+    for n in s
+        .nodes
+        .iter()
+        .filter(|n| n.capacity_bytes > 0 && n.free_bytes * 100 < n.capacity_bytes * 15)
+    {
+        w.push(format!("{} is more than 85% full", n.node));
+    }
+    w
+}
+
+fn print_status(s: &StatusResponse) {
+    println!("coordinator {} (member {}, version {})", s.coordinator, s.member, s.version);
+    println!();
+    println!(
+        "nodes ({} up of {}):",
+        s.nodes.iter().filter(|n| n.state == "up").count(),
+        s.nodes.len()
+    );
+    println!(
+        "  {:<36} {:<5} {:>10} {:>10} {:>10} {:>8}",
+        "NODE", "STATE", "CAPACITY", "USED", "FREE", "CHUNKS"
+    );
+    for n in &s.nodes {
+        println!(
+            "  {:<36} {:<5} {:>10} {:>10} {:>10} {:>8}",
+            n.node,
+            n.state,
+            format_bytes(n.capacity_bytes),
+            format_bytes(n.used_bytes),
+            format_bytes(n.free_bytes),
+            n.chunks
+        );
+    }
+    println!();
+    let dedup = if s.unique_bytes > 0 {
+        s.logical_bytes as f64 / s.unique_bytes as f64
+    } else {
+        1.0
+    };
+    println!(
+        "data: {} files, {} directories, {} logical, {} unique ({dedup:.2}x dedup), {} stored with copies",
+        s.files,
+        s.dirs,
+        format_bytes(s.logical_bytes),
+        format_bytes(s.unique_bytes),
+        format_bytes(s.physical_bytes)
+    );
+    let healthy = s.unique_chunks.saturating_sub(s.under_replicated_chunks + s.unreadable_chunks);
+    println!(
+        "replication (x{}): {healthy} chunks healthy, {} under-replicated, {} unreadable",
+        s.replication, s.under_replicated_chunks, s.unreadable_chunks
+    );
+    let w = warnings(s);
+    println!();
+    if w.is_empty() {
+        println!("all data is safe: every chunk has its {} copies", s.replication);
+    } else {
+        for line in w {
+            println!("warning: {line}");
+        }
+    }
+}
+
+pub async fn status(o: &ClientOverrides, a: StatusArgs) -> Result<()> {
+    let client = connect(o)?;
+    loop {
+        let s = client.status().await?;
+        if a.watch.is_some() && std::io::stdout().is_terminal() {
+            print!("\x1b[2J\x1b[H");
+        }
+        if a.json {
+            println!("{}", serde_json::to_string_pretty(&status_json(&s))?);
+        } else {
+            print_status(&s);
+        }
+        match a.watch {
+            Some(secs) => tokio::time::sleep(std::time::Duration::from_secs(secs.max(1))).await,
+            None => return Ok(()),
+        }
+    }
+}

@@ -1,0 +1,136 @@
+//! `collective`: one binary for every role. `coordinator` and `node` run servers; every
+//! other subcommand is a client or a tool. This crate only parses arguments, loads
+//! configuration and wires the libraries together.
+
+mod ca;
+mod config;
+mod dev;
+mod files;
+mod servers;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(
+    name = "collective",
+    version,
+    about = "Pool your disks with people you trust.",
+    propagate_version = true
+)]
+struct Cli {
+    /// Client configuration file [default: ~/.config/collective/client.toml]
+    #[arg(long, global = true, env = "COLLECTIVE_CONFIG")]
+    config: Option<PathBuf>,
+    /// Coordinator gRPC address (overrides the config)
+    #[arg(long, global = true)]
+    coordinator: Option<String>,
+    /// CA certificate to trust (overrides the config)
+    #[arg(long, global = true)]
+    ca: Option<PathBuf>,
+    /// Client certificate (overrides the config)
+    #[arg(long, global = true)]
+    cert: Option<PathBuf>,
+    /// Client private key (overrides the config)
+    #[arg(long, global = true)]
+    key: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Certificate authority: make a member CA, issue and inspect certificates
+    #[command(subcommand)]
+    Ca(ca::CaCommand),
+    /// Run a coordinator (metadata, placement, tokens)
+    Coordinator(servers::CoordinatorArgs),
+    /// Run a storage node (chunk store)
+    Node(servers::NodeArgs),
+    /// Store local files (streamed; directories with -r)
+    Put(files::PutArgs),
+    /// Fetch a remote file or, with -r, a tree
+    Get(files::GetArgs),
+    /// Print a remote file to stdout
+    Cat(files::PathArg),
+    /// Store stdin as a remote file (streamed)
+    Write(files::PathArg),
+    /// List a directory
+    Ls(files::LsArgs),
+    /// Make a directory
+    Mkdir(files::MkdirArgs),
+    /// Remove a file or directory
+    Rm(files::RmArgs),
+    /// Move or rename a file or directory
+    Mv(files::MvArgs),
+    /// Show a file's or directory's attributes
+    Stat(files::StatArgs),
+    /// Is my data safe? Nodes, capacity, data and replication at a glance
+    Status(files::StatusArgs),
+    /// A local cluster for trying Collective out and for tests
+    #[command(subcommand)]
+    Dev(dev::DevCommand),
+}
+
+fn init_logging(default: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .try_init();
+}
+
+fn main() -> ExitCode {
+    // ring is the only crypto provider compiled in; installing it can only fail if one is
+    // already installed, which is fine.
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let cli = Cli::parse();
+    let server = matches!(cli.command, Command::Coordinator(_) | Command::Node(_) | Command::Dev(_));
+    init_logging(if server { "info" } else { "warn" });
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = runtime.block_on(run(cli));
+    // Don't wait for lingering blocking reads (e.g. stdin) at exit.
+    runtime.shutdown_timeout(std::time::Duration::from_millis(100));
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(cli: Cli) -> anyhow::Result<()> {
+    let overrides = config::ClientOverrides {
+        config: cli.config,
+        coordinator: cli.coordinator,
+        ca: cli.ca,
+        cert: cli.cert,
+        key: cli.key,
+    };
+    match cli.command {
+        Command::Ca(c) => ca::run(c),
+        Command::Coordinator(a) => servers::coordinator(a).await,
+        Command::Node(a) => servers::node(a).await,
+        Command::Dev(c) => dev::run(c).await,
+        Command::Put(a) => files::put(&overrides, a).await,
+        Command::Get(a) => files::get(&overrides, a).await,
+        Command::Cat(a) => files::cat(&overrides, a).await,
+        Command::Write(a) => files::write(&overrides, a).await,
+        Command::Ls(a) => files::ls(&overrides, a).await,
+        Command::Mkdir(a) => files::mkdir(&overrides, a).await,
+        Command::Rm(a) => files::rm(&overrides, a).await,
+        Command::Mv(a) => files::mv(&overrides, a).await,
+        Command::Stat(a) => files::stat(&overrides, a).await,
+        Command::Status(a) => files::status(&overrides, a).await,
+    }
+}

@@ -1,0 +1,125 @@
+//! `collective coordinator` and `collective node`: load config, apply flags, run until
+//! SIGINT/SIGTERM.
+
+use std::path::PathBuf;
+
+use anyhow::{Context, Result};
+use clap::Args;
+use collective_coordinator::CoordinatorConfig;
+use collective_node::NodeConfig;
+
+use crate::config::{load_toml, rebase};
+
+#[derive(Args)]
+pub struct CoordinatorArgs {
+    /// coordinator.toml
+    #[arg(long)]
+    config: Option<PathBuf>,
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
+    #[arg(long)]
+    grpc_listen: Option<String>,
+    #[arg(long)]
+    http_listen: Option<String>,
+    /// Copies of every chunk
+    #[arg(long)]
+    replication: Option<u32>,
+}
+
+#[derive(Args)]
+pub struct NodeArgs {
+    /// node.toml
+    #[arg(long)]
+    config: Option<PathBuf>,
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
+    /// e.g. 100GiB
+    #[arg(long)]
+    capacity: Option<String>,
+    #[arg(long)]
+    grpc_listen: Option<String>,
+    #[arg(long)]
+    quic_listen: Option<String>,
+    #[arg(long)]
+    http_listen: Option<String>,
+    /// Coordinator gRPC address
+    #[arg(long)]
+    coordinator: Option<String>,
+}
+
+/// Resolves when the process is asked to stop.
+async fn stop_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    match signal(SignalKind::terminate()) {
+        Ok(mut term) => {
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = tokio::signal::ctrl_c() => {}
+            }
+        }
+        Err(_) => {
+            let _ = tokio::signal::ctrl_c().await;
+        }
+    }
+    tracing::info!("stop requested");
+}
+
+pub async fn coordinator(a: CoordinatorArgs) -> Result<()> {
+    let mut cfg: CoordinatorConfig = match &a.config {
+        Some(p) => {
+            let mut c: CoordinatorConfig = load_toml(p)?;
+            rebase(p, &mut c.data_dir);
+            rebase(p, &mut c.tls.ca);
+            rebase(p, &mut c.tls.cert);
+            rebase(p, &mut c.tls.key);
+            c
+        }
+        None => CoordinatorConfig::default(),
+    };
+    if let Some(v) = a.data_dir {
+        cfg.data_dir = v;
+    }
+    if let Some(v) = a.grpc_listen {
+        cfg.grpc_listen = v;
+    }
+    if let Some(v) = a.http_listen {
+        cfg.http_listen = v;
+    }
+    if let Some(v) = a.replication {
+        cfg.replication = v;
+    }
+    collective_coordinator::run(cfg, stop_signal()).await.context("coordinator failed")
+}
+
+pub async fn node(a: NodeArgs) -> Result<()> {
+    let mut cfg: NodeConfig = match &a.config {
+        Some(p) => {
+            let mut c: NodeConfig = load_toml(p)?;
+            rebase(p, &mut c.data_dir);
+            rebase(p, &mut c.tls.ca);
+            rebase(p, &mut c.tls.cert);
+            rebase(p, &mut c.tls.key);
+            c
+        }
+        None => NodeConfig::default(),
+    };
+    if let Some(v) = a.data_dir {
+        cfg.data_dir = v;
+    }
+    if let Some(v) = a.capacity {
+        cfg.capacity = v;
+    }
+    if let Some(v) = a.grpc_listen {
+        cfg.grpc_listen = v;
+    }
+    if let Some(v) = a.quic_listen {
+        cfg.quic_listen = v;
+    }
+    if let Some(v) = a.http_listen {
+        cfg.http_listen = v;
+    }
+    if let Some(v) = a.coordinator {
+        cfg.coordinator = v;
+    }
+    collective_node::run(cfg, stop_signal()).await.context("node failed")
+}

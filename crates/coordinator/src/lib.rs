@@ -1,0 +1,14 @@
+//! The coordinator server of one member: metadata (namespace, manifests, chunk references,
+//! in `collective-meta`), the node registry with heartbeats, placement of new chunks, and
+//! the signing of chunk tokens. Clients and nodes reach it over gRPC with mutual TLS; the
+//! role in each caller's certificate decides which calls it may make.
+
+mod config;
+mod metadata;
+mod metrics;
+mod registry;
+mod server;
+mod state;
+
+pub use config::{CoordinatorConfig, TlsFiles};
+pub use server::{CoordinatorError, run};

@@ -1,0 +1,463 @@
+//! The `Metadata` service: what clients call. Every call checks the caller holds a client
+//! certificate of this member; every path is validated before it reaches the store.
+
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Instant;
+
+use collective_core::{ChunkId, RemotePath, Role, validate_path};
+use collective_meta::{Attr, ChunkRef, FileCommitIn, Kind};
+use collective_proto::v1::metadata_server::Metadata;
+use collective_proto::v1::{
+    ChunkLocation, ChunkPlacement, CommitFilesRequest, CommitFilesResponse, DirEntry, FileAttr, FileKind, FilePlan, ListRequest,
+    ListResponse, MkdirRequest, NodeStatus, PathRequest, PlanWriteRequest, PlanWriteResponse, ReadPlanRequest, ReadPlanResponse,
+    RemoveRequest, RemoveResponse, RenameRequest, ReplaceTargetRequest, ReportBadReplicaRequest, ReportBadReplicaResponse, StatusRequest,
+    StatusResponse, TokenOp, VerifyChunkRequest, WalkBatch,
+};
+use futures::Stream;
+use tonic::{Request, Response, Status};
+
+use crate::state::{State, meta_status};
+
+const LIST_PAGE_DEFAULT: usize = 1000;
+const LIST_PAGE_MAX: usize = 10_000;
+const WALK_BATCH: usize = 512;
+const MAX_PLAN_CHUNKS: usize = 10_000;
+
+pub struct MetadataService {
+    pub state: Arc<State>,
+}
+
+fn to_proto(a: Attr) -> FileAttr {
+    FileAttr {
+        path: a.path,
+        inode: a.inode,
+        kind: match a.kind {
+            Kind::File => FileKind::File as i32,
+            Kind::Dir => FileKind::Dir as i32,
+        },
+        size: a.size,
+        mode: a.mode,
+        mtime_ms: a.mtime_ms,
+        owner: a.owner,
+        chunks: a.count,
+        version: a.version,
+    }
+}
+
+fn path_arg(p: &str) -> Result<RemotePath, Status> {
+    validate_path(p).map_err(|e| Status::invalid_argument(e.to_string()))
+}
+
+fn chunk_arg(b: &[u8]) -> Result<ChunkId, Status> {
+    ChunkId::from_slice(b).ok_or_else(|| Status::invalid_argument("malformed chunk id: expected 32 bytes"))
+}
+
+async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T, Status> + Send + 'static) -> Result<T, Status> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| Status::internal(format!("worker failed: {e}")))?
+}
+
+impl MetadataService {
+    /// Checks the caller is a client of this member and records the call in metrics.
+    fn begin<T>(&self, method: &'static str, req: &Request<T>) -> Result<(String, Call<'_>), Status> {
+        self.state.metrics.rpcs.with_label_values(&[method]).inc();
+        let caller = collective_rpc::authorize(req, &self.state.domain, &[Role::Client]).inspect_err(|_| {
+            self.state.metrics.denials.inc();
+            self.state.metrics.rpc_errors.with_label_values(&[method]).inc();
+        })?;
+        Ok((
+            caller.principal.to_string(),
+            Call {
+                state: &self.state,
+                method,
+                started: Instant::now(),
+            },
+        ))
+    }
+
+    async fn flush(&self) -> Result<(), Status> {
+        self.state.meta.flush().await.map_err(meta_status)
+    }
+
+    fn placement(&self, id: &ChunkId, size: u64, exclude: &[String], caller: &str) -> Result<ChunkPlacement, Status> {
+        let chosen = collective_placement::place(&self.state.candidates(), self.state.replication, size, exclude)
+            .map_err(|e| Status::failed_precondition(e.to_string()))?;
+        self.state.note_planned(&chosen, size);
+        self.state.meta.add_pending(id, size, &chosen).map_err(meta_status)?;
+        let token = self
+            .state
+            .signer
+            .sign(TokenOp::Put, id, &chosen, caller, size, self.state.token_ttl);
+        Ok(ChunkPlacement {
+            id: id.0.to_vec().into(),
+            stored: false,
+            targets: self.state.addrs(&chosen),
+            token: token.into(),
+        })
+    }
+}
+
+/// Times one call and counts its failure.
+struct Call<'a> {
+    state: &'a State,
+    method: &'static str,
+    started: Instant,
+}
+
+impl Call<'_> {
+    fn done<T>(self, r: Result<T, Status>) -> Result<Response<T>, Status> {
+        self.state
+            .metrics
+            .rpc_seconds
+            .with_label_values(&[self.method])
+            .observe(self.started.elapsed().as_secs_f64());
+        if r.is_err() {
+            self.state.metrics.rpc_errors.with_label_values(&[self.method]).inc();
+        }
+        r.map(Response::new)
+    }
+}
+
+type WalkStream = Pin<Box<dyn Stream<Item = Result<WalkBatch, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl Metadata for MetadataService {
+    type WalkStream = WalkStream;
+
+    async fn stat(&self, req: Request<PathRequest>) -> Result<Response<FileAttr>, Status> {
+        let (_, call) = self.begin("stat", &req)?;
+        let r = (|| {
+            let path = path_arg(&req.get_ref().path)?;
+            self.state.meta.stat(&path).map(to_proto).map_err(meta_status)
+        })();
+        call.done(r)
+    }
+
+    async fn list(&self, req: Request<ListRequest>) -> Result<Response<ListResponse>, Status> {
+        let (_, call) = self.begin("list", &req)?;
+        let r = (|| {
+            let q = req.get_ref();
+            let path = path_arg(&q.path)?;
+            let limit = match q.limit as usize {
+                0 => LIST_PAGE_DEFAULT,
+                n => n.min(LIST_PAGE_MAX),
+            };
+            let after = (!q.start_after.is_empty()).then_some(q.start_after.as_str());
+            let (entries, more) = self.state.meta.list(&path, after, limit).map_err(meta_status)?;
+            let entries = entries
+                .into_iter()
+                .map(|a| DirEntry {
+                    name: a.path.rsplit('/').next().unwrap_or("").to_string(),
+                    attr: Some(to_proto(a)),
+                })
+                .collect();
+            Ok(ListResponse { entries, more })
+        })();
+        call.done(r)
+    }
+
+    async fn mkdir(&self, req: Request<MkdirRequest>) -> Result<Response<FileAttr>, Status> {
+        let (caller, call) = self.begin("mkdir", &req)?;
+        let q = req.into_inner();
+        let r = async {
+            let path = path_arg(&q.path)?;
+            let mode = if q.mode == 0 { 0o755 } else { q.mode };
+            let a = self.state.meta.mkdir(&path, q.parents, mode, &caller).map_err(meta_status)?;
+            self.flush().await?;
+            Ok(to_proto(a))
+        }
+        .await;
+        call.done(r)
+    }
+
+    async fn remove(&self, req: Request<RemoveRequest>) -> Result<Response<RemoveResponse>, Status> {
+        let (caller, call) = self.begin("remove", &req)?;
+        let q = req.into_inner();
+        let r = async {
+            let path = path_arg(&q.path)?;
+            let meta = self.state.meta.clone();
+            let (files, dirs) = blocking(move || meta.remove(&path, q.recursive, &caller).map_err(meta_status)).await?;
+            self.flush().await?;
+            Ok(RemoveResponse { files, dirs })
+        }
+        .await;
+        call.done(r)
+    }
+
+    async fn rename(&self, req: Request<RenameRequest>) -> Result<Response<FileAttr>, Status> {
+        let (caller, call) = self.begin("rename", &req)?;
+        let q = req.into_inner();
+        let r = async {
+            let (src, dst) = (path_arg(&q.src)?, path_arg(&q.dst)?);
+            let a = self.state.meta.rename(&src, &dst, &caller).map_err(meta_status)?;
+            self.flush().await?;
+            Ok(to_proto(a))
+        }
+        .await;
+        call.done(r)
+    }
+
+    async fn plan_write(&self, req: Request<PlanWriteRequest>) -> Result<Response<PlanWriteResponse>, Status> {
+        let (caller, call) = self.begin("plan_write", &req)?;
+        let q = req.into_inner();
+        let r = (|| {
+            if q.chunks.len() > MAX_PLAN_CHUNKS {
+                return Err(Status::invalid_argument(format!("at most {MAX_PLAN_CHUNKS} chunks per plan")));
+            }
+            let mut placements = Vec::with_capacity(q.chunks.len());
+            for c in &q.chunks {
+                let id = chunk_arg(&c.id)?;
+                if c.size == 0 || c.size > collective_core::MAX_CHUNK_BYTES {
+                    return Err(Status::invalid_argument(format!(
+                        "chunk {} has an invalid size {}",
+                        id.short(),
+                        c.size
+                    )));
+                }
+                let stored = match self.state.meta.chunk(&id).map_err(meta_status)? {
+                    Some(rec) => !rec.replicas.is_empty(),
+                    None => false,
+                };
+                if stored {
+                    placements.push(ChunkPlacement {
+                        id: c.id.clone(),
+                        stored: true,
+                        targets: vec![],
+                        token: Default::default(),
+                    });
+                    continue;
+                }
+                placements.push(self.placement(&id, c.size, &[], &caller)?);
+            }
+            Ok(PlanWriteResponse { placements })
+        })();
+        call.done(r)
+    }
+
+    async fn replace_target(&self, req: Request<ReplaceTargetRequest>) -> Result<Response<ChunkPlacement>, Status> {
+        let (caller, call) = self.begin("replace_target", &req)?;
+        let q = req.into_inner();
+        let r = (|| {
+            let id = chunk_arg(&q.id)?;
+            let count = (q.count as usize).clamp(1, self.state.replication);
+            let new = collective_placement::place(&self.state.candidates(), count, q.size, &q.avoid)
+                .map_err(|e| Status::failed_precondition(e.to_string()))?;
+            self.state.note_planned(&new, q.size);
+            self.state.meta.extend_pending(&id, q.size, &new).map_err(meta_status)?;
+            let token = self
+                .state
+                .signer
+                .sign(TokenOp::Put, &id, &new, &caller, q.size, self.state.token_ttl);
+            Ok(ChunkPlacement {
+                id: q.id.clone(),
+                stored: false,
+                targets: self.state.addrs(&new),
+                token: token.into(),
+            })
+        })();
+        call.done(r)
+    }
+
+    async fn commit_files(&self, req: Request<CommitFilesRequest>) -> Result<Response<CommitFilesResponse>, Status> {
+        let (caller, call) = self.begin("commit_files", &req)?;
+        let q = req.into_inner();
+        let r = async {
+            let mut files = Vec::with_capacity(q.files.len());
+            for f in q.files {
+                let path = path_arg(&f.path)?;
+                let chunks = f
+                    .chunks
+                    .iter()
+                    .map(|c| {
+                        Ok(ChunkRef {
+                            id: chunk_arg(&c.id)?.0,
+                            offset: c.offset,
+                            size: c.size,
+                        })
+                    })
+                    .collect::<Result<Vec<_>, Status>>()?;
+                let stored_on = f.chunks.into_iter().map(|c| c.stored_on).collect();
+                files.push(FileCommitIn {
+                    path,
+                    size: f.size,
+                    mode: if f.mode == 0 { 0o644 } else { f.mode },
+                    mtime_ms: f.mtime_ms,
+                    chunks,
+                    stored_on,
+                    parents: f.parents,
+                });
+            }
+            let meta = self.state.meta.clone();
+            let replication = self.state.replication;
+            let attrs = blocking(move || meta.commit_files(&files, &caller, replication).map_err(meta_status)).await?;
+            self.flush().await?;
+            Ok(CommitFilesResponse {
+                files: attrs.into_iter().map(to_proto).collect(),
+            })
+        }
+        .await;
+        call.done(r)
+    }
+
+    async fn read_plan(&self, req: Request<ReadPlanRequest>) -> Result<Response<ReadPlanResponse>, Status> {
+        let (caller, call) = self.begin("read_plan", &req)?;
+        let r = (|| {
+            let mut files = Vec::new();
+            for p in &req.get_ref().paths {
+                let path = path_arg(p)?;
+                let (attr, manifest) = self.state.meta.manifest(&path).map_err(meta_status)?;
+                let mut chunks = Vec::with_capacity(manifest.len());
+                for c in manifest {
+                    let id = ChunkId(c.id);
+                    let replicas = self
+                        .state
+                        .meta
+                        .chunk(&id)
+                        .map_err(meta_status)?
+                        .map(|r| r.replicas)
+                        .unwrap_or_default();
+                    let token = self
+                        .state
+                        .signer
+                        .sign(TokenOp::Get, &id, &replicas, &caller, c.size, self.state.token_ttl);
+                    chunks.push(ChunkLocation {
+                        id: id.0.to_vec().into(),
+                        offset: c.offset,
+                        size: c.size,
+                        replicas: self.state.addrs(&replicas),
+                        token: token.into(),
+                    });
+                }
+                files.push(FilePlan {
+                    attr: Some(to_proto(attr)),
+                    chunks,
+                });
+            }
+            Ok(ReadPlanResponse { files })
+        })();
+        call.done(r)
+    }
+
+    async fn walk(&self, req: Request<PathRequest>) -> Result<Response<Self::WalkStream>, Status> {
+        let (_, call) = self.begin("walk", &req)?;
+        let path = match path_arg(&req.get_ref().path) {
+            Ok(p) => p,
+            Err(e) => return call.done(Err(e)),
+        };
+        if let Err(e) = self.state.meta.stat(&path) {
+            return call.done(Err(meta_status(e)));
+        }
+        let (tx, rx) = tokio::sync::mpsc::channel::<Result<WalkBatch, Status>>(4);
+        let meta = self.state.meta.clone();
+        tokio::task::spawn_blocking(move || {
+            let mut batch = Vec::with_capacity(WALK_BATCH);
+            let r = meta.walk_files(&path, &mut |_, attr| {
+                batch.push(to_proto(attr));
+                if batch.len() == WALK_BATCH {
+                    let full = std::mem::replace(&mut batch, Vec::with_capacity(WALK_BATCH));
+                    return tx.blocking_send(Ok(WalkBatch { entries: full })).is_ok();
+                }
+                true
+            });
+            match r {
+                Ok(()) if !batch.is_empty() => {
+                    let _ = tx.blocking_send(Ok(WalkBatch { entries: batch }));
+                }
+                Ok(()) => {}
+                Err(e) => {
+                    let _ = tx.blocking_send(Err(meta_status(e)));
+                }
+            }
+        });
+        call.done(Ok(Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx)) as WalkStream))
+    }
+
+    async fn report_bad_replica(&self, req: Request<ReportBadReplicaRequest>) -> Result<Response<ReportBadReplicaResponse>, Status> {
+        let (caller, call) = self.begin("report_bad_replica", &req)?;
+        let q = req.into_inner();
+        let r = async {
+            let id = chunk_arg(&q.id)?;
+            self.state.metrics.corrupt_reports.inc();
+            tracing::warn!(chunk = %id.short(), node = %q.node, reporter = %caller, reason = %q.reason, "bad replica reported");
+            // Trust the node's own verification, not the report: ask it to re-hash.
+            let mut control = self.state.control(&q.node)?;
+            let verdict = control.verify_chunk(VerifyChunkRequest { chunk_id: q.id.clone() }).await;
+            let bad = match verdict {
+                Ok(v) => !v.get_ref().present || !v.get_ref().intact,
+                Err(s) => {
+                    tracing::warn!(node = %q.node, "cannot verify reported replica: {}", s.message());
+                    false
+                }
+            };
+            let removed = if bad {
+                let removed = self.state.meta.remove_replica(&id, &q.node).map_err(meta_status)?;
+                self.flush().await?;
+                tracing::error!(chunk = %id.short(), node = %q.node, "replica confirmed missing or corrupt; removed from the replica set");
+                removed
+            } else {
+                false
+            };
+            Ok(ReportBadReplicaResponse { removed })
+        }
+        .await;
+        call.done(r)
+    }
+
+    async fn status(&self, req: Request<StatusRequest>) -> Result<Response<StatusResponse>, Status> {
+        let (_, call) = self.begin("status", &req)?;
+        let state = self.state.clone();
+        let r = blocking(move || Ok(status_report(&state))).await.and_then(|r| r);
+        call.done(r)
+    }
+}
+
+/// The numbers behind `collective status`; also refreshes the gauges.
+pub fn status_report(state: &State) -> Result<StatusResponse, Status> {
+    let totals = state.meta.totals().map_err(meta_status)?;
+    let (under, unreadable) = state.meta.replication_state(state.replication).map_err(meta_status)?;
+    let mut nodes: Vec<NodeStatus> = {
+        let table = state.lock_nodes();
+        table
+            .iter()
+            .map(|(name, e)| NodeStatus {
+                node: name.clone(),
+                state: if state.is_up(e) { "up".into() } else { "down".into() },
+                quic_addr: e.quic_addr.clone(),
+                capacity_bytes: e.usage.capacity_bytes,
+                used_bytes: e.usage.used_bytes,
+                free_bytes: e.usage.free_bytes,
+                chunks: e.usage.chunks,
+                last_seen_ms: e.last_seen_ms,
+                message: e.usage.health_message.clone(),
+            })
+            .collect()
+    };
+    nodes.sort_by(|a, b| a.node.cmp(&b.node));
+    let m = &state.metrics;
+    m.files.set(totals.files as i64);
+    m.dirs.set(totals.dirs as i64);
+    m.logical_bytes.set(totals.logical_bytes as i64);
+    m.physical_bytes.set(totals.physical_bytes as i64);
+    m.unique_bytes.set(totals.unique_bytes as i64);
+    let up = nodes.iter().filter(|n| n.state == "up").count() as i64;
+    m.nodes.with_label_values(&["up"]).set(up);
+    m.nodes.with_label_values(&["down"]).set(nodes.len() as i64 - up);
+    Ok(StatusResponse {
+        coordinator: state.principal.clone(),
+        member: state.domain.clone(),
+        replication: state.replication as u32,
+        nodes,
+        files: totals.files,
+        dirs: totals.dirs,
+        logical_bytes: totals.logical_bytes,
+        physical_bytes: totals.physical_bytes,
+        unique_chunks: totals.unique_chunks,
+        unique_bytes: totals.unique_bytes,
+        under_replicated_chunks: under,
+        unreadable_chunks: unreadable,
+        corrupt_reports: m.corrupt_reports.get(),
+        version: env!("CARGO_PKG_VERSION").into(),
+    })
+}

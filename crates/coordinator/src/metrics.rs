@@ -1,0 +1,78 @@
+//! Prometheus metrics of a coordinator.
+
+use prometheus::{HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry};
+
+pub struct CoordinatorMetrics {
+    pub registry: Registry,
+    pub rpcs: IntCounterVec,
+    pub rpc_errors: IntCounterVec,
+    pub rpc_seconds: HistogramVec,
+    pub denials: IntCounter,
+    pub files: IntGauge,
+    pub dirs: IntGauge,
+    pub logical_bytes: IntGauge,
+    pub physical_bytes: IntGauge,
+    pub unique_bytes: IntGauge,
+    pub nodes: IntGaugeVec,
+    pub corrupt_reports: IntCounter,
+}
+
+impl CoordinatorMetrics {
+    pub fn new() -> prometheus::Result<CoordinatorMetrics> {
+        let registry = Registry::new();
+        collective_telemetry::register_process_metrics(&registry, "coordinator")?;
+        let rpcs = IntCounterVec::new(
+            Opts::new("collective_coordinator_rpcs_total", "gRPC calls handled, by method"),
+            &["method"],
+        )?;
+        let rpc_errors = IntCounterVec::new(
+            Opts::new("collective_coordinator_rpc_errors_total", "gRPC calls that failed, by method"),
+            &["method"],
+        )?;
+        let rpc_seconds = HistogramVec::new(
+            HistogramOpts::new("collective_coordinator_rpc_seconds", "gRPC call latency, by method")
+                .buckets(vec![0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0]),
+            &["method"],
+        )?;
+        let denials = IntCounter::new(
+            "collective_coordinator_permission_denials_total",
+            "Calls refused because the caller's role or member does not allow them",
+        )?;
+        let files = IntGauge::new("collective_coordinator_files", "Files in the namespace")?;
+        let dirs = IntGauge::new("collective_coordinator_directories", "Directories in the namespace")?;
+        let logical_bytes = IntGauge::new("collective_coordinator_logical_bytes", "Sum of file sizes")?;
+        let physical_bytes = IntGauge::new("collective_coordinator_physical_bytes", "Chunk bytes stored, counting every copy")?;
+        let unique_bytes = IntGauge::new(
+            "collective_coordinator_unique_chunk_bytes",
+            "Chunk bytes stored, counting each chunk once",
+        )?;
+        let nodes = IntGaugeVec::new(Opts::new("collective_coordinator_nodes", "Registered nodes by state"), &["state"])?;
+        let corrupt_reports = IntCounter::new(
+            "collective_coordinator_bad_replica_reports_total",
+            "Replicas reported missing or corrupt by clients",
+        )?;
+        registry.register(Box::new(rpcs.clone()))?;
+        registry.register(Box::new(rpc_errors.clone()))?;
+        registry.register(Box::new(rpc_seconds.clone()))?;
+        registry.register(Box::new(denials.clone()))?;
+        for g in [&files, &dirs, &logical_bytes, &physical_bytes, &unique_bytes] {
+            registry.register(Box::new(g.clone()))?;
+        }
+        registry.register(Box::new(nodes.clone()))?;
+        registry.register(Box::new(corrupt_reports.clone()))?;
+        Ok(CoordinatorMetrics {
+            registry,
+            rpcs,
+            rpc_errors,
+            rpc_seconds,
+            denials,
+            files,
+            dirs,
+            logical_bytes,
+            physical_bytes,
+            unique_bytes,
+            nodes,
+            corrupt_reports,
+        })
+    }
+}

@@ -1,0 +1,82 @@
+//! The `Registry` service: storage nodes register and report.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use collective_core::{Role, unix_ms_now};
+use collective_meta::NodeRecord;
+use collective_proto::v1::registry_server::Registry;
+use collective_proto::v1::{HeartbeatRequest, HeartbeatResponse, RegisterNodeRequest, RegisterNodeResponse};
+use tonic::{Request, Response, Status};
+
+use crate::state::{NodeEntry, State, meta_status};
+
+pub struct RegistryService {
+    pub state: Arc<State>,
+}
+
+impl RegistryService {
+    fn node_caller<T>(&self, req: &Request<T>) -> Result<String, Status> {
+        collective_rpc::authorize(req, &self.state.domain, &[Role::Node])
+            .map(|c| c.principal.to_string())
+            .inspect_err(|_| self.state.metrics.denials.inc())
+    }
+}
+
+#[tonic::async_trait]
+impl Registry for RegistryService {
+    async fn register_node(&self, req: Request<RegisterNodeRequest>) -> Result<Response<RegisterNodeResponse>, Status> {
+        let node = self.node_caller(&req)?;
+        let r = req.into_inner();
+        for (what, a) in [("grpc_addr", &r.grpc_addr), ("quic_addr", &r.quic_addr)] {
+            collective_rpc::resolve(a).map_err(|e| Status::invalid_argument(format!("{what}: {e}")))?;
+        }
+        let usage = r.usage.unwrap_or_default();
+        let rec = NodeRecord {
+            grpc_addr: r.grpc_addr.clone(),
+            quic_addr: r.quic_addr.clone(),
+            capacity: usage.capacity_bytes,
+            registered_ms: unix_ms_now(),
+        };
+        let meta = self.state.meta.clone();
+        let name = node.clone();
+        tokio::task::spawn_blocking(move || meta.upsert_node(&name, &rec).and_then(|_| meta.flush_blocking()))
+            .await
+            .map_err(|e| Status::internal(e.to_string()))?
+            .map_err(meta_status)?;
+        self.state.lock_nodes().insert(
+            node.clone(),
+            NodeEntry {
+                grpc_addr: r.grpc_addr,
+                quic_addr: r.quic_addr,
+                usage,
+                last_seen: Some(Instant::now()),
+                last_seen_ms: unix_ms_now() as i64,
+                planned_bytes: 0,
+            },
+        );
+        tracing::info!(%node, "node registered");
+        Ok(Response::new(RegisterNodeResponse {
+            token_public_key: self.state.signer.public_key().to_vec().into(),
+            coordinator: self.state.principal.clone(),
+            heartbeat_interval_ms: 2000,
+        }))
+    }
+
+    async fn heartbeat(&self, req: Request<HeartbeatRequest>) -> Result<Response<HeartbeatResponse>, Status> {
+        let node = self.node_caller(&req)?;
+        let usage = req.into_inner().usage.unwrap_or_default();
+        let mut nodes = self.state.lock_nodes();
+        let known = match nodes.get_mut(&node) {
+            Some(e) => {
+                e.usage = usage;
+                e.last_seen = Some(Instant::now());
+                e.last_seen_ms = unix_ms_now() as i64;
+                e.planned_bytes = 0;
+                true
+            }
+            None => false,
+        };
+        Ok(Response::new(HeartbeatResponse { known }))
+    }
+}

@@ -1,0 +1,179 @@
+//! Shared coordinator state: metadata, the live node table, the token signer.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use collective_meta::{MetaError, MetaStore};
+use collective_pki::{TlsIdentity, TokenSigner};
+use collective_placement::Candidate;
+use collective_proto::v1::node_control_client::NodeControlClient;
+use collective_proto::v1::{NodeAddr, NodeUsage};
+use tonic::Status;
+use tonic::transport::Channel;
+
+use crate::metrics::CoordinatorMetrics;
+
+/// What the coordinator knows of one node.
+#[derive(Debug, Clone)]
+pub struct NodeEntry {
+    pub grpc_addr: String,
+    pub quic_addr: String,
+    pub usage: NodeUsage,
+    /// None until the node has reported since this coordinator started.
+    pub last_seen: Option<Instant>,
+    pub last_seen_ms: i64,
+    /// Bytes planned onto the node since its last report.
+    pub planned_bytes: u64,
+}
+
+pub struct State {
+    pub principal: String,
+    pub domain: String,
+    pub meta: Arc<MetaStore>,
+    pub signer: TokenSigner,
+    pub replication: usize,
+    pub node_timeout: Duration,
+    pub token_ttl: Duration,
+    pub nodes: Mutex<HashMap<String, NodeEntry>>,
+    pub metrics: CoordinatorMetrics,
+    pub identity: TlsIdentity,
+    controls: Mutex<HashMap<String, NodeControlClient<Channel>>>,
+}
+
+impl State {
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        identity: TlsIdentity,
+        meta: Arc<MetaStore>,
+        signer: TokenSigner,
+        replication: usize,
+        node_timeout: Duration,
+        token_ttl: Duration,
+        metrics: CoordinatorMetrics,
+    ) -> Result<State, MetaError> {
+        let mut nodes = HashMap::new();
+        for (name, rec) in meta.nodes()? {
+            nodes.insert(
+                name,
+                NodeEntry {
+                    grpc_addr: rec.grpc_addr,
+                    quic_addr: rec.quic_addr,
+                    usage: NodeUsage {
+                        capacity_bytes: rec.capacity,
+                        ..Default::default()
+                    },
+                    last_seen: None,
+                    last_seen_ms: 0,
+                    planned_bytes: 0,
+                },
+            );
+        }
+        Ok(State {
+            principal: identity.principal.to_string(),
+            domain: identity.principal.domain.clone(),
+            meta,
+            signer,
+            replication,
+            node_timeout,
+            token_ttl,
+            nodes: Mutex::new(nodes),
+            metrics,
+            identity,
+            controls: Mutex::new(HashMap::new()),
+        })
+    }
+
+    pub fn is_up(&self, e: &NodeEntry) -> bool {
+        e.last_seen.map(|t| t.elapsed() < self.node_timeout).unwrap_or(false) && e.usage.healthy
+    }
+
+    pub fn lock_nodes(&self) -> std::sync::MutexGuard<'_, HashMap<String, NodeEntry>> {
+        // A panic while holding the lock cannot leave the table inconsistent (plain data).
+        self.nodes.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Every registered node as a placement candidate.
+    pub fn candidates(&self) -> Vec<Candidate> {
+        let nodes = self.lock_nodes();
+        let mut out: Vec<Candidate> = nodes
+            .iter()
+            .map(|(name, e)| Candidate {
+                node: name.clone(),
+                healthy: self.is_up(e),
+                free_bytes: e.usage.free_bytes.saturating_sub(e.planned_bytes),
+            })
+            .collect();
+        out.sort_by(|a, b| a.node.cmp(&b.node));
+        out
+    }
+
+    /// Counts `bytes` against each node's free space until its next report.
+    pub fn note_planned(&self, chosen: &[String], bytes: u64) {
+        let mut nodes = self.lock_nodes();
+        for n in chosen {
+            if let Some(e) = nodes.get_mut(n) {
+                e.planned_bytes += bytes;
+            }
+        }
+    }
+
+    /// Addresses for a list of nodes, reachable ones first (stable otherwise).
+    pub fn addrs(&self, names: &[String]) -> Vec<NodeAddr> {
+        let nodes = self.lock_nodes();
+        let mut out: Vec<(bool, NodeAddr)> = names
+            .iter()
+            .map(|n| match nodes.get(n) {
+                Some(e) => (
+                    self.is_up(e),
+                    NodeAddr {
+                        node: n.clone(),
+                        quic_addr: e.quic_addr.clone(),
+                    },
+                ),
+                None => (
+                    false,
+                    NodeAddr {
+                        node: n.clone(),
+                        quic_addr: String::new(),
+                    },
+                ),
+            })
+            .collect();
+        out.sort_by_key(|(up, _)| !*up);
+        out.into_iter().map(|(_, a)| a).collect()
+    }
+
+    /// A control client for one of our nodes.
+    pub fn control(&self, node: &str) -> Result<NodeControlClient<Channel>, Status> {
+        let mut controls = self.controls.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(c) = controls.get(node) {
+            return Ok(c.clone());
+        }
+        let addr = self
+            .lock_nodes()
+            .get(node)
+            .map(|e| e.grpc_addr.clone())
+            .ok_or_else(|| Status::not_found(format!("{node} is not a registered node")))?;
+        let principal = node.parse().map_err(|e| Status::invalid_argument(format!("{e}")))?;
+        let channel = collective_rpc::channel(&self.identity, &addr, &principal).map_err(|e| Status::internal(e.to_string()))?;
+        let client = NodeControlClient::new(channel);
+        controls.insert(node.to_string(), client.clone());
+        Ok(client)
+    }
+}
+
+/// Maps metadata errors to gRPC statuses whose messages a user can act on.
+pub fn meta_status(e: MetaError) -> Status {
+    let msg = e.to_string();
+    match e {
+        MetaError::NotFound(_) => Status::not_found(msg),
+        MetaError::AlreadyExists(_) => Status::already_exists(msg),
+        MetaError::NotADirectory(_) | MetaError::IsADirectory(_) | MetaError::NotEmpty(_) | MetaError::BadRename(..) => {
+            Status::failed_precondition(msg)
+        }
+        MetaError::ChunkNotUploaded(..) => Status::failed_precondition(msg),
+        MetaError::BadManifest(..) | MetaError::Path(_) => Status::invalid_argument(msg),
+        _ => Status::internal(msg),
+    }
+}

@@ -1,0 +1,15 @@
+//! Shared vocabulary of Collective: chunk identifiers, principals and roles, remote paths,
+//! and the human-friendly size/duration formats used in configs and on the command line.
+//!
+//! This crate does no I/O and knows nothing about networking, storage engines or
+//! certificates; every other crate builds on it.
+
+mod chunk;
+mod path;
+mod principal;
+mod units;
+
+pub use chunk::{CHUNK_ID_LEN, ChunkId, MAX_CHUNK_BYTES};
+pub use path::{MAX_NAME_LEN, MAX_PATH_LEN, PathError, RemotePath, validate_path};
+pub use principal::{Principal, PrincipalError, Role, validate_name};
+pub use units::{UnitError, format_bytes, parse_duration, parse_size, unix_ms_now};

@@ -1,0 +1,295 @@
+//! The QUIC chunk protocol (ALPN `collective/1`): how chunk bytes move between clients and
+//! storage nodes, over mutual TLS with quinn.
+//!
+//! One bidirectional stream carries one chunk operation: a length-prefixed `ChunkRequest`
+//! (with the coordinator-signed token), the payload for a put, then a length-prefixed
+//! `ChunkResponse` and the payload for a get. Many streams run at once on one connection,
+//! so several chunks are in flight per node. This crate owns the framing, the QUIC
+//! endpoint setup and a pooled client; what a node does with a request lives in the node.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use collective_core::ChunkId;
+use collective_pki::{ALPN_QUIC, TlsIdentity};
+use collective_proto::v1::{ChunkOp, ChunkRequest, ChunkResponse, ChunkStatus};
+use prost::Message;
+use quinn::crypto::rustls::{QuicClientConfig, QuicServerConfig};
+use tokio::sync::Mutex;
+
+/// Version of the chunk protocol carried in every request.
+pub const PROTOCOL_VERSION: u32 = 1;
+pub use collective_core::MAX_CHUNK_BYTES;
+/// Largest request/response header.
+pub const MAX_FRAME_BYTES: usize = 64 << 10;
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+const IDLE_TIMEOUT: Duration = Duration::from_secs(30);
+const KEEP_ALIVE: Duration = Duration::from_secs(5);
+
+#[derive(Debug, thiserror::Error)]
+pub enum DataError {
+    #[error("cannot reach {node} at {addr}: {detail}")]
+    Connect { node: String, addr: String, detail: String },
+    #[error("{node}: {detail}")]
+    Transfer { node: String, detail: String },
+    #[error("{node} refused the request: {detail}")]
+    Denied { node: String, detail: String },
+    #[error("{node} does not have chunk {chunk}")]
+    NotFound { node: String, chunk: String },
+    #[error("{node} reports chunk {chunk} corrupt: {detail}")]
+    Corrupt { node: String, chunk: String, detail: String },
+    #[error("{node} sent bytes that do not match chunk {chunk}")]
+    Mismatch { node: String, chunk: String },
+    #[error("{node} is out of space: {detail}")]
+    NoSpace { node: String, detail: String },
+    #[error("{node} failed: {detail}")]
+    Remote { node: String, detail: String },
+    #[error("protocol error: {0}")]
+    Protocol(String),
+    #[error("QUIC setup failed: {0}")]
+    Setup(String),
+}
+
+impl DataError {
+    /// Whether the replica itself is bad (so it should be reported), not just unreachable.
+    pub fn is_bad_replica(&self) -> bool {
+        matches!(
+            self,
+            DataError::Corrupt { .. } | DataError::Mismatch { .. } | DataError::NotFound { .. }
+        )
+    }
+}
+
+/// Transport tuning for bulk chunk transfer: large windows, many streams.
+pub fn transport_config() -> quinn::TransportConfig {
+    let mut t = quinn::TransportConfig::default();
+    t.max_concurrent_bidi_streams(256u32.into());
+    t.max_concurrent_uni_streams(0u32.into());
+    t.stream_receive_window((8u32 << 20).into());
+    t.receive_window((32u32 << 20).into());
+    t.send_window(32 << 20);
+    t.keep_alive_interval(Some(KEEP_ALIVE));
+    if let Ok(idle) = IDLE_TIMEOUT.try_into() {
+        t.max_idle_timeout(Some(idle));
+    }
+    t
+}
+
+/// A QUIC server endpoint that requires client certificates chained to our CA.
+pub fn server_endpoint(identity: &TlsIdentity, addr: SocketAddr) -> Result<quinn::Endpoint, DataError> {
+    let tls = identity.server_config(ALPN_QUIC).map_err(|e| DataError::Setup(e.to_string()))?;
+    let crypto = QuicServerConfig::try_from((*tls).clone()).map_err(|e| DataError::Setup(e.to_string()))?;
+    let mut cfg = quinn::ServerConfig::with_crypto(Arc::new(crypto));
+    cfg.transport_config(Arc::new(transport_config()));
+    quinn::Endpoint::server(cfg, addr).map_err(|e| DataError::Setup(format!("cannot bind QUIC on {addr}: {e}")))
+}
+
+/// The principal and role of the peer of an established connection.
+pub fn peer_of(conn: &quinn::Connection) -> Option<(collective_core::Principal, collective_core::Role)> {
+    let any = conn.peer_identity()?;
+    let certs = any.downcast::<Vec<rustls::pki_types::CertificateDer<'static>>>().ok()?;
+    collective_pki::peer_from_der(certs.first()?).ok()
+}
+
+/// Writes a u32-LE length and an encoded message.
+pub async fn write_frame<M: Message>(send: &mut quinn::SendStream, msg: &M) -> Result<(), quinn::WriteError> {
+    let body = msg.encode_to_vec();
+    let mut buf = Vec::with_capacity(4 + body.len());
+    buf.extend_from_slice(&(body.len() as u32).to_le_bytes());
+    buf.extend_from_slice(&body);
+    send.write_all(&buf).await
+}
+
+/// Reads one length-prefixed message, refusing oversized frames.
+pub async fn read_frame<M: Message + Default>(recv: &mut quinn::RecvStream) -> Result<M, String> {
+    let mut len = [0u8; 4];
+    recv.read_exact(&mut len).await.map_err(|e| format!("reading frame length: {e}"))?;
+    let len = u32::from_le_bytes(len) as usize;
+    if len > MAX_FRAME_BYTES {
+        return Err(format!("frame of {len} bytes exceeds the {MAX_FRAME_BYTES}-byte limit"));
+    }
+    let mut body = vec![0u8; len];
+    recv.read_exact(&mut body).await.map_err(|e| format!("reading frame: {e}"))?;
+    M::decode(body.as_slice()).map_err(|e| format!("decoding frame: {e}"))
+}
+
+/// Reads exactly `size` payload bytes into one buffer.
+pub async fn read_payload(recv: &mut quinn::RecvStream, size: u64) -> Result<Bytes, String> {
+    if size > MAX_CHUNK_BYTES {
+        return Err(format!("chunk of {size} bytes exceeds the {MAX_CHUNK_BYTES}-byte limit"));
+    }
+    let mut buf = BytesMut::zeroed(size as usize);
+    recv.read_exact(&mut buf).await.map_err(|e| format!("reading chunk payload: {e}"))?;
+    Ok(buf.freeze())
+}
+
+/// Where to reach a node.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct NodeTarget {
+    /// Principal, e.g. `node-01@alice.collective.local`.
+    pub node: String,
+    pub addr: SocketAddr,
+}
+
+/// A pooled QUIC client for chunk operations: one connection per node, many streams.
+pub struct ChunkClient {
+    endpoint: quinn::Endpoint,
+    config: quinn::ClientConfig,
+    conns: Mutex<HashMap<String, quinn::Connection>>,
+}
+
+fn server_name(node: &str) -> Result<String, DataError> {
+    let p: collective_core::Principal = node.parse().map_err(|e| DataError::Protocol(format!("bad node principal: {e}")))?;
+    Ok(p.dns_name())
+}
+
+impl ChunkClient {
+    pub fn new(identity: &TlsIdentity) -> Result<ChunkClient, DataError> {
+        let tls = identity.client_config(ALPN_QUIC).map_err(|e| DataError::Setup(e.to_string()))?;
+        let crypto = QuicClientConfig::try_from((*tls).clone()).map_err(|e| DataError::Setup(e.to_string()))?;
+        let mut config = quinn::ClientConfig::new(Arc::new(crypto));
+        config.transport_config(Arc::new(transport_config()));
+        let bind: SocketAddr = ([0, 0, 0, 0], 0).into();
+        let endpoint = quinn::Endpoint::client(bind).map_err(|e| DataError::Setup(format!("cannot open a UDP socket: {e}")))?;
+        Ok(ChunkClient {
+            endpoint,
+            config,
+            conns: Mutex::new(HashMap::new()),
+        })
+    }
+
+    async fn connection(&self, target: &NodeTarget) -> Result<quinn::Connection, DataError> {
+        let mut conns = self.conns.lock().await;
+        if let Some(c) = conns.get(&target.node)
+            && c.close_reason().is_none()
+        {
+            return Ok(c.clone());
+        }
+        let cerr = |detail: String| DataError::Connect {
+            node: target.node.clone(),
+            addr: target.addr.to_string(),
+            detail,
+        };
+        let connecting = self
+            .endpoint
+            .connect_with(self.config.clone(), target.addr, &server_name(&target.node)?)
+            .map_err(|e| cerr(e.to_string()))?;
+        let conn = match tokio::time::timeout(CONNECT_TIMEOUT, connecting).await {
+            Ok(Ok(c)) => c,
+            Ok(Err(e)) => return Err(cerr(explain_connection_error(&e.to_string()))),
+            Err(_) => {
+                return Err(cerr(format!(
+                    "no answer within {} s (is the node running?)",
+                    CONNECT_TIMEOUT.as_secs()
+                )));
+            }
+        };
+        conns.insert(target.node.clone(), conn.clone());
+        Ok(conn)
+    }
+
+    async fn open(&self, target: &NodeTarget) -> Result<(quinn::SendStream, quinn::RecvStream), DataError> {
+        let conn = self.connection(target).await?;
+        match conn.open_bi().await {
+            Ok(s) => Ok(s),
+            Err(_) => {
+                // A stale pooled connection: drop it and try once more on a fresh one.
+                self.conns.lock().await.remove(&target.node);
+                let conn = self.connection(target).await?;
+                conn.open_bi().await.map_err(|e| DataError::Transfer {
+                    node: target.node.clone(),
+                    detail: explain_connection_error(&e.to_string()),
+                })
+            }
+        }
+    }
+
+    /// Sends one chunk to one node; returns once the node has stored it durably.
+    pub async fn put(&self, target: &NodeTarget, id: &ChunkId, data: Bytes, token: &[u8]) -> Result<(), DataError> {
+        let terr = |detail: String| DataError::Transfer {
+            node: target.node.clone(),
+            detail: explain_connection_error(&detail),
+        };
+        let (mut send, mut recv) = self.open(target).await?;
+        let req = request(ChunkOp::Put, id, data.len() as u64, token)?;
+        write_frame(&mut send, &req).await.map_err(|e| terr(e.to_string()))?;
+        send.write_chunk(data).await.map_err(|e| terr(e.to_string()))?;
+        let _ = send.finish();
+        let resp: ChunkResponse = read_frame(&mut recv).await.map_err(terr)?;
+        check_status(&target.node, id, &resp)
+    }
+
+    /// Fetches one chunk from one node and verifies it hashes to `id`.
+    pub async fn get(&self, target: &NodeTarget, id: &ChunkId, token: &[u8]) -> Result<Bytes, DataError> {
+        let terr = |detail: String| DataError::Transfer {
+            node: target.node.clone(),
+            detail: explain_connection_error(&detail),
+        };
+        let (mut send, mut recv) = self.open(target).await?;
+        let req = request(ChunkOp::Get, id, 0, token)?;
+        write_frame(&mut send, &req).await.map_err(|e| terr(e.to_string()))?;
+        let _ = send.finish();
+        let resp: ChunkResponse = read_frame(&mut recv).await.map_err(terr)?;
+        check_status(&target.node, id, &resp)?;
+        let data = read_payload(&mut recv, resp.size).await.map_err(terr)?;
+        if ChunkId::of(&data) != *id {
+            return Err(DataError::Mismatch {
+                node: target.node.clone(),
+                chunk: id.short(),
+            });
+        }
+        Ok(data)
+    }
+}
+
+fn request(op: ChunkOp, id: &ChunkId, size: u64, token: &[u8]) -> Result<ChunkRequest, DataError> {
+    let token =
+        collective_proto::v1::SignedToken::decode(token).map_err(|e| DataError::Protocol(format!("bad token from coordinator: {e}")))?;
+    Ok(ChunkRequest {
+        version: PROTOCOL_VERSION,
+        op: op as i32,
+        chunk_id: id.0.to_vec().into(),
+        size,
+        token: Some(token),
+    })
+}
+
+fn check_status(node: &str, id: &ChunkId, resp: &ChunkResponse) -> Result<(), DataError> {
+    let node = node.to_string();
+    let detail = resp.message.clone();
+    match ChunkStatus::try_from(resp.status).unwrap_or(ChunkStatus::Unspecified) {
+        ChunkStatus::Ok => Ok(()),
+        ChunkStatus::NotFound => Err(DataError::NotFound { node, chunk: id.short() }),
+        ChunkStatus::Corrupt => Err(DataError::Corrupt {
+            node,
+            chunk: id.short(),
+            detail,
+        }),
+        ChunkStatus::HashMismatch => Err(DataError::Mismatch { node, chunk: id.short() }),
+        ChunkStatus::NoSpace => Err(DataError::NoSpace { node, detail }),
+        ChunkStatus::Denied => Err(DataError::Denied { node, detail }),
+        _ => Err(DataError::Remote { node, detail }),
+    }
+}
+
+/// Turns rustls/quinn alert text into advice; a refused client certificate only shows up
+/// as an alert at the first stream.
+pub fn explain_connection_error(e: &str) -> String {
+    let hint = if e.contains("UnknownIssuer") || e.contains("unknown issuer") || e.contains("UnknownCA") || e.contains("unknown ca") {
+        " (the certificates are from different CAs: check the --ca/--cert files)"
+    } else if e.contains("Expired") || e.contains("expired") {
+        " (a certificate has expired: issue a new one with `collective ca issue`)"
+    } else if e.contains("certificate required") || e.contains("CertificateRequired") {
+        " (a client certificate is required)"
+    } else if e.contains("bad certificate") || e.contains("BadCertificate") {
+        " (the peer refused our certificate)"
+    } else if e.contains("NotValidForName") {
+        " (the server's certificate is not for the expected name)"
+    } else {
+        ""
+    };
+    format!("{e}{hint}")
+}

@@ -1,0 +1,247 @@
+//! A coordinator's metadata: the namespace (directories, files and their manifests),
+//! chunk reference counts and replica locations, pending uploads, registered nodes, running
+//! totals and an audit log of every mutating operation.
+//!
+//! Every multi-key change is one atomic transaction (see `engine`, the only module that
+//! knows the engine is sled), so a crash at any point leaves one of the two valid states.
+//! Callers flush before telling a client it succeeded. This crate does no networking.
+
+mod engine;
+mod namespace;
+mod records;
+
+use std::path::Path;
+
+use collective_core::{ChunkId, PathError, RemotePath};
+
+pub use engine::Table;
+use engine::{Engine, Txn};
+pub use namespace::{Attr, FileCommitIn};
+pub use records::{ChunkRecord, ChunkRef, Kind, NodeRecord, PendingRecord, ROOT_INODE, SCHEMA_VERSION, Totals};
+use records::{decode, encode};
+
+#[derive(Debug, thiserror::Error)]
+pub enum MetaError {
+    #[error("{0}: no such file or directory")]
+    NotFound(String),
+    #[error("{0} is not a directory")]
+    NotADirectory(String),
+    #[error("{0} is a directory")]
+    IsADirectory(String),
+    #[error("{0} already exists")]
+    AlreadyExists(String),
+    #[error("{0} is not empty; remove its contents first or use -r")]
+    NotEmpty(String),
+    #[error("chunk {0} of {1} was never uploaded (or its upload plan expired); retry the upload")]
+    ChunkNotUploaded(String, String),
+    #[error("invalid manifest for {0}: {1}")]
+    BadManifest(String, String),
+    #[error("cannot move {0} to {1}: {2}")]
+    BadRename(String, String, String),
+    #[error(transparent)]
+    Path(#[from] PathError),
+    #[error("metadata is corrupt: {0}")]
+    Corrupt(String),
+    #[error("cannot open the metadata database at {0}: {1}")]
+    Open(String, String),
+    #[error("metadata database error: {0}")]
+    Db(String),
+    #[error("metadata at {0} has schema version {1}; this program understands version {SCHEMA_VERSION}")]
+    Schema(String, u32),
+}
+
+pub struct MetaStore {
+    engine: Engine,
+}
+
+const META_SCHEMA: &[u8] = b"schema";
+const META_NEXT_INODE: &[u8] = b"next_inode";
+const META_TOTALS: &[u8] = b"totals";
+
+impl MetaStore {
+    /// Opens (or creates) the metadata database in `dir`.
+    pub fn open(dir: &Path) -> Result<MetaStore, MetaError> {
+        let engine = Engine::open(dir)?;
+        match engine.get(Table::Meta, META_SCHEMA)? {
+            Some(v) => {
+                let v = records::read_u64(&v)? as u32;
+                if v != SCHEMA_VERSION {
+                    return Err(MetaError::Schema(dir.display().to_string(), v));
+                }
+            }
+            None => {
+                engine.transact(|t| {
+                    t.insert(Table::Meta, META_SCHEMA, (SCHEMA_VERSION as u64).to_be_bytes().to_vec())?;
+                    t.insert(Table::Meta, META_NEXT_INODE, (ROOT_INODE + 1).to_be_bytes().to_vec())?;
+                    t.insert(Table::Meta, META_TOTALS, encode(&Totals::default()))?;
+                    let root = records::Inode {
+                        kind: Kind::Dir,
+                        parent: ROOT_INODE,
+                        name: String::new(),
+                        size: 0,
+                        mode: 0o755,
+                        mtime_ms: collective_core::unix_ms_now() as i64,
+                        owner: String::new(),
+                        count: 0,
+                        version: 1,
+                    };
+                    t.insert(Table::Inodes, &records::u64_key(ROOT_INODE), encode(&root))?;
+                    Ok(())
+                })?;
+                engine.flush()?;
+            }
+        }
+        Ok(MetaStore { engine })
+    }
+
+    /// Makes every committed change durable; call before acknowledging a client.
+    pub async fn flush(&self) -> Result<(), MetaError> {
+        self.engine.flush_async().await
+    }
+
+    pub fn flush_blocking(&self) -> Result<(), MetaError> {
+        self.engine.flush()
+    }
+
+    pub fn totals(&self) -> Result<Totals, MetaError> {
+        match self.engine.get(Table::Meta, META_TOTALS)? {
+            Some(v) => decode("totals", &v),
+            None => Ok(Totals::default()),
+        }
+    }
+
+    pub fn chunk(&self, id: &ChunkId) -> Result<Option<ChunkRecord>, MetaError> {
+        self.engine
+            .get(Table::Chunks, id.as_bytes())?
+            .map(|v| decode("chunk", &v))
+            .transpose()
+    }
+
+    /// Records that `id` may be uploaded to `nodes` (added to the nodes of earlier plans,
+    /// which other clients may still be using).
+    pub fn add_pending(&self, id: &ChunkId, size: u64, nodes: &[String]) -> Result<(), MetaError> {
+        self.extend_pending(id, size, nodes).map(|_| ())
+    }
+
+    /// Adds `new` to the nodes a pending upload may use (nodes of earlier plans stay
+    /// allowed: other clients may be using them). Returns all nodes.
+    pub fn extend_pending(&self, id: &ChunkId, size: u64, new: &[String]) -> Result<Vec<String>, MetaError> {
+        self.engine.transact(|t| {
+            let mut rec: PendingRecord = match t.get(Table::Pending, id.as_bytes())? {
+                Some(v) => decode("pending", &v).map_err(abort)?,
+                None => PendingRecord {
+                    size,
+                    nodes: vec![],
+                    created_ms: collective_core::unix_ms_now(),
+                },
+            };
+            rec.created_ms = collective_core::unix_ms_now();
+            for n in new {
+                if !rec.nodes.contains(n) {
+                    rec.nodes.push(n.clone());
+                }
+            }
+            t.insert(Table::Pending, id.as_bytes(), encode(&rec))?;
+            Ok(rec.nodes.clone())
+        })
+    }
+
+    /// Forgets that `node` holds `id` (it reported the copy missing or corrupt).
+    /// Returns whether the replica was listed.
+    pub fn remove_replica(&self, id: &ChunkId, node: &str) -> Result<bool, MetaError> {
+        self.engine.transact(|t| {
+            let Some(v) = t.get(Table::Chunks, id.as_bytes())? else {
+                return Ok(false);
+            };
+            let mut rec: ChunkRecord = decode("chunk", &v).map_err(abort)?;
+            let before = rec.replicas.len();
+            rec.replicas.retain(|n| n != node);
+            if rec.replicas.len() == before {
+                return Ok(false);
+            }
+            let mut totals = totals_in(t)?;
+            totals.physical_bytes = totals.physical_bytes.saturating_sub(rec.size);
+            put_totals(t, &totals)?;
+            t.insert(Table::Chunks, id.as_bytes(), encode(&rec))?;
+            Ok(true)
+        })
+    }
+
+    pub fn upsert_node(&self, principal: &str, rec: &NodeRecord) -> Result<(), MetaError> {
+        self.engine.transact(|t| t.insert(Table::Nodes, principal.as_bytes(), encode(rec)))
+    }
+
+    pub fn nodes(&self) -> Result<Vec<(String, NodeRecord)>, MetaError> {
+        self.engine
+            .scan_prefix(Table::Nodes, b"", None)
+            .map(|r| r.and_then(|(k, v)| Ok((String::from_utf8_lossy(&k).into_owned(), decode("node", &v)?))))
+            .collect()
+    }
+
+    /// Counts chunks with fewer than `replication` copies, and with none at all.
+    pub fn replication_state(&self, replication: usize) -> Result<(u64, u64), MetaError> {
+        let (mut under, mut none) = (0, 0);
+        for r in self.engine.scan_prefix(Table::Chunks, b"", None) {
+            let (_, v) = r?;
+            let rec: ChunkRecord = decode("chunk", &v)?;
+            if rec.refs == 0 {
+                continue;
+            }
+            if rec.replicas.is_empty() {
+                none += 1;
+            } else if rec.replicas.len() < replication {
+                under += 1;
+            }
+        }
+        Ok((under, none))
+    }
+
+    /// Every chunk id with its record (for inspection and tests).
+    pub fn chunks(&self) -> impl Iterator<Item = Result<(ChunkId, ChunkRecord), MetaError>> + '_ {
+        self.engine.scan_prefix(Table::Chunks, b"", None).map(|r| {
+            let (k, v) = r?;
+            let id = ChunkId::from_slice(&k).ok_or_else(|| MetaError::Corrupt("bad chunk key".into()))?;
+            Ok((id, decode("chunk", &v)?))
+        })
+    }
+
+    pub fn audit_len(&self) -> usize {
+        self.engine.len(Table::Audit)
+    }
+}
+
+pub(crate) fn abort(e: MetaError) -> engine::Abort {
+    engine::Abort::Abort(e)
+}
+
+pub(crate) fn totals_in(t: &Txn<'_>) -> Result<Totals, engine::Abort> {
+    match t.get(Table::Meta, META_TOTALS)? {
+        Some(v) => decode("totals", &v).map_err(abort),
+        None => Ok(Totals::default()),
+    }
+}
+
+pub(crate) fn put_totals(t: &Txn<'_>, totals: &Totals) -> Result<(), engine::Abort> {
+    t.insert(Table::Meta, META_TOTALS, encode(totals))
+}
+
+pub(crate) fn alloc_inode(t: &Txn<'_>) -> Result<u64, engine::Abort> {
+    let next = match t.get(Table::Meta, META_NEXT_INODE)? {
+        Some(v) => records::read_u64(&v).map_err(abort)?,
+        None => ROOT_INODE + 1,
+    };
+    t.insert(Table::Meta, META_NEXT_INODE, (next + 1).to_be_bytes().to_vec())?;
+    Ok(next)
+}
+
+pub(crate) fn audit(t: &Txn<'_>, principal: &str, op: &str, path: &RemotePath, detail: String) -> Result<(), engine::Abort> {
+    let rec = records::AuditRecord {
+        at_ms: collective_core::unix_ms_now(),
+        principal: principal.to_string(),
+        op: op.to_string(),
+        path: path.to_string(),
+        detail,
+    };
+    let id = t.unique_id()?;
+    t.insert(Table::Audit, &id.to_be_bytes(), encode(&rec))
+}

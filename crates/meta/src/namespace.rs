@@ -1,0 +1,698 @@
+//! The POSIX-like namespace: path resolution, directories, atomic file commits, removal
+//! and rename, each one transaction that also keeps chunk references and totals exact.
+
+use collective_core::{ChunkId, RemotePath, unix_ms_now, validate_path};
+
+use crate::engine::{Abort, Table, Txn};
+use crate::records::{ChunkRecord, ChunkRef, Inode, Kind, PendingRecord, decode, dirent_key, encode, read_u64, u64_key};
+use crate::{MetaError, MetaStore, ROOT_INODE, abort, alloc_inode, audit, put_totals, totals_in};
+
+/// What a client sees of a file or directory.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Attr {
+    pub path: String,
+    pub inode: u64,
+    pub kind: Kind,
+    pub size: u64,
+    pub mode: u32,
+    pub mtime_ms: i64,
+    pub owner: String,
+    /// Files: chunks in the manifest. Directories: entries.
+    pub count: u64,
+    pub version: u64,
+}
+
+/// A file to make visible, with its complete manifest.
+#[derive(Debug, Clone)]
+pub struct FileCommitIn {
+    pub path: RemotePath,
+    pub size: u64,
+    pub mode: u32,
+    pub mtime_ms: i64,
+    pub chunks: Vec<ChunkRef>,
+    /// For each chunk, the nodes that acknowledged it in this upload (empty when the
+    /// chunk was already stored).
+    pub stored_on: Vec<Vec<String>>,
+    pub parents: bool,
+}
+
+fn attr(path: &str, ino: u64, n: &Inode) -> Attr {
+    Attr {
+        path: path.to_string(),
+        inode: ino,
+        kind: n.kind,
+        size: n.size,
+        mode: n.mode,
+        mtime_ms: n.mtime_ms,
+        owner: n.owner.clone(),
+        count: n.count,
+        version: n.version,
+    }
+}
+
+fn get_inode(t: &Txn<'_>, ino: u64) -> Result<Inode, Abort> {
+    match t.get(Table::Inodes, &u64_key(ino))? {
+        Some(v) => decode("inode", &v).map_err(abort),
+        None => Err(abort(MetaError::Corrupt(format!("inode {ino} is referenced but missing")))),
+    }
+}
+
+fn put_inode(t: &Txn<'_>, ino: u64, n: &Inode) -> Result<(), Abort> {
+    t.insert(Table::Inodes, &u64_key(ino), encode(n))
+}
+
+fn lookup(t: &Txn<'_>, parent: u64, name: &str) -> Result<Option<u64>, Abort> {
+    t.get(Table::Dirents, &dirent_key(parent, name))?
+        .map(|v| read_u64(&v).map_err(abort))
+        .transpose()
+}
+
+/// Resolves `path` to its inode; `NotFound`/`NotADirectory` name the failing prefix.
+fn resolve(t: &Txn<'_>, path: &RemotePath) -> Result<u64, Abort> {
+    let mut ino = ROOT_INODE;
+    let mut so_far = String::new();
+    for name in path.components() {
+        let node = get_inode(t, ino)?;
+        if node.kind != Kind::Dir {
+            return Err(abort(MetaError::NotADirectory(if so_far.is_empty() { "/".into() } else { so_far })));
+        }
+        so_far.push('/');
+        so_far.push_str(name);
+        ino = lookup(t, ino, name)?.ok_or_else(|| abort(MetaError::NotFound(so_far.clone())))?;
+    }
+    Ok(ino)
+}
+
+fn new_dir(owner: &str, parent: u64, name: &str, mode: u32) -> Inode {
+    Inode {
+        kind: Kind::Dir,
+        parent,
+        name: name.to_string(),
+        size: 0,
+        mode,
+        mtime_ms: unix_ms_now() as i64,
+        owner: owner.to_string(),
+        count: 0,
+        version: 1,
+    }
+}
+
+/// Links `child` under `parent` as `name` and bumps the parent's entry count.
+fn link(t: &Txn<'_>, parent: u64, name: &str, child: u64) -> Result<(), Abort> {
+    t.insert(Table::Dirents, &dirent_key(parent, name), u64_key(child).to_vec())?;
+    let mut p = get_inode(t, parent)?;
+    p.count += 1;
+    p.mtime_ms = unix_ms_now() as i64;
+    put_inode(t, parent, &p)
+}
+
+fn unlink(t: &Txn<'_>, parent: u64, name: &str) -> Result<(), Abort> {
+    t.remove(Table::Dirents, &dirent_key(parent, name))?;
+    let mut p = get_inode(t, parent)?;
+    p.count = p.count.saturating_sub(1);
+    p.mtime_ms = unix_ms_now() as i64;
+    put_inode(t, parent, &p)
+}
+
+/// Resolves the parent directory of `path`, creating missing directories when `parents`.
+fn parent_dir(t: &Txn<'_>, path: &RemotePath, parents: bool, owner: &str) -> Result<u64, Abort> {
+    let (parent_path, _) = path.split_last().map_err(|e| abort(e.into()))?;
+    if !parents {
+        let ino = resolve(t, &parent_path)?;
+        if get_inode(t, ino)?.kind != Kind::Dir {
+            return Err(abort(MetaError::NotADirectory(parent_path.to_string())));
+        }
+        return Ok(ino);
+    }
+    mkdir_all(t, &parent_path, owner)
+}
+
+fn mkdir_all(t: &Txn<'_>, path: &RemotePath, owner: &str) -> Result<u64, Abort> {
+    let mut ino = ROOT_INODE;
+    let mut so_far = String::new();
+    for name in path.components() {
+        so_far.push('/');
+        so_far.push_str(name);
+        ino = match lookup(t, ino, name)? {
+            Some(child) => {
+                if get_inode(t, child)?.kind != Kind::Dir {
+                    return Err(abort(MetaError::NotADirectory(so_far.clone())));
+                }
+                child
+            }
+            None => {
+                let child = alloc_inode(t)?;
+                put_inode(t, child, &new_dir(owner, ino, name, 0o755))?;
+                link(t, ino, name, child)?;
+                let mut totals = totals_in(t)?;
+                totals.dirs += 1;
+                put_totals(t, &totals)?;
+                child
+            }
+        };
+    }
+    Ok(ino)
+}
+
+fn load_manifest(t: &Txn<'_>, ino: u64) -> Result<Vec<ChunkRef>, Abort> {
+    match t.get(Table::Manifests, &u64_key(ino))? {
+        Some(v) => decode("manifest", &v).map_err(abort),
+        None => Ok(Vec::new()),
+    }
+}
+
+/// Drops one reference to each chunk of a manifest.
+fn release_chunks(t: &Txn<'_>, chunks: &[ChunkRef]) -> Result<(), Abort> {
+    let now = unix_ms_now();
+    for c in chunks {
+        if let Some(v) = t.get(Table::Chunks, &c.id)? {
+            let mut rec: ChunkRecord = decode("chunk", &v).map_err(abort)?;
+            rec.refs = rec.refs.saturating_sub(1);
+            if rec.refs == 0 {
+                rec.unreferenced_since_ms = now;
+            }
+            t.insert(Table::Chunks, &c.id, encode(&rec))?;
+        }
+    }
+    Ok(())
+}
+
+/// Takes one reference to each chunk. A chunk not stored before becomes stored on the
+/// nodes that acknowledged it, provided they were issued a token for it and there are at
+/// least `min_replicas` of them.
+fn acquire_chunks(t: &Txn<'_>, c: &FileCommitIn, min_replicas: usize) -> Result<(), Abort> {
+    let no_nodes = Vec::new();
+    for (i, r) in c.chunks.iter().enumerate() {
+        let reported = c.stored_on.get(i).unwrap_or(&no_nodes);
+        if let Some(v) = t.get(Table::Chunks, &r.id)? {
+            let mut rec: ChunkRecord = decode("chunk", &v).map_err(abort)?;
+            rec.refs += 1;
+            rec.unreferenced_since_ms = 0;
+            t.insert(Table::Chunks, &r.id, encode(&rec))?;
+            continue;
+        }
+        let short = ChunkId(r.id).short();
+        let Some(v) = t.get(Table::Pending, &r.id)? else {
+            return Err(abort(MetaError::ChunkNotUploaded(short, c.path.to_string())));
+        };
+        let pending: PendingRecord = decode("pending", &v).map_err(abort)?;
+        if pending.size != r.size {
+            return Err(abort(MetaError::BadManifest(
+                c.path.to_string(),
+                format!("chunk {short} has size {} but was planned with size {}", r.size, pending.size),
+            )));
+        }
+        let mut nodes: Vec<String> = reported.iter().filter(|n| pending.nodes.contains(n)).cloned().collect();
+        nodes.sort();
+        nodes.dedup();
+        if nodes.len() < min_replicas {
+            return Err(abort(MetaError::BadManifest(
+                c.path.to_string(),
+                format!("chunk {short} has {} acknowledged copies, {min_replicas} are required", nodes.len()),
+            )));
+        }
+        let rec = ChunkRecord {
+            size: r.size,
+            refs: 1,
+            replicas: nodes,
+            unreferenced_since_ms: 0,
+        };
+        t.remove(Table::Pending, &r.id)?;
+        t.insert(Table::Chunks, &r.id, encode(&rec))?;
+        let mut totals = totals_in(t)?;
+        totals.unique_chunks += 1;
+        totals.unique_bytes += r.size;
+        totals.physical_bytes += r.size * rec.replicas.len() as u64;
+        put_totals(t, &totals)?;
+    }
+    Ok(())
+}
+
+fn check_manifest(c: &FileCommitIn) -> Result<(), MetaError> {
+    let mut offset = 0u64;
+    for r in &c.chunks {
+        if r.offset != offset || r.size == 0 {
+            return Err(MetaError::BadManifest(
+                c.path.to_string(),
+                format!(
+                    "chunk at offset {} does not follow the previous one (expected offset {offset})",
+                    r.offset
+                ),
+            ));
+        }
+        offset += r.size;
+    }
+    if offset != c.size {
+        return Err(MetaError::BadManifest(
+            c.path.to_string(),
+            format!("chunks cover {offset} bytes but the file is {} bytes", c.size),
+        ));
+    }
+    Ok(())
+}
+
+/// Commits one file inside a transaction: new or replacing an older version atomically.
+fn commit_one(t: &Txn<'_>, c: &FileCommitIn, owner: &str, min_replicas: usize) -> Result<Attr, Abort> {
+    let (_, name) = c.path.split_last().map_err(|e| abort(e.into()))?;
+    let parent = parent_dir(t, &c.path, c.parents, owner)?;
+    let existing = lookup(t, parent, name)?;
+    let (ino, version, mut totals) = match existing {
+        Some(ino) => {
+            let old = get_inode(t, ino)?;
+            if old.kind == Kind::Dir {
+                return Err(abort(MetaError::IsADirectory(c.path.to_string())));
+            }
+            let old_chunks = load_manifest(t, ino)?;
+            release_chunks(t, &old_chunks)?;
+            let mut totals = totals_in(t)?;
+            totals.logical_bytes = totals.logical_bytes.saturating_sub(old.size);
+            (ino, old.version + 1, totals)
+        }
+        None => {
+            let ino = alloc_inode(t)?;
+            link(t, parent, name, ino)?;
+            let mut totals = totals_in(t)?;
+            totals.files += 1;
+            (ino, 1, totals)
+        }
+    };
+    totals.logical_bytes += c.size;
+    put_totals(t, &totals)?;
+    acquire_chunks(t, c, min_replicas)?;
+    let node = Inode {
+        kind: Kind::File,
+        parent,
+        name: name.to_string(),
+        size: c.size,
+        mode: c.mode & 0o7777,
+        mtime_ms: c.mtime_ms,
+        owner: owner.to_string(),
+        count: c.chunks.len() as u64,
+        version,
+    };
+    put_inode(t, ino, &node)?;
+    t.insert(Table::Manifests, &u64_key(ino), encode(&c.chunks))?;
+    audit(
+        t,
+        owner,
+        "commit",
+        &c.path,
+        format!("{} bytes, {} chunks, version {version}", c.size, c.chunks.len()),
+    )?;
+    Ok(attr(c.path.as_str(), ino, &node))
+}
+
+fn remove_one(t: &Txn<'_>, path: &RemotePath, who: &str) -> Result<Kind, Abort> {
+    let (_, name) = path.split_last().map_err(|e| abort(e.into()))?;
+    let ino = resolve(t, path)?;
+    let node = get_inode(t, ino)?;
+    let mut totals = totals_in(t)?;
+    match node.kind {
+        Kind::Dir => {
+            if node.count > 0 {
+                return Err(abort(MetaError::NotEmpty(path.to_string())));
+            }
+            totals.dirs = totals.dirs.saturating_sub(1);
+        }
+        Kind::File => {
+            let chunks = load_manifest(t, ino)?;
+            release_chunks(t, &chunks)?;
+            t.remove(Table::Manifests, &u64_key(ino))?;
+            totals.files = totals.files.saturating_sub(1);
+            totals.logical_bytes = totals.logical_bytes.saturating_sub(node.size);
+        }
+    }
+    put_totals(t, &totals)?;
+    unlink(t, node.parent, name)?;
+    t.remove(Table::Inodes, &u64_key(ino))?;
+    audit(t, who, "remove", path, String::new())?;
+    Ok(node.kind)
+}
+
+impl MetaStore {
+    pub fn stat(&self, path: &RemotePath) -> Result<Attr, MetaError> {
+        self.engine.transact(|t| {
+            let ino = resolve(t, path)?;
+            Ok(attr(path.as_str(), ino, &get_inode(t, ino)?))
+        })
+    }
+
+    /// A file's attributes and manifest, read in one consistent snapshot.
+    pub fn manifest(&self, path: &RemotePath) -> Result<(Attr, Vec<ChunkRef>), MetaError> {
+        self.engine.transact(|t| {
+            let ino = resolve(t, path)?;
+            let node = get_inode(t, ino)?;
+            if node.kind == Kind::Dir {
+                return Err(abort(MetaError::IsADirectory(path.to_string())));
+            }
+            Ok((attr(path.as_str(), ino, &node), load_manifest(t, ino)?))
+        })
+    }
+
+    /// Up to `limit` entries of a directory in name order, after `after`; and whether more follow.
+    pub fn list(&self, path: &RemotePath, after: Option<&str>, limit: usize) -> Result<(Vec<Attr>, bool), MetaError> {
+        let dir = self.stat(path)?;
+        if dir.kind != Kind::Dir {
+            return Ok((vec![dir], false));
+        }
+        let prefix = u64_key(dir.inode);
+        let after_key = after.map(|a| dirent_key(dir.inode, a));
+        let mut out = Vec::new();
+        for r in self.engine.scan_prefix(Table::Dirents, &prefix, after_key.as_deref()) {
+            let (k, v) = r?;
+            if out.len() == limit {
+                return Ok((out, true));
+            }
+            let name = String::from_utf8_lossy(&k[8..]).into_owned();
+            let ino = read_u64(&v)?;
+            let Some(raw) = self.engine.get(Table::Inodes, &u64_key(ino))? else {
+                continue;
+            };
+            let node: Inode = decode("inode", &raw)?;
+            let child = path.join(&name)?;
+            out.push(attr(child.as_str(), ino, &node));
+        }
+        Ok((out, false))
+    }
+
+    /// Visits every file below `path` (depth first, names in order) with its path relative
+    /// to `path`; stops early when `visit` returns false. Memory is bounded by tree depth.
+    pub fn walk_files(&self, path: &RemotePath, visit: &mut dyn FnMut(&str, Attr) -> bool) -> Result<(), MetaError> {
+        let top = self.stat(path)?;
+        if top.kind == Kind::File {
+            let name = path.split_last().map(|(_, n)| n.to_string()).unwrap_or_default();
+            visit(&name, top);
+            return Ok(());
+        }
+        const PAGE: usize = 1000;
+        // Stack of (directory path, relative prefix, resume-after name).
+        let mut stack: Vec<(RemotePath, String, Option<String>)> = vec![(path.clone(), String::new(), None)];
+        while let Some((dir, rel, after)) = stack.pop() {
+            let (entries, more) = self.list(&dir, after.as_deref(), PAGE)?;
+            if more && let Some(last) = entries.last() {
+                let last_name = last.path.rsplit('/').next().unwrap_or("").to_string();
+                stack.push((dir.clone(), rel.clone(), Some(last_name)));
+            }
+            let mut subdirs = Vec::new();
+            for e in entries {
+                let name = e.path.rsplit('/').next().unwrap_or("").to_string();
+                let child_rel = if rel.is_empty() { name } else { format!("{rel}/{name}") };
+                match e.kind {
+                    Kind::File => {
+                        if !visit(&child_rel, e) {
+                            return Ok(());
+                        }
+                    }
+                    Kind::Dir => subdirs.push((validate_path(&e.path)?, child_rel, None)),
+                }
+            }
+            stack.extend(subdirs.into_iter().rev());
+        }
+        Ok(())
+    }
+
+    pub fn mkdir(&self, path: &RemotePath, parents: bool, mode: u32, owner: &str) -> Result<Attr, MetaError> {
+        self.engine.transact(|t| {
+            if path.is_root() {
+                return if parents {
+                    Ok(attr("/", ROOT_INODE, &get_inode(t, ROOT_INODE)?))
+                } else {
+                    Err(abort(MetaError::AlreadyExists("/".into())))
+                };
+            }
+            let (_, name) = path.split_last().map_err(|e| abort(e.into()))?;
+            let parent = parent_dir(t, path, parents, owner)?;
+            if let Some(existing) = lookup(t, parent, name)? {
+                let node = get_inode(t, existing)?;
+                if parents && node.kind == Kind::Dir {
+                    return Ok(attr(path.as_str(), existing, &node));
+                }
+                return Err(abort(MetaError::AlreadyExists(path.to_string())));
+            }
+            let ino = alloc_inode(t)?;
+            let node = new_dir(owner, parent, name, mode & 0o7777);
+            put_inode(t, ino, &node)?;
+            link(t, parent, name, ino)?;
+            let mut totals = totals_in(t)?;
+            totals.dirs += 1;
+            put_totals(t, &totals)?;
+            audit(t, owner, "mkdir", path, String::new())?;
+            Ok(attr(path.as_str(), ino, &node))
+        })
+    }
+
+    /// Makes files visible, each with its whole manifest, in one atomic transaction. New
+    /// chunks need at least `min_replicas` acknowledged copies.
+    pub fn commit_files(&self, files: &[FileCommitIn], owner: &str, min_replicas: usize) -> Result<Vec<Attr>, MetaError> {
+        for c in files {
+            check_manifest(c)?;
+        }
+        self.engine
+            .transact(|t| files.iter().map(|c| commit_one(t, c, owner, min_replicas)).collect())
+    }
+
+    /// Removes a file or an empty directory; with `recursive`, a whole tree (each entry
+    /// atomically, deepest first). Returns (files, directories) removed.
+    pub fn remove(&self, path: &RemotePath, recursive: bool, who: &str) -> Result<(u64, u64), MetaError> {
+        if path.is_root() {
+            return Err(MetaError::Path(collective_core::PathError::Root));
+        }
+        let top = self.stat(path)?;
+        if top.kind == Kind::Dir && recursive && top.count > 0 {
+            let (mut files, mut dirs) = (0, 0);
+            loop {
+                let (entries, _) = self.list(path, None, 1000)?;
+                if entries.is_empty() {
+                    break;
+                }
+                for e in entries {
+                    let p = validate_path(&e.path)?;
+                    let (f, d) = self.remove(&p, true, who)?;
+                    files += f;
+                    dirs += d;
+                }
+            }
+            self.engine.transact(|t| remove_one(t, path, who))?;
+            return Ok((files, dirs + 1));
+        }
+        let kind = self.engine.transact(|t| remove_one(t, path, who))?;
+        Ok(if kind == Kind::Dir { (0, 1) } else { (1, 0) })
+    }
+
+    /// Moves `src` to `dst`, replacing a file at `dst` (or an empty directory, when `src`
+    /// is a directory). A directory cannot move below itself.
+    pub fn rename(&self, src: &RemotePath, dst: &RemotePath, who: &str) -> Result<Attr, MetaError> {
+        let bad = |why: &str| abort(MetaError::BadRename(src.to_string(), dst.to_string(), why.to_string()));
+        self.engine.transact(|t| {
+            let (_, src_name) = src.split_last().map_err(|e| abort(e.into()))?;
+            let (dst_parent_path, dst_name) = dst.split_last().map_err(|e| abort(e.into()))?;
+            let ino = resolve(t, src)?;
+            let mut node = get_inode(t, ino)?;
+            if src == dst {
+                return Ok(attr(dst.as_str(), ino, &node));
+            }
+            let dst_parent = resolve(t, &dst_parent_path)?;
+            if get_inode(t, dst_parent)?.kind != Kind::Dir {
+                return Err(abort(MetaError::NotADirectory(dst_parent_path.to_string())));
+            }
+            // Refuse to move a directory below itself.
+            let mut up = dst_parent;
+            loop {
+                if up == ino {
+                    return Err(bad("a directory cannot move inside itself"));
+                }
+                if up == ROOT_INODE {
+                    break;
+                }
+                up = get_inode(t, up)?.parent;
+            }
+            if let Some(existing) = lookup(t, dst_parent, dst_name)? {
+                let target = get_inode(t, existing)?;
+                match (node.kind, target.kind) {
+                    (Kind::File, Kind::Dir) => return Err(abort(MetaError::IsADirectory(dst.to_string()))),
+                    (Kind::Dir, Kind::File) => return Err(abort(MetaError::NotADirectory(dst.to_string()))),
+                    (Kind::Dir, Kind::Dir) if target.count > 0 => return Err(abort(MetaError::NotEmpty(dst.to_string()))),
+                    _ => {}
+                }
+                remove_one(t, dst, who)?;
+            }
+            unlink(t, node.parent, src_name)?;
+            link(t, dst_parent, dst_name, ino)?;
+            node.parent = dst_parent;
+            node.name = dst_name.to_string();
+            put_inode(t, ino, &node)?;
+            audit(t, who, "rename", src, format!("to {dst}"))?;
+            Ok(attr(dst.as_str(), ino, &node))
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn store(name: &str) -> (MetaStore, std::path::PathBuf) {
+        let d = std::env::temp_dir().join(format!("collective-meta-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&d);
+        (MetaStore::open(&d).unwrap(), d)
+    }
+
+    fn p(s: &str) -> RemotePath {
+        validate_path(s).unwrap()
+    }
+
+    fn commit(m: &MetaStore, path: &str, data: &[&[u8]]) -> Result<Attr, MetaError> {
+        let mut chunks = vec![];
+        let mut stored_on = vec![];
+        let mut off = 0;
+        for d in data {
+            let id = ChunkId::of(d);
+            if m.chunk(&id).unwrap().is_none() {
+                m.add_pending(
+                    &id,
+                    d.len() as u64,
+                    &["n1@a.collective.local".into(), "n2@a.collective.local".into()],
+                )
+                .unwrap();
+            }
+            chunks.push(ChunkRef {
+                id: id.0,
+                offset: off,
+                size: d.len() as u64,
+            });
+            stored_on.push(vec!["n1@a.collective.local".to_string(), "n2@a.collective.local".to_string()]);
+            off += d.len() as u64;
+        }
+        let c = FileCommitIn {
+            path: p(path),
+            size: off,
+            mode: 0o644,
+            mtime_ms: 0,
+            chunks,
+            stored_on,
+            parents: true,
+        };
+        m.commit_files(&[c], "u@a.collective.local", 2).map(|mut v| v.remove(0))
+    }
+
+    #[test]
+    fn commit_replace_and_remove_keep_references_and_totals_exact() {
+        let (m, d) = store("refs");
+        commit(&m, "/a/b/f", &[b"one", b"two"]).unwrap();
+        commit(&m, "/a/g", &[b"two"]).unwrap();
+        assert_eq!(m.chunk(&ChunkId::of(b"two")).unwrap().unwrap().refs, 2);
+        let t = m.totals().unwrap();
+        assert_eq!(
+            (t.files, t.dirs, t.logical_bytes, t.unique_chunks, t.unique_bytes, t.physical_bytes),
+            (2, 2, 9, 2, 6, 12)
+        );
+        let v2 = commit(&m, "/a/b/f", &[b"three"]).unwrap();
+        assert_eq!(v2.version, 2);
+        assert_eq!(m.chunk(&ChunkId::of(b"one")).unwrap().unwrap().refs, 0);
+        assert_eq!(m.totals().unwrap().logical_bytes, 8);
+        m.remove(&p("/a"), true, "u").unwrap();
+        let t = m.totals().unwrap();
+        assert_eq!((t.files, t.dirs, t.logical_bytes), (0, 0, 0));
+        assert_eq!(m.chunk(&ChunkId::of(b"two")).unwrap().unwrap().refs, 0);
+        assert!(m.audit_len() >= 4);
+        drop(m);
+        std::fs::remove_dir_all(d).unwrap();
+    }
+
+    #[test]
+    fn commit_of_an_unuploaded_chunk_changes_nothing() {
+        let (m, d) = store("unuploaded");
+        let c = FileCommitIn {
+            path: p("/f"),
+            size: 3,
+            mode: 0o644,
+            mtime_ms: 0,
+            chunks: vec![ChunkRef {
+                id: ChunkId::of(b"abc").0,
+                offset: 0,
+                size: 3,
+            }],
+            stored_on: vec![vec![]],
+            parents: false,
+        };
+        assert!(matches!(m.commit_files(&[c], "u", 1), Err(MetaError::ChunkNotUploaded(..))));
+        assert!(matches!(m.stat(&p("/f")), Err(MetaError::NotFound(_))));
+        assert_eq!(m.totals().unwrap(), Default::default());
+        drop(m);
+        std::fs::remove_dir_all(d).unwrap();
+    }
+
+    #[test]
+    fn a_chunk_with_too_few_acknowledged_copies_is_refused() {
+        let (m, d) = store("fewcopies");
+        let id = ChunkId::of(b"abc");
+        m.add_pending(&id, 3, &["n1".into(), "n2".into()]).unwrap();
+        let c = |nodes: Vec<String>| FileCommitIn {
+            path: p("/f"),
+            size: 3,
+            mode: 0o644,
+            mtime_ms: 0,
+            chunks: vec![ChunkRef {
+                id: id.0,
+                offset: 0,
+                size: 3,
+            }],
+            stored_on: vec![nodes],
+            parents: false,
+        };
+        assert!(matches!(
+            m.commit_files(&[c(vec!["n1".into(), "n9".into()])], "u", 2),
+            Err(MetaError::BadManifest(..))
+        ));
+        assert!(matches!(m.stat(&p("/f")), Err(MetaError::NotFound(_))));
+        m.commit_files(&[c(vec!["n1".into(), "n2".into()])], "u", 2).unwrap();
+        assert_eq!(m.chunk(&id).unwrap().unwrap().replicas, vec!["n1", "n2"]);
+        drop(m);
+        std::fs::remove_dir_all(d).unwrap();
+    }
+
+    #[test]
+    fn namespace_errors_name_the_path() {
+        let (m, d) = store("errors");
+        commit(&m, "/f", &[b"x"]).unwrap();
+        m.mkdir(&p("/d"), false, 0o755, "u").unwrap();
+        commit(&m, "/d/x", &[b"y"]).unwrap();
+        assert!(matches!(m.mkdir(&p("/d"), false, 0o755, "u"), Err(MetaError::AlreadyExists(_))));
+        assert!(matches!(m.stat(&p("/f/x")), Err(MetaError::NotADirectory(s)) if s == "/f"));
+        assert!(matches!(m.remove(&p("/d"), false, "u"), Err(MetaError::NotEmpty(_))));
+        m.mkdir(&p("/d/sub"), false, 0o755, "u").unwrap();
+        assert!(matches!(m.rename(&p("/d"), &p("/d/sub/y"), "u"), Err(MetaError::BadRename(..))));
+        m.remove(&p("/d/sub"), false, "u").unwrap();
+        assert!(matches!(commit(&m, "/d", &[b"z"]), Err(MetaError::IsADirectory(_))));
+        m.rename(&p("/f"), &p("/d/x"), "u").unwrap();
+        assert!(matches!(m.stat(&p("/f")), Err(MetaError::NotFound(_))));
+        assert_eq!(m.stat(&p("/d/x")).unwrap().size, 1);
+        assert_eq!(m.totals().unwrap().files, 1);
+        let mut seen = vec![];
+        m.walk_files(&p("/"), &mut |rel, _| {
+            seen.push(rel.to_string());
+            true
+        })
+        .unwrap();
+        assert_eq!(seen, vec!["d/x"]);
+        drop(m);
+        std::fs::remove_dir_all(d).unwrap();
+    }
+
+    #[test]
+    fn listing_pages_through_large_directories() {
+        let (m, d) = store("paging");
+        for i in 0..25 {
+            m.mkdir(&p(&format!("/dir/e{i:03}")), true, 0o755, "u").unwrap();
+        }
+        let (first, more) = m.list(&p("/dir"), None, 10).unwrap();
+        assert!(more);
+        assert_eq!(first.len(), 10);
+        let last = first.last().unwrap().path.rsplit('/').next().unwrap().to_string();
+        let (second, _) = m.list(&p("/dir"), Some(&last), 100).unwrap();
+        assert_eq!(second.len(), 15);
+        assert_eq!(second[0].path, "/dir/e010");
+        drop(m);
+        std::fs::remove_dir_all(d).unwrap();
+    }
+}

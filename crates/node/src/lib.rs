@@ -1,0 +1,16 @@
+//! The storage node server: serves the chunk store over the QUIC chunk protocol (token
+//! checked on every operation), answers its coordinator's control calls over gRPC,
+//! registers and sends heartbeats, and exposes metrics and health over HTTP.
+//!
+//! It trusts only principals of its own member; control calls only from its coordinator;
+//! chunk operations only with an unexpired token signed by that coordinator naming the
+//! chunk, this node and the caller.
+
+mod config;
+mod control;
+mod metrics;
+mod server;
+mod service;
+
+pub use config::{NodeConfig, TlsFiles};
+pub use server::{NodeError, run};

@@ -1,0 +1,217 @@
+//! Wiring: load identity and store, start the endpoints, register, send heartbeats.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use collective_chunkstore::ChunkStore;
+use collective_core::{Principal, Role, parse_duration, parse_size};
+use collective_pki::{TlsIdentity, TokenVerifier};
+use collective_proto::v1::node_control_server::NodeControlServer;
+use collective_proto::v1::registry_client::RegistryClient;
+use collective_proto::v1::{HeartbeatRequest, RegisterNodeRequest};
+use collective_telemetry::{Component, HealthReport};
+use tokio::sync::watch;
+
+use crate::config::NodeConfig;
+use crate::control::Control;
+use crate::metrics::NodeMetrics;
+use crate::service::{NodeState, serve_connection};
+
+#[derive(Debug, thiserror::Error)]
+pub enum NodeError {
+    #[error("invalid configuration: {0}")]
+    Config(String),
+    #[error(transparent)]
+    Pki(#[from] collective_pki::PkiError),
+    #[error("cannot open the chunk store: {0}")]
+    Store(#[from] collective_chunkstore::StoreError),
+    #[error(transparent)]
+    Rpc(#[from] collective_rpc::RpcError),
+    #[error(transparent)]
+    Data(#[from] collective_dataplane::DataError),
+    #[error("{0}")]
+    Io(String),
+}
+
+fn addr(what: &str, s: &str) -> Result<SocketAddr, NodeError> {
+    collective_rpc::resolve(s).map_err(|e| NodeError::Config(format!("{what}: {e}")))
+}
+
+fn advertised(host: &Option<String>, bound: SocketAddr) -> String {
+    match host {
+        Some(h) => format!("{h}:{}", bound.port()),
+        None => bound.to_string(),
+    }
+}
+
+/// Runs a storage node until `shutdown` completes.
+pub async fn run(cfg: NodeConfig, shutdown: impl Future<Output = ()> + Send + 'static) -> Result<(), NodeError> {
+    let identity = TlsIdentity::load(&cfg.tls.ca, &cfg.tls.cert, &cfg.tls.key)?;
+    if identity.role != Role::Node {
+        return Err(NodeError::Config(format!(
+            "{} holds a {} certificate; a node needs one issued with `collective ca issue --role node`",
+            identity.cert_path.display(),
+            identity.role
+        )));
+    }
+    let capacity = parse_size(&cfg.capacity).map_err(|e| NodeError::Config(format!("capacity: {e}")))?;
+    let heartbeat = parse_duration(&cfg.heartbeat_interval).map_err(|e| NodeError::Config(format!("heartbeat_interval: {e}")))?;
+    let coordinator = Principal::new(&cfg.coordinator_name, &identity.principal.domain)
+        .map_err(|e| NodeError::Config(format!("coordinator_name: {e}")))?;
+    let data_dir = cfg.data_dir.clone();
+    let store = tokio::task::spawn_blocking(move || ChunkStore::open(&data_dir, capacity))
+        .await
+        .map_err(|e| NodeError::Io(e.to_string()))??;
+    let metrics = NodeMetrics::new().map_err(|e| NodeError::Io(e.to_string()))?;
+    let state = Arc::new(NodeState::new(
+        identity.principal.to_string(),
+        identity.principal.domain.clone(),
+        Arc::new(store),
+        metrics,
+        coordinator.to_string(),
+    ));
+    state.usage();
+
+    let (stop_tx, stop_rx) = watch::channel(false);
+    tokio::spawn(async move {
+        shutdown.await;
+        let _ = stop_tx.send(true);
+    });
+    let stopped = |mut rx: watch::Receiver<bool>| async move {
+        let _ = rx.wait_for(|v| *v).await;
+    };
+
+    // QUIC chunk endpoint.
+    let quic = collective_dataplane::server_endpoint(&identity, addr("quic_listen", &cfg.quic_listen)?)?;
+    let quic_addr = quic.local_addr().map_err(|e| NodeError::Io(e.to_string()))?;
+    {
+        let quic = quic.clone();
+        let state = state.clone();
+        tokio::spawn(async move {
+            while let Some(incoming) = quic.accept().await {
+                tokio::spawn(serve_connection(state.clone(), incoming));
+            }
+        });
+    }
+
+    // gRPC control endpoint.
+    let (grpc_addr, incoming) = collective_rpc::tls_incoming(&identity, addr("grpc_listen", &cfg.grpc_listen)?).await?;
+    let control = NodeControlServer::new(Control { state: state.clone() });
+    let grpc = tokio::spawn(
+        tonic::transport::Server::builder()
+            .add_service(control)
+            .serve_with_incoming_shutdown(incoming, stopped(stop_rx.clone())),
+    );
+
+    // HTTP metrics and health.
+    let (registered_tx, registered_rx) = watch::channel(false);
+    let health_state = state.clone();
+    let health = Arc::new(move || {
+        let registered = *registered_rx.borrow();
+        let usage = health_state.usage();
+        let mut comps = vec![Component {
+            name: "store".into(),
+            state: "ok".into(),
+            message: format!("{} chunks, {} bytes free", usage.chunks, usage.free_bytes),
+        }];
+        comps.push(if registered {
+            Component {
+                name: "coordinator".into(),
+                state: "ok".into(),
+                message: format!("registered with {}", health_state.coordinator),
+            }
+        } else {
+            Component {
+                name: "coordinator".into(),
+                state: "failed".into(),
+                message: format!("not registered with {} yet", health_state.coordinator),
+            }
+        });
+        if usage.free_bytes < 64 << 20 {
+            comps.push(Component {
+                name: "disk".into(),
+                state: "degraded".into(),
+                message: "less than 64 MiB free".into(),
+            });
+        }
+        HealthReport::from_components(registered, comps)
+    });
+    let (http_addr, http) = collective_telemetry::serve(
+        addr("http_listen", &cfg.http_listen)?,
+        state.metrics.registry.clone(),
+        health,
+        stopped(stop_rx.clone()),
+    )
+    .await
+    .map_err(|e| NodeError::Io(format!("cannot listen on {}: {e}", cfg.http_listen)))?;
+    let http = tokio::spawn(http);
+    tracing::info!(node = %identity.principal, %grpc_addr, %quic_addr, %http_addr, "node started");
+
+    // Registration and heartbeats.
+    let channel = collective_rpc::channel(&identity, &cfg.coordinator, &coordinator)?;
+    let mut client = RegistryClient::new(channel);
+    let reg = RegisterNodeRequest {
+        grpc_addr: advertised(&cfg.advertise_host, grpc_addr),
+        quic_addr: advertised(&cfg.advertise_host, quic_addr),
+        usage: None,
+    };
+    let hb_state = state.clone();
+    let mut hb_stop = stop_rx.clone();
+    let heartbeats = tokio::spawn(async move {
+        let mut registered = false;
+        let mut warned = false;
+        loop {
+            if !registered {
+                let mut req = reg.clone();
+                req.usage = Some(hb_state.usage());
+                match client.register_node(req).await {
+                    Ok(resp) => match TokenVerifier::new(&resp.get_ref().token_public_key) {
+                        Ok(v) => {
+                            *hb_state.verifier.write().await = Some(v);
+                            registered = true;
+                            warned = false;
+                            let _ = registered_tx.send(true);
+                            tracing::info!(coordinator = %resp.get_ref().coordinator, "registered");
+                        }
+                        Err(e) => tracing::error!("coordinator sent an unusable token key: {e}"),
+                    },
+                    Err(s) => {
+                        if !warned {
+                            tracing::warn!("cannot register yet: {}", collective_rpc::explain_status("the coordinator", &s));
+                            warned = true;
+                        }
+                    }
+                }
+            } else {
+                match client
+                    .heartbeat(HeartbeatRequest {
+                        usage: Some(hb_state.usage()),
+                    })
+                    .await
+                {
+                    Ok(r) if !r.get_ref().known => registered = false,
+                    Ok(_) => {}
+                    Err(s) => {
+                        tracing::warn!("heartbeat failed: {}", collective_rpc::explain_status("the coordinator", &s));
+                        registered = false;
+                        let _ = registered_tx.send(false);
+                    }
+                }
+            }
+            let wait = if registered { heartbeat } else { Duration::from_millis(300) };
+            tokio::select! {
+                _ = tokio::time::sleep(wait) => {}
+                _ = hb_stop.wait_for(|v| *v) => break,
+            }
+        }
+    });
+
+    let _ = grpc.await;
+    let _ = http.await;
+    heartbeats.abort();
+    quic.close(0u32.into(), b"node shutting down");
+    tracing::info!("node stopped");
+    Ok(())
+}

@@ -1,0 +1,223 @@
+//! The QUIC chunk service: one stream, one verified chunk operation.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use collective_chunkstore::{ChunkStore, StoreError};
+use collective_core::ChunkId;
+use collective_dataplane::{MAX_CHUNK_BYTES, PROTOCOL_VERSION, peer_of, read_frame, read_payload, write_frame};
+use collective_pki::TokenVerifier;
+use collective_proto::v1::{ChunkOp, ChunkRequest, ChunkResponse, ChunkStatus, NodeUsage, TokenOp};
+use tokio::sync::{RwLock, Semaphore};
+
+use crate::metrics::NodeMetrics;
+
+/// Bytes of chunk data a node holds in memory at once across all transfers.
+const BUFFER_BUDGET_KIB: u32 = 24 * 1024;
+
+pub struct NodeState {
+    pub principal: String,
+    pub domain: String,
+    pub store: Arc<ChunkStore>,
+    pub metrics: NodeMetrics,
+    /// Set once the coordinator has accepted our registration.
+    pub verifier: RwLock<Option<TokenVerifier>>,
+    pub coordinator: String,
+    buffers: Semaphore,
+}
+
+impl NodeState {
+    pub fn new(principal: String, domain: String, store: Arc<ChunkStore>, metrics: NodeMetrics, coordinator: String) -> NodeState {
+        NodeState {
+            principal,
+            domain,
+            store,
+            metrics,
+            verifier: RwLock::new(None),
+            coordinator,
+            buffers: Semaphore::new(BUFFER_BUDGET_KIB as usize),
+        }
+    }
+
+    pub fn usage(&self) -> NodeUsage {
+        let (capacity, used, free) = (self.store.capacity(), self.store.used(), self.store.free());
+        self.metrics.stored_bytes.set(used as i64);
+        self.metrics.stored_chunks.set(self.store.chunk_count() as i64);
+        self.metrics.capacity_bytes.set(capacity as i64);
+        self.metrics.free_bytes.set(free as i64);
+        let (healthy, health_message) = if free < 64 << 20 {
+            (true, "less than 64 MiB free".to_string())
+        } else {
+            (true, String::new())
+        };
+        NodeUsage {
+            capacity_bytes: capacity,
+            used_bytes: used,
+            free_bytes: free,
+            chunks: self.store.chunk_count(),
+            healthy,
+            health_message,
+        }
+    }
+
+    /// Reserves memory for a chunk of `size` bytes.
+    async fn reserve(&self, size: u64) -> Option<tokio::sync::SemaphorePermit<'_>> {
+        let kib = (size.div_ceil(1024) as u32).clamp(1, BUFFER_BUDGET_KIB);
+        self.buffers.acquire_many(kib).await.ok()
+    }
+}
+
+fn response(status: ChunkStatus, message: String, size: u64) -> ChunkResponse {
+    ChunkResponse {
+        status: status as i32,
+        message,
+        size,
+    }
+}
+
+/// Serves every stream of one QUIC connection.
+pub async fn serve_connection(state: Arc<NodeState>, incoming: quinn::Incoming) {
+    let conn = match incoming.await {
+        Ok(c) => c,
+        Err(e) => {
+            tracing::debug!("QUIC handshake failed: {e}");
+            return;
+        }
+    };
+    let Some((peer, _role)) = peer_of(&conn) else {
+        conn.close(1u32.into(), b"no usable client certificate");
+        return;
+    };
+    if peer.domain != state.domain {
+        conn.close(1u32.into(), b"not a principal of this member");
+        return;
+    }
+    let caller = peer.to_string();
+    while let Ok((send, recv)) = conn.accept_bi().await {
+        let state = state.clone();
+        let caller = caller.clone();
+        tokio::spawn(async move {
+            if let Err(e) = handle_stream(&state, &caller, send, recv).await {
+                tracing::debug!(%caller, "chunk stream ended early: {e}");
+            }
+        });
+    }
+}
+
+async fn handle_stream(state: &NodeState, caller: &str, mut send: quinn::SendStream, mut recv: quinn::RecvStream) -> Result<(), String> {
+    let req: ChunkRequest = read_frame(&mut recv).await?;
+    let started = Instant::now();
+    let op = ChunkOp::try_from(req.op).unwrap_or(ChunkOp::Unspecified);
+    let op_name = match op {
+        ChunkOp::Put => "put",
+        ChunkOp::Get => "get",
+        ChunkOp::Unspecified => "unknown",
+    };
+    let fail = |status: ChunkStatus, reason: &str, msg: String| {
+        state.metrics.op_errors.with_label_values(&[op_name, reason]).inc();
+        response(status, format!("{}: {msg}", state.principal), 0)
+    };
+    let resp = 'resp: {
+        if req.version != PROTOCOL_VERSION {
+            break 'resp fail(
+                ChunkStatus::BadRequest,
+                "version",
+                format!(
+                    "chunk protocol version {} is not supported (this node speaks {PROTOCOL_VERSION})",
+                    req.version
+                ),
+            );
+        }
+        let Some(id) = ChunkId::from_slice(&req.chunk_id) else {
+            break 'resp fail(ChunkStatus::BadRequest, "bad_request", "malformed chunk id".into());
+        };
+        let token_op = match op {
+            ChunkOp::Put => TokenOp::Put,
+            ChunkOp::Get => TokenOp::Get,
+            ChunkOp::Unspecified => break 'resp fail(ChunkStatus::BadRequest, "bad_request", "unknown operation".into()),
+        };
+        let verified = {
+            let guard = state.verifier.read().await;
+            match guard.as_ref() {
+                None => Err("this node has not registered with its coordinator yet; retry shortly".to_string()),
+                Some(v) => match &req.token {
+                    None => Err("no token was presented".into()),
+                    Some(t) => v.verify(t, token_op, &id, &state.principal, caller).map_err(|e| e.to_string()),
+                },
+            }
+        };
+        if let Err(msg) = verified {
+            state.metrics.denied.inc();
+            break 'resp fail(ChunkStatus::Denied, "denied", msg);
+        }
+        match op {
+            ChunkOp::Put => {
+                if req.size > MAX_CHUNK_BYTES {
+                    break 'resp fail(
+                        ChunkStatus::BadRequest,
+                        "too_large",
+                        format!("chunk of {} bytes exceeds the {MAX_CHUNK_BYTES}-byte limit", req.size),
+                    );
+                }
+                if req.size > state.store.free() {
+                    let e = StoreError::NoSpace {
+                        needed: req.size,
+                        free: state.store.free(),
+                        capacity: state.store.capacity(),
+                    };
+                    break 'resp fail(ChunkStatus::NoSpace, "no_space", e.to_string());
+                }
+                let _permit = state.reserve(req.size).await;
+                let data = read_payload(&mut recv, req.size).await?;
+                state.metrics.bytes_in.inc_by(data.len() as u64);
+                let store = state.store.clone();
+                let result = tokio::task::spawn_blocking(move || store.put(&id, &data))
+                    .await
+                    .map_err(|e| e.to_string())?;
+                match result {
+                    Ok(_) => {
+                        state.metrics.ops.with_label_values(&["put"]).inc();
+                        state.metrics.put_seconds.observe(started.elapsed().as_secs_f64());
+                        response(ChunkStatus::Ok, String::new(), 0)
+                    }
+                    Err(e @ StoreError::HashMismatch(_)) => fail(ChunkStatus::HashMismatch, "hash_mismatch", e.to_string()),
+                    Err(e @ StoreError::NoSpace { .. }) => fail(ChunkStatus::NoSpace, "no_space", e.to_string()),
+                    Err(e) => fail(ChunkStatus::IoError, "io", e.to_string()),
+                }
+            }
+            _ => {
+                let _permit = state.reserve(4 << 20).await;
+                let store = state.store.clone();
+                let result = tokio::task::spawn_blocking(move || store.get(&id))
+                    .await
+                    .map_err(|e| e.to_string())?;
+                match result {
+                    Ok(data) => {
+                        let size = data.len() as u64;
+                        write_frame(&mut send, &response(ChunkStatus::Ok, String::new(), size))
+                            .await
+                            .map_err(|e| e.to_string())?;
+                        send.write_chunk(data.into()).await.map_err(|e| e.to_string())?;
+                        let _ = send.finish();
+                        state.metrics.bytes_out.inc_by(size);
+                        state.metrics.ops.with_label_values(&["get"]).inc();
+                        state.metrics.get_seconds.observe(started.elapsed().as_secs_f64());
+                        return Ok(());
+                    }
+                    Err(e @ StoreError::NotFound(_)) => fail(ChunkStatus::NotFound, "not_found", e.to_string()),
+                    Err(e @ StoreError::Corrupt { .. }) => {
+                        state.metrics.verification_failures.inc();
+                        tracing::error!(chunk = %id, "served a read request for a corrupt chunk; quarantined it");
+                        fail(ChunkStatus::Corrupt, "corrupt", e.to_string())
+                    }
+                    Err(e) => fail(ChunkStatus::IoError, "io", e.to_string()),
+                }
+            }
+        }
+    };
+    write_frame(&mut send, &resp).await.map_err(|e| e.to_string())?;
+    let _ = send.finish();
+    // Let the peer read the answer before the stream is dropped.
+    let _ = send.stopped().await;
+    Ok(())
+}

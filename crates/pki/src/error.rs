@@ -1,0 +1,23 @@
+use std::path::PathBuf;
+
+#[derive(Debug, thiserror::Error)]
+pub enum PkiError {
+    #[error("cannot read {path}: {source}")]
+    Read { path: PathBuf, source: std::io::Error },
+    #[error("cannot write {path}: {source}")]
+    Write { path: PathBuf, source: std::io::Error },
+    #[error("private key {path} is readable by group or others (mode {mode:o}); run `chmod 600 {path}` and start again")]
+    KeyPermissions { path: PathBuf, mode: u32 },
+    #[error("{path} does not hold a usable {what}: {detail}")]
+    BadFile { path: PathBuf, what: &'static str, detail: String },
+    #[error("certificate is not a Collective certificate: {0}")]
+    NotCollective(String),
+    #[error(transparent)]
+    Principal(#[from] collective_core::PrincipalError),
+    #[error("certificate generation failed: {0}")]
+    Rcgen(#[from] rcgen::Error),
+    #[error("TLS configuration failed: {0}")]
+    Tls(#[from] rustls::Error),
+    #[error("{0}")]
+    Invalid(String),
+}

@@ -1,0 +1,62 @@
+//! Private files: written 0600, refused when group- or world-readable.
+
+use std::fs;
+use std::io::Write;
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::path::Path;
+
+use crate::PkiError;
+
+/// Writes `data` to a new file readable only by its owner (mode 0600), replacing any file
+/// already there.
+pub fn write_private_file(path: &Path, data: &[u8]) -> Result<(), PkiError> {
+    let werr = |source| PkiError::Write {
+        path: path.to_path_buf(),
+        source,
+    };
+    let _ = fs::remove_file(path);
+    let mut f = fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+        .map_err(werr)?;
+    f.write_all(data).map_err(werr)?;
+    f.sync_all().map_err(werr)?;
+    Ok(())
+}
+
+/// Refuses a key file that group or others can read or write.
+pub fn check_key_permissions(path: &Path) -> Result<(), PkiError> {
+    let meta = fs::metadata(path).map_err(|source| PkiError::Read {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    let mode = meta.permissions().mode() & 0o777;
+    if mode & 0o077 != 0 {
+        return Err(PkiError::KeyPermissions {
+            path: path.to_path_buf(),
+            mode,
+        });
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn private_files_are_0600_and_lax_ones_are_refused() {
+        let dir = std::env::temp_dir().join(format!("collective-keyfile-{}", std::process::id()));
+        fs::create_dir_all(&dir).unwrap();
+        let p = dir.join("k.key");
+        write_private_file(&p, b"secret").unwrap();
+        assert_eq!(fs::metadata(&p).unwrap().permissions().mode() & 0o777, 0o600);
+        check_key_permissions(&p).unwrap();
+        fs::set_permissions(&p, fs::Permissions::from_mode(0o644)).unwrap();
+        let err = check_key_permissions(&p).unwrap_err().to_string();
+        assert!(err.contains("chmod 600"), "{err}");
+        fs::remove_dir_all(&dir).unwrap();
+    }
+}

@@ -1,0 +1,21 @@
+//! Certificates, keys, TLS configuration and capability tokens.
+//!
+//! Owns everything that decides *who* is talking: making and reading member CAs and the
+//! certificates they sign (Ed25519, role and principal carried in the subject), key files
+//! and their permissions, the rustls configurations (TLS 1.3, mutual auth) used by gRPC and
+//! QUIC alike, and the Ed25519-signed tokens that let a node serve a chunk. It does no
+//! networking itself.
+
+mod ca;
+mod cert;
+mod error;
+mod keyfile;
+mod tls;
+mod token;
+
+pub use ca::{IssueRequest, MemberCa};
+pub use cert::{CertInfo, fingerprint};
+pub use error::PkiError;
+pub use keyfile::{check_key_permissions, write_private_file};
+pub use tls::{ALPN_GRPC, ALPN_QUIC, TlsIdentity, peer_from_der};
+pub use token::{DEFAULT_TOKEN_TTL, TokenError, TokenSigner, TokenVerifier};

@@ -1,0 +1,178 @@
+//! gRPC over mutual TLS 1.3: the accept loop that serves tonic services behind our own
+//! rustls configuration, the connector clients use, and the per-call check of who is
+//! calling (principal, member, role). Servers and clients of every role share it.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use collective_core::{Principal, Role};
+use collective_pki::{ALPN_GRPC, TlsIdentity, peer_from_der};
+use tokio::net::{TcpListener, TcpStream};
+use tokio_rustls::{TlsAcceptor, TlsConnector};
+use tonic::transport::{Channel, Endpoint};
+use tonic::{Request, Status};
+
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// Per-call deadline for unary calls.
+pub const CALL_TIMEOUT: Duration = Duration::from_secs(120);
+
+#[derive(Debug, thiserror::Error)]
+pub enum RpcError {
+    #[error("cannot set up TLS: {0}")]
+    Tls(String),
+    #[error("'{0}' is not a valid address: {1}")]
+    Address(String, String),
+    #[error("cannot listen on {0}: {1}")]
+    Bind(SocketAddr, std::io::Error),
+}
+
+/// The TLS stream tonic serves; `peer_certs()` works on requests over it.
+pub type ServerStream = tokio_rustls::server::TlsStream<TcpStream>;
+
+/// Binds `addr` and returns the bound address and a stream of authenticated TLS
+/// connections (failed handshakes are logged and dropped) ready for
+/// `Server::serve_with_incoming_shutdown`.
+pub async fn tls_incoming(
+    identity: &TlsIdentity,
+    addr: SocketAddr,
+) -> Result<
+    (
+        SocketAddr,
+        tokio_stream::wrappers::ReceiverStream<Result<ServerStream, std::io::Error>>,
+    ),
+    RpcError,
+> {
+    let config = identity.server_config(ALPN_GRPC).map_err(|e| RpcError::Tls(e.to_string()))?;
+    let acceptor = TlsAcceptor::from(config);
+    let listener = TcpListener::bind(addr).await.map_err(|e| RpcError::Bind(addr, e))?;
+    let bound = listener.local_addr().map_err(|e| RpcError::Bind(addr, e))?;
+    let (tx, rx) = tokio::sync::mpsc::channel(64);
+    tokio::spawn(async move {
+        loop {
+            let (tcp, peer) = match listener.accept().await {
+                Ok(x) => x,
+                Err(e) => {
+                    tracing::warn!("accept failed: {e}");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            };
+            let _ = tcp.set_nodelay(true);
+            if tx.is_closed() {
+                break;
+            }
+            let acceptor = acceptor.clone();
+            let tx = tx.clone();
+            tokio::spawn(async move {
+                match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
+                    Ok(Ok(tls)) => {
+                        let _ = tx.send(Ok(tls)).await;
+                    }
+                    Ok(Err(e)) => tracing::warn!(%peer, "TLS handshake refused: {e}"),
+                    Err(_) => tracing::warn!(%peer, "TLS handshake timed out"),
+                }
+            });
+        }
+    });
+    Ok((bound, tokio_stream::wrappers::ReceiverStream::new(rx)))
+}
+
+/// A lazily connecting gRPC channel to `addr` that expects the server to hold a
+/// certificate for `server_principal` (its DNS name `name.domain`).
+pub fn channel(identity: &TlsIdentity, addr: &str, server_principal: &Principal) -> Result<Channel, RpcError> {
+    let config = identity.client_config(ALPN_GRPC).map_err(|e| RpcError::Tls(e.to_string()))?;
+    let connector = TlsConnector::from(config);
+    let server_name = rustls::pki_types::ServerName::try_from(server_principal.dns_name()).map_err(|e| RpcError::Tls(e.to_string()))?;
+    let sock: SocketAddr = resolve(addr)?;
+    let endpoint = Endpoint::from_shared(format!("http://{sock}"))
+        .map_err(|e| RpcError::Address(addr.to_string(), e.to_string()))?
+        .connect_timeout(CONNECT_TIMEOUT)
+        .timeout(CALL_TIMEOUT)
+        .tcp_nodelay(true)
+        .initial_stream_window_size(Some(4 << 20))
+        .initial_connection_window_size(Some(8 << 20));
+    let svc = tower::service_fn(move |_uri: tonic::transport::Uri| {
+        let connector = connector.clone();
+        let server_name = server_name.clone();
+        async move {
+            let tcp = tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(sock))
+                .await
+                .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, format!("no answer from {sock}")))??;
+            let _ = tcp.set_nodelay(true);
+            let tls = connector.connect(server_name, tcp).await?;
+            Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(tls))
+        }
+    });
+    Ok(endpoint.connect_with_connector_lazy(svc))
+}
+
+/// Resolves `host:port` (first address).
+pub fn resolve(addr: &str) -> Result<SocketAddr, RpcError> {
+    use std::net::ToSocketAddrs;
+    addr.to_socket_addrs()
+        .map_err(|e| RpcError::Address(addr.to_string(), e.to_string()))?
+        .next()
+        .ok_or_else(|| RpcError::Address(addr.to_string(), "resolves to no address".into()))
+}
+
+/// Who is calling: read from the verified client certificate.
+#[derive(Debug, Clone)]
+pub struct Caller {
+    pub principal: Principal,
+    pub role: Role,
+}
+
+/// Checks the caller belongs to `domain` and holds one of `roles`; returns who it is.
+pub fn authorize<T>(req: &Request<T>, domain: &str, roles: &[Role]) -> Result<Caller, Status> {
+    use tonic::transport::server::{TcpConnectInfo, TlsConnectInfo};
+    let certs = req
+        .extensions()
+        .get::<TlsConnectInfo<TcpConnectInfo>>()
+        .and_then(|i| i.peer_certs())
+        .ok_or_else(|| Status::unauthenticated("no client certificate was presented"))?;
+    let leaf = certs
+        .first()
+        .ok_or_else(|| Status::unauthenticated("no client certificate was presented"))?;
+    let (principal, role) = peer_from_der(leaf).map_err(|e| Status::unauthenticated(format!("client certificate refused: {e}")))?;
+    if principal.domain != domain {
+        return Err(Status::permission_denied(format!("{principal} is not a principal of {domain}")));
+    }
+    if !roles.contains(&role) {
+        let wanted: Vec<&str> = roles.iter().map(|r| r.as_str()).collect();
+        return Err(Status::permission_denied(format!(
+            "{principal} holds a {role} certificate; this call needs a {} certificate",
+            wanted.join(" or ")
+        )));
+    }
+    Ok(Caller { principal, role })
+}
+
+/// Turns a failed call into a message that names the problem and the next step.
+pub fn explain_status(target: &str, s: &Status) -> String {
+    use tonic::Code;
+    let msg = s.message();
+    match s.code() {
+        Code::Unavailable => {
+            let lower = msg.to_lowercase();
+            if lower.contains("certificate") || lower.contains("alert") || lower.contains("tls") || lower.contains("handshake") {
+                format!(
+                    "{target} refused the TLS connection ({msg}); check that --ca/--cert/--key are from this member's CA and not expired"
+                )
+            } else {
+                format!("cannot reach {target}: {msg}; is it running? (`collective status` or the cluster.json of `dev up`)")
+            }
+        }
+        Code::Unknown | Code::Cancelled | Code::Internal
+            if msg.contains("transport") || msg.contains("connection") || msg.contains("h2") || msg.contains("alert") =>
+        {
+            format!("{target} closed the connection ({msg}); it probably refused our certificate: check --ca/--cert/--key")
+        }
+        Code::DeadlineExceeded => format!("{target} did not answer in time: {msg}"),
+        _ => msg.to_string(),
+    }
+}
+
+/// Shared, cheaply clonable identity.
+pub type SharedIdentity = Arc<TlsIdentity>;

@@ -1,0 +1,12 @@
+#!/usr/bin/env bash
+# Installs what the build, tests and demo need when it is missing. Safe to run repeatedly.
+set -euo pipefail
+need=()
+command -v cargo >/dev/null || { echo "cargo is missing: install Rust from https://rustup.rs" >&2; exit 1; }
+command -v python3 >/dev/null || need+=(python3)
+command -v cmp >/dev/null || need+=(diffutils)
+if [ ${#need[@]} -gt 0 ]; then
+  echo "installing: ${need[*]}"
+  SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO="sudo"
+  $SUDO apt-get update -qq && $SUDO apt-get install -y -qq "${need[@]}"
+fi
