@@ -41,6 +41,22 @@ impl Client {
                 identity.role
             )));
         }
+        let info = identity.info();
+        let now = time::OffsetDateTime::now_utc();
+        if now > info.not_after {
+            return Err(ClientError::Config(format!(
+                "the certificate {} expired on {}; ask your member's admin for a new one (`collective ca issue`)",
+                identity.cert_path.display(),
+                info.not_after.date()
+            )));
+        }
+        if now < info.not_before {
+            return Err(ClientError::Config(format!(
+                "the certificate {} is not valid before {}; check this machine's clock or issue a new certificate",
+                identity.cert_path.display(),
+                info.not_before.date()
+            )));
+        }
         let coordinator = Principal::new(&cfg.coordinator_name, &identity.principal.domain)
             .map_err(|e| ClientError::Config(format!("coordinator_name: {e}")))?;
         let channel = collective_rpc::channel(&identity, &cfg.coordinator, &coordinator)?;

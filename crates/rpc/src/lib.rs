@@ -83,6 +83,11 @@ pub async fn tls_incoming(
 /// certificate for `server_principal` (its DNS name `name.domain`).
 pub fn channel(identity: &TlsIdentity, addr: &str, server_principal: &Principal) -> Result<Channel, RpcError> {
     let config = identity.client_config(ALPN_GRPC).map_err(|e| RpcError::Tls(e.to_string()))?;
+    channel_with_config(config, addr, server_principal)
+}
+
+/// Like [`channel`], with a caller-supplied rustls configuration (ALPN must include `h2`).
+pub fn channel_with_config(config: Arc<rustls::ClientConfig>, addr: &str, server_principal: &Principal) -> Result<Channel, RpcError> {
     let connector = TlsConnector::from(config);
     let server_name = rustls::pki_types::ServerName::try_from(server_principal.dns_name()).map_err(|e| RpcError::Tls(e.to_string()))?;
     let sock: SocketAddr = resolve(addr)?;
@@ -164,11 +169,9 @@ pub fn explain_status(target: &str, s: &Status) -> String {
                 format!("cannot reach {target}: {msg}; is it running? (`collective status` or the cluster.json of `dev up`)")
             }
         }
-        Code::Unknown | Code::Cancelled | Code::Internal
-            if msg.contains("transport") || msg.contains("connection") || msg.contains("h2") || msg.contains("alert") =>
-        {
-            format!("{target} closed the connection ({msg}); it probably refused our certificate: check --ca/--cert/--key")
-        }
+        Code::Unknown | Code::Cancelled => format!(
+            "{target} closed the connection ({msg}); it most likely refused our certificate: check that --ca/--cert/--key come from this member's CA and are not expired (`collective ca inspect FILE`)"
+        ),
         Code::DeadlineExceeded => format!("{target} did not answer in time: {msg}"),
         _ => msg.to_string(),
     }

@@ -1,0 +1,277 @@
+//! Test harness: real local clusters of the real `collective` binary on loopback.
+//! Every process started here is killed by PID when the cluster is dropped, even when
+//! the test fails.
+#![allow(dead_code)]
+
+use std::cell::RefCell;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_collective");
+static SEQ: AtomicUsize = AtomicUsize::new(0);
+
+#[derive(Debug, Clone, serde::Deserialize)]
+pub struct Proc {
+    pub role: String,
+    pub principal: String,
+    pub pid: u32,
+    pub grpc: String,
+    pub quic: Option<String>,
+    pub http: String,
+    pub config: PathBuf,
+    pub data_dir: PathBuf,
+    pub log: PathBuf,
+}
+
+#[derive(Debug, serde::Deserialize)]
+struct ClusterFile {
+    processes: Vec<Proc>,
+}
+
+pub struct Cluster {
+    pub dir: PathBuf,
+    pub procs: RefCell<Vec<Proc>>,
+    pub client_config: PathBuf,
+}
+
+/// A fresh scratch directory for one test.
+pub fn scratch(name: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!(
+        "collective-it-{name}-{}-{}",
+        std::process::id(),
+        SEQ.fetch_add(1, Ordering::Relaxed)
+    ));
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+/// Deterministic pseudo-random bytes.
+pub fn random_bytes(len: usize, seed: u64) -> Vec<u8> {
+    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    let mut out = Vec::with_capacity(len + 8);
+    while out.len() < len {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        out.extend_from_slice(&x.to_le_bytes());
+    }
+    out.truncate(len);
+    out
+}
+
+pub fn pid_alive(pid: u32) -> bool {
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+        return false;
+    };
+    !stat.rsplit(')').next().map(|r| r.trim_start().starts_with('Z')).unwrap_or(true)
+}
+
+fn http_ready(addr: &str) -> bool {
+    use std::io::{Read, Write};
+    let Ok(sock) = addr.parse() else { return false };
+    let Ok(mut s) = std::net::TcpStream::connect_timeout(&sock, Duration::from_millis(300)) else {
+        return false;
+    };
+    let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
+    if write!(s, "GET /health/ready HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").is_err() {
+        return false;
+    }
+    let mut buf = [0u8; 32];
+    let n = s.read(&mut buf).unwrap_or(0);
+    String::from_utf8_lossy(&buf[..n]).contains(" 200 ")
+}
+
+impl Cluster {
+    pub fn start(name: &str, nodes: usize, replication: u32) -> Cluster {
+        Self::start_with(name, nodes, replication, &[])
+    }
+
+    pub fn start_with(name: &str, nodes: usize, replication: u32, extra: &[&str]) -> Cluster {
+        let dir = scratch(name);
+        let out = Command::new(BIN)
+            .args(["dev", "up", "--dir"])
+            .arg(&dir)
+            .args(["--nodes", &nodes.to_string(), "--replication", &replication.to_string()])
+            .args(extra)
+            .output()
+            .expect("run collective dev up");
+        let text = std::fs::read_to_string(dir.join("cluster.json")).unwrap_or_default();
+        let procs = serde_json::from_str::<ClusterFile>(&text).map(|c| c.processes).unwrap_or_default();
+        let cluster = Cluster {
+            client_config: dir.join("client.toml"),
+            dir,
+            procs: RefCell::new(procs),
+        };
+        assert!(
+            out.status.success(),
+            "dev up failed: {}\n{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        cluster
+    }
+
+    pub fn cmd(&self) -> Command {
+        let mut c = Command::new(BIN);
+        c.env("COLLECTIVE_CONFIG", &self.client_config).env_remove("RUST_LOG");
+        c
+    }
+
+    pub fn cli(&self, args: &[&str]) -> Output {
+        self.cmd().args(args).output().expect("run collective")
+    }
+
+    /// Runs the CLI, asserts success, returns stdout.
+    pub fn ok(&self, args: &[&str]) -> String {
+        let out = self.cli(args);
+        assert!(
+            out.status.success(),
+            "`collective {}` failed:\n{}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// Runs the CLI, asserts failure, returns stderr.
+    pub fn fails(&self, args: &[&str]) -> String {
+        let out = self.cli(args);
+        assert!(
+            !out.status.success(),
+            "`collective {}` should have failed but printed:\n{}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stdout)
+        );
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    }
+
+    pub fn proc(&self, principal_prefix: &str) -> Proc {
+        self.procs
+            .borrow()
+            .iter()
+            .find(|p| p.principal.starts_with(principal_prefix))
+            .cloned()
+            .unwrap_or_else(|| panic!("no process {principal_prefix}"))
+    }
+
+    pub fn nodes(&self) -> Vec<Proc> {
+        self.procs.borrow().iter().filter(|p| p.role == "node").cloned().collect()
+    }
+
+    pub fn signal(&self, principal_prefix: &str, sig: i32) {
+        let p = self.proc(principal_prefix);
+        unsafe { libc::kill(p.pid as i32, sig) };
+        let deadline = Instant::now() + Duration::from_secs(15);
+        while pid_alive(p.pid) && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        assert!(!pid_alive(p.pid), "{} did not stop", p.principal);
+    }
+
+    pub fn kill9(&self, principal_prefix: &str) {
+        self.signal(principal_prefix, libc::SIGKILL)
+    }
+
+    /// Starts a stopped process again with its own config and waits until it is ready.
+    pub fn restart(&self, principal_prefix: &str) {
+        let p = self.proc(principal_prefix);
+        assert!(!pid_alive(p.pid), "{} is still running", p.principal);
+        let log = std::fs::OpenOptions::new().append(true).create(true).open(&p.log).unwrap();
+        let child = Command::new(BIN)
+            .arg(&p.role)
+            .arg("--config")
+            .arg(&p.config)
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        let pid = child.id();
+        for q in self.procs.borrow_mut().iter_mut() {
+            if q.principal == p.principal {
+                q.pid = pid;
+            }
+        }
+        // Reap it in the background when it exits.
+        std::thread::spawn(move || {
+            let mut child = child;
+            let _ = child.wait();
+        });
+    }
+
+    /// Waits until every running process answers ready.
+    pub fn wait_ready(&self) {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        for p in self.procs.borrow().iter() {
+            while !http_ready(&p.http) {
+                assert!(
+                    Instant::now() < deadline,
+                    "{} did not become ready; log:\n{}",
+                    p.principal,
+                    std::fs::read_to_string(&p.log).unwrap_or_default()
+                );
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        }
+    }
+
+    /// Every chunk file in every node's store: (node principal, chunk path).
+    pub fn stored_chunks(&self) -> Vec<(String, PathBuf)> {
+        let mut out = Vec::new();
+        for n in self.nodes() {
+            let root = n.data_dir.join("chunks");
+            let Ok(l1) = std::fs::read_dir(&root) else { continue };
+            for a in l1.flatten() {
+                for b in std::fs::read_dir(a.path()).into_iter().flatten().flatten() {
+                    for f in std::fs::read_dir(b.path()).into_iter().flatten().flatten() {
+                        out.push((n.principal.clone(), f.path()));
+                    }
+                }
+            }
+        }
+        out
+    }
+
+    pub fn stored_bytes(&self) -> u64 {
+        self.stored_chunks()
+            .iter()
+            .map(|(_, p)| std::fs::metadata(p).map(|m| m.len()).unwrap_or(0))
+            .sum()
+    }
+
+    pub fn status_json(&self) -> serde_json::Value {
+        serde_json::from_str(&self.ok(&["status", "--json"])).unwrap()
+    }
+
+    pub fn write_local(&self, name: &str, data: &[u8]) -> PathBuf {
+        let p = self.dir.join(name);
+        std::fs::write(&p, data).unwrap();
+        p
+    }
+
+    pub fn path(&self, rel: &str) -> PathBuf {
+        self.dir.join(rel)
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        for p in self.procs.borrow().iter() {
+            if pid_alive(p.pid) {
+                unsafe { libc::kill(p.pid as i32, libc::SIGKILL) };
+            }
+        }
+        if !std::thread::panicking() {
+            let _ = std::fs::remove_dir_all(&self.dir);
+        } else {
+            eprintln!("cluster directory kept for inspection: {}", self.dir.display());
+        }
+    }
+}
+
+pub fn p(path: &Path) -> &str {
+    path.to_str().unwrap()
+}
