@@ -1,0 +1,178 @@
+#!/usr/bin/env python3
+"""`make bench`: measure a local release cluster (1 coordinator, 3 nodes, R=2).
+
+Prints a table and writes target/bench/results.json. Every figure comes from this one run
+on this machine: the disk ceiling is measured right before the puts it bounds.
+"""
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+BIN = os.path.join(ROOT, "target", "release", "collective")
+OUT = os.path.join(ROOT, "target", "bench")
+WORK = os.path.join(OUT, "work")
+CLUSTER = os.path.join(OUT, "cluster")
+BIG = int(os.environ.get("BENCH_BIG_MB", "500")) * 1000 * 1000
+SMALL_FILES = int(os.environ.get("BENCH_SMALL_FILES", "1000"))
+SMALL_SIZE = 64 * 1024
+R = 2
+MB = 1e6
+
+
+def proc_cpu_s(pid):
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    ticks = os.sysconf("SC_CLK_TCK")
+    return (int(fields[11]) + int(fields[12])) / ticks
+
+
+def vm_hwm_mb(pid):
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    return 0.0
+
+
+class Client:
+    max_rss_mb = 0.0
+
+    @classmethod
+    def run(cls, *args, quiet=True):
+        """Runs the CLI; returns (seconds, cpu seconds)."""
+        env = dict(os.environ, COLLECTIVE_CONFIG=os.path.join(CLUSTER, "client.toml"))
+        start = time.perf_counter()
+        p = subprocess.Popen([BIN, *args], env=env, stdout=subprocess.PIPE if quiet else None, stderr=subprocess.PIPE)
+        _, status, ru = os.wait4(p.pid, 0)
+        secs = time.perf_counter() - start
+        out = p.stdout.read().decode() if quiet else ""
+        err = p.stderr.read().decode()
+        if os.waitstatus_to_exitcode(status) != 0:
+            sys.exit(f"collective {' '.join(args)} failed:\n{out}{err}")
+        cls.max_rss_mb = max(cls.max_rss_mb, ru.ru_maxrss / 1024)
+        return secs, ru.ru_utime + ru.ru_stime
+
+
+def disk_ceiling():
+    """R writers, each 1 MiB files with fdatasync (what a node does per chunk), in parallel."""
+    d = os.path.join(CLUSTER, "disk-probe")
+    os.makedirs(d, exist_ok=True)
+    block = os.urandom(1 << 20)
+    n = BIG // len(block)
+    start = time.perf_counter()
+    pids = []
+    for w in range(R):
+        pid = os.fork()
+        if pid == 0:
+            for i in range(n):
+                fd = os.open(os.path.join(d, f"{w}-{i}"), os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+                os.write(fd, block)
+                os.fdatasync(fd)
+                os.close(fd)
+            os._exit(0)
+        pids.append(pid)
+    for pid in pids:
+        os.waitpid(pid, 0)
+    secs = time.perf_counter() - start
+    shutil.rmtree(d)
+    return n * len(block) / MB / secs
+
+
+def random_file(path, size):
+    with open(path, "wb") as f:
+        left = size
+        while left:
+            n = min(left, 8 << 20)
+            f.write(os.urandom(n))
+            left -= n
+
+
+def main():
+    if not os.path.exists(BIN):
+        sys.exit("build first: cargo build --release")
+    shutil.rmtree(OUT, ignore_errors=True)
+    os.makedirs(WORK)
+    subprocess.run([BIN, "dev", "up", "--dir", CLUSTER, "--nodes", "3", "--replication", str(R), "--capacity", "1TiB"], check=True, stdout=subprocess.DEVNULL)
+    try:
+        with open(os.path.join(CLUSTER, "cluster.json")) as f:
+            procs = json.load(f)["processes"]
+        pids = [p["pid"] for p in procs]
+        results = {}
+
+        print(f"measuring the disk ceiling ({R} x {BIG // 1000000} MB with fdatasync)...", flush=True)
+        results["disk_ceiling_mbps"] = disk_ceiling()
+
+        big = os.path.join(WORK, "big.bin")
+        random_file(big, BIG)
+        print("put / get of the big file...", flush=True)
+        cpu_before = sum(proc_cpu_s(p) for p in pids)
+        secs, client_cpu = Client.run("put", big, "/bench/big.bin")
+        cluster_cpu = sum(proc_cpu_s(p) for p in pids) - cpu_before
+        results["put_mbps"] = BIG / MB / secs
+        results["cpu_core_s_put"] = cluster_cpu + client_cpu
+
+        back = os.path.join(WORK, "big.back")
+        secs, _ = Client.run("get", "/bench/big.bin", back)
+        results["get_mbps"] = BIG / MB / secs
+        if os.path.getsize(back) != BIG:
+            sys.exit("the big file read back has the wrong size")
+        os.remove(back)
+
+        print("dedup put...", flush=True)
+        secs, _ = Client.run("put", big, "/bench/big-again.bin")
+        results["dedup_put_mbps"] = BIG / MB / secs
+
+        print(f"{SMALL_FILES} small files...", flush=True)
+        small = os.path.join(WORK, "small")
+        os.makedirs(small)
+        for i in range(SMALL_FILES):
+            with open(os.path.join(small, f"f{i:05}"), "wb") as f:
+                f.write(os.urandom(SMALL_SIZE))
+        secs, _ = Client.run("put", "-r", small, "/bench/small")
+        results["small_put_files_per_s"] = SMALL_FILES / secs
+        small_back = os.path.join(WORK, "small-back")
+        secs, _ = Client.run("get", "-r", "/bench/small", small_back)
+        results["small_get_files_per_s"] = SMALL_FILES / secs
+        if len(os.listdir(small_back)) != SMALL_FILES:
+            sys.exit("small files read back are missing")
+
+        coord = [p for p in procs if p["role"] == "coordinator"][0]["pid"]
+        nodes = [p["pid"] for p in procs if p["role"] == "node"]
+        results["rss_coordinator_mb"] = vm_hwm_mb(coord)
+        results["rss_node_max_mb"] = max(vm_hwm_mb(p) for p in nodes)
+        results["rss_client_max_mb"] = Client.max_rss_mb
+    finally:
+        subprocess.run([BIN, "dev", "down", "--dir", CLUSTER], stdout=subprocess.DEVNULL)
+        shutil.rmtree(WORK, ignore_errors=True)
+
+    put_target = min(0.9 * results["disk_ceiling_mbps"], 450.0)
+    targets = {
+        "disk_ceiling_mbps": ("", None),
+        "put_mbps": (f">= {put_target:.0f}", lambda v: v >= put_target),
+        "get_mbps": (">= 500", lambda v: v >= 500),
+        "cpu_core_s_put": ("<= 2.0", lambda v: v <= 2.0),
+        "dedup_put_mbps": (">= 1000", lambda v: v >= 1000),
+        "small_put_files_per_s": (">= 600", lambda v: v >= 600),
+        "small_get_files_per_s": (">= 2000", lambda v: v >= 2000),
+        "rss_coordinator_mb": ("<= 30", lambda v: v <= 30),
+        "rss_node_max_mb": ("<= 40", lambda v: v <= 40),
+        "rss_client_max_mb": ("<= 64", lambda v: v <= 64),
+    }
+    print()
+    print(f"{'figure':<24} {'measured':>10}  {'target':<10} ok")
+    for k, (t, check) in targets.items():
+        v = results[k]
+        ok = "" if check is None else ("yes" if check(v) else "NO")
+        print(f"{k:<24} {v:>10.1f}  {t:<10} {ok}")
+    results = {k: round(v, 2) for k, v in results.items()}
+    with open(os.path.join(OUT, "results.json"), "w") as f:
+        json.dump(results, f, indent=2)
+    print(f"\nwritten to {os.path.relpath(os.path.join(OUT, 'results.json'), ROOT)}")
+
+
+if __name__ == "__main__":
+    main()
