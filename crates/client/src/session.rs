@@ -77,6 +77,11 @@ impl Client {
         })
     }
 
+    /// Closes connections to nodes cleanly; call before exiting.
+    pub async fn close(&self) {
+        self.chunks.close().await;
+    }
+
     pub(crate) fn meta(&self) -> MetadataClient<Channel> {
         self.meta.clone()
     }

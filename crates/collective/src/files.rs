@@ -199,6 +199,7 @@ pub async fn put(o: &ClientOverrides, a: PutArgs) -> Result<()> {
     let (progress, bar) = progress_bar(Some(total));
     let started = Instant::now();
     let report = client.put_files(items, true, progress).await;
+    client.close().await;
     if let Some(b) = bar {
         b.finish_and_clear();
     }
@@ -246,6 +247,7 @@ pub async fn get(o: &ClientOverrides, a: GetArgs) -> Result<()> {
         };
         let (progress, bar) = progress_bar(Some(0));
         let report = client.get_tree(src.as_str(), &dest, progress).await;
+        client.close().await;
         if let Some(b) = bar {
             b.finish_and_clear();
         }
@@ -268,6 +270,7 @@ pub async fn get(o: &ClientOverrides, a: GetArgs) -> Result<()> {
     };
     let (progress, bar) = progress_bar(Some(attr.size));
     let r = client.get_file(src.as_str(), &dest, progress).await;
+    client.close().await;
     if let Some(b) = bar {
         b.finish_and_clear();
     }
@@ -287,14 +290,18 @@ pub async fn cat(o: &ClientOverrides, a: PathArg) -> Result<()> {
     let src = remote(&a.path)?;
     let client = connect(o)?;
     let mut out = tokio::io::stdout();
-    client.read_to(src.as_str(), &mut out, None).await?;
+    let r = client.read_to(src.as_str(), &mut out, None).await;
+    client.close().await;
+    r?;
     Ok(())
 }
 
 pub async fn write(o: &ClientOverrides, a: PathArg) -> Result<()> {
     let dest = remote(&a.path)?;
     let client = connect(o)?;
-    let report = client.put_files(vec![(Source::Stdin, dest)], true, None).await?;
+    let report = client.put_files(vec![(Source::Stdin, dest)], true, None).await;
+    client.close().await;
+    let report = report?;
     if let Some(f) = report.committed.first() {
         eprintln!("stored {} ({})", f.path, format_bytes(f.size));
     }

@@ -67,6 +67,15 @@ impl NodeState {
     }
 }
 
+/// Runs a closure when dropped.
+struct Defer<F: FnMut()>(F);
+
+impl<F: FnMut()> Drop for Defer<F> {
+    fn drop(&mut self) {
+        (self.0)()
+    }
+}
+
 fn response(status: ChunkStatus, message: String, size: u64) -> ChunkResponse {
     ChunkResponse {
         status: status as i32,
@@ -93,6 +102,17 @@ pub async fn serve_connection(state: Arc<NodeState>, incoming: quinn::Incoming) 
         return;
     }
     let caller = peer.to_string();
+    let stats_conn = conn.clone();
+    let _stats = Defer(move || {
+        let s = stats_conn.stats();
+        tracing::debug!(
+            mtu = s.path.current_mtu,
+            lost = s.path.lost_packets,
+            sent = s.udp_tx.datagrams,
+            rtt_us = s.path.rtt.as_micros() as u64,
+            "QUIC connection closed"
+        );
+    });
     while let Ok((send, recv)) = conn.accept_bi().await {
         let state = state.clone();
         let caller = caller.clone();
