@@ -129,6 +129,59 @@ impl ChunkStore {
         self.path_of(id).exists()
     }
 
+    /// Starts writing a chunk of `size` bytes that arrives in pieces; space is reserved
+    /// now and given back if the write does not complete.
+    pub fn writer(&self, id: ChunkId, size: u64) -> Result<ChunkWriter<'_>, StoreError> {
+        let dest = self.path_of(&id);
+        if dest.exists() {
+            return Ok(ChunkWriter {
+                store: self,
+                id,
+                size,
+                dest,
+                tmp: None,
+                hasher: blake3::Hasher::new(),
+                written: 0,
+                present: true,
+            });
+        }
+        self.reserve(size)?;
+        let seq = self.tmp_seq.fetch_add(1, Ordering::Relaxed);
+        let tmp_path = self.root.join("tmp").join(format!("{}-{seq}", std::process::id()));
+        let file = match File::create(&tmp_path) {
+            Ok(f) => f,
+            Err(e) => {
+                self.used.fetch_sub(size, Ordering::SeqCst);
+                return Err(StoreError::Io { path: tmp_path, source: e });
+            }
+        };
+        Ok(ChunkWriter {
+            store: self,
+            id,
+            size,
+            dest,
+            tmp: Some((tmp_path, file)),
+            hasher: blake3::Hasher::new(),
+            written: 0,
+            present: false,
+        })
+    }
+
+    /// Counts `len` bytes against capacity and the filesystem's free space.
+    fn reserve(&self, len: u64) -> Result<(), StoreError> {
+        let before = self.used.fetch_add(len, Ordering::SeqCst);
+        let fs_free = fs_available(&self.root).unwrap_or(u64::MAX);
+        if before + len > self.capacity || len > fs_free {
+            self.used.fetch_sub(len, Ordering::SeqCst);
+            return Err(StoreError::NoSpace {
+                needed: len,
+                free: self.free(),
+                capacity: self.capacity,
+            });
+        }
+        Ok(())
+    }
+
     /// Verifies `data` hashes to `id` and stores it durably.
     pub fn put(&self, id: &ChunkId, data: &[u8]) -> Result<Put, StoreError> {
         if ChunkId::of(data) != *id {
@@ -176,22 +229,27 @@ impl ChunkStore {
         let result = (|| {
             let mut f = File::create(&tmp).map_err(io_err(&tmp))?;
             f.write_all(data).map_err(io_err(&tmp))?;
-            f.sync_data().map_err(io_err(&tmp))?;
-            drop(f);
-            let dir = dest.parent().unwrap_or(&self.root);
-            if !dir.exists() {
-                fs::create_dir_all(dir).map_err(io_err(dir))?;
-                if let Some(p) = dir.parent() {
-                    fsync_dir(p)?;
-                }
-            }
-            fs::rename(&tmp, dest).map_err(io_err(dest))?;
-            fsync_dir(dir)
+            self.publish(f, &tmp, dest)
         })();
         if result.is_err() {
             let _ = fs::remove_file(&tmp);
         }
         result
+    }
+
+    /// Makes a fully written temp file durable and moves it into place.
+    fn publish(&self, f: File, tmp: &Path, dest: &Path) -> Result<(), StoreError> {
+        f.sync_data().map_err(io_err(tmp))?;
+        drop(f);
+        let dir = dest.parent().unwrap_or(&self.root);
+        if !dir.exists() {
+            fs::create_dir_all(dir).map_err(io_err(dir))?;
+            if let Some(p) = dir.parent() {
+                fsync_dir(p)?;
+            }
+        }
+        fs::rename(tmp, dest).map_err(io_err(dest))?;
+        fsync_dir(dir)
     }
 
     /// Reads a chunk, verifying it. A corrupt chunk is quarantined and reported.
@@ -247,6 +305,81 @@ impl ChunkStore {
     }
 }
 
+/// A chunk being written piece by piece: hashed as it arrives, published only if the
+/// bytes match the id. Dropping it unfinished removes the temp file and frees the space.
+pub struct ChunkWriter<'a> {
+    store: &'a ChunkStore,
+    id: ChunkId,
+    size: u64,
+    dest: PathBuf,
+    tmp: Option<(PathBuf, File)>,
+    hasher: blake3::Hasher,
+    written: u64,
+    /// The chunk is already stored; incoming bytes are only verified.
+    present: bool,
+}
+
+impl ChunkWriter<'_> {
+    pub fn write(&mut self, data: &[u8]) -> Result<(), StoreError> {
+        self.written += data.len() as u64;
+        if self.written > self.size {
+            return Err(StoreError::HashMismatch(self.id));
+        }
+        self.hasher.update(data);
+        if let Some((path, f)) = &mut self.tmp {
+            f.write_all(data).map_err(|e| map_write_error(path, e, self.size, self.store))?;
+        }
+        Ok(())
+    }
+
+    /// Verifies the whole chunk arrived and matches its id, then publishes it durably.
+    pub fn finish(mut self) -> Result<Put, StoreError> {
+        if self.written != self.size || ChunkId(*self.hasher.finalize().as_bytes()) != self.id {
+            return Err(StoreError::HashMismatch(self.id));
+        }
+        let Some((tmp, f)) = self.tmp.take() else {
+            return Ok(Put::AlreadyPresent);
+        };
+        match self.store.publish(f, &tmp, &self.dest) {
+            Ok(()) => {
+                self.store.count.fetch_add(1, Ordering::Relaxed);
+                Ok(Put::Stored)
+            }
+            Err(e) => {
+                let _ = fs::remove_file(&tmp);
+                self.store.used.fetch_sub(self.size, Ordering::SeqCst);
+                Err(e)
+            }
+        }
+    }
+}
+
+impl Drop for ChunkWriter<'_> {
+    fn drop(&mut self) {
+        if let Some((tmp, _)) = self.tmp.take() {
+            let _ = fs::remove_file(&tmp);
+            if !self.present {
+                self.store.used.fetch_sub(self.size, Ordering::SeqCst);
+            }
+        }
+    }
+}
+
+fn map_write_error(path: &Path, e: io::Error, size: u64, store: &ChunkStore) -> StoreError {
+    if e.raw_os_error() == Some(libc::ENOSPC) {
+        StoreError::NoSpace {
+            needed: size,
+            free: 0,
+            capacity: store.capacity,
+        }
+    } else {
+        StoreError::Io {
+            path: path.to_path_buf(),
+            source: e,
+        }
+    }
+}
+
 fn fs_available(path: &Path) -> Option<u64> {
     use std::os::unix::ffi::OsStrExt;
     let c = std::ffi::CString::new(path.as_os_str().as_bytes()).ok()?;
@@ -282,6 +415,33 @@ mod tests {
         assert_eq!((s.used(), s.chunk_count()), (data.len() as u64, 1));
         assert_eq!(s.delete(&id).unwrap(), data.len() as u64);
         assert!(matches!(s.get(&id), Err(StoreError::NotFound(_))));
+        fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn chunks_written_in_pieces_are_verified_before_they_appear() {
+        let dir = tmpdir("pieces");
+        let s = ChunkStore::open(&dir, 1 << 20).unwrap();
+        let data: Vec<u8> = (0..300_000u32).map(|i| (i % 251) as u8).collect();
+        let id = ChunkId::of(&data);
+        let mut w = s.writer(id, data.len() as u64).unwrap();
+        for piece in data.chunks(70_000) {
+            w.write(piece).unwrap();
+        }
+        assert_eq!(w.finish().unwrap(), Put::Stored);
+        assert_eq!(s.get(&id).unwrap(), data);
+        // Wrong bytes: nothing appears, space is given back.
+        let other = ChunkId::of(b"other");
+        let mut w = s.writer(other, 5).unwrap();
+        w.write(b"wrong").unwrap();
+        assert!(matches!(w.finish(), Err(StoreError::HashMismatch(_))));
+        assert!(!s.contains(&other));
+        // Abandoned half way: the same.
+        let mut w = s.writer(ChunkId::of(b"abandoned"), 9).unwrap();
+        w.write(b"aban").unwrap();
+        drop(w);
+        assert_eq!(s.used(), data.len() as u64);
+        assert_eq!(fs::read_dir(dir.join("tmp")).unwrap().count(), 0);
         fs::remove_dir_all(&dir).unwrap();
     }
 

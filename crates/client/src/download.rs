@@ -5,10 +5,12 @@ use std::path::{Path, PathBuf};
 
 use bytes::Bytes;
 use collective_core::{ChunkId, validate_path};
-use collective_dataplane::NodeTarget;
+use collective_dataplane::{ChunkClient, NodeTarget};
+use collective_proto::v1::metadata_client::MetadataClient;
 use collective_proto::v1::{ChunkLocation, FileAttr, FilePlan, PathRequest, ReadPlanRequest, ReportBadReplicaRequest};
 use futures::{StreamExt, TryStreamExt};
 use tokio::io::{AsyncWrite, AsyncWriteExt};
+use tonic::transport::Channel;
 
 use crate::ClientError;
 use crate::session::{Client, Progress};
@@ -34,50 +36,6 @@ impl Client {
             .files)
     }
 
-    /// Fetches one chunk, trying each replica in turn; reports replicas that are corrupt
-    /// or missing so the coordinator can repair them.
-    async fn fetch_chunk(&self, loc: &ChunkLocation, file: &str) -> Result<Bytes, ClientError> {
-        let id = ChunkId::from_slice(&loc.id).ok_or_else(|| ClientError::Other("the coordinator sent a malformed chunk id".into()))?;
-        let mut errors = Vec::new();
-        for replica in &loc.replicas {
-            let Ok(addr) = replica.quic_addr.parse() else {
-                errors.push(format!("{}: no known address", replica.node));
-                continue;
-            };
-            let target = NodeTarget {
-                node: replica.node.clone(),
-                addr,
-            };
-            match self.chunks.get(&target, &id, &loc.token).await {
-                Ok(data) if data.len() as u64 == loc.size => return Ok(data),
-                Ok(data) => errors.push(format!("{}: returned {} bytes, expected {}", replica.node, data.len(), loc.size)),
-                Err(e) => {
-                    tracing::warn!(chunk = %id.short(), node = %replica.node, "chunk read failed: {e}");
-                    if e.is_bad_replica() {
-                        let mut meta = self.meta();
-                        let req = ReportBadReplicaRequest {
-                            id: loc.id.clone(),
-                            node: replica.node.clone(),
-                            reason: e.to_string(),
-                        };
-                        tokio::spawn(async move {
-                            let _ = meta.report_bad_replica(req).await;
-                        });
-                    }
-                    errors.push(e.to_string());
-                }
-            }
-        }
-        if loc.replicas.is_empty() {
-            errors.push("no replica is recorded".into());
-        }
-        Err(ClientError::Unreadable {
-            chunk: id.short(),
-            file: file.to_string(),
-            detail: errors.join("; "),
-        })
-    }
-
     /// Streams a planned file into `out` in order, `parallel` chunks ahead.
     async fn write_plan<W: AsyncWrite + Unpin>(
         &self,
@@ -87,17 +45,20 @@ impl Client {
         parallel: usize,
     ) -> Result<u64, ClientError> {
         let path = plan.attr.as_ref().map(|a| a.path.clone()).unwrap_or_default();
-        let path = &path;
-        let mut stream = futures::stream::iter(plan.chunks.iter())
-            .map(|loc| async move {
+        // Each fetch runs as its own task, so fetching goes on while earlier chunks are
+        // being written; the memory budget bounds how far ahead it runs.
+        let mut stream = futures::stream::iter(plan.chunks.iter().cloned())
+            .map(|loc| {
+                let (chunks, meta, budget, path) = (self.chunks.clone(), self.meta(), self.budget.clone(), path.clone());
                 let kib = (loc.size.div_ceil(1024) as u32).clamp(1, self.budget_kib);
-                let permit = self
-                    .budget
-                    .clone()
-                    .acquire_many_owned(kib)
-                    .await
-                    .map_err(|_| ClientError::Other("client is shutting down".into()))?;
-                Ok::<_, ClientError>((self.fetch_chunk(loc, path).await?, permit))
+                async move {
+                    let permit = budget
+                        .acquire_many_owned(kib)
+                        .await
+                        .map_err(|_| ClientError::Other("client is shutting down".into()))?;
+                    let task = tokio::spawn(async move { fetch_chunk(&chunks, &meta, &loc, &path).await.map(|d| (d, permit)) });
+                    task.await.map_err(|e| ClientError::Other(format!("chunk fetch failed: {e}")))?
+                }
             })
             .buffered(parallel);
         let mut written = 0u64;
@@ -215,6 +176,50 @@ impl Client {
             }
         }
     }
+}
+
+/// Fetches one chunk, trying each replica in turn; reports replicas that are corrupt or
+/// missing so the coordinator can repair them.
+async fn fetch_chunk(chunks: &ChunkClient, meta: &MetadataClient<Channel>, loc: &ChunkLocation, file: &str) -> Result<Bytes, ClientError> {
+    let id = ChunkId::from_slice(&loc.id).ok_or_else(|| ClientError::Other("the coordinator sent a malformed chunk id".into()))?;
+    let mut errors = Vec::new();
+    for replica in &loc.replicas {
+        let Ok(addr) = replica.quic_addr.parse() else {
+            errors.push(format!("{}: no known address", replica.node));
+            continue;
+        };
+        let target = NodeTarget {
+            node: replica.node.clone(),
+            addr,
+        };
+        match chunks.get(&target, &id, &loc.token).await {
+            Ok(data) if data.len() as u64 == loc.size => return Ok(data),
+            Ok(data) => errors.push(format!("{}: returned {} bytes, expected {}", replica.node, data.len(), loc.size)),
+            Err(e) => {
+                tracing::warn!(chunk = %id.short(), node = %replica.node, "chunk read failed: {e}");
+                if e.is_bad_replica() {
+                    let mut meta = meta.clone();
+                    let req = ReportBadReplicaRequest {
+                        id: loc.id.clone(),
+                        node: replica.node.clone(),
+                        reason: e.to_string(),
+                    };
+                    tokio::spawn(async move {
+                        let _ = meta.report_bad_replica(req).await;
+                    });
+                }
+                errors.push(e.to_string());
+            }
+        }
+    }
+    if loc.replicas.is_empty() {
+        errors.push("no replica is recorded".into());
+    }
+    Err(ClientError::Unreadable {
+        chunk: id.short(),
+        file: file.to_string(),
+        detail: errors.join("; "),
+    })
 }
 
 fn tmp_path(local: &Path) -> PathBuf {

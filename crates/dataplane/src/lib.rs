@@ -28,8 +28,10 @@ pub const MAX_FRAME_BYTES: usize = 64 << 10;
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 const IDLE_TIMEOUT: Duration = Duration::from_secs(30);
 const KEEP_ALIVE: Duration = Duration::from_secs(5);
-/// Largest UDP payload MTU discovery may try (IPv4 maximum is 65,507).
-const MTU_UPPER_BOUND: u16 = 65_000;
+/// Bytes one client connection may have in flight towards a node (bounds node memory).
+const NODE_RECEIVE_WINDOW: u32 = 8 << 20;
+/// Bytes nodes may have in flight towards one client (read-ahead of gets).
+const CLIENT_RECEIVE_WINDOW: u32 = 16 << 20;
 /// Requested UDP socket buffer size.
 const SOCKET_BUFFER_BYTES: libc::c_int = 8 << 20;
 
@@ -67,20 +69,17 @@ impl DataError {
     }
 }
 
-/// Transport tuning for bulk chunk transfer: large windows, many streams.
-pub fn transport_config() -> quinn::TransportConfig {
+/// Transport tuning for bulk chunk transfer: windows large enough to keep loopback and LAN
+/// links full, `receive_window` bounding what one peer can make us buffer.
+pub fn transport_config(receive_window: u32) -> quinn::TransportConfig {
     let mut t = quinn::TransportConfig::default();
     t.max_concurrent_bidi_streams(256u32.into());
     t.max_concurrent_uni_streams(0u32.into());
-    t.stream_receive_window((8u32 << 20).into());
-    t.receive_window((32u32 << 20).into());
+    t.stream_receive_window((receive_window / 4).into());
+    t.receive_window(receive_window.into());
     t.send_window(32 << 20);
     t.keep_alive_interval(Some(KEEP_ALIVE));
-    // Probe for large datagrams: on loopback and jumbo-frame LANs this cuts the per-packet
-    // cost of bulk transfer many times over; elsewhere probes fail and the path MTU stays.
-    let mut mtu = quinn::MtuDiscoveryConfig::default();
-    mtu.upper_bound(MTU_UPPER_BOUND);
-    t.mtu_discovery_config(Some(mtu));
+
     if let Ok(idle) = IDLE_TIMEOUT.try_into() {
         t.max_idle_timeout(Some(idle));
     }
@@ -92,18 +91,15 @@ pub fn server_endpoint(identity: &TlsIdentity, addr: SocketAddr) -> Result<quinn
     let tls = identity.server_config(ALPN_QUIC).map_err(|e| DataError::Setup(e.to_string()))?;
     let crypto = QuicServerConfig::try_from((*tls).clone()).map_err(|e| DataError::Setup(e.to_string()))?;
     let mut cfg = quinn::ServerConfig::with_crypto(Arc::new(crypto));
-    cfg.transport_config(Arc::new(transport_config()));
+    cfg.transport_config(Arc::new(transport_config(NODE_RECEIVE_WINDOW)));
     endpoint(addr, Some(cfg))
 }
 
-/// A QUIC endpoint on `addr` that accepts large datagrams from peers (see MTU_UPPER_BOUND).
+/// A QUIC endpoint on `addr` with large socket buffers.
 fn endpoint(addr: SocketAddr, server: Option<quinn::ServerConfig>) -> Result<quinn::Endpoint, DataError> {
     let socket = std::net::UdpSocket::bind(addr).map_err(|e| DataError::Setup(format!("cannot bind QUIC on {addr}: {e}")))?;
     grow_socket_buffers(&socket);
-    let mut config = quinn::EndpointConfig::default();
-    config
-        .max_udp_payload_size(MTU_UPPER_BOUND)
-        .map_err(|e| DataError::Setup(e.to_string()))?;
+    let config = quinn::EndpointConfig::default();
     let runtime = quinn::default_runtime().ok_or_else(|| DataError::Setup("no async runtime for QUIC".into()))?;
     quinn::Endpoint::new(config, server, socket, runtime).map_err(|e| DataError::Setup(format!("cannot start QUIC on {addr}: {e}")))
 }
@@ -156,13 +152,22 @@ pub async fn read_frame<M: Message + Default>(recv: &mut quinn::RecvStream) -> R
     M::decode(body.as_slice()).map_err(|e| format!("decoding frame: {e}"))
 }
 
-/// Reads exactly `size` payload bytes into one buffer.
+/// Reads exactly `size` payload bytes into one contiguous buffer (copied once from
+/// QUIC's receive buffers, never zero-filled first; contiguous so BLAKE3 can hash it with
+/// full SIMD parallelism).
 pub async fn read_payload(recv: &mut quinn::RecvStream, size: u64) -> Result<Bytes, String> {
     if size > MAX_CHUNK_BYTES {
         return Err(format!("chunk of {size} bytes exceeds the {MAX_CHUNK_BYTES}-byte limit"));
     }
-    let mut buf = BytesMut::zeroed(size as usize);
-    recv.read_exact(&mut buf).await.map_err(|e| format!("reading chunk payload: {e}"))?;
+    let size = size as usize;
+    let mut buf = BytesMut::with_capacity(size);
+    while buf.len() < size {
+        match recv.read_chunk(size - buf.len(), true).await {
+            Ok(Some(chunk)) => buf.extend_from_slice(&chunk.bytes),
+            Ok(None) => return Err(format!("stream ended after {} of {size} payload bytes", buf.len())),
+            Err(e) => return Err(format!("reading chunk payload: {e}")),
+        }
+    }
     Ok(buf.freeze())
 }
 
@@ -191,7 +196,7 @@ impl ChunkClient {
         let tls = identity.client_config(ALPN_QUIC).map_err(|e| DataError::Setup(e.to_string()))?;
         let crypto = QuicClientConfig::try_from((*tls).clone()).map_err(|e| DataError::Setup(e.to_string()))?;
         let mut config = quinn::ClientConfig::new(Arc::new(crypto));
-        config.transport_config(Arc::new(transport_config()));
+        config.transport_config(Arc::new(transport_config(CLIENT_RECEIVE_WINDOW)));
         let bind: SocketAddr = ([0, 0, 0, 0], 0).into();
         let endpoint = endpoint(bind, None)?;
         Ok(ChunkClient {

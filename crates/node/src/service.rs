@@ -5,7 +5,7 @@ use std::time::Instant;
 
 use collective_chunkstore::{ChunkStore, StoreError};
 use collective_core::ChunkId;
-use collective_dataplane::{MAX_CHUNK_BYTES, PROTOCOL_VERSION, peer_of, read_frame, read_payload, write_frame};
+use collective_dataplane::{MAX_CHUNK_BYTES, PROTOCOL_VERSION, peer_of, read_frame, write_frame};
 use collective_pki::TokenVerifier;
 use collective_proto::v1::{ChunkOp, ChunkRequest, ChunkResponse, ChunkStatus, NodeUsage, TokenOp};
 use tokio::sync::{RwLock, Semaphore};
@@ -13,7 +13,7 @@ use tokio::sync::{RwLock, Semaphore};
 use crate::metrics::NodeMetrics;
 
 /// Bytes of chunk data a node holds in memory at once across all transfers.
-const BUFFER_BUDGET_KIB: u32 = 24 * 1024;
+const BUFFER_BUDGET_KIB: u32 = 16 * 1024;
 
 pub struct NodeState {
     pub principal: String,
@@ -74,6 +74,46 @@ impl<F: FnMut()> Drop for Defer<F> {
     fn drop(&mut self) {
         (self.0)()
     }
+}
+
+/// Bytes gathered from the stream before they are hashed and written: large enough for
+/// BLAKE3's SIMD and few write calls, small enough that many concurrent uploads stay cheap.
+const STAGE_BYTES: usize = 256 * 1024;
+
+enum Received {
+    Stream(String),
+    Store(StoreError),
+}
+
+/// Streams a chunk's payload to disk through the verifying writer. Memory per upload is one
+/// stage buffer, whatever the chunk size, so no upload waits for another's memory.
+async fn receive_chunk(
+    mut writer: collective_chunkstore::ChunkWriter<'_>,
+    recv: &mut quinn::RecvStream,
+    size: u64,
+) -> Result<(), Received> {
+    let mut staged: Vec<u8> = Vec::with_capacity(STAGE_BYTES.min(size as usize));
+    let mut received = 0u64;
+    while received < size {
+        match recv.read_chunk((size - received) as usize, true).await {
+            Ok(Some(chunk)) => {
+                received += chunk.bytes.len() as u64;
+                staged.extend_from_slice(&chunk.bytes);
+                if staged.len() >= STAGE_BYTES {
+                    tokio::task::block_in_place(|| writer.write(&staged)).map_err(Received::Store)?;
+                    staged.clear();
+                }
+            }
+            Ok(None) => return Err(Received::Stream(format!("stream ended after {received} of {size} payload bytes"))),
+            Err(e) => return Err(Received::Stream(format!("reading chunk payload: {e}"))),
+        }
+    }
+    tokio::task::block_in_place(|| {
+        writer.write(&staged)?;
+        writer.finish()
+    })
+    .map(|_| ())
+    .map_err(Received::Store)
 }
 
 fn response(status: ChunkStatus, message: String, size: u64) -> ChunkResponse {
@@ -179,30 +219,24 @@ async fn handle_stream(state: &NodeState, caller: &str, mut send: quinn::SendStr
                         format!("chunk of {} bytes exceeds the {MAX_CHUNK_BYTES}-byte limit", req.size),
                     );
                 }
-                if req.size > state.store.free() {
-                    let e = StoreError::NoSpace {
-                        needed: req.size,
-                        free: state.store.free(),
-                        capacity: state.store.capacity(),
-                    };
-                    break 'resp fail(ChunkStatus::NoSpace, "no_space", e.to_string());
-                }
-                let _permit = state.reserve(req.size).await;
-                let data = read_payload(&mut recv, req.size).await?;
-                state.metrics.bytes_in.inc_by(data.len() as u64);
-                let store = state.store.clone();
-                let result = tokio::task::spawn_blocking(move || store.put(&id, &data))
-                    .await
-                    .map_err(|e| e.to_string())?;
-                match result {
-                    Ok(_) => {
+                let writer = match state.store.writer(id, req.size) {
+                    Ok(w) => w,
+                    Err(e @ StoreError::NoSpace { .. }) => break 'resp fail(ChunkStatus::NoSpace, "no_space", e.to_string()),
+                    Err(e) => break 'resp fail(ChunkStatus::IoError, "io", e.to_string()),
+                };
+                match receive_chunk(writer, &mut recv, req.size).await {
+                    Ok(()) => {
+                        state.metrics.bytes_in.inc_by(req.size);
                         state.metrics.ops.with_label_values(&["put"]).inc();
                         state.metrics.put_seconds.observe(started.elapsed().as_secs_f64());
                         response(ChunkStatus::Ok, String::new(), 0)
                     }
-                    Err(e @ StoreError::HashMismatch(_)) => fail(ChunkStatus::HashMismatch, "hash_mismatch", e.to_string()),
-                    Err(e @ StoreError::NoSpace { .. }) => fail(ChunkStatus::NoSpace, "no_space", e.to_string()),
-                    Err(e) => fail(ChunkStatus::IoError, "io", e.to_string()),
+                    Err(Received::Stream(e)) => return Err(e),
+                    Err(Received::Store(e @ StoreError::HashMismatch(_))) => {
+                        fail(ChunkStatus::HashMismatch, "hash_mismatch", e.to_string())
+                    }
+                    Err(Received::Store(e @ StoreError::NoSpace { .. })) => fail(ChunkStatus::NoSpace, "no_space", e.to_string()),
+                    Err(Received::Store(e)) => fail(ChunkStatus::IoError, "io", e.to_string()),
                 }
             }
             _ => {
