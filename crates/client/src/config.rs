@@ -29,7 +29,7 @@ impl Default for ClientConfig {
             ca: PathBuf::from("ca.crt"),
             cert: PathBuf::from("client.crt"),
             key: PathBuf::from("client.key"),
-            buffer: "32MiB".into(),
+            buffer: "24MiB".into(),
             parallel_chunks: 16,
         }
     }

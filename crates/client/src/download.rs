@@ -16,7 +16,9 @@ use crate::ClientError;
 use crate::session::{Client, Progress};
 
 /// Files whose plans are fetched in one coordinator call.
-const PLAN_BATCH: usize = 64;
+const PLAN_BATCH: usize = 256;
+/// Files up to this size are gathered in memory and written in one call.
+const SMALL_FILE_BYTES: u64 = 1 << 20;
 
 /// What a get did.
 #[derive(Debug, Default, Clone)]
@@ -95,18 +97,30 @@ impl Client {
     }
 
     /// Downloads a planned file to `local` through a temporary file, so a failed download
-    /// never leaves a partial file behind.
+    /// never leaves a partial file behind. Small files are gathered in memory and written
+    /// with one blocking call; large ones are streamed.
     async fn save_plan(&self, plan: &FilePlan, local: &Path, progress: &Option<Progress>, parallel: usize) -> Result<u64, ClientError> {
         let tmp = tmp_path(local);
+        let mode = plan
+            .attr
+            .as_ref()
+            .map(|a| if a.mode & 0o777 == 0 { 0o644 } else { a.mode & 0o777 })
+            .unwrap_or(0o644);
+        let size = plan.attr.as_ref().map(|a| a.size).unwrap_or(u64::MAX);
+        if size <= SMALL_FILE_BYTES {
+            let mut data = Vec::with_capacity(size as usize);
+            self.write_plan(plan, &mut data, progress, parallel).await?;
+            let dest = local.to_path_buf();
+            return tokio::task::spawn_blocking(move || write_file_atomically(&tmp, &dest, &data, mode))
+                .await
+                .map_err(|e| ClientError::Other(format!("writing {}: {e}", local.display())))?;
+        }
         let mut f = tokio::fs::File::create(&tmp).await.map_err(ClientError::local(&tmp))?;
         let result = async {
             let n = self.write_plan(plan, &mut f, progress, parallel).await?;
             f.flush().await.map_err(ClientError::local(&tmp))?;
-            if let Some(a) = &plan.attr {
-                use std::os::unix::fs::PermissionsExt;
-                let mode = if a.mode & 0o777 == 0 { 0o644 } else { a.mode & 0o777 };
-                let _ = tokio::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(mode)).await;
-            }
+            use std::os::unix::fs::PermissionsExt;
+            let _ = tokio::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(mode)).await;
             tokio::fs::rename(&tmp, local).await.map_err(ClientError::local(local))?;
             Ok(n)
         }
@@ -220,6 +234,27 @@ async fn fetch_chunk(chunks: &ChunkClient, meta: &MetadataClient<Channel>, loc: 
         file: file.to_string(),
         detail: errors.join("; "),
     })
+}
+
+/// Writes `data` to `tmp`, sets its mode and renames it to `local`.
+fn write_file_atomically(tmp: &Path, local: &Path, data: &[u8], mode: u32) -> Result<u64, ClientError> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let result = (|| {
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(mode)
+            .open(tmp)
+            .map_err(ClientError::local(tmp))?;
+        std::io::Write::write_all(&mut f, data).map_err(ClientError::local(tmp))?;
+        std::fs::rename(tmp, local).map_err(ClientError::local(local))?;
+        Ok(data.len() as u64)
+    })();
+    if result.is_err() {
+        let _ = std::fs::remove_file(tmp);
+    }
+    result
 }
 
 fn tmp_path(local: &Path) -> PathBuf {

@@ -308,7 +308,8 @@ impl Client {
                         settle(&mut files, &mut chunks, &mut ready, up.id, Arc::new(nodes));
                     }
                 }
-                if !ready.is_empty() && (ready.len() >= COMMIT_BATCH || !producing || in_flight == 0) {
+                // Commit in large batches (one transaction and one flush each) and at the end.
+                if !ready.is_empty() && (ready.len() >= COMMIT_BATCH || (!producing && in_flight == 0)) {
                     let batch: Vec<usize> = std::mem::take(&mut ready);
                     report.committed.extend(self.commit(&mut files, &batch, parents).await?);
                     report.files += batch.len() as u64;

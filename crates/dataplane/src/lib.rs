@@ -32,6 +32,8 @@ const KEEP_ALIVE: Duration = Duration::from_secs(5);
 const NODE_RECEIVE_WINDOW: u32 = 8 << 20;
 /// Bytes nodes may have in flight towards one client (read-ahead of gets).
 const CLIENT_RECEIVE_WINDOW: u32 = 16 << 20;
+/// Unacknowledged bytes we keep buffered for one peer.
+const SEND_WINDOW: u64 = 4 << 20;
 /// Requested UDP socket buffer size.
 const SOCKET_BUFFER_BYTES: libc::c_int = 8 << 20;
 
@@ -77,7 +79,7 @@ pub fn transport_config(receive_window: u32) -> quinn::TransportConfig {
     t.max_concurrent_uni_streams(0u32.into());
     t.stream_receive_window((receive_window / 4).into());
     t.receive_window(receive_window.into());
-    t.send_window(32 << 20);
+    t.send_window(SEND_WINDOW);
     t.keep_alive_interval(Some(KEEP_ALIVE));
 
     if let Ok(idle) = IDLE_TIMEOUT.try_into() {

@@ -13,7 +13,7 @@ use tokio::sync::{RwLock, Semaphore};
 use crate::metrics::NodeMetrics;
 
 /// Bytes of chunk data a node holds in memory at once across all transfers.
-const BUFFER_BUDGET_KIB: u32 = 16 * 1024;
+const BUFFER_BUDGET_KIB: u32 = 12 * 1024;
 
 pub struct NodeState {
     pub principal: String,
