@@ -19,6 +19,9 @@ use crate::control::Control;
 use crate::metrics::NodeMetrics;
 use crate::service::{NodeState, serve_connection};
 
+/// How often the heartbeat loop looks for changes in the store worth reporting early.
+const USAGE_POLL: Duration = Duration::from_millis(250);
+
 #[derive(Debug, thiserror::Error)]
 pub enum NodeError {
     #[error("invalid configuration: {0}")]
@@ -200,10 +203,20 @@ pub async fn run(cfg: NodeConfig, shutdown: impl Future<Output = ()> + Send + 's
                     }
                 }
             }
+            // Report again after the interval, or sooner when the store changed, so the
+            // coordinator's view of free space follows uploads closely.
             let wait = if registered { heartbeat } else { Duration::from_millis(300) };
-            tokio::select! {
-                _ = tokio::time::sleep(wait) => {}
-                _ = hb_stop.wait_for(|v| *v) => break,
+            let deadline = tokio::time::Instant::now() + wait;
+            let reported = (hb_state.store.used(), hb_state.store.chunk_count());
+            loop {
+                let now = tokio::time::Instant::now();
+                if now >= deadline || (registered && (hb_state.store.used(), hb_state.store.chunk_count()) != reported) {
+                    break;
+                }
+                tokio::select! {
+                    _ = tokio::time::sleep(USAGE_POLL.min(deadline - now)) => {}
+                    _ = hb_stop.wait_for(|v| *v) => return,
+                }
             }
         }
     });
