@@ -291,3 +291,28 @@ fn bad_paths_and_namespace_mistakes_get_clear_errors() {
     assert!(c.fails(&["cat", "/missing"]).contains("/missing: no such file"));
     assert!(c.fails(&["mv", "/dir", "/dir/inner2"]).contains("inside itself"));
 }
+
+#[test]
+fn full_nodes_give_a_clear_error_and_lose_nothing_already_stored() {
+    let c = Cluster::start_with("full", 3, 2, &["--capacity", "6MiB"]);
+    let mut stored = Vec::new();
+    let mut error = None;
+    for i in 0..10 {
+        let data = random_bytes(2 << 20, 50 + i);
+        let local = c.write_local(&format!("f{i}"), &data);
+        let out = c.cli(&["put", p(&local), &format!("/full/f{i}")]);
+        if out.status.success() {
+            stored.push((i, data));
+        } else {
+            error = Some(String::from_utf8_lossy(&out.stderr).into_owned());
+            assert!(c.fails(&["stat", &format!("/full/f{i}")]).contains("no such file"), "a failed put left a visible file");
+            break;
+        }
+    }
+    let error = error.expect("18 MiB of capacity cannot hold 20 MiB of copies");
+    assert!(error.contains("no space") || error.contains("full"), "unclear error: {error}");
+    assert!(stored.len() >= 3, "only {} files fitted", stored.len());
+    for (i, data) in &stored {
+        assert!(&c.cli(&["cat", &format!("/full/f{i}")]).stdout == data, "f{i} was harmed by the failed put");
+    }
+}
