@@ -240,7 +240,8 @@ async fn handle_stream(state: &NodeState, caller: &str, mut send: quinn::SendStr
                 }
             }
             _ => {
-                let _permit = state.reserve(4 << 20).await;
+                let size = std::fs::metadata(state.store.path_of(&id)).map(|m| m.len()).unwrap_or(0);
+                let _permit = state.reserve(size).await;
                 let store = state.store.clone();
                 let result = tokio::task::spawn_blocking(move || store.get(&id))
                     .await
