@@ -305,7 +305,10 @@ fn full_nodes_give_a_clear_error_and_lose_nothing_already_stored() {
             stored.push((i, data));
         } else {
             error = Some(String::from_utf8_lossy(&out.stderr).into_owned());
-            assert!(c.fails(&["stat", &format!("/full/f{i}")]).contains("no such file"), "a failed put left a visible file");
+            assert!(
+                c.fails(&["stat", &format!("/full/f{i}")]).contains("no such file"),
+                "a failed put left a visible file"
+            );
             break;
         }
     }
@@ -313,6 +316,9 @@ fn full_nodes_give_a_clear_error_and_lose_nothing_already_stored() {
     assert!(error.contains("no space") || error.contains("full"), "unclear error: {error}");
     assert!(stored.len() >= 3, "only {} files fitted", stored.len());
     for (i, data) in &stored {
-        assert!(&c.cli(&["cat", &format!("/full/f{i}")]).stdout == data, "f{i} was harmed by the failed put");
+        assert!(
+            &c.cli(&["cat", &format!("/full/f{i}")]).stdout == data,
+            "f{i} was harmed by the failed put"
+        );
     }
 }

@@ -184,57 +184,9 @@ impl ChunkStore {
 
     /// Verifies `data` hashes to `id` and stores it durably.
     pub fn put(&self, id: &ChunkId, data: &[u8]) -> Result<Put, StoreError> {
-        if ChunkId::of(data) != *id {
-            return Err(StoreError::HashMismatch(*id));
-        }
-        let dest = self.path_of(id);
-        if dest.exists() {
-            return Ok(Put::AlreadyPresent);
-        }
-        let len = data.len() as u64;
-        let before = self.used.fetch_add(len, Ordering::SeqCst);
-        let fs_free = fs_available(&self.root).unwrap_or(u64::MAX);
-        if before + len > self.capacity || len > fs_free {
-            self.used.fetch_sub(len, Ordering::SeqCst);
-            return Err(StoreError::NoSpace {
-                needed: len,
-                free: self.free(),
-                capacity: self.capacity,
-            });
-        }
-        match self.write_durably(&dest, data) {
-            Ok(()) => {
-                self.count.fetch_add(1, Ordering::Relaxed);
-                Ok(Put::Stored)
-            }
-            Err(e) => {
-                self.used.fetch_sub(len, Ordering::SeqCst);
-                if let StoreError::Io { source, .. } = &e
-                    && source.raw_os_error() == Some(libc::ENOSPC)
-                {
-                    return Err(StoreError::NoSpace {
-                        needed: len,
-                        free: 0,
-                        capacity: self.capacity,
-                    });
-                }
-                Err(e)
-            }
-        }
-    }
-
-    fn write_durably(&self, dest: &Path, data: &[u8]) -> Result<(), StoreError> {
-        let seq = self.tmp_seq.fetch_add(1, Ordering::Relaxed);
-        let tmp = self.root.join("tmp").join(format!("{}-{seq}", std::process::id()));
-        let result = (|| {
-            let mut f = File::create(&tmp).map_err(io_err(&tmp))?;
-            f.write_all(data).map_err(io_err(&tmp))?;
-            self.publish(f, &tmp, dest)
-        })();
-        if result.is_err() {
-            let _ = fs::remove_file(&tmp);
-        }
-        result
+        let mut w = self.writer(*id, data.len() as u64)?;
+        w.write(data)?;
+        w.finish()
     }
 
     /// Makes a fully written temp file durable and moves it into place.

@@ -37,6 +37,13 @@ pub fn rebase(config: &Path, p: &mut PathBuf) {
     }
 }
 
+/// Makes the certificate paths of a server config relative to the config file.
+pub fn rebase_tls(config: &Path, tls: &mut collective_pki::TlsFiles) {
+    if let Some(dir) = config.parent() {
+        tls.rebase(dir);
+    }
+}
+
 pub fn client_config(o: &ClientOverrides) -> Result<ClientConfig> {
     let path = o.config.clone().or_else(default_client_config);
     let mut cfg = match &path {

@@ -8,7 +8,7 @@ use clap::Args;
 use collective_coordinator::CoordinatorConfig;
 use collective_node::NodeConfig;
 
-use crate::config::{load_toml, rebase};
+use crate::config::{load_toml, rebase, rebase_tls};
 
 #[derive(Args)]
 pub struct CoordinatorArgs {
@@ -65,17 +65,12 @@ async fn stop_signal() {
 }
 
 pub async fn coordinator(a: CoordinatorArgs) -> Result<()> {
-    let mut cfg: CoordinatorConfig = match &a.config {
-        Some(p) => {
-            let mut c: CoordinatorConfig = load_toml(p)?;
-            rebase(p, &mut c.data_dir);
-            rebase(p, &mut c.tls.ca);
-            rebase(p, &mut c.tls.cert);
-            rebase(p, &mut c.tls.key);
-            c
-        }
-        None => CoordinatorConfig::default(),
-    };
+    let mut cfg = CoordinatorConfig::default();
+    if let Some(p) = &a.config {
+        cfg = load_toml(p)?;
+        rebase(p, &mut cfg.data_dir);
+        rebase_tls(p, &mut cfg.tls);
+    }
     if let Some(v) = a.data_dir {
         cfg.data_dir = v;
     }
@@ -92,17 +87,12 @@ pub async fn coordinator(a: CoordinatorArgs) -> Result<()> {
 }
 
 pub async fn node(a: NodeArgs) -> Result<()> {
-    let mut cfg: NodeConfig = match &a.config {
-        Some(p) => {
-            let mut c: NodeConfig = load_toml(p)?;
-            rebase(p, &mut c.data_dir);
-            rebase(p, &mut c.tls.ca);
-            rebase(p, &mut c.tls.cert);
-            rebase(p, &mut c.tls.key);
-            c
-        }
-        None => NodeConfig::default(),
-    };
+    let mut cfg = NodeConfig::default();
+    if let Some(p) = &a.config {
+        cfg = load_toml(p)?;
+        rebase(p, &mut cfg.data_dir);
+        rebase_tls(p, &mut cfg.tls);
+    }
     if let Some(v) = a.data_dir {
         cfg.data_dir = v;
     }

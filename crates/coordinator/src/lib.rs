@@ -10,5 +10,6 @@ mod registry;
 mod server;
 mod state;
 
-pub use config::{CoordinatorConfig, TlsFiles};
+pub use collective_pki::TlsFiles;
+pub use config::CoordinatorConfig;
 pub use server::{CoordinatorError, run};

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use collective_core::{Role, parse_duration};
 use collective_meta::MetaStore;
-use collective_pki::{TlsIdentity, TokenSigner};
+use collective_pki::TokenSigner;
 use collective_proto::v1::metadata_server::MetadataServer;
 use collective_proto::v1::registry_server::RegistryServer;
 use collective_telemetry::{Component, HealthReport};
@@ -37,7 +37,7 @@ pub enum CoordinatorError {
 
 /// Runs a coordinator until `shutdown` completes.
 pub async fn run(cfg: CoordinatorConfig, shutdown: impl Future<Output = ()> + Send + 'static) -> Result<(), CoordinatorError> {
-    let identity = TlsIdentity::load(&cfg.tls.ca, &cfg.tls.cert, &cfg.tls.key)?;
+    let identity = cfg.tls.load()?;
     if identity.role != Role::Coordinator {
         return Err(CoordinatorError::Config(format!(
             "{} holds a {} certificate; a coordinator needs one issued with `collective ca issue --role coordinator`",

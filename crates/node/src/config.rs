@@ -2,20 +2,10 @@
 
 use std::path::PathBuf;
 
+use collective_pki::TlsFiles;
 use serde::{Deserialize, Serialize};
 
 /// Certificate files of a server or client.
-#[derive(Debug, Clone, Serialize, Deserialize, Default)]
-#[serde(deny_unknown_fields)]
-pub struct TlsFiles {
-    /// The CA certificate peers must chain to.
-    pub ca: PathBuf,
-    /// Our certificate (chain).
-    pub cert: PathBuf,
-    /// Our private key; must not be readable by group or others.
-    pub key: PathBuf,
-}
-
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct NodeConfig {

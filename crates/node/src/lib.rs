@@ -12,5 +12,6 @@ mod metrics;
 mod server;
 mod service;
 
-pub use config::{NodeConfig, TlsFiles};
+pub use collective_pki::TlsFiles;
+pub use config::NodeConfig;
 pub use server::{NodeError, run};

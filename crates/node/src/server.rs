@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use collective_chunkstore::ChunkStore;
 use collective_core::{Principal, Role, parse_duration, parse_size};
-use collective_pki::{TlsIdentity, TokenVerifier};
+use collective_pki::TokenVerifier;
 use collective_proto::v1::node_control_server::NodeControlServer;
 use collective_proto::v1::registry_client::RegistryClient;
 use collective_proto::v1::{HeartbeatRequest, RegisterNodeRequest};
@@ -51,7 +51,7 @@ fn advertised(host: &Option<String>, bound: SocketAddr) -> String {
 
 /// Runs a storage node until `shutdown` completes.
 pub async fn run(cfg: NodeConfig, shutdown: impl Future<Output = ()> + Send + 'static) -> Result<(), NodeError> {
-    let identity = TlsIdentity::load(&cfg.tls.ca, &cfg.tls.cert, &cfg.tls.key)?;
+    let identity = cfg.tls.load()?;
     if identity.role != Role::Node {
         return Err(NodeError::Config(format!(
             "{} holds a {} certificate; a node needs one issued with `collective ca issue --role node`",

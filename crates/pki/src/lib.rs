@@ -17,5 +17,5 @@ pub use ca::{IssueRequest, MemberCa};
 pub use cert::{CertInfo, fingerprint};
 pub use error::PkiError;
 pub use keyfile::{check_key_permissions, write_private_file};
-pub use tls::{ALPN_GRPC, ALPN_QUIC, TlsIdentity, peer_from_der};
+pub use tls::{ALPN_GRPC, ALPN_QUIC, TlsFiles, TlsIdentity, peer_from_der};
 pub use token::{DEFAULT_TOKEN_TTL, TokenError, TokenSigner, TokenVerifier};

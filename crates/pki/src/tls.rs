@@ -19,6 +19,33 @@ pub const ALPN_GRPC: &[u8] = b"h2";
 /// ALPN for the QUIC chunk protocol, version 1.
 pub const ALPN_QUIC: &[u8] = b"collective/1";
 
+/// Where a process finds its certificate files (the `[tls]` table of every config).
+#[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsFiles {
+    /// The CA certificate peers must chain to.
+    pub ca: PathBuf,
+    /// Our certificate (chain).
+    pub cert: PathBuf,
+    /// Our private key; must not be readable by group or others.
+    pub key: PathBuf,
+}
+
+impl TlsFiles {
+    pub fn load(&self) -> Result<TlsIdentity, PkiError> {
+        TlsIdentity::load(&self.ca, &self.cert, &self.key)
+    }
+
+    /// Makes relative paths relative to `dir` (the directory of the config file).
+    pub fn rebase(&mut self, dir: &Path) {
+        for p in [&mut self.ca, &mut self.cert, &mut self.key] {
+            if p.is_relative() {
+                *p = dir.join(&*p);
+            }
+        }
+    }
+}
+
 /// A loaded identity: our certificate chain and key, and the CA we trust.
 #[derive(Clone)]
 pub struct TlsIdentity {
