@@ -55,6 +55,7 @@ impl Registry for RegistryService {
                 planned_bytes: 0,
             },
         );
+        self.state.forget_control(&node);
         tracing::info!(%node, "node registered");
         Ok(Response::new(RegisterNodeResponse {
             token_public_key: self.state.signer.public_key().to_vec().into(),

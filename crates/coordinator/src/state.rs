@@ -144,6 +144,11 @@ impl State {
         out.into_iter().map(|(_, a)| a).collect()
     }
 
+    /// Drops a cached control client (the node re-registered, maybe at a new address).
+    pub fn forget_control(&self, node: &str) {
+        self.controls.lock().unwrap_or_else(|p| p.into_inner()).remove(node);
+    }
+
     /// A control client for one of our nodes.
     pub fn control(&self, node: &str) -> Result<NodeControlClient<Channel>, Status> {
         let mut controls = self.controls.lock().unwrap_or_else(|p| p.into_inner());
