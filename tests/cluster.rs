@@ -322,3 +322,42 @@ fn full_nodes_give_a_clear_error_and_lose_nothing_already_stored() {
         );
     }
 }
+
+#[test]
+fn every_process_serves_health_and_prometheus_metrics_without_names_or_data() {
+    let c = Cluster::start("health", 2, 2);
+    c.ok(&[
+        "put",
+        p(&c.write_local("secret-name.txt", b"secret content")),
+        "/private/secret-name.txt",
+    ]);
+    for proc in c.procs.borrow().iter() {
+        let (status, _) = common::http_get(&proc.http, "/health/live");
+        assert_eq!(status, 200, "{}", proc.principal);
+        let (status, _) = common::http_get(&proc.http, "/health/ready");
+        assert_eq!(status, 200, "{}", proc.principal);
+        let (status, body) = common::http_get(&proc.http, "/health");
+        assert_eq!(status, 200);
+        let health: serde_json::Value = serde_json::from_str(&body).unwrap();
+        assert_eq!(health["status"], "ok", "{}: {body}", proc.principal);
+        assert_eq!(health["score"], 100);
+        assert!(health["components"].as_array().unwrap().len() >= 2);
+        let (status, metrics) = common::http_get(&proc.http, "/metrics");
+        assert_eq!(status, 200);
+        assert!(metrics.contains("collective_build_info{"), "{metrics}");
+        assert!(metrics.contains("collective_process_start_time_seconds"));
+        let expected = if proc.role == "node" {
+            "collective_node_stored_bytes"
+        } else {
+            "collective_coordinator_rpcs_total{method=\"commit_files\"}"
+        };
+        assert!(metrics.contains(expected), "{} lacks {expected}", proc.principal);
+        for leak in ["secret", "private"] {
+            assert!(
+                !metrics.contains(leak) && !body.contains(leak),
+                "{} reveals '{leak}'",
+                proc.principal
+            );
+        }
+    }
+}
