@@ -188,6 +188,25 @@ fn acquire_chunks(t: &Txn<'_>, c: &FileCommitIn, min_replicas: usize) -> Result<
             let mut rec: ChunkRecord = decode("chunk", &v).map_err(abort)?;
             rec.refs += 1;
             rec.unreferenced_since_ms = 0;
+            // New copies of a known chunk (uploaded again because its copies were lost)
+            // count when they were planned.
+            if !reported.is_empty()
+                && let Some(p) = t.get(Table::Pending, &r.id)?
+            {
+                let pending: PendingRecord = decode("pending", &p).map_err(abort)?;
+                let mut added = 0u64;
+                for n in reported.iter().filter(|n| pending.nodes.contains(n)) {
+                    if !rec.replicas.contains(n) {
+                        rec.replicas.push(n.clone());
+                        added += 1;
+                    }
+                }
+                if added > 0 {
+                    let mut totals = totals_in(t)?;
+                    totals.physical_bytes += rec.size * added;
+                    put_totals(t, &totals)?;
+                }
+            }
             t.insert(Table::Chunks, &r.id, encode(&rec))?;
             continue;
         }
@@ -647,6 +666,35 @@ mod tests {
         assert!(matches!(m.stat(&p("/f")), Err(MetaError::NotFound(_))));
         m.commit_files(&[c(vec!["n1".into(), "n2".into()])], "u", 2).unwrap();
         assert_eq!(m.chunk(&id).unwrap().unwrap().replicas, vec!["n1", "n2"]);
+        drop(m);
+        std::fs::remove_dir_all(d).unwrap();
+    }
+
+    #[test]
+    fn a_chunk_uploaded_again_after_losing_its_copies_gets_them_back() {
+        let (m, d) = store("reupload");
+        commit(&m, "/a", &[b"data"]).unwrap();
+        let id = ChunkId::of(b"data");
+        m.remove_replica(&id, "n1@a.collective.local").unwrap();
+        m.remove_replica(&id, "n2@a.collective.local").unwrap();
+        assert!(m.chunk(&id).unwrap().unwrap().replicas.is_empty());
+        m.add_pending(&id, 4, &["n3@a.collective.local".into()]).unwrap();
+        let c = FileCommitIn {
+            path: p("/b"),
+            size: 4,
+            mode: 0o644,
+            mtime_ms: 0,
+            chunks: vec![ChunkRef {
+                id: id.0,
+                offset: 0,
+                size: 4,
+            }],
+            stored_on: vec![vec!["n3@a.collective.local".into(), "n9@a.collective.local".into()]],
+            parents: false,
+        };
+        m.commit_files(&[c], "u", 1).unwrap();
+        let rec = m.chunk(&id).unwrap().unwrap();
+        assert_eq!((rec.refs, rec.replicas), (2, vec!["n3@a.collective.local".to_string()]));
         drop(m);
         std::fs::remove_dir_all(d).unwrap();
     }
