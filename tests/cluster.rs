@@ -189,6 +189,11 @@ fn a_flipped_byte_is_detected_reported_and_read_around() {
     }
     let status = c.ok(&["status"]);
     assert!(status.contains("fewer than 2 copies"), "{status}");
+    // Writing the same content again tops the lost copy up.
+    c.ok(&["put", p(&c.path("d")), "/d-again"]);
+    let s = c.status_json();
+    assert_eq!(s["replication_state"]["under_replicated_chunks"], 0, "{s}");
+    assert!(c.cli(&["cat", "/d"]).stdout == data);
 }
 
 #[test]

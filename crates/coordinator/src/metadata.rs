@@ -81,8 +81,9 @@ impl MetadataService {
         self.state.meta.flush().await.map_err(meta_status)
     }
 
-    fn placement(&self, id: &ChunkId, size: u64, exclude: &[String], caller: &str) -> Result<ChunkPlacement, Status> {
-        let chosen = collective_placement::place(&self.state.candidates(), self.state.replication, size, exclude)
+    /// Places `count` copies of a chunk on nodes not in `exclude` and signs their token.
+    fn placement(&self, id: &ChunkId, size: u64, count: usize, exclude: &[String], caller: &str) -> Result<ChunkPlacement, Status> {
+        let chosen = collective_placement::place(&self.state.candidates(), count, size, exclude)
             .map_err(|e| Status::failed_precondition(e.to_string()))?;
         self.state.note_planned(&chosen, size);
         self.state.meta.add_pending(id, size, &chosen).map_err(meta_status)?;
@@ -216,20 +217,29 @@ impl Metadata for MetadataService {
                         c.size
                     )));
                 }
-                let stored = match self.state.meta.chunk(&id).map_err(meta_status)? {
-                    Some(rec) => !rec.replicas.is_empty(),
-                    None => false,
-                };
-                if stored {
-                    placements.push(ChunkPlacement {
+                let existing = self
+                    .state
+                    .meta
+                    .chunk(&id)
+                    .map_err(meta_status)?
+                    .map(|r| r.replicas)
+                    .unwrap_or_default();
+                let missing = self.state.replication.saturating_sub(existing.len());
+                if !existing.is_empty() {
+                    // Already stored. When copies were lost, this write tops them up if it
+                    // can; otherwise the chunk stays as it is (repair's job), not the put's.
+                    let topped_up = (missing > 0)
+                        .then(|| self.placement(&id, c.size, missing, &existing, &caller).ok())
+                        .flatten();
+                    placements.push(topped_up.unwrap_or(ChunkPlacement {
                         id: c.id.clone(),
                         stored: true,
                         targets: vec![],
                         token: Default::default(),
-                    });
+                    }));
                     continue;
                 }
-                placements.push(self.placement(&id, c.size, &[], &caller)?);
+                placements.push(self.placement(&id, c.size, self.state.replication, &[], &caller)?);
             }
             Ok(PlanWriteResponse { placements })
         })();
