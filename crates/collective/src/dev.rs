@@ -122,6 +122,7 @@ fn spawn(role: &str, config: &Path, log: &Path) -> Result<u32> {
         .stdout(out)
         .stderr(err);
     // Own session: the cluster outlives the terminal that started it.
+    // SAFETY: setsid is async-signal-safe and touches no memory of the parent.
     unsafe {
         cmd.pre_exec(|| {
             libc::setsid();
