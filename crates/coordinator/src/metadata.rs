@@ -251,6 +251,13 @@ impl Metadata for MetadataService {
         let q = req.into_inner();
         let r = (|| {
             let id = chunk_arg(&q.id)?;
+            if q.size == 0 || q.size > collective_core::MAX_CHUNK_BYTES {
+                return Err(Status::invalid_argument(format!(
+                    "chunk {} has an invalid size {}",
+                    id.short(),
+                    q.size
+                )));
+            }
             let count = (q.count as usize).clamp(1, self.state.replication);
             let new = collective_placement::place(&self.state.candidates(), count, q.size, &q.avoid)
                 .map_err(|e| Status::failed_precondition(e.to_string()))?;
