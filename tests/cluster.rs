@@ -76,6 +76,21 @@ fn every_chunk_sits_on_exactly_r_distinct_nodes_and_survives_losing_one() {
     let used: std::collections::HashSet<&String> = copies.values().flatten().collect();
     assert_eq!(used.len(), 3, "placement used only {used:?}");
 
+    // Reads spread over the replicas: reading the files touches every node.
+    for i in 0..files.len() {
+        c.ok(&["cat", &format!("/p/f{i}")]);
+    }
+    for n in c.nodes() {
+        let (_, metrics) = common::http_get(&n.http, "/metrics");
+        let gets: f64 = metrics
+            .lines()
+            .find(|l| l.starts_with("collective_node_chunk_operations_total{op=\"get\"}"))
+            .and_then(|l| l.rsplit(' ').next())
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0.0);
+        assert!(gets > 0.0, "{} served no reads", n.principal);
+    }
+
     // Kill -9 one node: every file still reads.
     c.kill9("node-02");
     for (i, data) in files.iter().enumerate() {

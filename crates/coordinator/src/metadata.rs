@@ -49,6 +49,13 @@ fn path_arg(p: &str) -> Result<RemotePath, Status> {
     validate_path(p).map_err(|e| Status::invalid_argument(e.to_string()))
 }
 
+fn check_chunk_size(id: &ChunkId, size: u64) -> Result<(), Status> {
+    if size == 0 || size > collective_core::MAX_CHUNK_BYTES {
+        return Err(Status::invalid_argument(format!("chunk {} has an invalid size {size}", id.short())));
+    }
+    Ok(())
+}
+
 fn chunk_arg(b: &[u8]) -> Result<ChunkId, Status> {
     ChunkId::from_slice(b).ok_or_else(|| Status::invalid_argument("malformed chunk id: expected 32 bytes"))
 }
@@ -79,6 +86,17 @@ impl MetadataService {
 
     async fn flush(&self) -> Result<(), Status> {
         self.state.meta.flush().await.map_err(meta_status)
+    }
+
+    /// The nodes recorded as holding a chunk (none when it is unknown).
+    fn replicas(&self, id: &ChunkId) -> Result<Vec<String>, Status> {
+        Ok(self
+            .state
+            .meta
+            .chunk(id)
+            .map_err(meta_status)?
+            .map(|r| r.replicas)
+            .unwrap_or_default())
     }
 
     /// Places `count` copies of a chunk on nodes not in `exclude` and signs their token.
@@ -210,20 +228,8 @@ impl Metadata for MetadataService {
             let mut placements = Vec::with_capacity(q.chunks.len());
             for c in &q.chunks {
                 let id = chunk_arg(&c.id)?;
-                if c.size == 0 || c.size > collective_core::MAX_CHUNK_BYTES {
-                    return Err(Status::invalid_argument(format!(
-                        "chunk {} has an invalid size {}",
-                        id.short(),
-                        c.size
-                    )));
-                }
-                let existing = self
-                    .state
-                    .meta
-                    .chunk(&id)
-                    .map_err(meta_status)?
-                    .map(|r| r.replicas)
-                    .unwrap_or_default();
+                check_chunk_size(&id, c.size)?;
+                let existing = self.replicas(&id)?;
                 let missing = self.state.replication.saturating_sub(existing.len());
                 if !existing.is_empty() {
                     // Already stored. When copies were lost, this write tops them up if it
@@ -251,13 +257,7 @@ impl Metadata for MetadataService {
         let q = req.into_inner();
         let r = (|| {
             let id = chunk_arg(&q.id)?;
-            if q.size == 0 || q.size > collective_core::MAX_CHUNK_BYTES {
-                return Err(Status::invalid_argument(format!(
-                    "chunk {} has an invalid size {}",
-                    id.short(),
-                    q.size
-                )));
-            }
+            check_chunk_size(&id, q.size)?;
             let count = (q.count as usize).clamp(1, self.state.replication);
             let new = collective_placement::place(&self.state.candidates(), count, q.size, &q.avoid)
                 .map_err(|e| Status::failed_precondition(e.to_string()))?;
@@ -326,15 +326,14 @@ impl Metadata for MetadataService {
                 let path = path_arg(p)?;
                 let (attr, manifest) = self.state.meta.manifest(&path).map_err(meta_status)?;
                 let mut chunks = Vec::with_capacity(manifest.len());
-                for c in manifest {
+                for (i, c) in manifest.into_iter().enumerate() {
                     let id = ChunkId(c.id);
-                    let replicas = self
-                        .state
-                        .meta
-                        .chunk(&id)
-                        .map_err(meta_status)?
-                        .map(|r| r.replicas)
-                        .unwrap_or_default();
+                    let mut replicas = self.replicas(&id)?;
+                    // Rotate so consecutive chunks are read from different nodes in parallel.
+                    if !replicas.is_empty() {
+                        let n = replicas.len();
+                        replicas.rotate_left(i % n);
+                    }
                     let token = self
                         .state
                         .signer
