@@ -121,39 +121,16 @@ fn certificates_without_standing_are_refused() {
     assert!(err.contains("refused") || err.contains("certificate"), "{err}");
     assert!(!err.contains("secret"));
 
-    // An expired certificate of the right CA.
-    issue(
-        &c,
-        "client",
-        "expired",
-        &["--not-before", "2020-01-01T00:00:00Z", "--not-after", "2020-06-01T00:00:00Z"],
-    );
-    let err = c.fails(&[
-        "--cert",
-        p(&certs.join("expired.crt")),
-        "--key",
-        p(&certs.join("expired.key")),
-        "ls",
-        "/",
-    ]);
-    assert!(err.contains("certificate"), "{err}");
-
-    // A certificate that is not valid yet.
-    issue(
-        &c,
-        "client",
-        "future",
-        &["--not-before", "2099-01-01T00:00:00Z", "--not-after", "2099-06-01T00:00:00Z"],
-    );
-    let err = c.fails(&[
-        "--cert",
-        p(&certs.join("future.crt")),
-        "--key",
-        p(&certs.join("future.key")),
-        "ls",
-        "/",
-    ]);
-    assert!(err.contains("certificate"), "{err}");
+    // An expired certificate of the right CA, and one not valid yet.
+    for (name, from, until) in [
+        ("expired", "2020-01-01T00:00:00Z", "2020-06-01T00:00:00Z"),
+        ("future", "2099-01-01T00:00:00Z", "2099-06-01T00:00:00Z"),
+    ] {
+        issue(&c, "client", name, &["--not-before", from, "--not-after", until]);
+        let (cert, key) = (certs.join(format!("{name}.crt")), certs.join(format!("{name}.key")));
+        let err = c.fails(&["--cert", p(&cert), "--key", p(&key), "ls", "/"]);
+        assert!(err.contains("certificate"), "{name}: {err}");
+    }
 
     let rt = rt();
     rt.block_on(async {
