@@ -5,6 +5,7 @@ use std::sync::Arc;
 use collective_core::{Principal, Role, parse_size, validate_path};
 use collective_dataplane::ChunkClient;
 use collective_pki::TlsIdentity;
+use collective_proto::v1::admin_client::AdminClient;
 use collective_proto::v1::metadata_client::MetadataClient;
 use collective_proto::v1::{
     DirEntry, FileAttr, ListRequest, MkdirRequest, PathRequest, RemoveRequest, RemoveResponse, RenameRequest, StatusRequest, StatusResponse,
@@ -21,6 +22,7 @@ const MAX_MESSAGE_BYTES: usize = 64 << 20;
 
 pub struct Client {
     pub(crate) meta: MetadataClient<Channel>,
+    admin: AdminClient<Channel>,
     pub(crate) chunks: Arc<ChunkClient>,
     /// Memory for chunk bytes in flight, in KiB permits.
     pub(crate) budget: Arc<Semaphore>,
@@ -60,6 +62,7 @@ impl Client {
         let coordinator = Principal::new(&cfg.coordinator_name, &identity.principal.domain)
             .map_err(|e| ClientError::Config(format!("coordinator_name: {e}")))?;
         let channel = collective_rpc::channel(&identity, &cfg.coordinator, &coordinator)?;
+        let admin = AdminClient::new(channel.clone());
         let meta = MetadataClient::new(channel)
             .max_decoding_message_size(MAX_MESSAGE_BYTES)
             .max_encoding_message_size(MAX_MESSAGE_BYTES);
@@ -69,6 +72,7 @@ impl Client {
         let budget_kib = (budget_bytes / 1024).clamp(16 * 1024 + 64, 4 << 20) as u32;
         Ok(Client {
             meta,
+            admin,
             chunks,
             budget: Arc::new(Semaphore::new(budget_kib as usize)),
             budget_kib,
@@ -80,6 +84,11 @@ impl Client {
     /// Closes connections to nodes cleanly; call before exiting.
     pub async fn close(&self) {
         self.chunks.close().await;
+    }
+
+    /// The administration service (datastores, grants, invites, federation).
+    pub fn admin(&self) -> AdminClient<Channel> {
+        self.admin.clone()
     }
 
     pub(crate) fn meta(&self) -> MetadataClient<Channel> {

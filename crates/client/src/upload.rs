@@ -238,7 +238,7 @@ impl Client {
                                 Err(_) => break,
                             }
                         }
-                        let mut to_plan: Vec<(ChunkId, Bytes, OwnedSemaphorePermit, usize)> = Vec::new();
+                        let mut to_plan: Vec<ToPlan> = Vec::new();
                         for m in batch {
                             match m {
                                 Msg::Failed(e) => return Err(e),
@@ -275,8 +275,21 @@ impl Client {
                                 }
                             }
                         }
-                        if !to_plan.is_empty() {
-                            let req = PlanWriteRequest { chunks: to_plan.iter().map(|(id, d, _, _)| ChunkDesc { id: id.0.to_vec().into(), size: d.len() as u64 }).collect() };
+                        // One plan per datastore: it decides placement, owner and rights.
+                        let mut groups: Vec<(String, Vec<ToPlan>)> = Vec::new();
+                        for item in to_plan {
+                            let remote = files[item.3].remote.to_string();
+                            let top = datastore_of(&remote);
+                            match groups.iter_mut().find(|(p, _)| datastore_of(p) == top) {
+                                Some((_, g)) => g.push(item),
+                                None => groups.push((remote, vec![item])),
+                            }
+                        }
+                        for (path, to_plan) in groups {
+                            let req = PlanWriteRequest {
+                                chunks: to_plan.iter().map(|(id, d, _, _)| ChunkDesc { id: id.0.to_vec().into(), size: d.len() as u64 }).collect(),
+                                path,
+                            };
                             let plan = self.meta().plan_write(req).await.map_err(ClientError::status)?.into_inner();
                             if plan.placements.len() != to_plan.len() {
                                 return Err(ClientError::Other("the coordinator answered a write plan for a different number of chunks".into()));
@@ -428,6 +441,7 @@ async fn store_chunk(
             size: data.len() as u64,
             avoid: avoid.clone(),
             count: (wanted - stored.len()) as u32,
+            path: file.to_string(),
         };
         match meta.replace_target(req).await {
             Ok(p) => {
@@ -448,3 +462,11 @@ async fn store_chunk(
         detail: errors.join("; "),
     })
 }
+
+/// The first component of a remote path (its datastore), e.g. `/media/a/b` → `media`.
+fn datastore_of(path: &str) -> &str {
+    path.trim_start_matches('/').split('/').next().unwrap_or("")
+}
+
+/// A chunk waiting for a write plan: id, bytes, its memory permit, index of its file.
+type ToPlan = (ChunkId, Bytes, OwnedSemaphorePermit, usize);

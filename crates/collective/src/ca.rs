@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use anyhow::{Context, Result};
 use clap::{Args, Subcommand};
 use collective_core::Role;
-use collective_pki::{CertInfo, IssueRequest, MemberCa};
+use collective_pki::{CertInfo, FederationRoot, IssueRequest, MemberCa};
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
 
@@ -33,6 +33,10 @@ pub struct InitArgs {
     /// Directory to write the CA into
     #[arg(long)]
     out: PathBuf,
+    /// Sign the member CA with this federation root (its holder's own member); other
+    /// members join with `collective member join` instead
+    #[arg(long)]
+    root: Option<PathBuf>,
 }
 
 #[derive(Args)]
@@ -70,7 +74,25 @@ fn rfc3339(what: &str, s: &str) -> Result<OffsetDateTime> {
 pub fn run(cmd: CaCommand) -> Result<()> {
     match cmd {
         CaCommand::Init(a) => {
-            let ca = MemberCa::init(&a.member, &a.domain, &a.out)?;
+            let ca = match &a.root {
+                None => MemberCa::init(&a.member, &a.domain, &a.out)?,
+                Some(root_dir) => {
+                    let root = FederationRoot::load(root_dir)
+                        .with_context(|| format!("cannot load the federation root in {}", root_dir.display()))?;
+                    let expected = collective_pki::member_domain(&a.member, &root.domain);
+                    if a.domain != expected {
+                        anyhow::bail!(
+                            "in the federation {} the member {} has the domain {expected}, not {}",
+                            root.domain,
+                            a.member,
+                            a.domain
+                        );
+                    }
+                    let csr = MemberCa::begin_join(&a.member, &a.domain, &a.out)?;
+                    let pem = root.sign_member(&csr, &a.member)?;
+                    MemberCa::finish_join(&a.out, &pem, root.cert_pem())?
+                }
+            };
             println!("member CA for {} ({}) written to {}", ca.member, ca.domain, a.out.display());
             println!("  certificate: {}", a.out.join("ca.crt").display());
             println!(

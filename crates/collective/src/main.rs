@@ -5,6 +5,7 @@
 mod ca;
 mod config;
 mod dev;
+mod federate;
 mod files;
 mod servers;
 
@@ -69,6 +70,18 @@ enum Command {
     Stat(files::StatArgs),
     /// Is my data safe? Nodes, capacity, data and replication at a glance
     Status(files::StatusArgs),
+    /// Federation root and members' view of each other
+    #[command(subcommand)]
+    Federation(federate::FederationCommand),
+    /// Invite members and users; redeem user invites
+    #[command(subcommand)]
+    Invite(federate::InviteCommand),
+    /// Join a federation as a new member
+    #[command(subcommand)]
+    Member(federate::MemberCommand),
+    /// Datastores and who may use them
+    #[command(subcommand)]
+    Datastore(federate::DatastoreCommand),
     /// A local cluster for trying Collective out and for tests
     #[command(subcommand)]
     Dev(dev::DevCommand),
@@ -140,5 +153,9 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Mv(a) => files::mv(&overrides, a).await,
         Command::Stat(a) => files::stat(&overrides, a).await,
         Command::Status(a) => files::status(&overrides, a).await,
+        Command::Federation(c) => federate::federation(&overrides, c).await,
+        Command::Invite(c) => federate::invite(&overrides, c).await,
+        Command::Member(c) => federate::member(c).await,
+        Command::Datastore(c) => federate::datastore(&overrides, c).await,
     }
 }

@@ -70,6 +70,11 @@ pub async fn coordinator(a: CoordinatorArgs) -> Result<()> {
         cfg = load_toml(p)?;
         rebase(p, &mut cfg.data_dir);
         rebase_tls(p, &mut cfg.tls);
+        for dir in [&mut cfg.ca_dir, &mut cfg.federation.root_dir] {
+            if !dir.as_os_str().is_empty() {
+                rebase(p, dir);
+            }
+        }
     }
     if let Some(v) = a.data_dir {
         cfg.data_dir = v;

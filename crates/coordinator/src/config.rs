@@ -20,7 +20,57 @@ pub struct CoordinatorConfig {
     pub node_timeout: String,
     /// How long chunk tokens stay valid, e.g. "15m".
     pub token_ttl: String,
+    /// This member's CA directory (`ca.crt`, `ca.key`): lets the coordinator sign
+    /// certificates for users who redeem invites. Empty: user invites are unavailable.
+    pub ca_dir: PathBuf,
+    /// Principals with every right in this member's namespace (create datastores, grant,
+    /// invite). Empty: `admin@<member domain>` and `<member>@<member domain>`.
+    pub admins: Vec<String>,
+    /// The gRPC address other members and invitees use to reach us (default: grpc_listen).
+    pub advertise_grpc: String,
     pub tls: TlsFiles,
+    pub federation: FederationConfig,
+}
+
+/// `[federation]`: gossip with the other members' coordinators.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct FederationConfig {
+    /// UDP address for SWIM gossip; empty: this member is not federated.
+    pub gossip_listen: String,
+    /// The gossip address others send to (default: gossip_listen).
+    pub gossip_advertise: String,
+    /// Gossip addresses of any members to join through.
+    pub bootstrap: Vec<String>,
+    /// Directory holding the federation root (`root.crt`, `root.key`) when this coordinator
+    /// may sign new members' CAs. Empty on every other member.
+    pub root_dir: PathBuf,
+    /// Bytes of our nodes' capacity offered to other members, e.g. "500GiB".
+    pub contribution: String,
+    /// How often a random member is probed.
+    pub probe_period: String,
+    /// How long to wait for a direct probe answer before asking others to probe.
+    pub probe_rtt: String,
+    /// How long a suspect member has to answer before it is declared down.
+    pub suspect_timeout: String,
+    /// How often state is reconciled with a random member over gRPC.
+    pub anti_entropy: String,
+}
+
+impl Default for FederationConfig {
+    fn default() -> Self {
+        FederationConfig {
+            gossip_listen: String::new(),
+            gossip_advertise: String::new(),
+            bootstrap: vec![],
+            root_dir: PathBuf::new(),
+            contribution: "0".into(),
+            probe_period: "1s".into(),
+            probe_rtt: "400ms".into(),
+            suspect_timeout: "4s".into(),
+            anti_entropy: "10s".into(),
+        }
+    }
 }
 
 impl Default for CoordinatorConfig {
@@ -32,7 +82,11 @@ impl Default for CoordinatorConfig {
             replication: 2,
             node_timeout: "10s".into(),
             token_ttl: "15m".into(),
+            ca_dir: PathBuf::new(),
+            admins: vec![],
+            advertise_grpc: String::new(),
             tls: TlsFiles::default(),
+            federation: FederationConfig::default(),
         }
     }
 }

@@ -3,7 +3,11 @@
 //! the signing of chunk tokens. Clients and nodes reach it over gRPC with mutual TLS; the
 //! role in each caller's certificate decides which calls it may make.
 
+mod access;
+mod admin;
+mod bootstrap;
 mod config;
+mod federation;
 mod metadata;
 mod metrics;
 mod registry;
@@ -11,5 +15,5 @@ mod server;
 mod state;
 
 pub use collective_pki::TlsFiles;
-pub use config::CoordinatorConfig;
+pub use config::{CoordinatorConfig, FederationConfig};
 pub use server::{CoordinatorError, run};

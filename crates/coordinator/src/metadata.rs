@@ -5,8 +5,10 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Instant;
 
-use collective_core::{ChunkId, RemotePath, Role, validate_path};
+use collective_core::{ChunkId, RemotePath, validate_path};
+use collective_core::{Principal, Rights};
 use collective_meta::{Attr, ChunkRef, FileCommitIn, Kind};
+use collective_proto::v1::metadata_client::MetadataClient;
 use collective_proto::v1::metadata_server::Metadata;
 use collective_proto::v1::{
     ChunkLocation, ChunkPlacement, CommitFilesRequest, CommitFilesResponse, DirEntry, FileAttr, FileKind, FilePlan, ListRequest,
@@ -14,15 +16,19 @@ use collective_proto::v1::{
     RemoveRequest, RemoveResponse, RenameRequest, ReplaceTargetRequest, ReportBadReplicaRequest, ReportBadReplicaResponse, StatusRequest,
     StatusResponse, TokenOp, VerifyChunkRequest, WalkBatch,
 };
+use collective_rpc::forwarded;
 use futures::Stream;
+use tonic::transport::Channel;
 use tonic::{Request, Response, Status};
 
+use crate::access::top_of;
 use crate::state::{State, meta_status};
 
 const LIST_PAGE_DEFAULT: usize = 1000;
 const LIST_PAGE_MAX: usize = 10_000;
 const WALK_BATCH: usize = 512;
 const MAX_PLAN_CHUNKS: usize = 10_000;
+const REMOTE_LIST_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
 
 pub struct MetadataService {
     pub state: Arc<State>,
@@ -67,21 +73,34 @@ async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T, Status> + Sen
 }
 
 impl MetadataService {
-    /// Checks the caller is a client of this member and records the call in metrics.
-    fn begin<T>(&self, method: &'static str, req: &Request<T>) -> Result<(String, Call<'_>), Status> {
+    /// Finds the end user (a client of this member, or a user of another member named by
+    /// its coordinator) and records the call in metrics.
+    fn begin<T>(&self, method: &'static str, req: &Request<T>) -> Result<(Principal, Call<'_>), Status> {
         self.state.metrics.rpcs.with_label_values(&[method]).inc();
-        let caller = collective_rpc::authorize(req, &self.state.domain, &[Role::Client]).inspect_err(|_| {
-            self.state.metrics.denials.inc();
+        let user = self.state.end_user(req).inspect_err(|_| {
             self.state.metrics.rpc_errors.with_label_values(&[method]).inc();
         })?;
         Ok((
-            caller.principal.to_string(),
+            user,
             Call {
                 state: &self.state,
                 method,
                 started: Instant::now(),
             },
         ))
+    }
+
+    /// The owner's Metadata service, when `path` is in another member's datastore.
+    fn remote(&self, path: &RemotePath) -> Result<Option<MetadataClient<Channel>>, Status> {
+        let Some(top) = top_of(path.as_str()) else { return Ok(None) };
+        match self.state.remote_owner(top)? {
+            Some(member) => Ok(Some(
+                MetadataClient::new(self.state.peer_channel(&member)?)
+                    .max_decoding_message_size(64 << 20)
+                    .max_encoding_message_size(64 << 20),
+            )),
+            None => Ok(None),
+        }
     }
 
     async fn flush(&self) -> Result<(), Status> {
@@ -118,6 +137,77 @@ impl MetadataService {
     }
 }
 
+impl MetadataService {
+    /// `ls /`: this member's top-level entries the user may see, then every other alive
+    /// member's datastores that member lets the user see (each owner decides).
+    async fn list_root(&self, who: &Principal, q: &ListRequest) -> Result<ListResponse, Status> {
+        let limit = match q.limit as usize {
+            0 => LIST_PAGE_DEFAULT,
+            n => n.min(LIST_PAGE_MAX),
+        };
+        let after = (!q.start_after.is_empty()).then_some(q.start_after.as_str());
+        let (entries, more) = self.state.meta.list(&RemotePath::root(), after, limit).map_err(meta_status)?;
+        let mut out = Vec::new();
+        for a in entries {
+            let name = a.path.rsplit('/').next().unwrap_or("").to_string();
+            if self.state.can_see(who, &name)? {
+                out.push(DirEntry {
+                    name,
+                    attr: Some(to_proto(a)),
+                });
+            }
+        }
+        if more {
+            return Ok(ListResponse { entries: out, more });
+        }
+        if let Some(fed) = self.state.fed() {
+            let members: Vec<String> = fed
+                .gossip
+                .states()
+                .into_iter()
+                .filter(|s| s.member != self.state.domain && !s.datastores.is_empty())
+                .filter(|s| fed.gossip.peer_state(&s.member) != Some(collective_gossip::PeerState::Down))
+                .map(|s| s.member)
+                .collect();
+            let asks = members.into_iter().map(|m| {
+                let req = ListRequest {
+                    path: "/".into(),
+                    start_after: String::new(),
+                    limit: LIST_PAGE_MAX as u32,
+                };
+                async move {
+                    let mut peer = MetadataClient::new(self.state.peer_channel(&m)?);
+                    let r = tokio::time::timeout(REMOTE_LIST_TIMEOUT, peer.list(forwarded(req, who)))
+                        .await
+                        .map_err(|_| Status::deadline_exceeded(format!("{m} did not answer")))??;
+                    Ok::<_, Status>((m, r.into_inner()))
+                }
+            });
+            for r in futures::future::join_all(asks).await {
+                match r {
+                    Ok((m, list)) => {
+                        let catalog = fed.gossip.state_of(&m).map(|s| s.datastores).unwrap_or_default();
+                        for e in list.entries {
+                            // Only the member's datastores, never a name we have ourselves.
+                            if catalog.iter().any(|d| d.name == e.name) && !out.iter().any(|o| o.name == e.name) {
+                                out.push(e);
+                            }
+                        }
+                    }
+                    Err(e) => tracing::debug!("listing a member's datastores failed: {}", e.message()),
+                }
+            }
+            out.sort_by(|a, b| a.name.cmp(&b.name));
+        }
+        Ok(ListResponse { entries: out, more: false })
+    }
+}
+
+/// The directory that holds `path` (the root for the root).
+fn parent_of(path: &RemotePath) -> RemotePath {
+    path.split_last().map(|(p, _)| p).unwrap_or_else(|_| RemotePath::root())
+}
+
 /// Times one call and counts its failure.
 struct Call<'a> {
     state: &'a State,
@@ -146,19 +236,33 @@ impl Metadata for MetadataService {
     type WalkStream = WalkStream;
 
     async fn stat(&self, req: Request<PathRequest>) -> Result<Response<FileAttr>, Status> {
-        let (_, call) = self.begin("stat", &req)?;
+        let (who, call) = self.begin("stat", &req)?;
+        let path = path_arg(&req.get_ref().path)?;
+        if let Some(mut peer) = self.remote(&path)? {
+            return call.done(peer.stat(forwarded(req.into_inner(), &who)).await.map(Response::into_inner));
+        }
         let r = (|| {
-            let path = path_arg(&req.get_ref().path)?;
+            if !path.is_root() {
+                self.state.require(&who, &path, Rights::READ)?;
+            }
             self.state.meta.stat(&path).map(to_proto).map_err(meta_status)
         })();
         call.done(r)
     }
 
     async fn list(&self, req: Request<ListRequest>) -> Result<Response<ListResponse>, Status> {
-        let (_, call) = self.begin("list", &req)?;
+        let (who, call) = self.begin("list", &req)?;
+        let path = path_arg(&req.get_ref().path)?;
+        if let Some(mut peer) = self.remote(&path)? {
+            return call.done(peer.list(forwarded(req.into_inner(), &who)).await.map(Response::into_inner));
+        }
+        if path.is_root() {
+            let r = self.list_root(&who, req.get_ref()).await;
+            return call.done(r);
+        }
         let r = (|| {
             let q = req.get_ref();
-            let path = path_arg(&q.path)?;
+            self.state.require(&who, &path, Rights::READ)?;
             let limit = match q.limit as usize {
                 0 => LIST_PAGE_DEFAULT,
                 n => n.min(LIST_PAGE_MAX),
@@ -178,10 +282,15 @@ impl Metadata for MetadataService {
     }
 
     async fn mkdir(&self, req: Request<MkdirRequest>) -> Result<Response<FileAttr>, Status> {
-        let (caller, call) = self.begin("mkdir", &req)?;
+        let (who, call) = self.begin("mkdir", &req)?;
+        let path = path_arg(&req.get_ref().path)?;
+        if let Some(mut peer) = self.remote(&path)? {
+            return call.done(peer.mkdir(forwarded(req.into_inner(), &who)).await.map(Response::into_inner));
+        }
         let q = req.into_inner();
+        let caller = who.to_string();
         let r = async {
-            let path = path_arg(&q.path)?;
+            self.state.require(&who, &parent_of(&path), Rights::WRITE)?;
             let mode = if q.mode == 0 { 0o755 } else { q.mode };
             let a = self.state.meta.mkdir(&path, q.parents, mode, &caller).map_err(meta_status)?;
             self.flush().await?;
@@ -192,10 +301,23 @@ impl Metadata for MetadataService {
     }
 
     async fn remove(&self, req: Request<RemoveRequest>) -> Result<Response<RemoveResponse>, Status> {
-        let (caller, call) = self.begin("remove", &req)?;
+        let (who, call) = self.begin("remove", &req)?;
+        let path = path_arg(&req.get_ref().path)?;
+        if let Some(mut peer) = self.remote(&path)? {
+            return call.done(peer.remove(forwarded(req.into_inner(), &who)).await.map(Response::into_inner));
+        }
         let q = req.into_inner();
+        let caller = who.to_string();
         let r = async {
-            let path = path_arg(&q.path)?;
+            self.state.require(&who, &path, Rights::DELETE)?;
+            if let Some(top) = top_of(path.as_str())
+                && path.components().count() == 1
+                && self.state.meta.datastore(top).map_err(meta_status)?.is_some()
+            {
+                return Err(Status::failed_precondition(format!(
+                    "{path} is a datastore; remove what is inside it (`collective rm -r {path}/NAME`), the datastore itself stays"
+                )));
+            }
             let meta = self.state.meta.clone();
             let (files, dirs) = blocking(move || meta.remove(&path, q.recursive, &caller).map_err(meta_status)).await?;
             self.flush().await?;
@@ -206,10 +328,21 @@ impl Metadata for MetadataService {
     }
 
     async fn rename(&self, req: Request<RenameRequest>) -> Result<Response<FileAttr>, Status> {
-        let (caller, call) = self.begin("rename", &req)?;
-        let q = req.into_inner();
+        let (who, call) = self.begin("rename", &req)?;
+        let (src, dst) = (path_arg(&req.get_ref().src)?, path_arg(&req.get_ref().dst)?);
+        let (rs, rd) = (self.remote(&src)?, self.remote(&dst)?);
+        if top_of(src.as_str()) != top_of(dst.as_str()) && (rs.is_some() || rd.is_some()) {
+            return call.done(Err(Status::invalid_argument(format!(
+                "cannot move {src} to {dst}: they are in different members' datastores; copy the data instead (get, then put)"
+            ))));
+        }
+        if let Some(mut peer) = rs {
+            return call.done(peer.rename(forwarded(req.into_inner(), &who)).await.map(Response::into_inner));
+        }
+        let caller = who.to_string();
         let r = async {
-            let (src, dst) = (path_arg(&q.src)?, path_arg(&q.dst)?);
+            self.state.require(&who, &src, Rights::DELETE)?;
+            self.state.require(&who, &parent_of(&dst), Rights::WRITE)?;
             let a = self.state.meta.rename(&src, &dst, &caller).map_err(meta_status)?;
             self.flush().await?;
             Ok(to_proto(a))
@@ -219,9 +352,15 @@ impl Metadata for MetadataService {
     }
 
     async fn plan_write(&self, req: Request<PlanWriteRequest>) -> Result<Response<PlanWriteResponse>, Status> {
-        let (caller, call) = self.begin("plan_write", &req)?;
+        let (who, call) = self.begin("plan_write", &req)?;
+        let path = path_arg(&req.get_ref().path)?;
+        if let Some(mut peer) = self.remote(&path)? {
+            return call.done(peer.plan_write(forwarded(req.into_inner(), &who)).await.map(Response::into_inner));
+        }
         let q = req.into_inner();
+        let caller = who.to_string();
         let r = (|| {
+            self.state.require(&who, &path, Rights::WRITE)?;
             if q.chunks.len() > MAX_PLAN_CHUNKS {
                 return Err(Status::invalid_argument(format!("at most {MAX_PLAN_CHUNKS} chunks per plan")));
             }
@@ -253,9 +392,19 @@ impl Metadata for MetadataService {
     }
 
     async fn replace_target(&self, req: Request<ReplaceTargetRequest>) -> Result<Response<ChunkPlacement>, Status> {
-        let (caller, call) = self.begin("replace_target", &req)?;
+        let (who, call) = self.begin("replace_target", &req)?;
+        let path = path_arg(&req.get_ref().path)?;
+        if let Some(mut peer) = self.remote(&path)? {
+            return call.done(
+                peer.replace_target(forwarded(req.into_inner(), &who))
+                    .await
+                    .map(Response::into_inner),
+            );
+        }
         let q = req.into_inner();
+        let caller = who.to_string();
         let r = (|| {
+            self.state.require(&who, &path, Rights::WRITE)?;
             let id = chunk_arg(&q.id)?;
             check_chunk_size(&id, q.size)?;
             let count = (q.count as usize).clamp(1, self.state.replication);
@@ -278,12 +427,26 @@ impl Metadata for MetadataService {
     }
 
     async fn commit_files(&self, req: Request<CommitFilesRequest>) -> Result<Response<CommitFilesResponse>, Status> {
-        let (caller, call) = self.begin("commit_files", &req)?;
+        let (who, call) = self.begin("commit_files", &req)?;
+        let first = match req.get_ref().files.first() {
+            Some(f) => path_arg(&f.path)?,
+            None => return call.done(Ok(CommitFilesResponse { files: vec![] })),
+        };
+        if let Some(mut peer) = self.remote(&first)? {
+            return call.done(peer.commit_files(forwarded(req.into_inner(), &who)).await.map(Response::into_inner));
+        }
         let q = req.into_inner();
+        let caller = who.to_string();
         let r = async {
             let mut files = Vec::with_capacity(q.files.len());
             for f in q.files {
                 let path = path_arg(&f.path)?;
+                if top_of(path.as_str()) != top_of(first.as_str()) && self.remote(&path)?.is_some() {
+                    return Err(Status::invalid_argument(
+                        "one commit may not span members; commit each member's files separately",
+                    ));
+                }
+                self.state.require(&who, &path, Rights::WRITE)?;
                 let chunks = f
                     .chunks
                     .iter()
@@ -319,11 +482,18 @@ impl Metadata for MetadataService {
     }
 
     async fn read_plan(&self, req: Request<ReadPlanRequest>) -> Result<Response<ReadPlanResponse>, Status> {
-        let (caller, call) = self.begin("read_plan", &req)?;
+        let (who, call) = self.begin("read_plan", &req)?;
+        if let Some(first) = req.get_ref().paths.first()
+            && let Some(mut peer) = self.remote(&path_arg(first)?)?
+        {
+            return call.done(peer.read_plan(forwarded(req.into_inner(), &who)).await.map(Response::into_inner));
+        }
+        let caller = who.to_string();
         let r = (|| {
             let mut files = Vec::new();
             for p in &req.get_ref().paths {
                 let path = path_arg(p)?;
+                self.state.require(&who, &path, Rights::READ)?;
                 let (attr, manifest) = self.state.meta.manifest(&path).map_err(meta_status)?;
                 let mut chunks = Vec::with_capacity(manifest.len());
                 for (i, c) in manifest.into_iter().enumerate() {
@@ -357,11 +527,21 @@ impl Metadata for MetadataService {
     }
 
     async fn walk(&self, req: Request<PathRequest>) -> Result<Response<Self::WalkStream>, Status> {
-        let (_, call) = self.begin("walk", &req)?;
+        let (who, call) = self.begin("walk", &req)?;
         let path = match path_arg(&req.get_ref().path) {
             Ok(p) => p,
             Err(e) => return call.done(Err(e)),
         };
+        if let Some(mut peer) = self.remote(&path)? {
+            let r = peer
+                .walk(forwarded(req.into_inner(), &who))
+                .await
+                .map(|s| Box::pin(s.into_inner()) as WalkStream);
+            return call.done(r);
+        }
+        if let Err(e) = self.state.require(&who, &path, Rights::READ) {
+            return call.done(Err(e));
+        }
         if let Err(e) = self.state.meta.stat(&path) {
             return call.done(Err(meta_status(e)));
         }
@@ -391,7 +571,19 @@ impl Metadata for MetadataService {
     }
 
     async fn report_bad_replica(&self, req: Request<ReportBadReplicaRequest>) -> Result<Response<ReportBadReplicaResponse>, Status> {
-        let (caller, call) = self.begin("report_bad_replica", &req)?;
+        let (who, call) = self.begin("report_bad_replica", &req)?;
+        let node_domain = req.get_ref().node.split_once('@').map(|(_, d)| d.to_string()).unwrap_or_default();
+        if node_domain != self.state.domain && self.state.fed().is_some() && !node_domain.is_empty() {
+            let r = async {
+                let mut peer = MetadataClient::new(self.state.peer_channel(&node_domain)?);
+                peer.report_bad_replica(forwarded(req.into_inner(), &who))
+                    .await
+                    .map(Response::into_inner)
+            }
+            .await;
+            return call.done(r);
+        }
+        let caller = who.to_string();
         let q = req.into_inner();
         let r = async {
             let id = chunk_arg(&q.id)?;
@@ -460,6 +652,15 @@ pub fn status_report(state: &State) -> Result<StatusResponse, Status> {
     let up = nodes.iter().filter(|n| n.state == "up").count() as i64;
     m.nodes.with_label_values(&["up"]).set(up);
     m.nodes.with_label_values(&["down"]).set(nodes.len() as i64 - up);
+    if let Some(fed) = state.fed() {
+        let peers = fed.gossip.peers();
+        for st in ["alive", "suspect", "down"] {
+            let n = peers.iter().filter(|p| p.state.as_str() == st).count();
+            m.members.with_label_values(&[st]).set(n as i64);
+        }
+        m.gossip_dropped
+            .set(fed.gossip.counters().dropped.load(std::sync::atomic::Ordering::Relaxed) as i64);
+    }
     Ok(StatusResponse {
         coordinator: state.principal.clone(),
         member: state.domain.clone(),

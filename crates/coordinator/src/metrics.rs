@@ -15,6 +15,10 @@ pub struct CoordinatorMetrics {
     pub unique_bytes: IntGauge,
     pub nodes: IntGaugeVec,
     pub corrupt_reports: IntCounter,
+    pub invites_issued: IntCounter,
+    pub invites_redeemed: IntCounter,
+    pub members: IntGaugeVec,
+    pub gossip_dropped: IntGauge,
 }
 
 impl CoordinatorMetrics {
@@ -60,6 +64,26 @@ impl CoordinatorMetrics {
         }
         registry.register(Box::new(nodes.clone()))?;
         registry.register(Box::new(corrupt_reports.clone()))?;
+        let invites_issued = IntCounter::new("collective_coordinator_invites_issued_total", "Invite codes generated")?;
+        let invites_redeemed = IntCounter::new(
+            "collective_coordinator_invites_redeemed_total",
+            "Invites redeemed (members joined, users added)",
+        )?;
+        let members = IntGaugeVec::new(
+            Opts::new(
+                "collective_coordinator_federation_members",
+                "Other federation members by gossip state",
+            ),
+            &["state"],
+        )?;
+        let gossip_dropped = IntGauge::new(
+            "collective_coordinator_gossip_dropped_unauthenticated",
+            "Gossip datagrams dropped because they failed authentication (since start)",
+        )?;
+        registry.register(Box::new(invites_issued.clone()))?;
+        registry.register(Box::new(invites_redeemed.clone()))?;
+        registry.register(Box::new(members.clone()))?;
+        registry.register(Box::new(gossip_dropped.clone()))?;
         Ok(CoordinatorMetrics {
             registry,
             rpcs,
@@ -73,6 +97,10 @@ impl CoordinatorMetrics {
             unique_bytes,
             nodes,
             corrupt_reports,
+            invites_issued,
+            invites_redeemed,
+            members,
+            gossip_dropped,
         })
     }
 }

@@ -12,10 +12,21 @@ use collective_proto::v1::registry_server::RegistryServer;
 use collective_telemetry::{Component, HealthReport};
 use tokio::sync::watch;
 
-use crate::config::CoordinatorConfig;
+use collective_core::{Subject, parse_size};
+use collective_gossip::{Gossip, GossipSettings};
+use collective_pki::{FederationRoot, MemberCa, TlsIdentity};
+use collective_proto::v1::admin_server::AdminServer;
+use collective_proto::v1::bootstrap_server::BootstrapServer;
+use collective_proto::v1::federation_server::FederationServer;
+
+use crate::admin::AdminService;
+use crate::bootstrap::BootstrapService;
+use crate::config::{CoordinatorConfig, FederationConfig};
+use crate::federation::FederationService;
 use crate::metadata::{MetadataService, status_report};
 use crate::metrics::CoordinatorMetrics;
 use crate::registry::RegistryService;
+use crate::state::Federated;
 use crate::state::State;
 
 const MAX_MESSAGE_BYTES: usize = 64 << 20;
@@ -33,6 +44,75 @@ pub enum CoordinatorError {
     Rpc(#[from] collective_rpc::RpcError),
     #[error("{0}")]
     Io(String),
+}
+
+/// Joins the federation: loads the root (when we hold it), starts gossip. Returns the
+/// anti-entropy period.
+async fn start_federation(
+    cfg: &FederationConfig,
+    state: &Arc<State>,
+    identity: &TlsIdentity,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<Duration, CoordinatorError> {
+    let dur = |what: &str, v: &str| parse_duration(v).map_err(|e| CoordinatorError::Config(format!("federation.{what}: {e}")));
+    let domain = state
+        .domain
+        .split_once('.')
+        .map(|(_, f)| f.to_string())
+        .ok_or_else(|| CoordinatorError::Config(format!("member domain {} has no federation part", state.domain)))?;
+    let root = if cfg.root_dir.as_os_str().is_empty() {
+        None
+    } else {
+        let root = FederationRoot::load(&cfg.root_dir)?;
+        if root.domain != domain {
+            return Err(CoordinatorError::Config(format!(
+                "federation.root_dir holds the root of {}, but this member belongs to {domain}",
+                root.domain
+            )));
+        }
+        Some(root)
+    };
+    let contribution = parse_size(&cfg.contribution).map_err(|e| CoordinatorError::Config(format!("federation.contribution: {e}")))?;
+    let listen =
+        collective_rpc::resolve(&cfg.gossip_listen).map_err(|e| CoordinatorError::Config(format!("federation.gossip_listen: {e}")))?;
+    let advertise = if cfg.gossip_advertise.is_empty() {
+        listen
+    } else {
+        collective_rpc::resolve(&cfg.gossip_advertise).map_err(|e| CoordinatorError::Config(format!("federation.gossip_advertise: {e}")))?
+    };
+    let bootstrap = cfg
+        .bootstrap
+        .iter()
+        .map(|b| collective_rpc::resolve(b).map_err(|e| CoordinatorError::Config(format!("federation.bootstrap: {e}"))))
+        .collect::<Result<Vec<_>, _>>()?;
+    let settings = GossipSettings {
+        listen,
+        advertise,
+        bootstrap,
+        probe_period: dur("probe_period", &cfg.probe_period)?,
+        probe_rtt: dur("probe_rtt", &cfg.probe_rtt)?,
+        suspect_timeout: dur("suspect_timeout", &cfg.suspect_timeout)?,
+        peers_file: Some(state.meta_dir.join("gossip-peers")),
+    };
+    let signer = Arc::new(TokenSigner::from_pkcs8(identity.pkcs8_der(), identity.principal.to_string())?);
+    let (gossip, bound) = Gossip::start(settings, identity.clone(), signer, state.local_member_state(), shutdown)
+        .await
+        .map_err(|e| CoordinatorError::Config(e.to_string()))?;
+    let fed = Federated {
+        domain,
+        gossip,
+        gossip_addr: bound.to_string(),
+        root,
+        contribution,
+    };
+    if state.federation.set(fed).is_err() {
+        return Err(CoordinatorError::Config("federation started twice".into()));
+    }
+    if let Some(f) = state.fed() {
+        f.gossip.publish(state.local_member_state());
+        tracing::info!(federation = %f.domain, gossip = %bound, holds_root = f.root.is_some(), "federation gossip started");
+    }
+    dur("anti_entropy", &cfg.anti_entropy)
 }
 
 /// Runs a coordinator until `shutdown` completes.
@@ -56,8 +136,45 @@ pub async fn run(cfg: CoordinatorConfig, shutdown: impl Future<Output = ()> + Se
         .map_err(|e| CoordinatorError::Io(e.to_string()))??;
     let signer = TokenSigner::from_pkcs8(identity.pkcs8_der(), identity.principal.to_string())?;
     let metrics = CoordinatorMetrics::new().map_err(|e| CoordinatorError::Io(e.to_string()))?;
+    let domain = identity.principal.domain.clone();
+    let member = domain.split('.').next().unwrap_or_default().to_string();
+    let admin_names = if cfg.admins.is_empty() {
+        vec![format!("admin@{domain}"), format!("{member}@{domain}")]
+    } else {
+        cfg.admins.clone()
+    };
+    let admins = admin_names
+        .iter()
+        .map(|a| a.parse::<Subject>().map_err(|e| CoordinatorError::Config(format!("admins: {e}"))))
+        .collect::<Result<Vec<_>, _>>()?;
+    let ca = if cfg.ca_dir.as_os_str().is_empty() {
+        None
+    } else {
+        let ca = MemberCa::load(&cfg.ca_dir)?;
+        if ca.domain != domain {
+            return Err(CoordinatorError::Config(format!(
+                "ca_dir {} is the CA of {}, but this coordinator belongs to {domain}",
+                cfg.ca_dir.display(),
+                ca.domain
+            )));
+        }
+        Some(ca)
+    };
+
+    let grpc_listen = collective_rpc::resolve(&cfg.grpc_listen).map_err(|e| CoordinatorError::Config(format!("grpc_listen: {e}")))?;
+    let server_tls = identity.server_config_optional_client(collective_pki::ALPN_GRPC)?;
+    let (grpc_addr, incoming) = collective_rpc::tls_incoming_with(server_tls, grpc_listen).await?;
+    let advertise_grpc = if cfg.advertise_grpc.is_empty() {
+        grpc_addr.to_string()
+    } else {
+        cfg.advertise_grpc.clone()
+    };
     let state = Arc::new(State::new(
         identity.clone(),
+        admins,
+        ca,
+        advertise_grpc,
+        cfg.data_dir.clone(),
         Arc::new(meta),
         signer,
         cfg.replication as usize,
@@ -75,8 +192,13 @@ pub async fn run(cfg: CoordinatorConfig, shutdown: impl Future<Output = ()> + Se
         let _ = rx.wait_for(|v| *v).await;
     };
 
-    let grpc_listen = collective_rpc::resolve(&cfg.grpc_listen).map_err(|e| CoordinatorError::Config(format!("grpc_listen: {e}")))?;
-    let (grpc_addr, incoming) = collective_rpc::tls_incoming(&identity, grpc_listen).await?;
+    let maintain = if cfg.federation.gossip_listen.is_empty() {
+        None
+    } else {
+        let anti_entropy = start_federation(&cfg.federation, &state, &identity, stopped(stop_rx.clone())).await?;
+        Some(tokio::spawn(crate::federation::maintain(state.clone(), anti_entropy)))
+    };
+
     let metadata = MetadataServer::new(MetadataService { state: state.clone() })
         .max_decoding_message_size(MAX_MESSAGE_BYTES)
         .max_encoding_message_size(MAX_MESSAGE_BYTES);
@@ -85,6 +207,9 @@ pub async fn run(cfg: CoordinatorConfig, shutdown: impl Future<Output = ()> + Se
         tonic::transport::Server::builder()
             .add_service(metadata)
             .add_service(registry)
+            .add_service(AdminServer::new(AdminService { state: state.clone() }))
+            .add_service(BootstrapServer::new(BootstrapService { state: state.clone() }))
+            .add_service(FederationServer::new(FederationService { state: state.clone() }))
             .serve_with_incoming_shutdown(incoming, stopped(stop_rx.clone())),
     );
 
@@ -148,6 +273,9 @@ pub async fn run(cfg: CoordinatorConfig, shutdown: impl Future<Output = ()> + Se
     let _ = grpc.await;
     let _ = http.await;
     gauges.abort();
+    if let Some(m) = maintain {
+        m.abort();
+    }
     state.meta.flush().await?;
     tracing::info!("coordinator stopped");
     Ok(())

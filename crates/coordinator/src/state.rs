@@ -27,9 +27,30 @@ pub struct NodeEntry {
     pub planned_bytes: u64,
 }
 
+/// What a coordinator knows about the federation it belongs to (None when standalone).
+pub struct Federated {
+    /// The federation domain, e.g. `collective.local`.
+    pub domain: String,
+    pub gossip: collective_gossip::Gossip,
+    pub gossip_addr: String,
+    /// The federation root, when this coordinator may sign new members' CAs.
+    pub root: Option<collective_pki::FederationRoot>,
+    pub contribution: u64,
+}
+
 pub struct State {
     pub principal: String,
     pub domain: String,
+    /// Who may do everything in this member's namespace.
+    pub admins: Vec<collective_core::Subject>,
+    /// The member CA, when configured (signs certificates for redeemed user invites).
+    pub ca: Option<collective_pki::MemberCa>,
+    /// The gRPC address others reach us at.
+    pub advertise_grpc: String,
+    pub federation: std::sync::OnceLock<Federated>,
+    /// The metadata directory (gossip remembers peers there).
+    pub meta_dir: std::path::PathBuf,
+    pub(crate) peer_channels: Mutex<HashMap<String, Channel>>,
     pub meta: Arc<MetaStore>,
     pub signer: TokenSigner,
     pub replication: usize,
@@ -45,6 +66,10 @@ impl State {
     #[allow(clippy::too_many_arguments)]
     pub fn new(
         identity: TlsIdentity,
+        admins: Vec<collective_core::Subject>,
+        ca: Option<collective_pki::MemberCa>,
+        advertise_grpc: String,
+        meta_dir: std::path::PathBuf,
         meta: Arc<MetaStore>,
         signer: TokenSigner,
         replication: usize,
@@ -69,9 +94,16 @@ impl State {
                 },
             );
         }
+        let domain = identity.principal.domain.clone();
         Ok(State {
             principal: identity.principal.to_string(),
-            domain: identity.principal.domain.clone(),
+            domain,
+            admins,
+            ca,
+            advertise_grpc,
+            federation: std::sync::OnceLock::new(),
+            meta_dir,
+            peer_channels: Mutex::new(HashMap::new()),
             meta,
             signer,
             replication,

@@ -19,9 +19,26 @@ pub enum Table {
     Pending = 5,
     Nodes = 6,
     Audit = 7,
+    Datastores = 8,
+    Grants = 9,
+    Invites = 10,
+    Principals = 11,
 }
 
-const TABLES: [&str; 8] = ["meta", "inodes", "dirents", "manifests", "chunks", "pending", "nodes", "audit"];
+const TABLES: [&str; 12] = [
+    "meta",
+    "inodes",
+    "dirents",
+    "manifests",
+    "chunks",
+    "pending",
+    "nodes",
+    "audit",
+    "datastores",
+    "grants",
+    "invites",
+    "principals",
+];
 
 pub struct Engine {
     db: sled::Db,

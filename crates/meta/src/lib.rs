@@ -6,6 +6,7 @@
 //! knows the engine is sled), so a crash at any point leaves one of the two valid states.
 //! Callers flush before telling a client it succeeded. This crate does no networking.
 
+mod access;
 mod engine;
 mod namespace;
 mod records;
@@ -14,6 +15,7 @@ use std::path::Path;
 
 use collective_core::{ChunkId, PathError, RemotePath};
 
+pub use access::{DatastoreRecord, InviteKind, InviteRecord, InviteRefusal};
 pub use engine::Table;
 use engine::{Engine, Txn};
 pub use namespace::{Attr, FileCommitIn};

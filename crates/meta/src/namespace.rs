@@ -127,7 +127,7 @@ fn parent_dir(t: &Txn<'_>, path: &RemotePath, parents: bool, owner: &str) -> Res
     mkdir_all(t, &parent_path, owner)
 }
 
-fn mkdir_all(t: &Txn<'_>, path: &RemotePath, owner: &str) -> Result<u64, Abort> {
+pub(crate) fn mkdir_all(t: &Txn<'_>, path: &RemotePath, owner: &str) -> Result<u64, Abort> {
     let mut ino = ROOT_INODE;
     let mut so_far = String::new();
     for name in path.components() {

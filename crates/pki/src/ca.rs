@@ -20,10 +20,10 @@ use crate::PkiError;
 use crate::cert::CertInfo;
 use crate::keyfile::{check_key_permissions, write_private_file};
 
-const CA_VALIDITY: Duration = Duration::from_secs(10 * 365 * 86400);
+pub(crate) const CA_VALIDITY: Duration = Duration::from_secs(10 * 365 * 86400);
 const LEAF_VALIDITY: Duration = Duration::from_secs(365 * 86400);
 /// Clock skew tolerated between machines of one member.
-const BACKDATE: Duration = Duration::from_secs(3600);
+pub(crate) const BACKDATE: Duration = Duration::from_secs(3600);
 
 /// What to put in a new certificate.
 #[derive(Debug, Clone)]
@@ -56,7 +56,7 @@ pub struct MemberCa {
     key: KeyPair,
 }
 
-fn random_serial() -> SerialNumber {
+pub(crate) fn random_serial() -> SerialNumber {
     use ring::rand::SecureRandom;
     let mut b = [0u8; 16];
     // SystemRandom only fails when the OS has no randomness at all; fall back to the clock.
@@ -67,14 +67,14 @@ fn random_serial() -> SerialNumber {
     SerialNumber::from_slice(&b)
 }
 
-fn read(path: &Path) -> Result<String, PkiError> {
+pub(crate) fn read(path: &Path) -> Result<String, PkiError> {
     fs::read_to_string(path).map_err(|source| PkiError::Read {
         path: path.to_path_buf(),
         source,
     })
 }
 
-fn write_public(path: &Path, data: &str) -> Result<(), PkiError> {
+pub(crate) fn write_public(path: &Path, data: &str) -> Result<(), PkiError> {
     fs::write(path, data).map_err(|source| PkiError::Write {
         path: path.to_path_buf(),
         source,
@@ -128,6 +128,53 @@ impl MemberCa {
         })
     }
 
+    /// First half of joining a federation: makes this member's CA key in `out` (it never
+    /// leaves this machine) and returns a signing request for the federation root.
+    pub fn begin_join(member: &str, domain: &str, out: &Path) -> Result<String, PkiError> {
+        validate_name(member)?;
+        Principal::new("ca", domain)?;
+        let key_path = out.join("ca.key");
+        if key_path.exists() || out.join("ca.crt").exists() {
+            return Err(PkiError::Invalid(format!(
+                "{} already holds a CA; a CA is never overwritten. Choose another --out directory",
+                out.display()
+            )));
+        }
+        fs::create_dir_all(out).map_err(|source| PkiError::Write {
+            path: out.to_path_buf(),
+            source,
+        })?;
+        let key = KeyPair::generate_for(&PKCS_ED25519)?;
+        let mut params = CertificateParams::default();
+        params.distinguished_name = rcgen::DistinguishedName::new();
+        params.distinguished_name.push(DnType::CommonName, format!("{member} member CA"));
+        params.distinguished_name.push(DnType::OrganizationName, domain);
+        let csr = params.serialize_request(&key)?.pem()?;
+        write_private_file(&key_path, key.serialize_pem().as_bytes())?;
+        Ok(csr)
+    }
+
+    /// Second half of joining: stores the member CA certificate the root signed for the
+    /// key made by [`MemberCa::begin_join`], and the root certificate, then loads the CA.
+    pub fn finish_join(dir: &Path, ca_pem: &str, root_pem: &str) -> Result<MemberCa, PkiError> {
+        let key_path = dir.join("ca.key");
+        let key = KeyPair::from_pem(&read(&key_path)?).map_err(|e| PkiError::BadFile {
+            path: key_path.clone(),
+            what: "private key",
+            detail: e.to_string(),
+        })?;
+        let info = CertInfo::from_pem(ca_pem)?;
+        if info.public_key != key.public_key_raw() || !info.is_ca {
+            return Err(PkiError::Invalid(
+                "the federation returned a CA certificate that is not for this member's key".into(),
+            ));
+        }
+        CertInfo::from_pem(root_pem)?;
+        write_public(&dir.join("ca.crt"), ca_pem)?;
+        write_public(&dir.join("root.crt"), root_pem)?;
+        MemberCa::load(dir)
+    }
+
     /// Loads a member CA from its directory, checking its key's permissions.
     pub fn load(dir: &Path) -> Result<MemberCa, PkiError> {
         let cert_path = dir.join("ca.crt");
@@ -173,8 +220,31 @@ impl MemberCa {
 
     /// Issues a certificate for `name@domain` with the given role and a new key.
     pub fn issue(&self, req: &IssueRequest) -> Result<Issued, PkiError> {
-        let principal = Principal::new(&req.name, &self.domain)?;
         let key = KeyPair::generate_for(&PKCS_ED25519)?;
+        let (principal, chain_pem) = self.sign_key(req, &key)?;
+        Ok(Issued {
+            principal,
+            chain_pem,
+            key_pem: key.serialize_pem(),
+            trust_anchor_pem: self.trust_anchor_pem().to_string(),
+        })
+    }
+
+    /// Signs the public key of a certificate signing request (made by [`new_csr`] on the
+    /// requester's machine, so the private key never travels) as `req` describes. What the
+    /// request itself asks for (names, usages) is ignored. Returns the principal and the
+    /// certificate chain.
+    pub fn sign_csr(&self, csr_pem: &str, req: &IssueRequest) -> Result<(Principal, String), PkiError> {
+        let csr = rcgen::CertificateSigningRequestParams::from_pem(csr_pem)
+            .map_err(|e| PkiError::Invalid(format!("not a valid certificate signing request: {e}")))?;
+        if csr.public_key.algorithm() != &PKCS_ED25519 {
+            return Err(PkiError::Invalid("the signing request's key is not Ed25519".into()));
+        }
+        self.sign_key(req, &csr.public_key)
+    }
+
+    fn sign_key(&self, req: &IssueRequest, key: &impl rcgen::PublicKeyData) -> Result<(Principal, String), PkiError> {
+        let principal = Principal::new(&req.name, &self.domain)?;
         let now = OffsetDateTime::now_utc();
         let mut params = CertificateParams::default();
         params.distinguished_name = rcgen::DistinguishedName::new();
@@ -198,6 +268,12 @@ impl MemberCa {
         for s in &req.sans {
             let san = match s.parse::<IpAddr>() {
                 Ok(ip) => SanType::IpAddress(ip),
+                Err(_) if self.root_pem.is_some() && !s.ends_with(&format!(".{}", self.domain)) => {
+                    return Err(PkiError::Invalid(format!(
+                        "--san '{s}': a member CA of a federation may only name hosts in {} (or IP addresses); peers would refuse the certificate",
+                        self.domain
+                    )));
+                }
                 Err(_) => SanType::DnsName(
                     s.as_str()
                         .try_into()
@@ -210,17 +286,12 @@ impl MemberCa {
         }
         params.subject_alt_names = sans;
         let issuer = Issuer::from_ca_cert_pem(&self.cert_pem, &self.key)?;
-        let cert = params.signed_by(&key, &issuer)?;
+        let cert = params.signed_by(key, &issuer)?;
         let mut chain_pem = cert.pem();
         if self.root_pem.is_some() {
             chain_pem.push_str(&self.cert_pem);
         }
-        Ok(Issued {
-            principal,
-            chain_pem,
-            key_pem: key.serialize_pem(),
-            trust_anchor_pem: self.trust_anchor_pem().to_string(),
-        })
+        Ok((principal, chain_pem))
     }
 
     /// Issues a certificate and writes `NAME.crt`, `NAME.key` (0600) and `ca.crt` to `out`.

@@ -9,13 +9,17 @@
 mod ca;
 mod cert;
 mod error;
+mod invite;
 mod keyfile;
+mod root;
 mod tls;
 mod token;
 
 pub use ca::{IssueRequest, MemberCa};
 pub use cert::{CertInfo, fingerprint};
 pub use error::PkiError;
+pub use invite::{INVITE_PREFIX, InviteCode, InviteCodeKind};
 pub use keyfile::{check_key_permissions, write_private_file};
+pub use root::{FederationRoot, MEMBER_CA_OU, ROOT_OU, member_domain, new_csr};
 pub use tls::{ALPN_GRPC, ALPN_QUIC, TlsFiles, TlsIdentity, peer_from_der};
 pub use token::{DEFAULT_TOKEN_TTL, TokenError, TokenSigner, TokenVerifier};

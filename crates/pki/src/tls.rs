@@ -63,9 +63,20 @@ fn provider() -> Arc<rustls::crypto::CryptoProvider> {
 }
 
 /// Reads a peer's principal and role from its end-entity certificate.
+///
+/// The principal must also be one of the certificate's DNS names: member CAs signed by a
+/// federation root are name-constrained to their member domain, so this is what stops one
+/// member's CA from issuing certificates that claim to be another member's principals.
 pub fn peer_from_der(der: &[u8]) -> Result<(Principal, Role), PkiError> {
     let info = CertInfo::from_der(der)?;
-    Ok((info.principal()?, info.role()?))
+    let principal = info.principal()?;
+    if !info.sans.iter().any(|s| s.eq_ignore_ascii_case(&principal.dns_name())) {
+        return Err(PkiError::NotCollective(format!(
+            "it names {principal} but is not valid for the host name {}",
+            principal.dns_name()
+        )));
+    }
+    Ok((principal, info.role()?))
 }
 
 impl TlsIdentity {
@@ -138,6 +149,61 @@ impl TlsIdentity {
         Ok(Arc::new(cfg))
     }
 
+    /// Like [`TlsIdentity::server_config`], but a caller without a certificate may
+    /// connect too: the coordinator's bootstrap calls (joining, redeeming invites) need no
+    /// certificate, and every other call checks for one itself.
+    pub fn server_config_optional_client(&self, alpn: &[u8]) -> Result<Arc<rustls::ServerConfig>, PkiError> {
+        let verifier = WebPkiClientVerifier::builder_with_provider(self.roots.clone(), provider())
+            .allow_unauthenticated()
+            .build()
+            .map_err(|e| PkiError::Invalid(format!("cannot build client verifier: {e}")))?;
+        let mut cfg = rustls::ServerConfig::builder_with_provider(provider())
+            .with_protocol_versions(&[&rustls::version::TLS13])?
+            .with_client_cert_verifier(verifier)
+            .with_single_cert(self.chain.clone(), self.key())?;
+        cfg.alpn_protocols = vec![alpn.to_vec()];
+        Ok(Arc::new(cfg))
+    }
+
+    /// SHA-256 fingerprint of our certificate (what invite codes pin).
+    pub fn fingerprint(&self) -> [u8; 32] {
+        let d = ring::digest::digest(&ring::digest::SHA256, &self.chain[0]);
+        let mut out = [0u8; 32];
+        out.copy_from_slice(d.as_ref());
+        out
+    }
+
+    /// Our certificate chain, DER (leaf first).
+    pub fn chain_der(&self) -> Vec<Vec<u8>> {
+        self.chain.iter().map(|c| c.to_vec()).collect()
+    }
+
+    /// Checks a certificate chain (leaf first, DER) the way a TLS handshake would: chained
+    /// to what we trust, valid now, allowed as a client, and naming a Collective principal.
+    pub fn verify_chain(&self, chain: &[Vec<u8>]) -> Result<(Principal, Role), PkiError> {
+        let leaf = chain
+            .first()
+            .ok_or_else(|| PkiError::NotCollective("empty certificate chain".into()))?;
+        let verifier = WebPkiClientVerifier::builder_with_provider(self.roots.clone(), provider())
+            .build()
+            .map_err(|e| PkiError::Invalid(format!("cannot build verifier: {e}")))?;
+        let ders: Vec<CertificateDer<'_>> = chain.iter().map(|c| CertificateDer::from(c.as_slice())).collect();
+        verifier.verify_client_cert(&ders[0], &ders[1..], rustls_pki_types::UnixTime::now())?;
+        peer_from_der(leaf)
+    }
+
+    /// Client side for first contact: no certificate of ours, and the server is trusted
+    /// only if its certificate has exactly the SHA-256 `fingerprint` (from an invite code).
+    pub fn pinned_client_config(fingerprint: [u8; 32], alpn: &[u8]) -> Result<Arc<rustls::ClientConfig>, PkiError> {
+        let mut cfg = rustls::ClientConfig::builder_with_provider(provider())
+            .with_protocol_versions(&[&rustls::version::TLS13])?
+            .dangerous()
+            .with_custom_certificate_verifier(Arc::new(Pinned { fingerprint }))
+            .with_no_client_auth();
+        cfg.alpn_protocols = vec![alpn.to_vec()];
+        Ok(Arc::new(cfg))
+    }
+
     /// Client side: TLS 1.3 only, presenting our certificate, trusting only our CA.
     pub fn client_config(&self, alpn: &[u8]) -> Result<Arc<rustls::ClientConfig>, PkiError> {
         let mut cfg = rustls::ClientConfig::builder_with_provider(provider())
@@ -146,5 +212,53 @@ impl TlsIdentity {
             .with_client_auth_cert(self.chain.clone(), self.key())?;
         cfg.alpn_protocols = vec![alpn.to_vec()];
         Ok(Arc::new(cfg))
+    }
+}
+
+/// Trusts exactly one server certificate, named by its fingerprint.
+#[derive(Debug)]
+struct Pinned {
+    fingerprint: [u8; 32],
+}
+
+impl rustls::client::danger::ServerCertVerifier for Pinned {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        _intermediates: &[CertificateDer<'_>],
+        _server_name: &rustls_pki_types::ServerName<'_>,
+        _ocsp: &[u8],
+        _now: rustls_pki_types::UnixTime,
+    ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
+        let d = ring::digest::digest(&ring::digest::SHA256, end_entity);
+        if d.as_ref() == self.fingerprint {
+            Ok(rustls::client::danger::ServerCertVerified::assertion())
+        } else {
+            Err(rustls::Error::General(
+                "the server's certificate does not match the fingerprint in the invite code".into(),
+            ))
+        }
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        _message: &[u8],
+        _cert: &CertificateDer<'_>,
+        _dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        Err(rustls::Error::General("TLS 1.2 is not allowed".into()))
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(message, cert, dss, &provider().signature_verification_algorithms)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        provider().signature_verification_algorithms.supported_schemes()
     }
 }

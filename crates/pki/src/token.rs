@@ -56,6 +56,12 @@ impl TokenSigner {
         self.key.verifying_key().to_bytes()
     }
 
+    /// Signs arbitrary bytes (invite codes, gossip envelopes) with the same key.
+    pub fn sign_raw(&self, msg: &[u8]) -> [u8; 64] {
+        use ed25519_dalek::Signer;
+        self.key.sign(msg).to_bytes()
+    }
+
     /// Signs a token for `caller` to run `op` on `chunk` at any of `nodes`.
     pub fn sign(&self, op: TokenOp, chunk: &ChunkId, nodes: &[String], caller: &str, size: u64, ttl: Duration) -> Vec<u8> {
         let claims = TokenClaims {
@@ -91,6 +97,14 @@ impl TokenVerifier {
             .map_err(|_| PkiError::Invalid("token key must be 32 bytes".into()))?;
         let key = VerifyingKey::from_bytes(&bytes).map_err(|e| PkiError::Invalid(format!("bad token key: {e}")))?;
         Ok(TokenVerifier { key })
+    }
+
+    /// Checks an Ed25519 signature made by [`TokenSigner::sign_raw`].
+    pub fn verify_raw(&self, msg: &[u8], sig: &[u8]) -> bool {
+        let Ok(sig) = ed25519_dalek::Signature::from_slice(sig) else {
+            return false;
+        };
+        self.key.verify_strict(msg, &sig).is_ok()
     }
 
     /// Verifies `token` allows `caller` to run `op` on `chunk` at `node`; returns its claims.

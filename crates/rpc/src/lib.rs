@@ -45,6 +45,20 @@ pub async fn tls_incoming(
     RpcError,
 > {
     let config = identity.server_config(ALPN_GRPC).map_err(|e| RpcError::Tls(e.to_string()))?;
+    tls_incoming_with(config, addr).await
+}
+
+/// Like [`tls_incoming`] with a caller-supplied server configuration.
+pub async fn tls_incoming_with(
+    config: Arc<rustls::ServerConfig>,
+    addr: SocketAddr,
+) -> Result<
+    (
+        SocketAddr,
+        tokio_stream::wrappers::ReceiverStream<Result<ServerStream, std::io::Error>>,
+    ),
+    RpcError,
+> {
     let acceptor = TlsAcceptor::from(config);
     let listener = TcpListener::bind(addr).await.map_err(|e| RpcError::Bind(addr, e))?;
     let bound = listener.local_addr().map_err(|e| RpcError::Bind(addr, e))?;
@@ -129,8 +143,11 @@ pub struct Caller {
     pub role: Role,
 }
 
-/// Checks the caller belongs to `domain` and holds one of `roles`; returns who it is.
-pub fn authorize<T>(req: &Request<T>, domain: &str, roles: &[Role]) -> Result<Caller, Status> {
+/// Metadata header naming the end user a coordinator of another member calls for.
+pub const ON_BEHALF_OF: &str = "x-collective-user";
+
+/// Who presented the (already verified) client certificate of this call.
+pub fn peer<T>(req: &Request<T>) -> Result<Caller, Status> {
     use tonic::transport::server::{TcpConnectInfo, TlsConnectInfo};
     let certs = req
         .extensions()
@@ -141,6 +158,40 @@ pub fn authorize<T>(req: &Request<T>, domain: &str, roles: &[Role]) -> Result<Ca
         .first()
         .ok_or_else(|| Status::unauthenticated("no client certificate was presented"))?;
     let (principal, role) = peer_from_der(leaf).map_err(|e| Status::unauthenticated(format!("client certificate refused: {e}")))?;
+    Ok(Caller { principal, role })
+}
+
+/// The end user named by a forwarding coordinator (see [`ON_BEHALF_OF`]). A coordinator may
+/// only speak for principals of its own member.
+pub fn on_behalf_of<T>(req: &Request<T>, forwarder: &Principal) -> Result<Principal, Status> {
+    let user: Principal = req
+        .metadata()
+        .get(ON_BEHALF_OF)
+        .and_then(|v| v.to_str().ok())
+        .ok_or_else(|| Status::permission_denied(format!("{forwarder} forwarded a call without naming its user")))?
+        .parse()
+        .map_err(|e| Status::invalid_argument(format!("forwarded user: {e}")))?;
+    if user.domain != forwarder.domain {
+        return Err(Status::permission_denied(format!(
+            "{forwarder} may only act for principals of {}, not for {user}",
+            forwarder.domain
+        )));
+    }
+    Ok(user)
+}
+
+/// Wraps `msg` in a request that names `user` as the end user (for forwarding).
+pub fn forwarded<T>(msg: T, user: &Principal) -> Request<T> {
+    let mut req = Request::new(msg);
+    if let Ok(v) = user.to_string().parse() {
+        req.metadata_mut().insert(ON_BEHALF_OF, v);
+    }
+    req
+}
+
+/// Checks the caller belongs to `domain` and holds one of `roles`; returns who it is.
+pub fn authorize<T>(req: &Request<T>, domain: &str, roles: &[Role]) -> Result<Caller, Status> {
+    let Caller { principal, role } = peer(req)?;
     if principal.domain != domain {
         return Err(Status::permission_denied(format!("{principal} is not a principal of {domain}")));
     }

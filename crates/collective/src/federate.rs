@@ -1,0 +1,667 @@
+//! `collective federation|invite|member|datastore …`: the federation root, invites, joining
+//! a federation, datastores and grants.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result, bail};
+use clap::{Args, Subcommand};
+use collective_client::{Client, ClientConfig};
+use collective_coordinator::{CoordinatorConfig, FederationConfig};
+use collective_core::{Principal, Role, parse_duration, unix_ms_now};
+use collective_pki::{FederationRoot, InviteCode, InviteCodeKind, IssueRequest, MemberCa, TlsIdentity, new_csr, write_private_file};
+use collective_proto::v1::bootstrap_client::BootstrapClient;
+use collective_proto::v1::{
+    CreateDatastoreRequest, DatastoreInfo, GenerateInviteRequest, GrantInfo, GrantRequest, InviteInfo, JoinMemberRequest,
+    ListDatastoresRequest, ListInvitesRequest, PathRequest, PeersRequest, RedeemInviteRequest, RevokeInviteRequest, RevokeRequest,
+};
+use time::OffsetDateTime;
+use time::format_description::well_known::Rfc3339;
+
+use crate::config::{ClientOverrides, client_config};
+
+fn connect(o: &ClientOverrides) -> Result<Client> {
+    Ok(Client::connect(&client_config(o)?)?)
+}
+
+fn status(s: tonic::Status) -> anyhow::Error {
+    anyhow::anyhow!(collective_rpc::explain_status("the coordinator", &s))
+}
+
+fn time_str(ms: i64) -> String {
+    if ms <= 0 {
+        return "-".into();
+    }
+    OffsetDateTime::from_unix_timestamp_nanos(ms as i128 * 1_000_000)
+        .ok()
+        .and_then(|t| t.format(&Rfc3339).ok())
+        .unwrap_or_else(|| ms.to_string())
+}
+
+fn write_toml<T: serde::Serialize>(path: &Path, v: &T) -> Result<()> {
+    std::fs::write(path, toml::to_string_pretty(v)?).with_context(|| format!("cannot write {}", path.display()))
+}
+
+// ---------------------------------------------------------------- federation
+
+#[derive(Subcommand)]
+pub enum FederationCommand {
+    /// Make the federation root CA (root.crt, root.key 0600); its key never leaves this machine
+    Init {
+        /// Federation domain, e.g. collective.local
+        #[arg(long)]
+        domain: String,
+        /// Directory to write the root into
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// Every member, its gossip state and when it was last heard from
+    Peers {
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+pub async fn federation(o: &ClientOverrides, cmd: FederationCommand) -> Result<()> {
+    match cmd {
+        FederationCommand::Init { domain, out } => {
+            let root = FederationRoot::init(&domain, &out)?;
+            println!("federation root for {} written to {}", root.domain, out.display());
+            println!("  certificate: {}", out.join("root.crt").display());
+            println!(
+                "  private key: {} (0600; never copy it to another machine)",
+                out.join("root.key").display()
+            );
+            println!(
+                "next: set federation.root_dir = \"{}\" in your coordinator's config,",
+                out.display()
+            );
+            println!("      then invite members with `collective invite generate --member NAME`");
+            Ok(())
+        }
+        FederationCommand::Peers { json } => {
+            let client = connect(o)?;
+            let r = client.admin().peers(PeersRequest {}).await.map_err(status)?.into_inner();
+            if json {
+                let members: Vec<serde_json::Value> = r
+                    .members
+                    .iter()
+                    .map(|m| {
+                        serde_json::json!({
+                            "member": m.member,
+                            "state": m.state,
+                            "last_seen": time_str(m.last_seen_ms),
+                            "local": m.local,
+                            "coordinator": m.coordinator,
+                            "grpc_addr": m.grpc_addr,
+                            "gossip_addr": m.gossip_addr,
+                            "version": m.version,
+                            "nodes": m.nodes,
+                            "capacity_bytes": m.capacity_bytes,
+                            "free_bytes": m.free_bytes,
+                            "datastores": m.datastores,
+                        })
+                    })
+                    .collect();
+                let v = serde_json::json!({"members": members, "dropped_unauthenticated": r.dropped_unauthenticated});
+                println!("{}", serde_json::to_string_pretty(&v)?);
+                return Ok(());
+            }
+            println!(
+                "{:<28} {:<8} {:<26} {:>5} {:>10} DATASTORES",
+                "MEMBER", "STATE", "LAST SEEN", "NODES", "FREE"
+            );
+            for m in &r.members {
+                let name = if m.local {
+                    format!("{} (this)", m.member)
+                } else {
+                    m.member.clone()
+                };
+                println!(
+                    "{:<28} {:<8} {:<26} {:>5} {:>10} {}",
+                    name,
+                    m.state,
+                    time_str(m.last_seen_ms),
+                    m.nodes,
+                    collective_core::format_bytes(m.free_bytes),
+                    m.datastores.join(" ")
+                );
+            }
+            if r.dropped_unauthenticated > 0 {
+                println!("{} unauthenticated gossip datagram(s) dropped", r.dropped_unauthenticated);
+            }
+            Ok(())
+        }
+    }
+}
+
+// ---------------------------------------------------------------- invites
+
+#[derive(Subcommand)]
+pub enum InviteCommand {
+    /// Make an invite code for a new member (--member) or a user (--grant)
+    Generate(GenerateArgs),
+    /// Redeem a user invite: makes a key here, gets a certificate, writes a client config
+    Redeem(RedeemArgs),
+    /// Invites made here, with their state
+    List {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Revoke an invite (by code or id)
+    Revoke { code: String },
+}
+
+#[derive(Args)]
+pub struct GenerateArgs {
+    /// Invite a new member of the federation with this name
+    #[arg(long)]
+    member: Option<String>,
+    /// PATH:RIGHTS the user gets, e.g. /shared:read+write (repeatable)
+    #[arg(long)]
+    grant: Vec<String>,
+    /// How many times the code may be used
+    #[arg(long, default_value_t = 1)]
+    max_uses: u32,
+    /// How long the code is valid: 30m, 24h, 7d
+    #[arg(long, default_value = "7d")]
+    validity: String,
+}
+
+#[derive(Args)]
+pub struct RedeemArgs {
+    code: String,
+    /// Your name in the member (NAME@member-domain) [default: $USER]
+    #[arg(long)]
+    name: Option<String>,
+    /// Directory for the key, certificate and client.toml [default: ~/.config/collective/<member domain>]
+    #[arg(long)]
+    out: Option<PathBuf>,
+}
+
+fn print_invite(i: &InviteInfo) {
+    let what = if i.kind == "member" {
+        format!("member {}", i.member)
+    } else {
+        format!("user with {}", i.grants.join(", "))
+    };
+    println!(
+        "{}  {:<8} {:<40} uses {}/{}  expires {}  by {}",
+        i.id,
+        i.state,
+        what,
+        i.uses,
+        i.max_uses,
+        time_str(i.expires_ms),
+        i.created_by
+    );
+}
+
+pub async fn invite(o: &ClientOverrides, cmd: InviteCommand) -> Result<()> {
+    match cmd {
+        InviteCommand::Generate(a) => {
+            let validity = parse_duration(&a.validity)?;
+            let client = connect(o)?;
+            let r = client
+                .admin()
+                .generate_invite(GenerateInviteRequest {
+                    member: a.member.clone().unwrap_or_default(),
+                    grants: a.grant,
+                    max_uses: a.max_uses,
+                    validity_ms: validity.as_millis() as u64,
+                })
+                .await
+                .map_err(status)?
+                .into_inner();
+            println!("{}", r.code);
+            if let Some(i) = r.invite {
+                let how = match a.member {
+                    Some(m) => format!("collective member join CODE --name {m} --out DIR"),
+                    None => "collective invite redeem CODE --name NAME".into(),
+                };
+                eprintln!(
+                    "invite {} valid until {} for {} use(s); the invitee runs: {how}",
+                    i.id,
+                    time_str(i.expires_ms),
+                    i.max_uses
+                );
+            }
+            Ok(())
+        }
+        InviteCommand::List { json } => {
+            let client = connect(o)?;
+            let r = client
+                .admin()
+                .list_invites(ListInvitesRequest {})
+                .await
+                .map_err(status)?
+                .into_inner();
+            if json {
+                let v: Vec<serde_json::Value> = r
+                    .invites
+                    .iter()
+                    .map(|i| {
+                        serde_json::json!({
+                            "id": i.id, "kind": i.kind, "member": i.member, "grants": i.grants,
+                            "state": i.state, "uses": i.uses, "max_uses": i.max_uses,
+                            "created": time_str(i.created_ms), "expires": time_str(i.expires_ms),
+                            "created_by": i.created_by, "redeemed_by": i.redeemed_by, "revoked": i.revoked,
+                        })
+                    })
+                    .collect();
+                println!("{}", serde_json::to_string_pretty(&serde_json::json!({ "invites": v }))?);
+            } else if r.invites.is_empty() {
+                println!("no invites");
+            } else {
+                r.invites.iter().for_each(print_invite);
+            }
+            Ok(())
+        }
+        InviteCommand::Revoke { code } => {
+            let client = connect(o)?;
+            client
+                .admin()
+                .revoke_invite(RevokeInviteRequest { code_or_id: code })
+                .await
+                .map_err(status)?;
+            println!("invite revoked");
+            Ok(())
+        }
+        InviteCommand::Redeem(a) => redeem(a).await,
+    }
+}
+
+/// A channel for first contact: no certificate of ours, the server pinned by the code.
+fn bootstrap_client(code: &InviteCode) -> Result<BootstrapClient<tonic::transport::Channel>> {
+    let principal: Principal = code.coordinator.parse().context("the invite names a bad coordinator")?;
+    let tls = TlsIdentity::pinned_client_config(code.fingerprint, collective_pki::ALPN_GRPC)?;
+    Ok(BootstrapClient::new(collective_rpc::channel_with_config(
+        tls, &code.addr, &principal,
+    )?))
+}
+
+fn check_fresh(code: &InviteCode) -> Result<()> {
+    if unix_ms_now() >= code.expires_ms {
+        bail!("this invite expired on {}; ask for a new one", time_str(code.expires_ms as i64));
+    }
+    Ok(())
+}
+
+fn config_home() -> Result<PathBuf> {
+    std::env::var_os("XDG_CONFIG_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".config")))
+        .map(|b| b.join("collective"))
+        .context("cannot tell where to write the configuration: set HOME or pass --out")
+}
+
+async fn redeem(a: RedeemArgs) -> Result<()> {
+    let (code, _, _) = InviteCode::decode(&a.code)?;
+    if code.kind != InviteCodeKind::User {
+        bail!("this invite brings in a new member; run `collective member join CODE --name NAME --out DIR` instead");
+    }
+    check_fresh(&code)?;
+    let name = match a.name {
+        Some(n) => n,
+        None => std::env::var("USER").context("pass --name NAME (your name in the member)")?,
+    };
+    collective_core::validate_name(&name)?;
+    let member_domain = code
+        .coordinator
+        .split_once('@')
+        .map(|(_, d)| d.to_string())
+        .context("the invite names a bad coordinator")?;
+    let out = match a.out {
+        Some(o) => o,
+        None => config_home()?.join(&member_domain),
+    };
+    if out.join("client.toml").exists() {
+        bail!("{} already holds a client configuration; choose another --out", out.display());
+    }
+    std::fs::create_dir_all(&out).with_context(|| format!("cannot create {}", out.display()))?;
+    let principal = format!("{name}@{member_domain}");
+    let (key_pem, csr) = new_csr(&principal)?;
+    let mut bootstrap = bootstrap_client(&code)?;
+    let r = bootstrap
+        .redeem_invite(RedeemInviteRequest {
+            code: a.code.trim().to_string(),
+            name: name.clone(),
+            csr_pem: csr,
+        })
+        .await
+        .map_err(|s| anyhow::anyhow!(collective_rpc::explain_status(&code.coordinator, &s)))?
+        .into_inner();
+    let key_path = out.join(format!("{name}.key"));
+    write_private_file(&key_path, key_pem.as_bytes())?;
+    std::fs::write(out.join(format!("{name}.crt")), &r.cert_chain_pem)?;
+    std::fs::write(out.join("ca.crt"), &r.trust_pem)?;
+    let coordinator_name = r
+        .coordinator_principal
+        .split_once('@')
+        .map(|(n, _)| n.to_string())
+        .unwrap_or_else(|| "coordinator".into());
+    let cfg = ClientConfig {
+        coordinator: r.coordinator.clone(),
+        coordinator_name,
+        ca: PathBuf::from("ca.crt"),
+        cert: PathBuf::from(format!("{name}.crt")),
+        key: PathBuf::from(format!("{name}.key")),
+        ..Default::default()
+    };
+    let cfg_path = out.join("client.toml");
+    write_toml(&cfg_path, &cfg)?;
+    println!("you are {} now", r.principal);
+    for g in &r.grants {
+        println!("  {} on {}", g.rights, g.path);
+    }
+    println!("use it:  export COLLECTIVE_CONFIG={}", cfg_path.display());
+    Ok(())
+}
+
+// ---------------------------------------------------------------- members
+
+#[derive(Subcommand)]
+pub enum MemberCommand {
+    /// Join a federation with a member invite: makes this member's CA key here, gets it
+    /// signed, and writes a coordinator config ready to start
+    Join(JoinArgs),
+}
+
+#[derive(Args)]
+pub struct JoinArgs {
+    code: String,
+    /// This member's name (its domain becomes NAME.<federation domain>)
+    #[arg(long)]
+    name: String,
+    /// Directory for the CA, certificates and configs
+    #[arg(long)]
+    out: PathBuf,
+    /// gRPC address of the new coordinator
+    #[arg(long, default_value = "127.0.0.1:7000")]
+    grpc_listen: String,
+    /// HTTP (metrics, health) address of the new coordinator
+    #[arg(long, default_value = "127.0.0.1:9100")]
+    http_listen: String,
+    /// UDP gossip address of the new coordinator
+    #[arg(long, default_value = "127.0.0.1:7946")]
+    gossip_listen: String,
+    /// Extra host name or IP address for the coordinator certificate (repeatable)
+    #[arg(long)]
+    san: Vec<String>,
+    /// Bytes of capacity offered to other members, e.g. 500GiB
+    #[arg(long, default_value = "0")]
+    contribution: String,
+}
+
+/// What `member join` wrote.
+pub struct Joined {
+    pub domain: String,
+    pub coordinator_config: PathBuf,
+    pub client_config: PathBuf,
+    pub ca_dir: PathBuf,
+}
+
+pub async fn member(cmd: MemberCommand) -> Result<()> {
+    match cmd {
+        MemberCommand::Join(a) => {
+            let j = join(&a).await?;
+            println!("joined the federation as {}", j.domain);
+            println!("  member CA:          {}", j.ca_dir.display());
+            println!("  coordinator config: {}", j.coordinator_config.display());
+            println!("  your client config: {}", j.client_config.display());
+            println!("next:");
+            println!("  collective coordinator --config {}", j.coordinator_config.display());
+            println!(
+                "  collective ca issue --ca {} --role node --name node-01 --san <host> --out <dir>   (then start nodes)",
+                j.ca_dir.display()
+            );
+            Ok(())
+        }
+    }
+}
+
+pub async fn join(a: &JoinArgs) -> Result<Joined> {
+    let (code, _, _) = InviteCode::decode(&a.code)?;
+    if code.kind != InviteCodeKind::Member {
+        bail!("this invite is for a user; run `collective invite redeem CODE` instead");
+    }
+    check_fresh(&code)?;
+    collective_core::validate_name(&a.name)?;
+    let domain = collective_pki::member_domain(&a.name, &code.federation);
+    let ca_dir = a.out.join("ca");
+    let csr = MemberCa::begin_join(&a.name, &domain, &ca_dir)?;
+    let mut bootstrap = bootstrap_client(&code)?;
+    let r = bootstrap
+        .join_member(JoinMemberRequest {
+            code: a.code.trim().to_string(),
+            name: a.name.clone(),
+            csr_pem: csr,
+        })
+        .await
+        .map_err(|s| {
+            // Leave nothing half-made: the key is useless without its certificate.
+            let _ = std::fs::remove_file(ca_dir.join("ca.key"));
+            anyhow::anyhow!(collective_rpc::explain_status(&code.coordinator, &s))
+        })?
+        .into_inner();
+    let ca = MemberCa::finish_join(&ca_dir, &r.member_ca_pem, &r.root_pem)?;
+    let certs = a.out.join("certs");
+    // A federated member CA may only name hosts in its own domain; IP addresses are fine.
+    let mut sans = vec!["127.0.0.1".to_string()];
+    sans.extend(a.san.iter().cloned());
+    let issue = |role: Role, name: &str| -> Result<(PathBuf, PathBuf)> {
+        Ok(ca.issue_to(
+            &IssueRequest {
+                role,
+                name: name.to_string(),
+                sans: sans.clone(),
+                not_before: None,
+                not_after: None,
+            },
+            &certs,
+        )?)
+    };
+    // Paths in the configs are relative to the configs' directory, so it can be moved.
+    let rel = |p: &Path| p.strip_prefix(&a.out).map(Path::to_path_buf).unwrap_or_else(|_| p.to_path_buf());
+    let (cert, key) = issue(Role::Coordinator, "coordinator")?;
+    let trust = certs.join("ca.crt");
+    let cfg = CoordinatorConfig {
+        data_dir: PathBuf::from("coordinator-data"),
+        grpc_listen: a.grpc_listen.clone(),
+        http_listen: a.http_listen.clone(),
+        ca_dir: rel(&ca_dir),
+        tls: collective_coordinator::TlsFiles {
+            ca: rel(&trust),
+            cert: rel(&cert),
+            key: rel(&key),
+        },
+        federation: FederationConfig {
+            gossip_listen: a.gossip_listen.clone(),
+            bootstrap: r.gossip_peers.clone(),
+            contribution: a.contribution.clone(),
+            ..Default::default()
+        },
+        ..Default::default()
+    };
+    let coordinator_config = a.out.join("coordinator.toml");
+    write_toml(&coordinator_config, &cfg)?;
+    let (cert, key) = issue(Role::Client, &a.name)?;
+    let client = ClientConfig {
+        coordinator: a.grpc_listen.clone(),
+        ca: rel(&trust),
+        cert: rel(&cert),
+        key: rel(&key),
+        ..Default::default()
+    };
+    let client_config = a.out.join("client.toml");
+    write_toml(&client_config, &client)?;
+    Ok(Joined {
+        domain,
+        coordinator_config,
+        client_config,
+        ca_dir,
+    })
+}
+
+// ---------------------------------------------------------------- datastores
+
+#[derive(Subcommand)]
+pub enum DatastoreCommand {
+    /// Create a datastore (a top-level directory with a placement policy)
+    Create {
+        path: String,
+        /// media (fast reads), backup (copies on other members), hybrid
+        #[arg(long, default_value = "media")]
+        strategy: String,
+        /// Copies of every chunk [default: the coordinator's replication]
+        #[arg(long, default_value_t = 0)]
+        replicas: u32,
+    },
+    /// Datastores of the whole federation
+    Ls {
+        #[arg(long)]
+        json: bool,
+    },
+    /// A datastore's policy, your rights and (with the share right) its grants
+    Info {
+        path: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Give SUBJECT rights on PATH: SUBJECT is bob@bob.collective.local, *@bob.collective.local or *@*.collective.local
+    Grant {
+        path: String,
+        subject: String,
+        /// read, write, delete, share joined by + or , (read+write)
+        rights: String,
+        /// Expiry: RFC 3339 time, or a duration from now (30m, 24h, 7d)
+        #[arg(long)]
+        until: Option<String>,
+    },
+    /// Remove SUBJECT's grant on PATH
+    Revoke { path: String, subject: String },
+}
+
+fn until_ms(s: &str) -> Result<i64> {
+    if let Ok(d) = parse_duration(s) {
+        return Ok((unix_ms_now() + d.as_millis() as u64) as i64);
+    }
+    let t = OffsetDateTime::parse(s, &Rfc3339).with_context(|| format!("--until '{s}' is neither a duration (7d) nor an RFC 3339 time"))?;
+    Ok((t.unix_timestamp_nanos() / 1_000_000) as i64)
+}
+
+fn grant_json(g: &GrantInfo) -> serde_json::Value {
+    serde_json::json!({
+        "path": g.path, "subject": g.subject, "rights": g.rights,
+        "until": if g.until_ms > 0 { serde_json::Value::from(time_str(g.until_ms)) } else { serde_json::Value::Null },
+        "granted_by": g.granted_by, "granted": time_str(g.granted_ms),
+    })
+}
+
+fn datastore_json(d: &DatastoreInfo) -> serde_json::Value {
+    serde_json::json!({
+        "path": d.path, "member": d.member, "owner": d.owner, "strategy": d.strategy,
+        "replicas": d.replicas, "encrypted": d.encrypted, "created": time_str(d.created_ms),
+        "my_rights": d.my_rights, "grants": d.grants.iter().map(grant_json).collect::<Vec<_>>(),
+    })
+}
+
+pub async fn datastore(o: &ClientOverrides, cmd: DatastoreCommand) -> Result<()> {
+    let client = connect(o)?;
+    let mut admin = client.admin();
+    match cmd {
+        DatastoreCommand::Create { path, strategy, replicas } => {
+            let d = admin
+                .create_datastore(CreateDatastoreRequest { path, strategy, replicas })
+                .await
+                .map_err(status)?
+                .into_inner();
+            println!(
+                "created datastore {} ({}, {} replicas{})",
+                d.path,
+                d.strategy,
+                d.replicas,
+                if d.encrypted { ", chunks encrypted on clients" } else { "" }
+            );
+        }
+        DatastoreCommand::Ls { json } => {
+            let r = admin.list_datastores(ListDatastoresRequest {}).await.map_err(status)?.into_inner();
+            if json {
+                let v: Vec<_> = r.datastores.iter().map(datastore_json).collect();
+                println!("{}", serde_json::to_string_pretty(&serde_json::json!({ "datastores": v }))?);
+            } else {
+                println!(
+                    "{:<20} {:<28} {:<8} {:>8}  YOUR RIGHTS",
+                    "DATASTORE", "MEMBER", "STRATEGY", "REPLICAS"
+                );
+                for d in &r.datastores {
+                    let rights = if d.my_rights.is_empty() { "(ask its member)" } else { &d.my_rights };
+                    println!("{:<20} {:<28} {:<8} {:>8}  {}", d.path, d.member, d.strategy, d.replicas, rights);
+                }
+            }
+        }
+        DatastoreCommand::Info { path, json } => {
+            let d = admin.datastore_details(PathRequest { path }).await.map_err(status)?.into_inner();
+            if json {
+                println!("{}", serde_json::to_string_pretty(&datastore_json(&d))?);
+            } else {
+                println!("datastore:   {}", d.path);
+                println!("member:      {}", d.member);
+                println!("owner:       {}", d.owner);
+                println!(
+                    "strategy:    {} ({} replicas{})",
+                    d.strategy,
+                    d.replicas,
+                    if d.encrypted { ", encrypted" } else { "" }
+                );
+                println!("created:     {}", time_str(d.created_ms));
+                println!("your rights: {}", d.my_rights);
+                for g in &d.grants {
+                    let until = if g.until_ms > 0 {
+                        format!(" until {}", time_str(g.until_ms))
+                    } else {
+                        String::new()
+                    };
+                    println!(
+                        "  grant {:<32} {:<20} on {}{until} (by {})",
+                        g.subject, g.rights, g.path, g.granted_by
+                    );
+                }
+            }
+        }
+        DatastoreCommand::Grant {
+            path,
+            subject,
+            rights,
+            until,
+        } => {
+            let until_ms = until.as_deref().map(until_ms).transpose()?.unwrap_or(0);
+            let g = admin
+                .grant(GrantRequest {
+                    path,
+                    subject,
+                    rights,
+                    until_ms,
+                })
+                .await
+                .map_err(status)?
+                .into_inner();
+            let until = if g.until_ms > 0 {
+                format!(" until {}", time_str(g.until_ms))
+            } else {
+                String::new()
+            };
+            println!("granted {} on {} to {}{until}", g.rights, g.path, g.subject);
+        }
+        DatastoreCommand::Revoke { path, subject } => {
+            admin
+                .revoke(RevokeRequest {
+                    path: path.clone(),
+                    subject: subject.clone(),
+                })
+                .await
+                .map_err(status)?;
+            println!("revoked the grant of {subject} on {path}");
+        }
+    }
+    Ok(())
+}

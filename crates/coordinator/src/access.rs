@@ -1,0 +1,84 @@
+//! Who may do what: admins, grants inherited down the tree, and the errors that name the
+//! missing right. Every data and metadata path of the coordinator goes through here.
+
+use collective_core::{Principal, RemotePath, Rights, effective_rights, unix_ms_now};
+use tonic::Status;
+
+use crate::state::{State, meta_status};
+
+/// The top-level name of a path (`/media/a` → `media`), None for the root.
+pub fn top_of(path: &str) -> Option<&str> {
+    path.trim_start_matches('/').split('/').next().filter(|s| !s.is_empty())
+}
+
+impl State {
+    pub fn is_admin(&self, who: &Principal) -> bool {
+        self.admins.iter().any(|s| s.matches(who))
+    }
+
+    /// The rights `who` holds on `path` in this member's namespace.
+    pub fn rights(&self, who: &Principal, path: &str) -> Result<Rights, Status> {
+        if self.is_admin(who) {
+            return Ok(Rights::ALL);
+        }
+        let grants = self.meta.grants().map_err(meta_status)?;
+        Ok(effective_rights(&grants, who, path, unix_ms_now()))
+    }
+
+    /// Refuses unless `who` holds `need` on `path`, naming what is missing.
+    pub fn require(&self, who: &Principal, path: &RemotePath, need: Rights) -> Result<(), Status> {
+        let have = self.rights(who, path.as_str())?;
+        if have.contains(need) {
+            return Ok(());
+        }
+        self.metrics.denials.inc();
+        let missing = need.missing_from(have);
+        let owner = top_of(path.as_str()).map(|t| format!("/{t}")).unwrap_or_else(|| "/".into());
+        Err(Status::permission_denied(format!(
+            "{who} lacks the {missing} right on {path} (has: {have}); ask an owner of {owner} on {} to grant it (`collective datastore grant {owner} {who} {missing}`)",
+            self.domain
+        )))
+    }
+
+    /// Whether a top-level entry shows up in `who`'s listing of `/`: admins see everything,
+    /// others what they hold a grant in.
+    pub fn can_see(&self, who: &Principal, top: &str) -> Result<bool, Status> {
+        if self.is_admin(who) {
+            return Ok(true);
+        }
+        let now = unix_ms_now();
+        let root = format!("/{top}");
+        let grants = self.meta.grants().map_err(meta_status)?;
+        Ok(grants
+            .iter()
+            .any(|g| g.active(now) && g.subject.matches(who) && (g.covers(&root) || g.path.starts_with(&format!("{root}/")))))
+    }
+}
+
+impl State {
+    /// The end user of a call: a client of this member, or a user of another member named
+    /// by that member's coordinator (which may only speak for its own principals).
+    pub fn end_user<T>(&self, req: &tonic::Request<T>) -> Result<Principal, Status> {
+        let caller = collective_rpc::peer(req).inspect_err(|_| self.metrics.denials.inc())?;
+        match caller.role {
+            collective_core::Role::Client if caller.principal.domain == self.domain => Ok(caller.principal),
+            collective_core::Role::Coordinator if caller.principal.domain != self.domain && self.fed().is_some() => {
+                collective_rpc::on_behalf_of(req, &caller.principal).inspect_err(|_| self.metrics.denials.inc())
+            }
+            role => {
+                self.metrics.denials.inc();
+                Err(Status::permission_denied(if caller.principal.domain != self.domain {
+                    format!(
+                        "{} is not a principal of {}; clients only ever talk to their own member's coordinator",
+                        caller.principal, self.domain
+                    )
+                } else {
+                    format!(
+                        "{} holds a {role} certificate; this call needs a client certificate",
+                        caller.principal
+                    )
+                }))
+            }
+        }
+    }
+}

@@ -1,0 +1,468 @@
+//! The `Admin` service: datastores, grants, invites and the federation view, for clients.
+//! Calls about another member's datastore are forwarded to its owner, which decides.
+
+use std::sync::Arc;
+
+use collective_core::{Grant, Principal, RemotePath, Rights, Subject, parse_grant_spec, unix_ms_now, validate_path};
+use collective_meta::{DatastoreRecord, InviteKind, InviteRecord};
+use collective_pki::{InviteCode, InviteCodeKind, TokenVerifier};
+use collective_proto::v1::admin_client::AdminClient;
+use collective_proto::v1::admin_server::Admin;
+use collective_proto::v1::{
+    CreateDatastoreRequest, DatastoreInfo, GenerateInviteRequest, GenerateInviteResponse, GrantInfo, GrantRequest, InviteInfo,
+    ListDatastoresRequest, ListDatastoresResponse, ListInvitesRequest, ListInvitesResponse, PathRequest, PeerInfo, PeersRequest,
+    PeersResponse, RevokeInviteRequest, RevokeInviteResponse, RevokeRequest, RevokeResponse,
+};
+use tonic::{Request, Response, Status};
+
+use crate::access::top_of;
+use crate::state::{State, meta_status};
+
+pub const STRATEGIES: [&str; 3] = ["media", "backup", "hybrid"];
+const MAX_REPLICAS: u32 = 8;
+const MAX_INVITE_USES: u32 = 10_000;
+
+pub struct AdminService {
+    pub state: Arc<State>,
+}
+
+pub fn grant_info(g: &Grant) -> GrantInfo {
+    GrantInfo {
+        path: g.path.clone(),
+        subject: g.subject.to_string(),
+        rights: g.rights.to_string(),
+        until_ms: g.until_ms as i64,
+        granted_by: g.granted_by.clone(),
+        granted_ms: g.granted_ms as i64,
+    }
+}
+
+fn path_arg(p: &str) -> Result<RemotePath, Status> {
+    validate_path(p).map_err(|e| Status::invalid_argument(e.to_string()))
+}
+
+pub fn invite_info(r: &InviteRecord) -> InviteInfo {
+    let now = unix_ms_now();
+    let (kind, member, grants) = match &r.kind {
+        InviteKind::Member { name } => ("member", name.clone(), vec![]),
+        InviteKind::User { grants } => (
+            "user",
+            String::new(),
+            grants.iter().map(|(p, bits)| format!("{p}:{}", Rights(*bits))).collect(),
+        ),
+    };
+    let state = if r.revoked {
+        "revoked"
+    } else if now >= r.expires_ms {
+        "expired"
+    } else if r.uses >= r.max_uses {
+        "used"
+    } else {
+        "active"
+    };
+    InviteInfo {
+        id: hex::encode(r.id),
+        kind: kind.into(),
+        member,
+        grants,
+        created_ms: r.created_ms as i64,
+        expires_ms: r.expires_ms as i64,
+        max_uses: r.max_uses,
+        uses: r.uses,
+        revoked: r.revoked,
+        created_by: r.created_by.clone(),
+        redeemed_by: r.redeemed_by.clone(),
+        state: state.into(),
+    }
+}
+
+impl AdminService {
+    fn datastore_info(&self, d: &DatastoreRecord, who: &Principal) -> Result<DatastoreInfo, Status> {
+        let root = format!("/{}", d.name);
+        let rights = self.state.rights(who, &root)?;
+        let grants = if rights.contains(Rights::SHARE) {
+            let all = self.state.meta.grants().map_err(meta_status)?;
+            all.iter()
+                .filter(|g| g.path == root || g.path.starts_with(&format!("{root}/")))
+                .map(grant_info)
+                .collect()
+        } else {
+            vec![]
+        };
+        Ok(DatastoreInfo {
+            path: root,
+            owner: d.owner.clone(),
+            member: self.state.domain.clone(),
+            strategy: d.strategy.clone(),
+            replicas: d.replicas,
+            created_ms: d.created_ms as i64,
+            grants,
+            my_rights: rights.to_string(),
+            encrypted: d.strategy != "media",
+        })
+    }
+
+    /// The owner's Admin service, when `path` is in another member's datastore.
+    fn remote(&self, path: &RemotePath) -> Result<Option<AdminClient<tonic::transport::Channel>>, Status> {
+        let Some(top) = top_of(path.as_str()) else { return Ok(None) };
+        match self.state.remote_owner(top)? {
+            Some(member) => Ok(Some(AdminClient::new(self.state.peer_channel(&member)?))),
+            None => Ok(None),
+        }
+    }
+
+    fn local_datastore(&self, path: &RemotePath) -> Result<DatastoreRecord, Status> {
+        let top = top_of(path.as_str()).ok_or_else(|| Status::invalid_argument("the root / is not a datastore"))?;
+        self.state
+            .meta
+            .datastore(top)
+            .map_err(meta_status)?
+            .ok_or_else(|| Status::not_found(format!("/{top} is not a datastore (`collective datastore ls` lists them)")))
+    }
+}
+
+#[tonic::async_trait]
+impl Admin for AdminService {
+    async fn create_datastore(&self, req: Request<CreateDatastoreRequest>) -> Result<Response<DatastoreInfo>, Status> {
+        let who = self.state.end_user(&req)?;
+        let q = req.into_inner();
+        let path = path_arg(&q.path)?;
+        let name = match path.components().collect::<Vec<_>>()[..] {
+            [one] => one.to_string(),
+            _ => {
+                return Err(Status::invalid_argument(format!(
+                    "{path}: a datastore is a top-level directory such as /media"
+                )));
+            }
+        };
+        self.state.require(&who, &RemotePath::root(), Rights::WRITE)?;
+        let strategy = if q.strategy.is_empty() {
+            "media".to_string()
+        } else {
+            q.strategy.clone()
+        };
+        if !STRATEGIES.contains(&strategy.as_str()) {
+            return Err(Status::invalid_argument(format!(
+                "'{strategy}' is not a strategy; use media, backup or hybrid"
+            )));
+        }
+        let replicas = if q.replicas == 0 {
+            self.state.replication as u32
+        } else {
+            q.replicas
+        };
+        if replicas > MAX_REPLICAS {
+            return Err(Status::invalid_argument(format!("at most {MAX_REPLICAS} replicas")));
+        }
+        if let Some(fed) = self.state.fed()
+            && let Some(other) = fed
+                .gossip
+                .states()
+                .into_iter()
+                .find(|s| s.member != self.state.domain && s.datastores.iter().any(|d| d.name == name))
+        {
+            return Err(Status::already_exists(format!(
+                "{path} already exists in the federation (owned by {}); datastore names are shared by all members, choose another",
+                other.member
+            )));
+        }
+        let mut secret = [0u8; 32];
+        ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut secret)
+            .map_err(|_| Status::internal("no randomness available for the datastore key"))?;
+        let rec = DatastoreRecord {
+            name,
+            owner: who.to_string(),
+            strategy,
+            replicas,
+            created_ms: unix_ms_now(),
+            secret,
+        };
+        self.state.meta.create_datastore(&path, &rec).map_err(meta_status)?;
+        self.state.meta.flush().await.map_err(meta_status)?;
+        tracing::info!(datastore = %path, owner = %who, strategy = %rec.strategy, replicas, "datastore created");
+        Ok(Response::new(self.datastore_info(&rec, &who)?))
+    }
+
+    async fn list_datastores(&self, req: Request<ListDatastoresRequest>) -> Result<Response<ListDatastoresResponse>, Status> {
+        let who = self.state.end_user(&req)?;
+        let mut out = Vec::new();
+        for d in self.state.meta.datastores().map_err(meta_status)? {
+            if self.state.can_see(&who, &d.name)? {
+                out.push(self.datastore_info(&d, &who)?);
+            }
+        }
+        // Other members' catalogs, as gossip carries them; their owners decide access.
+        if let Some(fed) = self.state.fed() {
+            for s in fed.gossip.states() {
+                if s.member == self.state.domain {
+                    continue;
+                }
+                for d in &s.datastores {
+                    out.push(DatastoreInfo {
+                        path: format!("/{}", d.name),
+                        owner: d.owner.clone(),
+                        member: s.member.clone(),
+                        strategy: d.strategy.clone(),
+                        replicas: d.replicas,
+                        encrypted: d.strategy != "media",
+                        ..Default::default()
+                    });
+                }
+            }
+        }
+        out.sort_by(|a, b| a.path.cmp(&b.path));
+        Ok(Response::new(ListDatastoresResponse { datastores: out }))
+    }
+
+    async fn datastore_details(&self, req: Request<PathRequest>) -> Result<Response<DatastoreInfo>, Status> {
+        let who = self.state.end_user(&req)?;
+        let path = path_arg(&req.get_ref().path)?;
+        if let Some(mut peer) = self.remote(&path)? {
+            return peer.datastore_details(collective_rpc::forwarded(req.into_inner(), &who)).await;
+        }
+        let d = self.local_datastore(&path)?;
+        if !self.state.can_see(&who, &d.name)? {
+            self.state.require(&who, &path, Rights::READ)?;
+        }
+        Ok(Response::new(self.datastore_info(&d, &who)?))
+    }
+
+    async fn grant(&self, req: Request<GrantRequest>) -> Result<Response<GrantInfo>, Status> {
+        let who = self.state.end_user(&req)?;
+        let path = path_arg(&req.get_ref().path)?;
+        if let Some(mut peer) = self.remote(&path)? {
+            return peer.grant(collective_rpc::forwarded(req.into_inner(), &who)).await;
+        }
+        let q = req.into_inner();
+        self.local_datastore(&path)?;
+        self.state.require(&who, &path, Rights::SHARE)?;
+        let subject: Subject = q
+            .subject
+            .parse()
+            .map_err(|e: collective_core::AccessError| Status::invalid_argument(e.to_string()))?;
+        let rights: Rights = q
+            .rights
+            .parse()
+            .map_err(|e: collective_core::AccessError| Status::invalid_argument(e.to_string()))?;
+        let now = unix_ms_now();
+        if q.until_ms != 0 && (q.until_ms as u64) <= now {
+            return Err(Status::invalid_argument("--until is in the past"));
+        }
+        let g = Grant {
+            path: path.to_string(),
+            subject,
+            rights,
+            until_ms: q.until_ms.max(0) as u64,
+            granted_by: who.to_string(),
+            granted_ms: now,
+        };
+        self.state.meta.put_grant(&g).map_err(meta_status)?;
+        self.state.meta.flush().await.map_err(meta_status)?;
+        tracing::info!(path = %g.path, subject = %g.subject, rights = %g.rights, by = %who, "grant");
+        Ok(Response::new(grant_info(&g)))
+    }
+
+    async fn revoke(&self, req: Request<RevokeRequest>) -> Result<Response<RevokeResponse>, Status> {
+        let who = self.state.end_user(&req)?;
+        let path = path_arg(&req.get_ref().path)?;
+        if let Some(mut peer) = self.remote(&path)? {
+            return peer.revoke(collective_rpc::forwarded(req.into_inner(), &who)).await;
+        }
+        self.state.require(&who, &path, Rights::SHARE)?;
+        let subject: Subject = req
+            .get_ref()
+            .subject
+            .parse()
+            .map_err(|e: collective_core::AccessError| Status::invalid_argument(e.to_string()))?;
+        let removed = self
+            .state
+            .meta
+            .remove_grant(&path, &subject, &who.to_string())
+            .map_err(meta_status)?;
+        self.state.meta.flush().await.map_err(meta_status)?;
+        if !removed {
+            return Err(Status::not_found(format!(
+                "{subject} holds no grant on {path} (`collective datastore info {path}` lists grants)"
+            )));
+        }
+        Ok(Response::new(RevokeResponse { removed }))
+    }
+
+    async fn generate_invite(&self, req: Request<GenerateInviteRequest>) -> Result<Response<GenerateInviteResponse>, Status> {
+        let who = self.state.end_user(&req)?;
+        if who.domain != self.state.domain {
+            return Err(Status::permission_denied("invites are made by the coordinator of your own member"));
+        }
+        let q = req.into_inner();
+        let now = unix_ms_now();
+        let validity = if q.validity_ms == 0 { 7 * 86_400_000 } else { q.validity_ms };
+        let max_uses = if q.max_uses == 0 { 1 } else { q.max_uses };
+        if max_uses > MAX_INVITE_USES {
+            return Err(Status::invalid_argument(format!("--max-uses may be at most {MAX_INVITE_USES}")));
+        }
+        let (kind, code_kind) = if !q.member.is_empty() {
+            if !q.grants.is_empty() {
+                return Err(Status::invalid_argument(
+                    "an invite is either for a member (--member) or for a user (--grant), not both",
+                ));
+            }
+            collective_core::validate_name(&q.member).map_err(|e| Status::invalid_argument(e.to_string()))?;
+            if !self.state.is_admin(&who) {
+                return Err(Status::permission_denied(format!(
+                    "only an admin of {} may invite members",
+                    self.state.domain
+                )));
+            }
+            if self.state.fed().and_then(|f| f.root.as_ref()).is_none() {
+                return Err(Status::failed_precondition(
+                    "this coordinator does not hold the federation root; run `collective invite generate --member` against the coordinator whose config sets federation.root_dir",
+                ));
+            }
+            (InviteKind::Member { name: q.member.clone() }, InviteCodeKind::Member)
+        } else {
+            if q.grants.is_empty() {
+                return Err(Status::invalid_argument(
+                    "say what the invite is for: --member NAME, or at least one --grant PATH:RIGHTS",
+                ));
+            }
+            if self.state.ca.is_none() {
+                return Err(Status::failed_precondition(
+                    "this coordinator cannot sign user certificates: set ca_dir in its config to the member CA directory",
+                ));
+            }
+            let mut grants = Vec::new();
+            for spec in &q.grants {
+                let (path, rights) = parse_grant_spec(spec).map_err(|e| Status::invalid_argument(e.to_string()))?;
+                self.local_datastore(&path)?;
+                // Sharing needs the share right, and one cannot give away more than one has.
+                self.state.require(&who, &path, rights.union(Rights::SHARE))?;
+                grants.push((path.to_string(), rights.0));
+            }
+            (InviteKind::User { grants }, InviteCodeKind::User)
+        };
+        let mut id = [0u8; 16];
+        ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut id).map_err(|_| Status::internal("no randomness"))?;
+        let rec = InviteRecord {
+            id,
+            kind,
+            created_by: who.to_string(),
+            created_ms: now,
+            expires_ms: now + validity,
+            max_uses,
+            uses: 0,
+            revoked: false,
+            redeemed_by: vec![],
+        };
+        self.state.meta.add_invite(&rec).map_err(meta_status)?;
+        self.state.meta.flush().await.map_err(meta_status)?;
+        let code = InviteCode {
+            id,
+            kind: code_kind,
+            federation: self.state.fed().map(|f| f.domain.clone()).unwrap_or_default(),
+            coordinator: self.state.principal.clone(),
+            addr: self.state.advertise_grpc.clone(),
+            fingerprint: self.state.identity.fingerprint(),
+            expires_ms: rec.expires_ms,
+        }
+        .encode(&self.state.signer);
+        self.state.metrics.invites_issued.inc();
+        Ok(Response::new(GenerateInviteResponse {
+            code,
+            invite: Some(invite_info(&rec)),
+        }))
+    }
+
+    async fn list_invites(&self, req: Request<ListInvitesRequest>) -> Result<Response<ListInvitesResponse>, Status> {
+        let who = self.state.end_user(&req)?;
+        let admin = self.state.is_admin(&who);
+        let me = who.to_string();
+        let invites = self
+            .state
+            .meta
+            .invites()
+            .map_err(meta_status)?
+            .iter()
+            .filter(|r| admin || r.created_by == me)
+            .map(invite_info)
+            .collect();
+        Ok(Response::new(ListInvitesResponse { invites }))
+    }
+
+    async fn revoke_invite(&self, req: Request<RevokeInviteRequest>) -> Result<Response<RevokeInviteResponse>, Status> {
+        let who = self.state.end_user(&req)?;
+        let arg = req.get_ref().code_or_id.trim();
+        let id: [u8; 16] = if arg.starts_with(collective_pki::INVITE_PREFIX) {
+            let verifier = TokenVerifier::new(&self.state.signer.public_key()).map_err(|e| Status::internal(e.to_string()))?;
+            InviteCode::verify(arg, &verifier)
+                .map_err(|e| Status::invalid_argument(e.to_string()))?
+                .id
+        } else {
+            hex::decode(arg)
+                .ok()
+                .and_then(|b| b.try_into().ok())
+                .ok_or_else(|| Status::invalid_argument("give the invite code, or its id as `collective invite list` shows it"))?
+        };
+        let rec = self
+            .state
+            .meta
+            .invites()
+            .map_err(meta_status)?
+            .into_iter()
+            .find(|r| r.id == id)
+            .ok_or_else(|| Status::not_found("no such invite here (`collective invite list`)"))?;
+        if !self.state.is_admin(&who) && rec.created_by != who.to_string() {
+            return Err(Status::permission_denied(format!(
+                "only {} or an admin may revoke this invite",
+                rec.created_by
+            )));
+        }
+        let revoked = self.state.meta.revoke_invite(&id).map_err(meta_status)?;
+        self.state.meta.flush().await.map_err(meta_status)?;
+        Ok(Response::new(RevokeInviteResponse { revoked }))
+    }
+
+    async fn peers(&self, req: Request<PeersRequest>) -> Result<Response<PeersResponse>, Status> {
+        self.state.end_user(&req)?;
+        let fed = self.state.fed().ok_or_else(|| {
+            Status::failed_precondition("this coordinator is not part of a federation (its config has no [federation] gossip_listen)")
+        })?;
+        let states = fed.gossip.states();
+        let summary = |member: &str, p: &mut PeerInfo| {
+            if let Some(s) = states.iter().find(|s| s.member == member) {
+                p.coordinator = s.coordinator.clone();
+                p.grpc_addr = s.grpc_addr.clone();
+                p.gossip_addr = s.gossip_addr.clone();
+                p.version = s.version;
+                p.nodes = s.nodes.len() as u32;
+                p.capacity_bytes = s.nodes.iter().map(|n| n.capacity_bytes).sum();
+                p.free_bytes = s.nodes.iter().filter(|n| n.healthy).map(|n| n.free_bytes).sum();
+                p.datastores = s.datastores.iter().map(|d| format!("/{}", d.name)).collect();
+            }
+        };
+        let mut me = PeerInfo {
+            member: self.state.domain.clone(),
+            state: "alive".into(),
+            last_seen_ms: unix_ms_now() as i64,
+            local: true,
+            ..Default::default()
+        };
+        summary(&self.state.domain, &mut me);
+        let mut members = vec![me];
+        for p in fed.gossip.peers() {
+            let mut info = PeerInfo {
+                member: p.member.clone(),
+                state: p.state.as_str().into(),
+                last_seen_ms: p.last_seen_ms as i64,
+                gossip_addr: p.gossip_addr.map(|a| a.to_string()).unwrap_or_default(),
+                ..Default::default()
+            };
+            summary(&p.member, &mut info);
+            members.push(info);
+        }
+        members.sort_by(|a, b| a.member.cmp(&b.member));
+        Ok(Response::new(PeersResponse {
+            members,
+            dropped_unauthenticated: fed.gossip.counters().dropped.load(std::sync::atomic::Ordering::Relaxed),
+        }))
+    }
+}

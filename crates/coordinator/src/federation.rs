@@ -1,0 +1,219 @@
+//! Federation between members: publishing our state through gossip, anti-entropy with a
+//! random member, finding which member owns a datastore, and the channels used to forward
+//! calls to other members' coordinators (mTLS chained to the federation root).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use collective_core::{Principal, Role};
+use collective_gossip::{MemberState, PeerState};
+use collective_proto::v1::federation_client::FederationClient;
+use collective_proto::v1::federation_server::Federation;
+use collective_proto::v1::{CatalogEntry, ExchangeRequest, ExchangeResponse, NodeSummary};
+use tonic::transport::Channel;
+use tonic::{Request, Response, Status};
+
+use crate::state::{Federated, State, meta_status};
+
+/// How often our own state is re-published (node usage changes continuously).
+pub const PUBLISH_EVERY: Duration = Duration::from_secs(5);
+
+impl State {
+    pub fn fed(&self) -> Option<&Federated> {
+        self.federation.get()
+    }
+
+    /// Whether the top-level name `top` lives in this member's namespace.
+    pub fn is_local_top(&self, top: &str) -> Result<bool, Status> {
+        if self.meta.datastore(top).map_err(meta_status)?.is_some() {
+            return Ok(true);
+        }
+        let path = collective_core::validate_path(&format!("/{top}")).map_err(|e| Status::invalid_argument(e.to_string()))?;
+        Ok(self.meta.stat(&path).is_ok())
+    }
+
+    /// The member that owns datastore `top`, when it is another member's.
+    pub fn remote_owner(&self, top: &str) -> Result<Option<String>, Status> {
+        let Some(fed) = self.fed() else { return Ok(None) };
+        if self.is_local_top(top)? {
+            return Ok(None);
+        }
+        Ok(fed
+            .gossip
+            .states()
+            .into_iter()
+            .find(|s| s.member != self.domain && s.datastores.iter().any(|d| d.name == top))
+            .map(|s| s.member))
+    }
+
+    /// A gRPC channel to another member's coordinator, verified to be that coordinator.
+    pub fn peer_channel(&self, member: &str) -> Result<Channel, Status> {
+        let fed = self
+            .fed()
+            .ok_or_else(|| Status::failed_precondition("this coordinator is not part of a federation"))?;
+        if let Some(c) = self.peer_channels.lock().unwrap_or_else(|p| p.into_inner()).get(member) {
+            return Ok(c.clone());
+        }
+        let state = fed
+            .gossip
+            .state_of(member)
+            .ok_or_else(|| Status::unavailable(format!("{member} is not known in the federation yet")))?;
+        if fed.gossip.peer_state(member) == Some(PeerState::Down) {
+            return Err(Status::unavailable(format!(
+                "{member} is down (its coordinator stopped answering gossip); try again when `collective federation peers` shows it alive"
+            )));
+        }
+        let principal: Principal = state
+            .coordinator
+            .parse()
+            .map_err(|e| Status::internal(format!("gossip named a bad coordinator for {member}: {e}")))?;
+        if principal.domain != member {
+            return Err(Status::internal(format!("gossip named {principal} as the coordinator of {member}")));
+        }
+        let channel = collective_rpc::channel(&self.identity, &state.grpc_addr, &principal).map_err(|e| Status::internal(e.to_string()))?;
+        self.peer_channels
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(member.to_string(), channel.clone());
+        Ok(channel)
+    }
+
+    /// Forgets a cached channel (the member restarted, maybe at a new address).
+    pub fn forget_peer(&self, member: &str) {
+        self.peer_channels.lock().unwrap_or_else(|p| p.into_inner()).remove(member);
+    }
+
+    /// What we tell the federation about ourselves.
+    pub fn local_member_state(&self) -> MemberState {
+        let fed = self.fed();
+        let nodes = {
+            let table = self.lock_nodes();
+            let mut v: Vec<NodeSummary> = table
+                .iter()
+                .map(|(name, e)| NodeSummary {
+                    node: name.clone(),
+                    capacity_bytes: e.usage.capacity_bytes,
+                    free_bytes: e.usage.free_bytes,
+                    healthy: self.is_up(e),
+                })
+                .collect();
+            v.sort_by(|a, b| a.node.cmp(&b.node));
+            v
+        };
+        let datastores = self
+            .meta
+            .datastores()
+            .unwrap_or_default()
+            .into_iter()
+            .map(|d| CatalogEntry {
+                name: d.name,
+                owner: d.owner,
+                strategy: d.strategy,
+                replicas: d.replicas,
+            })
+            .collect();
+        MemberState {
+            member: self.domain.clone(),
+            version: 0,
+            coordinator: self.principal.clone(),
+            grpc_addr: self.advertise_grpc.clone(),
+            gossip_addr: fed.map(|f| f.gossip_addr.clone()).unwrap_or_default(),
+            contribution_bytes: fed.map(|f| f.contribution).unwrap_or(0),
+            nodes,
+            datastores,
+            hosted_bytes: 0,
+        }
+    }
+
+    /// Checks the caller is another member's coordinator.
+    pub fn authorize_peer<T>(&self, req: &Request<T>) -> Result<Principal, Status> {
+        if self.fed().is_none() {
+            return Err(Status::failed_precondition("this coordinator is not part of a federation"));
+        }
+        let caller = collective_rpc::peer(req)?;
+        if caller.role != Role::Coordinator || caller.principal.domain == self.domain {
+            self.metrics.denials.inc();
+            return Err(Status::permission_denied(format!(
+                "{} ({}) may not call the federation API; only other members' coordinators may",
+                caller.principal, caller.role
+            )));
+        }
+        Ok(caller.principal)
+    }
+}
+
+/// Publishes our state and reconciles with a random alive member, until the task is
+/// aborted.
+pub async fn maintain(state: Arc<State>, anti_entropy: Duration) {
+    let mut publish = tokio::time::interval(PUBLISH_EVERY);
+    let mut exchange = tokio::time::interval(anti_entropy);
+    let mut last: Option<MemberState> = None;
+    loop {
+        tokio::select! {
+            _ = publish.tick() => {
+                let Some(fed) = state.fed() else { return };
+                let s = state.clone();
+                let Ok(mine) = tokio::task::spawn_blocking(move || s.local_member_state()).await else { continue };
+                // Re-publish on change, and every minute regardless (Lamport version bump).
+                let changed = last.as_ref().is_none_or(|l| {
+                    let mut a = l.clone();
+                    a.version = 0;
+                    a != mine
+                });
+                if changed || publish_due(&last) {
+                    fed.gossip.publish(mine.clone());
+                    last = Some(MemberState { version: collective_core::unix_ms_now(), ..mine });
+                }
+            }
+            _ = exchange.tick() => {
+                let Some(fed) = state.fed() else { return };
+                let alive: Vec<String> = fed
+                    .gossip
+                    .peers()
+                    .into_iter()
+                    .filter(|p| p.state != PeerState::Down)
+                    .map(|p| p.member)
+                    .collect();
+                if alive.is_empty() {
+                    continue;
+                }
+                let pick = &alive[(collective_core::unix_ms_now() as usize) % alive.len()];
+                let Ok(channel) = state.peer_channel(pick) else { continue };
+                let req = ExchangeRequest { states: fed.gossip.states() };
+                match FederationClient::new(channel).exchange(req).await {
+                    Ok(r) => {
+                        let news = fed.gossip.merge(r.into_inner().states);
+                        if news > 0 {
+                            tracing::debug!(peer = %pick, news, "anti-entropy brought news");
+                        }
+                    }
+                    Err(e) => {
+                        tracing::debug!(peer = %pick, "anti-entropy failed: {}", e.message());
+                        state.forget_peer(pick);
+                    }
+                }
+            }
+        }
+    }
+}
+
+fn publish_due(last: &Option<MemberState>) -> bool {
+    last.as_ref()
+        .is_none_or(|l| collective_core::unix_ms_now().saturating_sub(l.version) > 60_000)
+}
+
+pub struct FederationService {
+    pub state: Arc<State>,
+}
+
+#[tonic::async_trait]
+impl Federation for FederationService {
+    async fn exchange(&self, req: Request<ExchangeRequest>) -> Result<Response<ExchangeResponse>, Status> {
+        self.state.authorize_peer(&req)?;
+        let fed = self.state.fed().ok_or_else(|| Status::failed_precondition("not federated"))?;
+        fed.gossip.merge(req.into_inner().states);
+        Ok(Response::new(ExchangeResponse {
+            states: fed.gossip.states(),
+        }))
+    }
+}
