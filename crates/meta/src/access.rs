@@ -163,8 +163,8 @@ impl MetaStore {
     }
 
     /// Uses an invite once, atomically: checks it is known, unrevoked, unexpired and not
-    /// used up, and records `by`. `extra` runs inside the same transaction (e.g. grants of
-    /// a user invite) and may refuse.
+    /// used up, and records `by`. `check` runs inside the same transaction and may refuse
+    /// (e.g. a member invite used for another name).
     pub fn use_invite(
         &self,
         id: &[u8; 16],

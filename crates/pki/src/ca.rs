@@ -67,6 +67,22 @@ pub(crate) fn random_serial() -> SerialNumber {
     SerialNumber::from_slice(&b)
 }
 
+/// Refuses to overwrite an existing CA key, creates `out`, and returns the key's path.
+pub(crate) fn fresh_ca_dir(out: &Path, key_file: &str, what: &str) -> Result<PathBuf, PkiError> {
+    let key_path = out.join(key_file);
+    if key_path.exists() {
+        return Err(PkiError::Invalid(format!(
+            "{} already exists; {what} is never overwritten. Choose another --out directory or remove the old one first",
+            key_path.display()
+        )));
+    }
+    fs::create_dir_all(out).map_err(|source| PkiError::Write {
+        path: out.to_path_buf(),
+        source,
+    })?;
+    Ok(key_path)
+}
+
 pub(crate) fn read(path: &Path) -> Result<String, PkiError> {
     fs::read_to_string(path).map_err(|source| PkiError::Read {
         path: path.to_path_buf(),
@@ -87,17 +103,7 @@ impl MemberCa {
         validate_name(member)?;
         // Validates the domain the same way principals do.
         Principal::new("ca", domain)?;
-        let key_path = out.join("ca.key");
-        if key_path.exists() {
-            return Err(PkiError::Invalid(format!(
-                "{} already exists; a CA is never overwritten. Choose another --out directory or remove the old CA first",
-                key_path.display()
-            )));
-        }
-        fs::create_dir_all(out).map_err(|source| PkiError::Write {
-            path: out.to_path_buf(),
-            source,
-        })?;
+        let key_path = fresh_ca_dir(out, "ca.key", "a CA")?;
         let key = KeyPair::generate_for(&PKCS_ED25519)?;
         let now = OffsetDateTime::now_utc();
         let mut params = CertificateParams::default();
@@ -133,17 +139,13 @@ impl MemberCa {
     pub fn begin_join(member: &str, domain: &str, out: &Path) -> Result<String, PkiError> {
         validate_name(member)?;
         Principal::new("ca", domain)?;
-        let key_path = out.join("ca.key");
-        if key_path.exists() || out.join("ca.crt").exists() {
+        if out.join("ca.crt").exists() {
             return Err(PkiError::Invalid(format!(
                 "{} already holds a CA; a CA is never overwritten. Choose another --out directory",
                 out.display()
             )));
         }
-        fs::create_dir_all(out).map_err(|source| PkiError::Write {
-            path: out.to_path_buf(),
-            source,
-        })?;
+        let key_path = fresh_ca_dir(out, "ca.key", "a CA")?;
         let key = KeyPair::generate_for(&PKCS_ED25519)?;
         let mut params = CertificateParams::default();
         params.distinguished_name = rcgen::DistinguishedName::new();

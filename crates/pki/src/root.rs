@@ -1,7 +1,6 @@
 //! The federation root CA: it signs member CAs, and nothing else. Its key stays with whoever
 //! ran `collective federation init`; members join by sending a signing request.
 
-use std::fs;
 use std::path::{Path, PathBuf};
 
 use collective_core::{Principal, validate_name};
@@ -11,7 +10,7 @@ use rcgen::{
 use time::OffsetDateTime;
 
 use crate::PkiError;
-use crate::ca::{BACKDATE, CA_VALIDITY, random_serial, read, write_public};
+use crate::ca::{BACKDATE, CA_VALIDITY, fresh_ca_dir, random_serial, read, write_public};
 use crate::cert::CertInfo;
 use crate::keyfile::{check_key_permissions, write_private_file};
 
@@ -38,17 +37,7 @@ impl FederationRoot {
     /// Makes a new root CA (`root.crt`, `root.key` 0600) in `out`; never overwrites one.
     pub fn init(domain: &str, out: &Path) -> Result<FederationRoot, PkiError> {
         Principal::new("root", domain)?;
-        let key_path = out.join("root.key");
-        if key_path.exists() {
-            return Err(PkiError::Invalid(format!(
-                "{} already exists; a federation root is never overwritten. Choose another --out directory",
-                key_path.display()
-            )));
-        }
-        fs::create_dir_all(out).map_err(|source| PkiError::Write {
-            path: out.to_path_buf(),
-            source,
-        })?;
+        let key_path = fresh_ca_dir(out, "root.key", "a federation root")?;
         let key = KeyPair::generate_for(&PKCS_ED25519)?;
         let now = OffsetDateTime::now_utc();
         let mut params = CertificateParams::default();
@@ -155,6 +144,7 @@ pub fn new_csr(common_name: &str) -> Result<(String, String), PkiError> {
 
 #[cfg(test)]
 mod tests {
+    use std::fs;
     use std::sync::Arc;
 
     use collective_core::Role;

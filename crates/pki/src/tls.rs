@@ -138,23 +138,22 @@ impl TlsIdentity {
 
     /// Server side: TLS 1.3 only, a client certificate chained to our CA required.
     pub fn server_config(&self, alpn: &[u8]) -> Result<Arc<rustls::ServerConfig>, PkiError> {
-        let verifier = WebPkiClientVerifier::builder_with_provider(self.roots.clone(), provider())
-            .build()
-            .map_err(|e| PkiError::Invalid(format!("cannot build client verifier: {e}")))?;
-        let mut cfg = rustls::ServerConfig::builder_with_provider(provider())
-            .with_protocol_versions(&[&rustls::version::TLS13])?
-            .with_client_cert_verifier(verifier)
-            .with_single_cert(self.chain.clone(), self.key())?;
-        cfg.alpn_protocols = vec![alpn.to_vec()];
-        Ok(Arc::new(cfg))
+        self.server_config_with(alpn, false)
     }
 
     /// Like [`TlsIdentity::server_config`], but a caller without a certificate may
     /// connect too: the coordinator's bootstrap calls (joining, redeeming invites) need no
     /// certificate, and every other call checks for one itself.
     pub fn server_config_optional_client(&self, alpn: &[u8]) -> Result<Arc<rustls::ServerConfig>, PkiError> {
-        let verifier = WebPkiClientVerifier::builder_with_provider(self.roots.clone(), provider())
-            .allow_unauthenticated()
+        self.server_config_with(alpn, true)
+    }
+
+    fn server_config_with(&self, alpn: &[u8], optional_client: bool) -> Result<Arc<rustls::ServerConfig>, PkiError> {
+        let mut builder = WebPkiClientVerifier::builder_with_provider(self.roots.clone(), provider());
+        if optional_client {
+            builder = builder.allow_unauthenticated();
+        }
+        let verifier = builder
             .build()
             .map_err(|e| PkiError::Invalid(format!("cannot build client verifier: {e}")))?;
         let mut cfg = rustls::ServerConfig::builder_with_provider(provider())

@@ -31,34 +31,19 @@ pub enum RpcError {
 /// The TLS stream tonic serves; `peer_certs()` works on requests over it.
 pub type ServerStream = tokio_rustls::server::TlsStream<TcpStream>;
 
+/// Authenticated connections, ready for `Server::serve_with_incoming_shutdown`.
+pub type Incoming = tokio_stream::wrappers::ReceiverStream<Result<ServerStream, std::io::Error>>;
+
 /// Binds `addr` and returns the bound address and a stream of authenticated TLS
 /// connections (failed handshakes are logged and dropped) ready for
 /// `Server::serve_with_incoming_shutdown`.
-pub async fn tls_incoming(
-    identity: &TlsIdentity,
-    addr: SocketAddr,
-) -> Result<
-    (
-        SocketAddr,
-        tokio_stream::wrappers::ReceiverStream<Result<ServerStream, std::io::Error>>,
-    ),
-    RpcError,
-> {
+pub async fn tls_incoming(identity: &TlsIdentity, addr: SocketAddr) -> Result<(SocketAddr, Incoming), RpcError> {
     let config = identity.server_config(ALPN_GRPC).map_err(|e| RpcError::Tls(e.to_string()))?;
     tls_incoming_with(config, addr).await
 }
 
 /// Like [`tls_incoming`] with a caller-supplied server configuration.
-pub async fn tls_incoming_with(
-    config: Arc<rustls::ServerConfig>,
-    addr: SocketAddr,
-) -> Result<
-    (
-        SocketAddr,
-        tokio_stream::wrappers::ReceiverStream<Result<ServerStream, std::io::Error>>,
-    ),
-    RpcError,
-> {
+pub async fn tls_incoming_with(config: Arc<rustls::ServerConfig>, addr: SocketAddr) -> Result<(SocketAddr, Incoming), RpcError> {
     let acceptor = TlsAcceptor::from(config);
     let listener = TcpListener::bind(addr).await.map_err(|e| RpcError::Bind(addr, e))?;
     let bound = listener.local_addr().map_err(|e| RpcError::Bind(addr, e))?;
