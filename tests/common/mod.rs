@@ -14,6 +14,8 @@ static SEQ: AtomicUsize = AtomicUsize::new(0);
 
 #[derive(Debug, Clone, serde::Deserialize)]
 pub struct Proc {
+    #[serde(default)]
+    pub member: String,
     pub role: String,
     pub principal: String,
     pub pid: u32,
@@ -28,12 +30,28 @@ pub struct Proc {
 #[derive(Debug, serde::Deserialize)]
 struct ClusterFile {
     processes: Vec<Proc>,
+    #[serde(default)]
+    members: Vec<Member>,
+}
+
+/// One member of a local federation started with `dev up --members N`.
+#[derive(Debug, Clone, serde::Deserialize)]
+pub struct Member {
+    pub name: String,
+    pub domain: String,
+    pub user: String,
+    pub client_config: PathBuf,
+    pub coordinator_config: PathBuf,
+    pub ca_dir: PathBuf,
+    pub grpc: String,
+    pub gossip: String,
 }
 
 pub struct Cluster {
     pub dir: PathBuf,
     pub procs: RefCell<Vec<Proc>>,
     pub client_config: PathBuf,
+    pub members: Vec<Member>,
 }
 
 /// A fresh scratch directory for one test.
@@ -99,11 +117,17 @@ impl Cluster {
             .output()
             .expect("run collective dev up");
         let text = std::fs::read_to_string(dir.join("cluster.json")).unwrap_or_default();
-        let procs = serde_json::from_str::<ClusterFile>(&text).map(|c| c.processes).unwrap_or_default();
+        let (procs, members) = serde_json::from_str::<ClusterFile>(&text)
+            .map(|c| (c.processes, c.members))
+            .unwrap_or_default();
         let cluster = Cluster {
-            client_config: dir.join("client.toml"),
+            client_config: members
+                .first()
+                .map(|m| m.client_config.clone())
+                .unwrap_or_else(|| dir.join("client.toml")),
             dir,
             procs: RefCell::new(procs),
+            members,
         };
         assert!(
             out.status.success(),
@@ -112,6 +136,102 @@ impl Cluster {
             String::from_utf8_lossy(&out.stderr)
         );
         cluster
+    }
+
+    /// A local federation of `members` members (alice, bob, carol, …), `nodes` nodes each.
+    pub fn federation(name: &str, members: usize, nodes: usize) -> Cluster {
+        let dir = scratch(name);
+        let out = Command::new(BIN)
+            .args(["dev", "up", "--dir"])
+            .arg(&dir)
+            .args(["--members", &members.to_string(), "--nodes", &nodes.to_string()])
+            .output()
+            .expect("run collective dev up");
+        let text = std::fs::read_to_string(dir.join("cluster.json")).unwrap_or_default();
+        let (procs, members) = serde_json::from_str::<ClusterFile>(&text)
+            .map(|c| (c.processes, c.members))
+            .unwrap_or_default();
+        let cluster = Cluster {
+            client_config: members.first().map(|m| m.client_config.clone()).unwrap_or_default(),
+            dir,
+            procs: RefCell::new(procs),
+            members,
+        };
+        assert!(
+            out.status.success(),
+            "dev up --members {} failed: {}\n{}",
+            cluster.members.len(),
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        cluster
+    }
+
+    pub fn member(&self, name: &str) -> &Member {
+        self.members
+            .iter()
+            .find(|m| m.name == name)
+            .unwrap_or_else(|| panic!("no member {name}"))
+    }
+
+    /// The CLI acting as member `name`'s user (`NAME@NAME.collective.local`).
+    pub fn cmd_as(&self, name: &str) -> Command {
+        let mut c = Command::new(BIN);
+        c.env("COLLECTIVE_CONFIG", &self.member(name).client_config).env_remove("RUST_LOG");
+        c
+    }
+
+    pub fn ok_as(&self, name: &str, args: &[&str]) -> String {
+        let out = self.cmd_as(name).args(args).output().expect("run collective");
+        assert!(
+            out.status.success(),
+            "`collective {}` as {name} failed:\n{}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    pub fn fails_as(&self, name: &str, args: &[&str]) -> String {
+        let out = self.cmd_as(name).args(args).output().expect("run collective");
+        assert!(
+            !out.status.success(),
+            "`collective {}` as {name} should have failed but printed:\n{}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stdout)
+        );
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    }
+
+    /// `federation peers --json` as member `name`: member domain → state.
+    pub fn peer_states(&self, name: &str) -> Vec<(String, String)> {
+        let out = self
+            .cmd_as(name)
+            .args(["federation", "peers", "--json"])
+            .output()
+            .expect("run collective");
+        let Ok(v) = serde_json::from_slice::<serde_json::Value>(&out.stdout) else {
+            return vec![];
+        };
+        v["members"]
+            .as_array()
+            .map(|a| {
+                a.iter()
+                    .map(|m| {
+                        (
+                            m["member"].as_str().unwrap_or("").to_string(),
+                            m["state"].as_str().unwrap_or("").to_string(),
+                        )
+                    })
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    /// Every process of member `name` (coordinator first).
+    pub fn member_procs(&self, name: &str) -> Vec<Proc> {
+        let domain = self.member(name).domain.clone();
+        self.procs.borrow().iter().filter(|p| p.member == domain).cloned().collect()
     }
 
     pub fn cmd(&self) -> Command {

@@ -9,7 +9,7 @@ use serde::{Deserialize, Serialize};
 pub struct ClientConfig {
     /// gRPC address of this member's coordinator.
     pub coordinator: String,
-    /// Principal name of the coordinator within this member.
+    /// Principal name of the coordinator within this member (or a whole `name@domain`).
     pub coordinator_name: String,
     /// Trusted CA certificate, our certificate and our key (0600).
     pub ca: PathBuf,

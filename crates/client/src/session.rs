@@ -59,8 +59,12 @@ impl Client {
                 info.not_before.date()
             )));
         }
-        let coordinator = Principal::new(&cfg.coordinator_name, &identity.principal.domain)
-            .map_err(|e| ClientError::Config(format!("coordinator_name: {e}")))?;
+        // A bare name is within our own member; `name@domain` names any principal.
+        let coordinator = match cfg.coordinator_name.contains('@') {
+            true => cfg.coordinator_name.parse::<Principal>(),
+            false => Principal::new(&cfg.coordinator_name, &identity.principal.domain),
+        }
+        .map_err(|e| ClientError::Config(format!("coordinator_name: {e}")))?;
         let channel = collective_rpc::channel(&identity, &cfg.coordinator, &coordinator)?;
         let admin = AdminClient::new(channel.clone());
         let meta = MetadataClient::new(channel)

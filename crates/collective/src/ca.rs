@@ -1,6 +1,6 @@
 //! `collective ca …`
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
 use clap::{Args, Subcommand};
@@ -71,27 +71,28 @@ fn rfc3339(what: &str, s: &str) -> Result<OffsetDateTime> {
     OffsetDateTime::parse(s, &Rfc3339).with_context(|| format!("{what} '{s}' is not an RFC 3339 time such as 2027-01-31T12:00:00Z"))
 }
 
+/// Makes a member CA in `out` and signs it with the federation root in `root_dir` (the
+/// founding member, which holds the root, does this instead of `member join`).
+pub fn init_with_root(member: &str, domain: &str, out: &Path, root_dir: &Path) -> Result<MemberCa> {
+    let root = FederationRoot::load(root_dir).with_context(|| format!("cannot load the federation root in {}", root_dir.display()))?;
+    let expected = collective_pki::member_domain(member, &root.domain);
+    if domain != expected {
+        anyhow::bail!(
+            "in the federation {} the member {member} has the domain {expected}, not {domain}",
+            root.domain
+        );
+    }
+    let csr = MemberCa::begin_join(member, domain, out)?;
+    let pem = root.sign_member(&csr, member)?;
+    Ok(MemberCa::finish_join(out, &pem, root.cert_pem())?)
+}
+
 pub fn run(cmd: CaCommand) -> Result<()> {
     match cmd {
         CaCommand::Init(a) => {
             let ca = match &a.root {
                 None => MemberCa::init(&a.member, &a.domain, &a.out)?,
-                Some(root_dir) => {
-                    let root = FederationRoot::load(root_dir)
-                        .with_context(|| format!("cannot load the federation root in {}", root_dir.display()))?;
-                    let expected = collective_pki::member_domain(&a.member, &root.domain);
-                    if a.domain != expected {
-                        anyhow::bail!(
-                            "in the federation {} the member {} has the domain {expected}, not {}",
-                            root.domain,
-                            a.member,
-                            a.domain
-                        );
-                    }
-                    let csr = MemberCa::begin_join(&a.member, &a.domain, &a.out)?;
-                    let pem = root.sign_member(&csr, &a.member)?;
-                    MemberCa::finish_join(&a.out, &pem, root.cert_pem())?
-                }
+                Some(root_dir) => init_with_root(&a.member, &a.domain, &a.out, root_dir)?,
             };
             println!("member CA for {} ({}) written to {}", ca.member, ca.domain, a.out.display());
             println!("  certificate: {}", a.out.join("ca.crt").display());

@@ -37,27 +37,53 @@ pub struct UpArgs {
     /// Directory for certificates, configs, data and logs
     #[arg(long)]
     dir: PathBuf,
-    /// Storage nodes to start
-    #[arg(long, default_value_t = 3)]
-    nodes: usize,
+    /// Members of a local federation (alice, bob, carol, …); 1 starts a single-member cluster
+    #[arg(long, default_value_t = 1)]
+    pub(crate) members: usize,
+    /// Storage nodes per member (default: 3 for one member, 2 per member in a federation)
+    #[arg(long)]
+    pub(crate) nodes: Option<usize>,
     /// Copies of every chunk
     #[arg(long, default_value_t = 2)]
-    replication: u32,
+    pub(crate) replication: u32,
     /// Capacity of each node
     #[arg(long, default_value = "10GiB")]
-    capacity: String,
+    pub(crate) capacity: String,
+    /// Capacity each member offers to the others (federation only)
+    #[arg(long, default_value = "4GiB")]
+    pub(crate) contribution: String,
 }
 
-/// `cluster.json`: every process of a dev cluster.
+/// `cluster.json`: every process of a dev cluster (of every member, in a federation).
 #[derive(Debug, Serialize, Deserialize)]
 pub struct ClusterFile {
+    /// The first member's domain, and its user's client config.
     pub member: String,
     pub client_config: PathBuf,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub members: Vec<MemberInfo>,
     pub processes: Vec<ProcessInfo>,
+}
+
+/// One member of a local federation.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct MemberInfo {
+    pub name: String,
+    pub domain: String,
+    /// The member's user `NAME@<domain>`, an admin of its coordinator.
+    pub user: String,
+    pub client_config: PathBuf,
+    pub coordinator_config: PathBuf,
+    pub ca_dir: PathBuf,
+    pub grpc: String,
+    pub gossip: String,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct ProcessInfo {
+    /// Member domain the process belongs to.
+    #[serde(default)]
+    pub member: String,
     pub role: String,
     pub principal: String,
     pub pid: u32,
@@ -77,18 +103,41 @@ pub async fn run(cmd: DevCommand) -> Result<()> {
 }
 
 /// A loopback port free for both TCP and UDP (gRPC and QUIC share the number).
-fn free_port() -> Result<u16> {
-    for _ in 0..50 {
-        let tcp = TcpListener::bind("127.0.0.1:0")?;
-        let port = tcp.local_addr()?.port();
-        if UdpSocket::bind(("127.0.0.1", port)).is_ok() {
+///
+/// Picked at random below the kernel's ephemeral range, so the outgoing connections of
+/// this or any other program cannot take it between now and the moment a process binds
+/// it; never the same port twice in one run.
+pub(crate) fn free_port() -> Result<u16> {
+    use std::sync::Mutex;
+    static GIVEN: Mutex<Vec<u16>> = Mutex::new(Vec::new());
+    let ephemeral_low = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|s| s.split_whitespace().next().and_then(|v| v.parse::<u16>().ok()))
+        .unwrap_or(32768);
+    let (low, high) = if ephemeral_low > 12_000 {
+        (ephemeral_low - 10_000, ephemeral_low)
+    } else {
+        (61_000, 65_000)
+    };
+    let mut x = collective_core::unix_ms_now() ^ ((std::process::id() as u64) << 32) | 1;
+    let mut given = GIVEN.lock().unwrap_or_else(|p| p.into_inner());
+    for _ in 0..500 {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        let port = low + (x % u64::from(high - low)) as u16;
+        if given.contains(&port) {
+            continue;
+        }
+        if TcpListener::bind(("127.0.0.1", port)).is_ok() && UdpSocket::bind(("127.0.0.1", port)).is_ok() {
+            given.push(port);
             return Ok(port);
         }
     }
-    bail!("could not find a free loopback port")
+    bail!("could not find a free loopback port between {low} and {high}")
 }
 
-fn pid_alive(pid: u32) -> bool {
+pub(crate) fn pid_alive(pid: u32) -> bool {
     // SAFETY: signal 0 only checks that the process exists.
     unsafe { libc::kill(pid as i32, 0) == 0 }
 }
@@ -105,11 +154,11 @@ fn http_status(addr: &str, path: &str) -> Option<u16> {
     line.split_whitespace().nth(1)?.parse().ok()
 }
 
-fn write_toml<T: Serialize>(path: &Path, v: &T) -> Result<()> {
+pub(crate) fn write_toml<T: Serialize>(path: &Path, v: &T) -> Result<()> {
     std::fs::write(path, toml::to_string_pretty(v)?).with_context(|| format!("cannot write {}", path.display()))
 }
 
-fn spawn(role: &str, config: &Path, log: &Path) -> Result<u32> {
+pub(crate) fn spawn(role: &str, config: &Path, log: &Path) -> Result<u32> {
     use std::os::unix::process::CommandExt;
     let exe = std::env::current_exe().context("cannot find the collective binary")?;
     let out = std::fs::File::create(log).with_context(|| format!("cannot create {}", log.display()))?;
@@ -133,91 +182,48 @@ fn spawn(role: &str, config: &Path, log: &Path) -> Result<u32> {
     Ok(child.id())
 }
 
-async fn up(a: UpArgs) -> Result<()> {
-    if a.nodes == 0 {
-        bail!("--nodes must be at least 1");
-    }
-    let dir = std::path::absolute(&a.dir).with_context(|| format!("bad --dir {}", a.dir.display()))?;
-    let cluster_path = dir.join("cluster.json");
-    if let Ok(text) = std::fs::read_to_string(&cluster_path)
-        && let Ok(c) = serde_json::from_str::<ClusterFile>(&text)
-        && c.processes.iter().any(|p| pid_alive(p.pid))
-    {
-        bail!(
-            "a cluster is already running in {} (see cluster.json); stop it with `collective dev down --dir {}`",
-            dir.display(),
-            dir.display()
-        );
-    }
-    std::fs::create_dir_all(dir.join("logs"))?;
-    let ca_dir = dir.join("ca");
-    let ca = if ca_dir.join("ca.key").exists() {
-        MemberCa::load(&ca_dir)?
-    } else {
-        MemberCa::init(MEMBER, DOMAIN, &ca_dir)?
-    };
-    let certs = dir.join("certs");
-    let issue = |role: Role, name: &str| -> Result<(PathBuf, PathBuf)> {
-        let sans = vec!["localhost".to_string(), "127.0.0.1".to_string()];
+/// Issues certificates for one member's processes into `certs`.
+pub(crate) struct Issuer<'a> {
+    pub ca: &'a MemberCa,
+    pub certs: PathBuf,
+    pub sans: Vec<String>,
+}
+
+impl Issuer<'_> {
+    pub fn issue(&self, role: Role, name: &str) -> Result<(PathBuf, PathBuf)> {
         let req = IssueRequest {
             role,
             name: name.to_string(),
-            sans,
+            sans: self.sans.clone(),
             not_before: None,
             not_after: None,
         };
-        Ok(ca.issue_to(&req, &certs)?)
-    };
-    let trust = certs.join("ca.crt");
+        Ok(self.ca.issue_to(&req, &self.certs)?)
+    }
 
-    let mut processes = Vec::new();
-    // Coordinator.
-    let (cert, key) = issue(Role::Coordinator, "coordinator")?;
-    let grpc = format!("127.0.0.1:{}", free_port()?);
-    let http = format!("127.0.0.1:{}", free_port()?);
-    let coord_cfg = CoordinatorConfig {
-        data_dir: dir.join("coordinator-data"),
-        grpc_listen: grpc.clone(),
-        http_listen: http.clone(),
-        replication: a.replication,
-        tls: collective_coordinator::TlsFiles {
-            ca: trust.clone(),
-            cert,
-            key,
-        },
-        ..Default::default()
-    };
-    let coord_path = dir.join("coordinator.toml");
-    write_toml(&coord_path, &coord_cfg)?;
-    let log = dir.join("logs/coordinator.log");
-    let pid = spawn("coordinator", &coord_path, &log)?;
-    processes.push(ProcessInfo {
-        role: "coordinator".into(),
-        principal: format!("coordinator@{DOMAIN}"),
-        pid,
-        grpc: grpc.clone(),
-        quic: None,
-        http,
-        config: coord_path,
-        data_dir: coord_cfg.data_dir.clone(),
-        log,
-    });
+    pub fn trust(&self) -> PathBuf {
+        self.certs.join("ca.crt")
+    }
+}
 
-    // Nodes.
-    for i in 1..=a.nodes {
+/// Writes configs for `count` nodes of one member under `dir` and starts them.
+pub(crate) fn start_nodes(issuer: &Issuer<'_>, dir: &Path, count: usize, capacity: &str, coordinator: &str) -> Result<Vec<ProcessInfo>> {
+    let domain = issuer.ca.domain.clone();
+    let mut out = Vec::with_capacity(count);
+    for i in 1..=count {
         let name = format!("node-{i:02}");
-        let (cert, key) = issue(Role::Node, &name)?;
+        let (cert, key) = issuer.issue(Role::Node, &name)?;
         let port = free_port()?;
         let node_http = format!("127.0.0.1:{}", free_port()?);
         let cfg = NodeConfig {
             data_dir: dir.join(format!("{name}-data")),
-            capacity: a.capacity.clone(),
+            capacity: capacity.to_string(),
             grpc_listen: format!("127.0.0.1:{port}"),
             quic_listen: format!("127.0.0.1:{port}"),
             http_listen: node_http.clone(),
-            coordinator: grpc.clone(),
+            coordinator: coordinator.to_string(),
             tls: collective_node::TlsFiles {
-                ca: trust.clone(),
+                ca: issuer.trust(),
                 cert,
                 key,
             },
@@ -227,9 +233,10 @@ async fn up(a: UpArgs) -> Result<()> {
         write_toml(&path, &cfg)?;
         let log = dir.join(format!("logs/{name}.log"));
         let pid = spawn("node", &path, &log)?;
-        processes.push(ProcessInfo {
+        out.push(ProcessInfo {
+            member: domain.clone(),
             role: "node".into(),
-            principal: format!("{name}@{DOMAIN}"),
+            principal: format!("{name}@{domain}"),
             pid,
             grpc: cfg.grpc_listen.clone(),
             quic: Some(cfg.quic_listen.clone()),
@@ -239,33 +246,33 @@ async fn up(a: UpArgs) -> Result<()> {
             log,
         });
     }
+    Ok(out)
+}
 
-    // Client.
-    let (cert, key) = issue(Role::Client, "admin")?;
-    let client = ClientConfig {
-        coordinator: grpc.clone(),
-        ca: trust.clone(),
-        cert,
-        key,
-        ..Default::default()
-    };
-    let client_path = dir.join("client.toml");
-    write_toml(&client_path, &client)?;
-    let cluster = ClusterFile {
-        member: DOMAIN.into(),
-        client_config: client_path.clone(),
-        processes,
-    };
-    std::fs::write(&cluster_path, serde_json::to_string_pretty(&cluster)?)?;
+/// Fails when `dir` already holds a running cluster.
+fn refuse_running(dir: &Path) -> Result<()> {
+    if let Ok(text) = std::fs::read_to_string(dir.join("cluster.json"))
+        && let Ok(c) = serde_json::from_str::<ClusterFile>(&text)
+        && c.processes.iter().any(|p| pid_alive(p.pid))
+    {
+        bail!(
+            "a cluster is already running in {} (see cluster.json); stop it with `collective dev down --dir {}`",
+            dir.display(),
+            dir.display()
+        );
+    }
+    Ok(())
+}
 
-    // Wait until every process is ready.
+/// Waits until every process answers ready; on failure stops the whole cluster in `dir`.
+pub(crate) async fn wait_ready(dir: &Path, procs: &[ProcessInfo]) -> Result<()> {
     let started = Instant::now();
-    for p in &cluster.processes {
+    for p in procs {
         loop {
             if !pid_alive(p.pid) {
                 let log = std::fs::read_to_string(&p.log).unwrap_or_default();
                 let tail: Vec<&str> = log.lines().rev().take(5).collect::<Vec<_>>().into_iter().rev().collect();
-                let _ = down(&dir);
+                let _ = down(dir);
                 bail!(
                     "{} exited during start-up; its log {} ends with:\n{}",
                     p.principal,
@@ -277,7 +284,7 @@ async fn up(a: UpArgs) -> Result<()> {
                 break;
             }
             if started.elapsed() > READY_TIMEOUT {
-                let _ = down(&dir);
+                let _ = down(dir);
                 bail!(
                     "{} did not become ready within {} s; see {}",
                     p.principal,
@@ -288,15 +295,104 @@ async fn up(a: UpArgs) -> Result<()> {
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
     }
+    Ok(())
+}
+
+pub(crate) fn write_cluster(dir: &Path, cluster: &ClusterFile) -> Result<()> {
+    let path = dir.join("cluster.json");
+    std::fs::write(&path, serde_json::to_string_pretty(cluster)?).with_context(|| format!("cannot write {}", path.display()))
+}
+
+async fn up(a: UpArgs) -> Result<()> {
+    if a.nodes == Some(0) {
+        bail!("--nodes must be at least 1");
+    }
+    let dir = std::path::absolute(&a.dir).with_context(|| format!("bad --dir {}", a.dir.display()))?;
+    refuse_running(&dir)?;
+    match a.members {
+        0 => bail!("--members must be at least 1"),
+        1 => up_single(&a, &dir).await,
+        n if n > crate::devfed::NAMES.len() => bail!("--members may be at most {}", crate::devfed::NAMES.len()),
+        _ => crate::devfed::up(&a, &dir).await,
+    }
+}
+
+async fn up_single(a: &UpArgs, dir: &Path) -> Result<()> {
+    let nodes = a.nodes.unwrap_or(3);
+    std::fs::create_dir_all(dir.join("logs"))?;
+    let ca_dir = dir.join("ca");
+    let ca = if ca_dir.join("ca.key").exists() {
+        MemberCa::load(&ca_dir)?
+    } else {
+        MemberCa::init(MEMBER, DOMAIN, &ca_dir)?
+    };
+    let issuer = Issuer {
+        ca: &ca,
+        certs: dir.join("certs"),
+        sans: vec!["localhost".to_string(), "127.0.0.1".to_string()],
+    };
+
+    let mut processes = Vec::new();
+    let (cert, key) = issuer.issue(Role::Coordinator, "coordinator")?;
+    let grpc = format!("127.0.0.1:{}", free_port()?);
+    let http = format!("127.0.0.1:{}", free_port()?);
+    let coord_cfg = CoordinatorConfig {
+        data_dir: dir.join("coordinator-data"),
+        grpc_listen: grpc.clone(),
+        http_listen: http.clone(),
+        replication: a.replication,
+        tls: collective_coordinator::TlsFiles {
+            ca: issuer.trust(),
+            cert,
+            key,
+        },
+        ..Default::default()
+    };
+    let coord_path = dir.join("coordinator.toml");
+    write_toml(&coord_path, &coord_cfg)?;
+    let log = dir.join("logs/coordinator.log");
+    let pid = spawn("coordinator", &coord_path, &log)?;
+    processes.push(ProcessInfo {
+        member: DOMAIN.into(),
+        role: "coordinator".into(),
+        principal: format!("coordinator@{DOMAIN}"),
+        pid,
+        grpc: grpc.clone(),
+        quic: None,
+        http,
+        config: coord_path,
+        data_dir: coord_cfg.data_dir.clone(),
+        log,
+    });
+    processes.extend(start_nodes(&issuer, dir, nodes, &a.capacity, &grpc)?);
+
+    let (cert, key) = issuer.issue(Role::Client, "admin")?;
+    let client = ClientConfig {
+        coordinator: grpc.clone(),
+        ca: issuer.trust(),
+        cert,
+        key,
+        ..Default::default()
+    };
+    let client_path = dir.join("client.toml");
+    write_toml(&client_path, &client)?;
+    let cluster = ClusterFile {
+        member: DOMAIN.into(),
+        client_config: client_path.clone(),
+        members: vec![],
+        processes,
+    };
+    write_cluster(dir, &cluster)?;
+
+    let started = Instant::now();
+    wait_ready(dir, &cluster.processes).await?;
     println!(
         "local cluster up in {:.1} s: 1 coordinator and {} node(s), replication {}",
         started.elapsed().as_secs_f64(),
-        a.nodes,
+        nodes,
         a.replication
     );
-    for p in &cluster.processes {
-        println!("  {:<34} pid {:<7} gRPC {:<16} HTTP http://{}", p.principal, p.pid, p.grpc, p.http);
-    }
+    print_processes(&cluster.processes);
     println!();
     println!("use it:");
     println!("  export COLLECTIVE_CONFIG={}", client_path.display());
@@ -306,7 +402,13 @@ async fn up(a: UpArgs) -> Result<()> {
     Ok(())
 }
 
-fn down(dir: &Path) -> Result<()> {
+pub(crate) fn print_processes(procs: &[ProcessInfo]) {
+    for p in procs {
+        println!("  {:<34} pid {:<7} gRPC {:<16} HTTP http://{}", p.principal, p.pid, p.grpc, p.http);
+    }
+}
+
+pub(crate) fn down(dir: &Path) -> Result<()> {
     let path = dir.join("cluster.json");
     let text =
         std::fs::read_to_string(&path).with_context(|| format!("no cluster in {} (cannot read {})", dir.display(), path.display()))?;

@@ -368,28 +368,28 @@ pub enum MemberCommand {
 
 #[derive(Args)]
 pub struct JoinArgs {
-    code: String,
+    pub(crate) code: String,
     /// This member's name (its domain becomes NAME.<federation domain>)
     #[arg(long)]
-    name: String,
+    pub(crate) name: String,
     /// Directory for the CA, certificates and configs
     #[arg(long)]
-    out: PathBuf,
+    pub(crate) out: PathBuf,
     /// gRPC address of the new coordinator
     #[arg(long, default_value = "127.0.0.1:7000")]
-    grpc_listen: String,
+    pub(crate) grpc_listen: String,
     /// HTTP (metrics, health) address of the new coordinator
     #[arg(long, default_value = "127.0.0.1:9100")]
-    http_listen: String,
+    pub(crate) http_listen: String,
     /// UDP gossip address of the new coordinator
     #[arg(long, default_value = "127.0.0.1:7946")]
-    gossip_listen: String,
+    pub(crate) gossip_listen: String,
     /// Extra host name or IP address for the coordinator certificate (repeatable)
     #[arg(long)]
-    san: Vec<String>,
+    pub(crate) san: Vec<String>,
     /// Bytes of capacity offered to other members, e.g. 500GiB
     #[arg(long, default_value = "0")]
-    contribution: String,
+    pub(crate) contribution: String,
 }
 
 /// What `member join` wrote.

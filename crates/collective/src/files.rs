@@ -205,26 +205,26 @@ pub async fn put(o: &ClientOverrides, a: PutArgs) -> Result<()> {
     }
     let report = report?;
     let secs = started.elapsed().as_secs_f64();
+    let dedup = match report.chunks - report.chunks_sent {
+        0 => format!("all {} chunks sent", report.chunks),
+        n => format!("{} of {} chunks sent, {n} were already stored", report.chunks_sent, report.chunks),
+    };
     if report.files == 1 {
         if let Some(f) = report.committed.first() {
             println!(
-                "stored {} ({}) in {secs:.2} s, {}; {} of {} chunks sent, the rest were already stored",
+                "stored {} ({}) in {secs:.2} s, {}; {dedup}",
                 f.path,
                 format_bytes(report.bytes),
-                mbps(report.bytes, secs),
-                report.chunks_sent,
-                report.chunks
+                mbps(report.bytes, secs)
             );
         }
     } else {
         println!(
-            "stored {} files ({}) in {secs:.2} s, {}, {:.0} files/s; {} of {} chunks sent, the rest were already stored",
+            "stored {} files ({}) in {secs:.2} s, {}, {:.0} files/s; {dedup}",
             report.files,
             format_bytes(report.bytes),
             mbps(report.bytes, secs),
-            report.files as f64 / secs.max(1e-9),
-            report.chunks_sent,
-            report.chunks
+            report.files as f64 / secs.max(1e-9)
         );
     }
     Ok(())

@@ -5,6 +5,7 @@
 mod ca;
 mod config;
 mod dev;
+mod devfed;
 mod federate;
 mod files;
 mod servers;

@@ -16,7 +16,7 @@ use tonic::{Request, Response, Status};
 use crate::state::{Federated, State, meta_status};
 
 /// How often our own state is re-published (node usage changes continuously).
-pub const PUBLISH_EVERY: Duration = Duration::from_secs(5);
+pub const PUBLISH_EVERY: Duration = Duration::from_secs(2);
 
 impl State {
     pub fn fed(&self) -> Option<&Federated> {
@@ -164,6 +164,16 @@ pub async fn maintain(state: Arc<State>, anti_entropy: Duration) {
                     fed.gossip.publish(mine.clone());
                     last = Some(MemberState { version: collective_core::unix_ms_now(), ..mine });
                 }
+                // A member we hear from but know nothing about (we just restarted, or it
+                // just joined): ask it for everything now rather than at the next round.
+                let unknown = fed
+                    .gossip
+                    .peers()
+                    .into_iter()
+                    .find(|p| p.state == PeerState::Alive && fed.gossip.state_of(&p.member).is_none());
+                if let Some(p) = unknown {
+                    exchange_with(&state, &p.member).await;
+                }
             }
             _ = exchange.tick() => {
                 let Some(fed) = state.fed() else { return };
@@ -178,21 +188,29 @@ pub async fn maintain(state: Arc<State>, anti_entropy: Duration) {
                     continue;
                 }
                 let pick = &alive[(collective_core::unix_ms_now() as usize) % alive.len()];
-                let Ok(channel) = state.peer_channel(pick) else { continue };
-                let req = ExchangeRequest { states: fed.gossip.states() };
-                match FederationClient::new(channel).exchange(req).await {
-                    Ok(r) => {
-                        let news = fed.gossip.merge(r.into_inner().states);
-                        if news > 0 {
-                            tracing::debug!(peer = %pick, news, "anti-entropy brought news");
-                        }
-                    }
-                    Err(e) => {
-                        tracing::debug!(peer = %pick, "anti-entropy failed: {}", e.message());
-                        state.forget_peer(pick);
-                    }
-                }
+                exchange_with(&state, pick).await;
             }
+        }
+    }
+}
+
+/// One anti-entropy round with `member`: both sides end up with the newer of each state.
+async fn exchange_with(state: &State, member: &str) {
+    let Some(fed) = state.fed() else { return };
+    let Ok(channel) = state.peer_channel(member) else { return };
+    let req = ExchangeRequest {
+        states: fed.gossip.states(),
+    };
+    match FederationClient::new(channel).exchange(req).await {
+        Ok(r) => {
+            let news = fed.gossip.merge(r.into_inner().states);
+            if news > 0 {
+                tracing::debug!(peer = %member, news, "anti-entropy brought news");
+            }
+        }
+        Err(e) => {
+            tracing::debug!(peer = %member, "anti-entropy failed: {}", e.message());
+            state.forget_peer(member);
         }
     }
 }

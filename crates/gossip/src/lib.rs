@@ -14,7 +14,7 @@ use std::collections::{BinaryHeap, HashMap};
 use std::net::SocketAddr;
 use std::num::{NonZeroU32, NonZeroUsize};
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -148,6 +148,8 @@ struct Shared {
     states: Mutex<HashMap<String, MemberState>>,
     peers: Mutex<HashMap<String, PeerView>>,
     counters: Counters,
+    /// Other members' states changed since they were last saved.
+    dirty: AtomicBool,
 }
 
 impl Shared {
@@ -187,6 +189,7 @@ impl Shared {
             Some(old) if old.version >= s.version => false,
             _ => {
                 states.insert(s.member.clone(), s);
+                self.dirty.store(true, Ordering::Relaxed);
                 true
             }
         }
@@ -288,7 +291,17 @@ impl Gossip {
             states: Mutex::new(HashMap::new()),
             peers: Mutex::new(HashMap::new()),
             counters: Counters::default(),
+            dirty: AtomicBool::new(false),
         });
+        // What we knew of the others before a restart, until gossip brings newer versions.
+        let states_file = settings.peers_file.as_ref().map(|f| f.with_extension("states"));
+        if let Some(f) = &states_file {
+            for s in load_states(f) {
+                if s.member != me {
+                    shared.offer(s);
+                }
+            }
+        }
         let (cmd_tx, cmd_rx) = mpsc::channel(64);
         let gossip = Gossip {
             shared: shared.clone(),
@@ -333,6 +346,7 @@ impl Gossip {
             runtime: foca::AccumulatingRuntime::new(),
             bootstrap,
             peers_file: settings.peers_file,
+            states_file,
         };
         tokio::spawn(agent.run(cmd_rx, shutdown));
         Ok((gossip, advertise))
@@ -411,6 +425,17 @@ struct Agent {
     runtime: foca::AccumulatingRuntime<Id>,
     bootstrap: Vec<SocketAddr>,
     peers_file: Option<PathBuf>,
+    states_file: Option<PathBuf>,
+}
+
+/// Other members' states saved by an earlier run (empty when missing or unreadable).
+fn load_states(path: &std::path::Path) -> Vec<MemberState> {
+    let Ok(bytes) = std::fs::read(path) else { return vec![] };
+    let Ok(items) = postcard::from_bytes::<Vec<Vec<u8>>>(&bytes) else {
+        tracing::warn!(file = %path.display(), "ignoring an unreadable saved gossip state file");
+        return vec![];
+    };
+    items.iter().filter_map(|b| MemberState::decode(b.as_slice()).ok()).collect()
 }
 
 /// Foca timers, ordered only by their due time and sequence.
@@ -564,6 +589,26 @@ impl Agent {
             }
         }
         drop(peers);
+        if let Some(f) = &self.states_file
+            && self.shared.dirty.swap(false, Ordering::Relaxed)
+        {
+            let items: Vec<Vec<u8>> = self
+                .shared
+                .lock_states()
+                .values()
+                .filter(|s| s.member != self.shared.me)
+                .map(|s| s.encode_to_vec())
+                .collect();
+            let tmp = f.with_extension("states-tmp");
+            let saved = postcard::to_allocvec(&items)
+                .map_err(std::io::Error::other)
+                .and_then(|b| std::fs::write(&tmp, b))
+                .and_then(|_| std::fs::rename(&tmp, f));
+            if let Err(e) = saved {
+                tracing::debug!(file = %f.display(), "cannot save gossip states: {e}");
+                self.shared.dirty.store(true, Ordering::Relaxed);
+            }
+        }
         if let Some(f) = &self.peers_file {
             addrs.sort();
             addrs.dedup();

@@ -1,0 +1,315 @@
+//! `collective dev up --members N`: a local federation on loopback. The first member
+//! (alice) makes the federation root and holds it; every other member joins through a real
+//! member invite and `member join`, exactly as a person on another machine would.
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use collective_client::{Client, ClientConfig};
+use collective_coordinator::{CoordinatorConfig, FederationConfig};
+use collective_core::Role;
+use collective_pki::{FederationRoot, MemberCa};
+use collective_proto::v1::{CreateDatastoreRequest, GenerateInviteRequest, GrantRequest, PeersRequest};
+
+use crate::config::{ClientOverrides, client_config};
+use crate::dev::{
+    ClusterFile, Issuer, MemberInfo, ProcessInfo, UpArgs, free_port, spawn, start_nodes, wait_ready, write_cluster, write_toml,
+};
+use crate::federate::{JoinArgs, join};
+
+/// Member names, in joining order.
+pub const NAMES: [&str; 5] = ["alice", "bob", "carol", "dave", "erin"];
+pub const FEDERATION: &str = "collective.local";
+const CONVERGE_TIMEOUT: Duration = Duration::from_secs(60);
+
+fn connect(client_config_path: &Path) -> Result<Client> {
+    let o = ClientOverrides {
+        config: Some(client_config_path.to_path_buf()),
+        coordinator: None,
+        ca: None,
+        cert: None,
+        key: None,
+    };
+    Ok(Client::connect(&client_config(&o)?)?)
+}
+
+fn status(who: &str, s: tonic::Status) -> anyhow::Error {
+    anyhow::anyhow!(collective_rpc::explain_status(who, &s))
+}
+
+/// Starts one member's coordinator (config already written) and its nodes; returns them all.
+async fn start_member(
+    root_dir: &Path,
+    member_dir: &Path,
+    coordinator_config: &Path,
+    cfg: &CoordinatorConfig,
+    a: &UpArgs,
+) -> Result<Vec<ProcessInfo>> {
+    let ca = MemberCa::load(&member_dir.join("ca"))?;
+    let issuer = Issuer {
+        ca: &ca,
+        certs: member_dir.join("certs"),
+        sans: vec!["127.0.0.1".to_string()],
+    };
+    std::fs::create_dir_all(member_dir.join("logs"))?;
+    let log = member_dir.join("logs/coordinator.log");
+    let pid = spawn("coordinator", coordinator_config, &log)?;
+    let mut procs = vec![ProcessInfo {
+        member: ca.domain.clone(),
+        role: "coordinator".into(),
+        principal: format!("coordinator@{}", ca.domain),
+        pid,
+        grpc: cfg.grpc_listen.clone(),
+        quic: None,
+        http: cfg.http_listen.clone(),
+        config: coordinator_config.to_path_buf(),
+        data_dir: member_dir.join(&cfg.data_dir),
+        log,
+    }];
+    procs.extend(start_nodes(
+        &issuer,
+        member_dir,
+        a.nodes.unwrap_or(2),
+        &a.capacity,
+        &cfg.grpc_listen,
+    )?);
+    wait_ready(root_dir, &procs).await?;
+    Ok(procs)
+}
+
+pub async fn up(a: &UpArgs, dir: &Path) -> Result<()> {
+    let names = &NAMES[..a.members];
+    if names.iter().any(|n| dir.join(n).exists()) {
+        bail!(
+            "{} already holds a federation; stop it with `collective dev down --dir {}` and remove the directory, or pick another --dir",
+            dir.display(),
+            dir.display()
+        );
+    }
+    std::fs::create_dir_all(dir)?;
+    let started = Instant::now();
+    let root_dir = dir.join("root");
+    let root = FederationRoot::init(FEDERATION, &root_dir)?;
+    let mut cluster = ClusterFile {
+        member: String::new(),
+        client_config: PathBuf::new(),
+        members: vec![],
+        processes: vec![],
+    };
+    let mut founder_client: Option<PathBuf> = None;
+    for (i, name) in names.iter().enumerate() {
+        let member_dir = dir.join(name);
+        let domain = collective_pki::member_domain(name, &root.domain);
+        let grpc = format!("127.0.0.1:{}", free_port()?);
+        let http = format!("127.0.0.1:{}", free_port()?);
+        let gossip = format!("127.0.0.1:{}", free_port()?);
+        let (coordinator_config, client_config_path, cfg) = match &founder_client {
+            None => {
+                // The founder: its member CA is signed by the root it holds.
+                let ca_dir = member_dir.join("ca");
+                let ca = crate::ca::init_with_root(name, &domain, &ca_dir, &root_dir)?;
+                let issuer = Issuer {
+                    ca: &ca,
+                    certs: member_dir.join("certs"),
+                    sans: vec!["127.0.0.1".to_string()],
+                };
+                let (cert, key) = issuer.issue(Role::Coordinator, "coordinator")?;
+                let cfg = CoordinatorConfig {
+                    data_dir: member_dir.join("coordinator-data"),
+                    grpc_listen: grpc.clone(),
+                    http_listen: http.clone(),
+                    replication: a.replication,
+                    ca_dir: ca_dir.clone(),
+                    tls: collective_coordinator::TlsFiles {
+                        ca: issuer.trust(),
+                        cert,
+                        key,
+                    },
+                    federation: FederationConfig {
+                        gossip_listen: gossip.clone(),
+                        root_dir: root_dir.clone(),
+                        contribution: a.contribution.clone(),
+                        ..Default::default()
+                    },
+                    ..Default::default()
+                };
+                let path = member_dir.join("coordinator.toml");
+                write_toml(&path, &cfg)?;
+                let (cert, key) = issuer.issue(Role::Client, name)?;
+                let client = ClientConfig {
+                    coordinator: grpc.clone(),
+                    ca: issuer.trust(),
+                    cert,
+                    key,
+                    ..Default::default()
+                };
+                let client_path = member_dir.join("client.toml");
+                write_toml(&client_path, &client)?;
+                (path, client_path, cfg)
+            }
+            Some(founder) => {
+                // Everyone else: a member invite from the founder, then `member join`.
+                let r = connect(founder)?
+                    .admin()
+                    .generate_invite(GenerateInviteRequest {
+                        member: name.to_string(),
+                        grants: vec![],
+                        max_uses: 1,
+                        validity_ms: 3_600_000,
+                    })
+                    .await
+                    .map_err(|s| status("the founder's coordinator", s))?
+                    .into_inner();
+                let joined = join(&JoinArgs {
+                    code: r.code,
+                    name: name.to_string(),
+                    out: member_dir.clone(),
+                    grpc_listen: grpc.clone(),
+                    http_listen: http.clone(),
+                    gossip_listen: gossip.clone(),
+                    san: vec![],
+                    contribution: a.contribution.clone(),
+                })
+                .await
+                .with_context(|| format!("{name} could not join the federation"))?;
+                let mut cfg: CoordinatorConfig = crate::config::load_toml(&joined.coordinator_config)?;
+                cfg.replication = a.replication;
+                write_toml(&joined.coordinator_config, &cfg)?;
+                (joined.coordinator_config, joined.client_config, cfg)
+            }
+        };
+        let procs = match start_member(dir, &member_dir, &coordinator_config, &cfg, a).await {
+            Ok(p) => p,
+            Err(e) => {
+                let _ = crate::dev::down(dir);
+                return Err(e);
+            }
+        };
+        cluster.processes.extend(procs);
+        cluster.members.push(MemberInfo {
+            name: name.to_string(),
+            domain: domain.clone(),
+            user: format!("{name}@{domain}"),
+            client_config: client_config_path.clone(),
+            coordinator_config,
+            ca_dir: member_dir.join("ca"),
+            grpc,
+            gossip,
+        });
+        if i == 0 {
+            cluster.member = domain;
+            cluster.client_config = client_config_path.clone();
+            founder_client = Some(client_config_path);
+        }
+        // Written after every member, so `dev down` finds whatever did start.
+        write_cluster(dir, &cluster)?;
+    }
+
+    if let Err(e) = settle(&cluster).await {
+        let _ = crate::dev::down(dir);
+        return Err(e);
+    }
+    report(&cluster, dir, started.elapsed());
+    Ok(())
+}
+
+/// Waits for gossip to converge, then creates the example datastores and grants and waits
+/// until every member's catalog lists all of them.
+async fn settle(cluster: &ClusterFile) -> Result<()> {
+    let n = cluster.members.len();
+    wait_until("every member to see every other alive", || async {
+        for m in &cluster.members {
+            let r = connect(&m.client_config)?.admin().peers(PeersRequest {}).await?.into_inner();
+            let alive = r.members.iter().filter(|p| p.state == "alive").count();
+            if alive < n {
+                return Ok(false);
+            }
+        }
+        Ok(true)
+    })
+    .await?;
+
+    let mut expected = Vec::new();
+    for (i, m) in cluster.members.iter().enumerate() {
+        let (path, strategy, grants): (&str, &str, Vec<(String, &str)>) = match i {
+            0 => ("/media", "media", vec![(format!("bob@bob.{FEDERATION}"), "read")]),
+            1 => ("/backup", "backup", vec![]),
+            2 => ("/shared", "hybrid", vec![(format!("*@*.{FEDERATION}"), "read+write")]),
+            _ => continue,
+        };
+        let admin = connect(&m.client_config)?.admin();
+        let mut admin = admin;
+        admin
+            .create_datastore(CreateDatastoreRequest {
+                path: path.into(),
+                strategy: strategy.into(),
+                replicas: 2,
+            })
+            .await
+            .map_err(|s| status(&m.domain, s))?;
+        for (subject, rights) in grants {
+            admin
+                .grant(GrantRequest {
+                    path: path.into(),
+                    subject,
+                    rights: rights.into(),
+                    until_ms: 0,
+                })
+                .await
+                .map_err(|s| status(&m.domain, s))?;
+        }
+        expected.push(path.trim_start_matches('/').to_string());
+    }
+    wait_until("every member's catalog to list every datastore", || async {
+        for m in &cluster.members {
+            let r = connect(&m.client_config)?.admin().peers(PeersRequest {}).await?.into_inner();
+            let known: Vec<&String> = r.members.iter().flat_map(|p| p.datastores.iter()).collect();
+            if !expected.iter().all(|d| known.iter().any(|k| k.trim_start_matches('/') == d)) {
+                return Ok(false);
+            }
+        }
+        Ok(true)
+    })
+    .await
+}
+
+async fn wait_until<F, Fut>(what: &str, mut check: F) -> Result<()>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<bool>>,
+{
+    let started = Instant::now();
+    let mut last_err = String::new();
+    loop {
+        match check().await {
+            Ok(true) => return Ok(()),
+            Ok(false) => {}
+            Err(e) => last_err = format!(" (last error: {e:#})"),
+        }
+        if started.elapsed() > CONVERGE_TIMEOUT {
+            bail!("timed out after {} s waiting for {what}{last_err}", CONVERGE_TIMEOUT.as_secs());
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+fn report(cluster: &ClusterFile, dir: &Path, took: Duration) {
+    println!(
+        "local federation up in {:.1} s: {} members, each with a coordinator and {} node(s)",
+        took.as_secs_f64(),
+        cluster.members.len(),
+        cluster.processes.iter().filter(|p| p.role == "node").count() / cluster.members.len().max(1)
+    );
+    crate::dev::print_processes(&cluster.processes);
+    println!();
+    println!("example datastores: /media (alice's, media; bob may read), /backup (bob's, backup),");
+    println!("                    /shared (carol's, hybrid; everyone may read and write)");
+    println!("use it as one of the members:");
+    for m in &cluster.members {
+        println!("  export COLLECTIVE_CONFIG={}   # {}", m.client_config.display(), m.user);
+    }
+    println!("  collective ls / && collective federation peers");
+    println!("stop it:");
+    println!("  collective dev down --dir {}", dir.display());
+}

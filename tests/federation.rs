@@ -1,0 +1,423 @@
+//! Federation scenarios on real multi-member clusters: alice, bob and carol each run a
+//! coordinator and storage nodes on loopback, joined through real invites (`dev up
+//! --members 3`), gossiping over UDP and forwarding over mutual TLS.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::{Cluster, p, random_bytes};
+
+/// Polls `f` until it is true or `limit` passes; returns how long it took.
+fn within(limit: Duration, what: &str, mut f: impl FnMut() -> bool) -> Duration {
+    let started = Instant::now();
+    loop {
+        if f() {
+            return started.elapsed();
+        }
+        assert!(started.elapsed() < limit, "not within {limit:?}: {what}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+fn state_of(states: &[(String, String)], member: &str) -> Option<String> {
+    states.iter().find(|(m, _)| m == member).map(|(_, s)| s.clone())
+}
+
+#[test]
+fn three_members_converge_from_one_bootstrap_and_detect_a_dead_coordinator() {
+    let fed = Cluster::federation("converge", 3, 1);
+    // bob joined when only alice existed: his only bootstrap peer is alice, yet he finds carol.
+    let cfg = std::fs::read_to_string(&fed.member("bob").coordinator_config).unwrap();
+    assert!(cfg.contains(&fed.member("alice").gossip), "bob should bootstrap from alice:\n{cfg}");
+    assert!(!cfg.contains(&fed.member("carol").gossip), "bob was told about carol:\n{cfg}");
+    for m in ["alice", "bob", "carol"] {
+        let out = fed.ok_as(m, &["federation", "peers", "--json"]);
+        let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+        let members = v["members"].as_array().unwrap();
+        assert_eq!(members.len(), 3, "{m} sees {out}");
+        for p in members {
+            assert_eq!(p["state"], "alive", "{m} sees {out}");
+            let seen = p["last_seen"].as_str().unwrap();
+            assert!(
+                time::OffsetDateTime::parse(seen, &time::format_description::well_known::Rfc3339).is_ok(),
+                "last_seen is not RFC 3339: {seen}"
+            );
+        }
+    }
+
+    // Kill carol's coordinator: alice and bob mark it suspect, then down, within 10 s.
+    fed.kill9("coordinator@carol");
+    let carol = fed.member("carol").domain.clone();
+    let mut saw_suspect = false;
+    let took = within(Duration::from_secs(15), "carol declared down", || {
+        let states = fed.peer_states("alice");
+        saw_suspect |= state_of(&states, &carol).as_deref() == Some("suspect");
+        state_of(&states, &carol).as_deref() == Some("down")
+    });
+    assert!(took < Duration::from_secs(10), "carol declared down only after {took:?}");
+    assert!(saw_suspect, "carol went down without being suspected first");
+    within(Duration::from_secs(5), "bob agrees carol is down", || {
+        state_of(&fed.peer_states("bob"), &carol).as_deref() == Some("down")
+    });
+    // Her datastore is unreachable, with an error that says so.
+    let err = fed.fails_as("bob", &["ls", "/shared"]);
+    assert!(err.contains("carol"), "{err}");
+
+    // Restart her with alice as her only bootstrap peer: alive again everywhere, her
+    // datastore back in the catalog.
+    let cfg_path = &fed.member("carol").coordinator_config;
+    let cfg = std::fs::read_to_string(cfg_path).unwrap();
+    let mut doc: toml::Table = toml::from_str(&cfg).unwrap();
+    doc["federation"]["bootstrap"] = toml::Value::Array(vec![toml::Value::String(fed.member("alice").gossip.clone())]);
+    std::fs::write(cfg_path, toml::to_string(&doc).unwrap()).unwrap();
+    fed.restart("coordinator@carol");
+    fed.wait_ready();
+    within(Duration::from_secs(20), "carol alive again for alice and bob", || {
+        ["alice", "bob"]
+            .iter()
+            .all(|m| state_of(&fed.peer_states(m), &carol).as_deref() == Some("alive"))
+    });
+    within(Duration::from_secs(20), "carol's /shared listed again", || {
+        fed.cmd_as("bob")
+            .args(["ls", "/"])
+            .output()
+            .map(|o| String::from_utf8_lossy(&o.stdout).contains("shared/"))
+            .unwrap_or(false)
+    });
+}
+
+#[test]
+fn grants_let_bob_read_refuse_carol_and_stop_working_when_expired_or_revoked() {
+    let fed = Cluster::federation("grants", 3, 2);
+    let data = random_bytes(300_000, 7);
+    let src = fed.write_local("photo.jpg", &data);
+    fed.ok_as("alice", &["put", p(&src), "/media/photo.jpg"]);
+
+    // bob has a read grant on /media (dev up makes it): he lists and reads through his own coordinator.
+    assert!(fed.ok_as("bob", &["ls", "/"]).contains("media/"));
+    let back = fed.path("bob.jpg");
+    fed.ok_as("bob", &["get", "/media/photo.jpg", p(&back)]);
+    assert_eq!(std::fs::read(&back).unwrap(), data);
+
+    // bob may only read.
+    let err = fed.fails_as("bob", &["put", p(&src), "/media/mine.jpg"]);
+    assert!(err.contains("lacks the write right on /media/mine.jpg"), "{err}");
+    let err = fed.fails_as("bob", &["rm", "/media/photo.jpg"]);
+    assert!(err.contains("lacks the delete right"), "{err}");
+
+    // carol has no grant: she cannot see /media, nor read in it.
+    assert!(!fed.ok_as("carol", &["ls", "/"]).contains("media/"));
+    let err = fed.fails_as("carol", &["get", "/media/photo.jpg", p(&fed.path("c.jpg"))]);
+    assert!(err.contains("lacks the read right on /media/photo.jpg"), "{err}");
+    assert!(err.contains("datastore grant /media carol@carol.collective.local read"), "{err}");
+
+    // A grant that expires: works now, not after its time.
+    let until = (time::OffsetDateTime::now_utc() + Duration::from_secs(3))
+        .format(&time::format_description::well_known::Rfc3339)
+        .unwrap();
+    fed.ok_as(
+        "alice",
+        &[
+            "datastore",
+            "grant",
+            "/media",
+            "carol@carol.collective.local",
+            "read",
+            "--until",
+            &until,
+        ],
+    );
+    fed.ok_as("carol", &["get", "/media/photo.jpg", p(&fed.path("c1.jpg"))]);
+    std::thread::sleep(Duration::from_secs(4));
+    let err = fed.fails_as("carol", &["get", "/media/photo.jpg", p(&fed.path("c2.jpg"))]);
+    assert!(err.contains("lacks the read right"), "{err}");
+
+    // A whole-member grant, then revoked.
+    fed.ok_as("alice", &["datastore", "grant", "/media", "*@carol.collective.local", "read,write"]);
+    fed.ok_as("carol", &["put", p(&src), "/media/from-carol.jpg"]);
+    fed.ok_as("alice", &["datastore", "revoke", "/media", "*@carol.collective.local"]);
+    let err = fed.fails_as("carol", &["get", "/media/from-carol.jpg", p(&fed.path("c3.jpg"))]);
+    assert!(err.contains("lacks the read right"), "{err}");
+    fed.ok_as("alice", &["datastore", "revoke", "/media", "bob@bob.collective.local"]);
+    let err = fed.fails_as("bob", &["get", "/media/photo.jpg", p(&fed.path("b2.jpg"))]);
+    assert!(err.contains("lacks the read right"), "{err}");
+}
+
+fn invite(fed: &Cluster, extra: &[&str]) -> String {
+    let mut args = vec!["invite", "generate"];
+    args.extend_from_slice(extra);
+    fed.ok_as("alice", &args).trim().to_string()
+}
+
+fn redeem(fed: &Cluster, code: &str, name: &str) -> std::process::Output {
+    let out = fed.path(&format!("redeemed-{name}"));
+    fed.cmd_as("alice")
+        .env_remove("COLLECTIVE_CONFIG")
+        .args(["invite", "redeem", code, "--name", name, "--out", p(&out)])
+        .output()
+        .unwrap()
+}
+
+#[test]
+fn invites_enforce_uses_expiry_and_revocation_across_a_restart_and_refuse_tampering() {
+    let fed = Cluster::federation("invites", 2, 2);
+    let data = random_bytes(50_000, 3);
+    let src = fed.write_local("doc.txt", &data);
+    fed.ok_as("alice", &["put", p(&src), "/media/doc.txt"]);
+
+    let once = invite(&fed, &["--grant", "/media:read", "--max-uses", "1", "--validity", "24h"]);
+    let twice = invite(&fed, &["--grant", "/media:read+write", "--max-uses", "2", "--validity", "24h"]);
+    let short = invite(&fed, &["--grant", "/media:read", "--validity", "1s"]);
+    let revoked = invite(&fed, &["--grant", "/media:read", "--validity", "24h"]);
+    let unused = invite(&fed, &["--grant", "/media:read", "--validity", "24h"]);
+    fed.ok_as("alice", &["invite", "revoke", &revoked]);
+
+    // A redeemed user invite gives a certificate and working grants.
+    let out = redeem(&fed, &once, "dave");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let dave_cfg = fed.path("redeemed-dave/client.toml");
+    let back = fed.path("dave.txt");
+    let got = common::BIN;
+    let r = std::process::Command::new(got)
+        .env("COLLECTIVE_CONFIG", &dave_cfg)
+        .args(["get", "/media/doc.txt", p(&back)])
+        .output()
+        .unwrap();
+    assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
+    assert_eq!(std::fs::read(&back).unwrap(), data);
+
+    let check = |code: &str, name: &str, want: &str| {
+        let out = redeem(&fed, code, name);
+        assert!(!out.status.success(), "{name}: redeeming should fail");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains(want), "{name}: expected '{want}' in: {err}");
+    };
+    check(&once, "erin", "used up");
+    assert!(redeem(&fed, &twice, "frank").status.success());
+    assert!(redeem(&fed, &twice, "grace").status.success());
+    check(&twice, "heidi", "used up");
+    std::thread::sleep(Duration::from_millis(1500));
+    check(&short, "ivan", "expired");
+    check(&revoked, "judy", "revoked");
+    // Any change to a code is refused before it reaches a coordinator's database.
+    let mut tampered = unused.clone().into_bytes();
+    let i = tampered.len() - 10;
+    tampered[i] = if tampered[i] == b'A' { b'B' } else { b'A' };
+    check(&String::from_utf8(tampered).unwrap(), "mallory", "altered");
+
+    // Everything holds after the coordinator restarts from its database.
+    fed.kill9("coordinator@alice");
+    fed.restart("coordinator@alice");
+    fed.wait_ready();
+    check(&once, "erin2", "used up");
+    check(&twice, "heidi2", "used up");
+    check(&short, "ivan2", "expired");
+    check(&revoked, "judy2", "revoked");
+    let list = fed.ok_as("alice", &["invite", "list", "--json"]);
+    let v: serde_json::Value = serde_json::from_str(&list).unwrap();
+    let users: Vec<&serde_json::Value> = v["invites"].as_array().unwrap().iter().filter(|i| i["kind"] == "user").collect();
+    assert_eq!(users.len(), 5, "{list}");
+    assert_eq!(users.iter().filter(|i| i["revoked"] == true).count(), 1, "{list}");
+    assert!(redeem(&fed, &unused, "kim").status.success());
+}
+
+#[test]
+fn gossip_from_outside_the_federation_is_dropped_and_has_no_effect() {
+    let fed = Cluster::federation("gossip-auth", 2, 1);
+    let alice_gossip = fed.member("alice").gossip.clone();
+    let dropped = |fed: &Cluster| -> u64 {
+        let v: serde_json::Value = serde_json::from_str(&fed.ok_as("alice", &["federation", "peers", "--json"])).unwrap();
+        v["dropped_unauthenticated"].as_u64().unwrap()
+    };
+    let before = dropped(&fed);
+
+    // Unauthenticated datagrams: garbage, and an empty one.
+    let sock = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    for payload in [&b"\x01hello, let me in"[..], &[0u8; 200][..], &[][..]] {
+        sock.send_to(payload, &alice_gossip).unwrap();
+    }
+    within(Duration::from_secs(5), "garbage counted as dropped", || dropped(&fed) >= before + 2);
+
+    // A real coordinator of another federation (its own root), told to gossip with alice.
+    let other = fed.path("mallory");
+    let run = |args: &[&str]| {
+        let out = std::process::Command::new(common::BIN).args(args).output().unwrap();
+        assert!(out.status.success(), "{args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    };
+    run(&[
+        "federation",
+        "init",
+        "--domain",
+        "collective.local",
+        "--out",
+        p(&other.join("root")),
+    ]);
+    run(&[
+        "ca",
+        "init",
+        "--member",
+        "mallory",
+        "--domain",
+        "mallory.collective.local",
+        "--out",
+        p(&other.join("ca")),
+        "--root",
+        p(&other.join("root")),
+    ]);
+    run(&[
+        "ca",
+        "issue",
+        "--ca",
+        p(&other.join("ca")),
+        "--role",
+        "coordinator",
+        "--name",
+        "coordinator",
+        "--san",
+        "127.0.0.1",
+        "--out",
+        p(&other.join("certs")),
+    ]);
+    let port = || std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let gossip_port = std::net::UdpSocket::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let config = format!(
+        r#"data_dir = "data"
+grpc_listen = "127.0.0.1:{}"
+http_listen = "127.0.0.1:{}"
+ca_dir = "ca"
+[tls]
+ca = "certs/ca.crt"
+cert = "certs/coordinator.crt"
+key = "certs/coordinator.key"
+[federation]
+gossip_listen = "127.0.0.1:{gossip_port}"
+bootstrap = ["{alice_gossip}"]
+root_dir = "root"
+"#,
+        port(),
+        port()
+    );
+    std::fs::write(other.join("coordinator.toml"), config).unwrap();
+    let log = std::fs::File::create(other.join("coordinator.log")).unwrap();
+    let mut child = std::process::Command::new(common::BIN)
+        .args(["coordinator", "--config", p(&other.join("coordinator.toml"))])
+        .stdout(log.try_clone().unwrap())
+        .stderr(log)
+        .spawn()
+        .unwrap();
+    let seen = before + 3;
+    let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        within(Duration::from_secs(15), "the foreign federation's gossip dropped", || {
+            dropped(&fed) > seen
+        });
+        std::thread::sleep(Duration::from_secs(3));
+        let states = fed.peer_states("alice");
+        assert_eq!(states.len(), 2, "alice's view changed: {states:?}");
+        assert!(
+            states.iter().all(|(m, s)| m != "mallory.collective.local" && s == "alive"),
+            "{states:?}"
+        );
+        assert!(!fed.ok_as("bob", &["federation", "peers"]).contains("mallory"));
+    }));
+    let _ = child.kill();
+    let _ = child.wait();
+    if let Err(e) = result {
+        eprintln!(
+            "mallory's log:\n{}",
+            std::fs::read_to_string(other.join("coordinator.log")).unwrap_or_default()
+        );
+        std::panic::resume_unwind(e);
+    }
+}
+
+#[test]
+fn a_client_certificate_of_alice_cannot_call_bobs_coordinator() {
+    let fed = Cluster::federation("cross-ca", 2, 1);
+    // alice's own client config, pointed at bob's coordinator and trusting the federation
+    // root, so TLS itself succeeds and bob's coordinator decides.
+    let text = std::fs::read_to_string(&fed.member("alice").client_config).unwrap();
+    let mut cfg: toml::Table = toml::from_str(&text).unwrap();
+    let base = fed.member("alice").client_config.parent().unwrap().to_path_buf();
+    for k in ["cert", "key"] {
+        let v = base.join(cfg[k].as_str().unwrap());
+        cfg.insert(k.into(), toml::Value::String(p(&v).into()));
+    }
+    cfg.insert("coordinator".into(), toml::Value::String(fed.member("bob").grpc.clone()));
+    cfg.insert(
+        "coordinator_name".into(),
+        toml::Value::String("coordinator@bob.collective.local".into()),
+    );
+    cfg.insert("ca".into(), toml::Value::String(p(&fed.dir.join("root/root.crt")).into()));
+    let cfg_path = fed.path("alice-at-bob.toml");
+    std::fs::write(&cfg_path, toml::to_string(&cfg).unwrap()).unwrap();
+    let run = |args: &[&str]| {
+        std::process::Command::new(common::BIN)
+            .env("COLLECTIVE_CONFIG", &cfg_path)
+            .args(args)
+            .output()
+            .unwrap()
+    };
+    let out = run(&["ls", "/"]);
+    assert!(!out.status.success(), "alice's certificate was accepted by bob's coordinator");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("alice@alice.collective.local"), "{err}");
+    assert!(err.contains("bob.collective.local"), "{err}");
+    // Nor may she use the federation API reserved to coordinators.
+    let out = run(&["federation", "peers"]);
+    assert!(!out.status.success(), "alice could use bob's admin API");
+    // The same config pointed back at alice's own coordinator works: the refusal above was bob's.
+    let text = std::fs::read_to_string(&cfg_path)
+        .unwrap()
+        .replace(&fed.member("bob").grpc, &fed.member("alice").grpc);
+    std::fs::write(
+        &cfg_path,
+        text.replace("coordinator@bob.collective.local", "coordinator@alice.collective.local"),
+    )
+    .unwrap();
+    let out = run(&["ls", "/"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+}
+
+#[test]
+fn every_datastore_still_reads_after_any_one_coordinator_restarts() {
+    let fed = Cluster::federation("restarts", 3, 2);
+    fed.ok_as("bob", &["datastore", "grant", "/backup", "*@*.collective.local", "read"]);
+    fed.ok_as("alice", &["datastore", "grant", "/media", "*@*.collective.local", "read"]);
+    let files: Vec<(&str, &str, Vec<u8>)> = vec![
+        ("alice", "/media/a.bin", random_bytes(2_500_000, 11)),
+        ("bob", "/backup/b.bin", random_bytes(2_500_000, 12)),
+        ("carol", "/shared/c.bin", random_bytes(2_500_000, 13)),
+    ];
+    for (who, path, data) in &files {
+        let src = fed.write_local(&format!("src-{who}"), data);
+        fed.ok_as(who, &["put", p(&src), path]);
+    }
+    let read_all = |round: &str| {
+        for reader in ["alice", "bob", "carol"] {
+            for (_, path, data) in &files {
+                let dst = fed.path(&format!("{round}-{reader}-{}", path.replace('/', "_")));
+                let out = fed.cmd_as(reader).args(["get", path, p(&dst)]).output().unwrap();
+                assert!(
+                    out.status.success(),
+                    "{round}: {reader} cannot read {path}: {}",
+                    String::from_utf8_lossy(&out.stderr)
+                );
+                assert_eq!(&std::fs::read(&dst).unwrap(), data, "{round}: {reader} read wrong bytes of {path}");
+            }
+        }
+    };
+    read_all("before");
+    for m in ["alice", "bob", "carol"] {
+        fed.kill9(&format!("coordinator@{m}"));
+        fed.restart(&format!("coordinator@{m}"));
+        fed.wait_ready();
+        let domain = fed.member(m).domain.clone();
+        within(Duration::from_secs(20), "the restarted member alive everywhere", || {
+            ["alice", "bob", "carol"]
+                .iter()
+                .all(|o| state_of(&fed.peer_states(o), &domain).as_deref() == Some("alive"))
+        });
+        read_all(&format!("after-{m}-restart"));
+    }
+}
