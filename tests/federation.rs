@@ -421,3 +421,108 @@ fn every_datastore_still_reads_after_any_one_coordinator_restarts() {
         read_all(&format!("after-{m}-restart"));
     }
 }
+
+#[test]
+fn backup_copies_land_on_two_members_and_host_members_store_only_ciphertext() {
+    let fed = Cluster::federation("backup", 3, 2);
+    // A file with a recognisable plaintext pattern between random stretches (many chunks).
+    let marker = b"FAMILY-PHOTO-PLAINTEXT-MARKER:";
+    let mut data = Vec::new();
+    for i in 0..40u64 {
+        data.extend_from_slice(&random_bytes(200_000, 100 + i));
+        for _ in 0..50 {
+            data.extend_from_slice(marker);
+        }
+    }
+    let src = fed.write_local("photos.tar", &data);
+    fed.ok_as("bob", &["put", p(&src), "/backup/photos.tar"]);
+
+    // Where each chunk lives: chunk id → members holding it.
+    let mut holders: std::collections::BTreeMap<String, Vec<String>> = Default::default();
+    for (node, path) in fed.stored_chunks() {
+        let member = node.split_once('@').unwrap().1.to_string();
+        holders
+            .entry(path.file_name().unwrap().to_string_lossy().into_owned())
+            .or_default()
+            .push(member);
+    }
+    assert!(holders.len() > 5, "expected many chunks, got {}", holders.len());
+    let bob = fed.member("bob").domain.clone();
+    let mut hosts_used = std::collections::BTreeSet::new();
+    for (id, members) in &holders {
+        let mut distinct = members.clone();
+        distinct.sort();
+        distinct.dedup();
+        assert_eq!(members.len(), 2, "chunk {id} has {} copies: {members:?}", members.len());
+        assert_eq!(distinct.len(), 2, "both copies of chunk {id} are on one member: {members:?}");
+        assert!(distinct.contains(&bob), "chunk {id} has no copy on its owner: {members:?}");
+        hosts_used.extend(distinct.into_iter().filter(|m| *m != bob));
+    }
+    assert_eq!(
+        hosts_used.len(),
+        2,
+        "copies should spread over alice and carol: {hosts_used:?}; bob sees {}",
+        fed.ok_as("bob", &["federation", "peers", "--json"])
+    );
+
+    // No store anywhere holds the plaintext: not the hosts, and not even bob's own nodes.
+    for (node, path) in fed.stored_chunks() {
+        let bytes = std::fs::read(&path).unwrap();
+        assert!(
+            !bytes.windows(marker.len()).any(|w| w == marker),
+            "{node} stores plaintext in {}",
+            path.display()
+        );
+    }
+
+    // It reads back byte-exact, for bob and for a reader of another member he shares with.
+    let back = fed.path("photos.back");
+    fed.ok_as("bob", &["get", "/backup/photos.tar", p(&back)]);
+    assert!(std::fs::read(&back).unwrap() == data, "bob read back different bytes");
+    fed.ok_as("bob", &["datastore", "grant", "/backup", "carol@carol.collective.local", "read"]);
+    let back = fed.path("photos.carol");
+    fed.ok_as("carol", &["get", "/backup/photos.tar", p(&back)]);
+    assert!(std::fs::read(&back).unwrap() == data, "carol read back different bytes");
+
+    // Usage: bob uses what alice and carol give.
+    let v: serde_json::Value = serde_json::from_str(&fed.ok_as("bob", &["federation", "usage", "--json"])).unwrap();
+    let of = |m: &str, k: &str| {
+        v["members"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|x| x["member"] == m)
+            .map(|x| x[k].as_u64().unwrap())
+            .unwrap()
+    };
+    let _ = of(&bob, "uses_bytes");
+    within(Duration::from_secs(10), "bob's usage elsewhere counted", || {
+        let v: serde_json::Value = serde_json::from_str(&fed.ok_as("bob", &["federation", "usage", "--json"])).unwrap();
+        v["members"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|x| x["member"] == bob.as_str() && x["uses_bytes"].as_u64().unwrap() >= data.len() as u64)
+    });
+    within(Duration::from_secs(10), "hosts' usage gossiped", || {
+        let v: serde_json::Value = serde_json::from_str(&fed.ok_as("bob", &["federation", "usage", "--json"])).unwrap();
+        let given: u64 = v["members"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|x| x["gives_bytes"].as_u64().unwrap())
+            .sum();
+        given >= data.len() as u64
+    });
+    // alice's /media is a media datastore: it stays on alice's nodes and is not encrypted.
+    fed.ok_as("alice", &["put", p(&src), "/media/photos.tar"]);
+    let alice = fed.member("alice").domain.clone();
+    let media_copies = fed
+        .stored_chunks()
+        .into_iter()
+        .filter(|(_, path)| std::fs::read(path).unwrap().windows(marker.len()).any(|w| w == marker))
+        .map(|(node, _)| node)
+        .collect::<Vec<_>>();
+    assert!(!media_copies.is_empty());
+    assert!(media_copies.iter().all(|n| n.ends_with(&alice)), "{media_copies:?}");
+}

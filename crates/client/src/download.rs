@@ -206,8 +206,13 @@ async fn fetch_chunk(chunks: &ChunkClient, meta: &MetadataClient<Channel>, loc: 
             node: replica.node.clone(),
             addr,
         };
-        match chunks.get(&target, &id, &loc.token).await {
-            Ok(data) if data.len() as u64 == loc.size => return Ok(data),
+        let token = if replica.token.is_empty() { &loc.token } else { &replica.token };
+        match chunks.get(&target, &id, token).await {
+            Ok(data) if data.len() as u64 == loc.size && loc.seal.is_empty() => return Ok(data),
+            Ok(data) if data.len() as u64 == loc.size => match crate::sealing::open(&loc.seal, data) {
+                Ok(plain) => return Ok(plain),
+                Err(e) => errors.push(format!("{}: {e}", replica.node)),
+            },
             Ok(data) => errors.push(format!("{}: returned {} bytes, expected {}", replica.node, data.len(), loc.size)),
             Err(e) => {
                 tracing::warn!(chunk = %id.short(), node = %replica.node, "chunk read failed: {e}");

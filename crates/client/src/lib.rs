@@ -11,6 +11,7 @@ mod chunking;
 mod config;
 mod download;
 mod error;
+mod sealing;
 mod session;
 mod upload;
 

@@ -18,12 +18,14 @@ use bytes::Bytes;
 use collective_core::{ChunkId, RemotePath};
 use collective_dataplane::NodeTarget;
 use collective_proto::v1::{
-    ChunkDesc, ChunkPlacement, ChunkRef, CommitFilesRequest, FileAttr, FileCommit, NodeAddr, PlanWriteRequest, ReplaceTargetRequest,
+    ChunkDesc, ChunkPlacement, ChunkRef, CommitFilesRequest, FileAttr, FileCommit, NodeAddr, PathRequest, PlanWriteRequest,
+    ReplaceTargetRequest,
 };
 use tokio::sync::{OwnedSemaphorePermit, mpsc};
 
 use crate::ClientError;
 use crate::chunking::chunk_params;
+use crate::sealing::{self, SEAL_LEN};
 use crate::session::{Client, Progress};
 
 /// Chunks planned in one coordinator call.
@@ -59,6 +61,7 @@ enum Msg {
         offset: u64,
         id: ChunkId,
         data: Bytes,
+        seal: Option<[u8; SEAL_LEN]>,
         permit: OwnedSemaphorePermit,
     },
     FileDone {
@@ -103,9 +106,19 @@ fn now_ms() -> i64 {
 }
 
 /// Reads and chunks every input in order; runs on a blocking thread.
-fn produce(items: Vec<Source>, budget: Arc<tokio::sync::Semaphore>, budget_kib: u32, tx: mpsc::Sender<Msg>, progress: Option<Progress>) {
+/// `secrets[i]`: the key to encrypt file i's chunks with, when its datastore spreads them
+/// to other members.
+fn produce(
+    items: Vec<Source>,
+    secrets: Vec<Option<[u8; 32]>>,
+    budget: Arc<tokio::sync::Semaphore>,
+    budget_kib: u32,
+    tx: mpsc::Sender<Msg>,
+    progress: Option<Progress>,
+) {
     let rt = tokio::runtime::Handle::current();
     for (file, src) in items.into_iter().enumerate() {
+        let secret = secrets.get(file).copied().flatten();
         let (reader, size, mode, mtime_ms): (Box<dyn Read>, Option<u64>, u32, i64) = match &src {
             Source::Stdin => (Box::new(std::io::stdin()), None, 0o644, now_ms()),
             Source::File(p) => {
@@ -153,21 +166,34 @@ fn produce(items: Vec<Source>, budget: Arc<tokio::sync::Semaphore>, budget_kib: 
                     return;
                 }
             };
-            let id = ChunkId::of(&chunk.data);
-            let kib = (chunk.length.div_ceil(1024) as u32).clamp(1, budget_kib);
+            let length = chunk.length;
+            let mut data = chunk.data;
+            let seal = match &secret {
+                Some(secret) => match sealing::seal(secret, &mut data) {
+                    Ok(s) => Some(s),
+                    Err(e) => {
+                        let _ = tx.blocking_send(Msg::Failed(e));
+                        return;
+                    }
+                },
+                None => None,
+            };
+            let id = ChunkId::of(&data);
+            let kib = (length.div_ceil(1024) as u32).clamp(1, budget_kib);
             let Ok(permit) = rt.block_on(budget.clone().acquire_many_owned(kib)) else {
                 return;
             };
-            total += chunk.length as u64;
+            total += length as u64;
             if let Some(p) = &progress {
-                p(chunk.length as u64);
+                p(length as u64);
             }
             let msg = Msg::Chunk {
                 file,
                 seq,
                 offset: chunk.offset,
                 id,
-                data: Bytes::from(chunk.data),
+                data: Bytes::from(data),
+                seal,
                 permit,
             };
             if tx.blocking_send(msg).is_err() {
@@ -216,9 +242,11 @@ impl Client {
             })
             .collect();
         let sources: Vec<Source> = items.into_iter().map(|(s, _)| s).collect();
+        let secrets = self.secrets(&files).await?;
         let budget = self.budget.clone();
         let budget_kib = self.budget_kib;
-        let producer = tokio::task::spawn_blocking(move || produce(sources, budget, budget_kib, tx, progress));
+        let producer = tokio::task::spawn_blocking(move || produce(sources, secrets, budget, budget_kib, tx, progress));
+        let mut seals: HashMap<ChunkId, [u8; SEAL_LEN]> = HashMap::new();
 
         let (done_tx, mut done_rx) = mpsc::unbounded_channel::<Uploaded>();
         let mut chunks: HashMap<ChunkId, ChunkState> = HashMap::new();
@@ -251,8 +279,11 @@ impl Client {
                                         ready.push(file);
                                     }
                                 }
-                                Msg::Chunk { file, seq, offset, id, data, permit } => {
+                                Msg::Chunk { file, seq, offset, id, data, seal, permit } => {
                                     report.chunks += 1;
+                                    if let Some(seal) = seal {
+                                        seals.insert(id, seal);
+                                    }
                                     let f = &mut files[file];
                                     if f.refs.len() <= seq {
                                         f.refs.resize(seq + 1, None);
@@ -260,7 +291,7 @@ impl Client {
                                     let size = data.len() as u64;
                                     match chunks.get_mut(&id) {
                                         Some(ChunkState::Stored(nodes)) => {
-                                            f.refs[seq] = Some(ChunkRef { id: id.0.to_vec().into(), offset, size, stored_on: nodes.to_vec() });
+                                            f.refs[seq] = Some(ChunkRef { id: id.0.to_vec().into(), offset, size, stored_on: nodes.to_vec(), seal: Default::default() });
                                         }
                                         Some(ChunkState::Uploading(waiters)) => {
                                             waiters.push((file, seq, offset, size));
@@ -324,13 +355,13 @@ impl Client {
                 // Commit in large batches (one transaction and one flush each) and at the end.
                 if !ready.is_empty() && (ready.len() >= COMMIT_BATCH || (!producing && in_flight == 0)) {
                     let batch: Vec<usize> = std::mem::take(&mut ready);
-                    report.committed.extend(self.commit(&mut files, &batch, parents).await?);
+                    report.committed.extend(self.commit(&mut files, &batch, parents, &seals).await?);
                     report.files += batch.len() as u64;
                 }
             }
             if !ready.is_empty() {
                 let batch: Vec<usize> = std::mem::take(&mut ready);
-                report.committed.extend(self.commit(&mut files, &batch, parents).await?);
+                report.committed.extend(self.commit(&mut files, &batch, parents, &seals).await?);
                 report.files += batch.len() as u64;
             }
             Ok(())
@@ -341,15 +372,60 @@ impl Client {
         result.map(|_| report)
     }
 
-    async fn commit(&self, files: &mut [FileState], batch: &[usize], parents: bool) -> Result<Vec<FileAttr>, ClientError> {
+    /// The encryption secret of each file's datastore (None: stored as is).
+    async fn secrets(&self, files: &[FileState]) -> Result<Vec<Option<[u8; 32]>>, ClientError> {
+        let mut by_datastore: HashMap<String, Option<[u8; 32]>> = HashMap::new();
+        let mut out = Vec::with_capacity(files.len());
+        for f in files {
+            let path = f.remote.to_string();
+            let top = datastore_of(&path).to_string();
+            if !path.trim_start_matches('/').contains('/') {
+                out.push(None);
+                continue;
+            }
+            if let Some(s) = by_datastore.get(&top) {
+                out.push(*s);
+                continue;
+            }
+            let p = self
+                .meta()
+                .write_policy(PathRequest { path: path.clone() })
+                .await
+                .map_err(ClientError::status)?
+                .into_inner();
+            let secret = match p.encrypt {
+                true => Some(
+                    <[u8; 32]>::try_from(p.secret.as_ref())
+                        .map_err(|_| ClientError::Other(format!("the coordinator sent a bad encryption secret for /{top}")))?,
+                ),
+                false => None,
+            };
+            by_datastore.insert(top, secret);
+            out.push(secret);
+        }
+        Ok(out)
+    }
+
+    async fn commit(
+        &self,
+        files: &mut [FileState],
+        batch: &[usize],
+        parents: bool,
+        seals: &HashMap<ChunkId, [u8; SEAL_LEN]>,
+    ) -> Result<Vec<FileAttr>, ClientError> {
         let mut commits = Vec::with_capacity(batch.len());
         for &i in batch {
             let f = &mut files[i];
             let (size, mode, mtime_ms) = f.done.unwrap_or((0, 0o644, now_ms()));
-            let chunks: Vec<ChunkRef> = std::mem::take(&mut f.refs)
+            let mut chunks: Vec<ChunkRef> = std::mem::take(&mut f.refs)
                 .into_iter()
                 .map(|r| r.ok_or_else(|| ClientError::Other(format!("internal error: a chunk of {} was never stored", f.remote))))
                 .collect::<Result<_, _>>()?;
+            for c in &mut chunks {
+                if let Some(seal) = ChunkId::from_slice(&c.id).and_then(|id| seals.get(&id)) {
+                    c.seal = seal.to_vec().into();
+                }
+            }
             commits.push(FileCommit {
                 path: f.remote.to_string(),
                 size,
@@ -387,6 +463,7 @@ fn settle(
             offset,
             size,
             stored_on: nodes.to_vec(),
+            seal: Default::default(),
         });
         f.waiting -= 1;
         if f.waiting == 0 && f.done.is_some() {
@@ -416,6 +493,8 @@ async fn store_chunk(
             let data = data.clone();
             let token = token.clone();
             async move {
+                // Another member's node comes with its own token, signed by its coordinator.
+                let token = if t.token.is_empty() { token } else { t.token.clone() };
                 let r = match target(t) {
                     Ok(tg) => client.put(&tg, &id, data, &token).await.map_err(|e| e.to_string()),
                     Err(e) => Err(e.to_string()),

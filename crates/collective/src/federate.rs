@@ -59,6 +59,12 @@ pub enum FederationCommand {
         #[arg(long)]
         json: bool,
     },
+    /// Per member: the capacity it gives the federation, how much of it others use, and
+    /// how much it stores on other members' nodes
+    Usage {
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 pub async fn federation(o: &ClientOverrides, cmd: FederationCommand) -> Result<()> {
@@ -76,6 +82,48 @@ pub async fn federation(o: &ClientOverrides, cmd: FederationCommand) -> Result<(
                 out.display()
             );
             println!("      then invite members with `collective invite generate --member NAME`");
+            Ok(())
+        }
+        FederationCommand::Usage { json } => {
+            let client = connect(o)?;
+            let r = client.admin().peers(PeersRequest {}).await.map_err(status)?.into_inner();
+            if json {
+                let members: Vec<serde_json::Value> = r
+                    .members
+                    .iter()
+                    .map(|m| {
+                        serde_json::json!({
+                            "member": m.member,
+                            "state": m.state,
+                            "contribution_bytes": m.contribution_bytes,
+                            "gives_bytes": m.hosted_bytes,
+                            "uses_bytes": m.used_elsewhere_bytes,
+                            "free_contribution_bytes": m.contribution_bytes.saturating_sub(m.hosted_bytes),
+                        })
+                    })
+                    .collect();
+                println!("{}", serde_json::to_string_pretty(&serde_json::json!({ "members": members }))?);
+                return Ok(());
+            }
+            println!(
+                "{:<30} {:>12} {:>16} {:>16}",
+                "MEMBER", "OFFERS", "USED BY OTHERS", "USES ELSEWHERE"
+            );
+            for m in &r.members {
+                let name = if m.local {
+                    format!("{} (this)", m.member)
+                } else {
+                    m.member.clone()
+                };
+                println!(
+                    "{:<30} {:>12} {:>16} {:>16}",
+                    name,
+                    collective_core::format_bytes(m.contribution_bytes),
+                    collective_core::format_bytes(m.hosted_bytes),
+                    collective_core::format_bytes(m.used_elsewhere_bytes)
+                );
+            }
+            println!("(other members' figures are as they last gossiped them, up to half a minute old)");
             Ok(())
         }
         FederationCommand::Peers { json } => {

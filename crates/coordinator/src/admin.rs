@@ -437,6 +437,9 @@ impl Admin for AdminService {
                 p.capacity_bytes = s.nodes.iter().map(|n| n.capacity_bytes).sum();
                 p.free_bytes = s.nodes.iter().filter(|n| n.healthy).map(|n| n.free_bytes).sum();
                 p.datastores = s.datastores.iter().map(|d| format!("/{}", d.name)).collect();
+                p.contribution_bytes = s.contribution_bytes;
+                p.hosted_bytes = s.hosted_bytes;
+                p.used_elsewhere_bytes = s.used_elsewhere_bytes;
             }
         };
         let mut me = PeerInfo {
@@ -447,6 +450,9 @@ impl Admin for AdminService {
             ..Default::default()
         };
         summary(&self.state.domain, &mut me);
+        me.contribution_bytes = fed.contribution;
+        me.hosted_bytes = self.state.meta.hosted_usage().map(|(t, _)| t).unwrap_or(me.hosted_bytes);
+        me.used_elsewhere_bytes = self.state.used_elsewhere_cached();
         let mut members = vec![me];
         for p in fed.gossip.peers() {
             let mut info = PeerInfo {

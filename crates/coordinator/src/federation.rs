@@ -9,7 +9,10 @@ use collective_core::{Principal, Role};
 use collective_gossip::{MemberState, PeerState};
 use collective_proto::v1::federation_client::FederationClient;
 use collective_proto::v1::federation_server::Federation;
-use collective_proto::v1::{CatalogEntry, ExchangeRequest, ExchangeResponse, NodeSummary};
+use collective_proto::v1::{
+    CatalogEntry, ExchangeRequest, ExchangeResponse, HostChunksRequest, HostChunksResponse, NodeSummary, ReadTokensRequest,
+    ReadTokensResponse,
+};
 use tonic::transport::Channel;
 use tonic::{Request, Response, Status};
 
@@ -121,7 +124,8 @@ impl State {
             contribution_bytes: fed.map(|f| f.contribution).unwrap_or(0),
             nodes,
             datastores,
-            hosted_bytes: 0,
+            hosted_bytes: self.meta.hosted_usage().map(|(t, _)| t).unwrap_or(0),
+            used_elsewhere_bytes: self.used_elsewhere_cached(),
         }
     }
 
@@ -233,5 +237,13 @@ impl Federation for FederationService {
         Ok(Response::new(ExchangeResponse {
             states: fed.gossip.states(),
         }))
+    }
+
+    async fn host_chunks(&self, req: Request<HostChunksRequest>) -> Result<Response<HostChunksResponse>, Status> {
+        self.state.host_chunks(req).await
+    }
+
+    async fn read_tokens(&self, req: Request<ReadTokensRequest>) -> Result<Response<ReadTokensResponse>, Status> {
+        self.state.read_tokens(req).await
     }
 }

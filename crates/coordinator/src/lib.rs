@@ -8,6 +8,7 @@ mod admin;
 mod bootstrap;
 mod config;
 mod federation;
+mod hosting;
 mod metadata;
 mod metrics;
 mod registry;

@@ -7,14 +7,14 @@ use std::time::Instant;
 
 use collective_core::{ChunkId, RemotePath, validate_path};
 use collective_core::{Principal, Rights};
-use collective_meta::{Attr, ChunkRef, FileCommitIn, Kind};
+use collective_meta::{Attr, ChunkRef, FileCommitIn, Kind, SEAL_LEN};
 use collective_proto::v1::metadata_client::MetadataClient;
 use collective_proto::v1::metadata_server::Metadata;
 use collective_proto::v1::{
     ChunkLocation, ChunkPlacement, CommitFilesRequest, CommitFilesResponse, DirEntry, FileAttr, FileKind, FilePlan, ListRequest,
     ListResponse, MkdirRequest, NodeStatus, PathRequest, PlanWriteRequest, PlanWriteResponse, ReadPlanRequest, ReadPlanResponse,
     RemoveRequest, RemoveResponse, RenameRequest, ReplaceTargetRequest, ReportBadReplicaRequest, ReportBadReplicaResponse, StatusRequest,
-    StatusResponse, TokenOp, VerifyChunkRequest, WalkBatch,
+    StatusResponse, TokenOp, VerifyChunkRequest, WalkBatch, WritePolicyResponse,
 };
 use collective_rpc::forwarded;
 use futures::Stream;
@@ -22,6 +22,7 @@ use tonic::transport::Channel;
 use tonic::{Request, Response, Status};
 
 use crate::access::top_of;
+use crate::hosting::member_of;
 use crate::state::{State, meta_status};
 
 const LIST_PAGE_DEFAULT: usize = 1000;
@@ -359,35 +360,51 @@ impl Metadata for MetadataService {
         }
         let q = req.into_inner();
         let caller = who.to_string();
-        let r = (|| {
+        let r = async {
             self.state.require(&who, &path, Rights::WRITE)?;
             if q.chunks.len() > MAX_PLAN_CHUNKS {
                 return Err(Status::invalid_argument(format!("at most {MAX_PLAN_CHUNKS} chunks per plan")));
             }
-            let mut placements = Vec::with_capacity(q.chunks.len());
-            for c in &q.chunks {
+            let policy = self.state.policy(path.as_str())?;
+            let mut placements: Vec<Option<ChunkPlacement>> = Vec::with_capacity(q.chunks.len());
+            let mut new: Vec<(usize, ChunkId, u64)> = Vec::new();
+            for (i, c) in q.chunks.iter().enumerate() {
                 let id = chunk_arg(&c.id)?;
                 check_chunk_size(&id, c.size)?;
                 let existing = self.replicas(&id)?;
-                let missing = self.state.replication.saturating_sub(existing.len());
-                if !existing.is_empty() {
-                    // Already stored. When copies were lost, this write tops them up if it
-                    // can; otherwise the chunk stays as it is (repair's job), not the put's.
-                    let topped_up = (missing > 0)
-                        .then(|| self.placement(&id, c.size, missing, &existing, &caller).ok())
-                        .flatten();
-                    placements.push(topped_up.unwrap_or(ChunkPlacement {
-                        id: c.id.clone(),
-                        stored: true,
-                        targets: vec![],
-                        token: Default::default(),
-                    }));
+                if existing.is_empty() {
+                    placements.push(None);
+                    new.push((i, id, c.size));
                     continue;
                 }
-                placements.push(self.placement(&id, c.size, self.state.replication, &[], &caller)?);
+                // Already stored. When copies were lost, this write tops them up on our
+                // nodes if it can; otherwise the chunk stays as it is (repair's job).
+                let missing = policy.replicas.saturating_sub(existing.len());
+                let topped_up = (missing > 0)
+                    .then(|| self.placement(&id, c.size, missing, &existing, &caller).ok())
+                    .flatten();
+                placements.push(Some(topped_up.unwrap_or(ChunkPlacement {
+                    id: c.id.clone(),
+                    stored: true,
+                    targets: vec![],
+                    token: Default::default(),
+                })));
             }
-            Ok(PlanWriteResponse { placements })
-        })();
+            if policy.spread {
+                let chunks: Vec<(ChunkId, u64)> = new.iter().map(|(_, id, size)| (*id, *size)).collect();
+                for ((i, _, _), p) in new.iter().zip(self.state.plan_spread(&chunks, &policy, &caller).await?) {
+                    placements[*i] = Some(p);
+                }
+            } else {
+                for (i, id, size) in &new {
+                    placements[*i] = Some(self.placement(id, *size, policy.replicas, &[], &caller)?);
+                }
+            }
+            Ok(PlanWriteResponse {
+                placements: placements.into_iter().flatten().collect(),
+            })
+        }
+        .await;
         call.done(r)
     }
 
@@ -407,7 +424,7 @@ impl Metadata for MetadataService {
             self.state.require(&who, &path, Rights::WRITE)?;
             let id = chunk_arg(&q.id)?;
             check_chunk_size(&id, q.size)?;
-            let count = (q.count as usize).clamp(1, self.state.replication);
+            let count = (q.count as usize).clamp(1, self.state.policy(path.as_str())?.replicas);
             let new = collective_placement::place(&self.state.candidates(), count, q.size, &q.avoid)
                 .map_err(|e| Status::failed_precondition(e.to_string()))?;
             self.state.note_planned(&new, q.size);
@@ -439,6 +456,8 @@ impl Metadata for MetadataService {
         let caller = who.to_string();
         let r = async {
             let mut files = Vec::with_capacity(q.files.len());
+            let mut min_replicas = usize::MAX;
+            let mut seals = Vec::new();
             for f in q.files {
                 let path = path_arg(&f.path)?;
                 if top_of(path.as_str()) != top_of(first.as_str()) && self.remote(&path)?.is_some() {
@@ -447,6 +466,18 @@ impl Metadata for MetadataService {
                     ));
                 }
                 self.state.require(&who, &path, Rights::WRITE)?;
+                let policy = self.state.policy(path.as_str())?;
+                min_replicas = min_replicas.min(policy.replicas);
+                if policy.spread {
+                    self.state.used_elsewhere_stale.store(true, std::sync::atomic::Ordering::Relaxed);
+                }
+                for c in &f.chunks {
+                    if !c.seal.is_empty() {
+                        let seal = <[u8; SEAL_LEN]>::try_from(c.seal.as_ref())
+                            .map_err(|_| Status::invalid_argument(format!("a chunk seal of {path} is not {SEAL_LEN} bytes")))?;
+                        seals.push((chunk_arg(&c.id)?, seal));
+                    }
+                }
                 let chunks = f
                     .chunks
                     .iter()
@@ -470,8 +501,19 @@ impl Metadata for MetadataService {
                 });
             }
             let meta = self.state.meta.clone();
-            let replication = self.state.replication;
-            let attrs = blocking(move || meta.commit_files(&files, &caller, replication).map_err(meta_status)).await?;
+            // Every file needs the copies its own datastore asks for; one commit may hold
+            // files of several datastores, so the smallest count is checked here (each
+            // chunk was planned with its own).
+            let replication = if min_replicas == usize::MAX {
+                self.state.replication
+            } else {
+                min_replicas
+            };
+            let attrs = blocking(move || {
+                meta.put_seals(&seals).map_err(meta_status)?;
+                meta.commit_files(&files, &caller, replication).map_err(meta_status)
+            })
+            .await?;
             self.flush().await?;
             Ok(CommitFilesResponse {
                 files: attrs.into_iter().map(to_proto).collect(),
@@ -489,39 +531,77 @@ impl Metadata for MetadataService {
             return call.done(peer.read_plan(forwarded(req.into_inner(), &who)).await.map(Response::into_inner));
         }
         let caller = who.to_string();
-        let r = (|| {
+        let r = async {
             let mut files = Vec::new();
             for p in &req.get_ref().paths {
                 let path = path_arg(p)?;
                 self.state.require(&who, &path, Rights::READ)?;
                 let (attr, manifest) = self.state.meta.manifest(&path).map_err(meta_status)?;
+                // (id, stored size, replica names, addresses with tokens)
                 let mut chunks = Vec::with_capacity(manifest.len());
-                for (i, c) in manifest.into_iter().enumerate() {
+                for c in &manifest {
                     let id = ChunkId(c.id);
-                    let mut replicas = self.replicas(&id)?;
+                    chunks.push((id, c.size, self.replicas(&id)?, Vec::new()));
+                }
+                self.state.add_remote_replicas(&mut chunks, &caller).await;
+                let mut locations = Vec::with_capacity(manifest.len());
+                for (i, (c, (id, _, replicas, remote))) in manifest.into_iter().zip(chunks).enumerate() {
+                    let mut local: Vec<String> = replicas.into_iter().filter(|n| member_of(n) == self.state.domain).collect();
                     // Rotate so consecutive chunks are read from different nodes in parallel.
-                    if !replicas.is_empty() {
-                        let n = replicas.len();
-                        replicas.rotate_left(i % n);
+                    if !local.is_empty() {
+                        let n = local.len();
+                        local.rotate_left(i % n);
                     }
                     let token = self
                         .state
                         .signer
-                        .sign(TokenOp::Get, &id, &replicas, &caller, c.size, self.state.token_ttl);
-                    chunks.push(ChunkLocation {
+                        .sign(TokenOp::Get, &id, &local, &caller, c.size, self.state.token_ttl);
+                    let mut addrs = self.state.addrs(&local);
+                    addrs.extend(remote);
+                    let seal = self.state.meta.seal(&id).map_err(meta_status)?;
+                    locations.push(ChunkLocation {
                         id: id.0.to_vec().into(),
                         offset: c.offset,
                         size: c.size,
-                        replicas: self.state.addrs(&replicas),
+                        replicas: addrs,
                         token: token.into(),
+                        seal: seal.map(|s| s.to_vec().into()).unwrap_or_default(),
                     });
                 }
                 files.push(FilePlan {
                     attr: Some(to_proto(attr)),
-                    chunks,
+                    chunks: locations,
                 });
             }
             Ok(ReadPlanResponse { files })
+        }
+        .await;
+        call.done(r)
+    }
+
+    async fn write_policy(&self, req: Request<PathRequest>) -> Result<Response<WritePolicyResponse>, Status> {
+        let (who, call) = self.begin("write_policy", &req)?;
+        let path = path_arg(&req.get_ref().path)?;
+        if let Some(mut peer) = self.remote(&path)? {
+            return call.done(peer.write_policy(forwarded(req.into_inner(), &who)).await.map(Response::into_inner));
+        }
+        let r = (|| {
+            self.state.require(&who, &path, Rights::WRITE)?;
+            let policy = self.state.policy(path.as_str())?;
+            let encrypt = policy.encrypt();
+            Ok(match policy.datastore {
+                Some(d) => WritePolicyResponse {
+                    datastore: d.name,
+                    strategy: d.strategy,
+                    replicas: policy.replicas as u32,
+                    encrypt,
+                    secret: if encrypt { d.secret.to_vec().into() } else { Default::default() },
+                },
+                None => WritePolicyResponse {
+                    replicas: policy.replicas as u32,
+                    ..Default::default()
+                },
+            })
         })();
         call.done(r)
     }

@@ -60,6 +60,9 @@ pub struct State {
     pub metrics: CoordinatorMetrics,
     pub identity: TlsIdentity,
     controls: Mutex<HashMap<String, NodeControlClient<Channel>>>,
+    /// Bytes of our chunks on other members' nodes, and when that was counted.
+    pub used_elsewhere: Mutex<Option<(Instant, u64)>>,
+    pub used_elsewhere_stale: std::sync::atomic::AtomicBool,
 }
 
 impl State {
@@ -113,6 +116,8 @@ impl State {
             metrics,
             identity,
             controls: Mutex::new(HashMap::new()),
+            used_elsewhere: Mutex::new(None),
+            used_elsewhere_stale: std::sync::atomic::AtomicBool::new(false),
         })
     }
 
@@ -161,13 +166,14 @@ impl State {
                     NodeAddr {
                         node: n.clone(),
                         quic_addr: e.quic_addr.clone(),
+                        ..Default::default()
                     },
                 ),
                 None => (
                     false,
                     NodeAddr {
                         node: n.clone(),
-                        quic_addr: String::new(),
+                        ..Default::default()
                     },
                 ),
             })
@@ -211,6 +217,8 @@ pub fn meta_status(e: MetaError) -> Status {
         }
         MetaError::ChunkNotUploaded(..) => Status::failed_precondition(msg),
         MetaError::BadManifest(..) | MetaError::Path(_) => Status::invalid_argument(msg),
+        MetaError::QuotaFull { .. } => Status::resource_exhausted(msg),
+        MetaError::Placement(_) => Status::failed_precondition(msg),
         _ => Status::internal(msg),
     }
 }

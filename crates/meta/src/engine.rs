@@ -23,9 +23,11 @@ pub enum Table {
     Grants = 9,
     Invites = 10,
     Principals = 11,
+    ChunkSeals = 12,
+    Hosted = 13,
 }
 
-const TABLES: [&str; 12] = [
+const TABLES: [&str; 14] = [
     "meta",
     "inodes",
     "dirents",
@@ -38,6 +40,8 @@ const TABLES: [&str; 12] = [
     "grants",
     "invites",
     "principals",
+    "chunk_seals",
+    "hosted",
 ];
 
 pub struct Engine {

@@ -8,6 +8,7 @@
 
 mod access;
 mod engine;
+mod hosting;
 mod namespace;
 mod records;
 
@@ -18,6 +19,7 @@ use collective_core::{ChunkId, PathError, RemotePath};
 pub use access::{DatastoreRecord, InviteKind, InviteRecord, InviteRefusal};
 pub use engine::Table;
 use engine::{Engine, Txn};
+pub use hosting::{HostedRecord, SEAL_LEN};
 pub use namespace::{Attr, FileCommitIn};
 pub use records::{ChunkRecord, ChunkRef, Kind, NodeRecord, PendingRecord, ROOT_INODE, SCHEMA_VERSION, Totals};
 use records::{decode, encode};
@@ -50,6 +52,10 @@ pub enum MetaError {
     Db(String),
     #[error("metadata at {0} has schema version {1}; this program understands version {SCHEMA_VERSION}")]
     Schema(String, u32),
+    #[error("the capacity this member contributes to the federation is full ({used} of {quota} bytes hosted)")]
+    QuotaFull { used: u64, quota: u64 },
+    #[error("{0}")]
+    Placement(String),
 }
 
 pub struct MetaStore {

@@ -1,0 +1,182 @@
+//! What crosses member boundaries: the seals (key and tag) of encrypted chunks, which only
+//! the owning member holds, and the chunks this member hosts for others, with what they
+//! count against its contribution.
+
+use collective_core::ChunkId;
+use serde::{Deserialize, Serialize};
+
+use crate::abort;
+use crate::engine::Table;
+use crate::records::{decode, encode};
+use crate::{MetaError, MetaStore};
+
+/// A seal: the 32-byte convergent key of an encrypted chunk, then its 16-byte AEAD tag.
+pub const SEAL_LEN: usize = 48;
+
+/// Picks our node for a hosted chunk (id, size, nodes already holding it), or says why not.
+pub type PlaceHosted<'a> = dyn Fn(&ChunkId, u64, &[String]) -> Result<String, String> + 'a;
+
+/// A chunk this member stores for another member.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct HostedRecord {
+    pub size: u64,
+    /// Our nodes that were given a token for it.
+    pub nodes: Vec<String>,
+    pub created_ms: u64,
+}
+
+fn hosted_key(guest: &str, id: &ChunkId) -> Vec<u8> {
+    let mut k = guest.as_bytes().to_vec();
+    k.push(0);
+    k.extend_from_slice(id.as_bytes());
+    k
+}
+
+impl MetaStore {
+    /// Records the seals of encrypted chunks (a chunk's seal never changes: its id is the
+    /// hash of the ciphertext the seal's key made).
+    pub fn put_seals(&self, seals: &[(ChunkId, [u8; SEAL_LEN])]) -> Result<(), MetaError> {
+        if seals.is_empty() {
+            return Ok(());
+        }
+        self.engine.transact(|t| {
+            for (id, seal) in seals {
+                if t.get(Table::ChunkSeals, id.as_bytes())?.is_none() {
+                    t.insert(Table::ChunkSeals, id.as_bytes(), seal.to_vec())?;
+                }
+            }
+            Ok(())
+        })
+    }
+
+    pub fn seal(&self, id: &ChunkId) -> Result<Option<[u8; SEAL_LEN]>, MetaError> {
+        match self.engine.get(Table::ChunkSeals, id.as_bytes())? {
+            None => Ok(None),
+            Some(v) => <[u8; SEAL_LEN]>::try_from(v.as_slice())
+                .map(Some)
+                .map_err(|_| MetaError::Corrupt(format!("seal of chunk {} has {} bytes", id.short(), v.len()))),
+        }
+    }
+
+    /// Reserves room for chunks of `guest` on our nodes, all or nothing: each chunk not
+    /// hosted yet counts against `quota` (bytes hosted for every member together).
+    /// `place` picks the node for a new chunk. Returns the nodes of each chunk, in order.
+    pub fn host_chunks(
+        &self,
+        guest: &str,
+        chunks: &[(ChunkId, u64)],
+        quota: u64,
+        place: &PlaceHosted<'_>,
+    ) -> Result<Vec<Vec<String>>, MetaError> {
+        self.engine.transact(|t| {
+            let mut total = read_total(t)?;
+            let mut out = Vec::with_capacity(chunks.len());
+            for (id, size) in chunks {
+                let key = hosted_key(guest, id);
+                let mut rec = match t.get(Table::Hosted, &key)? {
+                    Some(v) => decode::<HostedRecord>("hosted chunk", &v).map_err(abort)?,
+                    None => {
+                        if total + size > quota {
+                            return Err(abort(MetaError::QuotaFull { used: total, quota }));
+                        }
+                        total += size;
+                        HostedRecord {
+                            size: *size,
+                            nodes: vec![],
+                            created_ms: collective_core::unix_ms_now(),
+                        }
+                    }
+                };
+                let node = place(id, *size, &rec.nodes).map_err(|e| abort(MetaError::Placement(e)))?;
+                if !rec.nodes.contains(&node) {
+                    rec.nodes.push(node);
+                }
+                t.insert(Table::Hosted, &key, encode(&rec))?;
+                out.push(rec.nodes);
+            }
+            t.insert(Table::Meta, HOSTED_TOTAL, total.to_be_bytes().to_vec())?;
+            Ok(out)
+        })
+    }
+
+    /// The nodes holding a chunk we host for `guest` (None: we host no such chunk for it).
+    pub fn hosted(&self, guest: &str, id: &ChunkId) -> Result<Option<HostedRecord>, MetaError> {
+        self.engine
+            .get(Table::Hosted, &hosted_key(guest, id))?
+            .map(|v| decode("hosted chunk", &v))
+            .transpose()
+    }
+
+    /// Bytes hosted for other members, in total and per member.
+    pub fn hosted_usage(&self) -> Result<(u64, Vec<(String, u64)>), MetaError> {
+        let total = match self.engine.get(Table::Meta, HOSTED_TOTAL)? {
+            Some(v) => crate::records::read_u64(&v)?,
+            None => 0,
+        };
+        let mut per: Vec<(String, u64)> = Vec::new();
+        for r in self.engine.scan_prefix(Table::Hosted, b"", None) {
+            let (k, v) = r?;
+            let guest = String::from_utf8_lossy(k.split(|b| *b == 0).next().unwrap_or_default()).into_owned();
+            let rec: HostedRecord = decode("hosted chunk", &v)?;
+            match per.last_mut() {
+                Some((g, n)) if *g == guest => *n += rec.size,
+                _ => per.push((guest, rec.size)),
+            }
+        }
+        Ok((total, per))
+    }
+}
+
+const HOSTED_TOTAL: &[u8] = b"hosted-total";
+
+fn read_total(t: &crate::engine::Txn<'_>) -> Result<u64, crate::engine::Abort> {
+    match t.get(Table::Meta, HOSTED_TOTAL)? {
+        Some(v) => crate::records::read_u64(&v).map_err(abort),
+        None => Ok(0),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn store(name: &str) -> MetaStore {
+        let d = std::env::temp_dir().join(format!("collective-meta-hosting-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&d);
+        MetaStore::open(&d).unwrap()
+    }
+
+    fn id(n: u8) -> ChunkId {
+        ChunkId([n; 32])
+    }
+
+    #[test]
+    fn hosting_is_within_quota_all_or_nothing_and_idempotent() {
+        let m = store("quota");
+        let place = |_: &ChunkId, _: u64, _: &[String]| Ok::<_, String>("node-01@alice.collective.local".to_string());
+        let got = m
+            .host_chunks("bob.collective.local", &[(id(1), 60), (id(2), 30)], 100, &place)
+            .unwrap();
+        assert_eq!(got, vec![vec!["node-01@alice.collective.local".to_string()]; 2]);
+        // Over the quota: refused, and nothing of the batch is kept.
+        let err = m
+            .host_chunks("carol.collective.local", &[(id(3), 5), (id(4), 20)], 100, &place)
+            .unwrap_err();
+        assert!(matches!(err, MetaError::QuotaFull { used: 95, quota: 100 }), "{err}");
+        assert!(m.hosted("carol.collective.local", &id(3)).unwrap().is_none());
+        // Asking again for a hosted chunk costs nothing.
+        m.host_chunks("bob.collective.local", &[(id(1), 60)], 100, &place).unwrap();
+        let (total, per) = m.hosted_usage().unwrap();
+        assert_eq!(total, 90);
+        assert_eq!(per, vec![("bob.collective.local".to_string(), 90)]);
+    }
+
+    #[test]
+    fn a_seal_once_recorded_is_kept() {
+        let m = store("seal");
+        m.put_seals(&[(id(1), [7; SEAL_LEN])]).unwrap();
+        m.put_seals(&[(id(1), [9; SEAL_LEN])]).unwrap();
+        assert_eq!(m.seal(&id(1)).unwrap(), Some([7; SEAL_LEN]));
+        assert_eq!(m.seal(&id(2)).unwrap(), None);
+    }
+}
