@@ -154,6 +154,7 @@ fn redeem(fed: &Cluster, code: &str, name: &str) -> std::process::Output {
     let out = fed.path(&format!("redeemed-{name}"));
     fed.cmd_as("alice")
         .env_remove("COLLECTIVE_CONFIG")
+        .env("XDG_CONFIG_HOME", fed.path("xdg"))
         .args(["invite", "redeem", code, "--name", name, "--out", p(&out)])
         .output()
         .unwrap()
@@ -525,4 +526,82 @@ fn backup_copies_land_on_two_members_and_host_members_store_only_ciphertext() {
         .collect::<Vec<_>>();
     assert!(!media_copies.is_empty());
     assert!(media_copies.iter().all(|n| n.ends_with(&alice)), "{media_copies:?}");
+}
+
+#[test]
+fn each_redeemed_invite_adds_a_context_to_switch_between() {
+    let fed = Cluster::federation("contexts", 3, 2);
+    let data = random_bytes(40_000, 9);
+    let src = fed.write_local("a.txt", &data);
+    fed.ok_as("alice", &["put", p(&src), "/media/a.txt"]);
+    fed.ok_as("carol", &["put", p(&src), "/shared/c.txt"]);
+    let home = fed.path("home");
+    let user = |args: &[&str]| {
+        std::process::Command::new(common::BIN)
+            .env_remove("COLLECTIVE_CONFIG")
+            .env_remove("COLLECTIVE_CONTEXT")
+            .env("XDG_CONFIG_HOME", &home)
+            .args(args)
+            .output()
+            .unwrap()
+    };
+    let ok = |args: &[&str]| {
+        let out = user(args);
+        assert!(out.status.success(), "{args:?}: {}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    // Two invites from two members: two contexts, the first one current.
+    let from_alice = fed
+        .ok_as("alice", &["invite", "generate", "--grant", "/media:read"])
+        .trim()
+        .to_string();
+    let from_carol = fed
+        .ok_as("carol", &["invite", "generate", "--grant", "/shared:read"])
+        .trim()
+        .to_string();
+    ok(&["invite", "redeem", &from_alice, "--name", "dave"]);
+    ok(&["invite", "redeem", &from_carol, "--name", "dave", "--context", "carols"]);
+    let v: serde_json::Value = serde_json::from_str(&ok(&["context", "list", "--json"])).unwrap();
+    assert_eq!(v["current"], "alice.collective.local", "{v}");
+    let names: Vec<&str> = v["contexts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, vec!["alice.collective.local", "carols"]);
+    assert_eq!(v["contexts"][1]["principal"], "dave@carol.collective.local");
+
+    // The current context, and --context for one command.
+    assert!(ok(&["ls", "/media"]).contains("a.txt"));
+    assert!(ok(&["--context", "carols", "ls", "/shared"]).contains("c.txt"));
+    assert!(
+        !ok(&["--context", "carols", "ls", "/"]).contains("media"),
+        "carol's dave sees alice's /media"
+    );
+
+    // Switch, then forget one.
+    ok(&["context", "use", "carols"]);
+    assert!(ok(&["ls", "/shared"]).contains("c.txt"));
+    let err = String::from_utf8_lossy(&user(&["context", "use", "nope"]).stderr).into_owned();
+    assert!(err.contains("no context nope"), "{err}");
+    ok(&["context", "rm", "carols"]);
+    assert!(!home.join("collective/contexts/carols").exists(), "its key should be deleted");
+    let v: serde_json::Value = serde_json::from_str(&ok(&["context", "list", "--json"])).unwrap();
+    assert_eq!(v["current"], "alice.collective.local", "{v}");
+    assert!(ok(&["ls", "/media"]).contains("a.txt"));
+    // A third redeem from the same member gets a name of its own instead of replacing the first.
+    let again = fed
+        .ok_as("alice", &["invite", "generate", "--grant", "/media:read"])
+        .trim()
+        .to_string();
+    ok(&["invite", "redeem", &again, "--name", "erin"]);
+    let v: serde_json::Value = serde_json::from_str(&ok(&["context", "list", "--json"])).unwrap();
+    let names: Vec<&str> = v["contexts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, vec!["alice.collective.local", "alice.collective.local-2"]);
 }

@@ -9,18 +9,29 @@ use serde::de::DeserializeOwned;
 /// Command-line overrides of the client configuration.
 pub struct ClientOverrides {
     pub config: Option<PathBuf>,
+    /// A context (see `collective context list`); wins over `config`.
+    pub context: Option<String>,
     pub coordinator: Option<String>,
     pub ca: Option<PathBuf>,
     pub cert: Option<PathBuf>,
     pub key: Option<PathBuf>,
 }
 
-/// `$XDG_CONFIG_HOME/collective/client.toml`, else `~/.config/collective/client.toml`.
-pub fn default_client_config() -> Option<PathBuf> {
-    let base = std::env::var_os("XDG_CONFIG_HOME")
+/// `$XDG_CONFIG_HOME/collective`, else `~/.config/collective`.
+pub fn config_home() -> Result<PathBuf> {
+    std::env::var_os("XDG_CONFIG_HOME")
         .map(PathBuf::from)
-        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".config")))?;
-    Some(base.join("collective").join("client.toml"))
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".config")))
+        .map(|b| b.join("collective"))
+        .context("cannot tell where the configuration lives: set HOME (or XDG_CONFIG_HOME), or pass --config")
+}
+
+/// The current context's client config, else `~/.config/collective/client.toml`.
+pub fn default_client_config() -> Option<PathBuf> {
+    crate::context::Contexts::load()
+        .ok()
+        .and_then(|c| c.current_config())
+        .or_else(|| config_home().ok().map(|h| h.join("client.toml")))
 }
 
 pub fn load_toml<T: DeserializeOwned>(path: &Path) -> Result<T> {
@@ -45,7 +56,11 @@ pub fn rebase_tls(config: &Path, tls: &mut collective_pki::TlsFiles) {
 }
 
 pub fn client_config(o: &ClientOverrides) -> Result<ClientConfig> {
-    let path = o.config.clone().or_else(default_client_config);
+    let explicit = o.config.is_some() || o.context.is_some();
+    let path = match &o.context {
+        Some(name) => Some(crate::context::Contexts::load()?.config_of(name)?),
+        None => o.config.clone().or_else(default_client_config),
+    };
     let mut cfg = match &path {
         Some(p) if p.exists() => {
             let mut c: ClientConfig = load_toml(p)?;
@@ -54,7 +69,7 @@ pub fn client_config(o: &ClientOverrides) -> Result<ClientConfig> {
             rebase(p, &mut c.key);
             c
         }
-        Some(p) if o.config.is_some() => anyhow::bail!("the configuration file {} does not exist", p.display()),
+        Some(p) if explicit => anyhow::bail!("the configuration file {} does not exist", p.display()),
         _ => {
             if o.cert.is_none() {
                 anyhow::bail!(

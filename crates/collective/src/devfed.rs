@@ -26,6 +26,7 @@ const CONVERGE_TIMEOUT: Duration = Duration::from_secs(60);
 fn connect(client_config_path: &Path) -> Result<Client> {
     let o = ClientOverrides {
         config: Some(client_config_path.to_path_buf()),
+        context: None,
         coordinator: None,
         ca: None,
         cert: None,

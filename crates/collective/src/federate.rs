@@ -221,7 +221,10 @@ pub struct RedeemArgs {
     /// Your name in the member (NAME@member-domain) [default: $USER]
     #[arg(long)]
     name: Option<String>,
-    /// Directory for the key, certificate and client.toml [default: ~/.config/collective/<member domain>]
+    /// Name of the context this adds [default: the member's domain]
+    #[arg(long)]
+    context: Option<String>,
+    /// Directory for the key, certificate and client.toml [default: ~/.config/collective/contexts/<context>]
     #[arg(long)]
     out: Option<PathBuf>,
 }
@@ -334,14 +337,6 @@ fn check_fresh(code: &InviteCode) -> Result<()> {
     Ok(())
 }
 
-fn config_home() -> Result<PathBuf> {
-    std::env::var_os("XDG_CONFIG_HOME")
-        .map(PathBuf::from)
-        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".config")))
-        .map(|b| b.join("collective"))
-        .context("cannot tell where to write the configuration: set HOME or pass --out")
-}
-
 async fn redeem(a: RedeemArgs) -> Result<()> {
     let (code, _, _) = InviteCode::decode(&a.code)?;
     if code.kind != InviteCodeKind::User {
@@ -358,9 +353,20 @@ async fn redeem(a: RedeemArgs) -> Result<()> {
         .split_once('@')
         .map(|(_, d)| d.to_string())
         .context("the invite names a bad coordinator")?;
+    let contexts = crate::context::Contexts::load()?;
+    let context = match &a.context {
+        Some(c) => {
+            collective_core::validate_name(c).context("--context")?;
+            if contexts.contexts.contains_key(c) {
+                bail!("a context named {c} exists already; pick another --context or remove it with `collective context rm {c}`");
+            }
+            c.clone()
+        }
+        None => contexts.free_name(&member_domain),
+    };
     let out = match a.out {
         Some(o) => o,
-        None => config_home()?.join(&member_domain),
+        None => crate::context::contexts_dir()?.join(&context),
     };
     if out.join("client.toml").exists() {
         bail!("{} already holds a client configuration; choose another --out", out.display());
@@ -401,7 +407,20 @@ async fn redeem(a: RedeemArgs) -> Result<()> {
     for g in &r.grants {
         println!("  {} on {}", g.rights, g.path);
     }
-    println!("use it:  export COLLECTIVE_CONFIG={}", cfg_path.display());
+    let entry = crate::context::ContextEntry {
+        config: std::path::absolute(&cfg_path).unwrap_or(cfg_path.clone()),
+        principal: r.principal.clone(),
+    };
+    match crate::context::Contexts::add(&context, entry) {
+        Ok(true) => println!("added the context {context}; it is the current one: `collective ls /` uses it"),
+        Ok(false) => {
+            println!("added the context {context}; use it with `collective --context {context} …` or `collective context use {context}`")
+        }
+        Err(e) => println!(
+            "(not added as a context: {e:#}) use it with:  export COLLECTIVE_CONFIG={}",
+            cfg_path.display()
+        ),
+    }
     Ok(())
 }
 

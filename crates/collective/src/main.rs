@@ -4,6 +4,7 @@
 
 mod ca;
 mod config;
+mod context;
 mod dev;
 mod devfed;
 mod federate;
@@ -26,6 +27,9 @@ struct Cli {
     /// Client configuration file [default: ~/.config/collective/client.toml]
     #[arg(long, global = true, env = "COLLECTIVE_CONFIG")]
     config: Option<PathBuf>,
+    /// Use this context (see `collective context list`) instead of the current one
+    #[arg(long, global = true, env = "COLLECTIVE_CONTEXT")]
+    context: Option<String>,
     /// Coordinator gRPC address (overrides the config)
     #[arg(long, global = true)]
     coordinator: Option<String>,
@@ -83,6 +87,9 @@ enum Command {
     /// Datastores and who may use them
     #[command(subcommand)]
     Datastore(federate::DatastoreCommand),
+    /// The collectives you belong to: list, switch, forget
+    #[command(subcommand)]
+    Context(context::ContextCommand),
     /// A local cluster for trying Collective out and for tests
     #[command(subcommand)]
     Dev(dev::DevCommand),
@@ -134,6 +141,7 @@ fn main() -> ExitCode {
 async fn run(cli: Cli) -> anyhow::Result<()> {
     let overrides = config::ClientOverrides {
         config: cli.config,
+        context: cli.context,
         coordinator: cli.coordinator,
         ca: cli.ca,
         cert: cli.cert,
@@ -158,5 +166,6 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Invite(c) => federate::invite(&overrides, c).await,
         Command::Member(c) => federate::member(c).await,
         Command::Datastore(c) => federate::datastore(&overrides, c).await,
+        Command::Context(c) => context::run(c),
     }
 }
