@@ -103,6 +103,23 @@ fn http_ready(addr: &str) -> bool {
 }
 
 impl Cluster {
+    /// The cluster `dev up` described in `dir/cluster.json` (empty when it wrote none).
+    fn load(dir: PathBuf) -> Cluster {
+        let text = std::fs::read_to_string(dir.join("cluster.json")).unwrap_or_default();
+        let (procs, members) = serde_json::from_str::<ClusterFile>(&text)
+            .map(|c| (c.processes, c.members))
+            .unwrap_or_default();
+        Cluster {
+            client_config: members
+                .first()
+                .map(|m| m.client_config.clone())
+                .unwrap_or_else(|| dir.join("client.toml")),
+            dir,
+            procs: RefCell::new(procs),
+            members,
+        }
+    }
+
     pub fn start(name: &str, nodes: usize, replication: u32) -> Cluster {
         Self::start_with(name, nodes, replication, &[])
     }
@@ -116,19 +133,7 @@ impl Cluster {
             .args(extra)
             .output()
             .expect("run collective dev up");
-        let text = std::fs::read_to_string(dir.join("cluster.json")).unwrap_or_default();
-        let (procs, members) = serde_json::from_str::<ClusterFile>(&text)
-            .map(|c| (c.processes, c.members))
-            .unwrap_or_default();
-        let cluster = Cluster {
-            client_config: members
-                .first()
-                .map(|m| m.client_config.clone())
-                .unwrap_or_else(|| dir.join("client.toml")),
-            dir,
-            procs: RefCell::new(procs),
-            members,
-        };
+        let cluster = Cluster::load(dir);
         assert!(
             out.status.success(),
             "dev up failed: {}\n{}",
@@ -147,16 +152,7 @@ impl Cluster {
             .args(["--members", &members.to_string(), "--nodes", &nodes.to_string()])
             .output()
             .expect("run collective dev up");
-        let text = std::fs::read_to_string(dir.join("cluster.json")).unwrap_or_default();
-        let (procs, members) = serde_json::from_str::<ClusterFile>(&text)
-            .map(|c| (c.processes, c.members))
-            .unwrap_or_default();
-        let cluster = Cluster {
-            client_config: members.first().map(|m| m.client_config.clone()).unwrap_or_default(),
-            dir,
-            procs: RefCell::new(procs),
-            members,
-        };
+        let cluster = Cluster::load(dir);
         assert!(
             out.status.success(),
             "dev up --members {} failed: {}\n{}",

@@ -46,6 +46,16 @@ fn parse_user(user: &str) -> Result<String, Status> {
         .map_err(|e| Status::invalid_argument(format!("bad user principal '{user}': {e}")))
 }
 
+/// Chunk descriptions for a request to another member.
+fn descs<'a>(chunks: impl Iterator<Item = (&'a ChunkId, u64)>) -> Vec<ChunkDesc> {
+    chunks
+        .map(|(id, size)| ChunkDesc {
+            id: id.0.to_vec().into(),
+            size,
+        })
+        .collect()
+}
+
 /// The member domain of a node principal (`node-01@alice.collective.local`).
 pub fn member_of(node: &str) -> &str {
     node.rsplit_once('@').map(|(_, d)| d).unwrap_or("")
@@ -120,13 +130,7 @@ impl State {
             for (member, idx) in asks {
                 let req = HostChunksRequest {
                     user: user.to_string(),
-                    chunks: idx
-                        .iter()
-                        .map(|&i| ChunkDesc {
-                            id: chunks[i].0.0.to_vec().into(),
-                            size: chunks[i].1,
-                        })
-                        .collect(),
+                    chunks: descs(idx.iter().map(|&i| (&chunks[i].0, chunks[i].1))),
                     avoid: vec![],
                 };
                 match self.ask_host(&member, req).await {
@@ -195,13 +199,7 @@ impl State {
         for (member, idx) in asks {
             let req = ReadTokensRequest {
                 user: user.to_string(),
-                chunks: idx
-                    .iter()
-                    .map(|&i| ChunkDesc {
-                        id: chunks[i].0.0.to_vec().into(),
-                        size: chunks[i].1,
-                    })
-                    .collect(),
+                chunks: descs(idx.iter().map(|&i| (&chunks[i].0, chunks[i].1))),
             };
             let answer = match self.peer_channel(&member) {
                 Ok(channel) => FederationClient::new(channel).read_tokens(req).await,
