@@ -39,14 +39,9 @@ fn status(who: &str, s: tonic::Status) -> anyhow::Error {
     anyhow::anyhow!(collective_rpc::explain_status(who, &s))
 }
 
-/// Starts one member's coordinator (config already written) and its nodes; returns them all.
-async fn start_member(
-    root_dir: &Path,
-    member_dir: &Path,
-    coordinator_config: &Path,
-    cfg: &CoordinatorConfig,
-    a: &UpArgs,
-) -> Result<Vec<ProcessInfo>> {
+/// Starts one member's coordinator (config already written) and its nodes; returns them all
+/// without waiting for them: the caller records them first, so a failure can stop them.
+fn start_member(member_dir: &Path, coordinator_config: &Path, cfg: &CoordinatorConfig, a: &UpArgs) -> Result<Vec<ProcessInfo>> {
     let ca = MemberCa::load(&member_dir.join("ca"))?;
     let issuer = Issuer {
         ca: &ca,
@@ -75,7 +70,6 @@ async fn start_member(
         &a.capacity,
         &cfg.grpc_listen,
     )?);
-    wait_ready(root_dir, &procs).await?;
     Ok(procs)
 }
 
@@ -180,14 +174,17 @@ pub async fn up(a: &UpArgs, dir: &Path) -> Result<()> {
                 (joined.coordinator_config, joined.client_config, cfg)
             }
         };
-        let procs = match start_member(dir, &member_dir, &coordinator_config, &cfg, a).await {
+        let procs = match start_member(&member_dir, &coordinator_config, &cfg, a) {
             Ok(p) => p,
             Err(e) => {
                 let _ = crate::dev::down(dir);
                 return Err(e);
             }
         };
-        cluster.processes.extend(procs);
+        cluster.processes.extend(procs.iter().cloned());
+        write_cluster(dir, &cluster)?;
+        // On failure this stops every process in cluster.json, this member's included.
+        wait_ready(dir, &procs).await?;
         cluster.members.push(MemberInfo {
             name: name.to_string(),
             domain: domain.clone(),
@@ -203,7 +200,6 @@ pub async fn up(a: &UpArgs, dir: &Path) -> Result<()> {
             cluster.client_config = client_config_path.clone();
             founder_client = Some(client_config_path);
         }
-        // Written after every member, so `dev down` finds whatever did start.
         write_cluster(dir, &cluster)?;
     }
 
