@@ -22,6 +22,8 @@ use crate::state::{State, meta_status};
 
 const USAGE_REFRESH: Duration = Duration::from_secs(30);
 const USAGE_REFRESH_STALE: Duration = Duration::from_secs(2);
+/// How long a plan or read waits for another member before going on without it.
+const PEER_CALL_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// How a datastore's chunks are placed.
 #[derive(Debug, Clone)]
@@ -174,7 +176,13 @@ impl State {
 
     async fn ask_host(&self, member: &str, req: HostChunksRequest) -> Result<Vec<NodeAddr>, Status> {
         let channel = self.peer_channel(member)?;
-        let r = FederationClient::new(channel).host_chunks(req).await;
+        let r = tokio::time::timeout(PEER_CALL_TIMEOUT, FederationClient::new(channel).host_chunks(req))
+            .await
+            .unwrap_or_else(|_| {
+                Err(Status::deadline_exceeded(format!(
+                    "{member} did not answer within {PEER_CALL_TIMEOUT:?}"
+                )))
+            });
         if r.is_err() {
             self.forget_peer(member);
         }
@@ -202,7 +210,13 @@ impl State {
                 chunks: descs(idx.iter().map(|&i| (&chunks[i].0, chunks[i].1))),
             };
             let answer = match self.peer_channel(&member) {
-                Ok(channel) => FederationClient::new(channel).read_tokens(req).await,
+                Ok(channel) => tokio::time::timeout(PEER_CALL_TIMEOUT, FederationClient::new(channel).read_tokens(req))
+                    .await
+                    .unwrap_or_else(|_| {
+                        Err(Status::deadline_exceeded(format!(
+                            "{member} did not answer within {PEER_CALL_TIMEOUT:?}"
+                        )))
+                    }),
                 Err(e) => Err(e),
             };
             match answer {
