@@ -204,6 +204,19 @@ impl Issuer<'_> {
     pub fn trust(&self) -> PathBuf {
         self.certs.join("ca.crt")
     }
+
+    /// Issues a client certificate for `name` and writes `path`, a client config for it.
+    pub fn write_client_config(&self, name: &str, coordinator: &str, path: &Path) -> Result<()> {
+        let (cert, key) = self.issue(Role::Client, name)?;
+        let client = ClientConfig {
+            coordinator: coordinator.to_string(),
+            ca: self.trust(),
+            cert,
+            key,
+            ..Default::default()
+        };
+        write_toml(path, &client)
+    }
 }
 
 /// Writes configs for `count` nodes of one member under `dir` and starts them.
@@ -366,16 +379,8 @@ async fn up_single(a: &UpArgs, dir: &Path) -> Result<()> {
     });
     processes.extend(start_nodes(&issuer, dir, nodes, &a.capacity, &grpc)?);
 
-    let (cert, key) = issuer.issue(Role::Client, "admin")?;
-    let client = ClientConfig {
-        coordinator: grpc.clone(),
-        ca: issuer.trust(),
-        cert,
-        key,
-        ..Default::default()
-    };
     let client_path = dir.join("client.toml");
-    write_toml(&client_path, &client)?;
+    issuer.write_client_config("admin", &grpc, &client_path)?;
     let cluster = ClusterFile {
         member: DOMAIN.into(),
         client_config: client_path.clone(),

@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
-use collective_client::{Client, ClientConfig};
+use collective_client::Client;
 use collective_coordinator::{CoordinatorConfig, FederationConfig};
 use collective_core::Role;
 use collective_pki::{FederationRoot, MemberCa};
@@ -131,16 +131,8 @@ pub async fn up(a: &UpArgs, dir: &Path) -> Result<()> {
                 };
                 let path = member_dir.join("coordinator.toml");
                 write_toml(&path, &cfg)?;
-                let (cert, key) = issuer.issue(Role::Client, name)?;
-                let client = ClientConfig {
-                    coordinator: grpc.clone(),
-                    ca: issuer.trust(),
-                    cert,
-                    key,
-                    ..Default::default()
-                };
                 let client_path = member_dir.join("client.toml");
-                write_toml(&client_path, &client)?;
+                issuer.write_client_config(name, &grpc, &client_path)?;
                 (path, client_path, cfg)
             }
             Some(founder) => {

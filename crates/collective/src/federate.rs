@@ -12,7 +12,8 @@ use collective_pki::{FederationRoot, InviteCode, InviteCodeKind, IssueRequest, M
 use collective_proto::v1::bootstrap_client::BootstrapClient;
 use collective_proto::v1::{
     CreateDatastoreRequest, DatastoreInfo, GenerateInviteRequest, GrantInfo, GrantRequest, InviteInfo, JoinMemberRequest,
-    ListDatastoresRequest, ListInvitesRequest, PathRequest, PeersRequest, RedeemInviteRequest, RevokeInviteRequest, RevokeRequest,
+    ListDatastoresRequest, ListInvitesRequest, PathRequest, PeerInfo, PeersRequest, PeersResponse, RedeemInviteRequest,
+    RevokeInviteRequest, RevokeRequest,
 };
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
@@ -67,6 +68,19 @@ pub enum FederationCommand {
     },
 }
 
+async fn peers(o: &ClientOverrides) -> Result<PeersResponse> {
+    Ok(connect(o)?.admin().peers(PeersRequest {}).await.map_err(status)?.into_inner())
+}
+
+/// A member's domain, marked when it is the coordinator we asked.
+fn member_label(m: &PeerInfo) -> String {
+    if m.local {
+        format!("{} (this)", m.member)
+    } else {
+        m.member.clone()
+    }
+}
+
 pub async fn federation(o: &ClientOverrides, cmd: FederationCommand) -> Result<()> {
     match cmd {
         FederationCommand::Init { domain, out } => {
@@ -85,8 +99,7 @@ pub async fn federation(o: &ClientOverrides, cmd: FederationCommand) -> Result<(
             Ok(())
         }
         FederationCommand::Usage { json } => {
-            let client = connect(o)?;
-            let r = client.admin().peers(PeersRequest {}).await.map_err(status)?.into_inner();
+            let r = peers(o).await?;
             if json {
                 let members: Vec<serde_json::Value> = r
                     .members
@@ -110,14 +123,9 @@ pub async fn federation(o: &ClientOverrides, cmd: FederationCommand) -> Result<(
                 "MEMBER", "OFFERS", "USED BY OTHERS", "USES ELSEWHERE"
             );
             for m in &r.members {
-                let name = if m.local {
-                    format!("{} (this)", m.member)
-                } else {
-                    m.member.clone()
-                };
                 println!(
                     "{:<30} {:>12} {:>16} {:>16}",
-                    name,
+                    member_label(m),
                     collective_core::format_bytes(m.contribution_bytes),
                     collective_core::format_bytes(m.hosted_bytes),
                     collective_core::format_bytes(m.used_elsewhere_bytes)
@@ -127,8 +135,7 @@ pub async fn federation(o: &ClientOverrides, cmd: FederationCommand) -> Result<(
             Ok(())
         }
         FederationCommand::Peers { json } => {
-            let client = connect(o)?;
-            let r = client.admin().peers(PeersRequest {}).await.map_err(status)?.into_inner();
+            let r = peers(o).await?;
             if json {
                 let members: Vec<serde_json::Value> = r
                     .members
@@ -159,14 +166,9 @@ pub async fn federation(o: &ClientOverrides, cmd: FederationCommand) -> Result<(
                 "MEMBER", "STATE", "LAST SEEN", "NODES", "FREE"
             );
             for m in &r.members {
-                let name = if m.local {
-                    format!("{} (this)", m.member)
-                } else {
-                    m.member.clone()
-                };
                 println!(
                     "{:<28} {:<8} {:<26} {:>5} {:>10} {}",
-                    name,
+                    member_label(m),
                     m.state,
                     time_str(m.last_seen_ms),
                     m.nodes,

@@ -90,6 +90,18 @@ pub(crate) fn read(path: &Path) -> Result<String, PkiError> {
     })
 }
 
+/// A signing certificate and its private key (whose permissions are checked first).
+pub(crate) fn read_signing_pair(cert_path: &Path, key_path: &Path) -> Result<(String, KeyPair), PkiError> {
+    let cert_pem = read(cert_path)?;
+    check_key_permissions(key_path)?;
+    let key = KeyPair::from_pem(&read(key_path)?).map_err(|e| PkiError::BadFile {
+        path: key_path.to_path_buf(),
+        what: "private key",
+        detail: e.to_string(),
+    })?;
+    Ok((cert_pem, key))
+}
+
 pub(crate) fn write_public(path: &Path, data: &str) -> Result<(), PkiError> {
     fs::write(path, data).map_err(|source| PkiError::Write {
         path: path.to_path_buf(),
@@ -181,13 +193,7 @@ impl MemberCa {
     pub fn load(dir: &Path) -> Result<MemberCa, PkiError> {
         let cert_path = dir.join("ca.crt");
         let key_path = dir.join("ca.key");
-        let cert_pem = read(&cert_path)?;
-        check_key_permissions(&key_path)?;
-        let key = KeyPair::from_pem(&read(&key_path)?).map_err(|e| PkiError::BadFile {
-            path: key_path.clone(),
-            what: "private key",
-            detail: e.to_string(),
-        })?;
+        let (cert_pem, key) = read_signing_pair(&cert_path, &key_path)?;
         let info = CertInfo::from_pem(&cert_pem).map_err(|e| PkiError::BadFile {
             path: cert_path.clone(),
             what: "CA certificate",

@@ -10,9 +10,9 @@ use rcgen::{
 use time::OffsetDateTime;
 
 use crate::PkiError;
-use crate::ca::{BACKDATE, CA_VALIDITY, fresh_ca_dir, random_serial, read, write_public};
+use crate::ca::{BACKDATE, CA_VALIDITY, fresh_ca_dir, random_serial, read_signing_pair, write_public};
 use crate::cert::CertInfo;
-use crate::keyfile::{check_key_permissions, write_private_file};
+use crate::keyfile::write_private_file;
 
 /// Organisational unit that marks a federation root certificate.
 pub const ROOT_OU: &str = "federation-root";
@@ -67,13 +67,7 @@ impl FederationRoot {
     pub fn load(dir: &Path) -> Result<FederationRoot, PkiError> {
         let cert_path = dir.join("root.crt");
         let key_path = dir.join("root.key");
-        let cert_pem = read(&cert_path)?;
-        check_key_permissions(&key_path)?;
-        let key = KeyPair::from_pem(&read(&key_path)?).map_err(|e| PkiError::BadFile {
-            path: key_path.clone(),
-            what: "private key",
-            detail: e.to_string(),
-        })?;
+        let (cert_pem, key) = read_signing_pair(&cert_path, &key_path)?;
         let info = CertInfo::from_pem(&cert_pem)?;
         if info.org_unit.as_deref() != Some(ROOT_OU) {
             return Err(PkiError::BadFile {
