@@ -4,22 +4,11 @@
 
 mod common;
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use common::{Cluster, p, random_bytes};
+use common::{Cluster, p, random_bytes, within};
 
 /// Polls `f` until it is true or `limit` passes; returns how long it took.
-fn within(limit: Duration, what: &str, mut f: impl FnMut() -> bool) -> Duration {
-    let started = Instant::now();
-    loop {
-        if f() {
-            return started.elapsed();
-        }
-        assert!(started.elapsed() < limit, "not within {limit:?}: {what}");
-        std::thread::sleep(Duration::from_millis(100));
-    }
-}
-
 fn state_of(states: &[(String, String)], member: &str) -> Option<String> {
     states.iter().find(|(m, _)| m == member).map(|(_, s)| s.clone())
 }
@@ -456,7 +445,6 @@ fn backup_copies_land_on_two_members_and_host_members_store_only_ciphertext() {
         distinct.dedup();
         assert_eq!(members.len(), 2, "chunk {id} has {} copies: {members:?}", members.len());
         assert_eq!(distinct.len(), 2, "both copies of chunk {id} are on one member: {members:?}");
-        assert!(distinct.contains(&bob), "chunk {id} has no copy on its owner: {members:?}");
         hosts_used.extend(distinct.into_iter().filter(|m| *m != bob));
     }
     assert_eq!(

@@ -388,6 +388,18 @@ impl Drop for Cluster {
     }
 }
 
+/// Polls `f` every 100 ms until it holds; fails the test after `limit`.
+pub fn within(limit: Duration, what: &str, mut f: impl FnMut() -> bool) -> Duration {
+    let started = Instant::now();
+    loop {
+        if f() {
+            return started.elapsed();
+        }
+        assert!(started.elapsed() < limit, "not within {limit:?}: {what}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
 pub fn p(path: &Path) -> &str {
     path.to_str().unwrap()
 }

@@ -242,6 +242,34 @@ impl ChunkStore {
         Ok(())
     }
 
+    /// Calls `visit` with every stored chunk id, leaf directory by leaf directory (memory
+    /// stays small however many chunks there are); stops early when `visit` returns false.
+    pub fn for_each_id(&self, visit: &mut dyn FnMut(ChunkId) -> bool) -> Result<(), StoreError> {
+        let chunks = self.root.join("chunks");
+        let mut l1: Vec<PathBuf> = fs::read_dir(&chunks)
+            .map_err(io_err(&chunks))?
+            .flatten()
+            .map(|e| e.path())
+            .collect();
+        l1.sort();
+        for a in l1 {
+            let Ok(rd) = fs::read_dir(&a) else { continue };
+            let mut l2: Vec<PathBuf> = rd.flatten().map(|e| e.path()).collect();
+            l2.sort();
+            for b in l2 {
+                let Ok(rd) = fs::read_dir(&b) else { continue };
+                for f in rd.flatten() {
+                    if let Some(id) = f.file_name().to_str().and_then(ChunkId::from_hex)
+                        && !visit(id)
+                    {
+                        return Ok(());
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
     /// Deletes a chunk; returns the bytes freed (0 when it was not there).
     pub fn delete(&self, id: &ChunkId) -> Result<u64, StoreError> {
         let path = self.path_of(id);
@@ -368,6 +396,36 @@ mod tests {
         assert_eq!((s.used(), s.chunk_count()), (data.len() as u64, 1));
         assert_eq!(s.delete(&id).unwrap(), data.len() as u64);
         assert!(matches!(s.get(&id), Err(StoreError::NotFound(_))));
+        fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn every_stored_chunk_is_visited_once() {
+        let dir = tmpdir("visit");
+        let s = ChunkStore::open(&dir, 1 << 20).unwrap();
+        let mut ids: Vec<ChunkId> = (0..50u32)
+            .map(|i| {
+                let d = i.to_le_bytes();
+                s.put(&ChunkId::of(&d), &d).unwrap();
+                ChunkId::of(&d)
+            })
+            .collect();
+        let mut seen = Vec::new();
+        s.for_each_id(&mut |id| {
+            seen.push(id);
+            true
+        })
+        .unwrap();
+        ids.sort();
+        seen.sort();
+        assert_eq!(ids, seen);
+        let mut n = 0;
+        s.for_each_id(&mut |_| {
+            n += 1;
+            n < 3
+        })
+        .unwrap();
+        assert_eq!(n, 3);
         fs::remove_dir_all(&dir).unwrap();
     }
 

@@ -7,6 +7,7 @@ use collective_dataplane::ChunkClient;
 use collective_pki::TlsIdentity;
 use collective_proto::v1::admin_client::AdminClient;
 use collective_proto::v1::metadata_client::MetadataClient;
+use collective_proto::v1::upkeep_client::UpkeepClient;
 use collective_proto::v1::{
     DirEntry, FileAttr, ListRequest, MkdirRequest, PathRequest, RemoveRequest, RemoveResponse, RenameRequest, StatusRequest, StatusResponse,
 };
@@ -23,6 +24,7 @@ const MAX_MESSAGE_BYTES: usize = 64 << 20;
 pub struct Client {
     pub(crate) meta: MetadataClient<Channel>,
     admin: AdminClient<Channel>,
+    upkeep: UpkeepClient<Channel>,
     pub(crate) chunks: Arc<ChunkClient>,
     /// Memory for chunk bytes in flight, in KiB permits.
     pub(crate) budget: Arc<Semaphore>,
@@ -67,6 +69,7 @@ impl Client {
         .map_err(|e| ClientError::Config(format!("coordinator_name: {e}")))?;
         let channel = collective_rpc::channel(&identity, &cfg.coordinator, &coordinator)?;
         let admin = AdminClient::new(channel.clone());
+        let upkeep = UpkeepClient::new(channel.clone());
         let meta = MetadataClient::new(channel)
             .max_decoding_message_size(MAX_MESSAGE_BYTES)
             .max_encoding_message_size(MAX_MESSAGE_BYTES);
@@ -77,6 +80,7 @@ impl Client {
         Ok(Client {
             meta,
             admin,
+            upkeep,
             chunks,
             budget: Arc::new(Semaphore::new(budget_kib as usize)),
             budget_kib,
@@ -93,6 +97,11 @@ impl Client {
     /// The administration service (datastores, grants, invites, federation).
     pub fn admin(&self) -> AdminClient<Channel> {
         self.admin.clone()
+    }
+
+    /// Repair, scrub and node lifecycle (this member's admins).
+    pub fn upkeep(&self) -> UpkeepClient<Channel> {
+        self.upkeep.clone()
     }
 
     pub(crate) fn meta(&self) -> MetadataClient<Channel> {

@@ -154,6 +154,24 @@ fn http_status(addr: &str, path: &str) -> Option<u16> {
     line.split_whitespace().nth(1)?.parse().ok()
 }
 
+/// A node that misses heartbeats this long is down (production default: 10s).
+pub(crate) const DEV_NODE_TIMEOUT: &str = "6s";
+
+/// Short upkeep periods so repair, scrub and garbage collection can be watched live (and
+/// tested); production defaults are minutes to hours (see docs/configuration.md).
+pub(crate) fn dev_upkeep() -> collective_coordinator::UpkeepConfig {
+    collective_coordinator::UpkeepConfig {
+        scan_interval: "1s".into(),
+        repair_grace: "4s".into(),
+        repair_rate: "256MiB".into(),
+        repair_parallel: 4,
+        gc_grace: "3s".into(),
+        hot_threshold: 50.0,
+        hot_half_life: "5s".into(),
+        hot_max_extra: 1,
+    }
+}
+
 pub(crate) fn write_toml<T: Serialize>(path: &Path, v: &T) -> Result<()> {
     std::fs::write(path, toml::to_string_pretty(v)?).with_context(|| format!("cannot write {}", path.display()))
 }
@@ -235,6 +253,8 @@ pub(crate) fn start_nodes(issuer: &Issuer<'_>, dir: &Path, count: usize, capacit
             quic_listen: format!("127.0.0.1:{port}"),
             http_listen: node_http.clone(),
             coordinator: coordinator.to_string(),
+            scrub_rate: "256MiB".into(),
+            scrub_interval: "1h".into(),
             tls: collective_node::TlsFiles {
                 ca: issuer.trust(),
                 cert,
@@ -354,6 +374,8 @@ async fn up_single(a: &UpArgs, dir: &Path) -> Result<()> {
         grpc_listen: grpc.clone(),
         http_listen: http.clone(),
         replication: a.replication,
+        node_timeout: DEV_NODE_TIMEOUT.into(),
+        upkeep: dev_upkeep(),
         tls: collective_coordinator::TlsFiles {
             ca: issuer.trust(),
             cert,

@@ -115,6 +115,8 @@ pub async fn up(a: &UpArgs, dir: &Path) -> Result<()> {
                     grpc_listen: grpc.clone(),
                     http_listen: http.clone(),
                     replication: a.replication,
+                    node_timeout: crate::dev::DEV_NODE_TIMEOUT.into(),
+                    upkeep: crate::dev::dev_upkeep(),
                     ca_dir: ca_dir.clone(),
                     tls: collective_coordinator::TlsFiles {
                         ca: issuer.trust(),

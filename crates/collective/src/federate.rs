@@ -66,6 +66,13 @@ pub enum FederationCommand {
         #[arg(long)]
         json: bool,
     },
+    /// What would fall below its replication factor, or become unreadable, if MEMBER left now
+    Risk {
+        /// Member name (bob) or domain (bob.collective.local)
+        member: String,
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 async fn peers(o: &ClientOverrides) -> Result<PeersResponse> {
@@ -81,8 +88,66 @@ fn member_label(m: &PeerInfo) -> String {
     }
 }
 
+fn risk_json(r: &collective_proto::v1::RiskReport) -> serde_json::Value {
+    let owner = |m: &collective_proto::v1::MemberRisk| {
+        serde_json::json!({
+            "owner": m.owner,
+            "files_under_replicated": m.files_under_replicated,
+            "bytes_under_replicated": m.bytes_under_replicated,
+            "files_unreadable": m.files_unreadable,
+            "bytes_unreadable": m.bytes_unreadable,
+        })
+    };
+    serde_json::json!({
+        "member": r.member,
+        "files_under_replicated": r.files_under_replicated,
+        "bytes_under_replicated": r.bytes_under_replicated,
+        "files_unreadable": r.files_unreadable,
+        "bytes_unreadable": r.bytes_unreadable,
+        "owners": r.owners.iter().map(owner).collect::<Vec<_>>(),
+        "unanswered": r.unanswered,
+    })
+}
+
+async fn risk(o: &ClientOverrides, member: String, json: bool) -> Result<()> {
+    let client = connect(o)?;
+    let r = client
+        .upkeep()
+        .risk(collective_proto::v1::RiskRequest { member, local_only: false })
+        .await
+        .map_err(status)?
+        .into_inner();
+    if json {
+        println!("{}", serde_json::to_string_pretty(&risk_json(&r))?);
+        return Ok(());
+    }
+    use collective_core::format_bytes;
+    println!("if {} left now:", r.member);
+    println!(
+        "  {} file(s) ({}) would become unreadable",
+        r.files_unreadable,
+        format_bytes(r.bytes_unreadable)
+    );
+    println!(
+        "  {} file(s) ({}) would fall below their replication factor",
+        r.files_under_replicated,
+        format_bytes(r.bytes_under_replicated)
+    );
+    for m in &r.owners {
+        println!(
+            "  in {}'s datastores: {} unreadable, {} under-replicated",
+            m.owner, m.files_unreadable, m.files_under_replicated
+        );
+    }
+    if !r.unanswered.is_empty() {
+        println!("  not counted (did not answer): {}", r.unanswered.join(", "));
+    }
+    Ok(())
+}
+
 pub async fn federation(o: &ClientOverrides, cmd: FederationCommand) -> Result<()> {
     match cmd {
+        FederationCommand::Risk { member, json } => risk(o, member, json).await,
         FederationCommand::Init { domain, out } => {
             let root = FederationRoot::init(&domain, &out)?;
             println!("federation root for {} written to {}", root.domain, out.display());

@@ -409,7 +409,14 @@ pub async fn stat(o: &ClientOverrides, a: StatArgs) -> Result<()> {
     let path = remote(&a.path)?;
     let attr = connect(o)?.stat(path.as_str()).await?;
     if a.json {
-        println!("{}", serde_json::to_string_pretty(&attr_json(&attr))?);
+        let mut v = attr_json(&attr);
+        if !is_dir(&attr) {
+            v["copies"] = json!(attr.min_copies);
+            v["wanted_copies"] = json!(attr.wanted_copies);
+            v["hot_chunks"] = json!(attr.hot_chunks);
+            v["reads"] = json!(attr.reads);
+        }
+        println!("{}", serde_json::to_string_pretty(&v)?);
         return Ok(());
     }
     println!("path:     {}", attr.path);
@@ -423,6 +430,18 @@ pub async fn stat(o: &ClientOverrides, a: StatArgs) -> Result<()> {
     } else {
         println!("chunks:   {}", attr.chunks);
         println!("version:  {}", attr.version);
+        println!(
+            "copies:   {} live of {} wanted (its least-replicated chunk)",
+            attr.min_copies, attr.wanted_copies
+        );
+        if attr.hot_chunks > 0 {
+            println!(
+                "hot:      {} chunk(s) hold extra copies ({:.0} recent reads)",
+                attr.hot_chunks, attr.reads
+            );
+        } else {
+            println!("reads:    {:.0} recent", attr.reads);
+        }
     }
     Ok(())
 }
@@ -459,6 +478,11 @@ fn status_json(s: &StatusResponse) -> serde_json::Value {
             "under_replicated_chunks": s.under_replicated_chunks,
             "unreadable_chunks": s.unreadable_chunks,
             "bad_replica_reports": s.corrupt_reports,
+            "bytes_at_risk": s.bytes_at_risk,
+        },
+        "garbage": {
+            "reclaimable_chunks": s.reclaimable_chunks,
+            "reclaimable_bytes": s.reclaimable_bytes,
         },
         "warnings": warnings(s),
     })
@@ -540,6 +564,13 @@ fn print_status(s: &StatusResponse) {
         "replication (x{}): {healthy} chunks healthy, {} under-replicated, {} unreadable",
         s.replication, s.under_replicated_chunks, s.unreadable_chunks
     );
+    if s.reclaimable_chunks > 0 {
+        println!(
+            "reclaimable: {} in {} unreferenced chunk(s), deleted after the garbage-collection grace period",
+            format_bytes(s.reclaimable_bytes),
+            s.reclaimable_chunks
+        );
+    }
     let w = warnings(s);
     println!();
     if w.is_empty() {

@@ -10,6 +10,7 @@ mod devfed;
 mod federate;
 mod files;
 mod servers;
+mod upkeep;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -53,8 +54,8 @@ enum Command {
     Ca(ca::CaCommand),
     /// Run a coordinator (metadata, placement, tokens)
     Coordinator(servers::CoordinatorArgs),
-    /// Run a storage node (chunk store)
-    Node(servers::NodeArgs),
+    /// Run a storage node (`collective node --config node.toml`), or drain or remove one
+    Node(servers::NodeCli),
     /// Store local files (streamed; directories with -r)
     Put(files::PutArgs),
     /// Fetch a remote file or, with -r, a tree
@@ -75,6 +76,12 @@ enum Command {
     Stat(files::StatArgs),
     /// Is my data safe? Nodes, capacity, data and replication at a glance
     Status(files::StatusArgs),
+    /// Is everything back to its copies? Chunks at risk, repair progress, estimate
+    #[command(subcommand)]
+    Repair(upkeep::RepairCommand),
+    /// Re-hash stored chunks to find bit rot (and repair it)
+    #[command(subcommand)]
+    Scrub(upkeep::ScrubCommand),
     /// Federation root and members' view of each other
     #[command(subcommand)]
     Federation(federate::FederationCommand),
@@ -117,7 +124,10 @@ fn main() -> ExitCode {
     // already installed, which is fine.
     let _ = rustls::crypto::ring::default_provider().install_default();
     let cli = Cli::parse();
-    let server = matches!(cli.command, Command::Coordinator(_) | Command::Node(_) | Command::Dev(_));
+    let server = matches!(
+        cli.command,
+        Command::Coordinator(_) | Command::Node(servers::NodeCli { command: None, .. }) | Command::Dev(_)
+    );
     init_logging(if server { "info" } else { "warn" });
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(r) => r,
@@ -150,7 +160,18 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Ca(c) => ca::run(c),
         Command::Coordinator(a) => servers::coordinator(a).await,
-        Command::Node(a) => servers::node(a).await,
+        Command::Node(servers::NodeCli { command: None, run }) => servers::node(run).await,
+        Command::Node(servers::NodeCli { command: Some(c), .. }) => match c {
+            servers::NodeCommand::Drain {
+                node,
+                no_wait,
+                cancel,
+                json,
+            } => upkeep::drain(&overrides, node, no_wait, cancel, json).await,
+            servers::NodeCommand::Rm { node } => upkeep::remove(&overrides, node).await,
+        },
+        Command::Repair(c) => upkeep::repair(&overrides, c).await,
+        Command::Scrub(c) => upkeep::scrub(&overrides, c).await,
         Command::Dev(c) => dev::run(c).await,
         Command::Put(a) => files::put(&overrides, a).await,
         Command::Get(a) => files::get(&overrides, a).await,

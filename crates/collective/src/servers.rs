@@ -26,6 +26,38 @@ pub struct CoordinatorArgs {
     replication: Option<u32>,
 }
 
+/// `collective node`: run a node (with `--config`), or manage one of this member's nodes.
+#[derive(Args)]
+#[command(args_conflicts_with_subcommands = true)]
+pub struct NodeCli {
+    #[command(subcommand)]
+    pub command: Option<NodeCommand>,
+    #[command(flatten)]
+    pub run: NodeArgs,
+}
+
+#[derive(clap::Subcommand)]
+pub enum NodeCommand {
+    /// Move every chunk off a node (before removing it); follows progress until done
+    Drain {
+        /// Node name, e.g. node-02 (or its full principal)
+        node: String,
+        /// Start the drain and return at once
+        #[arg(long)]
+        no_wait: bool,
+        /// Stop draining: the node takes new data again
+        #[arg(long)]
+        cancel: bool,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Forget a node; refused while it holds the only copy of anything
+    Rm {
+        /// Node name, e.g. node-02 (or its full principal)
+        node: String,
+    },
+}
+
 #[derive(Args)]
 pub struct NodeArgs {
     /// node.toml

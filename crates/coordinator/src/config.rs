@@ -30,6 +30,46 @@ pub struct CoordinatorConfig {
     pub advertise_grpc: String,
     pub tls: TlsFiles,
     pub federation: FederationConfig,
+    pub upkeep: UpkeepConfig,
+}
+
+/// `[upkeep]`: repair, garbage collection and hot replicas.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct UpkeepConfig {
+    /// How often replica sets are checked (and after any node or replica change).
+    pub scan_interval: String,
+    /// How long a node (or member) may be down before its copies are replaced elsewhere.
+    /// Short outages (a reboot, an upgrade) should not trigger a full re-replication.
+    pub repair_grace: String,
+    /// Most bytes per second repair and drain copy between nodes, so users are not starved.
+    pub repair_rate: String,
+    /// Chunk copies in flight at once.
+    pub repair_parallel: u32,
+    /// How long an unreferenced chunk stays before it is deleted (a concurrent upload may
+    /// still reuse it).
+    pub gc_grace: String,
+    /// Reads (decayed) above which a chunk gets an extra copy.
+    pub hot_threshold: f64,
+    /// Half-life of the read count.
+    pub hot_half_life: String,
+    /// Most extra copies a hot chunk gets.
+    pub hot_max_extra: u32,
+}
+
+impl Default for UpkeepConfig {
+    fn default() -> Self {
+        UpkeepConfig {
+            scan_interval: "30s".into(),
+            repair_grace: "15m".into(),
+            repair_rate: "64MiB".into(),
+            repair_parallel: 4,
+            gc_grace: "1h".into(),
+            hot_threshold: 200.0,
+            hot_half_life: "10m".into(),
+            hot_max_extra: 2,
+        }
+    }
 }
 
 /// `[federation]`: gossip with the other members' coordinators.
@@ -87,6 +127,7 @@ impl Default for CoordinatorConfig {
             advertise_grpc: String::new(),
             tls: TlsFiles::default(),
             federation: FederationConfig::default(),
+            upkeep: UpkeepConfig::default(),
         }
     }
 }

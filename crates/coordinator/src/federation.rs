@@ -81,9 +81,22 @@ impl State {
         Ok(channel)
     }
 
-    /// Forgets a cached channel (the member restarted, maybe at a new address).
+    /// A call to `member` failed: forget the cached channel (it may have restarted at a new
+    /// address) and open its circuit breaker, so plans and reads skip it for a while.
     pub fn forget_peer(&self, member: &str) {
         self.peer_channels.lock().unwrap_or_else(|p| p.into_inner()).remove(member);
+        let wait = self.peer_breakers.failure(member, std::time::Instant::now());
+        tracing::debug!(%member, "skipping it for {:.1} s (circuit breaker open)", wait.as_secs_f64());
+    }
+
+    /// A call to `member` succeeded: close its breaker.
+    pub fn peer_ok(&self, member: &str) {
+        self.peer_breakers.success(member);
+    }
+
+    /// Whether plans and reads should skip `member` now (its breaker is open).
+    pub fn peer_skipped(&self, member: &str) -> bool {
+        self.peer_breakers.state(member, std::time::Instant::now()) == collective_core::BreakerState::Open
     }
 
     /// What we tell the federation about ourselves.
@@ -207,6 +220,7 @@ async fn exchange_with(state: &State, member: &str) {
     };
     match FederationClient::new(channel).exchange(req).await {
         Ok(r) => {
+            state.peer_ok(member);
             let news = fed.gossip.merge(r.into_inner().states);
             if news > 0 {
                 tracing::debug!(peer = %member, news, "anti-entropy brought news");
@@ -245,5 +259,16 @@ impl Federation for FederationService {
 
     async fn read_tokens(&self, req: Request<ReadTokensRequest>) -> Result<Response<ReadTokensResponse>, Status> {
         self.state.read_tokens(req).await
+    }
+
+    async fn release_chunks(
+        &self,
+        req: Request<collective_proto::v1::ReleaseChunksRequest>,
+    ) -> Result<Response<collective_proto::v1::ReleaseChunksResponse>, Status> {
+        self.state.release_chunks(req).await
+    }
+
+    async fn risk(&self, req: Request<collective_proto::v1::RiskRequest>) -> Result<Response<collective_proto::v1::RiskReport>, Status> {
+        self.state.peer_risk(req).await
     }
 }

@@ -8,8 +8,8 @@ use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use collective_core::{ChunkId, Principal};
-use collective_gossip::PeerState;
 use collective_meta::DatastoreRecord;
+use collective_placement::{Request as PlaceRequest, Strategy};
 use collective_proto::v1::federation_client::FederationClient;
 use collective_proto::v1::{
     ChunkDesc, ChunkPlacement, HostChunksRequest, HostChunksResponse, HostedReplicas, NodeAddr, ReadTokensRequest, ReadTokensResponse,
@@ -84,60 +84,71 @@ impl State {
         })
     }
 
-    /// Other members that could host a chunk of `size`, best first for this chunk
-    /// (rendezvous order on the chunk id, so a file's chunks spread over all of them).
-    fn hosts_for(&self, id: &ChunkId, size: u64, exclude: &[String]) -> Vec<String> {
-        let Some(fed) = self.fed() else { return vec![] };
-        let mut hosts: Vec<(u64, String)> = fed
-            .gossip
-            .states()
-            .into_iter()
-            .filter(|s| s.member != self.domain && !exclude.contains(&s.member))
-            // A suspect member may well answer (a missed probe under load); if it does
-            // not, its chunks fall back to another member or to our own nodes.
-            .filter(|s| matches!(fed.gossip.peer_state(&s.member), Some(PeerState::Alive | PeerState::Suspect)))
-            .filter(|s| s.contribution_bytes.saturating_sub(s.hosted_bytes) >= size)
-            .filter(|s| s.nodes.iter().any(|n| n.healthy && n.free_bytes >= size))
-            .map(|s| {
-                let h = ChunkId::of(&[id.as_bytes().as_slice(), s.member.as_bytes()].concat());
-                let score = u64::from_be_bytes(h.0[..8].try_into().unwrap_or_default());
-                (score, s.member)
-            })
-            .collect();
-        hosts.sort_by(|a, b| b.0.cmp(&a.0).then_with(|| a.1.cmp(&b.1)));
-        hosts.into_iter().map(|(_, m)| m).collect()
-    }
-
-    /// Places new chunks under a spreading policy: one copy here, the others on distinct
-    /// other members (our own nodes make up for members that are missing, full or fail).
+    /// Places new chunks under a spreading policy (backup: distinct members first; hybrid:
+    /// one copy here, the rest on other members). Members that fail or are full are left
+    /// out and placement runs again; our own nodes make up for whatever is still missing.
     pub async fn plan_spread(&self, chunks: &[(ChunkId, u64)], policy: &Policy, user: &str) -> Result<Vec<ChunkPlacement>, Status> {
-        let wanted_remote = policy.replicas.saturating_sub(1);
-        // Which members host which chunks.
+        let strategy = policy
+            .datastore
+            .as_ref()
+            .and_then(|d| Strategy::parse(&d.strategy))
+            .filter(|s| *s != Strategy::Media)
+            .unwrap_or(Strategy::Backup);
+        let mut local: Vec<Vec<String>> = vec![Vec::new(); chunks.len()];
         let mut remote: Vec<Vec<NodeAddr>> = vec![Vec::new(); chunks.len()];
         let mut failed_members: Vec<String> = Vec::new();
         for _round in 0..3 {
-            let mut asks: HashMap<String, Vec<usize>> = HashMap::new();
+            let mut cluster = self.placement_cluster(true);
+            for n in &mut cluster.nodes {
+                if failed_members.contains(&n.member) {
+                    n.healthy = false;
+                }
+            }
+            let mut asks: HashMap<String, Vec<(usize, String)>> = HashMap::new();
             for (i, (id, size)) in chunks.iter().enumerate() {
-                let have: Vec<String> = remote[i].iter().map(|a| member_of(&a.node).to_string()).collect();
-                let need = wanted_remote.saturating_sub(have.len());
-                let mut exclude = failed_members.clone();
-                exclude.extend(have);
-                for m in self.hosts_for(id, *size, &exclude).into_iter().take(need) {
-                    asks.entry(m).or_default().push(i);
+                let mut existing = local[i].clone();
+                existing.extend(remote[i].iter().map(|a| a.node.clone()));
+                let count = policy.replicas.saturating_sub(existing.len());
+                if count == 0 {
+                    continue;
+                }
+                let req = PlaceRequest {
+                    chunk: id,
+                    size: *size,
+                    count,
+                    strategy,
+                    owner: &self.domain,
+                    reader: &self.domain,
+                    existing: &existing,
+                    exclude: &[],
+                    previous: &[],
+                };
+                // Not enough places anywhere: the fallback below reports it.
+                let Ok(targets) = collective_placement::place(&cluster, &req) else {
+                    continue;
+                };
+                for t in targets {
+                    if member_of(&t) == self.domain {
+                        self.note_planned(std::slice::from_ref(&t), *size);
+                        local[i].push(t);
+                    } else {
+                        asks.entry(member_of(&t).to_string()).or_default().push((i, t));
+                    }
                 }
             }
             if asks.is_empty() {
                 break;
             }
-            for (member, idx) in asks {
+            for (member, wanted) in asks {
                 let req = HostChunksRequest {
                     user: user.to_string(),
-                    chunks: descs(idx.iter().map(|&i| (&chunks[i].0, chunks[i].1))),
+                    chunks: descs(wanted.iter().map(|(i, _)| (&chunks[*i].0, chunks[*i].1))),
                     avoid: vec![],
+                    prefer: wanted.iter().map(|(_, n)| n.clone()).collect(),
                 };
                 match self.ask_host(&member, req).await {
-                    Ok(targets) if targets.len() == idx.len() => {
-                        for (i, t) in idx.into_iter().zip(targets) {
+                    Ok(targets) if targets.len() == wanted.len() => {
+                        for ((i, _), t) in wanted.into_iter().zip(targets) {
                             remote[i].push(t);
                         }
                     }
@@ -154,15 +165,31 @@ impl State {
         }
         let mut out = Vec::with_capacity(chunks.len());
         for (i, (id, size)) in chunks.iter().enumerate() {
-            let local_count = policy.replicas - remote[i].len().min(wanted_remote);
-            let local = collective_placement::place(&self.candidates(), local_count, *size, &[])
-                .map_err(|e| Status::failed_precondition(e.to_string()))?;
-            self.note_planned(&local, *size);
-            let mut all = local.clone();
+            let mut existing = local[i].clone();
+            existing.extend(remote[i].iter().map(|a| a.node.clone()));
+            let missing = policy.replicas.saturating_sub(existing.len());
+            if missing > 0 {
+                let req = PlaceRequest {
+                    chunk: id,
+                    size: *size,
+                    count: missing,
+                    strategy: Strategy::Media,
+                    owner: &self.domain,
+                    reader: &self.domain,
+                    existing: &existing,
+                    exclude: &[],
+                    previous: &[],
+                };
+                let more = collective_placement::place(&self.placement_cluster(false), &req)
+                    .map_err(|e| Status::failed_precondition(e.to_string()))?;
+                self.note_planned(&more, *size);
+                local[i].extend(more);
+            }
+            let mut all = local[i].clone();
             all.extend(remote[i].iter().map(|a| a.node.clone()));
             self.meta.add_pending(id, *size, &all).map_err(meta_status)?;
-            let token = self.signer.sign(TokenOp::Put, id, &local, user, *size, self.token_ttl);
-            let mut targets = self.addrs(&local);
+            let token = self.signer.sign(TokenOp::Put, id, &local[i], user, *size, self.token_ttl);
+            let mut targets = self.addrs(&local[i]);
             targets.append(&mut remote[i]);
             out.push(ChunkPlacement {
                 id: id.0.to_vec().into(),
@@ -175,6 +202,12 @@ impl State {
     }
 
     async fn ask_host(&self, member: &str, req: HostChunksRequest) -> Result<Vec<NodeAddr>, Status> {
+        if let Err(wait) = self.peer_breakers.check(member, std::time::Instant::now()) {
+            return Err(Status::unavailable(format!(
+                "{member} failed moments ago; skipped for {:.1} s (circuit breaker open)",
+                wait.as_secs_f64()
+            )));
+        }
         let channel = self.peer_channel(member)?;
         let r = tokio::time::timeout(PEER_CALL_TIMEOUT, FederationClient::new(channel).host_chunks(req))
             .await
@@ -183,8 +216,9 @@ impl State {
                     "{member} did not answer within {PEER_CALL_TIMEOUT:?}"
                 )))
             });
-        if r.is_err() {
-            self.forget_peer(member);
+        match &r {
+            Err(s) if s.code() != tonic::Code::ResourceExhausted => self.forget_peer(member),
+            _ => self.peer_ok(member),
         }
         Ok(r?.into_inner().targets)
     }
@@ -204,32 +238,60 @@ impl State {
                 }
             }
         }
+        // Members whose breaker is open are asked only for chunks no one else can serve.
+        let mut later: Vec<(String, Vec<usize>)> = Vec::new();
         for (member, idx) in asks {
-            let req = ReadTokensRequest {
-                user: user.to_string(),
-                chunks: descs(idx.iter().map(|&i| (&chunks[i].0, chunks[i].1))),
-            };
-            let answer = match self.peer_channel(&member) {
-                Ok(channel) => tokio::time::timeout(PEER_CALL_TIMEOUT, FederationClient::new(channel).read_tokens(req))
-                    .await
-                    .unwrap_or_else(|_| {
-                        Err(Status::deadline_exceeded(format!(
-                            "{member} did not answer within {PEER_CALL_TIMEOUT:?}"
-                        )))
-                    }),
-                Err(e) => Err(e),
-            };
-            match answer {
-                Ok(r) => {
-                    let r = r.into_inner();
-                    for (i, hosted) in idx.into_iter().zip(r.chunks) {
-                        chunks[i].3.extend(hosted.replicas);
-                    }
+            // A member gossip has declared down would only cost a timeout.
+            if self
+                .fed()
+                .is_some_and(|f| f.gossip.peer_state(&member) == Some(collective_gossip::PeerState::Down))
+            {
+                continue;
+            }
+            if self.peer_skipped(&member) {
+                later.push((member, idx));
+                continue;
+            }
+            self.ask_read_tokens(&member, idx, chunks, user).await;
+        }
+        for (member, idx) in later {
+            let domain = &self.domain;
+            let orphans: Vec<usize> = idx
+                .into_iter()
+                .filter(|&i| chunks[i].3.is_empty() && !chunks[i].2.iter().any(|n| member_of(n) == domain))
+                .collect();
+            if !orphans.is_empty() {
+                self.ask_read_tokens(&member, orphans, chunks, user).await;
+            }
+        }
+    }
+
+    /// Read tokens from `member` for the chunks at `idx`, added to their replicas.
+    async fn ask_read_tokens(&self, member: &str, idx: Vec<usize>, chunks: &mut [(ChunkId, u64, Vec<String>, Vec<NodeAddr>)], user: &str) {
+        let req = ReadTokensRequest {
+            user: user.to_string(),
+            chunks: descs(idx.iter().map(|&i| (&chunks[i].0, chunks[i].1))),
+        };
+        let answer = match self.peer_channel(member) {
+            Ok(channel) => tokio::time::timeout(PEER_CALL_TIMEOUT, FederationClient::new(channel).read_tokens(req))
+                .await
+                .unwrap_or_else(|_| {
+                    Err(Status::deadline_exceeded(format!(
+                        "{member} did not answer within {PEER_CALL_TIMEOUT:?}"
+                    )))
+                }),
+            Err(e) => Err(e),
+        };
+        match answer {
+            Ok(r) => {
+                self.peer_ok(member);
+                for (i, hosted) in idx.into_iter().zip(r.into_inner().chunks) {
+                    chunks[i].3.extend(hosted.replicas);
                 }
-                Err(e) => {
-                    tracing::warn!(%member, "no read tokens from there: {}", e.message());
-                    self.forget_peer(&member);
-                }
+            }
+            Err(e) => {
+                tracing::warn!(%member, "no read tokens from there: {}", e.message());
+                self.forget_peer(member);
             }
         }
     }
@@ -277,23 +339,41 @@ impl State {
             let id = ChunkId::from_slice(&c.id).ok_or_else(|| Status::invalid_argument("malformed chunk id"))?;
             chunks.push((id, c.size));
         }
-        let candidates = self.candidates();
+        let cluster = self.placement_cluster(false);
         let avoid = q.avoid.clone();
-        let place = |_: &ChunkId, size: u64, have: &[String]| -> Result<String, String> {
-            // An already hosted chunk goes back to a node that holds it, if still up.
-            if let Some(n) = have
+        let usable = |n: &str, size: u64| {
+            cluster
+                .nodes
                 .iter()
-                .find(|n| candidates.iter().any(|c| &c.node == *n && c.healthy && !avoid.contains(n)))
-            {
+                .any(|c| c.id == n && c.healthy && c.free >= size && !avoid.iter().any(|a| a == n))
+        };
+        let place = |id: &ChunkId, size: u64, have: &[String], prefer: &str| -> Result<String, String> {
+            // An already hosted chunk goes back to a node that holds it, if still up;
+            // otherwise the node the guest's placement chose, if it can take it.
+            if let Some(n) = have.iter().find(|n| usable(n, size)) {
                 return Ok(n.clone());
             }
-            collective_placement::place(&candidates, 1, size, &avoid)
+            if !prefer.is_empty() && usable(prefer, size) {
+                return Ok(prefer.to_string());
+            }
+            let req = PlaceRequest {
+                chunk: id,
+                size,
+                count: 1,
+                strategy: Strategy::Media,
+                owner: &self.domain,
+                reader: &self.domain,
+                existing: &[],
+                exclude: &avoid,
+                previous: &[],
+            };
+            collective_placement::place(&cluster, &req)
                 .map(|mut v| v.remove(0))
                 .map_err(|e| format!("{} cannot host a copy: {e}", self.domain))
         };
         let nodes = self
             .meta
-            .host_chunks(&guest, &chunks, fed.contribution, &place)
+            .host_chunks(&guest, &chunks, &q.prefer, fed.contribution, &place)
             .map_err(|e| match e {
                 collective_meta::MetaError::QuotaFull { used, quota } => Status::resource_exhausted(format!(
                     "{} has no room left in what it contributes to the federation ({} of {} hosted)",

@@ -14,7 +14,9 @@ mod metrics;
 mod registry;
 mod server;
 mod state;
+mod upkeep;
+mod upkeep_service;
 
 pub use collective_pki::TlsFiles;
-pub use config::{CoordinatorConfig, FederationConfig};
+pub use config::{CoordinatorConfig, FederationConfig, UpkeepConfig};
 pub use server::{CoordinatorError, run};

@@ -49,6 +49,7 @@ fn to_proto(a: Attr) -> FileAttr {
         owner: a.owner,
         chunks: a.count,
         version: a.version,
+        ..Default::default()
     }
 }
 
@@ -119,9 +120,30 @@ impl MetadataService {
             .unwrap_or_default())
     }
 
-    /// Places `count` copies of a chunk on nodes not in `exclude` and signs their token.
-    fn placement(&self, id: &ChunkId, size: u64, count: usize, exclude: &[String], caller: &str) -> Result<ChunkPlacement, Status> {
-        let chosen = collective_placement::place(&self.state.candidates(), count, size, exclude)
+    /// Places `count` new copies of a chunk on our nodes (never on `holders`; the first
+    /// copy away from `previous`, the nodes of the file's previous chunks) and signs their
+    /// token.
+    fn placement(
+        &self,
+        id: &ChunkId,
+        size: u64,
+        count: usize,
+        holders: &[String],
+        previous: &[String],
+        caller: &str,
+    ) -> Result<ChunkPlacement, Status> {
+        let req = collective_placement::Request {
+            chunk: id,
+            size,
+            count,
+            strategy: collective_placement::Strategy::Media,
+            owner: &self.state.domain,
+            reader: &self.state.domain,
+            existing: holders,
+            exclude: &[],
+            previous,
+        };
+        let chosen = collective_placement::place(&self.state.placement_cluster(false), &req)
             .map_err(|e| Status::failed_precondition(e.to_string()))?;
         self.state.note_planned(&chosen, size);
         self.state.meta.add_pending(id, size, &chosen).map_err(meta_status)?;
@@ -139,6 +161,30 @@ impl MetadataService {
 }
 
 impl MetadataService {
+    /// A file's attributes with how its chunks stand: the fewest live copies of any chunk,
+    /// what its datastore wants, and how hot it is.
+    fn file_health(&self, path: &RemotePath, attr: Attr) -> Result<FileAttr, Status> {
+        let (_, manifest) = self.state.meta.manifest(path).map_err(meta_status)?;
+        let wanted = self.state.policy(path.as_str())?.replicas as u32;
+        let mut out = to_proto(attr);
+        out.wanted_copies = wanted;
+        out.min_copies = if manifest.is_empty() { wanted } else { u32::MAX };
+        for c in &manifest {
+            let id = ChunkId(c.id);
+            let live = self
+                .replicas(&id)?
+                .iter()
+                .filter(|n| self.state.liveness(n) == crate::upkeep::Live::Up)
+                .count() as u32;
+            out.min_copies = out.min_copies.min(live);
+            if self.state.upkeep.extra(&id) > 0 {
+                out.hot_chunks += 1;
+            }
+            out.reads = out.reads.max(self.state.upkeep.reads(&id));
+        }
+        Ok(out)
+    }
+
     /// `ls /`: this member's top-level entries the user may see, then every other alive
     /// member's datastores that member lets the user see (each owner decides).
     async fn list_root(&self, who: &Principal, q: &ListRequest) -> Result<ListResponse, Status> {
@@ -246,7 +292,11 @@ impl Metadata for MetadataService {
             if !path.is_root() {
                 self.state.require(&who, &path, Rights::READ)?;
             }
-            self.state.meta.stat(&path).map(to_proto).map_err(meta_status)
+            let attr = self.state.meta.stat(&path).map_err(meta_status)?;
+            if attr.kind == Kind::File {
+                return self.file_health(&path, attr);
+            }
+            Ok(to_proto(attr))
         })();
         call.done(r)
     }
@@ -371,17 +421,21 @@ impl Metadata for MetadataService {
             for (i, c) in q.chunks.iter().enumerate() {
                 let id = chunk_arg(&c.id)?;
                 check_chunk_size(&id, c.size)?;
-                let existing = self.replicas(&id)?;
-                if existing.is_empty() {
+                let Some(rec) = self.state.meta.chunk(&id).map_err(meta_status)?.filter(|r| !r.replicas.is_empty()) else {
                     placements.push(None);
                     new.push((i, id, c.size));
                     continue;
+                };
+                if rec.refs == 0 {
+                    // Reused before garbage collection took it: give the commit time.
+                    self.state.meta.touch_unreferenced(&id).map_err(meta_status)?;
                 }
+                let existing = rec.replicas;
                 // Already stored. When copies were lost, this write tops them up on our
                 // nodes if it can; otherwise the chunk stays as it is (repair's job).
                 let missing = policy.replicas.saturating_sub(existing.len());
                 let topped_up = (missing > 0)
-                    .then(|| self.placement(&id, c.size, missing, &existing, &caller).ok())
+                    .then(|| self.placement(&id, c.size, missing, &existing, &[], &caller).ok())
                     .flatten();
                 placements.push(Some(topped_up.unwrap_or(ChunkPlacement {
                     id: c.id.clone(),
@@ -396,8 +450,11 @@ impl Metadata for MetadataService {
                     placements[*i] = Some(p);
                 }
             } else {
+                let mut previous: Vec<String> = Vec::new();
                 for (i, id, size) in &new {
-                    placements[*i] = Some(self.placement(id, *size, policy.replicas, &[], &caller)?);
+                    let p = self.placement(id, *size, policy.replicas, &[], &previous, &caller)?;
+                    previous = p.targets.first().map(|t| vec![t.node.clone()]).unwrap_or_default();
+                    placements[*i] = Some(p);
                 }
             }
             Ok(PlanWriteResponse {
@@ -425,7 +482,18 @@ impl Metadata for MetadataService {
             let id = chunk_arg(&q.id)?;
             check_chunk_size(&id, q.size)?;
             let count = (q.count as usize).clamp(1, self.state.policy(path.as_str())?.replicas);
-            let new = collective_placement::place(&self.state.candidates(), count, q.size, &q.avoid)
+            let req = collective_placement::Request {
+                chunk: &id,
+                size: q.size,
+                count,
+                strategy: collective_placement::Strategy::Media,
+                owner: &self.state.domain,
+                reader: &self.state.domain,
+                existing: &q.avoid,
+                exclude: &[],
+                previous: &[],
+            };
+            let new = collective_placement::place(&self.state.placement_cluster(false), &req)
                 .map_err(|e| Status::failed_precondition(e.to_string()))?;
             self.state.note_planned(&new, q.size);
             self.state.meta.extend_pending(&id, q.size, &new).map_err(meta_status)?;
@@ -498,6 +566,7 @@ impl Metadata for MetadataService {
                     chunks,
                     stored_on,
                     parents: f.parents,
+                    replicas: policy.replicas as u32,
                 });
             }
             let meta = self.state.meta.clone();
@@ -537,6 +606,7 @@ impl Metadata for MetadataService {
                 let path = path_arg(p)?;
                 self.state.require(&who, &path, Rights::READ)?;
                 let (attr, manifest) = self.state.meta.manifest(&path).map_err(meta_status)?;
+                self.state.upkeep.note_reads(manifest.iter().map(|c| ChunkId(c.id)));
                 // (id, stored size, replica names, addresses with tokens)
                 let mut chunks = Vec::with_capacity(manifest.len());
                 for c in &manifest {
@@ -704,7 +774,7 @@ impl Metadata for MetadataService {
 /// The numbers behind `collective status`; also refreshes the gauges.
 pub fn status_report(state: &State) -> Result<StatusResponse, Status> {
     let totals = state.meta.totals().map_err(meta_status)?;
-    let (under, unreadable) = state.meta.replication_state(state.replication).map_err(meta_status)?;
+    let repair = state.repair_status();
     let mut nodes: Vec<NodeStatus> = {
         let table = state.lock_nodes();
         table
@@ -732,6 +802,14 @@ pub fn status_report(state: &State) -> Result<StatusResponse, Status> {
     let up = nodes.iter().filter(|n| n.state == "up").count() as i64;
     m.nodes.with_label_values(&["up"]).set(up);
     m.nodes.with_label_values(&["down"]).set(nodes.len() as i64 - up);
+    let breakers = state.peer_breakers.snapshot(std::time::Instant::now());
+    for st in [collective_core::BreakerState::Open, collective_core::BreakerState::HalfOpen] {
+        let n = breakers.iter().filter(|(_, s)| *s == st).count();
+        m.peer_breakers.with_label_values(&[st.as_str()]).set(n as i64);
+    }
+    let load = |c: &std::sync::atomic::AtomicU64| c.load(std::sync::atomic::Ordering::Relaxed) as i64;
+    m.peer_breaker_trips.set(load(&state.peer_breakers.opened));
+    m.peer_breaker_rejections.set(load(&state.peer_breakers.rejected));
     if let Some(fed) = state.fed() {
         let peers = fed.gossip.peers();
         for st in ["alive", "suspect", "down"] {
@@ -752,8 +830,11 @@ pub fn status_report(state: &State) -> Result<StatusResponse, Status> {
         physical_bytes: totals.physical_bytes,
         unique_chunks: totals.unique_chunks,
         unique_bytes: totals.unique_bytes,
-        under_replicated_chunks: under,
-        unreadable_chunks: unreadable,
+        under_replicated_chunks: repair.under_replicated_chunks,
+        unreadable_chunks: repair.unreadable_chunks,
+        reclaimable_bytes: repair.reclaimable_bytes,
+        reclaimable_chunks: repair.reclaimable_chunks,
+        bytes_at_risk: repair.bytes_at_risk,
         corrupt_reports: m.corrupt_reports.get(),
         version: env!("CARGO_PKG_VERSION").into(),
     })

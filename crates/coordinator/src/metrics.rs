@@ -19,6 +19,18 @@ pub struct CoordinatorMetrics {
     pub invites_redeemed: IntCounter,
     pub members: IntGaugeVec,
     pub gossip_dropped: IntGauge,
+    pub under_replicated: IntGauge,
+    pub unreadable: IntGauge,
+    pub bytes_at_risk: IntGauge,
+    pub reclaimable_bytes: IntGauge,
+    pub hot_chunks: IntGauge,
+    pub extra_replicas: IntGauge,
+    pub repaired_bytes: IntCounter,
+    pub collected_bytes: IntCounter,
+    pub scrub_corrupt: IntCounter,
+    pub peer_breakers: IntGaugeVec,
+    pub peer_breaker_trips: IntGauge,
+    pub peer_breaker_rejections: IntGauge,
 }
 
 impl CoordinatorMetrics {
@@ -84,6 +96,59 @@ impl CoordinatorMetrics {
         registry.register(Box::new(invites_redeemed.clone()))?;
         registry.register(Box::new(members.clone()))?;
         registry.register(Box::new(gossip_dropped.clone()))?;
+        let gauge = |name: &str, help: &str| -> prometheus::Result<IntGauge> {
+            let g = IntGauge::new(name, help)?;
+            registry.register(Box::new(g.clone()))?;
+            Ok(g)
+        };
+        let under_replicated = gauge(
+            "collective_coordinator_under_replicated_chunks",
+            "Chunks with fewer live copies than their datastore asks for",
+        )?;
+        let unreadable = gauge("collective_coordinator_unreadable_chunks", "Chunks with no live copy")?;
+        let bytes_at_risk = gauge(
+            "collective_coordinator_bytes_at_risk",
+            "Bytes of chunks with fewer live copies than wanted",
+        )?;
+        let reclaimable_bytes = gauge(
+            "collective_coordinator_reclaimable_bytes",
+            "Bytes of unreferenced chunks (all copies) waiting for garbage collection",
+        )?;
+        let hot_chunks = gauge("collective_coordinator_hot_chunks", "Chunks read often enough to hold extra copies")?;
+        let extra_replicas = gauge("collective_coordinator_hot_extra_replicas", "Extra copies granted to hot chunks")?;
+        let counter = |name: &str, help: &str| -> prometheus::Result<IntCounter> {
+            let c = IntCounter::new(name, help)?;
+            registry.register(Box::new(c.clone()))?;
+            Ok(c)
+        };
+        let repaired_bytes = counter(
+            "collective_coordinator_repaired_bytes_total",
+            "Bytes copied between nodes to restore replication (repair, drain, hot copies)",
+        )?;
+        let collected_bytes = counter(
+            "collective_coordinator_collected_bytes_total",
+            "Bytes of unreferenced chunk copies deleted by garbage collection",
+        )?;
+        let scrub_corrupt = counter(
+            "collective_coordinator_scrub_corrupt_total",
+            "Corrupt copies reported by node scrubs",
+        )?;
+        let peer_breakers = IntGaugeVec::new(
+            Opts::new(
+                "collective_coordinator_peer_breakers",
+                "Circuit breakers towards other members' coordinators, by state (open: calls skip it)",
+            ),
+            &["state"],
+        )?;
+        registry.register(Box::new(peer_breakers.clone()))?;
+        let peer_breaker_trips = gauge(
+            "collective_coordinator_peer_breaker_trips",
+            "Failed calls to other members that opened (or re-opened) a circuit breaker, since start",
+        )?;
+        let peer_breaker_rejections = gauge(
+            "collective_coordinator_peer_breaker_rejections",
+            "Calls to other members skipped because their breaker was open, since start",
+        )?;
         Ok(CoordinatorMetrics {
             registry,
             rpcs,
@@ -101,6 +166,18 @@ impl CoordinatorMetrics {
             invites_redeemed,
             members,
             gossip_dropped,
+            under_replicated,
+            unreadable,
+            bytes_at_risk,
+            reclaimable_bytes,
+            hot_chunks,
+            extra_replicas,
+            repaired_bytes,
+            collected_bytes,
+            scrub_corrupt,
+            peer_breakers,
+            peer_breaker_trips,
+            peer_breaker_rejections,
         })
     }
 }

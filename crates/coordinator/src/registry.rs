@@ -23,6 +23,25 @@ impl RegistryService {
     }
 }
 
+impl RegistryService {
+    /// A node's scrub found (and quarantined) corrupt copies: forget them, so repair makes
+    /// new copies from the other replicas.
+    async fn forget_corrupt(&self, node: &str, ids: &[bytes::Bytes]) -> Result<(), Status> {
+        for b in ids {
+            let Some(id) = collective_core::ChunkId::from_slice(b) else {
+                continue;
+            };
+            self.state.metrics.scrub_corrupt.inc();
+            let removed = self.state.meta.remove_replica(&id, node).map_err(meta_status)?;
+            tracing::error!(chunk = %id.short(), %node, removed, "node reports a corrupt copy; repairing it from another replica");
+            if removed {
+                self.state.upkeep.note_corrupt(id);
+            }
+        }
+        self.state.meta.flush().await.map_err(meta_status)
+    }
+}
+
 #[tonic::async_trait]
 impl Registry for RegistryService {
     async fn register_node(&self, req: Request<RegisterNodeRequest>) -> Result<Response<RegisterNodeResponse>, Status> {
@@ -32,6 +51,15 @@ impl Registry for RegistryService {
             collective_rpc::resolve(a).map_err(|e| Status::invalid_argument(format!("{what}: {e}")))?;
         }
         let usage = r.usage.unwrap_or_default();
+        if self.state.meta.was_removed(&node).map_err(meta_status)? {
+            if usage.chunks > 0 {
+                return Err(Status::failed_precondition(format!(
+                    "{node} was removed with `collective node rm` and still holds {} chunk(s); stop it, or empty its data directory to add it back as a new node",
+                    usage.chunks
+                )));
+            }
+            self.state.meta.forget_removal(&node).map_err(meta_status)?;
+        }
         let rec = NodeRecord {
             grpc_addr: r.grpc_addr.clone(),
             quic_addr: r.quic_addr.clone(),
@@ -56,6 +84,7 @@ impl Registry for RegistryService {
             },
         );
         self.state.forget_control(&node);
+        self.state.upkeep.queue_reconcile(&node);
         tracing::info!(%node, "node registered");
         Ok(Response::new(RegisterNodeResponse {
             token_public_key: self.state.signer.public_key().to_vec().into(),
@@ -66,7 +95,11 @@ impl Registry for RegistryService {
 
     async fn heartbeat(&self, req: Request<HeartbeatRequest>) -> Result<Response<HeartbeatResponse>, Status> {
         let node = self.node_caller(&req)?;
-        let usage = req.into_inner().usage.unwrap_or_default();
+        let q = req.into_inner();
+        if !q.corrupt.is_empty() && self.state.lock_nodes().contains_key(&node) {
+            self.forget_corrupt(&node, &q.corrupt).await?;
+        }
+        let usage = q.usage.unwrap_or_default();
         let mut nodes = self.state.lock_nodes();
         let known = match nodes.get_mut(&node) {
             Some(e) => {

@@ -28,6 +28,8 @@ use crate::metrics::CoordinatorMetrics;
 use crate::registry::RegistryService;
 use crate::state::Federated;
 use crate::state::State;
+use crate::upkeep_service::UpkeepService;
+use collective_proto::v1::upkeep_server::UpkeepServer;
 
 const MAX_MESSAGE_BYTES: usize = 64 << 20;
 const GAUGE_REFRESH: Duration = Duration::from_secs(5);
@@ -169,6 +171,7 @@ pub async fn run(cfg: CoordinatorConfig, shutdown: impl Future<Output = ()> + Se
     } else {
         cfg.advertise_grpc.clone()
     };
+    let upkeep = crate::upkeep::UpkeepSettings::from_config(&cfg.upkeep).map_err(CoordinatorError::Config)?;
     let state = Arc::new(State::new(
         identity.clone(),
         admins,
@@ -181,6 +184,7 @@ pub async fn run(cfg: CoordinatorConfig, shutdown: impl Future<Output = ()> + Se
         node_timeout,
         token_ttl,
         metrics,
+        upkeep,
     )?);
 
     let (stop_tx, stop_rx) = watch::channel(false);
@@ -210,6 +214,7 @@ pub async fn run(cfg: CoordinatorConfig, shutdown: impl Future<Output = ()> + Se
             .add_service(AdminServer::new(AdminService { state: state.clone() }))
             .add_service(BootstrapServer::new(BootstrapService { state: state.clone() }))
             .add_service(FederationServer::new(FederationService { state: state.clone() }))
+            .add_service(UpkeepServer::new(UpkeepService { state: state.clone() }))
             .serve_with_incoming_shutdown(incoming, stopped(stop_rx.clone())),
     );
 
@@ -268,11 +273,13 @@ pub async fn run(cfg: CoordinatorConfig, shutdown: impl Future<Output = ()> + Se
             tokio::time::sleep(GAUGE_REFRESH).await;
         }
     });
+    let upkeep_loop = tokio::spawn(state.clone().upkeep_loop());
     tracing::info!(coordinator = %identity.principal, %grpc_addr, %http_addr, replication = cfg.replication, "coordinator started");
 
     let _ = grpc.await;
     let _ = http.await;
     gauges.abort();
+    upkeep_loop.abort();
     if let Some(m) = maintain {
         m.abort();
     }

@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use collective_meta::{MetaError, MetaStore};
 use collective_pki::{TlsIdentity, TokenSigner};
-use collective_placement::Candidate;
+use collective_placement::{Cluster, Node as PlacementNode};
 use collective_proto::v1::node_control_client::NodeControlClient;
 use collective_proto::v1::{NodeAddr, NodeUsage};
 use tonic::Status;
@@ -63,6 +63,10 @@ pub struct State {
     /// Bytes of our chunks on other members' nodes, and when that was counted.
     pub used_elsewhere: Mutex<Option<(Instant, u64)>>,
     pub used_elsewhere_stale: std::sync::atomic::AtomicBool,
+    /// Repair, garbage collection, hot copies, drains.
+    pub upkeep: crate::upkeep::Upkeep,
+    /// One circuit breaker per other member's coordinator.
+    pub peer_breakers: collective_core::Breakers,
 }
 
 impl State {
@@ -79,7 +83,9 @@ impl State {
         node_timeout: Duration,
         token_ttl: Duration,
         metrics: CoordinatorMetrics,
+        upkeep: crate::upkeep::UpkeepSettings,
     ) -> Result<State, MetaError> {
+        let draining = meta.draining()?;
         let mut nodes = HashMap::new();
         for (name, rec) in meta.nodes()? {
             nodes.insert(
@@ -118,6 +124,8 @@ impl State {
             controls: Mutex::new(HashMap::new()),
             used_elsewhere: Mutex::new(None),
             used_elsewhere_stale: std::sync::atomic::AtomicBool::new(false),
+            upkeep: crate::upkeep::Upkeep::new(upkeep, draining),
+            peer_breakers: collective_core::Breakers::default(),
         })
     }
 
@@ -130,18 +138,49 @@ impl State {
         self.nodes.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Every registered node as a placement candidate.
-    pub fn candidates(&self) -> Vec<Candidate> {
-        let nodes = self.lock_nodes();
-        let mut out: Vec<Candidate> = nodes
-            .iter()
-            .map(|(name, e)| Candidate {
-                node: name.clone(),
-                healthy: self.is_up(e),
-                free_bytes: e.usage.free_bytes.saturating_sub(e.planned_bytes),
-            })
-            .collect();
-        out.sort_by(|a, b| a.node.cmp(&b.node));
+    /// What placement chooses from: our nodes (draining ones count as unhealthy), and with
+    /// `remote`, the nodes of every other member that is up, within what it contributes.
+    pub fn placement_cluster(&self, remote: bool) -> Cluster {
+        let mut out = Cluster::default();
+        {
+            let nodes = self.lock_nodes();
+            for (name, e) in nodes.iter() {
+                out.nodes.push(PlacementNode {
+                    id: name.clone(),
+                    member: self.domain.clone(),
+                    latency_ms: 0,
+                    capacity: e.usage.capacity_bytes,
+                    free: e.usage.free_bytes.saturating_sub(e.planned_bytes),
+                    healthy: self.is_up(e) && !self.upkeep.is_draining(name),
+                    load: (e.planned_bytes >> 22).min(u64::from(u32::MAX)) as u32,
+                });
+            }
+        }
+        if remote && let Some(fed) = self.fed() {
+            for s in fed.gossip.states() {
+                if s.member == self.domain {
+                    continue;
+                }
+                let up = matches!(
+                    fed.gossip.peer_state(&s.member),
+                    Some(collective_gossip::PeerState::Alive | collective_gossip::PeerState::Suspect)
+                ) && !self.peer_skipped(&s.member);
+                out.room
+                    .insert(s.member.clone(), s.contribution_bytes.saturating_sub(s.hosted_bytes));
+                for n in s.nodes {
+                    out.nodes.push(PlacementNode {
+                        id: n.node,
+                        member: s.member.clone(),
+                        latency_ms: 10,
+                        capacity: n.capacity_bytes,
+                        free: n.free_bytes,
+                        healthy: up && n.healthy,
+                        load: 0,
+                    });
+                }
+            }
+        }
+        out.nodes.sort_by(|a, b| a.id.cmp(&b.id));
         out
     }
 

@@ -5,12 +5,14 @@
 //! certificates; every other crate builds on it.
 
 mod access;
+mod breaker;
 mod chunk;
 mod path;
 mod principal;
 mod units;
 
 pub use access::{AccessError, Grant, Rights, Subject, effective_rights, parse_grant_spec};
+pub use breaker::{BREAKER_MAX, BREAKER_MIN, BreakerState, Breakers, backoff};
 pub use chunk::{CHUNK_ID_LEN, ChunkId, MAX_CHUNK_BYTES};
 pub use path::{MAX_NAME_LEN, MAX_PATH_LEN, PathError, RemotePath, validate_path};
 pub use principal::{Principal, PrincipalError, Role, validate_name};

@@ -26,6 +26,8 @@ pub use collective_core::MAX_CHUNK_BYTES;
 /// Largest request/response header.
 pub const MAX_FRAME_BYTES: usize = 64 << 10;
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// Longest one chunk operation may go without finishing (a stopped node never answers).
+const OP_TIMEOUT: Duration = Duration::from_secs(30);
 const IDLE_TIMEOUT: Duration = Duration::from_secs(30);
 const KEEP_ALIVE: Duration = Duration::from_secs(5);
 /// Bytes one client connection may have in flight towards a node (bounds node memory).
@@ -181,11 +183,17 @@ pub struct NodeTarget {
     pub addr: SocketAddr,
 }
 
-/// A pooled QUIC client for chunk operations: one connection per node, many streams.
+/// One node's pooled connection; its lock is held while connecting, so concurrent calls
+/// to that node wait for one handshake while calls to other nodes go on.
+type Slot = Arc<Mutex<Option<quinn::Connection>>>;
+
+/// A pooled QUIC client for chunk operations: one connection per node, many streams, and a
+/// circuit breaker per node so a dead node costs one timeout, not one per chunk.
 pub struct ChunkClient {
     endpoint: quinn::Endpoint,
     config: quinn::ClientConfig,
-    conns: Mutex<HashMap<String, quinn::Connection>>,
+    conns: std::sync::Mutex<HashMap<String, Slot>>,
+    pub breakers: collective_core::Breakers,
 }
 
 fn server_name(node: &str) -> Result<String, DataError> {
@@ -204,13 +212,28 @@ impl ChunkClient {
         Ok(ChunkClient {
             endpoint,
             config,
-            conns: Mutex::new(HashMap::new()),
+            conns: std::sync::Mutex::new(HashMap::new()),
+            breakers: collective_core::Breakers::default(),
         })
     }
 
+    fn slot(&self, node: &str) -> Slot {
+        let mut conns = self.conns.lock().unwrap_or_else(|p| p.into_inner());
+        conns.entry(node.to_string()).or_default().clone()
+    }
+
+    /// Drops a node's pooled connection (it failed; the next call connects afresh).
+    async fn forget(&self, node: &str) {
+        let slot = self.slot(node);
+        if let Some(c) = slot.lock().await.take() {
+            c.close(0u32.into(), b"failed");
+        }
+    }
+
     async fn connection(&self, target: &NodeTarget) -> Result<quinn::Connection, DataError> {
-        let mut conns = self.conns.lock().await;
-        if let Some(c) = conns.get(&target.node)
+        let slot = self.slot(&target.node);
+        let mut conn_slot = slot.lock().await;
+        if let Some(c) = conn_slot.as_ref()
             && c.close_reason().is_none()
         {
             return Ok(c.clone());
@@ -220,6 +243,12 @@ impl ChunkClient {
             addr: target.addr.to_string(),
             detail,
         };
+        if let Err(wait) = self.breakers.check(&target.node, std::time::Instant::now()) {
+            return Err(cerr(format!(
+                "skipped: it failed moments ago (circuit breaker open; next attempt in {:.1} s)",
+                wait.as_secs_f64()
+            )));
+        }
         let connecting = self
             .endpoint
             .connect_with(self.config.clone(), target.addr, &server_name(&target.node)?)
@@ -234,7 +263,7 @@ impl ChunkClient {
                 )));
             }
         };
-        conns.insert(target.node.clone(), conn.clone());
+        *conn_slot = Some(conn.clone());
         Ok(conn)
     }
 
@@ -244,7 +273,7 @@ impl ChunkClient {
             Ok(s) => Ok(s),
             Err(_) => {
                 // A stale pooled connection: drop it and try once more on a fresh one.
-                self.conns.lock().await.remove(&target.node);
+                self.slot(&target.node).lock().await.take();
                 let conn = self.connection(target).await?;
                 conn.open_bi().await.map_err(|e| DataError::Transfer {
                     node: target.node.clone(),
@@ -257,7 +286,9 @@ impl ChunkClient {
     /// Closes every connection cleanly so nodes free their state at once, and waits
     /// (briefly) for the close to be delivered.
     pub async fn close(&self) {
-        for (node, c) in self.conns.lock().await.drain() {
+        let slots: Vec<(String, Slot)> = self.conns.lock().unwrap_or_else(|p| p.into_inner()).drain().collect();
+        for (node, slot) in slots {
+            let Some(c) = slot.lock().await.take() else { continue };
             let s = c.stats();
             tracing::debug!(%node, mtu = s.path.current_mtu, sent = s.udp_tx.datagrams, sent_bytes = s.udp_tx.bytes, lost = s.path.lost_packets, cwnd = s.path.cwnd, "closing QUIC connection");
             c.close(0u32.into(), b"done");
@@ -265,8 +296,39 @@ impl ChunkClient {
         let _ = tokio::time::timeout(Duration::from_millis(200), self.endpoint.wait_idle()).await;
     }
 
+    /// Runs one chunk operation with a stall timeout, and keeps the node's breaker: a node
+    /// that cannot be reached, or stops answering, is skipped for a while.
+    async fn guarded<T>(&self, target: &NodeTarget, op: impl std::future::Future<Output = Result<T, DataError>>) -> Result<T, DataError> {
+        let r = match tokio::time::timeout(OP_TIMEOUT, op).await {
+            Ok(r) => r,
+            Err(_) => Err(DataError::Transfer {
+                node: target.node.clone(),
+                detail: format!("no answer within {} s", OP_TIMEOUT.as_secs()),
+            }),
+        };
+        match &r {
+            Err(DataError::Connect { detail, .. }) if detail.starts_with("skipped:") => {}
+            Err(e @ (DataError::Connect { .. } | DataError::Transfer { .. })) => {
+                let wait = self.breakers.failure(&target.node, std::time::Instant::now());
+                tracing::warn!(node = %target.node, "{e}; skipping it for {:.1} s (circuit breaker open)", wait.as_secs_f64());
+                self.forget(&target.node).await;
+            }
+            _ => self.breakers.success(&target.node),
+        }
+        r
+    }
+
     /// Sends one chunk to one node; returns once the node has stored it durably.
     pub async fn put(&self, target: &NodeTarget, id: &ChunkId, data: Bytes, token: &[u8]) -> Result<(), DataError> {
+        self.guarded(target, self.put_once(target, id, data, token)).await
+    }
+
+    /// Fetches one chunk from one node and verifies it hashes to `id`.
+    pub async fn get(&self, target: &NodeTarget, id: &ChunkId, token: &[u8]) -> Result<Bytes, DataError> {
+        self.guarded(target, self.get_once(target, id, token)).await
+    }
+
+    async fn put_once(&self, target: &NodeTarget, id: &ChunkId, data: Bytes, token: &[u8]) -> Result<(), DataError> {
         let terr = |detail: String| DataError::Transfer {
             node: target.node.clone(),
             detail: explain_connection_error(&detail),
@@ -280,8 +342,7 @@ impl ChunkClient {
         check_status(&target.node, id, &resp)
     }
 
-    /// Fetches one chunk from one node and verifies it hashes to `id`.
-    pub async fn get(&self, target: &NodeTarget, id: &ChunkId, token: &[u8]) -> Result<Bytes, DataError> {
+    async fn get_once(&self, target: &NodeTarget, id: &ChunkId, token: &[u8]) -> Result<Bytes, DataError> {
         let terr = |detail: String| DataError::Transfer {
             node: target.node.clone(),
             detail: explain_connection_error(&detail),

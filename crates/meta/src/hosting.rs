@@ -14,7 +14,8 @@ use crate::{MetaError, MetaStore};
 pub const SEAL_LEN: usize = 48;
 
 /// Picks our node for a hosted chunk (id, size, nodes already holding it), or says why not.
-pub type PlaceHosted<'a> = dyn Fn(&ChunkId, u64, &[String]) -> Result<String, String> + 'a;
+/// The last argument is the node the guest's placement would like ("" for none).
+pub type PlaceHosted<'a> = dyn Fn(&ChunkId, u64, &[String], &str) -> Result<String, String> + 'a;
 
 /// A chunk this member stores for another member.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
@@ -25,7 +26,7 @@ pub struct HostedRecord {
     pub created_ms: u64,
 }
 
-fn hosted_key(guest: &str, id: &ChunkId) -> Vec<u8> {
+pub(crate) fn hosted_key(guest: &str, id: &ChunkId) -> Vec<u8> {
     let mut k = guest.as_bytes().to_vec();
     k.push(0);
     k.extend_from_slice(id.as_bytes());
@@ -65,13 +66,14 @@ impl MetaStore {
         &self,
         guest: &str,
         chunks: &[(ChunkId, u64)],
+        prefer: &[String],
         quota: u64,
         place: &PlaceHosted<'_>,
     ) -> Result<Vec<Vec<String>>, MetaError> {
         self.engine.transact(|t| {
             let mut total = read_total(t)?;
             let mut out = Vec::with_capacity(chunks.len());
-            for (id, size) in chunks {
+            for (i, (id, size)) in chunks.iter().enumerate() {
                 let key = hosted_key(guest, id);
                 let mut rec = match t.get(Table::Hosted, &key)? {
                     Some(v) => decode::<HostedRecord>("hosted chunk", &v).map_err(abort)?,
@@ -87,14 +89,15 @@ impl MetaStore {
                         }
                     }
                 };
-                let node = place(id, *size, &rec.nodes).map_err(|e| abort(MetaError::Placement(e)))?;
+                let preferred = prefer.get(i).map(String::as_str).unwrap_or("");
+                let node = place(id, *size, &rec.nodes, preferred).map_err(|e| abort(MetaError::Placement(e)))?;
                 if !rec.nodes.contains(&node) {
                     rec.nodes.push(node);
                 }
                 t.insert(Table::Hosted, &key, encode(&rec))?;
                 out.push(rec.nodes);
             }
-            t.insert(Table::Meta, HOSTED_TOTAL, total.to_be_bytes().to_vec())?;
+            write_total(t, total)?;
             Ok(out)
         })
     }
@@ -129,7 +132,11 @@ impl MetaStore {
 
 const HOSTED_TOTAL: &[u8] = b"hosted-total";
 
-fn read_total(t: &crate::engine::Txn<'_>) -> Result<u64, crate::engine::Abort> {
+pub(crate) fn write_total(t: &crate::engine::Txn<'_>, total: u64) -> Result<(), crate::engine::Abort> {
+    t.insert(Table::Meta, HOSTED_TOTAL, total.to_be_bytes().to_vec())
+}
+
+pub(crate) fn read_total(t: &crate::engine::Txn<'_>) -> Result<u64, crate::engine::Abort> {
     match t.get(Table::Meta, HOSTED_TOTAL)? {
         Some(v) => crate::records::read_u64(&v).map_err(abort),
         None => Ok(0),
@@ -153,19 +160,19 @@ mod tests {
     #[test]
     fn hosting_is_within_quota_all_or_nothing_and_idempotent() {
         let m = store("quota");
-        let place = |_: &ChunkId, _: u64, _: &[String]| Ok::<_, String>("node-01@alice.collective.local".to_string());
+        let place = |_: &ChunkId, _: u64, _: &[String], _: &str| Ok::<_, String>("node-01@alice.collective.local".to_string());
         let got = m
-            .host_chunks("bob.collective.local", &[(id(1), 60), (id(2), 30)], 100, &place)
+            .host_chunks("bob.collective.local", &[(id(1), 60), (id(2), 30)], &[], 100, &place)
             .unwrap();
         assert_eq!(got, vec![vec!["node-01@alice.collective.local".to_string()]; 2]);
         // Over the quota: refused, and nothing of the batch is kept.
         let err = m
-            .host_chunks("carol.collective.local", &[(id(3), 5), (id(4), 20)], 100, &place)
+            .host_chunks("carol.collective.local", &[(id(3), 5), (id(4), 20)], &[], 100, &place)
             .unwrap_err();
         assert!(matches!(err, MetaError::QuotaFull { used: 95, quota: 100 }), "{err}");
         assert!(m.hosted("carol.collective.local", &id(3)).unwrap().is_none());
         // Asking again for a hosted chunk costs nothing.
-        m.host_chunks("bob.collective.local", &[(id(1), 60)], 100, &place).unwrap();
+        m.host_chunks("bob.collective.local", &[(id(1), 60)], &[], 100, &place).unwrap();
         let (total, per) = m.hosted_usage().unwrap();
         assert_eq!(total, 90);
         assert_eq!(per, vec![("bob.collective.local".to_string(), 90)]);

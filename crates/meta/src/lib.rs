@@ -11,6 +11,7 @@ mod engine;
 mod hosting;
 mod namespace;
 mod records;
+mod upkeep;
 
 use std::path::Path;
 
@@ -22,7 +23,7 @@ use engine::{Engine, Txn};
 pub use hosting::{HostedRecord, SEAL_LEN};
 pub use namespace::{Attr, FileCommitIn};
 pub use records::{ChunkRecord, ChunkRef, Kind, NodeRecord, PendingRecord, ROOT_INODE, SCHEMA_VERSION, Totals};
-use records::{decode, encode};
+use records::{decode, decode_chunk, encode, encode_chunk};
 
 #[derive(Debug, thiserror::Error)]
 pub enum MetaError {
@@ -119,10 +120,7 @@ impl MetaStore {
     }
 
     pub fn chunk(&self, id: &ChunkId) -> Result<Option<ChunkRecord>, MetaError> {
-        self.engine
-            .get(Table::Chunks, id.as_bytes())?
-            .map(|v| decode("chunk", &v))
-            .transpose()
+        self.engine.get(Table::Chunks, id.as_bytes())?.map(|v| decode_chunk(&v)).transpose()
     }
 
     /// Records that `id` may be uploaded to `nodes` (added to the nodes of earlier plans,
@@ -161,7 +159,7 @@ impl MetaStore {
             let Some(v) = t.get(Table::Chunks, id.as_bytes())? else {
                 return Ok(false);
             };
-            let mut rec: ChunkRecord = decode("chunk", &v).map_err(abort)?;
+            let mut rec: ChunkRecord = decode_chunk(&v).map_err(abort)?;
             let before = rec.replicas.len();
             rec.replicas.retain(|n| n != node);
             if rec.replicas.len() == before {
@@ -170,7 +168,7 @@ impl MetaStore {
             let mut totals = totals_in(t)?;
             totals.physical_bytes = totals.physical_bytes.saturating_sub(rec.size);
             put_totals(t, &totals)?;
-            t.insert(Table::Chunks, id.as_bytes(), encode(&rec))?;
+            t.insert(Table::Chunks, id.as_bytes(), encode_chunk(&rec))?;
             Ok(true)
         })
     }
@@ -186,30 +184,12 @@ impl MetaStore {
             .collect()
     }
 
-    /// Counts chunks with fewer than `replication` copies, and with none at all.
-    pub fn replication_state(&self, replication: usize) -> Result<(u64, u64), MetaError> {
-        let (mut under, mut none) = (0, 0);
-        for r in self.engine.scan_prefix(Table::Chunks, b"", None) {
-            let (_, v) = r?;
-            let rec: ChunkRecord = decode("chunk", &v)?;
-            if rec.refs == 0 {
-                continue;
-            }
-            if rec.replicas.is_empty() {
-                none += 1;
-            } else if rec.replicas.len() < replication {
-                under += 1;
-            }
-        }
-        Ok((under, none))
-    }
-
     /// Every chunk id with its record (for inspection and tests).
     pub fn chunks(&self) -> impl Iterator<Item = Result<(ChunkId, ChunkRecord), MetaError>> + '_ {
         self.engine.scan_prefix(Table::Chunks, b"", None).map(|r| {
             let (k, v) = r?;
             let id = ChunkId::from_slice(&k).ok_or_else(|| MetaError::Corrupt("bad chunk key".into()))?;
-            Ok((id, decode("chunk", &v)?))
+            Ok((id, decode_chunk(&v)?))
         })
     }
 

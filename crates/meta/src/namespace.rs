@@ -4,7 +4,9 @@
 use collective_core::{ChunkId, RemotePath, unix_ms_now, validate_path};
 
 use crate::engine::{Abort, Table, Txn};
-use crate::records::{ChunkRecord, ChunkRef, Inode, Kind, PendingRecord, decode, dirent_key, encode, read_u64, u64_key};
+use crate::records::{
+    ChunkRecord, ChunkRef, Inode, Kind, PendingRecord, decode, decode_chunk, dirent_key, encode, encode_chunk, read_u64, u64_key,
+};
 use crate::{MetaError, MetaStore, ROOT_INODE, abort, alloc_inode, audit, put_totals, totals_in};
 
 /// What a client sees of a file or directory.
@@ -34,6 +36,8 @@ pub struct FileCommitIn {
     /// chunk was already stored).
     pub stored_on: Vec<Vec<String>>,
     pub parents: bool,
+    /// Copies the file's datastore asks for (kept per chunk, for repair).
+    pub replicas: u32,
 }
 
 fn attr(path: &str, ino: u64, n: &Inode) -> Attr {
@@ -166,12 +170,12 @@ fn release_chunks(t: &Txn<'_>, chunks: &[ChunkRef]) -> Result<(), Abort> {
     let now = unix_ms_now();
     for c in chunks {
         if let Some(v) = t.get(Table::Chunks, &c.id)? {
-            let mut rec: ChunkRecord = decode("chunk", &v).map_err(abort)?;
+            let mut rec: ChunkRecord = decode_chunk(&v).map_err(abort)?;
             rec.refs = rec.refs.saturating_sub(1);
             if rec.refs == 0 {
                 rec.unreferenced_since_ms = now;
             }
-            t.insert(Table::Chunks, &c.id, encode(&rec))?;
+            t.insert(Table::Chunks, &c.id, encode_chunk(&rec))?;
         }
     }
     Ok(())
@@ -185,9 +189,10 @@ fn acquire_chunks(t: &Txn<'_>, c: &FileCommitIn, min_replicas: usize) -> Result<
     for (i, r) in c.chunks.iter().enumerate() {
         let reported = c.stored_on.get(i).unwrap_or(&no_nodes);
         if let Some(v) = t.get(Table::Chunks, &r.id)? {
-            let mut rec: ChunkRecord = decode("chunk", &v).map_err(abort)?;
+            let mut rec: ChunkRecord = decode_chunk(&v).map_err(abort)?;
             rec.refs += 1;
             rec.unreferenced_since_ms = 0;
+            rec.want = rec.want.max(c.replicas);
             // New copies of a known chunk (uploaded again because its copies were lost)
             // count when they were planned.
             if !reported.is_empty()
@@ -207,7 +212,7 @@ fn acquire_chunks(t: &Txn<'_>, c: &FileCommitIn, min_replicas: usize) -> Result<
                     put_totals(t, &totals)?;
                 }
             }
-            t.insert(Table::Chunks, &r.id, encode(&rec))?;
+            t.insert(Table::Chunks, &r.id, encode_chunk(&rec))?;
             continue;
         }
         let short = ChunkId(r.id).short();
@@ -235,9 +240,10 @@ fn acquire_chunks(t: &Txn<'_>, c: &FileCommitIn, min_replicas: usize) -> Result<
             refs: 1,
             replicas: nodes,
             unreferenced_since_ms: 0,
+            want: c.replicas,
         };
         t.remove(Table::Pending, &r.id)?;
-        t.insert(Table::Chunks, &r.id, encode(&rec))?;
+        t.insert(Table::Chunks, &r.id, encode_chunk(&rec))?;
         let mut totals = totals_in(t)?;
         totals.unique_chunks += 1;
         totals.unique_bytes += r.size;
@@ -590,6 +596,7 @@ mod tests {
             chunks,
             stored_on,
             parents: true,
+            replicas: 1,
         };
         m.commit_files(&[c], "u@a.collective.local", 2).map(|mut v| v.remove(0))
     }
@@ -633,6 +640,7 @@ mod tests {
             }],
             stored_on: vec![vec![]],
             parents: false,
+            replicas: 1,
         };
         assert!(matches!(m.commit_files(&[c], "u", 1), Err(MetaError::ChunkNotUploaded(..))));
         assert!(matches!(m.stat(&p("/f")), Err(MetaError::NotFound(_))));
@@ -658,6 +666,7 @@ mod tests {
             }],
             stored_on: vec![nodes],
             parents: false,
+            replicas: 1,
         };
         assert!(matches!(
             m.commit_files(&[c(vec!["n1".into(), "n9".into()])], "u", 2),
@@ -691,6 +700,7 @@ mod tests {
             }],
             stored_on: vec![vec!["n3@a.collective.local".into(), "n9@a.collective.local".into()]],
             parents: false,
+            replicas: 1,
         };
         m.commit_files(&[c], "u", 1).unwrap();
         let rec = m.chunk(&id).unwrap().unwrap();

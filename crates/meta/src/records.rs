@@ -63,6 +63,44 @@ pub struct ChunkRecord {
     pub replicas: Vec<String>,
     /// When `refs` last dropped to zero (for garbage collection after a grace period).
     pub unreferenced_since_ms: u64,
+    /// Copies the datastores referencing it ask for (the largest); 0: the coordinator's
+    /// default (records written before this field existed).
+    pub want: u32,
+}
+
+/// Chunk records gained `want` in format 2; format 1 records read as `want = 0`.
+const CHUNK_FORMAT_V2: u8 = 2;
+
+#[derive(Deserialize)]
+struct ChunkRecordV1 {
+    size: u64,
+    refs: u64,
+    replicas: Vec<String>,
+    unreferenced_since_ms: u64,
+}
+
+pub fn encode_chunk(rec: &ChunkRecord) -> Vec<u8> {
+    let mut out = vec![CHUNK_FORMAT_V2];
+    out.extend(postcard::to_allocvec(rec).unwrap_or_default());
+    out
+}
+
+pub fn decode_chunk(b: &[u8]) -> Result<ChunkRecord, MetaError> {
+    match b.split_first() {
+        Some((&CHUNK_FORMAT_V2, rest)) => postcard::from_bytes(rest).map_err(|e| MetaError::Corrupt(format!("chunk record: {e}"))),
+        Some((&RECORD_FORMAT_V1, _)) => {
+            let v1: ChunkRecordV1 = decode("chunk", b)?;
+            Ok(ChunkRecord {
+                size: v1.size,
+                refs: v1.refs,
+                replicas: v1.replicas,
+                unreferenced_since_ms: v1.unreferenced_since_ms,
+                want: 0,
+            })
+        }
+        Some((v, _)) => Err(MetaError::Corrupt(format!("chunk record has unknown format {v}"))),
+        None => Err(MetaError::Corrupt("empty chunk record".into())),
+    }
 }
 
 /// A chunk a client was told to upload but has not committed yet.

@@ -27,6 +27,10 @@ pub struct NodeConfig {
     pub coordinator_name: String,
     /// How often the node reports capacity and health, e.g. "2s".
     pub heartbeat_interval: String,
+    /// Background scrub: bytes re-hashed per second at most, e.g. "32MiB".
+    pub scrub_rate: String,
+    /// Time between scrub passes, e.g. "7d" (`collective scrub start` runs one now).
+    pub scrub_interval: String,
     pub tls: TlsFiles,
 }
 
@@ -42,6 +46,8 @@ impl Default for NodeConfig {
             coordinator: "127.0.0.1:7000".into(),
             coordinator_name: "coordinator".into(),
             heartbeat_interval: "2s".into(),
+            scrub_rate: "32MiB".into(),
+            scrub_interval: "7d".into(),
             tls: TlsFiles::default(),
         }
     }

@@ -3,9 +3,28 @@
 use std::sync::Arc;
 
 use collective_core::{ChunkId, Role};
+use collective_dataplane::NodeTarget;
 use collective_proto::v1::node_control_server::NodeControl;
-use collective_proto::v1::{DeleteChunksRequest, DeleteChunksResponse, NodeUsage, UsageRequest, VerifyChunkRequest, VerifyChunkResponse};
+use collective_proto::v1::{
+    ChunkIdBatch, CopyChunkRequest, CopyChunkResponse, DeleteChunksRequest, DeleteChunksResponse, ListChunksRequest, NodeUsage,
+    ScrubStatus, StartScrubRequest, UsageRequest, VerifyChunkRequest, VerifyChunkResponse,
+};
 use tonic::{Request, Response, Status};
+
+/// Chunk ids per `ListChunks` message.
+const LIST_BATCH: usize = 4096;
+
+type IdStream = std::pin::Pin<Box<dyn futures::Stream<Item = Result<ChunkIdBatch, Status>> + Send>>;
+
+fn target(node: &str, addr: &str) -> Result<NodeTarget, Status> {
+    let addr = addr
+        .parse()
+        .map_err(|_| Status::invalid_argument(format!("bad QUIC address '{addr}' for {node}")))?;
+    Ok(NodeTarget {
+        node: node.to_string(),
+        addr,
+    })
+}
 
 use crate::service::NodeState;
 
@@ -32,6 +51,8 @@ fn chunk_id(b: &[u8]) -> Result<ChunkId, Status> {
 
 #[tonic::async_trait]
 impl NodeControl for Control {
+    type ListChunksStream = IdStream;
+
     async fn usage(&self, req: Request<UsageRequest>) -> Result<Response<NodeUsage>, Status> {
         self.check(&req)?;
         Ok(Response::new(self.state.usage()))
@@ -52,6 +73,7 @@ impl NodeControl for Control {
         };
         if present && !intact {
             self.state.metrics.verification_failures.inc();
+            self.state.scrub.report(id);
         }
         Ok(Response::new(VerifyChunkResponse { present, intact }))
     }
@@ -78,5 +100,98 @@ impl NodeControl for Control {
             deleted,
             freed_bytes: freed,
         }))
+    }
+
+    async fn copy_chunk(&self, req: Request<CopyChunkRequest>) -> Result<Response<CopyChunkResponse>, Status> {
+        self.check(&req)?;
+        let q = req.into_inner();
+        let id = chunk_id(&q.chunk_id)?;
+        let state = &self.state;
+        let push = q.from_node == state.principal;
+        if !push && q.to_node != state.principal {
+            return Err(Status::invalid_argument(format!(
+                "a copy must start or end at this node ({}), not {} -> {}",
+                state.principal, q.from_node, q.to_node
+            )));
+        }
+        let direction = if push { "push" } else { "pull" };
+        let result = if push {
+            // Read (and verify) our copy, then send it; the receiver verifies again.
+            let store = state.store.clone();
+            let data = tokio::task::spawn_blocking(move || store.get(&id))
+                .await
+                .map_err(|e| Status::internal(e.to_string()))?;
+            match data {
+                Ok(data) => {
+                    let n = data.len() as u64;
+                    let to = target(&q.to_node, &q.to_addr)?;
+                    state
+                        .peers
+                        .put(&to, &id, data.into(), &q.to_token)
+                        .await
+                        .map(|_| n)
+                        .map_err(|e| Status::unavailable(format!("sending chunk {} to {}: {e}", id.short(), q.to_node)))
+                }
+                Err(e @ collective_chunkstore::StoreError::Corrupt { .. }) => {
+                    state.scrub.report(id);
+                    Err(Status::data_loss(e.to_string()))
+                }
+                Err(e @ collective_chunkstore::StoreError::NotFound(_)) => Err(Status::not_found(e.to_string())),
+                Err(e) => Err(Status::internal(e.to_string())),
+            }
+        } else {
+            let from = target(&q.from_node, &q.from_addr)?;
+            match state.peers.get(&from, &id, &q.from_token).await {
+                Ok(data) => {
+                    let n = data.len() as u64;
+                    let store = state.store.clone();
+                    tokio::task::spawn_blocking(move || store.put(&id, &data))
+                        .await
+                        .map_err(|e| Status::internal(e.to_string()))?
+                        .map(|_| n)
+                        .map_err(|e| match e {
+                            e @ collective_chunkstore::StoreError::NoSpace { .. } => Status::resource_exhausted(e.to_string()),
+                            e => Status::internal(e.to_string()),
+                        })
+                }
+                Err(e) => Err(Status::unavailable(format!(
+                    "fetching chunk {} from {}: {e}",
+                    id.short(),
+                    q.from_node
+                ))),
+            }
+        };
+        let outcome = if result.is_ok() { "ok" } else { "failed" };
+        state.metrics.copies.with_label_values(&[direction, outcome]).inc();
+        result.map(|bytes| Response::new(CopyChunkResponse { bytes }))
+    }
+
+    async fn list_chunks(&self, req: Request<ListChunksRequest>) -> Result<Response<Self::ListChunksStream>, Status> {
+        self.check(&req)?;
+        let (tx, rx) = tokio::sync::mpsc::channel::<Result<ChunkIdBatch, Status>>(4);
+        let store = self.state.store.clone();
+        tokio::task::spawn_blocking(move || {
+            let mut batch = Vec::with_capacity(LIST_BATCH);
+            let r = store.for_each_id(&mut |id| {
+                batch.push(id.0.to_vec().into());
+                if batch.len() == LIST_BATCH {
+                    let ids = std::mem::replace(&mut batch, Vec::with_capacity(LIST_BATCH));
+                    return tx.blocking_send(Ok(ChunkIdBatch { ids })).is_ok();
+                }
+                true
+            });
+            let last = match r {
+                Ok(()) => Ok(ChunkIdBatch { ids: batch }),
+                Err(e) => Err(Status::internal(e.to_string())),
+            };
+            let _ = tx.blocking_send(last);
+        });
+        Ok(Response::new(Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx)) as IdStream))
+    }
+
+    async fn start_scrub(&self, req: Request<StartScrubRequest>) -> Result<Response<ScrubStatus>, Status> {
+        self.check(&req)?;
+        self.state.scrub.start();
+        Ok(Response::new(self.state.scrub.status()))
     }
 }

@@ -9,6 +9,7 @@
 mod config;
 mod control;
 mod metrics;
+mod scrub;
 mod server;
 mod service;
 

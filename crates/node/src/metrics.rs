@@ -2,6 +2,7 @@
 
 use prometheus::{Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, Opts, Registry};
 
+#[derive(Clone)]
 pub struct NodeMetrics {
     pub registry: Registry,
     pub ops: IntCounterVec,
@@ -16,6 +17,10 @@ pub struct NodeMetrics {
     pub stored_chunks: IntGauge,
     pub capacity_bytes: IntGauge,
     pub free_bytes: IntGauge,
+    pub scrubbed_bytes: IntCounter,
+    pub copies: IntCounterVec,
+    pub peer_breakers_open: IntGauge,
+    pub peer_breaker_trips: IntGauge,
 }
 
 impl NodeMetrics {
@@ -58,7 +63,26 @@ impl NodeMetrics {
         let stored_chunks = IntGauge::new("collective_node_stored_chunks", "Chunks stored")?;
         let capacity_bytes = IntGauge::new("collective_node_capacity_bytes", "Configured capacity in bytes")?;
         let free_bytes = IntGauge::new("collective_node_free_bytes", "Bytes still free for chunks")?;
-        for c in [&bytes_in, &bytes_out, &verification_failures, &denied] {
+        let scrubbed_bytes = IntCounter::new("collective_node_scrubbed_bytes_total", "Bytes re-hashed by background scrubs")?;
+        let copies = IntCounterVec::new(
+            Opts::new(
+                "collective_node_copies_total",
+                "Chunk copies made for the coordinator (repair, drain), by direction and result",
+            ),
+            &["direction", "result"],
+        )?;
+        registry.register(Box::new(copies.clone()))?;
+        let peer_breakers_open = IntGauge::new(
+            "collective_node_peer_breakers_open",
+            "Other nodes this node currently skips when copying chunks (circuit breaker open)",
+        )?;
+        let peer_breaker_trips = IntGauge::new(
+            "collective_node_peer_breaker_trips",
+            "Failed copies to or from other nodes that opened a circuit breaker, since start",
+        )?;
+        registry.register(Box::new(peer_breakers_open.clone()))?;
+        registry.register(Box::new(peer_breaker_trips.clone()))?;
+        for c in [&bytes_in, &bytes_out, &verification_failures, &denied, &scrubbed_bytes] {
             registry.register(Box::new(c.clone()))?;
         }
         for g in [&stored_bytes, &stored_chunks, &capacity_bytes, &free_bytes] {
@@ -82,6 +106,10 @@ impl NodeMetrics {
             stored_chunks,
             capacity_bytes,
             free_bytes,
+            scrubbed_bytes,
+            copies,
+            peer_breakers_open,
+            peer_breaker_trips,
         })
     }
 }

@@ -17,6 +17,7 @@ use tokio::sync::watch;
 use crate::config::NodeConfig;
 use crate::control::Control;
 use crate::metrics::NodeMetrics;
+use crate::scrub::Scrubber;
 use crate::service::{NodeState, serve_connection};
 
 /// How often the heartbeat loop looks for changes in the store worth reporting early.
@@ -67,15 +68,22 @@ pub async fn run(cfg: NodeConfig, shutdown: impl Future<Output = ()> + Send + 's
     let store = tokio::task::spawn_blocking(move || ChunkStore::open(&data_dir, capacity))
         .await
         .map_err(|e| NodeError::Io(e.to_string()))??;
+    let scrub_rate = parse_size(&cfg.scrub_rate).map_err(|e| NodeError::Config(format!("scrub_rate: {e}")))?;
+    let scrub_interval = parse_duration(&cfg.scrub_interval).map_err(|e| NodeError::Config(format!("scrub_interval: {e}")))?;
     let metrics = NodeMetrics::new().map_err(|e| NodeError::Io(e.to_string()))?;
+    let store = Arc::new(store);
+    let scrub = Arc::new(Scrubber::new(store.clone(), metrics.clone(), scrub_rate));
     let state = Arc::new(NodeState::new(
         identity.principal.to_string(),
         identity.principal.domain.clone(),
-        Arc::new(store),
+        store,
         metrics,
         coordinator.to_string(),
+        scrub.clone(),
+        collective_dataplane::ChunkClient::new(&identity)?,
     ));
     state.usage();
+    let scrubbing = tokio::spawn(scrub.run(scrub_interval));
 
     let (stop_tx, stop_rx) = watch::channel(false);
     tokio::spawn(async move {
@@ -188,14 +196,16 @@ pub async fn run(cfg: NodeConfig, shutdown: impl Future<Output = ()> + Send + 's
                     }
                 }
             } else {
+                let corrupt = hb_state.scrub.unreported();
                 match client
                     .heartbeat(HeartbeatRequest {
                         usage: Some(hb_state.usage()),
+                        corrupt: corrupt.iter().map(|id| id.0.to_vec().into()).collect(),
                     })
                     .await
                 {
                     Ok(r) if !r.get_ref().known => registered = false,
-                    Ok(_) => {}
+                    Ok(_) => hb_state.scrub.reported(&corrupt),
                     Err(s) => {
                         tracing::warn!("heartbeat failed: {}", collective_rpc::explain_status("the coordinator", &s));
                         registered = false;
@@ -207,10 +217,11 @@ pub async fn run(cfg: NodeConfig, shutdown: impl Future<Output = ()> + Send + 's
             // coordinator's view of free space follows uploads closely.
             let wait = if registered { heartbeat } else { Duration::from_millis(300) };
             let deadline = tokio::time::Instant::now() + wait;
-            let reported = (hb_state.store.used(), hb_state.store.chunk_count());
+            let snapshot = |s: &NodeState| (s.store.used(), s.store.chunk_count(), s.scrub.status().passes);
+            let reported = snapshot(&hb_state);
             loop {
                 let now = tokio::time::Instant::now();
-                if now >= deadline || (registered && (hb_state.store.used(), hb_state.store.chunk_count()) != reported) {
+                if now >= deadline || (registered && snapshot(&hb_state) != reported) {
                     break;
                 }
                 tokio::select! {
@@ -224,6 +235,7 @@ pub async fn run(cfg: NodeConfig, shutdown: impl Future<Output = ()> + Send + 's
     let _ = grpc.await;
     let _ = http.await;
     heartbeats.abort();
+    scrubbing.abort();
     quic.close(0u32.into(), b"node shutting down");
     tracing::info!("node stopped");
     Ok(())

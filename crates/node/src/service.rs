@@ -23,11 +23,22 @@ pub struct NodeState {
     /// Set once the coordinator has accepted our registration.
     pub verifier: RwLock<Option<TokenVerifier>>,
     pub coordinator: String,
+    pub scrub: Arc<crate::scrub::Scrubber>,
+    /// Our own QUIC client, for copying chunks to and from other nodes.
+    pub peers: collective_dataplane::ChunkClient,
     buffers: Semaphore,
 }
 
 impl NodeState {
-    pub fn new(principal: String, domain: String, store: Arc<ChunkStore>, metrics: NodeMetrics, coordinator: String) -> NodeState {
+    pub fn new(
+        principal: String,
+        domain: String,
+        store: Arc<ChunkStore>,
+        metrics: NodeMetrics,
+        coordinator: String,
+        scrub: Arc<crate::scrub::Scrubber>,
+        peers: collective_dataplane::ChunkClient,
+    ) -> NodeState {
         NodeState {
             principal,
             domain,
@@ -35,6 +46,8 @@ impl NodeState {
             metrics,
             verifier: RwLock::new(None),
             coordinator,
+            scrub,
+            peers,
             buffers: Semaphore::new(BUFFER_BUDGET_KIB as usize),
         }
     }
@@ -45,6 +58,12 @@ impl NodeState {
         self.metrics.stored_chunks.set(self.store.chunk_count() as i64);
         self.metrics.capacity_bytes.set(capacity as i64);
         self.metrics.free_bytes.set(free as i64);
+        let breakers = self.peers.breakers.snapshot(std::time::Instant::now());
+        let open = breakers.iter().filter(|(_, s)| *s == collective_core::BreakerState::Open).count();
+        self.metrics.peer_breakers_open.set(open as i64);
+        self.metrics
+            .peer_breaker_trips
+            .set(self.peers.breakers.opened.load(std::sync::atomic::Ordering::Relaxed) as i64);
         let (healthy, health_message) = if free < 64 << 20 {
             (true, "less than 64 MiB free".to_string())
         } else {
@@ -57,6 +76,7 @@ impl NodeState {
             chunks: self.store.chunk_count(),
             healthy,
             health_message,
+            scrub: Some(self.scrub.status()),
         }
     }
 
@@ -262,6 +282,7 @@ async fn handle_stream(state: &NodeState, caller: &str, mut send: quinn::SendStr
                     Err(e @ StoreError::NotFound(_)) => fail(ChunkStatus::NotFound, "not_found", e.to_string()),
                     Err(e @ StoreError::Corrupt { .. }) => {
                         state.metrics.verification_failures.inc();
+                        state.scrub.report(id);
                         tracing::error!(chunk = %id, "served a read request for a corrupt chunk; quarantined it");
                         fail(ChunkStatus::Corrupt, "corrupt", e.to_string())
                     }

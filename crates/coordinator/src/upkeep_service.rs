@@ -1,0 +1,450 @@
+//! The `Upkeep` service (repair and scrub status, node drain and removal, what is at risk
+//! if a member leaves) for this member's admins, and the federation calls behind it:
+//! releasing hosted chunks and answering another member's risk question.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use collective_core::{ChunkId, Principal, RemotePath};
+use collective_meta::Attr;
+use collective_proto::v1::federation_client::FederationClient;
+use collective_proto::v1::upkeep_server::Upkeep;
+use collective_proto::v1::{
+    DrainStatus, MemberRisk, NodeRequest, NodeScrub, ReleaseChunksRequest, ReleaseChunksResponse, RemoveNodeResponse, RepairStatusRequest,
+    RepairStatusResponse, RiskReport, RiskRequest, ScrubReport, StartScrubRequest,
+};
+use tonic::{Request, Response, Status};
+
+use crate::hosting::member_of;
+use crate::state::{State, meta_status};
+use crate::upkeep::Live;
+
+pub struct UpkeepService {
+    pub state: Arc<State>,
+}
+
+impl UpkeepService {
+    /// Only this member's admins run upkeep commands.
+    fn admin<T>(&self, req: &Request<T>) -> Result<Principal, Status> {
+        let who = self.state.end_user(req)?;
+        if who.domain != self.state.domain || !self.state.is_admin(&who) {
+            self.state.metrics.denials.inc();
+            return Err(Status::permission_denied(format!(
+                "{who} is not an admin of {}; repair, scrub and node commands need an admin certificate (see `admins` in coordinator.toml)",
+                self.state.domain
+            )));
+        }
+        Ok(who)
+    }
+
+    /// `node-02` or `node-02@alice.collective.local` → the registered node's principal.
+    fn node_arg(&self, name: &str) -> Result<String, Status> {
+        let full = if name.contains('@') {
+            name.to_string()
+        } else {
+            format!("{name}@{}", self.state.domain)
+        };
+        if self.state.lock_nodes().contains_key(&full) {
+            return Ok(full);
+        }
+        let mut known: Vec<String> = self.state.lock_nodes().keys().cloned().collect();
+        known.sort();
+        Err(Status::not_found(format!(
+            "{full} is not a node of {} (registered: {})",
+            self.state.domain,
+            if known.is_empty() { "none".into() } else { known.join(", ") }
+        )))
+    }
+
+    fn drain_status(&self, node: &str) -> Result<DrainStatus, Status> {
+        let (mut chunks, mut bytes) = (0u64, 0u64);
+        for r in self.state.meta.chunks() {
+            let (_, rec) = r.map_err(meta_status)?;
+            if rec.replicas.iter().any(|n| n == node) {
+                chunks += 1;
+                bytes += rec.size;
+            }
+        }
+        let draining = self.state.upkeep.is_draining(node);
+        let total = self
+            .state
+            .upkeep
+            .drain_total
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(node)
+            .copied()
+            .unwrap_or(chunks)
+            .max(chunks);
+        Ok(DrainStatus {
+            node: node.to_string(),
+            draining,
+            chunks_left: chunks,
+            bytes_left: bytes,
+            chunks_total: total,
+            done: draining && chunks == 0,
+        })
+    }
+
+    fn scrub_report(&self) -> ScrubReport {
+        let nodes = self.state.lock_nodes();
+        let mut out = ScrubReport::default();
+        let mut names: Vec<&String> = nodes.keys().collect();
+        names.sort();
+        for name in names {
+            let e = &nodes[name];
+            let scrub = e.usage.scrub.unwrap_or_default();
+            out.chunks_checked += scrub.chunks_checked;
+            out.corrupt_found += scrub.corrupt_found;
+            out.running |= scrub.running && self.state.is_up(e);
+            out.nodes.push(NodeScrub {
+                node: name.clone(),
+                state: if self.state.is_up(e) { "up".into() } else { "down".into() },
+                scrub: Some(scrub),
+            });
+        }
+        out.repaired = self.state.upkeep.counters.scrub_repaired.load(std::sync::atomic::Ordering::Relaxed);
+        out
+    }
+}
+
+#[tonic::async_trait]
+impl Upkeep for UpkeepService {
+    async fn repair_status(&self, req: Request<RepairStatusRequest>) -> Result<Response<RepairStatusResponse>, Status> {
+        self.admin(&req)?;
+        Ok(Response::new(self.state.repair_status()))
+    }
+
+    async fn start_scrub(&self, req: Request<StartScrubRequest>) -> Result<Response<ScrubReport>, Status> {
+        self.admin(&req)?;
+        let up: Vec<String> = {
+            let nodes = self.state.lock_nodes();
+            nodes.iter().filter(|(_, e)| self.state.is_up(e)).map(|(n, _)| n.clone()).collect()
+        };
+        if up.is_empty() {
+            return Err(Status::failed_precondition("no node is up to scrub; start the nodes first"));
+        }
+        for node in &up {
+            let mut control = self.state.control(node)?;
+            match control.start_scrub(StartScrubRequest {}).await {
+                Ok(r) => {
+                    if let Some(e) = self.state.lock_nodes().get_mut(node) {
+                        e.usage.scrub = Some(r.into_inner());
+                    }
+                }
+                Err(s) => tracing::warn!(%node, "cannot start a scrub: {}", s.message()),
+            }
+        }
+        Ok(Response::new(self.scrub_report()))
+    }
+
+    async fn scrub_report(&self, req: Request<StartScrubRequest>) -> Result<Response<ScrubReport>, Status> {
+        self.admin(&req)?;
+        Ok(Response::new(self.scrub_report()))
+    }
+
+    async fn drain_node(&self, req: Request<NodeRequest>) -> Result<Response<DrainStatus>, Status> {
+        self.admin(&req)?;
+        let q = req.into_inner();
+        let node = self.node_arg(&q.node)?;
+        let draining = !q.cancel;
+        let meta = self.state.meta.clone();
+        let n = node.clone();
+        tokio::task::spawn_blocking(move || meta.set_draining(&n, draining).and_then(|_| meta.flush_blocking()))
+            .await
+            .map_err(|e| Status::internal(e.to_string()))?
+            .map_err(meta_status)?;
+        let status = self.drain_status(&node)?;
+        {
+            let up = &self.state.upkeep;
+            let mut set = up.draining.lock().unwrap_or_else(|p| p.into_inner());
+            let mut totals = up.drain_total.lock().unwrap_or_else(|p| p.into_inner());
+            if draining {
+                set.insert(node.clone());
+                totals.insert(node.clone(), status.chunks_left);
+            } else {
+                set.remove(&node);
+                totals.remove(&node);
+            }
+        }
+        tracing::info!(%node, draining, chunks = status.chunks_left, "drain {}", if draining { "started" } else { "cancelled" });
+        self.state.upkeep.wake.notify_one();
+        Ok(Response::new(DrainStatus { draining, ..status }))
+    }
+
+    async fn drain_status(&self, req: Request<NodeRequest>) -> Result<Response<DrainStatus>, Status> {
+        self.admin(&req)?;
+        let node = self.node_arg(&req.get_ref().node)?;
+        Ok(Response::new(self.drain_status(&node)?))
+    }
+
+    async fn remove_node(&self, req: Request<NodeRequest>) -> Result<Response<RemoveNodeResponse>, Status> {
+        self.admin(&req)?;
+        let node = self.node_arg(&req.get_ref().node)?;
+        let (mut only, mut only_bytes) = (0u64, 0u64);
+        for r in self.state.meta.chunks() {
+            let (_, rec) = r.map_err(meta_status)?;
+            if rec.refs == 0 || !rec.replicas.contains(&node) {
+                continue;
+            }
+            let others = rec
+                .replicas
+                .iter()
+                .filter(|n| **n != node && self.state.liveness(n) == Live::Up)
+                .count();
+            if others == 0 {
+                only += 1;
+                only_bytes += rec.size;
+            }
+        }
+        if only > 0 {
+            let short = node.split('@').next().unwrap_or(&node).to_string();
+            return Err(Status::failed_precondition(format!(
+                "{node} still holds the only copy of {only} chunk(s) ({}); move them off first with `collective node drain {short}`, then remove it",
+                collective_core::format_bytes(only_bytes)
+            )));
+        }
+        let meta = self.state.meta.clone();
+        let n = node.clone();
+        let forgotten = tokio::task::spawn_blocking(move || {
+            let forgotten = meta.remove_node(&n)?;
+            meta.flush_blocking()?;
+            Ok::<_, collective_meta::MetaError>(forgotten)
+        })
+        .await
+        .map_err(|e| Status::internal(e.to_string()))?
+        .map_err(meta_status)?;
+        self.state.lock_nodes().remove(&node);
+        self.state.forget_control(&node);
+        self.state.upkeep.draining.lock().unwrap_or_else(|p| p.into_inner()).remove(&node);
+        self.state.upkeep.wake.notify_one();
+        tracing::info!(%node, forgotten, "node removed");
+        Ok(Response::new(RemoveNodeResponse {
+            node,
+            chunks_forgotten: forgotten,
+        }))
+    }
+
+    async fn risk(&self, req: Request<RiskRequest>) -> Result<Response<RiskReport>, Status> {
+        let who = self.state.end_user(&req)?;
+        if who.domain != self.state.domain {
+            return Err(Status::permission_denied("ask your own member's coordinator"));
+        }
+        let member = self.state.member_arg(&req.get_ref().member)?;
+        let mut report = RiskReport {
+            member: member.clone(),
+            ..Default::default()
+        };
+        let state = self.state.clone();
+        let m = member.clone();
+        let own = tokio::task::spawn_blocking(move || state.risk_of(&m))
+            .await
+            .map_err(|e| Status::internal(e.to_string()))??;
+        add_risk(&mut report, own);
+        if !req.get_ref().local_only
+            && let Some(fed) = self.state.fed()
+        {
+            for s in fed.gossip.states() {
+                if s.member == self.state.domain {
+                    continue;
+                }
+                let alive = matches!(
+                    fed.gossip.peer_state(&s.member),
+                    Some(collective_gossip::PeerState::Alive | collective_gossip::PeerState::Suspect)
+                );
+                let answer = if !alive {
+                    Err(Status::unavailable("down"))
+                } else {
+                    match self.state.peer_channel(&s.member) {
+                        Ok(ch) => tokio::time::timeout(
+                            std::time::Duration::from_secs(20),
+                            FederationClient::new(ch).risk(RiskRequest {
+                                member: member.clone(),
+                                local_only: true,
+                            }),
+                        )
+                        .await
+                        .unwrap_or_else(|_| Err(Status::deadline_exceeded("no answer"))),
+                        Err(e) => Err(e),
+                    }
+                };
+                match answer {
+                    Ok(r) => {
+                        for o in r.into_inner().owners {
+                            add_risk(&mut report, o);
+                        }
+                    }
+                    Err(_) => report.unanswered.push(s.member.clone()),
+                }
+            }
+        }
+        Ok(Response::new(report))
+    }
+}
+
+fn add_risk(report: &mut RiskReport, r: MemberRisk) {
+    report.files_under_replicated += r.files_under_replicated;
+    report.bytes_under_replicated += r.bytes_under_replicated;
+    report.files_unreadable += r.files_unreadable;
+    report.bytes_unreadable += r.bytes_unreadable;
+    report.owners.push(r);
+}
+
+/// What one chunk would be without a member.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Fate {
+    Fine,
+    Under,
+    Gone,
+}
+
+impl State {
+    /// `bob` or `bob.collective.local` → a member domain of this federation.
+    pub fn member_arg(&self, name: &str) -> Result<String, Status> {
+        let full = if name.contains('.') {
+            name.to_string()
+        } else {
+            match self.fed() {
+                Some(f) => format!("{name}.{}", f.domain),
+                None => format!(
+                    "{name}.{}",
+                    self.domain.split_once('.').map(|(_, d)| d).unwrap_or("collective.local")
+                ),
+            }
+        };
+        let known = full == self.domain || self.fed().is_some_and(|f| f.gossip.state_of(&full).is_some());
+        if !known {
+            return Err(Status::not_found(format!(
+                "{full} is not a member of this federation (see `collective federation peers`)"
+            )));
+        }
+        Ok(full)
+    }
+
+    /// Our files that would fall below their replication factor, or become unreadable, if
+    /// `member` left now.
+    pub fn risk_of(&self, member: &str) -> Result<MemberRisk, Status> {
+        let mut out = MemberRisk {
+            owner: self.domain.clone(),
+            ..Default::default()
+        };
+        let leaving_self = member == self.domain;
+        let mut fates: HashMap<ChunkId, Fate> = HashMap::new();
+        let mut files: Vec<Attr> = Vec::new();
+        self.meta
+            .walk_files(&RemotePath::root(), &mut |_, a| {
+                files.push(a);
+                true
+            })
+            .map_err(meta_status)?;
+        for a in files {
+            if leaving_self {
+                // The namespace leaves with its coordinator.
+                out.files_unreadable += 1;
+                out.bytes_unreadable += a.size;
+                continue;
+            }
+            let Ok(path) = collective_core::validate_path(&a.path) else {
+                continue;
+            };
+            let Ok((_, manifest)) = self.meta.manifest(&path) else { continue };
+            let mut worst = Fate::Fine;
+            for c in manifest {
+                let id = ChunkId(c.id);
+                let fate = match fates.get(&id) {
+                    Some(f) => *f,
+                    None => {
+                        let f = self.chunk_fate(&id, member)?;
+                        fates.insert(id, f);
+                        f
+                    }
+                };
+                if fate == Fate::Gone {
+                    worst = Fate::Gone;
+                    break;
+                }
+                if fate == Fate::Under {
+                    worst = Fate::Under;
+                }
+            }
+            match worst {
+                Fate::Gone => {
+                    out.files_unreadable += 1;
+                    out.bytes_unreadable += a.size;
+                }
+                Fate::Under => {
+                    out.files_under_replicated += 1;
+                    out.bytes_under_replicated += a.size;
+                }
+                Fate::Fine => {}
+            }
+        }
+        Ok(out)
+    }
+
+    fn chunk_fate(&self, id: &ChunkId, member: &str) -> Result<Fate, Status> {
+        let Some(rec) = self.meta.chunk(id).map_err(meta_status)? else {
+            return Ok(Fate::Gone);
+        };
+        let want = if rec.want > 0 { rec.want as usize } else { self.replication };
+        let left = rec
+            .replicas
+            .iter()
+            .filter(|n| member_of(n) != member && self.liveness(n) != Live::Lost)
+            .count();
+        Ok(if left == 0 {
+            Fate::Gone
+        } else if left < want {
+            Fate::Under
+        } else {
+            Fate::Fine
+        })
+    }
+
+    /// `Federation.ReleaseChunks`: the guest no longer needs these chunks here.
+    pub async fn release_chunks(&self, req: Request<ReleaseChunksRequest>) -> Result<Response<ReleaseChunksResponse>, Status> {
+        let guest = self.authorize_peer(&req)?.domain;
+        let ids: Vec<ChunkId> = req.get_ref().ids.iter().filter_map(|b| ChunkId::from_slice(b)).collect();
+        let released = self.meta.release_hosted(&guest, &ids).map_err(meta_status)?;
+        self.meta.flush().await.map_err(meta_status)?;
+        let mut per_node: HashMap<String, Vec<ChunkId>> = HashMap::new();
+        let mut freed = 0u64;
+        // Another guest may have the same chunk hosted here (the same ciphertext).
+        let still_hosted: std::collections::HashSet<ChunkId> = if released.is_empty() {
+            Default::default()
+        } else {
+            self.meta.hosted_all().filter_map(|r| r.ok()).map(|(_, id, _)| id).collect()
+        };
+        for (id, rec) in &released {
+            freed += rec.size;
+            if still_hosted.contains(id) {
+                continue;
+            }
+            for n in &rec.nodes {
+                per_node.entry(n.clone()).or_default().push(*id);
+            }
+        }
+        self.delete_many(per_node).await;
+        Ok(Response::new(ReleaseChunksResponse {
+            released: released.len() as u64,
+            freed_bytes: freed,
+        }))
+    }
+
+    /// `Federation.Risk` for another member: our own files only.
+    pub async fn peer_risk(self: &Arc<Self>, req: Request<RiskRequest>) -> Result<Response<RiskReport>, Status> {
+        self.authorize_peer(&req)?;
+        let member = req.get_ref().member.clone();
+        let state = self.clone();
+        let m = member.clone();
+        let own = tokio::task::spawn_blocking(move || state.risk_of(&m))
+            .await
+            .map_err(|e| Status::internal(e.to_string()))??;
+        let mut report = RiskReport {
+            member,
+            ..Default::default()
+        };
+        add_risk(&mut report, own);
+        Ok(Response::new(report))
+    }
+}

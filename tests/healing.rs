@@ -1,0 +1,359 @@
+//! Self-healing with real processes on loopback: repair after a node dies, scrub of bit
+//! rot, garbage collection, draining and removing nodes, backup placement across members,
+//! circuit breakers for a hung node, and extra copies for hot chunks. `dev up` configures
+//! second-scale grace periods and intervals so each of these happens within seconds.
+
+mod common;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::Path;
+use std::time::Duration;
+
+use common::{Cluster, p, random_bytes, within};
+
+/// Chunk id (file name) → nodes holding a copy on disk.
+fn copies_on_disk(c: &Cluster) -> BTreeMap<String, Vec<String>> {
+    let mut out: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    for (node, path) in c.stored_chunks() {
+        out.entry(path.file_name().unwrap().to_string_lossy().into_owned())
+            .or_default()
+            .push(node);
+    }
+    out
+}
+
+fn json(c: &Cluster, args: &[&str]) -> serde_json::Value {
+    serde_json::from_str(&c.ok(args)).unwrap()
+}
+
+/// `n` files of 20–80 KB in `dir` (relative to the cluster), returned with their bytes.
+fn make_files(c: &Cluster, dir: &str, n: usize, seed: u64) -> BTreeMap<String, Vec<u8>> {
+    let root = c.path(dir);
+    std::fs::create_dir_all(&root).unwrap();
+    let mut out = BTreeMap::new();
+    for i in 0..n {
+        let data = random_bytes(20_000 + (i * 613) % 60_000, seed + i as u64);
+        let name = format!("f{i:03}");
+        std::fs::write(root.join(&name), &data).unwrap();
+        out.insert(name, data);
+    }
+    out
+}
+
+fn assert_reads_back(c: &Cluster, remote: &str, files: &BTreeMap<String, Vec<u8>>, into: &str) {
+    let back = c.path(into);
+    c.ok(&["get", "-r", remote, p(&back)]);
+    for (name, data) in files {
+        let got = std::fs::read(back.join(name)).unwrap_or_else(|e| panic!("{remote}/{name} was not read back: {e}"));
+        assert!(got == *data, "{remote}/{name} reads back different bytes");
+    }
+    std::fs::remove_dir_all(&back).unwrap();
+}
+
+fn flip_a_byte(path: &Path) {
+    let mut b = std::fs::read(path).unwrap();
+    let i = b.len() / 2;
+    b[i] ^= 0x5a;
+    std::fs::write(path, b).unwrap();
+}
+
+#[test]
+fn a_killed_nodes_copies_are_restored_and_its_return_leaves_no_extra_copies() {
+    let c = Cluster::start("repair", 3, 2);
+    let files = make_files(&c, "src", 200, 1);
+    c.ok(&["put", "-r", p(&c.path("src")), "/photos"]);
+    let before = copies_on_disk(&c);
+    let dead = c.proc("node-02").principal;
+    let held = before.values().filter(|n| n.contains(&dead)).count();
+    assert!(held > 50, "node-02 should hold many chunks, holds {held}");
+
+    c.kill9("node-02");
+    within(Duration::from_secs(90), "every chunk back to 2 live copies", || {
+        let r = json(&c, &["repair", "status", "--json"]);
+        r["lost_nodes"].as_array().unwrap().iter().any(|n| n == dead.as_str())
+            && r["under_replicated_chunks"] == 0
+            && r["unreadable_chunks"] == 0
+            && r["repaired_chunks"].as_u64().unwrap() >= held as u64
+    });
+    // On disk too: every chunk has two copies on nodes that are alive.
+    for (id, nodes) in copies_on_disk(&c) {
+        let live: BTreeSet<&String> = nodes.iter().filter(|n| **n != dead).collect();
+        assert!(live.len() >= 2, "chunk {id} has {} live copies: {nodes:?}", live.len());
+    }
+    assert_reads_back(&c, "/photos", &files, "back1");
+
+    // The node returns with its old copies: they are no longer needed and go away.
+    c.restart("node-02");
+    c.wait_ready();
+    within(Duration::from_secs(60), "exactly 2 copies of every chunk again", || {
+        copies_on_disk(&c).values().all(|n| n.len() == 2)
+    });
+    assert_eq!(copies_on_disk(&c).len(), before.len(), "no chunk was lost or invented");
+    assert_reads_back(&c, "/photos", &files, "back2");
+}
+
+#[test]
+fn a_scrub_finds_flipped_bytes_and_repairs_them_from_other_copies() {
+    let c = Cluster::start("scrub", 3, 2);
+    let files = make_files(&c, "src", 40, 50);
+    c.ok(&["put", "-r", p(&c.path("src")), "/docs"]);
+    let victim = c.proc("node-01").principal;
+    let mut flipped = Vec::new();
+    for (node, path) in c.stored_chunks() {
+        if node == victim && flipped.len() < 5 {
+            flip_a_byte(&path);
+            flipped.push(path.file_name().unwrap().to_string_lossy().into_owned());
+        }
+    }
+    assert_eq!(flipped.len(), 5);
+
+    let started = json(&c, &["scrub", "start", "--json"]);
+    assert_eq!(started["running"], true);
+    within(Duration::from_secs(60), "scrub found and repaired all 5", || {
+        let s = json(&c, &["scrub", "status", "--json"]);
+        s["corrupt_found"] == 5
+            && s["repaired"] == 5
+            && s["running"] == false
+            && s["nodes"].as_array().unwrap().iter().all(|n| n["passes"] == 1)
+    });
+    let s = json(&c, &["scrub", "status", "--json"]);
+    assert!(s["chunks_checked"].as_u64().unwrap() >= copies_on_disk(&c).len() as u64);
+    // Each corrupt copy was quarantined and a good copy made elsewhere.
+    let quarantine = c.proc("node-01").data_dir.join("quarantine");
+    assert_eq!(std::fs::read_dir(quarantine).unwrap().count(), 5);
+    let disk = copies_on_disk(&c);
+    for id in &flipped {
+        assert_eq!(disk.get(id).map(Vec::len), Some(2), "chunk {id} should have 2 good copies again");
+    }
+    for (_, path) in c.stored_chunks() {
+        let bytes = std::fs::read(&path).unwrap();
+        let name = path.file_name().unwrap().to_string_lossy().into_owned();
+        assert_eq!(blake3::hash(&bytes).to_hex().as_str(), name, "{} is corrupt", path.display());
+    }
+    assert_reads_back(&c, "/docs", &files, "back");
+}
+
+#[test]
+fn deleted_files_are_collected_after_the_grace_period_but_shared_chunks_stay() {
+    let c = Cluster::start("gc", 3, 2);
+    let files = make_files(&c, "src", 100, 300);
+    c.ok(&["put", "-r", p(&c.path("src")), "/tmp-data"]);
+    // A file that shares its bytes (so its chunks) with one of the deleted ones.
+    let kept = files["f007"].clone();
+    let keep = c.write_local("keep.bin", &kept);
+    c.ok(&["put", p(&keep), "/keep/shared.bin"]);
+    let all = copies_on_disk(&c).len();
+    assert!(all > 100);
+
+    c.ok(&["rm", "-r", "/tmp-data"]);
+    let mut saw_reclaimable = false;
+    within(Duration::from_secs(60), "only the kept file's chunks remain", || {
+        saw_reclaimable |= c.status_json()["garbage"]["reclaimable_bytes"].as_u64().unwrap() > 0;
+        let disk = copies_on_disk(&c);
+        disk.len() < 10 && disk.values().all(|n| n.len() == 2)
+    });
+    assert!(
+        saw_reclaimable,
+        "status never showed reclaimable bytes while waiting for collection"
+    );
+    let back = c.path("keep.back");
+    c.ok(&["get", "/keep/shared.bin", p(&back)]);
+    assert!(
+        std::fs::read(back).unwrap() == kept,
+        "the file sharing chunks with deleted ones lost data"
+    );
+    within(Duration::from_secs(10), "nothing left to reclaim", || {
+        c.status_json()["garbage"]["reclaimable_bytes"] == 0
+    });
+    assert_eq!(c.status_json()["data"]["files"], 1);
+}
+
+#[test]
+fn draining_a_node_empties_it_without_any_chunk_falling_below_r() {
+    let c = Cluster::start("drain", 4, 2);
+    let files = make_files(&c, "src", 80, 700);
+    c.ok(&["put", "-r", p(&c.path("src")), "/music"]);
+    let drained = c.proc("node-02");
+    assert!(copies_on_disk(&c).values().any(|n| n.contains(&drained.principal)));
+
+    let mut drain = c.cmd().args(["node", "drain", "node-02", "--json"]).spawn().unwrap();
+    // While it runs, nothing is ever under-replicated.
+    let mut polls = 0;
+    loop {
+        let r = json(&c, &["repair", "status", "--json"]);
+        assert_eq!(r["under_replicated_chunks"], 0, "a chunk fell below R during the drain: {r}");
+        assert_eq!(r["unreadable_chunks"], 0, "{r}");
+        polls += 1;
+        if let Some(status) = drain.try_wait().unwrap() {
+            assert!(status.success(), "node drain failed");
+            break;
+        }
+        assert!(polls < 600, "the drain did not finish");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    within(Duration::from_secs(30), "node-02 holds no chunk file", || {
+        !copies_on_disk(&c).values().any(|n| n.contains(&drained.principal))
+    });
+    assert!(copies_on_disk(&c).values().all(|n| n.len() == 2));
+    assert_reads_back(&c, "/music", &files, "back");
+    let out = c.ok(&["node", "rm", "node-02"]);
+    assert!(out.contains("removed node-02"), "{out}");
+    let s = c.status_json();
+    assert_eq!(s["nodes"].as_array().unwrap().len(), 3);
+    // New data never goes to a removed node, and the rest stays fully replicated.
+    let more = c.write_local("more.bin", &random_bytes(500_000, 9));
+    c.ok(&["put", p(&more), "/music/more.bin"]);
+    assert!(!copies_on_disk(&c).values().any(|n| n.contains(&drained.principal)));
+}
+
+#[test]
+fn a_node_holding_the_only_copy_cannot_be_removed_until_drained() {
+    let c = Cluster::start("rm", 2, 1);
+    let data = random_bytes(300_000, 4);
+    let f = c.write_local("only.bin", &data);
+    c.ok(&["put", p(&f), "/only.bin"]);
+    let holder = copies_on_disk(&c).values().next().unwrap()[0].clone();
+    let short = holder.split('@').next().unwrap().to_string();
+    let err = c.fails(&["node", "rm", &short]);
+    assert!(err.contains("only copy") && err.contains("collective node drain"), "{err}");
+    let err = c.fails(&["node", "rm", "node-99"]);
+    assert!(err.contains("not a node"), "{err}");
+    c.ok(&["node", "drain", &short]);
+    c.ok(&["node", "rm", &short]);
+    let back = c.path("only.back");
+    c.ok(&["get", "/only.bin", p(&back)]);
+    assert!(std::fs::read(back).unwrap() == data);
+}
+
+#[test]
+fn backup_keeps_copies_on_two_members_so_losing_any_one_member_loses_no_file() {
+    let fed = Cluster::federation("backup-loss", 3, 2);
+    let names = ["alice", "bob", "carol"];
+    // Every member backs up into a datastore of its own.
+    let mut data: BTreeMap<&str, Vec<u8>> = BTreeMap::new();
+    for (i, m) in names.iter().enumerate() {
+        if *m != "bob" {
+            fed.ok_as(m, &["datastore", "create", &format!("/{m}-backup"), "--strategy", "backup"]);
+        }
+        let store = if *m == "bob" {
+            "/backup".to_string()
+        } else {
+            format!("/{m}-backup")
+        };
+        let bytes = random_bytes(3_000_000, 40 + i as u64);
+        let f = fed.write_local(&format!("{m}.tar"), &bytes);
+        fed.ok_as(m, &["put", p(&f), &format!("{store}/{m}.tar")]);
+        data.insert(m, bytes);
+    }
+    let store_of = |m: &str| {
+        if m == "bob" {
+            "/backup/bob.tar".to_string()
+        } else {
+            format!("/{m}-backup/{m}.tar")
+        }
+    };
+    for (id, nodes) in copies_on_disk(&fed) {
+        let members: BTreeSet<&str> = nodes.iter().map(|n| n.split_once('@').unwrap().1).collect();
+        assert_eq!(nodes.len(), 2, "chunk {id}: {nodes:?}");
+        assert_eq!(members.len(), 2, "both copies of chunk {id} on one member: {nodes:?}");
+    }
+
+    // What would be at risk if carol left: her own datastores (their metadata lives with
+    // her), and nothing of alice's or bob's becomes unreadable.
+    let risk = json_as(&fed, "alice", &["federation", "risk", "carol", "--json"]);
+    let owner = |o: &str| {
+        risk["owners"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|x| x["owner"].as_str().unwrap().starts_with(o))
+            .cloned()
+            .unwrap_or_else(|| panic!("no risk entry for {o}: {risk}"))
+    };
+    assert_eq!(owner("alice")["files_unreadable"], 0, "{risk}");
+    assert_eq!(owner("bob")["files_unreadable"], 0, "{risk}");
+    assert_eq!(owner("carol")["files_unreadable"], 1, "{risk}");
+
+    for lost in names {
+        for proc in fed.member_procs(lost) {
+            fed.kill9(&proc.principal);
+        }
+        for reader in names.iter().filter(|m| **m != lost) {
+            let back = fed.path(&format!("{reader}-without-{lost}"));
+            fed.ok_as(reader, &["get", &store_of(reader), p(&back)]);
+            assert!(
+                std::fs::read(&back).unwrap() == data[reader],
+                "{reader}'s backup reads back wrong without {lost}"
+            );
+        }
+        for proc in fed.member_procs(lost) {
+            fed.restart(&proc.principal);
+        }
+        fed.wait_ready();
+        within(Duration::from_secs(60), "the federation sees everyone alive again", || {
+            names.iter().all(|m| {
+                fed.peer_states(m)
+                    .iter()
+                    .filter(|(member, _)| !member.starts_with(m))
+                    .all(|(_, s)| s == "alive")
+            })
+        });
+    }
+}
+
+fn json_as(c: &Cluster, who: &str, args: &[&str]) -> serde_json::Value {
+    serde_json::from_str(&c.ok_as(who, args)).unwrap()
+}
+
+#[test]
+fn a_hung_node_costs_one_timeout_then_its_circuit_breaker_skips_it() {
+    let c = Cluster::start("breaker", 3, 2);
+    let files = make_files(&c, "src", 60, 900);
+    c.ok(&["put", "-r", p(&c.path("src")), "/v"]);
+    let hung = c.proc("node-02");
+    // Stopped, not killed: its socket is there but nothing answers.
+    unsafe { libc::kill(hung.pid as i32, libc::SIGSTOP) };
+    let back = c.path("back");
+    let out = c.cmd().args(["get", "-r", "/v", p(&back)]).output().unwrap();
+    let log = String::from_utf8_lossy(&out.stderr).into_owned();
+    // Let it go on before any assertion can fail, so it is never left stopped.
+    unsafe { libc::kill(hung.pid as i32, libc::SIGCONT) };
+    assert!(out.status.success(), "get failed with a hung node: {log}");
+    for (name, data) in &files {
+        assert!(std::fs::read(back.join(name)).unwrap() == *data, "{name} differs");
+    }
+    let timeouts = log.matches("no answer within").count();
+    let skipped = log.matches("circuit breaker open; next attempt").count();
+    assert!(timeouts <= 2, "paid {timeouts} timeouts on the hung node:\n{log}");
+    assert!(
+        skipped >= 5,
+        "expected many reads to skip the hung node at once, saw {skipped}:\n{log}"
+    );
+}
+
+#[test]
+fn a_chunk_read_100_times_gets_an_extra_copy_until_it_cools_down() {
+    let c = Cluster::start("hot", 3, 2);
+    // 100 names for the same bytes: one get of the directory reads each chunk 100 times.
+    let data = random_bytes(200_000, 77);
+    let dir = c.path("same");
+    std::fs::create_dir_all(&dir).unwrap();
+    for i in 0..100 {
+        std::fs::write(dir.join(format!("copy{i:03}")), &data).unwrap();
+    }
+    c.ok(&["put", "-r", p(&dir), "/popular"]);
+    let chunks = copies_on_disk(&c);
+    assert!(chunks.values().all(|n| n.len() == 2));
+    c.ok(&["get", "-r", "/popular", p(&c.path("read"))]);
+    within(Duration::from_secs(30), "hot chunks get a third copy", || {
+        copies_on_disk(&c).values().all(|n| n.len() == 3)
+    });
+    let stat = json(&c, &["stat", "--json", "/popular/copy000"]);
+    assert_eq!(stat["hot_chunks"], chunks.len() as u64, "{stat}");
+    assert_eq!(stat["copies"], 3, "{stat}");
+    within(Duration::from_secs(60), "cooled chunks drop back to 2 copies", || {
+        copies_on_disk(&c).values().all(|n| n.len() == 2)
+    });
+    let stat = json(&c, &["stat", "--json", "/popular/copy000"]);
+    assert_eq!(stat["hot_chunks"], 0, "{stat}");
+}
