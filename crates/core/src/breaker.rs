@@ -47,16 +47,25 @@ pub struct Breakers {
     pub opened: std::sync::atomic::AtomicU64,
 }
 
-/// Deterministic jitter in [0.75, 1.25) from the peer and attempt.
-fn jitter(peer: &str, failures: u32, now: Instant) -> f64 {
+/// A factor in [0.75, 1.25) from the peer, the attempt and the clock.
+fn jitter(peer: &str, failures: u32) -> f64 {
     let mut h: u64 = 0xcbf29ce484222325;
     for b in peer.bytes().chain(failures.to_le_bytes()) {
         h = (h ^ u64::from(b)).wrapping_mul(0x100000001b3);
     }
-    // Mix in the clock so clients that failed together spread out.
-    h ^= now.elapsed().subsec_nanos() as u64 ^ (std::process::id() as u64) << 20;
+    // Mix in the clock and the process so clients that failed together spread out.
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.subsec_nanos())
+        .unwrap_or(0);
+    h ^= u64::from(nanos) ^ (u64::from(std::process::id()) << 32);
     h = h.wrapping_mul(0x9e3779b97f4a7c15);
     0.75 + ((h >> 11) as f64 / (1u64 << 53) as f64) * 0.5
+}
+
+/// `d` spread by ±25 %, so peers retrying after the same failure do not retry in step.
+pub fn jittered(d: Duration, seed: &str) -> Duration {
+    d.mul_f64(jitter(seed, 0))
 }
 
 /// How long a breaker stays open after `failures` consecutive failures.
@@ -109,7 +118,7 @@ impl Breakers {
         });
         e.failures += 1;
         e.probing = false;
-        let wait = backoff(e.failures).mul_f64(jitter(peer, e.failures, now));
+        let wait = backoff(e.failures).mul_f64(jitter(peer, e.failures));
         e.open_until = Some(now + wait);
         self.opened.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         wait

@@ -12,7 +12,7 @@ mod principal;
 mod units;
 
 pub use access::{AccessError, Grant, Rights, Subject, effective_rights, parse_grant_spec};
-pub use breaker::{BREAKER_MAX, BREAKER_MIN, BreakerState, Breakers, backoff};
+pub use breaker::{BREAKER_MAX, BREAKER_MIN, BreakerState, Breakers, backoff, jittered};
 pub use chunk::{CHUNK_ID_LEN, ChunkId, MAX_CHUNK_BYTES};
 pub use path::{MAX_NAME_LEN, MAX_PATH_LEN, PathError, RemotePath, validate_path};
 pub use principal::{Principal, PrincipalError, Role, validate_name};

@@ -173,6 +173,8 @@ pub async fn run(cfg: NodeConfig, shutdown: impl Future<Output = ()> + Send + 's
     let heartbeats = tokio::spawn(async move {
         let mut registered = false;
         let mut warned = false;
+        // Failed registrations in a row: retries back off (300 ms doubling to 5 s, jittered).
+        let mut attempts = 0u32;
         loop {
             if !registered {
                 let mut req = reg.clone();
@@ -215,7 +217,14 @@ pub async fn run(cfg: NodeConfig, shutdown: impl Future<Output = ()> + Send + 's
             }
             // Report again after the interval, or sooner when the store changed, so the
             // coordinator's view of free space follows uploads closely.
-            let wait = if registered { heartbeat } else { Duration::from_millis(300) };
+            let wait = if registered {
+                attempts = 0;
+                heartbeat
+            } else {
+                attempts += 1;
+                let base = Duration::from_millis(300) * 2u32.pow(attempts.saturating_sub(1).min(5));
+                collective_core::jittered(base.min(Duration::from_secs(5)), &hb_state.principal)
+            };
             let deadline = tokio::time::Instant::now() + wait;
             let snapshot = |s: &NodeState| (s.store.used(), s.store.chunk_count(), s.scrub.status().passes);
             let reported = snapshot(&hb_state);
