@@ -357,3 +357,25 @@ fn a_chunk_read_100_times_gets_an_extra_copy_until_it_cools_down() {
     let stat = json(&c, &["stat", "--json", "/popular/copy000"]);
     assert_eq!(stat["hot_chunks"], 0, "{stat}");
 }
+
+#[test]
+fn a_drain_with_nowhere_to_go_says_why_and_can_be_cancelled() {
+    let c = Cluster::start("drain-stuck", 2, 2);
+    let f = c.write_local("a.bin", &random_bytes(200_000, 5));
+    c.ok(&["put", p(&f), "/a.bin"]);
+    // Two copies on two nodes: node-01's copies have nowhere else to go.
+    let err = c.fails(&["node", "drain", "node-01"]);
+    assert!(err.contains("cannot finish") && err.contains("--cancel"), "{err}");
+    let r = json(&c, &["repair", "status", "--json"]);
+    assert_eq!(r["draining_nodes"][0], c.proc("node-01").principal.as_str(), "{r}");
+    assert_eq!(r["under_replicated_chunks"], 0, "draining must not count as lost copies: {r}");
+    c.ok(&["node", "drain", "node-01", "--cancel"]);
+    within(Duration::from_secs(10), "no node is draining", || {
+        json(&c, &["repair", "status", "--json"])["draining_nodes"]
+            .as_array()
+            .unwrap()
+            .is_empty()
+    });
+    let g = c.write_local("b.bin", &random_bytes(200_000, 6));
+    c.ok(&["put", p(&g), "/b.bin"]);
+}

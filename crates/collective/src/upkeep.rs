@@ -258,6 +258,7 @@ fn drain_json(d: &DrainStatus) -> serde_json::Value {
         "bytes_left": d.bytes_left,
         "chunks_total": d.chunks_total,
         "done": d.done,
+        "blocked": d.blocked,
     })
 }
 
@@ -278,7 +279,18 @@ pub async fn drain(o: &ClientOverrides, node: String, no_wait: bool, cancel: boo
     }
     if !no_wait {
         let tty = std::io::stdout().is_terminal() && !json;
+        // Copies that cannot go anywhere for this long end the wait with the reason.
+        let mut blocked_since: Option<std::time::Instant> = None;
         while !d.done {
+            if d.blocked.is_empty() {
+                blocked_since = None;
+            } else if blocked_since.get_or_insert_with(std::time::Instant::now).elapsed() > Duration::from_secs(15) {
+                bail!(
+                    "the drain of {} cannot finish: {}\nit stays draining (no new data goes there) and goes on by itself once there is room; stop it with `collective node drain {node} --cancel`",
+                    d.node,
+                    d.blocked
+                );
+            }
             if tty {
                 print!(
                     "\rdraining {}: {} of {} chunk(s) left ({})   ",

@@ -133,6 +133,10 @@ pub struct Upkeep {
     pub drain_total: Mutex<HashMap<String, u64>>,
     /// Recent repair throughput: (when, bytes) of the last copies.
     recent: Mutex<Vec<(Instant, u64)>>,
+    /// Why the last round could not place some copies (None: it could).
+    pub blocked: Mutex<Option<String>>,
+    /// The same, for the round under way.
+    round_blocked: Mutex<Option<String>>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -158,6 +162,8 @@ impl Upkeep {
             down_since: Mutex::new(HashMap::new()),
             drain_total: Mutex::new(HashMap::new()),
             recent: Mutex::new(Vec::new()),
+            blocked: Mutex::new(None),
+            round_blocked: Mutex::new(None),
         }
     }
 
@@ -494,6 +500,7 @@ impl State {
                 tracing::info!(chunks = repairs.len(), "repairing chunks with too few copies");
             }
             self.run_repairs(repairs).await;
+            *lock(&up.blocked) = lock(&up.round_blocked).take();
             for (id, nodes) in drops {
                 self.retire(&id, &nodes).await;
             }
@@ -596,6 +603,7 @@ impl State {
                     Ok(t) => t,
                     Err(e) => {
                         tracing::warn!(chunk = %job.id.short(), "cannot repair: {e}");
+                        *lock(&up.round_blocked) = Some(e.to_string());
                         break;
                     }
                 },

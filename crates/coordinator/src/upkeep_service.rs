@@ -83,6 +83,17 @@ impl UpkeepService {
             bytes_left: bytes,
             chunks_total: total,
             done: draining && chunks == 0,
+            blocked: if draining && chunks > 0 {
+                self.state
+                    .upkeep
+                    .blocked
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .clone()
+                    .unwrap_or_default()
+            } else {
+                String::new()
+            },
         })
     }
 
