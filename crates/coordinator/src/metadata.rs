@@ -741,7 +741,9 @@ impl Metadata for MetadataService {
             tracing::warn!(chunk = %id.short(), node = %q.node, reporter = %caller, reason = %q.reason, "bad replica reported");
             // Trust the node's own verification, not the report: ask it to re-hash.
             let mut control = self.state.control(&q.node)?;
-            let verdict = control.verify_chunk(VerifyChunkRequest { chunk_id: q.id.clone() }).await;
+            let mut verify = Request::new(VerifyChunkRequest { chunk_id: q.id.clone() });
+            verify.set_timeout(crate::upkeep::CONTROL_TIMEOUT);
+            let verdict = control.verify_chunk(verify).await;
             let bad = match verdict {
                 Ok(v) => !v.get_ref().present || !v.get_ref().intact,
                 Err(s) => {

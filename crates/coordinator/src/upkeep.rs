@@ -38,6 +38,9 @@ use crate::state::State;
 const MAX_JOBS_PER_ROUND: usize = 2_000;
 /// Chunk ids per delete call.
 const DELETE_BATCH: usize = 1024;
+/// How long a short control call to one of our nodes may take (a hung node must not stall
+/// the loop).
+pub const CONTROL_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long one node-to-node copy may take.
 const COPY_TIMEOUT: Duration = Duration::from_secs(60);
 /// A node that reports this many chunks unknown to us, and mostly unknown, is not cleaned
@@ -797,6 +800,8 @@ impl State {
                 let req = DeleteChunksRequest {
                     chunk_ids: batch.iter().map(|i| i.0.to_vec().into()).collect(),
                 };
+                let mut req = tonic::Request::new(req);
+                req.set_timeout(CONTROL_TIMEOUT);
                 if let Err(s) = control.delete_chunks(req).await {
                     tracing::warn!(%node, "deleting chunks failed: {}", s.message());
                     break;

@@ -137,7 +137,9 @@ impl Upkeep for UpkeepService {
         }
         for node in &up {
             let mut control = self.state.control(node)?;
-            match control.start_scrub(StartScrubRequest {}).await {
+            let mut req = Request::new(StartScrubRequest {});
+            req.set_timeout(crate::upkeep::CONTROL_TIMEOUT);
+            match control.start_scrub(req).await {
                 Ok(r) => {
                     if let Some(e) = self.state.lock_nodes().get_mut(node) {
                         e.usage.scrub = Some(r.into_inner());
