@@ -155,3 +155,31 @@ pub fn read_u64(b: &[u8]) -> Result<u64, MetaError> {
         .map(u64::from_be_bytes)
         .map_err(|_| MetaError::Corrupt("bad 8-byte value".into()))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn chunk_records_of_format_1_read_with_the_default_copy_count() {
+        #[derive(Serialize)]
+        struct V1 {
+            size: u64,
+            refs: u64,
+            replicas: Vec<String>,
+            unreferenced_since_ms: u64,
+        }
+        let old = encode(&V1 {
+            size: 7,
+            refs: 2,
+            replicas: vec!["n1".into()],
+            unreferenced_since_ms: 0,
+        });
+        let rec = decode_chunk(&old).unwrap();
+        assert_eq!((rec.size, rec.refs, rec.want), (7, 2, 0));
+        assert_eq!(rec.replicas, vec!["n1"]);
+        let again = decode_chunk(&encode_chunk(&ChunkRecord { want: 3, ..rec })).unwrap();
+        assert_eq!(again.want, 3);
+        assert!(decode_chunk(&[9, 1, 2]).is_err());
+    }
+}
