@@ -480,8 +480,10 @@ impl State {
             for node in queued {
                 if let Err(e) = self.reconcile(&node).await {
                     tracing::warn!(%node, "reconciling a returning node failed: {e}");
-                    // Try again next round.
-                    up.queue_reconcile(&node);
+                    // Try again next round while it is up (it registers again otherwise).
+                    if self.lock_nodes().get(&node).is_some_and(|e| self.is_up(e)) {
+                        lock(&up.reconcile).push(node);
+                    }
                 }
             }
             let me = self.clone();
