@@ -1,8 +1,9 @@
 //! The coordinator server of one member: metadata (namespace, manifests, chunk references,
-//! in `collective-meta`), the node registry with heartbeats, placement of new chunks, and
-//! the signing of chunk tokens, and the upkeep loop that keeps every chunk at its number of
-//! copies (repair, drain, hot copies, garbage collection, reconciling returning nodes). Clients and nodes reach it over gRPC with mutual TLS; the
-//! role in each caller's certificate decides which calls it may make.
+//! in `collective-meta`), the node registry with heartbeats, placement of new chunks, the
+//! signing of chunk tokens, and the upkeep loop that keeps every chunk at its number of
+//! copies (repair, drain, hot copies, garbage collection, reconciling returning nodes).
+//! Clients and nodes reach it over gRPC with mutual TLS; the role in each caller's
+//! certificate decides which calls it may make.
 
 mod access;
 mod admin;
