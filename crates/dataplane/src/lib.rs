@@ -222,6 +222,13 @@ impl ChunkClient {
         conns.entry(node.to_string()).or_default().clone()
     }
 
+    /// Whether the pooled connection to `node` is gone or closed.
+    async fn connection_lost(&self, node: &str) -> bool {
+        let slot = self.slot(node);
+        let conn = slot.lock().await;
+        conn.as_ref().is_none_or(|c| c.close_reason().is_some())
+    }
+
     /// Drops a node's pooled connection (it failed; the next call connects afresh).
     async fn forget(&self, node: &str) {
         let slot = self.slot(node);
@@ -299,21 +306,32 @@ impl ChunkClient {
     /// Runs one chunk operation with a stall timeout, and keeps the node's breaker: a node
     /// that cannot be reached, or stops answering, is skipped for a while.
     async fn guarded<T>(&self, target: &NodeTarget, op: impl std::future::Future<Output = Result<T, DataError>>) -> Result<T, DataError> {
-        let r = match tokio::time::timeout(OP_TIMEOUT, op).await {
-            Ok(r) => r,
-            Err(_) => Err(DataError::Transfer {
-                node: target.node.clone(),
-                detail: format!("no answer within {} s", OP_TIMEOUT.as_secs()),
-            }),
+        let (r, stalled) = match tokio::time::timeout(OP_TIMEOUT, op).await {
+            Ok(r) => (r, false),
+            Err(_) => (
+                Err(DataError::Transfer {
+                    node: target.node.clone(),
+                    detail: format!("no answer within {} s", OP_TIMEOUT.as_secs()),
+                }),
+                true,
+            ),
         };
-        match &r {
-            Err(DataError::Connect { detail, .. }) if detail.starts_with("skipped:") => {}
-            Err(e @ (DataError::Connect { .. } | DataError::Transfer { .. })) => {
-                let wait = self.breakers.failure(&target.node, std::time::Instant::now());
+        // Only a node that cannot be reached (no connection, a dead one, or no progress)
+        // opens the breaker; one failed stream on a live connection does not.
+        let unreachable = match &r {
+            Err(DataError::Connect { detail, .. }) => !detail.starts_with("skipped:"),
+            Err(DataError::Transfer { .. }) => stalled || self.connection_lost(&target.node).await,
+            _ => false,
+        };
+        if unreachable {
+            let wait = self.breakers.failure(&target.node, std::time::Instant::now());
+            if let Err(e) = &r {
                 tracing::warn!(node = %target.node, "{e}; skipping it for {:.1} s (circuit breaker open)", wait.as_secs_f64());
-                self.forget(&target.node).await;
             }
-            _ => self.breakers.success(&target.node),
+            self.forget(&target.node).await;
+        } else if r.is_ok() || !matches!(r, Err(DataError::Connect { .. } | DataError::Transfer { .. })) {
+            // It answered (even with an error of its own): it is reachable.
+            self.breakers.success(&target.node);
         }
         r
     }
