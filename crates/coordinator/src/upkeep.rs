@@ -36,6 +36,8 @@ use crate::state::State;
 /// Chunks repaired per round at most, so status and garbage collection keep up while a
 /// large repair runs (the next round goes on).
 const MAX_JOBS_PER_ROUND: usize = 2_000;
+/// Chunks whose reads are counted at most (about 100 bytes each).
+const HEAT_CAP: usize = 100_000;
 /// Chunk ids per delete call.
 const DELETE_BATCH: usize = 1024;
 /// How long a short control call to one of our nodes may take (a hung node must not stall
@@ -92,7 +94,12 @@ struct Heat {
 
 impl Heat {
     fn value(&self, half_life: Duration) -> f64 {
-        self.score * 0.5f64.powf(self.at.elapsed().as_secs_f64() / half_life.as_secs_f64())
+        self.value_at(half_life, Instant::now())
+    }
+
+    fn value_at(&self, half_life: Duration, now: Instant) -> f64 {
+        let age = now.saturating_duration_since(self.at);
+        self.score * 0.5f64.powf(age.as_secs_f64() / half_life.as_secs_f64())
     }
 }
 
@@ -176,8 +183,13 @@ impl Upkeep {
         let now = Instant::now();
         let mut heat = lock(&self.heat);
         for id in ids {
+            // Bounded memory: a full table only counts chunks it already tracks (a chunk
+            // becomes hot by being read again and again, so it is in there early).
+            if heat.len() >= HEAT_CAP && !heat.contains_key(&id) {
+                continue;
+            }
             let h = heat.entry(id).or_insert(Heat { score: 0.0, at: now });
-            h.score = h.value(half) + 1.0;
+            h.score = h.value_at(half, now) + 1.0;
             h.at = now;
         }
     }
@@ -201,7 +213,9 @@ impl Upkeep {
         let s = &self.settings;
         let mut heat = lock(&self.heat);
         let mut hot = lock(&self.hot);
-        heat.retain(|_, h| h.value(s.hot_half_life) >= 0.5);
+        // Forget cold counts; when the table fills up, keep only chunks read more than once.
+        let floor = if heat.len() > HEAT_CAP / 2 { 1.5 } else { 0.5 };
+        heat.retain(|_, h| h.value(s.hot_half_life) >= floor);
         for (id, h) in heat.iter() {
             let v = h.value(s.hot_half_life);
             // One extra copy at the threshold, another at 4x, …
@@ -975,5 +989,60 @@ impl State {
             up.wake.notify_one();
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn settings(threshold: f64, half_life_ms: u64) -> UpkeepSettings {
+        UpkeepSettings {
+            scan_interval: Duration::from_secs(1),
+            grace: Duration::from_secs(1),
+            rate: 1 << 20,
+            parallel: 1,
+            gc_grace: Duration::from_secs(1),
+            hot_threshold: threshold,
+            hot_half_life: Duration::from_millis(half_life_ms),
+            hot_max_extra: 2,
+        }
+    }
+
+    #[test]
+    fn hot_chunks_gain_copies_with_reads_and_lose_them_once_cool() {
+        // A long half-life: the counts barely decay while the test runs, however slowly.
+        let up = Upkeep::new(settings(10.0, 3_600_000), vec![]);
+        let id = ChunkId([1; 32]);
+        up.note_reads(std::iter::repeat_n(id, 9));
+        up.update_hot();
+        assert_eq!(up.extra(&id), 0, "below the threshold");
+        up.note_reads(std::iter::repeat_n(id, 3));
+        up.update_hot();
+        assert_eq!(up.extra(&id), 1);
+        up.note_reads(std::iter::repeat_n(id, 40));
+        assert_eq!(up.update_hot(), (1, 2), "a second copy at 4x the threshold");
+        // A short one: far above the threshold now, cool after twenty half-lives.
+        let up = Upkeep::new(settings(10.0, 100), vec![]);
+        up.note_reads(std::iter::repeat_n(id, 100_000));
+        up.update_hot();
+        assert_eq!(up.extra(&id), 2);
+        std::thread::sleep(Duration::from_millis(2000));
+        up.update_hot();
+        assert_eq!(up.extra(&id), 0);
+        assert!(up.reads(&id) < 5.0);
+    }
+
+    #[test]
+    fn upkeep_settings_refuse_nonsense() {
+        let mut c = UpkeepConfig::default();
+        assert!(UpkeepSettings::from_config(&c).is_ok());
+        c.hot_threshold = 0.0;
+        assert!(UpkeepSettings::from_config(&c).unwrap_err().contains("hot_threshold"));
+        c = UpkeepConfig {
+            repair_grace: "soon".into(),
+            ..UpkeepConfig::default()
+        };
+        assert!(UpkeepSettings::from_config(&c).unwrap_err().contains("repair_grace"));
     }
 }
