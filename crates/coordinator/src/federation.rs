@@ -54,6 +54,13 @@ impl State {
         let fed = self
             .fed()
             .ok_or_else(|| Status::failed_precondition("this coordinator is not part of a federation"))?;
+        // Checked before any cached channel: a dead member's old connection only gives a
+        // transport error that does not say who is missing.
+        if fed.gossip.peer_state(member) == Some(PeerState::Down) {
+            return Err(Status::unavailable(format!(
+                "{member} is down (its coordinator stopped answering gossip); try again when `collective federation peers` shows it alive"
+            )));
+        }
         if let Some(c) = self.peer_channels.lock().unwrap_or_else(|p| p.into_inner()).get(member) {
             return Ok(c.clone());
         }
@@ -61,11 +68,6 @@ impl State {
             .gossip
             .state_of(member)
             .ok_or_else(|| Status::unavailable(format!("{member} is not known in the federation yet")))?;
-        if fed.gossip.peer_state(member) == Some(PeerState::Down) {
-            return Err(Status::unavailable(format!(
-                "{member} is down (its coordinator stopped answering gossip); try again when `collective federation peers` shows it alive"
-            )));
-        }
         let principal: Principal = state
             .coordinator
             .parse()
