@@ -161,10 +161,7 @@ impl State {
                 if s.member == self.domain {
                     continue;
                 }
-                let up = matches!(
-                    fed.gossip.peer_state(&s.member),
-                    Some(collective_gossip::PeerState::Alive | collective_gossip::PeerState::Suspect)
-                ) && !self.peer_skipped(&s.member);
+                let up = self.member_up(&s.member) && !self.peer_skipped(&s.member);
                 out.room
                     .insert(s.member.clone(), s.contribution_bytes.saturating_sub(s.hosted_bytes));
                 for n in s.nodes {

@@ -309,6 +309,17 @@ struct Job {
 }
 
 impl State {
+    /// Copies a chunk's datastores ask for (records older than `want` use our default).
+    pub fn wanted(&self, rec: &ChunkRecord) -> usize {
+        if rec.want > 0 { rec.want as usize } else { self.replication }
+    }
+
+    /// Whether gossip says another member is up (alive, or suspect but not yet down).
+    pub fn member_up(&self, member: &str) -> bool {
+        self.fed()
+            .is_some_and(|f| matches!(f.gossip.peer_state(member), Some(PeerState::Alive | PeerState::Suspect)))
+    }
+
     /// Whether the copy on `node` counts, is waiting out the grace period, or is lost.
     pub fn liveness(&self, node: &str) -> Live {
         let up = &self.upkeep;
@@ -328,8 +339,7 @@ impl State {
             };
         }
         let Some(fed) = self.fed() else { return Live::Lost };
-        let member_up = matches!(fed.gossip.peer_state(member), Some(PeerState::Alive | PeerState::Suspect));
-        let node_up = member_up
+        let node_up = self.member_up(member)
             && fed
                 .gossip
                 .state_of(member)
@@ -373,7 +383,7 @@ impl State {
                 continue;
             }
             st.chunks += 1;
-            let want = if rec.want > 0 { rec.want as usize } else { self.replication };
+            let want = self.wanted(&rec);
             let target = want + up.extra(&id) as usize;
             let mut sources = Vec::new();
             let mut counted = 0usize;
@@ -943,7 +953,7 @@ impl State {
             match rec {
                 Some(rec) if rec.replicas.iter().any(|r| r == node) => {}
                 Some(rec) if rec.refs > 0 => {
-                    let want = if rec.want > 0 { rec.want as usize } else { self.replication } + up.extra(id) as usize;
+                    let want = self.wanted(&rec) + up.extra(id) as usize;
                     let live = rec.replicas.iter().filter(|r| self.liveness(r) != Live::Lost).count();
                     if live < want {
                         self.meta.change_replicas(id, &[node.to_string()], &[]).map_err(|e| e.to_string())?;

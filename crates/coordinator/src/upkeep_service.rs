@@ -261,11 +261,7 @@ impl Upkeep for UpkeepService {
                 if s.member == self.state.domain {
                     continue;
                 }
-                let alive = matches!(
-                    fed.gossip.peer_state(&s.member),
-                    Some(collective_gossip::PeerState::Alive | collective_gossip::PeerState::Suspect)
-                );
-                let answer = if !alive {
+                let answer = if !self.state.member_up(&s.member) {
                     Err(Status::unavailable("down"))
                 } else {
                     match self.state.peer_channel(&s.member) {
@@ -399,7 +395,7 @@ impl State {
         let Some(rec) = self.meta.chunk(id).map_err(meta_status)? else {
             return Ok(Fate::Gone);
         };
-        let want = if rec.want > 0 { rec.want as usize } else { self.replication };
+        let want = self.wanted(&rec);
         let left = rec
             .replicas
             .iter()

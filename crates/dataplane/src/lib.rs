@@ -43,6 +43,8 @@ const SOCKET_BUFFER_BYTES: libc::c_int = 8 << 20;
 pub enum DataError {
     #[error("cannot reach {node} at {addr}: {detail}")]
     Connect { node: String, addr: String, detail: String },
+    #[error("{node} skipped: it failed moments ago (circuit breaker open; next attempt in {:.1} s)", .retry_in.as_secs_f64())]
+    Skipped { node: String, retry_in: Duration },
     #[error("{node}: {detail}")]
     Transfer { node: String, detail: String },
     #[error("{node} refused the request: {detail}")]
@@ -250,11 +252,11 @@ impl ChunkClient {
             addr: target.addr.to_string(),
             detail,
         };
-        if let Err(wait) = self.breakers.check(&target.node, std::time::Instant::now()) {
-            return Err(cerr(format!(
-                "skipped: it failed moments ago (circuit breaker open; next attempt in {:.1} s)",
-                wait.as_secs_f64()
-            )));
+        if let Err(retry_in) = self.breakers.check(&target.node, std::time::Instant::now()) {
+            return Err(DataError::Skipped {
+                node: target.node.clone(),
+                retry_in,
+            });
         }
         let connecting = self
             .endpoint
@@ -319,7 +321,7 @@ impl ChunkClient {
         // Only a node that cannot be reached (no connection, a dead one, or no progress)
         // opens the breaker; one failed stream on a live connection does not.
         let unreachable = match &r {
-            Err(DataError::Connect { detail, .. }) => !detail.starts_with("skipped:"),
+            Err(DataError::Connect { .. }) => true,
             Err(DataError::Transfer { .. }) => stalled || self.connection_lost(&target.node).await,
             _ => false,
         };
@@ -329,7 +331,7 @@ impl ChunkClient {
                 tracing::warn!(node = %target.node, "{e}; skipping it for {:.1} s (circuit breaker open)", wait.as_secs_f64());
             }
             self.forget(&target.node).await;
-        } else if r.is_ok() || !matches!(r, Err(DataError::Connect { .. } | DataError::Transfer { .. })) {
+        } else if !matches!(r, Err(DataError::Skipped { .. } | DataError::Transfer { .. })) {
             // It answered (even with an error of its own): it is reachable.
             self.breakers.success(&target.node);
         }
