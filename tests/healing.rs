@@ -378,4 +378,7 @@ fn a_drain_with_nowhere_to_go_says_why_and_can_be_cancelled() {
     });
     let g = c.write_local("b.bin", &random_bytes(200_000, 6));
     c.ok(&["put", p(&g), "/b.bin"]);
+    // Removing it would leave one copy of everything: refused unless forced.
+    let err = c.fails(&["node", "rm", "node-01"]);
+    assert!(err.contains("fewer copies") && err.contains("--force"), "{err}");
 }

@@ -168,7 +168,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 cancel,
                 json,
             } => upkeep::drain(&overrides, node, no_wait, cancel, json).await,
-            servers::NodeCommand::Rm { node } => upkeep::remove(&overrides, node).await,
+            servers::NodeCommand::Rm { node, force } => upkeep::remove(&overrides, node, force).await,
         },
         Command::Repair(c) => upkeep::repair(&overrides, c).await,
         Command::Scrub(c) => upkeep::scrub(&overrides, c).await,

@@ -55,6 +55,9 @@ pub enum NodeCommand {
     Rm {
         /// Node name, e.g. node-02 (or its full principal)
         node: String,
+        /// Remove it even if chunks drop below their copies (never when it holds the only one)
+        #[arg(long)]
+        force: bool,
     },
 }
 

@@ -269,6 +269,7 @@ pub async fn drain(o: &ClientOverrides, node: String, no_wait: bool, cancel: boo
         .drain_node(NodeRequest {
             node: node.clone(),
             cancel,
+            force: false,
         })
         .await
         .map_err(status)?
@@ -306,7 +307,7 @@ pub async fn drain(o: &ClientOverrides, node: String, no_wait: bool, cancel: boo
             d = up
                 .drain_status(NodeRequest {
                     node: node.clone(),
-                    cancel: false,
+                    ..Default::default()
                 })
                 .await
                 .map_err(status)?
@@ -338,11 +339,15 @@ pub async fn drain(o: &ClientOverrides, node: String, no_wait: bool, cancel: boo
     Ok(())
 }
 
-pub async fn remove(o: &ClientOverrides, node: String) -> Result<()> {
+pub async fn remove(o: &ClientOverrides, node: String, force: bool) -> Result<()> {
     let client = connect(o)?;
     let r = client
         .upkeep()
-        .remove_node(NodeRequest { node, cancel: false })
+        .remove_node(NodeRequest {
+            node,
+            cancel: false,
+            force,
+        })
         .await
         .map_err(status)?
         .into_inner();

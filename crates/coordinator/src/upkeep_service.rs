@@ -194,7 +194,8 @@ impl Upkeep for UpkeepService {
     async fn remove_node(&self, req: Request<NodeRequest>) -> Result<Response<RemoveNodeResponse>, Status> {
         self.admin(&req)?;
         let node = self.node_arg(&req.get_ref().node)?;
-        let (mut only, mut only_bytes) = (0u64, 0u64);
+        let force = req.get_ref().force;
+        let (mut only, mut only_bytes, mut short) = (0u64, 0u64, 0u64);
         for r in self.state.meta.chunks() {
             let (_, rec) = r.map_err(meta_status)?;
             if rec.refs == 0 || !rec.replicas.contains(&node) {
@@ -208,6 +209,8 @@ impl Upkeep for UpkeepService {
             if others == 0 {
                 only += 1;
                 only_bytes += rec.size;
+            } else if others < self.state.wanted(&rec) {
+                short += 1;
             }
         }
         if only > 0 {
@@ -215,6 +218,12 @@ impl Upkeep for UpkeepService {
             return Err(Status::failed_precondition(format!(
                 "{node} still holds the only copy of {only} chunk(s) ({}); move them off first with `collective node drain {short}`, then remove it",
                 collective_core::format_bytes(only_bytes)
+            )));
+        }
+        if short > 0 && !force {
+            let name = node.split('@').next().unwrap_or(&node).to_string();
+            return Err(Status::failed_precondition(format!(
+                "removing {node} would leave {short} chunk(s) with fewer copies than their datastores ask for; drain it first (`collective node drain {name}`, which needs room on other nodes), or pass --force to remove it anyway"
             )));
         }
         let meta = self.state.meta.clone();
