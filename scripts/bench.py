@@ -1,5 +1,6 @@
 #!/usr/bin/env python3
-"""`make bench`: measure a local release cluster (1 coordinator, 3 nodes, R=2).
+"""`make bench`: measure a local release cluster (1 coordinator, 3 nodes, R=2), through
+the CLI and through a FUSE mount.
 
 Prints a table and writes target/bench/results.json. Every figure comes from this one run
 on this machine: the disk ceiling is measured right before the puts it bounds.
@@ -91,6 +92,78 @@ def random_file(path, size):
             left -= n
 
 
+class Mount:
+    """`collective mount` in the background, with its own cache directory."""
+
+    def __init__(self, name):
+        self.point = os.path.join(WORK, name)
+        os.makedirs(self.point, exist_ok=True)
+        self.env = dict(os.environ, COLLECTIVE_CONFIG=os.path.join(CLUSTER, "client.toml"), XDG_CACHE_HOME=os.path.join(WORK, name + "-cache"))
+        subprocess.run([BIN, "mount", self.point], env=self.env, check=True, stdout=subprocess.DEVNULL)
+
+    def path(self, rel):
+        return os.path.join(self.point, rel)
+
+    def close(self):
+        subprocess.run([BIN, "umount", self.point], env=self.env, check=True, stdout=subprocess.DEVNULL)
+
+
+def timed(fn):
+    start = time.perf_counter()
+    fn()
+    return time.perf_counter() - start
+
+
+def read_through(path):
+    with open(path, "rb", buffering=0) as f:
+        while f.read(1 << 20):
+            pass
+
+
+def fuse_figures():
+    out = {}
+    # A file the cluster has not seen (the CLI's big file would be deduplicated).
+    big = os.path.join(WORK, "fuse-big.bin")
+    random_file(big, BIG)
+    m = Mount("mnt-write")
+    secs = timed(lambda: subprocess.run(["cp", big, m.path("bench/fuse-big.bin")], check=True))
+    out["fuse_write_mbps"] = BIG / MB / secs
+    m.close()
+    os.remove(big)
+    # A fresh mount: nothing cached locally.
+    m = Mount("mnt-read")
+    secs = timed(lambda: read_through(m.path("bench/fuse-big.bin")))
+    out["fuse_read_mbps"] = BIG / MB / secs
+    m.close()
+
+    many = os.path.join(WORK, "many")
+    os.makedirs(many)
+    for i in range(10000):
+        with open(os.path.join(many, f"f{i:05}"), "wb") as f:
+            f.write(b"x")
+    Client.run("put", "-r", many, "/bench/many")
+    shutil.rmtree(many)
+    m = Mount("mnt-ls")
+    ls = lambda: subprocess.run(["ls", "-l", m.path("bench/many")], check=True, stdout=subprocess.DEVNULL)
+    out["fuse_ls_10k_s"] = timed(ls)
+    out["fuse_ls_10k_warm_s"] = timed(ls)
+
+    tree = os.path.join(WORK, "tree")
+    for i in range(5000):
+        d = os.path.join(tree, f"dir{i % 50:02}", f"sub{i % 7}")
+        os.makedirs(d, exist_ok=True)
+        with open(os.path.join(d, f"file{i:05}.c"), "wb") as f:
+            f.write(os.urandom(500 + (i * 7919) % 16000))
+    tarball = os.path.join(WORK, "tree.tar")
+    subprocess.run(["tar", "-C", tree, "-cf", tarball, "."], check=True)
+    shutil.rmtree(tree)
+    os.makedirs(m.path("bench/tree"))
+    secs = timed(lambda: subprocess.run(["tar", "--no-same-owner", "-xf", tarball, "-C", m.path("bench/tree")], check=True))
+    out["fuse_untar_files_per_s"] = 5000 / secs
+    m.close()
+    return out
+
+
 def main():
     if not os.path.exists(BIN):
         sys.exit("build first: cargo build --release")
@@ -145,6 +218,9 @@ def main():
         if len(os.listdir(small_back)) != SMALL_FILES:
             sys.exit("small files read back are missing")
 
+        print("FUSE mount: write, read, ls -l of 10,000 files, untar of 5,000 files...", flush=True)
+        results.update(fuse_figures())
+
         coord = [p for p in procs if p["role"] == "coordinator"][0]["pid"]
         nodes = [p["pid"] for p in procs if p["role"] == "node"]
         results["rss_coordinator_mb"] = vm_hwm_mb(coord)
@@ -166,6 +242,11 @@ def main():
         "dedup_put_mbps": (">= 1000", lambda v: v >= 1000),
         "small_put_files_per_s": (">= 600", lambda v: v >= 600),
         "small_get_files_per_s": (">= 2000", lambda v: v >= 2000),
+        "fuse_write_mbps": (f">= {0.7 * results['put_mbps']:.0f}", lambda v: v >= 0.7 * results["put_mbps"]),
+        "fuse_read_mbps": (f">= {0.7 * results['get_mbps']:.0f}", lambda v: v >= 0.7 * results["get_mbps"]),
+        "fuse_ls_10k_s": ("< 3", lambda v: v < 3),
+        "fuse_ls_10k_warm_s": ("< 1", lambda v: v < 1),
+        "fuse_untar_files_per_s": ("", None),
         "rss_coordinator_mb": ("<= 30", lambda v: v <= 30),
         "rss_node_max_mb": ("<= 40", lambda v: v <= 40),
         "rss_client_max_mb": ("<= 64", lambda v: v <= 64),

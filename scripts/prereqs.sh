@@ -5,6 +5,10 @@ need=()
 command -v cargo >/dev/null || { echo "cargo is missing: install Rust from https://rustup.rs" >&2; exit 1; }
 command -v python3 >/dev/null || need+=(python3)
 command -v cmp >/dev/null || need+=(diffutils)
+# The FUSE mount needs fusermount3 (package fuse3); its tests also use tar and git.
+command -v fusermount3 >/dev/null || need+=(fuse3)
+command -v tar >/dev/null || need+=(tar)
+command -v git >/dev/null || need+=(git)
 if [ ${#need[@]} -gt 0 ]; then
   echo "installing: ${need[*]}"
   SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO="sudo"

@@ -7,7 +7,7 @@ use bytes::Bytes;
 use collective_core::{ChunkId, validate_path};
 use collective_dataplane::{ChunkClient, NodeTarget};
 use collective_proto::v1::metadata_client::MetadataClient;
-use collective_proto::v1::{ChunkLocation, FileAttr, FilePlan, PathRequest, ReadPlanRequest, ReportBadReplicaRequest};
+use collective_proto::v1::{ChunkLocation, FileAttr, FileKind, FilePlan, PathRequest, ReadPlanRequest, ReportBadReplicaRequest};
 use futures::{StreamExt, TryStreamExt};
 use tokio::io::{AsyncWrite, AsyncWriteExt};
 use tonic::transport::Channel;
@@ -167,6 +167,17 @@ impl Client {
                 } else {
                     rel
                 };
+                if attr.kind == FileKind::Symlink as i32 {
+                    // Links are recreated as links, pointing where they pointed.
+                    let dest = local.join(rel);
+                    if let Some(parent) = dest.parent() {
+                        tokio::fs::create_dir_all(parent).await.map_err(ClientError::local(parent))?;
+                    }
+                    let _ = tokio::fs::remove_file(&dest).await;
+                    tokio::fs::symlink(&attr.target, &dest).await.map_err(ClientError::local(&dest))?;
+                    report.files += 1;
+                    continue;
+                }
                 pending.push((attr.path.clone(), local.join(rel)));
             }
             while pending.len() >= PLAN_BATCH || (end && !pending.is_empty()) {
@@ -192,9 +203,32 @@ impl Client {
     }
 }
 
-/// Fetches one chunk, trying each replica in turn; reports replicas that are corrupt or
-/// missing so the coordinator can repair them.
+/// Fetches one chunk and decrypts it when sealed.
 async fn fetch_chunk(chunks: &ChunkClient, meta: &MetadataClient<Channel>, loc: &ChunkLocation, file: &str) -> Result<Bytes, ClientError> {
+    let stored = fetch_stored(chunks, meta, loc, file).await?;
+    open_chunk(loc, stored, file)
+}
+
+/// The plaintext of a chunk's stored (verified) bytes: as is, or decrypted with its seal.
+pub fn open_chunk(loc: &ChunkLocation, stored: Bytes, file: &str) -> Result<Bytes, ClientError> {
+    if loc.seal.is_empty() {
+        return Ok(stored);
+    }
+    crate::sealing::open(&loc.seal, stored).map_err(|detail| ClientError::Unreadable {
+        chunk: ChunkId::from_slice(&loc.id).map(|i| i.short()).unwrap_or_default(),
+        file: file.to_string(),
+        detail,
+    })
+}
+
+/// Fetches one chunk's stored bytes (verified against its id), trying each replica in
+/// turn; reports replicas that are corrupt or missing so the coordinator can repair them.
+pub(crate) async fn fetch_stored(
+    chunks: &ChunkClient,
+    meta: &MetadataClient<Channel>,
+    loc: &ChunkLocation,
+    file: &str,
+) -> Result<Bytes, ClientError> {
     let id = ChunkId::from_slice(&loc.id).ok_or_else(|| ClientError::Other("the coordinator sent a malformed chunk id".into()))?;
     let mut errors = Vec::new();
     for replica in &loc.replicas {
@@ -208,11 +242,7 @@ async fn fetch_chunk(chunks: &ChunkClient, meta: &MetadataClient<Channel>, loc: 
         };
         let token = if replica.token.is_empty() { &loc.token } else { &replica.token };
         match chunks.get(&target, &id, token).await {
-            Ok(data) if data.len() as u64 == loc.size && loc.seal.is_empty() => return Ok(data),
-            Ok(data) if data.len() as u64 == loc.size => match crate::sealing::open(&loc.seal, data) {
-                Ok(plain) => return Ok(plain),
-                Err(e) => errors.push(format!("{}: {e}", replica.node)),
-            },
+            Ok(data) if data.len() as u64 == loc.size => return Ok(data),
             Ok(data) => errors.push(format!("{}: returned {} bytes, expected {}", replica.node, data.len(), loc.size)),
             Err(e) => {
                 tracing::warn!(chunk = %id.short(), node = %replica.node, "chunk read failed: {e}");

@@ -8,9 +8,10 @@ pub enum ClientError {
     Pki(#[from] collective_pki::PkiError),
     #[error(transparent)]
     Rpc(#[from] collective_rpc::RpcError),
-    /// A coordinator call failed; the message already names the problem.
-    #[error("{0}")]
-    Remote(String),
+    /// A coordinator call failed; the message already names the problem. `kind` is the
+    /// namespace error it hit, when it was one (see `collective_rpc::ERROR_KIND`).
+    #[error("{message}")]
+    Remote { message: String, code: tonic::Code, kind: String },
     #[error(transparent)]
     Data(#[from] collective_dataplane::DataError),
     #[error("{path}: {source}")]
@@ -38,6 +39,10 @@ impl ClientError {
 
     /// Turns a failed coordinator call into an error naming the problem.
     pub fn status(s: tonic::Status) -> ClientError {
-        ClientError::Remote(collective_rpc::explain_status("the coordinator", &s))
+        ClientError::Remote {
+            message: collective_rpc::explain_status("the coordinator", &s),
+            code: s.code(),
+            kind: collective_rpc::error_kind(&s),
+        }
     }
 }

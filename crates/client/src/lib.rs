@@ -1,4 +1,4 @@
-//! The Collective client library: everything the CLI (and later the FUSE mount) does.
+//! The Collective client library: everything the CLI and the FUSE mount do.
 //!
 //! It talks to its member's coordinator over gRPC for metadata and plans, and straight to
 //! storage nodes over QUIC for chunk bytes. Writes chunk the input with FastCDC, hash with
@@ -7,6 +7,7 @@
 //! chunks in parallel with read-ahead, verify each, and fall back to another replica
 //! (reporting the bad one) on error.
 
+mod blocks;
 mod chunking;
 mod config;
 mod download;
@@ -15,9 +16,12 @@ mod sealing;
 mod session;
 mod upload;
 
+pub use blocks::{PreparedChunk, prepare_chunk};
 pub use chunking::{ChunkParams, chunk_params};
 pub use config::ClientConfig;
 pub use download::GetReport;
+pub use download::open_chunk;
 pub use error::ClientError;
+pub use sealing::SEAL_LEN;
 pub use session::{Client, Progress};
 pub use upload::{PutReport, Source};

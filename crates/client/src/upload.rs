@@ -474,7 +474,7 @@ fn settle(
 
 /// Puts one chunk on all its targets, asking for substitutes for nodes that fail.
 /// Returns the nodes that acknowledged it.
-async fn store_chunk(
+pub(crate) async fn store_chunk(
     client: &collective_dataplane::ChunkClient,
     mut meta: collective_proto::v1::metadata_client::MetadataClient<tonic::transport::Channel>,
     id: ChunkId,

@@ -308,12 +308,24 @@ pub async fn write(o: &ClientOverrides, a: PathArg) -> Result<()> {
     Ok(())
 }
 
+fn is_link(a: &FileAttr) -> bool {
+    a.kind == FileKind::Symlink as i32
+}
+
 fn kind_str(a: &FileAttr) -> &'static str {
-    if is_dir(a) { "dir" } else { "file" }
+    match (is_dir(a), is_link(a)) {
+        (true, _) => "dir",
+        (_, true) => "symlink",
+        _ => "file",
+    }
 }
 
 fn mode_str(a: &FileAttr) -> String {
-    let mut s = String::from(if is_dir(a) { "d" } else { "-" });
+    let mut s = String::from(match (is_dir(a), is_link(a)) {
+        (true, _) => "d",
+        (_, true) => "l",
+        _ => "-",
+    });
     for shift in [6, 3, 0] {
         let bits = (a.mode >> shift) & 7;
         s.push(if bits & 4 != 0 { 'r' } else { '-' });
@@ -342,6 +354,7 @@ fn attr_json(a: &FileAttr) -> serde_json::Value {
         "chunks": if is_dir(a) { 0 } else { a.chunks },
         "entries": if is_dir(a) { a.chunks } else { 0 },
         "version": a.version,
+        "target": if is_link(a) { Some(a.target.as_str()) } else { None },
     })
 }
 
@@ -359,7 +372,13 @@ pub async fn ls(o: &ClientOverrides, a: LsArgs) -> Result<()> {
     }
     for e in &attrs {
         let name = e.path.rsplit('/').next().unwrap_or("");
-        let suffix = if is_dir(e) { "/" } else { "" };
+        let suffix = if is_dir(e) {
+            "/".to_string()
+        } else if is_link(e) && a.long {
+            format!(" -> {}", e.target)
+        } else {
+            String::new()
+        };
         if a.long {
             println!(
                 "{} {:<28} {:>12} {} {name}{suffix}",

@@ -9,6 +9,7 @@ mod dev;
 mod devfed;
 mod federate;
 mod files;
+mod mount;
 mod servers;
 mod upkeep;
 
@@ -74,6 +75,10 @@ enum Command {
     Mv(files::MvArgs),
     /// Show a file's or directory's attributes
     Stat(files::StatArgs),
+    /// Mount the collective (or one datastore) as a local filesystem
+    Mount(mount::MountArgs),
+    /// Unmount a mount point, after everything written to it is committed
+    Umount(mount::UmountArgs),
     /// Is my data safe? Nodes, capacity, data and replication at a glance
     Status(files::StatusArgs),
     /// Is everything back to its copies? Chunks at risk, repair progress, estimate
@@ -107,6 +112,7 @@ fn init_logging(default: &str) {
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_target(false)
         .try_init();
 }
@@ -126,7 +132,10 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let server = matches!(
         cli.command,
-        Command::Coordinator(_) | Command::Node(servers::NodeCli { command: None, .. }) | Command::Dev(_)
+        Command::Coordinator(_)
+            | Command::Node(servers::NodeCli { command: None, .. })
+            | Command::Dev(_)
+            | Command::Mount(mount::MountArgs { foreground: true, .. })
     );
     init_logging(if server { "info" } else { "warn" });
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
@@ -183,6 +192,8 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Mv(a) => files::mv(&overrides, a).await,
         Command::Stat(a) => files::stat(&overrides, a).await,
         Command::Status(a) => files::status(&overrides, a).await,
+        Command::Mount(a) => mount::mount(&overrides, a).await,
+        Command::Umount(a) => mount::umount(a).await,
         Command::Federation(c) => federate::federation(&overrides, c).await,
         Command::Invite(c) => federate::invite(&overrides, c).await,
         Command::Member(c) => federate::member(c).await,

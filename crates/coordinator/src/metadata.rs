@@ -13,8 +13,8 @@ use collective_proto::v1::metadata_server::Metadata;
 use collective_proto::v1::{
     ChunkLocation, ChunkPlacement, CommitFilesRequest, CommitFilesResponse, DirEntry, FileAttr, FileKind, FilePlan, ListRequest,
     ListResponse, MkdirRequest, NodeStatus, PathRequest, PlanWriteRequest, PlanWriteResponse, ReadPlanRequest, ReadPlanResponse,
-    RemoveRequest, RemoveResponse, RenameRequest, ReplaceTargetRequest, ReportBadReplicaRequest, ReportBadReplicaResponse, StatusRequest,
-    StatusResponse, TokenOp, VerifyChunkRequest, WalkBatch, WritePolicyResponse,
+    RemoveRequest, RemoveResponse, RenameRequest, ReplaceTargetRequest, ReportBadReplicaRequest, ReportBadReplicaResponse, SetAttrRequest,
+    StatusRequest, StatusResponse, SymlinkRequest, TokenOp, VerifyChunkRequest, WalkBatch, WritePolicyResponse,
 };
 use collective_rpc::forwarded;
 use futures::Stream;
@@ -42,6 +42,7 @@ fn to_proto(a: Attr) -> FileAttr {
         kind: match a.kind {
             Kind::File => FileKind::File as i32,
             Kind::Dir => FileKind::Dir as i32,
+            Kind::Symlink => FileKind::Symlink as i32,
         },
         size: a.size,
         mode: a.mode,
@@ -49,6 +50,7 @@ fn to_proto(a: Attr) -> FileAttr {
         owner: a.owner,
         chunks: a.count,
         version: a.version,
+        target: a.target,
         ..Default::default()
     }
 }
@@ -62,6 +64,14 @@ fn check_chunk_size(id: &ChunkId, size: u64) -> Result<(), Status> {
         return Err(Status::invalid_argument(format!("chunk {} has an invalid size {size}", id.short())));
     }
     Ok(())
+}
+
+/// A placement failure: out of space (ENOSPC for a mount) or not enough live nodes.
+fn placement_status(e: collective_placement::PlacementError) -> Status {
+    match e.out_of_space() {
+        true => collective_rpc::status_with_kind(tonic::Code::ResourceExhausted, e.to_string(), "no-space"),
+        false => Status::failed_precondition(e.to_string()),
+    }
 }
 
 fn chunk_arg(b: &[u8]) -> Result<ChunkId, Status> {
@@ -143,8 +153,7 @@ impl MetadataService {
             exclude: &[],
             previous,
         };
-        let chosen = collective_placement::place(&self.state.placement_cluster(false), &req)
-            .map_err(|e| Status::failed_precondition(e.to_string()))?;
+        let chosen = collective_placement::place(&self.state.placement_cluster(false), &req).map_err(placement_status)?;
         self.state.note_planned(&chosen, size);
         self.state.meta.add_pending(id, size, &chosen).map_err(meta_status)?;
         let token = self
@@ -402,6 +411,45 @@ impl Metadata for MetadataService {
         call.done(r)
     }
 
+    async fn symlink(&self, req: Request<SymlinkRequest>) -> Result<Response<FileAttr>, Status> {
+        let (who, call) = self.begin("symlink", &req)?;
+        let path = path_arg(&req.get_ref().path)?;
+        if let Some(mut peer) = self.remote(&path)? {
+            return call.done(peer.symlink(forwarded(req.into_inner(), &who)).await.map(Response::into_inner));
+        }
+        let q = req.into_inner();
+        let caller = who.to_string();
+        let r = async {
+            self.state.require(&who, &parent_of(&path), Rights::WRITE)?;
+            let a = self.state.meta.symlink(&path, &q.target, &caller).map_err(meta_status)?;
+            self.flush().await?;
+            Ok(to_proto(a))
+        }
+        .await;
+        call.done(r)
+    }
+
+    async fn set_attr(&self, req: Request<SetAttrRequest>) -> Result<Response<FileAttr>, Status> {
+        let (who, call) = self.begin("set_attr", &req)?;
+        let path = path_arg(&req.get_ref().path)?;
+        if let Some(mut peer) = self.remote(&path)? {
+            return call.done(peer.set_attr(forwarded(req.into_inner(), &who)).await.map(Response::into_inner));
+        }
+        let q = req.into_inner();
+        let caller = who.to_string();
+        let r = async {
+            if path.is_root() {
+                return Err(Status::permission_denied("the root directory's attributes cannot be changed"));
+            }
+            self.state.require(&who, &path, Rights::WRITE)?;
+            let a = self.state.meta.set_attr(&path, q.mode, q.mtime_ms, &caller).map_err(meta_status)?;
+            self.flush().await?;
+            Ok(to_proto(a))
+        }
+        .await;
+        call.done(r)
+    }
+
     async fn plan_write(&self, req: Request<PlanWriteRequest>) -> Result<Response<PlanWriteResponse>, Status> {
         let (who, call) = self.begin("plan_write", &req)?;
         let path = path_arg(&req.get_ref().path)?;
@@ -493,8 +541,7 @@ impl Metadata for MetadataService {
                 exclude: &[],
                 previous: &[],
             };
-            let new = collective_placement::place(&self.state.placement_cluster(false), &req)
-                .map_err(|e| Status::failed_precondition(e.to_string()))?;
+            let new = collective_placement::place(&self.state.placement_cluster(false), &req).map_err(placement_status)?;
             self.state.note_planned(&new, q.size);
             self.state.meta.extend_pending(&id, q.size, &new).map_err(meta_status)?;
             let token = self

@@ -244,16 +244,21 @@ impl State {
 
 /// Maps metadata errors to gRPC statuses whose messages a user can act on.
 pub fn meta_status(e: MetaError) -> Status {
+    use collective_rpc::status_with_kind;
+    use tonic::Code;
     let msg = e.to_string();
     match e {
-        MetaError::NotFound(_) => Status::not_found(msg),
-        MetaError::AlreadyExists(_) => Status::already_exists(msg),
-        MetaError::NotADirectory(_) | MetaError::IsADirectory(_) | MetaError::NotEmpty(_) | MetaError::BadRename(..) => {
-            Status::failed_precondition(msg)
-        }
+        MetaError::NotFound(_) => status_with_kind(Code::NotFound, msg, "not-found"),
+        MetaError::AlreadyExists(_) => status_with_kind(Code::AlreadyExists, msg, "exists"),
+        MetaError::NotADirectory(_) => status_with_kind(Code::FailedPrecondition, msg, "not-dir"),
+        MetaError::IsADirectory(_) => status_with_kind(Code::FailedPrecondition, msg, "is-dir"),
+        MetaError::NotEmpty(_) => status_with_kind(Code::FailedPrecondition, msg, "not-empty"),
+        MetaError::IsASymlink(..) => status_with_kind(Code::FailedPrecondition, msg, "symlink"),
+        MetaError::BadLink(..) => Status::invalid_argument(msg),
+        MetaError::BadRename(..) => Status::failed_precondition(msg),
         MetaError::ChunkNotUploaded(..) => Status::failed_precondition(msg),
         MetaError::BadManifest(..) | MetaError::Path(_) => Status::invalid_argument(msg),
-        MetaError::QuotaFull { .. } => Status::resource_exhausted(msg),
+        MetaError::QuotaFull { .. } => status_with_kind(Code::ResourceExhausted, msg, "no-space"),
         MetaError::Placement(_) => Status::failed_precondition(msg),
         _ => Status::internal(msg),
     }

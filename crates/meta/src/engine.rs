@@ -25,9 +25,11 @@ pub enum Table {
     Principals = 11,
     ChunkSeals = 12,
     Hosted = 13,
+    /// Symbolic links: inode → target.
+    Links = 14,
 }
 
-const TABLES: [&str; 14] = [
+const TABLES: [&str; 15] = [
     "meta",
     "inodes",
     "dirents",
@@ -42,6 +44,7 @@ const TABLES: [&str; 14] = [
     "principals",
     "chunk_seals",
     "hosted",
+    "links",
 ];
 
 pub struct Engine {

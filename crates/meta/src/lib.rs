@@ -35,6 +35,10 @@ pub enum MetaError {
     IsADirectory(String),
     #[error("{0} already exists")]
     AlreadyExists(String),
+    #[error("cannot make the link {0}: {1}")]
+    BadLink(String, String),
+    #[error("{0} is a symbolic link to {1}")]
+    IsASymlink(String, String),
     #[error("{0} is not empty; remove its contents first or use -r")]
     NotEmpty(String),
     #[error("chunk {0} of {1} was never uploaded (or its upload plan expired); retry the upload")]

@@ -9,6 +9,9 @@ use crate::records::{
 };
 use crate::{MetaError, MetaStore, ROOT_INODE, abort, alloc_inode, audit, put_totals, totals_in};
 
+/// Longest symbolic link target (as Linux's PATH_MAX).
+pub const MAX_LINK_TARGET: usize = 4096;
+
 /// What a client sees of a file or directory.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Attr {
@@ -22,6 +25,8 @@ pub struct Attr {
     /// Files: chunks in the manifest. Directories: entries.
     pub count: u64,
     pub version: u64,
+    /// Symbolic links: where they point ("" for files and directories).
+    pub target: String,
 }
 
 /// A file to make visible, with its complete manifest.
@@ -51,7 +56,24 @@ fn attr(path: &str, ino: u64, n: &Inode) -> Attr {
         owner: n.owner.clone(),
         count: n.count,
         version: n.version,
+        target: String::new(),
     }
+}
+
+fn link_target(t: &Txn<'_>, ino: u64) -> Result<String, Abort> {
+    match t.get(Table::Links, &u64_key(ino))? {
+        Some(v) => decode("link", &v).map_err(abort),
+        None => Err(abort(MetaError::Corrupt(format!("symbolic link {ino} has no target")))),
+    }
+}
+
+/// `attr` with a symbolic link's target filled in.
+fn attr_in(t: &Txn<'_>, path: &str, ino: u64, n: &Inode) -> Result<Attr, Abort> {
+    let mut a = attr(path, ino, n);
+    if n.kind == Kind::Symlink {
+        a.target = link_target(t, ino)?;
+    }
+    Ok(a)
 }
 
 fn get_inode(t: &Txn<'_>, ino: u64) -> Result<Inode, Abort> {
@@ -281,11 +303,19 @@ fn commit_one(t: &Txn<'_>, c: &FileCommitIn, owner: &str, min_replicas: usize) -
     let (_, name) = c.path.split_last().map_err(|e| abort(e.into()))?;
     let parent = parent_dir(t, &c.path, c.parents, owner)?;
     let existing = lookup(t, parent, name)?;
-    let (ino, version, mut totals) = match existing {
+    let (ino, version, totals) = match existing {
         Some(ino) => {
             let old = get_inode(t, ino)?;
-            if old.kind == Kind::Dir {
-                return Err(abort(MetaError::IsADirectory(c.path.to_string())));
+            match old.kind {
+                Kind::Dir => return Err(abort(MetaError::IsADirectory(c.path.to_string()))),
+                // A file written over a symbolic link replaces the link.
+                Kind::Symlink => {
+                    t.remove(Table::Links, &u64_key(ino))?;
+                    let mut totals = totals_in(t)?;
+                    totals.files += 1;
+                    return commit_into(t, c, owner, min_replicas, parent, name, ino, old.version + 1, totals);
+                }
+                Kind::File => {}
             }
             let old_chunks = load_manifest(t, ino)?;
             release_chunks(t, &old_chunks)?;
@@ -301,6 +331,22 @@ fn commit_one(t: &Txn<'_>, c: &FileCommitIn, owner: &str, min_replicas: usize) -
             (ino, 1, totals)
         }
     };
+    commit_into(t, c, owner, min_replicas, parent, name, ino, version, totals)
+}
+
+/// Writes the new version of a file at `ino` (linked as `name` in `parent`).
+#[allow(clippy::too_many_arguments)]
+fn commit_into(
+    t: &Txn<'_>,
+    c: &FileCommitIn,
+    owner: &str,
+    min_replicas: usize,
+    parent: u64,
+    name: &str,
+    ino: u64,
+    version: u64,
+    mut totals: crate::Totals,
+) -> Result<Attr, Abort> {
     totals.logical_bytes += c.size;
     put_totals(t, &totals)?;
     acquire_chunks(t, c, min_replicas)?;
@@ -346,6 +392,9 @@ fn remove_one(t: &Txn<'_>, path: &RemotePath, who: &str) -> Result<Kind, Abort> 
             totals.files = totals.files.saturating_sub(1);
             totals.logical_bytes = totals.logical_bytes.saturating_sub(node.size);
         }
+        Kind::Symlink => {
+            t.remove(Table::Links, &u64_key(ino))?;
+        }
     }
     put_totals(t, &totals)?;
     unlink(t, node.parent, name)?;
@@ -358,7 +407,7 @@ impl MetaStore {
     pub fn stat(&self, path: &RemotePath) -> Result<Attr, MetaError> {
         self.engine.transact(|t| {
             let ino = resolve(t, path)?;
-            Ok(attr(path.as_str(), ino, &get_inode(t, ino)?))
+            attr_in(t, path.as_str(), ino, &get_inode(t, ino)?)
         })
     }
 
@@ -367,8 +416,10 @@ impl MetaStore {
         self.engine.transact(|t| {
             let ino = resolve(t, path)?;
             let node = get_inode(t, ino)?;
-            if node.kind == Kind::Dir {
-                return Err(abort(MetaError::IsADirectory(path.to_string())));
+            match node.kind {
+                Kind::Dir => return Err(abort(MetaError::IsADirectory(path.to_string()))),
+                Kind::Symlink => return Err(abort(MetaError::IsASymlink(path.to_string(), link_target(t, ino)?))),
+                Kind::File => {}
             }
             Ok((attr(path.as_str(), ino, &node), load_manifest(t, ino)?))
         })
@@ -395,16 +446,21 @@ impl MetaStore {
             };
             let node: Inode = decode("inode", &raw)?;
             let child = path.join(&name)?;
-            out.push(attr(child.as_str(), ino, &node));
+            let mut a = attr(child.as_str(), ino, &node);
+            if node.kind == Kind::Symlink {
+                let raw = self.engine.get(Table::Links, &u64_key(ino))?.unwrap_or_default();
+                a.target = decode("link", &raw)?;
+            }
+            out.push(a);
         }
         Ok((out, false))
     }
 
-    /// Visits every file below `path` (depth first, names in order) with its path relative
+    /// Visits every file (and symbolic link) below `path` (depth first, names in order) with its path relative
     /// to `path`; stops early when `visit` returns false. Memory is bounded by tree depth.
     pub fn walk_files(&self, path: &RemotePath, visit: &mut dyn FnMut(&str, Attr) -> bool) -> Result<(), MetaError> {
         let top = self.stat(path)?;
-        if top.kind == Kind::File {
+        if top.kind != Kind::Dir {
             let name = path.split_last().map(|(_, n)| n.to_string()).unwrap_or_default();
             visit(&name, top);
             return Ok(());
@@ -423,7 +479,7 @@ impl MetaStore {
                 let name = e.path.rsplit('/').next().unwrap_or("").to_string();
                 let child_rel = if rel.is_empty() { name } else { format!("{rel}/{name}") };
                 match e.kind {
-                    Kind::File => {
+                    Kind::File | Kind::Symlink => {
                         if !visit(&child_rel, e) {
                             return Ok(());
                         }
@@ -463,6 +519,65 @@ impl MetaStore {
             put_totals(t, &totals)?;
             audit(t, owner, "mkdir", path, String::new())?;
             Ok(attr(path.as_str(), ino, &node))
+        })
+    }
+
+    /// Makes a symbolic link at `path` pointing to `target` (stored as given, never
+    /// resolved by the metadata service).
+    pub fn symlink(&self, path: &RemotePath, target: &str, owner: &str) -> Result<Attr, MetaError> {
+        if target.is_empty() || target.len() > MAX_LINK_TARGET || target.contains('\0') {
+            return Err(MetaError::BadLink(
+                path.to_string(),
+                format!("a link target must be 1 to {MAX_LINK_TARGET} bytes without NUL"),
+            ));
+        }
+        self.engine.transact(|t| {
+            let (_, name) = path.split_last().map_err(|e| abort(e.into()))?;
+            let parent = parent_dir(t, path, false, owner)?;
+            if lookup(t, parent, name)?.is_some() {
+                return Err(abort(MetaError::AlreadyExists(path.to_string())));
+            }
+            let ino = alloc_inode(t)?;
+            let node = Inode {
+                kind: Kind::Symlink,
+                parent,
+                name: name.to_string(),
+                size: target.len() as u64,
+                mode: 0o777,
+                mtime_ms: unix_ms_now() as i64,
+                owner: owner.to_string(),
+                count: 0,
+                version: 1,
+            };
+            put_inode(t, ino, &node)?;
+            t.insert(Table::Links, &u64_key(ino), encode(&target.to_string()))?;
+            link(t, parent, name, ino)?;
+            audit(t, owner, "symlink", path, format!("to {target}"))?;
+            attr_in(t, path.as_str(), ino, &node)
+        })
+    }
+
+    /// Changes the permission bits and/or the modification time of a file, directory or
+    /// link; the content (and a file's version) stays as it is.
+    pub fn set_attr(&self, path: &RemotePath, mode: Option<u32>, mtime_ms: Option<i64>, who: &str) -> Result<Attr, MetaError> {
+        self.engine.transact(|t| {
+            let ino = resolve(t, path)?;
+            let mut node = get_inode(t, ino)?;
+            if let Some(m) = mode {
+                node.mode = m & 0o7777;
+            }
+            if let Some(ms) = mtime_ms {
+                node.mtime_ms = ms;
+            }
+            put_inode(t, ino, &node)?;
+            let what = match (mode, mtime_ms) {
+                (Some(m), Some(ms)) => format!("mode {m:o}, mtime {ms}"),
+                (Some(m), None) => format!("mode {m:o}"),
+                (None, Some(ms)) => format!("mtime {ms}"),
+                (None, None) => String::new(),
+            };
+            audit(t, who, "setattr", path, what)?;
+            attr_in(t, path.as_str(), ino, &node)
         })
     }
 
@@ -514,7 +629,7 @@ impl MetaStore {
             let ino = resolve(t, src)?;
             let mut node = get_inode(t, ino)?;
             if src == dst {
-                return Ok(attr(dst.as_str(), ino, &node));
+                return attr_in(t, dst.as_str(), ino, &node);
             }
             let dst_parent = resolve(t, &dst_parent_path)?;
             if get_inode(t, dst_parent)?.kind != Kind::Dir {
@@ -534,8 +649,8 @@ impl MetaStore {
             if let Some(existing) = lookup(t, dst_parent, dst_name)? {
                 let target = get_inode(t, existing)?;
                 match (node.kind, target.kind) {
-                    (Kind::File, Kind::Dir) => return Err(abort(MetaError::IsADirectory(dst.to_string()))),
-                    (Kind::Dir, Kind::File) => return Err(abort(MetaError::NotADirectory(dst.to_string()))),
+                    (Kind::File | Kind::Symlink, Kind::Dir) => return Err(abort(MetaError::IsADirectory(dst.to_string()))),
+                    (Kind::Dir, Kind::File | Kind::Symlink) => return Err(abort(MetaError::NotADirectory(dst.to_string()))),
                     (Kind::Dir, Kind::Dir) if target.count > 0 => return Err(abort(MetaError::NotEmpty(dst.to_string()))),
                     _ => {}
                 }
@@ -547,7 +662,7 @@ impl MetaStore {
             node.name = dst_name.to_string();
             put_inode(t, ino, &node)?;
             audit(t, who, "rename", src, format!("to {dst}"))?;
-            Ok(attr(dst.as_str(), ino, &node))
+            attr_in(t, dst.as_str(), ino, &node)
         })
     }
 }
@@ -752,5 +867,50 @@ mod tests {
         assert_eq!(second[0].path, "/dir/e010");
         drop(m);
         std::fs::remove_dir_all(d).unwrap();
+    }
+
+    #[test]
+    fn symlinks_keep_their_target_and_a_commit_replaces_a_link() {
+        let (m, d) = store("links");
+        m.mkdir(&p("/d"), false, 0o755, "u").unwrap();
+        let a = m.symlink(&p("/d/l"), "../target/file", "u").unwrap();
+        assert_eq!(a.kind, Kind::Symlink);
+        assert_eq!(a.target, "../target/file");
+        assert_eq!(a.size, 14);
+        assert_eq!(m.stat(&p("/d/l")).unwrap().target, "../target/file");
+        let (listed, _) = m.list(&p("/d"), None, 10).unwrap();
+        assert_eq!(listed[0].target, "../target/file");
+        assert!(matches!(m.manifest(&p("/d/l")), Err(MetaError::IsASymlink(..))));
+        assert!(matches!(m.symlink(&p("/d/l"), "x", "u"), Err(MetaError::AlreadyExists(_))));
+        assert!(matches!(m.symlink(&p("/d/e"), "", "u"), Err(MetaError::BadLink(..))));
+        let moved = m.rename(&p("/d/l"), &p("/d/l2"), "u").unwrap();
+        assert_eq!(moved.target, "../target/file");
+        let files_before = m.totals().unwrap().files;
+        commit(&m, "/d/l2", &[b"now a file"]).unwrap();
+        assert_eq!(m.stat(&p("/d/l2")).unwrap().kind, Kind::File);
+        assert_eq!(m.totals().unwrap().files, files_before + 1);
+        m.symlink(&p("/d/gone"), "x", "u").unwrap();
+        m.remove(&p("/d/gone"), false, "u").unwrap();
+        assert!(matches!(m.stat(&p("/d/gone")), Err(MetaError::NotFound(_))));
+        let _ = std::fs::remove_dir_all(d);
+    }
+
+    #[test]
+    fn set_attr_changes_mode_and_time_but_not_the_version() {
+        let (m, d) = store("setattr");
+        let f = commit(&m, "/f", &[b"content"]).unwrap();
+        let a = m.set_attr(&p("/f"), Some(0o100600), None, "u").unwrap();
+        assert_eq!(a.mode, 0o600);
+        assert_eq!(a.version, f.version);
+        assert_eq!(a.mtime_ms, f.mtime_ms);
+        let a = m.set_attr(&p("/f"), None, Some(1_000), "u").unwrap();
+        assert_eq!((a.mode, a.mtime_ms), (0o600, 1_000));
+        m.mkdir(&p("/dir"), false, 0o755, "u").unwrap();
+        assert_eq!(m.set_attr(&p("/dir"), Some(0o700), None, "u").unwrap().mode, 0o700);
+        assert!(matches!(
+            m.set_attr(&p("/nope"), Some(0o700), None, "u"),
+            Err(MetaError::NotFound(_))
+        ));
+        let _ = std::fs::remove_dir_all(d);
     }
 }

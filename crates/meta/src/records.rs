@@ -31,6 +31,8 @@ pub fn decode<T: DeserializeOwned>(what: &str, b: &[u8]) -> Result<T, MetaError>
 pub enum Kind {
     File,
     Dir,
+    /// A symbolic link; its target is in the links table, its size is the target's length.
+    Symlink,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

@@ -105,7 +105,18 @@ pub enum PlacementError {
         available: usize,
         size: u64,
         detail: String,
+        /// Nodes (or members' quotas) that are up but out of room for it.
+        full: usize,
     },
+}
+
+impl PlacementError {
+    /// Whether lack of space (not down nodes) is what stands in the way.
+    pub fn out_of_space(&self) -> bool {
+        match self {
+            PlacementError::NotEnoughNodes { full, .. } => *full > 0,
+        }
+    }
 }
 
 /// A pseudo-random number in (0, 1) for a (chunk, node) pair.
@@ -232,11 +243,17 @@ fn not_enough(c: &Cluster, r: &Request<'_>, available: usize) -> PlacementError 
             .collect::<Vec<_>>()
             .join(", ")
     };
+    let full = c
+        .nodes
+        .iter()
+        .filter(|n| matches!(refusal(c, r, n), Some("full" | "quota full")))
+        .count();
     PlacementError::NotEnoughNodes {
         wanted: r.count,
         available,
         size: r.size,
         detail,
+        full,
     }
 }
 

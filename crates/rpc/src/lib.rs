@@ -191,6 +191,27 @@ pub fn authorize<T>(req: &Request<T>, domain: &str, roles: &[Role]) -> Result<Ca
 }
 
 /// Turns a failed call into a message that names the problem and the next step.
+/// Response metadata naming which namespace error a failed call hit (`not-found`,
+/// `exists`, `not-dir`, `is-dir`, `not-empty`, `symlink`, `no-space`), so a client can
+/// map it to an errno without parsing the message.
+pub const ERROR_KIND: &str = "x-collective-error";
+
+/// A status with its error kind attached (see [`ERROR_KIND`]).
+pub fn status_with_kind(code: tonic::Code, message: String, kind: &'static str) -> Status {
+    let mut md = tonic::metadata::MetadataMap::new();
+    md.insert(ERROR_KIND, tonic::metadata::MetadataValue::from_static(kind));
+    Status::with_metadata(code, message, md)
+}
+
+/// The error kind a failed call carries ("" when none).
+pub fn error_kind(s: &Status) -> String {
+    s.metadata()
+        .get(ERROR_KIND)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+        .to_string()
+}
+
 pub fn explain_status(target: &str, s: &Status) -> String {
     use tonic::Code;
     let msg = s.message();
