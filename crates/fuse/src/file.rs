@@ -430,6 +430,20 @@ impl OpenFile {
             let s = client.secret_for(&self.path).await.map_err(client_err)?;
             self.set_secret(s);
         }
+        // Chunks whose background upload failed (a node died, say) are cut and sent again:
+        // their bytes are still in the overlay.
+        let mut failed = Vec::new();
+        for s in &self.segs {
+            if let Seg::New { batch, .. } = &s.seg
+                && let Err(e) = batch.clone().await
+            {
+                tracing::info!(path = %self.path, "retrying chunks whose upload failed: {e}");
+                failed.push((s.start, s.end()));
+            }
+        }
+        for (s, e) in failed {
+            self.dirty.insert(s, e);
+        }
         let old = self.segs.clone();
         let result = self.rebuild(client, cache, &old).await;
         let new = match result {
