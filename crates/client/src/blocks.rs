@@ -5,8 +5,8 @@
 use bytes::Bytes;
 use collective_core::{ChunkId, validate_path};
 use collective_proto::v1::{
-    ChunkDesc, ChunkLocation, ChunkRef, CommitFilesRequest, FileAttr, FileCommit, FilePlan, ListRequest, ListResponse, MkdirRequest,
-    PathRequest, PlanWriteRequest, ReadPlanRequest, SetAttrRequest, SymlinkRequest, WritePolicyResponse,
+    ChunkDesc, ChunkLocation, ChunkRef, CommitFilesRequest, FileAttr, FileCommit, FilePlan, ListRequest, ListResponse, PathRequest,
+    PlanWriteRequest, SetAttrRequest, SymlinkRequest, WritePolicyResponse,
 };
 
 use crate::ClientError;
@@ -44,14 +44,8 @@ impl Client {
     /// A file's attributes and chunk locations (with read tokens), as of now.
     pub async fn read_plan(&self, path: &str) -> Result<FilePlan, ClientError> {
         let path = validate_path(path)?;
-        self.meta()
-            .read_plan(ReadPlanRequest {
-                paths: vec![path.to_string()],
-            })
-            .await
-            .map_err(ClientError::status)?
-            .into_inner()
-            .files
+        self.plans(vec![path.to_string()])
+            .await?
             .pop()
             .ok_or_else(|| ClientError::Other("the coordinator returned no plan".into()))
     }
@@ -164,21 +158,6 @@ impl Client {
                 path: path.to_string(),
                 start_after: after.to_string(),
                 limit,
-            })
-            .await
-            .map_err(ClientError::status)?
-            .into_inner())
-    }
-
-    /// Makes a directory with the given permission bits.
-    pub async fn mkdir_mode(&self, path: &str, mode: u32) -> Result<FileAttr, ClientError> {
-        let path = validate_path(path)?;
-        Ok(self
-            .meta()
-            .mkdir(MkdirRequest {
-                path: path.to_string(),
-                parents: false,
-                mode,
             })
             .await
             .map_err(ClientError::status)?

@@ -28,7 +28,7 @@ pub struct GetReport {
 }
 
 impl Client {
-    async fn plans(&self, paths: Vec<String>) -> Result<Vec<FilePlan>, ClientError> {
+    pub(crate) async fn plans(&self, paths: Vec<String>) -> Result<Vec<FilePlan>, ClientError> {
         Ok(self
             .meta()
             .read_plan(ReadPlanRequest { paths })

@@ -9,7 +9,7 @@ use collective_proto::v1::admin_client::AdminClient;
 use collective_proto::v1::metadata_client::MetadataClient;
 use collective_proto::v1::upkeep_client::UpkeepClient;
 use collective_proto::v1::{
-    DirEntry, FileAttr, ListRequest, MkdirRequest, PathRequest, RemoveRequest, RemoveResponse, RenameRequest, StatusRequest, StatusResponse,
+    DirEntry, FileAttr, MkdirRequest, PathRequest, RemoveRequest, RemoveResponse, RenameRequest, StatusRequest, StatusResponse,
 };
 use tokio::sync::Semaphore;
 use tonic::transport::Channel;
@@ -120,20 +120,10 @@ impl Client {
 
     /// Every entry of a directory (paging through large ones), or the file itself.
     pub async fn list(&self, path: &str) -> Result<Vec<DirEntry>, ClientError> {
-        let path = validate_path(path)?;
         let mut out = Vec::new();
         let mut after = String::new();
         loop {
-            let page = self
-                .meta()
-                .list(ListRequest {
-                    path: path.to_string(),
-                    start_after: after.clone(),
-                    limit: 0,
-                })
-                .await
-                .map_err(ClientError::status)?
-                .into_inner();
+            let page = self.list_page(path, &after, 0).await?;
             if let Some(last) = page.entries.last() {
                 after = last.name.clone();
             }
@@ -145,13 +135,18 @@ impl Client {
     }
 
     pub async fn mkdir(&self, path: &str, parents: bool) -> Result<FileAttr, ClientError> {
+        self.mkdir_with(path, parents, 0o755).await
+    }
+
+    /// Makes a directory with the given permission bits (and its parents when asked).
+    pub async fn mkdir_with(&self, path: &str, parents: bool, mode: u32) -> Result<FileAttr, ClientError> {
         let path = validate_path(path)?;
         Ok(self
             .meta()
             .mkdir(MkdirRequest {
                 path: path.to_string(),
                 parents,
-                mode: 0o755,
+                mode,
             })
             .await
             .map_err(ClientError::status)?

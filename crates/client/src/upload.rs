@@ -18,8 +18,7 @@ use bytes::Bytes;
 use collective_core::{ChunkId, RemotePath};
 use collective_dataplane::NodeTarget;
 use collective_proto::v1::{
-    ChunkDesc, ChunkPlacement, ChunkRef, CommitFilesRequest, FileAttr, FileCommit, NodeAddr, PathRequest, PlanWriteRequest,
-    ReplaceTargetRequest,
+    ChunkDesc, ChunkPlacement, ChunkRef, CommitFilesRequest, FileAttr, FileCommit, NodeAddr, PlanWriteRequest, ReplaceTargetRequest,
 };
 use tokio::sync::{OwnedSemaphorePermit, mpsc};
 
@@ -387,19 +386,7 @@ impl Client {
                 out.push(*s);
                 continue;
             }
-            let p = self
-                .meta()
-                .write_policy(PathRequest { path: path.clone() })
-                .await
-                .map_err(ClientError::status)?
-                .into_inner();
-            let secret = match p.encrypt {
-                true => Some(
-                    <[u8; 32]>::try_from(p.secret.as_ref())
-                        .map_err(|_| ClientError::Other(format!("the coordinator sent a bad encryption secret for /{top}")))?,
-                ),
-                false => None,
-            };
+            let secret = self.secret_for(&path).await?;
             by_datastore.insert(top, secret);
             out.push(secret);
         }

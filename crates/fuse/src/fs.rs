@@ -249,6 +249,18 @@ impl CollectiveFs {
         r
     }
 
+    /// Commits the file behind a handle (flush and fsync).
+    fn commit_handle(&self, fh: u64, op: &str, reply: ReplyEmpty) {
+        let r = match self.handle_file(fh) {
+            Ok((f, _)) => self.commit(&f, op),
+            Err(_) => Ok(()),
+        };
+        match r {
+            Ok(()) => reply.ok(),
+            Err(e) => reply.error(e),
+        }
+    }
+
     fn new_fh(&self) -> u64 {
         self.next_fh.fetch_add(1, Ordering::Relaxed)
     }
@@ -719,7 +731,7 @@ impl fuser::Filesystem for CollectiveFs {
             let path = self.child(parent, name)?;
             let attr = self
                 .rt
-                .block_on(self.client.mkdir_mode(&path, (mode & !umask) & 0o7777))
+                .block_on(self.client.mkdir_with(&path, false, (mode & !umask) & 0o7777))
                 .map_err(|e| self.fail("mkdir", &path, &e))?;
             lock(&self.inodes).invalidate(parent.0);
             Ok((path, attr))
@@ -846,26 +858,12 @@ impl fuser::Filesystem for CollectiveFs {
         }
     }
 
-    fn flush(&self, _req: &Request, ino: INodeNo, _fh: FileHandle, _lock_owner: LockOwner, reply: ReplyEmpty) {
-        let r = match self.open_file(ino.0) {
-            Some(f) => self.commit(&f, "flush"),
-            None => Ok(()),
-        };
-        match r {
-            Ok(()) => reply.ok(),
-            Err(e) => reply.error(e),
-        }
+    fn flush(&self, _req: &Request, _ino: INodeNo, fh: FileHandle, _lock_owner: LockOwner, reply: ReplyEmpty) {
+        self.commit_handle(fh.0, "flush", reply);
     }
 
-    fn fsync(&self, _req: &Request, ino: INodeNo, _fh: FileHandle, _datasync: bool, reply: ReplyEmpty) {
-        let r = match self.open_file(ino.0) {
-            Some(f) => self.commit(&f, "fsync"),
-            None => Ok(()),
-        };
-        match r {
-            Ok(()) => reply.ok(),
-            Err(e) => reply.error(e),
-        }
+    fn fsync(&self, _req: &Request, _ino: INodeNo, fh: FileHandle, _datasync: bool, reply: ReplyEmpty) {
+        self.commit_handle(fh.0, "fsync", reply);
     }
 
     fn release(
