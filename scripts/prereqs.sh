@@ -9,6 +9,9 @@ command -v cmp >/dev/null || need+=(diffutils)
 command -v fusermount3 >/dev/null || need+=(fuse3)
 command -v tar >/dev/null || need+=(tar)
 command -v git >/dev/null || need+=(git)
+# The observability tests check /metrics and the alert rules with promtool and scrape a
+# cluster with a real Prometheus (both from the Debian package prometheus).
+command -v promtool >/dev/null && command -v prometheus >/dev/null || need+=(prometheus)
 if [ ${#need[@]} -gt 0 ]; then
   echo "installing: ${need[*]}"
   SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO="sudo"

@@ -350,9 +350,19 @@ fn every_process_serves_health_and_prometheus_metrics_without_names_or_data() {
         let (status, body) = common::http_get(&proc.http, "/health");
         assert_eq!(status, 200);
         let health: serde_json::Value = serde_json::from_str(&body).unwrap();
-        assert_eq!(health["status"], "ok", "{}: {body}", proc.principal);
-        assert_eq!(health["score"], 100);
-        assert!(health["components"].as_array().unwrap().len() >= 2);
+        // Everything is ok except perhaps the disk of the machine running the tests.
+        let comps = health["components"].as_array().unwrap();
+        assert!(comps.len() >= 3);
+        let mut expected = 100;
+        for comp in comps {
+            match (comp["name"].as_str().unwrap(), comp["state"].as_str().unwrap()) {
+                (_, "ok") => {}
+                ("disk", "degraded") => expected -= 25,
+                ("disk", "failed") => expected -= 50,
+                (name, state) => panic!("{}: {name} is {state}: {body}", proc.principal),
+            }
+        }
+        assert_eq!(health["score"], expected, "{body}");
         let (status, metrics) = common::http_get(&proc.http, "/metrics");
         assert_eq!(status, 200);
         assert!(metrics.contains("collective_build_info{"), "{metrics}");

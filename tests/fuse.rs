@@ -423,38 +423,7 @@ fn a_read_only_grant_reads_but_cannot_write_and_ungranted_datastores_are_hidden(
     c.ok(&["put", p(&local), "/shared/doc.txt"]);
     c.ok(&["put", p(&local), "/private/doc.txt"]);
     // A second user of this member with a read grant on /shared only.
-    let certs = c.path("guest");
-    let out = Command::new(BIN)
-        .args([
-            "ca",
-            "issue",
-            "--ca",
-            p(&c.path("ca")),
-            "--role",
-            "client",
-            "--name",
-            "guest",
-            "--out",
-            p(&certs),
-        ])
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    let admin_cfg = std::fs::read_to_string(&c.client_config).unwrap();
-    let guest_cfg = admin_cfg
-        .lines()
-        .map(|l| {
-            if l.starts_with("cert ") {
-                format!("cert = \"{}\"", certs.join("guest.crt").display())
-            } else if l.starts_with("key ") {
-                format!("key = \"{}\"", certs.join("guest.key").display())
-            } else {
-                l.to_string()
-            }
-        })
-        .collect::<Vec<_>>()
-        .join("\n");
-    let guest_config = c.write_local("guest.toml", guest_cfg.as_bytes());
+    let guest_config = c.second_user("guest");
     c.ok(&["datastore", "grant", "/shared", "guest@home.collective.local", "read"]);
     let m = Mount::with_config(&c, &guest_config, "guest-mnt", &[]);
     let names: Vec<String> = std::fs::read_dir(&m.point)

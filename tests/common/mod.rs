@@ -230,6 +230,43 @@ impl Cluster {
         self.procs.borrow().iter().filter(|p| p.member == domain).cloned().collect()
     }
 
+    /// A client config for another user `name@home.collective.local` of this single-member
+    /// cluster, with a certificate from its member CA (and no grants yet).
+    pub fn second_user(&self, name: &str) -> PathBuf {
+        let certs = self.path(name);
+        let out = Command::new(BIN)
+            .args([
+                "ca",
+                "issue",
+                "--ca",
+                p(&self.path("ca")),
+                "--role",
+                "client",
+                "--name",
+                name,
+                "--out",
+                p(&certs),
+            ])
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        let admin_cfg = std::fs::read_to_string(&self.client_config).unwrap();
+        let cfg = admin_cfg
+            .lines()
+            .map(|l| {
+                if l.starts_with("cert ") {
+                    format!("cert = \"{}\"", certs.join(format!("{name}.crt")).display())
+                } else if l.starts_with("key ") {
+                    format!("key = \"{}\"", certs.join(format!("{name}.key")).display())
+                } else {
+                    l.to_string()
+                }
+            })
+            .collect::<Vec<_>>()
+            .join("\n");
+        self.write_local(&format!("{name}.toml"), cfg.as_bytes())
+    }
+
     pub fn cmd(&self) -> Command {
         let mut c = Command::new(BIN);
         c.env("COLLECTIVE_CONFIG", &self.client_config).env_remove("RUST_LOG");
@@ -293,10 +330,16 @@ impl Cluster {
 
     /// Starts a stopped process again with its own config and waits until it is ready.
     pub fn restart(&self, principal_prefix: &str) {
+        self.restart_with(principal_prefix, &[]);
+    }
+
+    /// Restarts a stopped process with extra global flags (e.g. `--log-format json`).
+    pub fn restart_with(&self, principal_prefix: &str, flags: &[&str]) {
         let p = self.proc(principal_prefix);
         assert!(!pid_alive(p.pid), "{} is still running", p.principal);
         let log = std::fs::OpenOptions::new().append(true).create(true).open(&p.log).unwrap();
         let child = Command::new(BIN)
+            .args(flags)
             .arg(&p.role)
             .arg("--config")
             .arg(&p.config)
@@ -402,6 +445,21 @@ pub fn within(limit: Duration, what: &str, mut f: impl FnMut() -> bool) -> Durat
 
 pub fn p(path: &Path) -> &str {
     path.to_str().unwrap()
+}
+
+/// A plain HTTP GET that may fail (the server is still starting): (status, body) or None.
+pub fn try_http_get(addr: &str, path: &str) -> Option<(u16, String)> {
+    use std::io::{Read, Write};
+    let sock = addr.parse().ok()?;
+    let mut s = std::net::TcpStream::connect_timeout(&sock, Duration::from_secs(2)).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    // HTTP/1.0: the body comes whole, never chunked.
+    write!(s, "GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n").ok()?;
+    let mut raw = String::new();
+    s.read_to_string(&mut raw).ok()?;
+    let status = raw.split_whitespace().nth(1).and_then(|c| c.parse().ok())?;
+    let body = raw.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default();
+    Some((status, body))
 }
 
 /// A plain HTTP GET; returns (status, body).

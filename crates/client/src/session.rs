@@ -25,6 +25,7 @@ pub struct Client {
     pub(crate) meta: MetadataClient<Channel>,
     admin: AdminClient<Channel>,
     upkeep: UpkeepClient<Channel>,
+    observe: collective_proto::v1::observe_client::ObserveClient<Channel>,
     pub(crate) chunks: Arc<ChunkClient>,
     /// Memory for chunk bytes in flight, in KiB permits.
     pub(crate) budget: Arc<Semaphore>,
@@ -70,6 +71,7 @@ impl Client {
         let channel = collective_rpc::channel(&identity, &cfg.coordinator, &coordinator)?;
         let admin = AdminClient::new(channel.clone());
         let upkeep = UpkeepClient::new(channel.clone());
+        let observe = collective_proto::v1::observe_client::ObserveClient::new(channel.clone());
         let meta = MetadataClient::new(channel)
             .max_decoding_message_size(MAX_MESSAGE_BYTES)
             .max_encoding_message_size(MAX_MESSAGE_BYTES);
@@ -81,6 +83,7 @@ impl Client {
             meta,
             admin,
             upkeep,
+            observe,
             chunks,
             budget: Arc::new(Semaphore::new(budget_kib as usize)),
             budget_kib,
@@ -102,6 +105,11 @@ impl Client {
     /// Repair, scrub and node lifecycle (this member's admins).
     pub fn upkeep(&self) -> UpkeepClient<Channel> {
         self.upkeep.clone()
+    }
+
+    /// Cluster events and the audit log.
+    pub fn observe(&self) -> collective_proto::v1::observe_client::ObserveClient<Channel> {
+        self.observe.clone()
     }
 
     pub(crate) fn meta(&self) -> MetadataClient<Channel> {

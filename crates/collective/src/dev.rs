@@ -376,6 +376,8 @@ async fn up_single(a: &UpArgs, dir: &Path) -> Result<()> {
         replication: a.replication,
         node_timeout: DEV_NODE_TIMEOUT.into(),
         upkeep: dev_upkeep(),
+        // The coordinator signs certificates for users who redeem invites.
+        ca_dir: ca_dir.clone(),
         tls: collective_coordinator::TlsFiles {
             ca: issuer.trust(),
             cert,

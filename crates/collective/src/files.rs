@@ -9,7 +9,7 @@ use anyhow::{Context, Result, bail};
 use clap::Args;
 use collective_client::{Client, Progress, Source};
 use collective_core::{RemotePath, format_bytes, validate_path};
-use collective_proto::v1::{FileAttr, FileKind, StatusResponse};
+use collective_proto::v1::{CertificateStatus, FileAttr, FileKind, StatusResponse};
 use serde_json::json;
 
 use crate::config::{ClientOverrides, client_config};
@@ -465,8 +465,21 @@ pub async fn stat(o: &ClientOverrides, a: StatArgs) -> Result<()> {
     Ok(())
 }
 
-fn status_json(s: &StatusResponse) -> serde_json::Value {
+/// Days until `ms` (negative when past).
+fn days_until(ms: i64) -> i64 {
+    (ms - collective_core::unix_ms_now() as i64).div_euclid(86_400_000)
+}
+
+/// The certificates `status` reports: the coordinator's and its nodes', and the caller's own.
+fn certificates(s: &StatusResponse, mine: &Option<CertificateStatus>) -> Vec<CertificateStatus> {
+    let mut v = s.certificates.clone();
+    v.extend(mine.iter().cloned());
+    v
+}
+
+fn status_json(s: &StatusResponse, mine: &Option<CertificateStatus>) -> serde_json::Value {
     let healthy = s.unique_chunks.saturating_sub(s.under_replicated_chunks + s.unreadable_chunks);
+    let repair = s.repair.clone().unwrap_or_default();
     json!({
         "coordinator": s.coordinator,
         "member": s.member,
@@ -499,16 +512,57 @@ fn status_json(s: &StatusResponse) -> serde_json::Value {
             "bad_replica_reports": s.corrupt_reports,
             "bytes_at_risk": s.bytes_at_risk,
         },
+        "repair": {
+            "repaired_chunks": repair.repaired_chunks,
+            "repaired_bytes": repair.repaired_bytes,
+            "failed_copies": repair.failed_copies,
+            "rate_bytes_per_sec": repair.rate_bytes_per_sec,
+            "estimate_seconds": if repair.estimate_seconds >= 0 { json!(repair.estimate_seconds) } else { json!(null) },
+        },
         "garbage": {
             "reclaimable_chunks": s.reclaimable_chunks,
             "reclaimable_bytes": s.reclaimable_bytes,
         },
-        "warnings": warnings(s),
+        "members": s.members.iter().map(|m| json!({
+            "member": m.member,
+            "state": m.state,
+            "last_seen": if m.last_seen_ms > 0 { json!(time_str(m.last_seen_ms)) } else { json!(null) },
+        })).collect::<Vec<_>>(),
+        "certificates": certificates(s, mine).iter().map(|c| json!({
+            "principal": c.principal,
+            "role": c.role,
+            "not_after": time_str(c.not_after_ms),
+            "days_to_expiry": days_until(c.not_after_ms),
+        })).collect::<Vec<_>>(),
+        "warnings": warnings(s, mine),
     })
 }
 
-fn warnings(s: &StatusResponse) -> Vec<String> {
+/// Certificates expiring within this many days are warned about.
+const CERT_WARN_DAYS: i64 = 14;
+
+fn warnings(s: &StatusResponse, mine: &Option<CertificateStatus>) -> Vec<String> {
     let mut w = Vec::new();
+    for m in s.members.iter().filter(|m| m.state != "alive") {
+        w.push(format!(
+            "member {} is {}: its datastores and the copies it holds for others are unreachable",
+            m.member, m.state
+        ));
+    }
+    for c in certificates(s, mine) {
+        let days = days_until(c.not_after_ms);
+        if days < 0 {
+            w.push(format!(
+                "the {} certificate of {} has expired; issue a new one",
+                c.role, c.principal
+            ));
+        } else if days < CERT_WARN_DAYS {
+            w.push(format!(
+                "the {} certificate of {} expires in {days} day(s); renew it before then",
+                c.role, c.principal
+            ));
+        }
+    }
     let up = s.nodes.iter().filter(|n| n.state == "up").count();
     for n in s.nodes.iter().filter(|n| n.state != "up") {
         w.push(format!("{} is down: chunks it holds have fewer copies until it returns", n.node));
@@ -541,9 +595,22 @@ fn warnings(s: &StatusResponse) -> Vec<String> {
     w
 }
 
-fn print_status(s: &StatusResponse) {
+fn print_status(s: &StatusResponse, mine: &Option<CertificateStatus>) {
     println!("coordinator {} (member {}, version {})", s.coordinator, s.member, s.version);
     println!();
+    if !s.members.is_empty() {
+        let alive = s.members.iter().filter(|m| m.state == "alive").count();
+        println!("members ({alive} of {} others alive):", s.members.len());
+        for m in &s.members {
+            let seen = if m.last_seen_ms > 0 {
+                time_str(m.last_seen_ms)
+            } else {
+                "never".into()
+            };
+            println!("  {:<36} {:<8} last heard {seen}", m.member, m.state);
+        }
+        println!();
+    }
     println!(
         "nodes ({} up of {}):",
         s.nodes.iter().filter(|n| n.state == "up").count(),
@@ -583,6 +650,25 @@ fn print_status(s: &StatusResponse) {
         "replication (x{}): {healthy} chunks healthy, {} under-replicated, {} unreadable",
         s.replication, s.under_replicated_chunks, s.unreadable_chunks
     );
+    if let Some(r) = s.repair.as_ref().filter(|_| s.under_replicated_chunks + s.unreadable_chunks > 0) {
+        let eta = format!(", estimate {}", crate::upkeep::duration_str(r.estimate_seconds));
+        println!(
+            "repair: {} at risk; {} chunk(s) ({}) copied so far at {}/s{eta}",
+            format_bytes(s.bytes_at_risk),
+            r.repaired_chunks,
+            format_bytes(r.repaired_bytes),
+            format_bytes(r.rate_bytes_per_sec as u64)
+        );
+    }
+    let soon: Vec<String> = certificates(s, mine)
+        .iter()
+        .map(|c| (c, days_until(c.not_after_ms)))
+        .filter(|(_, d)| *d < 60)
+        .map(|(c, d)| format!("{} in {d} day(s)", c.principal))
+        .collect();
+    if !soon.is_empty() {
+        println!("certificates expiring within 60 days: {}", soon.join(", "));
+    }
     if s.reclaimable_chunks > 0 {
         println!(
             "reclaimable: {} in {} unreferenced chunk(s), deleted after the garbage-collection grace period",
@@ -590,7 +676,7 @@ fn print_status(s: &StatusResponse) {
             s.reclaimable_chunks
         );
     }
-    let w = warnings(s);
+    let w = warnings(s, mine);
     println!();
     if w.is_empty() {
         println!("all data is safe: every chunk has its {} copies", s.replication);
@@ -601,17 +687,30 @@ fn print_status(s: &StatusResponse) {
     }
 }
 
+/// The caller's own certificate, for the expiry warnings of `status`.
+fn own_certificate(o: &ClientOverrides) -> Option<CertificateStatus> {
+    let cfg = client_config(o).ok()?;
+    let pem = std::fs::read_to_string(&cfg.cert).ok()?;
+    let info = collective_pki::CertInfo::from_pem(&pem).ok()?;
+    Some(CertificateStatus {
+        principal: info.principal().map(|p| p.to_string()).unwrap_or_else(|_| info.common_name.clone()),
+        role: "client".into(),
+        not_after_ms: (info.not_after.unix_timestamp_nanos() / 1_000_000) as i64,
+    })
+}
+
 pub async fn status(o: &ClientOverrides, a: StatusArgs) -> Result<()> {
     let client = connect(o)?;
+    let mine = own_certificate(o);
     loop {
         let s = client.status().await?;
         if a.watch.is_some() && std::io::stdout().is_terminal() {
             print!("\x1b[2J\x1b[H");
         }
         if a.json {
-            println!("{}", serde_json::to_string_pretty(&status_json(&s))?);
+            println!("{}", serde_json::to_string_pretty(&status_json(&s, &mine))?);
         } else {
-            print_status(&s);
+            print_status(&s, &mine);
         }
         match a.watch {
             Some(secs) => tokio::time::sleep(std::time::Duration::from_secs(secs.max(1))).await,

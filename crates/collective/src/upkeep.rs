@@ -46,7 +46,7 @@ pub enum ScrubCommand {
     },
 }
 
-fn duration_str(secs: i64) -> String {
+pub fn duration_str(secs: i64) -> String {
     match secs {
         s if s < 0 => "unknown (no copy made recently)".into(),
         0 => "nothing to do".into(),

@@ -125,62 +125,13 @@ impl AdminService {
 impl Admin for AdminService {
     async fn create_datastore(&self, req: Request<CreateDatastoreRequest>) -> Result<Response<DatastoreInfo>, Status> {
         let who = self.state.end_user(&req)?;
-        let q = req.into_inner();
-        let path = path_arg(&q.path)?;
-        let name = match path.components().collect::<Vec<_>>()[..] {
-            [one] => one.to_string(),
-            _ => {
-                return Err(Status::invalid_argument(format!(
-                    "{path}: a datastore is a top-level directory such as /media"
-                )));
-            }
-        };
-        self.state.require(&who, &RemotePath::root(), Rights::WRITE)?;
-        let strategy = if q.strategy.is_empty() {
-            "media".to_string()
-        } else {
-            q.strategy.clone()
-        };
-        if !STRATEGIES.contains(&strategy.as_str()) {
-            return Err(Status::invalid_argument(format!(
-                "'{strategy}' is not a strategy; use media, backup or hybrid"
-            )));
+        let target = req.get_ref().path.clone();
+        let r = self.create_datastore_inner(&who, req).await;
+        self.state.audit_failure(&who.to_string(), "datastore-create", &target, &r);
+        if let Err(e) = &r {
+            crate::metadata::log_failure(&who.to_string(), "datastore-create", &target, e);
         }
-        let replicas = if q.replicas == 0 {
-            self.state.replication as u32
-        } else {
-            q.replicas
-        };
-        if replicas > MAX_REPLICAS {
-            return Err(Status::invalid_argument(format!("at most {MAX_REPLICAS} replicas")));
-        }
-        if let Some(fed) = self.state.fed()
-            && let Some(other) = fed
-                .gossip
-                .states()
-                .into_iter()
-                .find(|s| s.member != self.state.domain && s.datastores.iter().any(|d| d.name == name))
-        {
-            return Err(Status::already_exists(format!(
-                "{path} already exists in the federation (owned by {}); datastore names are shared by all members, choose another",
-                other.member
-            )));
-        }
-        let mut secret = [0u8; 32];
-        ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut secret)
-            .map_err(|_| Status::internal("no randomness available for the datastore key"))?;
-        let rec = DatastoreRecord {
-            name,
-            owner: who.to_string(),
-            strategy,
-            replicas,
-            created_ms: unix_ms_now(),
-            secret,
-        };
-        self.state.meta.create_datastore(&path, &rec).map_err(meta_status)?;
-        self.state.meta.flush().await.map_err(meta_status)?;
-        tracing::info!(datastore = %path, owner = %who, strategy = %rec.strategy, replicas, "datastore created");
-        Ok(Response::new(self.datastore_info(&rec, &who)?))
+        r
     }
 
     async fn list_datastores(&self, req: Request<ListDatastoresRequest>) -> Result<Response<ListDatastoresResponse>, Status> {
@@ -229,147 +180,47 @@ impl Admin for AdminService {
 
     async fn grant(&self, req: Request<GrantRequest>) -> Result<Response<GrantInfo>, Status> {
         let who = self.state.end_user(&req)?;
-        let path = path_arg(&req.get_ref().path)?;
-        if let Some(mut peer) = self.remote(&path)? {
-            return peer.grant(collective_rpc::forwarded(req.into_inner(), &who)).await;
+        let target = req.get_ref().path.clone();
+        let r = self.grant_inner(&who, req).await;
+        self.state.audit_failure(&who.to_string(), "grant", &target, &r);
+        if let Err(e) = &r {
+            crate::metadata::log_failure(&who.to_string(), "grant", &target, e);
         }
-        let q = req.into_inner();
-        self.local_datastore(&path)?;
-        self.state.require(&who, &path, Rights::SHARE)?;
-        let subject: Subject = q
-            .subject
-            .parse()
-            .map_err(|e: collective_core::AccessError| Status::invalid_argument(e.to_string()))?;
-        let rights: Rights = q
-            .rights
-            .parse()
-            .map_err(|e: collective_core::AccessError| Status::invalid_argument(e.to_string()))?;
-        let now = unix_ms_now();
-        if q.until_ms != 0 && (q.until_ms as u64) <= now {
-            return Err(Status::invalid_argument("--until is in the past"));
-        }
-        let g = Grant {
-            path: path.to_string(),
-            subject,
-            rights,
-            until_ms: q.until_ms.max(0) as u64,
-            granted_by: who.to_string(),
-            granted_ms: now,
-        };
-        self.state.meta.put_grant(&g).map_err(meta_status)?;
-        self.state.meta.flush().await.map_err(meta_status)?;
-        tracing::info!(path = %g.path, subject = %g.subject, rights = %g.rights, by = %who, "grant");
-        Ok(Response::new(grant_info(&g)))
+        r
     }
 
     async fn revoke(&self, req: Request<RevokeRequest>) -> Result<Response<RevokeResponse>, Status> {
         let who = self.state.end_user(&req)?;
-        let path = path_arg(&req.get_ref().path)?;
-        if let Some(mut peer) = self.remote(&path)? {
-            return peer.revoke(collective_rpc::forwarded(req.into_inner(), &who)).await;
+        let target = req.get_ref().path.clone();
+        let r = self.revoke_inner(&who, req).await;
+        self.state.audit_failure(&who.to_string(), "revoke", &target, &r);
+        if let Err(e) = &r {
+            crate::metadata::log_failure(&who.to_string(), "revoke", &target, e);
         }
-        self.state.require(&who, &path, Rights::SHARE)?;
-        let subject: Subject = req
-            .get_ref()
-            .subject
-            .parse()
-            .map_err(|e: collective_core::AccessError| Status::invalid_argument(e.to_string()))?;
-        let removed = self
-            .state
-            .meta
-            .remove_grant(&path, &subject, &who.to_string())
-            .map_err(meta_status)?;
-        self.state.meta.flush().await.map_err(meta_status)?;
-        if !removed {
-            return Err(Status::not_found(format!(
-                "{subject} holds no grant on {path} (`collective datastore info {path}` lists grants)"
-            )));
-        }
-        Ok(Response::new(RevokeResponse { removed }))
+        r
     }
 
     async fn generate_invite(&self, req: Request<GenerateInviteRequest>) -> Result<Response<GenerateInviteResponse>, Status> {
         let who = self.state.end_user(&req)?;
-        if who.domain != self.state.domain {
-            return Err(Status::permission_denied("invites are made by the coordinator of your own member"));
-        }
-        let q = req.into_inner();
-        let now = unix_ms_now();
-        let validity = if q.validity_ms == 0 { 7 * 86_400_000 } else { q.validity_ms };
-        let max_uses = if q.max_uses == 0 { 1 } else { q.max_uses };
-        if max_uses > MAX_INVITE_USES {
-            return Err(Status::invalid_argument(format!("--max-uses may be at most {MAX_INVITE_USES}")));
-        }
-        let (kind, code_kind) = if !q.member.is_empty() {
-            if !q.grants.is_empty() {
-                return Err(Status::invalid_argument(
-                    "an invite is either for a member (--member) or for a user (--grant), not both",
-                ));
-            }
-            collective_core::validate_name(&q.member).map_err(|e| Status::invalid_argument(e.to_string()))?;
-            if !self.state.is_admin(&who) {
-                return Err(Status::permission_denied(format!(
-                    "only an admin of {} may invite members",
-                    self.state.domain
-                )));
-            }
-            if self.state.fed().and_then(|f| f.root.as_ref()).is_none() {
-                return Err(Status::failed_precondition(
-                    "this coordinator does not hold the federation root; run `collective invite generate --member` against the coordinator whose config sets federation.root_dir",
-                ));
-            }
-            (InviteKind::Member { name: q.member.clone() }, InviteCodeKind::Member)
+        let target = if req.get_ref().member.is_empty() {
+            req.get_ref().grants.join(" ")
         } else {
-            if q.grants.is_empty() {
-                return Err(Status::invalid_argument(
-                    "say what the invite is for: --member NAME, or at least one --grant PATH:RIGHTS",
-                ));
-            }
-            if self.state.ca.is_none() {
-                return Err(Status::failed_precondition(
-                    "this coordinator cannot sign user certificates: set ca_dir in its config to the member CA directory",
-                ));
-            }
-            let mut grants = Vec::new();
-            for spec in &q.grants {
-                let (path, rights) = parse_grant_spec(spec).map_err(|e| Status::invalid_argument(e.to_string()))?;
-                self.local_datastore(&path)?;
-                // Sharing needs the share right, and one cannot give away more than one has.
-                self.state.require(&who, &path, rights.union(Rights::SHARE))?;
-                grants.push((path.to_string(), rights.0));
-            }
-            (InviteKind::User { grants }, InviteCodeKind::User)
+            format!("member {}", req.get_ref().member)
         };
-        let mut id = [0u8; 16];
-        ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut id).map_err(|_| Status::internal("no randomness"))?;
-        let rec = InviteRecord {
-            id,
-            kind,
-            created_by: who.to_string(),
-            created_ms: now,
-            expires_ms: now + validity,
-            max_uses,
-            uses: 0,
-            revoked: false,
-            redeemed_by: vec![],
-        };
-        self.state.meta.add_invite(&rec).map_err(meta_status)?;
-        self.state.meta.flush().await.map_err(meta_status)?;
-        let code = InviteCode {
-            id,
-            kind: code_kind,
-            federation: self.state.fed().map(|f| f.domain.clone()).unwrap_or_default(),
-            coordinator: self.state.principal.clone(),
-            addr: self.state.advertise_grpc.clone(),
-            fingerprint: self.state.identity.fingerprint(),
-            expires_ms: rec.expires_ms,
-        }
-        .encode(&self.state.signer);
-        self.state.metrics.invites_issued.inc();
-        Ok(Response::new(GenerateInviteResponse {
-            code,
-            invite: Some(invite_info(&rec)),
-        }))
+        let r = self.generate_invite_inner(&who, req).await;
+        self.state.audit(
+            &who.to_string(),
+            "invite",
+            &target,
+            &r.as_ref().map(|r| r.get_ref()).map_err(Clone::clone),
+            |r| {
+                r.invite
+                    .as_ref()
+                    .map(|i| format!("invite {} for {} use(s)", i.id, i.max_uses))
+                    .unwrap_or_default()
+            },
+        );
+        r
     }
 
     async fn list_invites(&self, req: Request<ListInvitesRequest>) -> Result<Response<ListInvitesResponse>, Status> {
@@ -390,35 +241,22 @@ impl Admin for AdminService {
 
     async fn revoke_invite(&self, req: Request<RevokeInviteRequest>) -> Result<Response<RevokeInviteResponse>, Status> {
         let who = self.state.end_user(&req)?;
-        let arg = req.get_ref().code_or_id.trim();
-        let id: [u8; 16] = if arg.starts_with(collective_pki::INVITE_PREFIX) {
-            let verifier = TokenVerifier::new(&self.state.signer.public_key()).map_err(|e| Status::internal(e.to_string()))?;
-            InviteCode::verify(arg, &verifier)
-                .map_err(|e| Status::invalid_argument(e.to_string()))?
-                .id
-        } else {
-            hex::decode(arg)
-                .ok()
-                .and_then(|b| b.try_into().ok())
-                .ok_or_else(|| Status::invalid_argument("give the invite code, or its id as `collective invite list` shows it"))?
-        };
-        let rec = self
-            .state
-            .meta
-            .invites()
-            .map_err(meta_status)?
-            .into_iter()
-            .find(|r| r.id == id)
-            .ok_or_else(|| Status::not_found("no such invite here (`collective invite list`)"))?;
-        if !self.state.is_admin(&who) && rec.created_by != who.to_string() {
-            return Err(Status::permission_denied(format!(
-                "only {} or an admin may revoke this invite",
-                rec.created_by
-            )));
-        }
-        let revoked = self.state.meta.revoke_invite(&id).map_err(meta_status)?;
-        self.state.meta.flush().await.map_err(meta_status)?;
-        Ok(Response::new(RevokeInviteResponse { revoked }))
+        let target = invite_target(&req.get_ref().code_or_id);
+        let r = self.revoke_invite_inner(&who, req).await;
+        self.state.audit(
+            &who.to_string(),
+            "invite-revoke",
+            &target,
+            &r.as_ref().map(|r| r.get_ref()).map_err(Clone::clone),
+            |r| {
+                if r.revoked {
+                    "revoked".into()
+                } else {
+                    "was already revoked".into()
+                }
+            },
+        );
+        r
     }
 
     async fn peers(&self, req: Request<PeersRequest>) -> Result<Response<PeersResponse>, Status> {
@@ -470,5 +308,277 @@ impl Admin for AdminService {
             members,
             dropped_unauthenticated: fed.gossip.counters().dropped.load(std::sync::atomic::Ordering::Relaxed),
         }))
+    }
+}
+
+impl AdminService {
+    async fn create_datastore_inner(
+        &self,
+        who: &Principal,
+        req: Request<CreateDatastoreRequest>,
+    ) -> Result<Response<DatastoreInfo>, Status> {
+        let q = req.into_inner();
+        let path = path_arg(&q.path)?;
+        let name = match path.components().collect::<Vec<_>>()[..] {
+            [one] => one.to_string(),
+            _ => {
+                return Err(Status::invalid_argument(format!(
+                    "{path}: a datastore is a top-level directory such as /media"
+                )));
+            }
+        };
+        self.state.require(who, &RemotePath::root(), Rights::WRITE)?;
+        let strategy = if q.strategy.is_empty() {
+            "media".to_string()
+        } else {
+            q.strategy.clone()
+        };
+        if !STRATEGIES.contains(&strategy.as_str()) {
+            return Err(Status::invalid_argument(format!(
+                "'{strategy}' is not a strategy; use media, backup or hybrid"
+            )));
+        }
+        let replicas = if q.replicas == 0 {
+            self.state.replication as u32
+        } else {
+            q.replicas
+        };
+        if replicas > MAX_REPLICAS {
+            return Err(Status::invalid_argument(format!("at most {MAX_REPLICAS} replicas")));
+        }
+        if let Some(fed) = self.state.fed()
+            && let Some(other) = fed
+                .gossip
+                .states()
+                .into_iter()
+                .find(|s| s.member != self.state.domain && s.datastores.iter().any(|d| d.name == name))
+        {
+            return Err(Status::already_exists(format!(
+                "{path} already exists in the federation (owned by {}); datastore names are shared by all members, choose another",
+                other.member
+            )));
+        }
+        let mut secret = [0u8; 32];
+        ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut secret)
+            .map_err(|_| Status::internal("no randomness available for the datastore key"))?;
+        let rec = DatastoreRecord {
+            name,
+            owner: who.to_string(),
+            strategy,
+            replicas,
+            created_ms: unix_ms_now(),
+            secret,
+        };
+        self.state.meta.create_datastore(&path, &rec).map_err(meta_status)?;
+        self.state.meta.flush().await.map_err(meta_status)?;
+        tracing::info!(datastore = %path, owner = %who, strategy = %rec.strategy, replicas, "datastore created");
+        Ok(Response::new(self.datastore_info(&rec, who)?))
+    }
+
+    async fn grant_inner(&self, who: &Principal, req: Request<GrantRequest>) -> Result<Response<GrantInfo>, Status> {
+        let path = path_arg(&req.get_ref().path)?;
+        if let Some(mut peer) = self.remote(&path)? {
+            return peer.grant(collective_rpc::forwarded(req.into_inner(), who)).await;
+        }
+        let q = req.into_inner();
+        self.local_datastore(&path)?;
+        self.state.require(who, &path, Rights::SHARE)?;
+        let subject: Subject = q
+            .subject
+            .parse()
+            .map_err(|e: collective_core::AccessError| Status::invalid_argument(e.to_string()))?;
+        let rights: Rights = q
+            .rights
+            .parse()
+            .map_err(|e: collective_core::AccessError| Status::invalid_argument(e.to_string()))?;
+        let now = unix_ms_now();
+        if q.until_ms != 0 && (q.until_ms as u64) <= now {
+            return Err(Status::invalid_argument("--until is in the past"));
+        }
+        let g = Grant {
+            path: path.to_string(),
+            subject,
+            rights,
+            until_ms: q.until_ms.max(0) as u64,
+            granted_by: who.to_string(),
+            granted_ms: now,
+        };
+        self.state.meta.put_grant(&g).map_err(meta_status)?;
+        self.state.meta.flush().await.map_err(meta_status)?;
+        let until = if g.until_ms == 0 {
+            String::new()
+        } else {
+            format!(" until {}", crate::events::time_str(g.until_ms))
+        };
+        self.state.events.emit(
+            "grant-changed",
+            &g.path,
+            crate::events::Severity::Info,
+            format!("{who} granted {} on {} to {}{until}", g.rights, g.path, g.subject),
+        );
+        Ok(Response::new(grant_info(&g)))
+    }
+
+    async fn revoke_inner(&self, who: &Principal, req: Request<RevokeRequest>) -> Result<Response<RevokeResponse>, Status> {
+        let path = path_arg(&req.get_ref().path)?;
+        if let Some(mut peer) = self.remote(&path)? {
+            return peer.revoke(collective_rpc::forwarded(req.into_inner(), who)).await;
+        }
+        self.state.require(who, &path, Rights::SHARE)?;
+        let subject: Subject = req
+            .get_ref()
+            .subject
+            .parse()
+            .map_err(|e: collective_core::AccessError| Status::invalid_argument(e.to_string()))?;
+        let removed = self
+            .state
+            .meta
+            .remove_grant(&path, &subject, &who.to_string())
+            .map_err(meta_status)?;
+        self.state.meta.flush().await.map_err(meta_status)?;
+        if !removed {
+            return Err(Status::not_found(format!(
+                "{subject} holds no grant on {path} (`collective datastore info {path}` lists grants)"
+            )));
+        }
+        self.state.events.emit(
+            "grant-changed",
+            path.as_str(),
+            crate::events::Severity::Info,
+            format!("{who} revoked the grant of {subject} on {path}"),
+        );
+        Ok(Response::new(RevokeResponse { removed }))
+    }
+
+    async fn generate_invite_inner(
+        &self,
+        who: &Principal,
+        req: Request<GenerateInviteRequest>,
+    ) -> Result<Response<GenerateInviteResponse>, Status> {
+        if who.domain != self.state.domain {
+            return Err(Status::permission_denied("invites are made by the coordinator of your own member"));
+        }
+        let q = req.into_inner();
+        let now = unix_ms_now();
+        let validity = if q.validity_ms == 0 { 7 * 86_400_000 } else { q.validity_ms };
+        let max_uses = if q.max_uses == 0 { 1 } else { q.max_uses };
+        if max_uses > MAX_INVITE_USES {
+            return Err(Status::invalid_argument(format!("--max-uses may be at most {MAX_INVITE_USES}")));
+        }
+        let (kind, code_kind) = if !q.member.is_empty() {
+            if !q.grants.is_empty() {
+                return Err(Status::invalid_argument(
+                    "an invite is either for a member (--member) or for a user (--grant), not both",
+                ));
+            }
+            collective_core::validate_name(&q.member).map_err(|e| Status::invalid_argument(e.to_string()))?;
+            if !self.state.is_admin(who) {
+                return Err(Status::permission_denied(format!(
+                    "only an admin of {} may invite members",
+                    self.state.domain
+                )));
+            }
+            if self.state.fed().and_then(|f| f.root.as_ref()).is_none() {
+                return Err(Status::failed_precondition(
+                    "this coordinator does not hold the federation root; run `collective invite generate --member` against the coordinator whose config sets federation.root_dir",
+                ));
+            }
+            (InviteKind::Member { name: q.member.clone() }, InviteCodeKind::Member)
+        } else {
+            if q.grants.is_empty() {
+                return Err(Status::invalid_argument(
+                    "say what the invite is for: --member NAME, or at least one --grant PATH:RIGHTS",
+                ));
+            }
+            if self.state.ca.is_none() {
+                return Err(Status::failed_precondition(
+                    "this coordinator cannot sign user certificates: set ca_dir in its config to the member CA directory",
+                ));
+            }
+            let mut grants = Vec::new();
+            for spec in &q.grants {
+                let (path, rights) = parse_grant_spec(spec).map_err(|e| Status::invalid_argument(e.to_string()))?;
+                self.local_datastore(&path)?;
+                // Sharing needs the share right, and one cannot give away more than one has.
+                self.state.require(who, &path, rights.union(Rights::SHARE))?;
+                grants.push((path.to_string(), rights.0));
+            }
+            (InviteKind::User { grants }, InviteCodeKind::User)
+        };
+        let mut id = [0u8; 16];
+        ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut id).map_err(|_| Status::internal("no randomness"))?;
+        let rec = InviteRecord {
+            id,
+            kind,
+            created_by: who.to_string(),
+            created_ms: now,
+            expires_ms: now + validity,
+            max_uses,
+            uses: 0,
+            revoked: false,
+            redeemed_by: vec![],
+        };
+        self.state.meta.add_invite(&rec).map_err(meta_status)?;
+        self.state.meta.flush().await.map_err(meta_status)?;
+        let code = InviteCode {
+            id,
+            kind: code_kind,
+            federation: self.state.fed().map(|f| f.domain.clone()).unwrap_or_default(),
+            coordinator: self.state.principal.clone(),
+            addr: self.state.advertise_grpc.clone(),
+            fingerprint: self.state.identity.fingerprint(),
+            expires_ms: rec.expires_ms,
+        }
+        .encode(&self.state.signer);
+        self.state.metrics.invites_issued.inc();
+        Ok(Response::new(GenerateInviteResponse {
+            code,
+            invite: Some(invite_info(&rec)),
+        }))
+    }
+
+    async fn revoke_invite_inner(
+        &self,
+        who: &Principal,
+        req: Request<RevokeInviteRequest>,
+    ) -> Result<Response<RevokeInviteResponse>, Status> {
+        let arg = req.get_ref().code_or_id.trim();
+        let id: [u8; 16] = if arg.starts_with(collective_pki::INVITE_PREFIX) {
+            let verifier = TokenVerifier::new(&self.state.signer.public_key()).map_err(|e| Status::internal(e.to_string()))?;
+            InviteCode::verify(arg, &verifier)
+                .map_err(|e| Status::invalid_argument(e.to_string()))?
+                .id
+        } else {
+            hex::decode(arg)
+                .ok()
+                .and_then(|b| b.try_into().ok())
+                .ok_or_else(|| Status::invalid_argument("give the invite code, or its id as `collective invite list` shows it"))?
+        };
+        let rec = self
+            .state
+            .meta
+            .invites()
+            .map_err(meta_status)?
+            .into_iter()
+            .find(|r| r.id == id)
+            .ok_or_else(|| Status::not_found("no such invite here (`collective invite list`)"))?;
+        if !self.state.is_admin(who) && rec.created_by != who.to_string() {
+            return Err(Status::permission_denied(format!(
+                "only {} or an admin may revoke this invite",
+                rec.created_by
+            )));
+        }
+        let revoked = self.state.meta.revoke_invite(&id).map_err(meta_status)?;
+        self.state.meta.flush().await.map_err(meta_status)?;
+        Ok(Response::new(RevokeInviteResponse { revoked }))
+    }
+}
+
+/// How an invite shows in the audit log: its id (never the code, which is a credential).
+fn invite_target(code_or_id: &str) -> String {
+    let arg = code_or_id.trim();
+    match arg.strip_prefix(collective_pki::INVITE_PREFIX) {
+        Some(_) => "invite (given by code)".into(),
+        None => format!("invite {arg}"),
     }
 }

@@ -47,6 +47,43 @@ impl BootstrapService {
 #[tonic::async_trait]
 impl Bootstrap for BootstrapService {
     async fn join_member(&self, req: Request<JoinMemberRequest>) -> Result<Response<JoinMemberResponse>, Status> {
+        // Nobody is authenticated yet: the entry names who the caller asked to become.
+        let who = format!("{} (by invite)", req.get_ref().name);
+        let r = self.join_member_inner(req).await;
+        self.state.audit(&who, "member-join", &who, &r, |r| {
+            format!("joined {}", r.get_ref().federation_domain)
+        });
+        if r.is_ok() {
+            self.state.events.emit(
+                "invite-redeemed",
+                &who,
+                crate::events::Severity::Info,
+                format!("an invite was redeemed: member {who} joined"),
+            );
+        }
+        r
+    }
+
+    async fn redeem_invite(&self, req: Request<RedeemInviteRequest>) -> Result<Response<RedeemInviteResponse>, Status> {
+        // Nobody is authenticated yet: the entry names who the caller asked to become.
+        let who = format!("{} (by invite)", req.get_ref().name);
+        let r = self.redeem_invite_inner(req).await;
+        self.state
+            .audit(&who, "invite-redeem", &who, &r, |r| format!("now {}", r.get_ref().principal));
+        if r.is_ok() {
+            self.state.events.emit(
+                "invite-redeemed",
+                &who,
+                crate::events::Severity::Info,
+                format!("an invite was redeemed: user {who} joined"),
+            );
+        }
+        r
+    }
+}
+
+impl BootstrapService {
+    async fn join_member_inner(&self, req: Request<JoinMemberRequest>) -> Result<Response<JoinMemberResponse>, Status> {
         let q = req.into_inner();
         let invite = self.check_code(&q.code, InviteCodeKind::Member)?;
         let fed = self
@@ -89,7 +126,7 @@ impl Bootstrap for BootstrapService {
         }))
     }
 
-    async fn redeem_invite(&self, req: Request<RedeemInviteRequest>) -> Result<Response<RedeemInviteResponse>, Status> {
+    async fn redeem_invite_inner(&self, req: Request<RedeemInviteRequest>) -> Result<Response<RedeemInviteResponse>, Status> {
         let q = req.into_inner();
         let invite = self.check_code(&q.code, InviteCodeKind::User)?;
         let ca = self

@@ -28,6 +28,8 @@ pub struct CoordinatorConfig {
     pub admins: Vec<String>,
     /// The gRPC address other members and invitees use to reach us (default: grpc_listen).
     pub advertise_grpc: String,
+    /// How long audit log entries are kept, e.g. "365d".
+    pub audit_retention: String,
     pub tls: TlsFiles,
     pub federation: FederationConfig,
     pub upkeep: UpkeepConfig,
@@ -125,6 +127,7 @@ impl Default for CoordinatorConfig {
             ca_dir: PathBuf::new(),
             admins: vec![],
             advertise_grpc: String::new(),
+            audit_retention: "365d".into(),
             tls: TlsFiles::default(),
             federation: FederationConfig::default(),
             upkeep: UpkeepConfig::default(),

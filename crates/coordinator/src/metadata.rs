@@ -11,10 +11,11 @@ use collective_meta::{Attr, ChunkRef, FileCommitIn, Kind, SEAL_LEN};
 use collective_proto::v1::metadata_client::MetadataClient;
 use collective_proto::v1::metadata_server::Metadata;
 use collective_proto::v1::{
-    ChunkLocation, ChunkPlacement, CommitFilesRequest, CommitFilesResponse, DirEntry, FileAttr, FileKind, FilePlan, ListRequest,
-    ListResponse, MkdirRequest, NodeStatus, PathRequest, PlanWriteRequest, PlanWriteResponse, ReadPlanRequest, ReadPlanResponse,
-    RemoveRequest, RemoveResponse, RenameRequest, ReplaceTargetRequest, ReportBadReplicaRequest, ReportBadReplicaResponse, SetAttrRequest,
-    StatusRequest, StatusResponse, SymlinkRequest, TokenOp, VerifyChunkRequest, WalkBatch, WritePolicyResponse,
+    CertificateStatus, ChunkLocation, ChunkPlacement, CommitFilesRequest, CommitFilesResponse, DirEntry, FileAttr, FileKind, FilePlan,
+    ListRequest, ListResponse, MemberStatus, MkdirRequest, NodeStatus, PathRequest, PlanWriteRequest, PlanWriteResponse, ReadPlanRequest,
+    ReadPlanResponse, RemoveRequest, RemoveResponse, RenameRequest, ReplaceTargetRequest, ReportBadReplicaRequest,
+    ReportBadReplicaResponse, SetAttrRequest, StatusRequest, StatusResponse, SymlinkRequest, TokenOp, VerifyChunkRequest, WalkBatch,
+    WritePolicyResponse,
 };
 use collective_rpc::forwarded;
 use futures::Stream;
@@ -87,17 +88,23 @@ async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T, Status> + Sen
 impl MetadataService {
     /// Finds the end user (a client of this member, or a user of another member named by
     /// its coordinator) and records the call in metrics.
-    fn begin<T>(&self, method: &'static str, req: &Request<T>) -> Result<(Principal, Call<'_>), Status> {
+    fn begin<T>(&self, method: &'static str, req: &Request<T>, target: &str) -> Result<(Principal, Call<'_>), Status> {
         self.state.metrics.rpcs.with_label_values(&[method]).inc();
-        let user = self.state.end_user(req).inspect_err(|_| {
+        let user = self.state.end_user(req).inspect_err(|e| {
             self.state.metrics.rpc_errors.with_label_values(&[method]).inc();
+            let caller = collective_rpc::peer(req)
+                .map(|p| p.principal.to_string())
+                .unwrap_or_else(|_| "(unknown)".into());
+            tracing::warn!(principal = %caller, op = method, %target, "refused: {}", e.message());
         })?;
         Ok((
-            user,
+            user.clone(),
             Call {
                 state: &self.state,
                 method,
                 started: Instant::now(),
+                who: user.to_string(),
+                target: target.to_string(),
             },
         ))
     }
@@ -269,6 +276,9 @@ struct Call<'a> {
     state: &'a State,
     method: &'static str,
     started: Instant,
+    /// Who called and what about, for the log line of a failure.
+    who: String,
+    target: String,
 }
 
 impl Call<'_> {
@@ -278,10 +288,27 @@ impl Call<'_> {
             .rpc_seconds
             .with_label_values(&[self.method])
             .observe(self.started.elapsed().as_secs_f64());
-        if r.is_err() {
+        if let Err(e) = &r {
             self.state.metrics.rpc_errors.with_label_values(&[self.method]).inc();
+            log_failure(&self.who, self.method, &self.target, e);
         }
         r.map(Response::new)
+    }
+}
+
+/// Logs a failed call with who, what and on which target: server-side faults as errors,
+/// refusals as warnings, ordinary answers (not found, exists, not empty) at debug.
+pub fn log_failure(who: &str, op: &str, target: &str, e: &Status) {
+    use tonic::Code;
+    let msg = e.message();
+    match e.code() {
+        Code::Internal | Code::Unknown | Code::DataLoss | Code::Unavailable | Code::DeadlineExceeded => {
+            tracing::error!(principal = %who, %op, %target, code = ?e.code(), "{msg}")
+        }
+        Code::PermissionDenied | Code::Unauthenticated | Code::ResourceExhausted => {
+            tracing::warn!(principal = %who, %op, %target, code = ?e.code(), "{msg}")
+        }
+        _ => tracing::debug!(principal = %who, %op, %target, code = ?e.code(), "{msg}"),
     }
 }
 
@@ -292,7 +319,7 @@ impl Metadata for MetadataService {
     type WalkStream = WalkStream;
 
     async fn stat(&self, req: Request<PathRequest>) -> Result<Response<FileAttr>, Status> {
-        let (who, call) = self.begin("stat", &req)?;
+        let (who, call) = self.begin("stat", &req, &req.get_ref().path)?;
         let path = path_arg(&req.get_ref().path)?;
         if let Some(mut peer) = self.remote(&path)? {
             return call.done(peer.stat(forwarded(req.into_inner(), &who)).await.map(Response::into_inner));
@@ -311,7 +338,7 @@ impl Metadata for MetadataService {
     }
 
     async fn list(&self, req: Request<ListRequest>) -> Result<Response<ListResponse>, Status> {
-        let (who, call) = self.begin("list", &req)?;
+        let (who, call) = self.begin("list", &req, &req.get_ref().path)?;
         let path = path_arg(&req.get_ref().path)?;
         if let Some(mut peer) = self.remote(&path)? {
             return call.done(peer.list(forwarded(req.into_inner(), &who)).await.map(Response::into_inner));
@@ -342,12 +369,13 @@ impl Metadata for MetadataService {
     }
 
     async fn mkdir(&self, req: Request<MkdirRequest>) -> Result<Response<FileAttr>, Status> {
-        let (who, call) = self.begin("mkdir", &req)?;
+        let (who, call) = self.begin("mkdir", &req, &req.get_ref().path)?;
         let path = path_arg(&req.get_ref().path)?;
         if let Some(mut peer) = self.remote(&path)? {
             return call.done(peer.mkdir(forwarded(req.into_inner(), &who)).await.map(Response::into_inner));
         }
         let q = req.into_inner();
+        let target = path.to_string();
         let caller = who.to_string();
         let r = async {
             self.state.require(&who, &parent_of(&path), Rights::WRITE)?;
@@ -357,16 +385,18 @@ impl Metadata for MetadataService {
             Ok(to_proto(a))
         }
         .await;
+        self.state.audit_failure(&who.to_string(), "mkdir", &target, &r);
         call.done(r)
     }
 
     async fn remove(&self, req: Request<RemoveRequest>) -> Result<Response<RemoveResponse>, Status> {
-        let (who, call) = self.begin("remove", &req)?;
+        let (who, call) = self.begin("remove", &req, &req.get_ref().path)?;
         let path = path_arg(&req.get_ref().path)?;
         if let Some(mut peer) = self.remote(&path)? {
             return call.done(peer.remove(forwarded(req.into_inner(), &who)).await.map(Response::into_inner));
         }
         let q = req.into_inner();
+        let target = path.to_string();
         let caller = who.to_string();
         let r = async {
             self.state.require(&who, &path, Rights::DELETE)?;
@@ -384,11 +414,12 @@ impl Metadata for MetadataService {
             Ok(RemoveResponse { files, dirs })
         }
         .await;
+        self.state.audit_failure(&who.to_string(), "remove", &target, &r);
         call.done(r)
     }
 
     async fn rename(&self, req: Request<RenameRequest>) -> Result<Response<FileAttr>, Status> {
-        let (who, call) = self.begin("rename", &req)?;
+        let (who, call) = self.begin("rename", &req, &req.get_ref().src)?;
         let (src, dst) = (path_arg(&req.get_ref().src)?, path_arg(&req.get_ref().dst)?);
         let (rs, rd) = (self.remote(&src)?, self.remote(&dst)?);
         if top_of(src.as_str()) != top_of(dst.as_str()) && (rs.is_some() || rd.is_some()) {
@@ -399,6 +430,7 @@ impl Metadata for MetadataService {
         if let Some(mut peer) = rs {
             return call.done(peer.rename(forwarded(req.into_inner(), &who)).await.map(Response::into_inner));
         }
+        let target = src.to_string();
         let caller = who.to_string();
         let r = async {
             self.state.require(&who, &src, Rights::DELETE)?;
@@ -408,16 +440,18 @@ impl Metadata for MetadataService {
             Ok(to_proto(a))
         }
         .await;
+        self.state.audit_failure(&who.to_string(), "rename", &target, &r);
         call.done(r)
     }
 
     async fn symlink(&self, req: Request<SymlinkRequest>) -> Result<Response<FileAttr>, Status> {
-        let (who, call) = self.begin("symlink", &req)?;
+        let (who, call) = self.begin("symlink", &req, &req.get_ref().path)?;
         let path = path_arg(&req.get_ref().path)?;
         if let Some(mut peer) = self.remote(&path)? {
             return call.done(peer.symlink(forwarded(req.into_inner(), &who)).await.map(Response::into_inner));
         }
         let q = req.into_inner();
+        let target = path.to_string();
         let caller = who.to_string();
         let r = async {
             self.state.require(&who, &parent_of(&path), Rights::WRITE)?;
@@ -426,16 +460,18 @@ impl Metadata for MetadataService {
             Ok(to_proto(a))
         }
         .await;
+        self.state.audit_failure(&who.to_string(), "symlink", &target, &r);
         call.done(r)
     }
 
     async fn set_attr(&self, req: Request<SetAttrRequest>) -> Result<Response<FileAttr>, Status> {
-        let (who, call) = self.begin("set_attr", &req)?;
+        let (who, call) = self.begin("set_attr", &req, &req.get_ref().path)?;
         let path = path_arg(&req.get_ref().path)?;
         if let Some(mut peer) = self.remote(&path)? {
             return call.done(peer.set_attr(forwarded(req.into_inner(), &who)).await.map(Response::into_inner));
         }
         let q = req.into_inner();
+        let target = path.to_string();
         let caller = who.to_string();
         let r = async {
             if path.is_root() {
@@ -447,11 +483,12 @@ impl Metadata for MetadataService {
             Ok(to_proto(a))
         }
         .await;
+        self.state.audit_failure(&who.to_string(), "setattr", &target, &r);
         call.done(r)
     }
 
     async fn plan_write(&self, req: Request<PlanWriteRequest>) -> Result<Response<PlanWriteResponse>, Status> {
-        let (who, call) = self.begin("plan_write", &req)?;
+        let (who, call) = self.begin("plan_write", &req, &req.get_ref().path)?;
         let path = path_arg(&req.get_ref().path)?;
         if let Some(mut peer) = self.remote(&path)? {
             return call.done(peer.plan_write(forwarded(req.into_inner(), &who)).await.map(Response::into_inner));
@@ -514,7 +551,7 @@ impl Metadata for MetadataService {
     }
 
     async fn replace_target(&self, req: Request<ReplaceTargetRequest>) -> Result<Response<ChunkPlacement>, Status> {
-        let (who, call) = self.begin("replace_target", &req)?;
+        let (who, call) = self.begin("replace_target", &req, &req.get_ref().path)?;
         let path = path_arg(&req.get_ref().path)?;
         if let Some(mut peer) = self.remote(&path)? {
             return call.done(
@@ -559,7 +596,11 @@ impl Metadata for MetadataService {
     }
 
     async fn commit_files(&self, req: Request<CommitFilesRequest>) -> Result<Response<CommitFilesResponse>, Status> {
-        let (who, call) = self.begin("commit_files", &req)?;
+        let (who, call) = self.begin(
+            "commit_files",
+            &req,
+            req.get_ref().files.first().map(|f| f.path.as_str()).unwrap_or(""),
+        )?;
         let first = match req.get_ref().files.first() {
             Some(f) => path_arg(&f.path)?,
             None => return call.done(Ok(CommitFilesResponse { files: vec![] })),
@@ -568,6 +609,11 @@ impl Metadata for MetadataService {
             return call.done(peer.commit_files(forwarded(req.into_inner(), &who)).await.map(Response::into_inner));
         }
         let q = req.into_inner();
+        let target = if q.files.len() > 1 {
+            format!("{first} (and {} more)", q.files.len() - 1)
+        } else {
+            first.to_string()
+        };
         let caller = who.to_string();
         let r = async {
             let mut files = Vec::with_capacity(q.files.len());
@@ -636,11 +682,12 @@ impl Metadata for MetadataService {
             })
         }
         .await;
+        self.state.audit_failure(&who.to_string(), "commit", &target, &r);
         call.done(r)
     }
 
     async fn read_plan(&self, req: Request<ReadPlanRequest>) -> Result<Response<ReadPlanResponse>, Status> {
-        let (who, call) = self.begin("read_plan", &req)?;
+        let (who, call) = self.begin("read_plan", &req, req.get_ref().paths.first().map(String::as_str).unwrap_or(""))?;
         if let Some(first) = req.get_ref().paths.first()
             && let Some(mut peer) = self.remote(&path_arg(first)?)?
         {
@@ -697,7 +744,7 @@ impl Metadata for MetadataService {
     }
 
     async fn write_policy(&self, req: Request<PathRequest>) -> Result<Response<WritePolicyResponse>, Status> {
-        let (who, call) = self.begin("write_policy", &req)?;
+        let (who, call) = self.begin("write_policy", &req, &req.get_ref().path)?;
         let path = path_arg(&req.get_ref().path)?;
         if let Some(mut peer) = self.remote(&path)? {
             return call.done(peer.write_policy(forwarded(req.into_inner(), &who)).await.map(Response::into_inner));
@@ -724,7 +771,7 @@ impl Metadata for MetadataService {
     }
 
     async fn walk(&self, req: Request<PathRequest>) -> Result<Response<Self::WalkStream>, Status> {
-        let (who, call) = self.begin("walk", &req)?;
+        let (who, call) = self.begin("walk", &req, &req.get_ref().path)?;
         let path = match path_arg(&req.get_ref().path) {
             Ok(p) => p,
             Err(e) => return call.done(Err(e)),
@@ -768,7 +815,7 @@ impl Metadata for MetadataService {
     }
 
     async fn report_bad_replica(&self, req: Request<ReportBadReplicaRequest>) -> Result<Response<ReportBadReplicaResponse>, Status> {
-        let (who, call) = self.begin("report_bad_replica", &req)?;
+        let (who, call) = self.begin("report_bad_replica", &req, &req.get_ref().node)?;
         let node_domain = req.get_ref().node.split_once('@').map(|(_, d)| d.to_string()).unwrap_or_default();
         if node_domain != self.state.domain && self.state.fed().is_some() && !node_domain.is_empty() {
             let r = async {
@@ -801,7 +848,16 @@ impl Metadata for MetadataService {
             let removed = if bad {
                 let removed = self.state.meta.remove_replica(&id, &q.node).map_err(meta_status)?;
                 self.flush().await?;
-                tracing::error!(chunk = %id.short(), node = %q.node, "replica confirmed missing or corrupt; removed from the replica set");
+                self.state.events.emit(
+                    "corruption-found",
+                    &q.node,
+                    crate::events::Severity::Critical,
+                    format!(
+                        "a client could not read chunk {} from node {}, which confirms the copy is missing or corrupt; it is repaired from other copies",
+                        id.short(),
+                        q.node
+                    ),
+                );
                 removed
             } else {
                 false
@@ -813,7 +869,7 @@ impl Metadata for MetadataService {
     }
 
     async fn status(&self, req: Request<StatusRequest>) -> Result<Response<StatusResponse>, Status> {
-        let (_, call) = self.begin("status", &req)?;
+        let (_, call) = self.begin("status", &req, "")?;
         let state = self.state.clone();
         let r = blocking(move || Ok(status_report(&state))).await.and_then(|r| r);
         call.done(r)
@@ -842,12 +898,52 @@ pub fn status_report(state: &State) -> Result<StatusResponse, Status> {
             .collect()
     };
     nodes.sort_by(|a, b| a.node.cmp(&b.node));
+    let mut certificates = vec![CertificateStatus {
+        principal: state.principal.clone(),
+        role: "coordinator".into(),
+        not_after_ms: (state.identity.info().not_after.unix_timestamp_nanos() / 1_000_000) as i64,
+    }];
+    {
+        let table = state.lock_nodes();
+        let mut v: Vec<CertificateStatus> = table
+            .iter()
+            .filter(|(_, e)| e.usage.cert_not_after_ms > 0)
+            .map(|(name, e)| CertificateStatus {
+                principal: name.clone(),
+                role: "node".into(),
+                not_after_ms: e.usage.cert_not_after_ms,
+            })
+            .collect();
+        v.sort_by(|a, b| a.principal.cmp(&b.principal));
+        certificates.extend(v);
+    }
+    let mut members: Vec<MemberStatus> = state
+        .fed()
+        .map(|fed| {
+            fed.gossip
+                .peers()
+                .into_iter()
+                .map(|p| MemberStatus {
+                    member: p.member,
+                    state: p.state.as_str().into(),
+                    last_seen_ms: p.last_seen_ms as i64,
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    members.sort_by(|a, b| a.member.cmp(&b.member));
     let m = &state.metrics;
     m.files.set(totals.files as i64);
     m.dirs.set(totals.dirs as i64);
     m.logical_bytes.set(totals.logical_bytes as i64);
     m.physical_bytes.set(totals.physical_bytes as i64);
     m.unique_bytes.set(totals.unique_bytes as i64);
+    m.manifests.set(totals.files as i64);
+    m.dedup_ratio.set(if totals.unique_bytes == 0 {
+        1.0
+    } else {
+        totals.logical_bytes as f64 / totals.unique_bytes as f64
+    });
     let up = nodes.iter().filter(|n| n.state == "up").count() as i64;
     m.nodes.with_label_values(&["up"]).set(up);
     m.nodes.with_label_values(&["down"]).set(nodes.len() as i64 - up);
@@ -865,8 +961,11 @@ pub fn status_report(state: &State) -> Result<StatusResponse, Status> {
             let n = peers.iter().filter(|p| p.state.as_str() == st).count();
             m.members.with_label_values(&[st]).set(n as i64);
         }
-        m.gossip_dropped
-            .set(fed.gossip.counters().dropped.load(std::sync::atomic::Ordering::Relaxed) as i64);
+        let c = fed.gossip.counters();
+        for (dir, n) in [("sent", &c.sent), ("received", &c.received), ("dropped", &c.dropped)] {
+            let counter = m.gossip_messages.with_label_values(&[dir]);
+            counter.inc_by((load(n) as u64).saturating_sub(counter.get()));
+        }
     }
     Ok(StatusResponse {
         coordinator: state.principal.clone(),
@@ -886,5 +985,8 @@ pub fn status_report(state: &State) -> Result<StatusResponse, Status> {
         bytes_at_risk: repair.bytes_at_risk,
         corrupt_reports: m.corrupt_reports.get(),
         version: env!("CARGO_PKG_VERSION").into(),
+        repair: Some(repair.clone()),
+        members,
+        certificates,
     })
 }

@@ -18,7 +18,10 @@ pub struct CoordinatorMetrics {
     pub invites_issued: IntCounter,
     pub invites_redeemed: IntCounter,
     pub members: IntGaugeVec,
-    pub gossip_dropped: IntGauge,
+    pub gossip_messages: IntCounterVec,
+    pub events: IntCounterVec,
+    pub dedup_ratio: prometheus::Gauge,
+    pub manifests: IntGauge,
     pub under_replicated: IntGauge,
     pub unreadable: IntGauge,
     pub bytes_at_risk: IntGauge,
@@ -88,14 +91,38 @@ impl CoordinatorMetrics {
             ),
             &["state"],
         )?;
-        let gossip_dropped = IntGauge::new(
-            "collective_coordinator_gossip_dropped_unauthenticated",
-            "Gossip datagrams dropped because they failed authentication (since start)",
+        let gossip_messages = IntCounterVec::new(
+            Opts::new(
+                "collective_coordinator_gossip_messages_total",
+                "Gossip datagrams by direction: sent, received, dropped (failed authentication)",
+            ),
+            &["direction"],
         )?;
+        let events = IntCounterVec::new(
+            Opts::new("collective_coordinator_events_total", "Cluster events emitted, by kind"),
+            &["kind"],
+        )?;
+        let dedup_ratio = prometheus::Gauge::new(
+            "collective_coordinator_dedup_ratio",
+            "Logical bytes divided by unique chunk bytes (1 when nothing is shared)",
+        )?;
+        registry.register(Box::new(dedup_ratio.clone()))?;
         registry.register(Box::new(invites_issued.clone()))?;
         registry.register(Box::new(invites_redeemed.clone()))?;
         registry.register(Box::new(members.clone()))?;
-        registry.register(Box::new(gossip_dropped.clone()))?;
+        // Every state exists from the start (0 when unfederated), so dashboards and alerts
+        // never see a missing series.
+        for st in ["alive", "suspect", "down"] {
+            members.with_label_values(&[st]).set(0);
+        }
+        for st in ["up", "down"] {
+            nodes.with_label_values(&[st]).set(0);
+        }
+        for dir in ["sent", "received", "dropped"] {
+            gossip_messages.with_label_values(&[dir]);
+        }
+        registry.register(Box::new(gossip_messages.clone()))?;
+        registry.register(Box::new(events.clone()))?;
         let gauge = |name: &str, help: &str| -> prometheus::Result<IntGauge> {
             let g = IntGauge::new(name, help)?;
             registry.register(Box::new(g.clone()))?;
@@ -105,6 +132,7 @@ impl CoordinatorMetrics {
             "collective_coordinator_under_replicated_chunks",
             "Chunks with fewer live copies than their datastore asks for",
         )?;
+        let manifests = gauge("collective_coordinator_manifests", "File manifests stored")?;
         let unreadable = gauge("collective_coordinator_unreadable_chunks", "Chunks with no live copy")?;
         let bytes_at_risk = gauge(
             "collective_coordinator_bytes_at_risk",
@@ -165,7 +193,10 @@ impl CoordinatorMetrics {
             invites_issued,
             invites_redeemed,
             members,
-            gossip_dropped,
+            gossip_messages,
+            events,
+            dedup_ratio,
+            manifests,
             under_replicated,
             unreadable,
             bytes_at_risk,

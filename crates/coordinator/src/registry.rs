@@ -27,6 +27,15 @@ impl RegistryService {
     /// A node's scrub found (and quarantined) corrupt copies: forget them, so repair makes
     /// new copies from the other replicas.
     async fn forget_corrupt(&self, node: &str, ids: &[bytes::Bytes]) -> Result<(), Status> {
+        self.state.events.emit(
+            "corruption-found",
+            node,
+            crate::events::Severity::Critical,
+            format!(
+                "node {node} found {} corrupt chunk copies; they are repaired from other copies",
+                ids.len()
+            ),
+        );
         for b in ids {
             let Some(id) = collective_core::ChunkId::from_slice(b) else {
                 continue;
@@ -60,6 +69,7 @@ impl Registry for RegistryService {
             }
             self.state.meta.forget_removal(&node).map_err(meta_status)?;
         }
+        let (rec_capacity, quic) = (usage.capacity_bytes, r.quic_addr.clone());
         let rec = NodeRecord {
             grpc_addr: r.grpc_addr.clone(),
             quic_addr: r.quic_addr.clone(),
@@ -85,7 +95,15 @@ impl Registry for RegistryService {
         );
         self.state.forget_control(&node);
         self.state.upkeep.queue_reconcile(&node);
-        tracing::info!(%node, "node registered");
+        self.state.audit(&node, "node-register", &node, &Ok::<_, Status>(()), |_| {
+            format!("{} capacity, chunks at {}", collective_core::format_bytes(rec_capacity), quic)
+        });
+        self.state.events.emit(
+            "node-registered",
+            &node,
+            crate::events::Severity::Info,
+            format!("node {node} registered ({} capacity)", collective_core::format_bytes(rec_capacity)),
+        );
         Ok(Response::new(RegisterNodeResponse {
             token_public_key: self.state.signer.public_key().to_vec().into(),
             coordinator: self.state.principal.clone(),

@@ -32,6 +32,8 @@ use crate::upkeep_service::UpkeepService;
 use collective_proto::v1::upkeep_server::UpkeepServer;
 
 const MAX_MESSAGE_BYTES: usize = 64 << 20;
+/// How often audit entries past their retention are deleted.
+const AUDIT_PRUNE_EVERY: Duration = Duration::from_secs(3600);
 const GAUGE_REFRESH: Duration = Duration::from_secs(5);
 
 #[derive(Debug, thiserror::Error)]
@@ -130,6 +132,7 @@ pub async fn run(cfg: CoordinatorConfig, shutdown: impl Future<Output = ()> + Se
     if cfg.replication == 0 {
         return Err(CoordinatorError::Config("replication must be at least 1".into()));
     }
+    let audit_retention = parse_duration(&cfg.audit_retention).map_err(|e| CoordinatorError::Config(format!("audit_retention: {e}")))?;
     let node_timeout = parse_duration(&cfg.node_timeout).map_err(|e| CoordinatorError::Config(format!("node_timeout: {e}")))?;
     let token_ttl = parse_duration(&cfg.token_ttl).map_err(|e| CoordinatorError::Config(format!("token_ttl: {e}")))?;
     let data_dir = cfg.data_dir.clone();
@@ -138,6 +141,8 @@ pub async fn run(cfg: CoordinatorConfig, shutdown: impl Future<Output = ()> + Se
         .map_err(|e| CoordinatorError::Io(e.to_string()))??;
     let signer = TokenSigner::from_pkcs8(identity.pkcs8_der(), identity.principal.to_string())?;
     let metrics = CoordinatorMetrics::new().map_err(|e| CoordinatorError::Io(e.to_string()))?;
+    collective_telemetry::register_certificate_metric(&metrics.registry, identity.info().not_after)
+        .map_err(|e| CoordinatorError::Io(e.to_string()))?;
     let domain = identity.principal.domain.clone();
     let member = domain.split('.').next().unwrap_or_default().to_string();
     let admin_names = if cfg.admins.is_empty() {
@@ -215,6 +220,9 @@ pub async fn run(cfg: CoordinatorConfig, shutdown: impl Future<Output = ()> + Se
             .add_service(BootstrapServer::new(BootstrapService { state: state.clone() }))
             .add_service(FederationServer::new(FederationService { state: state.clone() }))
             .add_service(UpkeepServer::new(UpkeepService { state: state.clone() }))
+            .add_service(collective_proto::v1::observe_server::ObserveServer::new(
+                crate::observe::ObserveService { state: state.clone() },
+            ))
             .serve_with_incoming_shutdown(incoming, stopped(stop_rx.clone())),
     );
 
@@ -224,39 +232,40 @@ pub async fn run(cfg: CoordinatorConfig, shutdown: impl Future<Output = ()> + Se
         let up = nodes.values().filter(|e| health_state.is_up(e)).count();
         let total = nodes.len();
         drop(nodes);
-        let mut comps = vec![Component {
-            name: "metadata".into(),
-            state: "ok".into(),
-            message: "open".into(),
+        let mut comps = vec![match health_state.meta.totals() {
+            Ok(t) => Component::new("metadata", "ok", format!("open: {} files, {} directories", t.files, t.dirs)),
+            Err(e) => Component::new("metadata", "failed", format!("cannot read the metadata: {e}")),
         }];
+        let replication = health_state.replication;
         comps.push(match up {
-            0 => Component {
-                name: "nodes".into(),
-                state: "failed".into(),
-                message: format!("no healthy node ({total} registered)"),
-            },
-            n if n < health_state.replication => Component {
-                name: "nodes".into(),
-                state: "degraded".into(),
-                message: format!("{n} of {total} nodes up; replication {} needs more", health_state.replication),
-            },
-            n if n < total => Component {
-                name: "nodes".into(),
-                state: "degraded".into(),
-                message: format!("{n} of {total} nodes up"),
-            },
-            n => Component {
-                name: "nodes".into(),
-                state: "ok".into(),
-                message: format!("{n} of {total} nodes up"),
-            },
+            0 => Component::new("nodes", "failed", format!("no healthy node ({total} registered); start a node")),
+            n if n < replication => Component::new(
+                "nodes",
+                "degraded",
+                format!("{n} of {total} nodes up, fewer than the {replication} copies each chunk needs"),
+            ),
+            n if n < total => Component::new("nodes", "degraded", format!("{n} of {total} nodes up")),
+            n => Component::new("nodes", "ok", format!("{n} of {total} nodes up")),
         });
-        let days = (health_state.identity.info().not_after - time::OffsetDateTime::now_utc()).whole_days();
-        comps.push(Component {
-            name: "certificates".into(),
-            state: if days < 14 { "degraded".into() } else { "ok".into() },
-            message: format!("coordinator certificate expires in {days} days"),
-        });
+        if let Some(fed) = health_state.fed() {
+            let peers = fed.gossip.peers();
+            let alive = peers.iter().filter(|p| p.state == collective_gossip::PeerState::Alive).count();
+            let away: Vec<String> = peers
+                .iter()
+                .filter(|p| p.state != collective_gossip::PeerState::Alive)
+                .map(|p| format!("{} {}", p.member, p.state.as_str()))
+                .collect();
+            comps.push(if away.is_empty() {
+                Component::new("gossip", "ok", format!("{alive} other member(s) alive"))
+            } else {
+                Component::new("gossip", "degraded", format!("{alive} other member(s) alive; {}", away.join(", ")))
+            });
+        }
+        comps.push(collective_telemetry::disk_component(&health_state.meta_dir));
+        comps.push(collective_telemetry::certificate_component(
+            "coordinator",
+            health_state.identity.info().not_after,
+        ));
         HealthReport::from_components(up > 0, comps)
     });
     let http_listen = collective_rpc::resolve(&cfg.http_listen).map_err(|e| CoordinatorError::Config(format!("http_listen: {e}")))?;
@@ -267,19 +276,37 @@ pub async fn run(cfg: CoordinatorConfig, shutdown: impl Future<Output = ()> + Se
 
     let gauge_state = state.clone();
     let gauges = tokio::spawn(async move {
+        let mut pruned: Option<std::time::Instant> = None;
         loop {
             let s = gauge_state.clone();
-            let _ = tokio::task::spawn_blocking(move || status_report(&s)).await;
+            let prune = pruned.is_none_or(|t| t.elapsed() >= AUDIT_PRUNE_EVERY);
+            if prune {
+                pruned = Some(std::time::Instant::now());
+            }
+            let _ = tokio::task::spawn_blocking(move || {
+                let _ = status_report(&s);
+                if prune {
+                    let before = collective_core::unix_ms_now().saturating_sub(audit_retention.as_millis() as u64);
+                    match s.meta.prune_audit(before) {
+                        Ok(0) => {}
+                        Ok(n) => tracing::info!(entries = n, "pruned audit entries past audit_retention"),
+                        Err(e) => tracing::warn!("cannot prune the audit log: {e}"),
+                    }
+                }
+            })
+            .await;
             tokio::time::sleep(GAUGE_REFRESH).await;
         }
     });
     let upkeep_loop = tokio::spawn(state.clone().upkeep_loop());
+    let watcher = tokio::spawn(crate::observe::watch(state.clone()));
     tracing::info!(coordinator = %identity.principal, %grpc_addr, %http_addr, replication = cfg.replication, "coordinator started");
 
     let _ = grpc.await;
     let _ = http.await;
     gauges.abort();
     upkeep_loop.abort();
+    watcher.abort();
     if let Some(m) = maintain {
         m.abort();
     }

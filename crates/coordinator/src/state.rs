@@ -67,6 +67,8 @@ pub struct State {
     pub upkeep: crate::upkeep::Upkeep,
     /// One circuit breaker per other member's coordinator.
     pub peer_breakers: collective_core::Breakers,
+    /// Cluster events for `collective events`.
+    pub events: crate::events::Events,
 }
 
 impl State {
@@ -119,6 +121,7 @@ impl State {
             node_timeout,
             token_ttl,
             nodes: Mutex::new(nodes),
+            events: crate::events::Events::new(metrics.events.clone()),
             metrics,
             identity,
             controls: Mutex::new(HashMap::new()),

@@ -147,6 +147,8 @@ pub struct Upkeep {
     pub blocked: Mutex<Option<String>>,
     /// The same, for the round under way.
     round_blocked: Mutex<Option<String>>,
+    /// The repair run under way: when it began and the counters then (chunks, bytes, failed).
+    run: Mutex<Option<(Instant, u64, u64, u64)>>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -173,6 +175,7 @@ impl Upkeep {
             drain_total: Mutex::new(HashMap::new()),
             recent: Mutex::new(Vec::new()),
             blocked: Mutex::new(None),
+            run: Mutex::new(None),
             round_blocked: Mutex::new(None),
         }
     }
@@ -525,9 +528,7 @@ impl State {
                 mut status,
             } = round;
             self.publish_status(&mut status);
-            if !repairs.is_empty() {
-                tracing::info!(chunks = repairs.len(), "repairing chunks with too few copies");
-            }
+            self.note_repair_run(&repairs);
             self.run_repairs(repairs).await;
             *lock(&up.blocked) = lock(&up.round_blocked).take();
             for (id, nodes) in drops {
@@ -535,6 +536,54 @@ impl State {
             }
             self.collect(collect).await;
             self.collect_abandoned_uploads().await;
+        }
+    }
+
+    /// Emits `repair-started` when a round first finds chunks to repair and
+    /// `repair-finished` at the first round after that finds none.
+    fn note_repair_run(&self, repairs: &[Job]) {
+        let c = &self.upkeep.counters;
+        let counters = || {
+            (
+                c.repaired_chunks.load(Ordering::Relaxed),
+                c.repaired_bytes.load(Ordering::Relaxed),
+                c.failed_copies.load(Ordering::Relaxed),
+            )
+        };
+        let mut run = lock(&self.upkeep.run);
+        match (run.as_ref(), repairs.is_empty()) {
+            (None, false) => {
+                let bytes: u64 = repairs.iter().map(|j| j.size * j.need as u64).sum();
+                let (chunks, copied, failed) = counters();
+                *run = Some((Instant::now(), chunks, copied, failed));
+                self.events.emit(
+                    "repair-started",
+                    &self.domain,
+                    crate::events::Severity::Warning,
+                    format!(
+                        "repairing {} chunk(s) with too few copies ({} to copy)",
+                        repairs.len(),
+                        collective_core::format_bytes(bytes)
+                    ),
+                );
+            }
+            (Some(&(began, chunks0, bytes0, failed0)), true) => {
+                let (chunks, copied, failed) = counters();
+                *run = None;
+                self.events.emit(
+                    "repair-finished",
+                    &self.domain,
+                    crate::events::Severity::Info,
+                    format!(
+                        "repair finished after {} s: {} chunk(s) ({}) copied, {} copy attempt(s) failed",
+                        began.elapsed().as_secs(),
+                        chunks - chunks0,
+                        collective_core::format_bytes(copied - bytes0),
+                        failed - failed0
+                    ),
+                );
+            }
+            _ => {}
         }
     }
 

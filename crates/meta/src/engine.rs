@@ -126,6 +126,29 @@ impl Engine {
         iter.map(|r| r.map(|(k, v)| (k.to_vec(), v.to_vec())).map_err(MetaError::from))
     }
 
+    /// Entries from `start` (inclusive) to the end of the table, in key order.
+    pub fn scan_from<'a>(&'a self, t: Table, start: &[u8]) -> impl Iterator<Item = Result<(Vec<u8>, Vec<u8>), MetaError>> + 'a {
+        self.trees[t as usize]
+            .range(start.to_vec()..)
+            .map(|r| r.map(|(k, v)| (k.to_vec(), v.to_vec())).map_err(MetaError::from))
+    }
+
+    /// One write outside any transaction (for records no other key depends on).
+    pub fn insert(&self, t: Table, key: &[u8], value: Vec<u8>) -> Result<(), MetaError> {
+        self.trees[t as usize].insert(key, value)?;
+        Ok(())
+    }
+
+    pub fn remove(&self, t: Table, key: &[u8]) -> Result<(), MetaError> {
+        self.trees[t as usize].remove(key)?;
+        Ok(())
+    }
+
+    /// A process-wide unique, increasing id, outside any transaction.
+    pub fn unique_id(&self) -> Result<u64, MetaError> {
+        Ok(self.db.generate_id()?)
+    }
+
     pub fn len(&self, t: Table) -> usize {
         self.trees[t as usize].len()
     }

@@ -7,6 +7,7 @@
 //! Callers flush before telling a client it succeeded. This crate does no networking.
 
 mod access;
+mod audit;
 mod engine;
 mod hosting;
 mod namespace;
@@ -18,6 +19,7 @@ use std::path::Path;
 use collective_core::{ChunkId, PathError, RemotePath};
 
 pub use access::{DatastoreRecord, InviteKind, InviteRecord, InviteRefusal};
+pub use audit::{AuditEntry, AuditQuery};
 pub use engine::Table;
 use engine::{Engine, Txn};
 pub use hosting::{HostedRecord, SEAL_LEN};
@@ -104,7 +106,9 @@ impl MetaStore {
                 engine.flush()?;
             }
         }
-        Ok(MetaStore { engine })
+        let store = MetaStore { engine };
+        store.migrate_audit_keys()?;
+        Ok(store)
     }
 
     /// Makes every committed change durable; call before acknowledging a client.
@@ -196,10 +200,6 @@ impl MetaStore {
             Ok((id, decode_chunk(&v)?))
         })
     }
-
-    pub fn audit_len(&self) -> usize {
-        self.engine.len(Table::Audit)
-    }
 }
 
 pub(crate) fn abort(e: MetaError) -> engine::Abort {
@@ -227,13 +227,5 @@ pub(crate) fn alloc_inode(t: &Txn<'_>) -> Result<u64, engine::Abort> {
 }
 
 pub(crate) fn audit(t: &Txn<'_>, principal: &str, op: &str, path: &RemotePath, detail: String) -> Result<(), engine::Abort> {
-    let rec = records::AuditRecord {
-        at_ms: collective_core::unix_ms_now(),
-        principal: principal.to_string(),
-        op: op.to_string(),
-        path: path.to_string(),
-        detail,
-    };
-    let id = t.unique_id()?;
-    t.insert(Table::Audit, &id.to_be_bytes(), encode(&rec))
+    audit::audit_in(t, principal, op, path.as_str(), detail)
 }

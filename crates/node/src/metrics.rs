@@ -2,6 +2,9 @@
 
 use prometheus::{Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, Opts, Registry};
 
+/// The `reason` label values of `collective_node_chunk_errors_total`.
+pub const ERROR_REASONS: [&str; 7] = ["bad_request", "corrupt", "denied", "hash_mismatch", "io", "no_space", "not_found"];
+
 #[derive(Clone)]
 pub struct NodeMetrics {
     pub registry: Registry,
@@ -18,6 +21,8 @@ pub struct NodeMetrics {
     pub capacity_bytes: IntGauge,
     pub free_bytes: IntGauge,
     pub scrubbed_bytes: IntCounter,
+    pub scrub_progress: prometheus::Gauge,
+    pub scrub_last_pass: IntGauge,
     pub copies: IntCounterVec,
     pub peer_breakers_open: IntGauge,
     pub peer_breaker_trips: IntGauge,
@@ -64,6 +69,16 @@ impl NodeMetrics {
         let capacity_bytes = IntGauge::new("collective_node_capacity_bytes", "Configured capacity in bytes")?;
         let free_bytes = IntGauge::new("collective_node_free_bytes", "Bytes still free for chunks")?;
         let scrubbed_bytes = IntCounter::new("collective_node_scrubbed_bytes_total", "Bytes re-hashed by background scrubs")?;
+        let scrub_progress = prometheus::Gauge::new(
+            "collective_node_scrub_progress_ratio",
+            "Progress of the running scrub pass, 0 to 1 (1 when no pass is running)",
+        )?;
+        let scrub_last_pass = IntGauge::new(
+            "collective_node_scrub_last_pass_timestamp_seconds",
+            "When the last complete scrub pass ended, seconds since the epoch (0: never)",
+        )?;
+        registry.register(Box::new(scrub_progress.clone()))?;
+        registry.register(Box::new(scrub_last_pass.clone()))?;
         let copies = IntCounterVec::new(
             Opts::new(
                 "collective_node_copies_total",
@@ -72,6 +87,14 @@ impl NodeMetrics {
             &["direction", "result"],
         )?;
         registry.register(Box::new(copies.clone()))?;
+        // Every operation and failure reason exists from the start at 0, so rates and
+        // alerts see a series before the first error.
+        for op in ["put", "get"] {
+            ops.with_label_values(&[op]);
+            for reason in ERROR_REASONS {
+                op_errors.with_label_values(&[op, reason]);
+            }
+        }
         let peer_breakers_open = IntGauge::new(
             "collective_node_peer_breakers_open",
             "Other nodes this node currently skips when copying chunks (circuit breaker open)",
@@ -107,6 +130,8 @@ impl NodeMetrics {
             capacity_bytes,
             free_bytes,
             scrubbed_bytes,
+            scrub_progress,
+            scrub_last_pass,
             copies,
             peer_breakers_open,
             peer_breaker_trips,

@@ -71,9 +71,11 @@ pub async fn run(cfg: NodeConfig, shutdown: impl Future<Output = ()> + Send + 's
     let scrub_rate = parse_size(&cfg.scrub_rate).map_err(|e| NodeError::Config(format!("scrub_rate: {e}")))?;
     let scrub_interval = parse_duration(&cfg.scrub_interval).map_err(|e| NodeError::Config(format!("scrub_interval: {e}")))?;
     let metrics = NodeMetrics::new().map_err(|e| NodeError::Io(e.to_string()))?;
+    collective_telemetry::register_certificate_metric(&metrics.registry, identity.info().not_after)
+        .map_err(|e| NodeError::Io(e.to_string()))?;
     let store = Arc::new(store);
     let scrub = Arc::new(Scrubber::new(store.clone(), metrics.clone(), scrub_rate));
-    let state = Arc::new(NodeState::new(
+    let mut state = NodeState::new(
         identity.principal.to_string(),
         identity.principal.domain.clone(),
         store,
@@ -81,7 +83,9 @@ pub async fn run(cfg: NodeConfig, shutdown: impl Future<Output = ()> + Send + 's
         coordinator.to_string(),
         scrub.clone(),
         collective_dataplane::ChunkClient::new(&identity)?,
-    ));
+    );
+    state.cert_not_after_ms = (identity.info().not_after.unix_timestamp_nanos() / 1_000_000) as i64;
+    let state = Arc::new(state);
     state.usage();
     let scrubbing = tokio::spawn(scrub.run(scrub_interval));
 
@@ -119,34 +123,32 @@ pub async fn run(cfg: NodeConfig, shutdown: impl Future<Output = ()> + Send + 's
     // HTTP metrics and health.
     let (registered_tx, registered_rx) = watch::channel(false);
     let health_state = state.clone();
+    let data_dir = cfg.data_dir.clone();
+    let not_after = identity.info().not_after;
     let health = Arc::new(move || {
         let registered = *registered_rx.borrow();
         let usage = health_state.usage();
-        let mut comps = vec![Component {
-            name: "store".into(),
-            state: "ok".into(),
-            message: format!("{} chunks, {} bytes free", usage.chunks, usage.free_bytes),
-        }];
+        let mut comps = vec![Component::new(
+            "store",
+            "ok",
+            format!("{} chunks, {} free", usage.chunks, collective_core::format_bytes(usage.free_bytes)),
+        )];
         comps.push(if registered {
-            Component {
-                name: "coordinator".into(),
-                state: "ok".into(),
-                message: format!("registered with {}", health_state.coordinator),
-            }
+            Component::new("coordinator", "ok", format!("registered with {}", health_state.coordinator))
         } else {
-            Component {
-                name: "coordinator".into(),
-                state: "failed".into(),
-                message: format!("not registered with {} yet", health_state.coordinator),
-            }
+            Component::new(
+                "coordinator",
+                "failed",
+                format!("not registered with {} yet", health_state.coordinator),
+            )
         });
-        if usage.free_bytes < 64 << 20 {
-            comps.push(Component {
-                name: "disk".into(),
-                state: "degraded".into(),
-                message: "less than 64 MiB free".into(),
-            });
+        let mut disk = collective_telemetry::disk_component(&data_dir);
+        if usage.free_bytes < 64 << 20 && disk.state == "ok" {
+            disk.state = "degraded".into();
+            disk.message = format!("less than 64 MiB of the configured capacity is free; {}", disk.message);
         }
+        comps.push(disk);
+        comps.push(collective_telemetry::certificate_component("node", not_after));
         HealthReport::from_components(registered, comps)
     });
     let (http_addr, http) = collective_telemetry::serve(

@@ -27,6 +27,8 @@ pub struct NodeState {
     /// Our own QUIC client, for copying chunks to and from other nodes.
     pub peers: collective_dataplane::ChunkClient,
     buffers: Semaphore,
+    /// When our certificate expires (ms since the epoch), reported in heartbeats.
+    pub cert_not_after_ms: i64,
 }
 
 impl NodeState {
@@ -49,6 +51,7 @@ impl NodeState {
             scrub,
             peers,
             buffers: Semaphore::new(BUFFER_BUDGET_KIB as usize),
+            cert_not_after_ms: 0,
         }
     }
 
@@ -64,6 +67,13 @@ impl NodeState {
         self.metrics
             .peer_breaker_trips
             .set(self.peers.breakers.opened.load(std::sync::atomic::Ordering::Relaxed) as i64);
+        let scrub = self.scrub.status();
+        self.metrics.scrub_progress.set(if scrub.running && scrub.pass_chunks_total > 0 {
+            scrub.pass_chunks_done as f64 / scrub.pass_chunks_total as f64
+        } else {
+            1.0
+        });
+        self.metrics.scrub_last_pass.set(scrub.last_pass_ms / 1000);
         let (healthy, health_message) = if free < 64 << 20 {
             (true, "less than 64 MiB free".to_string())
         } else {
@@ -76,7 +86,8 @@ impl NodeState {
             chunks: self.store.chunk_count(),
             healthy,
             health_message,
-            scrub: Some(self.scrub.status()),
+            scrub: Some(scrub),
+            cert_not_after_ms: self.cert_not_after_ms,
         }
     }
 
