@@ -49,6 +49,26 @@ fn three_members_converge_from_one_bootstrap_and_detect_a_dead_coordinator() {
     within(Duration::from_secs(5), "bob agrees carol is down", || {
         state_of(&fed.peer_states("bob"), &carol).as_deref() == Some("down")
     });
+    // alice's events tell the story: suspect, then down (and status --json shows it).
+    within(Duration::from_secs(5), "member events for carol on alice", || {
+        let events = fed.ok_as("alice", &["events", "--json"]);
+        let kinds: Vec<String> = events
+            .lines()
+            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+            .filter(|e| e["subject"] == carol.as_str())
+            .map(|e| e["kind"].as_str().unwrap_or_default().to_string())
+            .collect();
+        kinds.iter().any(|k| k == "member-suspect") && kinds.iter().any(|k| k == "member-down")
+    });
+    let status: serde_json::Value = serde_json::from_str(&fed.ok_as("alice", &["status", "--json"])).unwrap();
+    let seen = status["members"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m["member"] == carol.as_str())
+        .cloned();
+    assert_eq!(seen.map(|m| m["state"].clone()), Some(serde_json::json!("down")), "{status}");
+    assert!(status["warnings"].to_string().contains(&carol), "{status}");
     // Her datastore is unreachable, with an error that says so.
     let err = fed.fails_as("bob", &["ls", "/shared"]);
     assert!(err.contains("carol"), "{err}");
