@@ -13,7 +13,7 @@ use collective_proto::v1::metadata_client::MetadataClient;
 use collective_proto::v1::node_control_client::NodeControlClient;
 use collective_proto::v1::registry_client::RegistryClient;
 use collective_proto::v1::{ListRequest, PathRequest, RegisterNodeRequest, StatusRequest, TokenOp, UsageRequest};
-use common::{BIN, Cluster, p, random_bytes};
+use common::{BIN, Cluster, p, random_bytes, within};
 
 fn coordinator_principal() -> Principal {
     "coordinator@home.collective.local".parse().unwrap()
@@ -208,7 +208,7 @@ fn nodes_serve_chunks_only_with_a_valid_token_for_that_chunk_and_caller() {
     rt.block_on(async {
         let admin = identity(&c, "admin");
         let coordinator = identity(&c, "coordinator");
-        let real = TokenSigner::from_pkcs8(coordinator.pkcs8_der(), coordinator.principal.to_string()).unwrap();
+        let real = TokenSigner::from_pkcs8(&coordinator.pkcs8_der(), coordinator.principal.to_string()).unwrap();
         let forger_key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ED25519).unwrap();
         let forger = TokenSigner::from_pkcs8(&forger_key.serialize_der(), coordinator.principal.to_string()).unwrap();
         let client = ChunkClient::new(&admin).unwrap();
@@ -311,4 +311,484 @@ fn a_server_refuses_to_start_with_a_readable_key() {
         std::fs::metadata(c.dir.join("k/k.key")).unwrap().permissions().mode() & 0o777,
         0o600
     );
+}
+
+/// The fingerprint (hex) of the certificate a TLS server at `addr` presents now.
+fn served_fingerprint(c: &Cluster, addr: &str, server: &Principal) -> String {
+    let admin = identity(c, "admin");
+    let cfg = admin.client_config(b"h2").unwrap();
+    let name = rustls::pki_types::ServerName::try_from(server.dns_name()).unwrap();
+    let mut conn = rustls::ClientConnection::new(cfg, name).unwrap();
+    let mut tcp = std::net::TcpStream::connect(addr).unwrap();
+    while conn.is_handshaking() {
+        conn.complete_io(&mut tcp).unwrap();
+    }
+    collective_pki::fingerprint(conn.peer_certificates().unwrap()[0].as_ref())
+}
+
+fn ca_dir(c: &Cluster) -> String {
+    p(&c.dir.join("ca")).to_string()
+}
+
+#[test]
+fn revoked_certificates_are_refused_on_new_and_open_connections_and_by_nodes() {
+    let c = Cluster::start("revoke", 2, 2);
+    c.ok(&["put", p(&c.write_local("x", &random_bytes(50_000, 3))), "/x"]);
+    let cfg = c.second_user("mallory");
+    let as_mallory = |args: &[&str]| c.cmd().env("COLLECTIVE_CONFIG", &cfg).args(args).output().unwrap();
+    assert!(as_mallory(&["status"]).status.success());
+    let certs = c.path("mallory");
+    let mallory = TlsIdentity::load(&c.dir.join("certs/ca.crt"), &certs.join("mallory.crt"), &certs.join("mallory.key")).unwrap();
+    let coordinator = identity(&c, "coordinator");
+    let signer = TokenSigner::from_pkcs8(&coordinator.pkcs8_der(), coordinator.principal.to_string()).unwrap();
+    let (id, nodes) = some_chunk(&c);
+    let t = target(&c, &nodes[0]);
+    let token = || {
+        signer.sign(
+            TokenOp::Get,
+            &id,
+            &nodes,
+            &mallory.principal.to_string(),
+            0,
+            Duration::from_secs(120),
+        )
+    };
+    let rt = rt();
+    // A connection opened before the revocation, and a node that serves mallory a chunk.
+    let coord = c.proc("coordinator").grpc;
+    let open = rt.block_on(async {
+        let ch = collective_rpc::channel(&mallory, &coord, &coordinator_principal()).unwrap();
+        let mut open = MetadataClient::new(ch);
+        open.status(StatusRequest {}).await.unwrap();
+        ChunkClient::new(&mallory).unwrap().get(&t, &id, &token()).await.unwrap();
+        open
+    });
+
+    let out = c.ok(&[
+        "ca",
+        "revoke",
+        "--ca",
+        &ca_dir(&c),
+        p(&certs.join("mallory.crt")),
+        "--reason",
+        "laptop stolen",
+    ]);
+    assert!(out.contains("revoked"), "{out}");
+    let listed = c.ok(&["ca", "revocations", "--ca", &ca_dir(&c)]);
+    assert!(
+        listed.contains("mallory@home.collective.local") && listed.contains("laptop stolen"),
+        "{listed}"
+    );
+
+    // New connections from the CLI are refused...
+    let mut last = String::new();
+    within(Duration::from_secs(20), "the coordinator refuses the revoked certificate", || {
+        let o = as_mallory(&["status"]);
+        last = String::from_utf8_lossy(&o.stderr).into_owned();
+        !o.status.success()
+    });
+    assert!(last.to_lowercase().contains("revoked"), "the error names the revocation: {last}");
+    rt.block_on(async {
+        // ...and so is the next call over the connection opened before.
+        let mut open = open;
+        let err = open.status(StatusRequest {}).await.unwrap_err();
+        assert_eq!(err.code(), tonic::Code::Unauthenticated, "{err:?}");
+        assert!(err.message().contains("revoked"), "{}", err.message());
+        // Nodes learn the list with their next heartbeat and refuse the certificate too,
+        // even with a token the coordinator signed.
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        loop {
+            let fresh = ChunkClient::new(&mallory).unwrap();
+            if fresh.get(&t, &id, &token()).await.is_err() {
+                break;
+            }
+            assert!(std::time::Instant::now() < deadline, "a node still serves a revoked certificate");
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    });
+    // Everybody else is untouched.
+    c.ok(&["stat", "/x"]);
+    // A certificate of another member is not revoked by this one's CA.
+    let other = c.dir.join("other");
+    let o = std::process::Command::new(BIN)
+        .args([
+            "ca",
+            "init",
+            "--member",
+            "eve",
+            "--domain",
+            "eve.collective.local",
+            "--out",
+            p(&other),
+        ])
+        .output()
+        .unwrap();
+    assert!(o.status.success());
+    let err = c.fails(&["ca", "revoke", "--ca", &ca_dir(&c), p(&other.join("ca.crt"))]);
+    assert!(err.contains("not a Collective certificate") || err.contains("eve"), "{err}");
+}
+
+#[test]
+fn rotation_renews_certificates_in_place_without_restart_or_failed_reads() {
+    let c = Cluster::start("rotate", 2, 2);
+    let data = random_bytes(3_000_000, 11);
+    c.ok(&["put", p(&c.write_local("f", &data)), "/f"]);
+    let pids: Vec<u32> = [c.proc("coordinator"), c.proc("node-01"), c.proc("node-02")]
+        .iter()
+        .map(|p| p.pid)
+        .collect();
+    let certs = c.dir.join("certs");
+    let old_admin = c.dir.join("old-admin");
+    std::fs::create_dir_all(&old_admin).unwrap();
+    for f in ["admin.crt", "admin.key"] {
+        std::fs::copy(certs.join(f), old_admin.join(f)).unwrap();
+    }
+    let coord = c.proc("coordinator");
+    let before = served_fingerprint(&c, &coord.grpc, &coordinator_principal());
+
+    let stop = std::sync::atomic::AtomicBool::new(false);
+    let client_config = c.client_config.clone();
+    let (reads, failures) = std::thread::scope(|s| {
+        let reader = s.spawn(|| {
+            let (mut reads, mut failures) = (0, Vec::new());
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let out = std::process::Command::new(BIN)
+                    .env("COLLECTIVE_CONFIG", &client_config)
+                    .args(["cat", "/f"])
+                    .output()
+                    .unwrap();
+                if out.status.success() && out.stdout == data {
+                    reads += 1;
+                } else {
+                    failures.push(String::from_utf8_lossy(&out.stderr).into_owned());
+                }
+            }
+            (reads, failures)
+        });
+        std::thread::sleep(Duration::from_millis(500));
+        // The coordinator and a node renew for their own key; the admin gets a new key and
+        // its old certificate is revoked.
+        for name in ["coordinator", "node-01"] {
+            let out = c.ok(&[
+                "ca",
+                "rotate",
+                "--ca",
+                &ca_dir(&c),
+                "--cert",
+                p(&certs.join(format!("{name}.crt"))),
+                "--validity",
+                "40d",
+            ]);
+            assert!(out.contains("renewed") && out.contains("unchanged"), "{out}");
+        }
+        let out = c.ok(&[
+            "ca",
+            "rotate",
+            "--ca",
+            &ca_dir(&c),
+            "--cert",
+            p(&certs.join("admin.crt")),
+            "--new-key",
+            "--revoke-old",
+        ]);
+        assert!(out.contains("revoked"), "{out}");
+        within(Duration::from_secs(20), "the coordinator presents its renewed certificate", || {
+            served_fingerprint(&c, &coord.grpc, &coordinator_principal()) != before
+        });
+        within(Duration::from_secs(20), "status shows the renewed certificates", || {
+            let s = c.status_json();
+            let days = |who: &str| {
+                s["certificates"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .find(|e| e["principal"].as_str().unwrap().starts_with(who))
+                    .and_then(|e| e["days_to_expiry"].as_i64())
+            };
+            days("coordinator@").is_some_and(|d| d <= 40) && days("node-01@").is_some_and(|d| d <= 40)
+        });
+        std::thread::sleep(Duration::from_secs(1));
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        reader.join().unwrap()
+    });
+    assert!(
+        failures.is_empty(),
+        "{} of {} reads failed during rotation: {failures:?}",
+        failures.len(),
+        reads + failures.len()
+    );
+    assert!(reads >= 3, "only {reads} reads ran");
+    for pid in pids {
+        assert!(common::pid_alive(pid), "process {pid} was restarted");
+    }
+    // The admin keeps its identity under the new key; the old certificate is refused.
+    c.ok(&["put", p(&c.write_local("g", b"after rotation")), "/g"]);
+    let audit = c.ok(&["audit", "--json", "--limit", "5"]);
+    assert!(audit.contains("admin@home.collective.local"), "{audit}");
+    let err = c.fails(&[
+        "--cert",
+        p(&old_admin.join("admin.crt")),
+        "--key",
+        p(&old_admin.join("admin.key")),
+        "ls",
+        "/",
+    ]);
+    assert!(err.to_lowercase().contains("revoked"), "{err}");
+    // A coordinator keeps its key: a new one is refused with the reason.
+    let err = c.fails(&[
+        "ca",
+        "rotate",
+        "--ca",
+        &ca_dir(&c),
+        "--cert",
+        p(&certs.join("coordinator.crt")),
+        "--new-key",
+    ]);
+    assert!(err.contains("keeps its key"), "{err}");
+}
+
+#[test]
+fn the_invite_endpoint_locks_out_an_address_that_keeps_guessing() {
+    let c = Cluster::start("guess", 1, 1);
+    c.ok(&["datastore", "create", "/shared"]);
+    let good = c.ok(&["invite", "generate", "--grant", "/shared:read", "--validity", "1h"]);
+    let good = good
+        .lines()
+        .find(|l| l.starts_with(collective_pki::INVITE_PREFIX))
+        .unwrap()
+        .trim()
+        .to_string();
+    // Forge codes that point at the coordinator (the holder cannot sign them).
+    let (code, _, _) = collective_pki::InviteCode::decode(&good).unwrap();
+    let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ED25519).unwrap();
+    let forger = TokenSigner::from_pkcs8(&key.serialize_der(), "coordinator@home.collective.local".into()).unwrap();
+    let mut refusals = Vec::new();
+    // The coordinator allows 10 failed attempts per address in 15 minutes.
+    for i in 0..=10u8 {
+        let mut guess = code.clone();
+        guess.id = [i; 16];
+        let out = c
+            .cmd()
+            .args(["invite", "redeem", &guess.encode(&forger), "--name", &format!("guess{i}"), "--out"])
+            .arg(c.path(&format!("guess{i}")))
+            .output()
+            .unwrap();
+        assert!(!out.status.success());
+        refusals.push(String::from_utf8_lossy(&out.stderr).into_owned());
+    }
+    assert!(refusals[0].contains("altered or not issued"), "{}", refusals[0]);
+    let last = refusals.last().unwrap();
+    assert!(last.contains("too many failed invite attempts"), "{last}");
+    // While locked out, even the genuine code is not looked at; nothing was redeemed.
+    let err = c.fails(&["invite", "redeem", &good, "--name", "bob", "--out", p(&c.path("bob"))]);
+    assert!(err.contains("too many failed invite attempts"), "{err}");
+    let audit = c.ok(&["audit", "--json"]);
+    assert!(!audit.contains("bob@home"), "{audit}");
+}
+
+/// A request that, when `spoof` is set, claims to be made on behalf of the admin (a header
+/// only another member's coordinator may set).
+fn claim<T>(spoof: bool, msg: T) -> tonic::Request<T> {
+    let mut r = tonic::Request::new(msg);
+    if spoof {
+        r.metadata_mut()
+            .insert(collective_rpc::ON_BEHALF_OF, "admin@home.collective.local".parse().unwrap());
+    }
+    r
+}
+
+#[test]
+fn a_read_only_client_cannot_write_or_reach_another_datastore_by_crafting_requests() {
+    use collective_proto::v1::admin_client::AdminClient;
+    use collective_proto::v1::*;
+    let c = Cluster::start("escalate", 2, 2);
+    for d in ["/shared", "/private"] {
+        c.ok(&["datastore", "create", d]);
+    }
+    let shared = random_bytes(200_000, 21);
+    c.ok(&["put", p(&c.write_local("a", &shared)), "/shared/a"]);
+    c.ok(&["put", p(&c.write_local("s", b"the admin's secret")), "/private/secret"]);
+    c.second_user("bob");
+    c.ok(&["datastore", "grant", "/shared", "bob@home.collective.local", "read"]);
+    let certs = c.path("bob");
+    let bob = TlsIdentity::load(&c.dir.join("certs/ca.crt"), &certs.join("bob.crt"), &certs.join("bob.key")).unwrap();
+    let coord = c.proc("coordinator").grpc;
+    let rt = rt();
+    rt.block_on(async {
+        let ch = collective_rpc::channel(&bob, &coord, &coordinator_principal()).unwrap();
+        let mut m = MetadataClient::new(ch.clone());
+        // What the grant allows works, so the refusals below are about rights.
+        let plan = m
+            .read_plan(ReadPlanRequest {
+                paths: vec!["/shared/a".into()],
+            })
+            .await
+            .expect("bob may read /shared")
+            .into_inner();
+        let chunks: Vec<ChunkRef> = plan.files[0]
+            .chunks
+            .iter()
+            .map(|l| ChunkRef {
+                id: l.id.clone(),
+                offset: l.offset,
+                size: l.size,
+                stored_on: vec![],
+                seal: l.seal.clone(),
+            })
+            .collect();
+        let descs: Vec<ChunkDesc> = chunks
+            .iter()
+            .map(|r| ChunkDesc {
+                id: r.id.clone(),
+                size: r.size,
+            })
+            .collect();
+        let refused = |what: &str, r: Result<(), tonic::Status>| match r {
+            Err(s) if matches!(s.code(), tonic::Code::PermissionDenied | tonic::Code::NotFound) => {}
+            other => panic!("{what}: expected a refusal, got {other:?}"),
+        };
+        refused(
+            "read another datastore",
+            m.read_plan(ReadPlanRequest {
+                paths: vec!["/private/secret".into()],
+            })
+            .await
+            .map(|_| ()),
+        );
+        // Each write operation, with and without claiming to act for the admin.
+        for spoof in [false, true] {
+            for path in ["/shared/b", "/private/b"] {
+                refused(
+                    "plan a write",
+                    m.plan_write(claim(
+                        spoof,
+                        PlanWriteRequest {
+                            chunks: descs.clone(),
+                            path: path.into(),
+                        },
+                    ))
+                    .await
+                    .map(|_| ()),
+                );
+            }
+            for path in ["/shared/b", "/shared/a", "/private/secret"] {
+                refused(
+                    "commit a file made of chunks already stored",
+                    m.commit_files(claim(
+                        spoof,
+                        CommitFilesRequest {
+                            files: vec![FileCommit {
+                                path: path.into(),
+                                size: shared.len() as u64,
+                                mode: 0o644,
+                                mtime_ms: 0,
+                                chunks: chunks.clone(),
+                                parents: false,
+                            }],
+                        },
+                    ))
+                    .await
+                    .map(|_| ()),
+                );
+            }
+            refused(
+                "mkdir",
+                m.mkdir(claim(
+                    spoof,
+                    MkdirRequest {
+                        path: "/shared/d".into(),
+                        parents: false,
+                        mode: 0o755,
+                    },
+                ))
+                .await
+                .map(|_| ()),
+            );
+            refused(
+                "remove",
+                m.remove(claim(
+                    spoof,
+                    RemoveRequest {
+                        path: "/shared/a".into(),
+                        recursive: false,
+                    },
+                ))
+                .await
+                .map(|_| ()),
+            );
+            refused(
+                "rename",
+                m.rename(claim(
+                    spoof,
+                    RenameRequest {
+                        src: "/shared/a".into(),
+                        dst: "/shared/z".into(),
+                    },
+                ))
+                .await
+                .map(|_| ()),
+            );
+            refused(
+                "symlink",
+                m.symlink(claim(
+                    spoof,
+                    SymlinkRequest {
+                        path: "/shared/l".into(),
+                        target: "/private/secret".into(),
+                    },
+                ))
+                .await
+                .map(|_| ()),
+            );
+            refused(
+                "setattr",
+                m.set_attr(claim(
+                    spoof,
+                    SetAttrRequest {
+                        path: "/shared/a".into(),
+                        mode: Some(0o777),
+                        mtime_ms: None,
+                    },
+                ))
+                .await
+                .map(|_| ()),
+            );
+            let mut admin = AdminClient::new(ch.clone());
+            refused(
+                "grant itself write",
+                admin
+                    .grant(claim(
+                        spoof,
+                        GrantRequest {
+                            path: "/shared".into(),
+                            subject: "bob@home.collective.local".into(),
+                            rights: "read+write".into(),
+                            until_ms: 0,
+                        },
+                    ))
+                    .await
+                    .map(|_| ()),
+            );
+            refused(
+                "make an invite with write rights",
+                admin
+                    .generate_invite(claim(
+                        spoof,
+                        GenerateInviteRequest {
+                            member: String::new(),
+                            grants: vec!["/private:read+write".into()],
+                            max_uses: 1,
+                            validity_ms: 60_000,
+                        },
+                    ))
+                    .await
+                    .map(|_| ()),
+            );
+        }
+    });
+    // Nothing changed.
+    assert!(c.cli(&["cat", "/shared/a"]).stdout == shared, "/shared/a changed");
+    assert_eq!(c.ok(&["cat", "/private/secret"]), "the admin's secret");
+    let listing = c.ok(&["ls", "/shared"]);
+    assert_eq!(listing.lines().count(), 1, "{listing}");
 }

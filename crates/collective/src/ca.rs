@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, Result};
 use clap::{Args, Subcommand};
 use collective_core::Role;
-use collective_pki::{CertInfo, FederationRoot, IssueRequest, MemberCa};
+use collective_pki::{CertInfo, FederationRoot, IssueRequest, MemberCa, REVOCATION_FILE, RevocationList, RevokedCert};
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
 
@@ -20,6 +20,58 @@ pub enum CaCommand {
         /// A PEM certificate file
         file: PathBuf,
     },
+    /// Renew a certificate in place: same principal, role and host names, new validity.
+    /// Running coordinators and nodes take it up within seconds, without a restart
+    Rotate(RotateArgs),
+    /// Revoke a certificate: the coordinator (whose ca_dir is DIR) and its nodes refuse it
+    /// within seconds, on new and existing connections
+    Revoke(RevokeArgs),
+    /// List the certificates this CA has revoked
+    Revocations {
+        /// The member CA directory
+        #[arg(long)]
+        ca: PathBuf,
+        /// Print JSON
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Args)]
+pub struct RotateArgs {
+    /// The member CA directory that issued the certificate
+    #[arg(long)]
+    ca: PathBuf,
+    /// The certificate to renew (replaced in place)
+    #[arg(long)]
+    cert: PathBuf,
+    /// Its private key (default: the certificate's path with .key)
+    #[arg(long)]
+    key: Option<PathBuf>,
+    /// Make a new key too (clients and nodes; a coordinator keeps its key)
+    #[arg(long)]
+    new_key: bool,
+    /// How long the new certificate is valid, e.g. 365d
+    #[arg(long)]
+    validity: Option<String>,
+    /// Also revoke the certificate being replaced
+    #[arg(long)]
+    revoke_old: bool,
+}
+
+#[derive(Args)]
+pub struct RevokeArgs {
+    /// The member CA directory that issued the certificate
+    #[arg(long)]
+    ca: PathBuf,
+    /// The certificate to revoke (or give --fingerprint)
+    file: Option<PathBuf>,
+    /// SHA-256 fingerprint of the certificate, as `collective ca inspect` prints it
+    #[arg(long, conflicts_with = "file")]
+    fingerprint: Option<String>,
+    /// Why, for the record (e.g. "laptop stolen")
+    #[arg(long, default_value = "")]
+    reason: String,
 }
 
 #[derive(Args)]
@@ -128,6 +180,26 @@ pub fn run(cmd: CaCommand) -> Result<()> {
             println!("  private key: {} (0600)", key.display());
             println!("  trust:       {}", a.out.join("ca.crt").display());
         }
+        CaCommand::Rotate(a) => rotate(a)?,
+        CaCommand::Revoke(a) => revoke(a)?,
+        CaCommand::Revocations { ca, json } => {
+            let path = ca.join(REVOCATION_FILE);
+            let list = RevocationList::load(&path)?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&list.revoked)?);
+            } else if list.revoked.is_empty() {
+                println!("no certificates revoked ({})", path.display());
+            } else {
+                for r in &list.revoked {
+                    let reason = if r.reason.is_empty() {
+                        String::new()
+                    } else {
+                        format!("  ({})", r.reason)
+                    };
+                    println!("{}  {}  revoked {}{reason}", r.fingerprint, r.principal, r.revoked_at);
+                }
+            }
+        }
         CaCommand::Inspect { file } => {
             let pem = std::fs::read_to_string(&file).with_context(|| format!("cannot read {}", file.display()))?;
             let info = CertInfo::from_pem(&pem).with_context(|| format!("{} is not a certificate", file.display()))?;
@@ -170,6 +242,129 @@ pub fn run(cmd: CaCommand) -> Result<()> {
             );
             println!("fingerprint: sha256:{}", info.fingerprint);
         }
+    }
+    Ok(())
+}
+
+fn load_ca(dir: &Path) -> Result<MemberCa> {
+    MemberCa::load(dir).with_context(|| format!("cannot load the member CA in {}", dir.display()))
+}
+
+fn rfc3339_text(t: OffsetDateTime) -> String {
+    t.format(&Rfc3339).unwrap_or_else(|_| t.to_string())
+}
+
+/// Adds a certificate of the CA in `ca` to its revocation list; false if already there.
+fn add_revocation(ca: &Path, fingerprint: &str, not_after: OffsetDateTime, principal: &str, reason: &str) -> Result<bool> {
+    let path = ca.join(REVOCATION_FILE);
+    let mut list = RevocationList::load(&path)?;
+    let added = list.add(RevokedCert {
+        fingerprint: fingerprint.to_string(),
+        principal: principal.to_string(),
+        not_after: rfc3339_text(not_after),
+        revoked_at: rfc3339_text(OffsetDateTime::now_utc()),
+        reason: reason.to_string(),
+    });
+    if added {
+        list.save(&path).with_context(|| format!("cannot update {}", path.display()))?;
+    }
+    Ok(added)
+}
+
+fn rotate(a: RotateArgs) -> Result<()> {
+    let ca = load_ca(&a.ca)?;
+    let key_path = a.key.clone().unwrap_or_else(|| a.cert.with_extension("key"));
+    let old_pem = std::fs::read_to_string(&a.cert).with_context(|| format!("cannot read {}", a.cert.display()))?;
+    let old = CertInfo::from_pem(&old_pem).with_context(|| format!("{} is not a certificate", a.cert.display()))?;
+    let role = old
+        .role()
+        .with_context(|| format!("{} is not a Collective certificate", a.cert.display()))?;
+    if a.new_key && role == Role::Coordinator {
+        anyhow::bail!(
+            "a coordinator keeps its key: it also signs the coordinator's chunk tokens, invite codes and gossip, \
+             which nodes and other members already trust; run the command again without --new-key to renew the certificate"
+        );
+    }
+    let key_pem = if a.new_key {
+        None
+    } else {
+        collective_pki::check_key_permissions(&key_path)?;
+        Some(std::fs::read_to_string(&key_path).with_context(|| {
+            format!(
+                "cannot read the key {} (name it with --key, or make a new one with --new-key)",
+                key_path.display()
+            )
+        })?)
+    };
+    let not_after = a
+        .validity
+        .as_deref()
+        .map(|v| collective_core::parse_duration(v).map(|d| OffsetDateTime::now_utc() + d))
+        .transpose()?;
+    let (role, issued) = ca.reissue(&old_pem, key_pem.as_deref(), None, not_after)?;
+    if a.new_key {
+        collective_pki::replace_file(&key_path, issued.key_pem.as_bytes(), 0o600)?;
+    }
+    collective_pki::replace_file(&a.cert, issued.chain_pem.as_bytes(), 0o644)?;
+    let new = CertInfo::from_pem(&issued.chain_pem)?;
+    println!("renewed the {role} certificate of {}", issued.principal);
+    println!("  certificate: {} (sha256:{})", a.cert.display(), new.fingerprint);
+    if a.new_key {
+        println!("  private key: {} (new, 0600)", key_path.display());
+    } else {
+        println!("  private key: {} (unchanged)", key_path.display());
+    }
+    println!("  valid until: {}", rfc3339_text(new.not_after));
+    println!("  replaces:    sha256:{}", old.fingerprint);
+    if a.revoke_old {
+        let who = issued.principal.to_string();
+        add_revocation(&a.ca, &old.fingerprint, old.not_after, &who, "replaced by `collective ca rotate`")?;
+        println!("  the old certificate is revoked");
+    }
+    println!(
+        "a running {role} using these files takes up the new certificate within {} s; nothing needs restarting",
+        collective_rpc::TLS_RELOAD_PERIOD.as_secs()
+    );
+    Ok(())
+}
+
+fn revoke(a: RevokeArgs) -> Result<()> {
+    let ca = load_ca(&a.ca)?;
+    let (fingerprint, not_after, principal) = match (&a.file, &a.fingerprint) {
+        (Some(file), _) => {
+            let pem = std::fs::read_to_string(file).with_context(|| format!("cannot read {}", file.display()))?;
+            let info = CertInfo::from_pem(&pem).with_context(|| format!("{} is not a certificate", file.display()))?;
+            let principal = info
+                .principal()
+                .with_context(|| format!("{} is not a Collective certificate", file.display()))?;
+            if principal.domain != ca.domain {
+                anyhow::bail!(
+                    "{} is a certificate of {}, not of {}; revoke it with that member's CA",
+                    file.display(),
+                    principal.domain,
+                    ca.domain
+                );
+            }
+            (info.fingerprint, info.not_after, principal.to_string())
+        }
+        (None, Some(fp)) => {
+            let bytes = collective_pki::parse_fingerprint(fp)?;
+            let fingerprint: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+            // Unknown expiry: kept for as long as a member CA could have issued it.
+            let until = OffsetDateTime::now_utc() + std::time::Duration::from_secs(10 * 365 * 86400);
+            (fingerprint, until, "(unknown)".to_string())
+        }
+        (None, None) => anyhow::bail!("name the certificate to revoke: a file, or --fingerprint HEX"),
+    };
+    if add_revocation(&a.ca, &fingerprint, not_after, &principal, &a.reason)? {
+        println!("revoked sha256:{fingerprint} ({principal})");
+        println!(
+            "the coordinator whose ca_dir is {} refuses it within {} s, and its nodes at their next heartbeat",
+            a.ca.display(),
+            collective_rpc::TLS_RELOAD_PERIOD.as_secs()
+        );
+    } else {
+        println!("sha256:{fingerprint} was already revoked");
     }
     Ok(())
 }

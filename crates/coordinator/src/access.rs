@@ -59,7 +59,7 @@ impl State {
     /// The end user of a call: a client of this member, or a user of another member named
     /// by that member's coordinator (which may only speak for its own principals).
     pub fn end_user<T>(&self, req: &tonic::Request<T>) -> Result<Principal, Status> {
-        let caller = collective_rpc::peer(req).inspect_err(|_| self.metrics.denials.inc())?;
+        let caller = collective_rpc::peer(req, self.identity.revocations()).inspect_err(|_| self.metrics.denials.inc())?;
         match caller.role {
             collective_core::Role::Client if caller.principal.domain == self.domain => Ok(caller.principal),
             collective_core::Role::Coordinator if caller.principal.domain != self.domain && self.fed().is_some() => {

@@ -526,7 +526,7 @@ impl AdminService {
             federation: self.state.fed().map(|f| f.domain.clone()).unwrap_or_default(),
             coordinator: self.state.principal.clone(),
             addr: self.state.advertise_grpc.clone(),
-            fingerprint: self.state.identity.fingerprint(),
+            fingerprint: self.state.identity.key_fingerprint(),
             expires_ms: rec.expires_ms,
         }
         .encode(&self.state.signer);

@@ -17,8 +17,116 @@ use crate::state::{State, meta_status};
 /// How long certificates of redeemed user invites are valid.
 const USER_CERT_VALIDITY: std::time::Duration = std::time::Duration::from_secs(365 * 86400);
 
+/// Failed bootstrap attempts allowed from one address within [`ATTEMPT_WINDOW`].
+pub const MAX_FAILURES_PER_ADDRESS: u32 = 10;
+/// Failed bootstrap attempts allowed from all addresses together within [`ATTEMPT_WINDOW`]
+/// (so that many addresses cannot share the guessing).
+pub const MAX_FAILURES: u32 = 100;
+pub const ATTEMPT_WINDOW: std::time::Duration = std::time::Duration::from_secs(15 * 60);
+
 pub struct BootstrapService {
     pub state: Arc<State>,
+    pub attempts: Attempts,
+}
+
+impl BootstrapService {
+    pub fn new(state: Arc<State>) -> BootstrapService {
+        BootstrapService {
+            state,
+            attempts: Attempts::default(),
+        }
+    }
+}
+
+/// Counts failed attempts in fixed windows, per source address and in all. Invite codes
+/// are signed, so guessing one is hopeless anyway; the limit keeps a guesser from costing
+/// us work and fills the audit log with a refusal instead.
+#[derive(Default)]
+pub struct Attempts {
+    inner: std::sync::Mutex<AttemptsInner>,
+}
+
+#[derive(Default)]
+struct AttemptsInner {
+    by_addr: std::collections::HashMap<std::net::IpAddr, Window>,
+    all: Window,
+}
+
+#[derive(Clone, Copy, Default)]
+struct Window {
+    start: Option<std::time::Instant>,
+    failures: u32,
+}
+
+impl Window {
+    /// The failures counted in the window that holds `now` (a new window starts empty).
+    fn current(&mut self, now: std::time::Instant) -> &mut u32 {
+        if self.start.is_none_or(|s| now.duration_since(s) >= ATTEMPT_WINDOW) {
+            *self = Window {
+                start: Some(now),
+                failures: 0,
+            };
+        }
+        &mut self.failures
+    }
+
+    fn wait(&self, now: std::time::Instant) -> u64 {
+        self.start
+            .map(|s| ATTEMPT_WINDOW.saturating_sub(now.duration_since(s)).as_secs().max(1))
+            .unwrap_or(1)
+    }
+}
+
+impl Attempts {
+    /// Refuses an attempt from `addr` while it, or everyone together, failed too often.
+    pub fn check(&self, addr: Option<std::net::IpAddr>) -> Result<(), Status> {
+        let now = std::time::Instant::now();
+        let mut g = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        if *g.all.current(now) >= MAX_FAILURES {
+            return Err(Status::resource_exhausted(format!(
+                "too many failed invite attempts on this coordinator; it accepts invite codes again in {} s",
+                g.all.wait(now)
+            )));
+        }
+        if let Some(ip) = addr
+            && let Some(w) = g.by_addr.get_mut(&ip)
+            && *w.current(now) >= MAX_FAILURES_PER_ADDRESS
+        {
+            return Err(Status::resource_exhausted(format!(
+                "too many failed invite attempts from {ip}; wait {} s, and check the code you were sent",
+                w.wait(now)
+            )));
+        }
+        Ok(())
+    }
+
+    /// Counts a failed attempt from `addr`.
+    pub fn failed(&self, addr: Option<std::net::IpAddr>) {
+        let now = std::time::Instant::now();
+        let mut g = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        *g.all.current(now) += 1;
+        if let Some(ip) = addr {
+            if g.by_addr.len() > 10_000 {
+                g.by_addr
+                    .retain(|_, w| w.start.is_some_and(|s| now.duration_since(s) < ATTEMPT_WINDOW));
+            }
+            *g.by_addr.entry(ip).or_default().current(now) += 1;
+        }
+    }
+
+    /// Runs `f` unless `addr` is locked out; counts its failure.
+    async fn guard<T>(
+        &self,
+        addr: Option<std::net::IpAddr>,
+        f: impl Future<Output = Result<Response<T>, Status>>,
+    ) -> Result<Response<T>, Status> {
+        self.check(addr)?;
+        let r = f.await;
+        if r.is_err() {
+            self.failed(addr);
+        }
+        r
+    }
 }
 
 impl BootstrapService {
@@ -49,7 +157,8 @@ impl Bootstrap for BootstrapService {
     async fn join_member(&self, req: Request<JoinMemberRequest>) -> Result<Response<JoinMemberResponse>, Status> {
         // Nobody is authenticated yet: the entry names who the caller asked to become.
         let who = format!("{} (by invite)", req.get_ref().name);
-        let r = self.join_member_inner(req).await;
+        let addr = req.remote_addr().map(|a| a.ip());
+        let r = self.attempts.guard(addr, self.join_member_inner(req)).await;
         self.state.audit(&who, "member-join", &who, &r, |r| {
             format!("joined {}", r.get_ref().federation_domain)
         });
@@ -67,7 +176,8 @@ impl Bootstrap for BootstrapService {
     async fn redeem_invite(&self, req: Request<RedeemInviteRequest>) -> Result<Response<RedeemInviteResponse>, Status> {
         // Nobody is authenticated yet: the entry names who the caller asked to become.
         let who = format!("{} (by invite)", req.get_ref().name);
-        let r = self.redeem_invite_inner(req).await;
+        let addr = req.remote_addr().map(|a| a.ip());
+        let r = self.attempts.guard(addr, self.redeem_invite_inner(req)).await;
         self.state
             .audit(&who, "invite-redeem", &who, &r, |r| format!("now {}", r.get_ref().principal));
         if r.is_ok() {
@@ -182,5 +292,29 @@ impl BootstrapService {
             coordinator_principal: self.state.principal.clone(),
             grants: infos,
         }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn failed_invite_attempts_lock_out_one_address_then_everyone() {
+        let a = Attempts::default();
+        let (one, two) = (Some("10.0.0.1".parse().unwrap()), Some("10.0.0.2".parse().unwrap()));
+        for _ in 0..MAX_FAILURES_PER_ADDRESS {
+            assert!(a.check(one).is_ok());
+            a.failed(one);
+        }
+        let err = a.check(one).unwrap_err();
+        assert_eq!(err.code(), tonic::Code::ResourceExhausted);
+        assert!(err.message().contains("10.0.0.1"), "{}", err.message());
+        assert!(a.check(two).is_ok(), "another address is not locked out");
+        for i in 0..(MAX_FAILURES - MAX_FAILURES_PER_ADDRESS) {
+            a.failed(Some(std::net::IpAddr::from([10, 1, (i / 200) as u8, (i % 200) as u8])));
+        }
+        let err = a.check(two).unwrap_err();
+        assert!(err.message().contains("on this coordinator"), "{}", err.message());
     }
 }

@@ -149,7 +149,7 @@ impl State {
         if self.fed().is_none() {
             return Err(Status::failed_precondition("this coordinator is not part of a federation"));
         }
-        let caller = collective_rpc::peer(req)?;
+        let caller = collective_rpc::peer(req, self.identity.revocations())?;
         if caller.role != Role::Coordinator || caller.principal.domain == self.domain {
             self.metrics.denials.inc();
             return Err(Status::permission_denied(format!(

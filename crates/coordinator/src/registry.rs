@@ -17,9 +17,15 @@ pub struct RegistryService {
 
 impl RegistryService {
     fn node_caller<T>(&self, req: &Request<T>) -> Result<String, Status> {
-        collective_rpc::authorize(req, &self.state.domain, &[Role::Node])
+        collective_rpc::authorize(req, self.state.identity.revocations(), &self.state.domain, &[Role::Node])
             .map(|c| c.principal.to_string())
             .inspect_err(|_| self.state.metrics.denials.inc())
+    }
+
+    /// The certificates our CA revoked, which nodes refuse too.
+    fn revoked(&self) -> Vec<bytes::Bytes> {
+        let fps = self.state.identity.revocations().fingerprints();
+        fps.into_iter().map(|f| bytes::Bytes::copy_from_slice(&f)).collect()
     }
 }
 
@@ -108,6 +114,7 @@ impl Registry for RegistryService {
             token_public_key: self.state.signer.public_key().to_vec().into(),
             coordinator: self.state.principal.clone(),
             heartbeat_interval_ms: 2000,
+            revoked: self.revoked(),
         }))
     }
 
@@ -129,6 +136,9 @@ impl Registry for RegistryService {
             }
             None => false,
         };
-        Ok(Response::new(HeartbeatResponse { known }))
+        Ok(Response::new(HeartbeatResponse {
+            known,
+            revoked: self.revoked(),
+        }))
     }
 }

@@ -98,7 +98,7 @@ async fn start_federation(
         suspect_timeout: dur("suspect_timeout", &cfg.suspect_timeout)?,
         peers_file: Some(state.meta_dir.join("gossip-peers")),
     };
-    let signer = Arc::new(TokenSigner::from_pkcs8(identity.pkcs8_der(), identity.principal.to_string())?);
+    let signer = Arc::new(TokenSigner::from_pkcs8(&identity.pkcs8_der(), identity.principal.to_string())?);
     let (gossip, bound) = Gossip::start(settings, identity.clone(), signer, state.local_member_state(), shutdown)
         .await
         .map_err(|e| CoordinatorError::Config(e.to_string()))?;
@@ -139,9 +139,9 @@ pub async fn run(cfg: CoordinatorConfig, shutdown: impl Future<Output = ()> + Se
     let meta = tokio::task::spawn_blocking(move || MetaStore::open(&data_dir))
         .await
         .map_err(|e| CoordinatorError::Io(e.to_string()))??;
-    let signer = TokenSigner::from_pkcs8(identity.pkcs8_der(), identity.principal.to_string())?;
+    let signer = TokenSigner::from_pkcs8(&identity.pkcs8_der(), identity.principal.to_string())?;
     let metrics = CoordinatorMetrics::new().map_err(|e| CoordinatorError::Io(e.to_string()))?;
-    collective_telemetry::register_certificate_metric(&metrics.registry, identity.info().not_after)
+    let cert_expiry = collective_telemetry::register_certificate_metric(&metrics.registry, identity.info().not_after)
         .map_err(|e| CoordinatorError::Io(e.to_string()))?;
     let domain = identity.principal.domain.clone();
     let member = domain.split('.').next().unwrap_or_default().to_string();
@@ -165,6 +165,9 @@ pub async fn run(cfg: CoordinatorConfig, shutdown: impl Future<Output = ()> + Se
                 ca.domain
             )));
         }
+        let list = cfg.ca_dir.join(collective_pki::REVOCATION_FILE);
+        let revoked = identity.revocations().watch(&list)?;
+        tracing::info!(list = %list.display(), revoked, "enforcing the member CA's revocation list");
         Some(ca)
     };
 
@@ -201,6 +204,10 @@ pub async fn run(cfg: CoordinatorConfig, shutdown: impl Future<Output = ()> + Se
         let _ = rx.wait_for(|v| *v).await;
     };
 
+    let reloader = collective_rpc::watch_tls_files(identity.clone(), stop_rx.clone(), move |info| {
+        cert_expiry.set(info.not_after.unix_timestamp())
+    });
+
     let maintain = if cfg.federation.gossip_listen.is_empty() {
         None
     } else {
@@ -217,7 +224,7 @@ pub async fn run(cfg: CoordinatorConfig, shutdown: impl Future<Output = ()> + Se
             .add_service(metadata)
             .add_service(registry)
             .add_service(AdminServer::new(AdminService { state: state.clone() }))
-            .add_service(BootstrapServer::new(BootstrapService { state: state.clone() }))
+            .add_service(BootstrapServer::new(BootstrapService::new(state.clone())))
             .add_service(FederationServer::new(FederationService { state: state.clone() }))
             .add_service(UpkeepServer::new(UpkeepService { state: state.clone() }))
             .add_service(collective_proto::v1::observe_server::ObserveServer::new(
@@ -307,6 +314,7 @@ pub async fn run(cfg: CoordinatorConfig, shutdown: impl Future<Output = ()> + Se
     gauges.abort();
     upkeep_loop.abort();
     watcher.abort();
+    reloader.abort();
     if let Some(m) = maintain {
         m.abort();
     }

@@ -40,9 +40,7 @@ impl UpkeepService {
     /// `admin` for a node operation that changes something: a refusal is audited too.
     fn admin_audited(&self, req: &Request<NodeRequest>, op: &str) -> Result<String, Status> {
         self.admin(req).map(|w| w.to_string()).inspect_err(|e| {
-            let who = collective_rpc::peer(req)
-                .map(|p| p.principal.to_string())
-                .unwrap_or_else(|_| "(unknown)".into());
+            let who = collective_rpc::peer_name(req);
             self.state
                 .audit(&who, op, &req.get_ref().node, &Err::<(), _>(e.clone()), |_| String::new());
         })

@@ -34,7 +34,7 @@ pub struct Control {
 
 impl Control {
     fn check<T>(&self, req: &Request<T>) -> Result<(), Status> {
-        let caller = collective_rpc::authorize(req, &self.state.domain, &[Role::Coordinator])?;
+        let caller = collective_rpc::authorize(req, self.state.identity.revocations(), &self.state.domain, &[Role::Coordinator])?;
         if caller.principal.to_string() != self.state.coordinator {
             return Err(Status::permission_denied(format!(
                 "{} is not this node's coordinator ({})",

@@ -71,20 +71,18 @@ pub async fn run(cfg: NodeConfig, shutdown: impl Future<Output = ()> + Send + 's
     let scrub_rate = parse_size(&cfg.scrub_rate).map_err(|e| NodeError::Config(format!("scrub_rate: {e}")))?;
     let scrub_interval = parse_duration(&cfg.scrub_interval).map_err(|e| NodeError::Config(format!("scrub_interval: {e}")))?;
     let metrics = NodeMetrics::new().map_err(|e| NodeError::Io(e.to_string()))?;
-    collective_telemetry::register_certificate_metric(&metrics.registry, identity.info().not_after)
+    let cert_expiry = collective_telemetry::register_certificate_metric(&metrics.registry, identity.info().not_after)
         .map_err(|e| NodeError::Io(e.to_string()))?;
     let store = Arc::new(store);
     let scrub = Arc::new(Scrubber::new(store.clone(), metrics.clone(), scrub_rate));
-    let mut state = NodeState::new(
-        identity.principal.to_string(),
-        identity.principal.domain.clone(),
+    let state = NodeState::new(
+        identity.clone(),
         store,
         metrics,
         coordinator.to_string(),
         scrub.clone(),
         collective_dataplane::ChunkClient::new(&identity)?,
     );
-    state.cert_not_after_ms = (identity.info().not_after.unix_timestamp_nanos() / 1_000_000) as i64;
     let state = Arc::new(state);
     state.usage();
     let scrubbing = tokio::spawn(scrub.run(scrub_interval));
@@ -97,6 +95,9 @@ pub async fn run(cfg: NodeConfig, shutdown: impl Future<Output = ()> + Send + 's
     let stopped = |mut rx: watch::Receiver<bool>| async move {
         let _ = rx.wait_for(|v| *v).await;
     };
+    let reloader = collective_rpc::watch_tls_files(identity.clone(), stop_rx.clone(), move |info| {
+        cert_expiry.set(info.not_after.unix_timestamp())
+    });
 
     // QUIC chunk endpoint.
     let quic = collective_dataplane::server_endpoint(&identity, addr("quic_listen", &cfg.quic_listen)?)?;
@@ -124,7 +125,7 @@ pub async fn run(cfg: NodeConfig, shutdown: impl Future<Output = ()> + Send + 's
     let (registered_tx, registered_rx) = watch::channel(false);
     let health_state = state.clone();
     let data_dir = cfg.data_dir.clone();
-    let not_after = identity.info().not_after;
+    let own = identity.clone();
     let health = Arc::new(move || {
         let registered = *registered_rx.borrow();
         let usage = health_state.usage();
@@ -148,7 +149,7 @@ pub async fn run(cfg: NodeConfig, shutdown: impl Future<Output = ()> + Send + 's
             disk.message = format!("less than 64 MiB of the configured capacity is free; {}", disk.message);
         }
         comps.push(disk);
-        comps.push(collective_telemetry::certificate_component("node", not_after));
+        comps.push(collective_telemetry::certificate_component("node", own.info().not_after));
         HealthReport::from_components(registered, comps)
     });
     let (http_addr, http) = collective_telemetry::serve(
@@ -184,6 +185,7 @@ pub async fn run(cfg: NodeConfig, shutdown: impl Future<Output = ()> + Send + 's
                 match client.register_node(req).await {
                     Ok(resp) => match TokenVerifier::new(&resp.get_ref().token_public_key) {
                         Ok(v) => {
+                            take_revocations(&hb_state, &resp.get_ref().revoked);
                             *hb_state.verifier.write().await = Some(v);
                             registered = true;
                             warned = false;
@@ -209,7 +211,10 @@ pub async fn run(cfg: NodeConfig, shutdown: impl Future<Output = ()> + Send + 's
                     .await
                 {
                     Ok(r) if !r.get_ref().known => registered = false,
-                    Ok(_) => hb_state.scrub.reported(&corrupt),
+                    Ok(r) => {
+                        hb_state.scrub.reported(&corrupt);
+                        take_revocations(&hb_state, &r.get_ref().revoked);
+                    }
                     Err(s) => {
                         tracing::warn!("heartbeat failed: {}", collective_rpc::explain_status("the coordinator", &s));
                         registered = false;
@@ -245,9 +250,17 @@ pub async fn run(cfg: NodeConfig, shutdown: impl Future<Output = ()> + Send + 's
 
     let _ = grpc.await;
     let _ = http.await;
+    reloader.abort();
     heartbeats.abort();
     scrubbing.abort();
     quic.close(0u32.into(), b"node shutting down");
     tracing::info!("node stopped");
     Ok(())
+}
+
+/// Enforces the coordinator's current revocation list on our own TLS endpoints.
+fn take_revocations(state: &NodeState, revoked: &[bytes::Bytes]) {
+    if state.identity.revocations().replace(revoked) {
+        tracing::info!(revoked = revoked.len(), "revocation list from the coordinator updated");
+    }
 }

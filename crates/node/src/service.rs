@@ -6,7 +6,7 @@ use std::time::Instant;
 use collective_chunkstore::{ChunkStore, StoreError};
 use collective_core::ChunkId;
 use collective_dataplane::{MAX_CHUNK_BYTES, PROTOCOL_VERSION, peer_of, read_frame, write_frame};
-use collective_pki::TokenVerifier;
+use collective_pki::{TlsIdentity, TokenVerifier};
 use collective_proto::v1::{ChunkOp, ChunkRequest, ChunkResponse, ChunkStatus, NodeUsage, TokenOp};
 use tokio::sync::{RwLock, Semaphore};
 
@@ -27,14 +27,14 @@ pub struct NodeState {
     /// Our own QUIC client, for copying chunks to and from other nodes.
     pub peers: collective_dataplane::ChunkClient,
     buffers: Semaphore,
-    /// When our certificate expires (ms since the epoch), reported in heartbeats.
-    pub cert_not_after_ms: i64,
+    /// Our certificate (its expiry is reported in heartbeats; it may be renewed while we
+    /// run) and the revocations we enforce.
+    pub identity: TlsIdentity,
 }
 
 impl NodeState {
     pub fn new(
-        principal: String,
-        domain: String,
+        identity: TlsIdentity,
         store: Arc<ChunkStore>,
         metrics: NodeMetrics,
         coordinator: String,
@@ -42,8 +42,8 @@ impl NodeState {
         peers: collective_dataplane::ChunkClient,
     ) -> NodeState {
         NodeState {
-            principal,
-            domain,
+            principal: identity.principal.to_string(),
+            domain: identity.principal.domain.clone(),
             store,
             metrics,
             verifier: RwLock::new(None),
@@ -51,7 +51,7 @@ impl NodeState {
             scrub,
             peers,
             buffers: Semaphore::new(BUFFER_BUDGET_KIB as usize),
-            cert_not_after_ms: 0,
+            identity,
         }
     }
 
@@ -87,7 +87,7 @@ impl NodeState {
             healthy,
             health_message,
             scrub: Some(scrub),
-            cert_not_after_ms: self.cert_not_after_ms,
+            cert_not_after_ms: (self.identity.info().not_after.unix_timestamp_nanos() / 1_000_000) as i64,
         }
     }
 

@@ -302,6 +302,62 @@ impl MemberCa {
         Ok((principal, chain_pem))
     }
 
+    /// Issues a successor to the certificate `old_pem` (one this CA issued): same
+    /// principal, role and extra names, new serial and validity. With `key_pem` the new
+    /// certificate is for that key (a renewal keeps the holder's key); without, a fresh key
+    /// is made and returned in [`Issued::key_pem`].
+    pub fn reissue(
+        &self,
+        old_pem: &str,
+        key_pem: Option<&str>,
+        not_before: Option<OffsetDateTime>,
+        not_after: Option<OffsetDateTime>,
+    ) -> Result<(Role, Issued), PkiError> {
+        let old = CertInfo::from_pem(old_pem)?;
+        let principal = old.principal()?;
+        let role = old.role()?;
+        if principal.domain != self.domain {
+            return Err(PkiError::Invalid(format!(
+                "the certificate is for {principal}, but this CA issues certificates for {}; use that member's CA",
+                self.domain
+            )));
+        }
+        let req = IssueRequest {
+            role,
+            name: principal.name.clone(),
+            sans: old
+                .sans
+                .iter()
+                .filter(|s| !s.eq_ignore_ascii_case(&principal.dns_name()))
+                .cloned()
+                .collect(),
+            not_before,
+            not_after,
+        };
+        let (key, fresh) = match key_pem {
+            Some(pem) => (
+                KeyPair::from_pem(pem).map_err(|e| PkiError::Invalid(format!("not a usable private key: {e}")))?,
+                false,
+            ),
+            None => (KeyPair::generate_for(&PKCS_ED25519)?, true),
+        };
+        if !fresh && key.public_key_raw() != old.public_key.as_slice() {
+            return Err(PkiError::Invalid(
+                "the private key does not belong to this certificate; name the certificate's own key, or make a new one".into(),
+            ));
+        }
+        let (principal, chain_pem) = self.sign_key(&req, &key)?;
+        Ok((
+            role,
+            Issued {
+                principal,
+                chain_pem,
+                key_pem: if fresh { key.serialize_pem() } else { String::new() },
+                trust_anchor_pem: self.trust_anchor_pem().to_string(),
+            },
+        ))
+    }
+
     /// Issues a certificate and writes `NAME.crt`, `NAME.key` (0600) and `ca.crt` to `out`.
     /// Returns the certificate and key paths.
     pub fn issue_to(&self, req: &IssueRequest, out: &Path) -> Result<(PathBuf, PathBuf), PkiError> {
@@ -356,6 +412,48 @@ mod tests {
         let loaded = MemberCa::load(&dir).unwrap();
         assert_eq!(loaded.domain, "alice.collective.local");
         assert_eq!(loaded.member, "alice");
+        fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn reissue_keeps_principal_role_names_and_key_unless_asked_for_a_new_key() {
+        let dir = tmp("reissue");
+        let ca = MemberCa::init("alice", "alice.collective.local", &dir).unwrap();
+        let req = IssueRequest {
+            role: Role::Node,
+            name: "node-01".into(),
+            sans: vec!["127.0.0.1".into(), "nas.lan".into()],
+            not_before: None,
+            not_after: None,
+        };
+        let old = ca.issue(&req).unwrap();
+        let old_info = CertInfo::from_pem(&old.chain_pem).unwrap();
+
+        let (role, renewed) = ca.reissue(&old.chain_pem, Some(&old.key_pem), None, None).unwrap();
+        let info = CertInfo::from_pem(&renewed.chain_pem).unwrap();
+        assert_eq!(role, Role::Node);
+        assert_eq!(info.principal().unwrap(), old_info.principal().unwrap());
+        assert_eq!(info.role().unwrap(), Role::Node);
+        assert_eq!(info.sans, old_info.sans);
+        assert_eq!(info.public_key, old_info.public_key, "a renewal keeps the key");
+        assert_ne!(info.fingerprint, old_info.fingerprint, "but it is a new certificate");
+        assert!(renewed.key_pem.is_empty());
+
+        let (_, fresh) = ca.reissue(&old.chain_pem, None, None, None).unwrap();
+        let info = CertInfo::from_pem(&fresh.chain_pem).unwrap();
+        assert_ne!(info.public_key, old_info.public_key);
+        assert!(!fresh.key_pem.is_empty());
+
+        // Somebody else's key, or a certificate of another member, is refused.
+        let err = ca
+            .reissue(&old.chain_pem, Some(&fresh.key_pem), None, None)
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(err.contains("does not belong"), "{err}");
+        let other = MemberCa::init("bob", "bob.collective.local", &dir.join("bob")).unwrap();
+        let err = other.reissue(&old.chain_pem, None, None, None).err().unwrap().to_string();
+        assert!(err.contains("alice.collective.local"), "{err}");
         fs::remove_dir_all(&dir).unwrap();
     }
 }

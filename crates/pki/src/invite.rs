@@ -1,8 +1,8 @@
 //! Invite codes: what one person sends another to bring a new member or user in.
 //!
 //! A code carries the coordinator to contact, the SHA-256 fingerprint of that
-//! coordinator's TLS certificate (so the first contact needs no certificate of our own and
-//! cannot be intercepted), the invite id and its expiry, all signed with the coordinator's
+//! coordinator's public key (so the first contact needs no certificate of our own and
+//! cannot be intercepted, and a renewal of the coordinator's certificate keeps codes good), the invite id and its expiry, all signed with the coordinator's
 //! key so a code that was altered is refused. The coordinator keeps the authoritative
 //! record (uses, revocation, grants) in its metadata.
 
@@ -29,7 +29,7 @@ pub struct InviteCode {
     pub coordinator: String,
     /// Its gRPC address.
     pub addr: String,
-    /// SHA-256 of its TLS certificate (DER).
+    /// SHA-256 of its public key (codes made before keys were pinned: of its certificate).
     pub fingerprint: [u8; 32],
     pub expires_ms: u64,
 }

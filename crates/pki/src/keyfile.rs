@@ -26,6 +26,36 @@ pub fn write_private_file(path: &Path, data: &[u8]) -> Result<(), PkiError> {
     Ok(())
 }
 
+/// Replaces `path` with `data` atomically: a temporary file beside it (created with
+/// `mode`), fsynced, renamed over the old one, and the directory fsynced. A process reading
+/// the file sees either the old or the new contents, never a missing or partial file.
+pub fn replace_file(path: &Path, data: &[u8], mode: u32) -> Result<(), PkiError> {
+    let werr = |source| PkiError::Write {
+        path: path.to_path_buf(),
+        source,
+    };
+    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let tmp = path.with_file_name(format!(".{name}.tmp-{}", std::process::id()));
+    let _ = fs::remove_file(&tmp);
+    let mut f = fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(mode)
+        .open(&tmp)
+        .map_err(werr)?;
+    let written = f.write_all(data).and_then(|_| f.sync_all()).and_then(|_| fs::rename(&tmp, path));
+    if let Err(e) = written {
+        let _ = fs::remove_file(&tmp);
+        return Err(werr(e));
+    }
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty())
+        && let Ok(d) = fs::File::open(dir)
+    {
+        let _ = d.sync_all();
+    }
+    Ok(())
+}
+
 /// Refuses a key file that group or others can read or write.
 pub fn check_key_permissions(path: &Path) -> Result<(), PkiError> {
     let meta = fs::metadata(path).map_err(|source| PkiError::Read {

@@ -2,17 +2,21 @@
 
 use std::fs;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, RwLock};
+use std::time::SystemTime;
 
 use collective_core::{Principal, Role};
 use rustls::RootCertStore;
 use rustls::server::WebPkiClientVerifier;
+use rustls::server::danger::ClientCertVerifier;
+use rustls::sign::CertifiedKey;
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 
 use crate::PkiError;
 use crate::cert::{CertInfo, pem_ders};
 use crate::keyfile::check_key_permissions;
+use crate::revocation::Revocations;
 
 /// ALPN for gRPC (HTTP/2).
 pub const ALPN_GRPC: &[u8] = b"h2";
@@ -47,15 +51,165 @@ impl TlsFiles {
 }
 
 /// A loaded identity: our certificate chain and key, and the CA we trust.
+///
+/// Clones share the certificate in use: [`TlsIdentity::reload`] swaps it for the files'
+/// new contents (after `collective ca rotate`), and every TLS configuration made from the
+/// identity presents the new certificate on its next handshake, so a rotation needs no
+/// restart. Clones also share the [`Revocations`] the process enforces.
 #[derive(Clone)]
 pub struct TlsIdentity {
     pub principal: Principal,
     pub role: Role,
     pub cert_path: PathBuf,
+    key_path: PathBuf,
+    live: Arc<RwLock<Live>>,
+    roots: Arc<RootCertStore>,
+    revocations: Revocations,
+}
+
+/// The certificate and key currently in use.
+struct Live {
     chain: Vec<CertificateDer<'static>>,
     key_der: Vec<u8>,
-    roots: Arc<RootCertStore>,
     info: CertInfo,
+    certified: Arc<CertifiedKey>,
+    /// Modification times of the certificate and key files when they were read.
+    stamp: (Option<SystemTime>, Option<SystemTime>),
+}
+
+fn stamps(cert: &Path, key: &Path) -> (Option<SystemTime>, Option<SystemTime>) {
+    let m = |p: &Path| fs::metadata(p).and_then(|m| m.modified()).ok();
+    (m(cert), m(key))
+}
+
+fn read_text(p: &Path) -> Result<String, PkiError> {
+    fs::read_to_string(p).map_err(|source| PkiError::Read {
+        path: p.to_path_buf(),
+        source,
+    })
+}
+
+fn bad_file(p: &Path, what: &'static str, e: impl std::fmt::Display) -> PkiError {
+    PkiError::BadFile {
+        path: p.to_path_buf(),
+        what,
+        detail: e.to_string(),
+    }
+}
+
+impl Live {
+    fn read(cert: &Path, key: &Path) -> Result<Live, PkiError> {
+        let stamp = stamps(cert, key);
+        check_key_permissions(key)?;
+        let chain: Vec<CertificateDer<'static>> = pem_ders(&read_text(cert)?)
+            .map_err(|e| bad_file(cert, "certificate", e))?
+            .into_iter()
+            .map(CertificateDer::from)
+            .collect();
+        let key_der = PrivateKeyDer::from_pem_slice(read_text(key)?.as_bytes())
+            .map_err(|e| bad_file(key, "private key", e))?
+            .secret_der()
+            .to_vec();
+        let leaf = chain
+            .first()
+            .ok_or_else(|| bad_file(cert, "certificate", "the file holds no certificate"))?;
+        let info = CertInfo::from_der(leaf).map_err(|e| bad_file(cert, "Collective certificate", e))?;
+        let certified = CertifiedKey::from_der(chain.clone(), PrivateKeyDer::Pkcs8(key_der.clone().into()), &provider())
+            .map_err(|e| bad_file(key, "private key for this certificate", e))?;
+        Ok(Live {
+            chain,
+            key_der,
+            info,
+            certified: Arc::new(certified),
+            stamp,
+        })
+    }
+}
+
+/// Presents whatever certificate the identity holds now (server and client side).
+struct LiveCert(Arc<RwLock<Live>>);
+
+impl std::fmt::Debug for LiveCert {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("LiveCert")
+    }
+}
+
+impl LiveCert {
+    fn current(&self) -> Option<Arc<CertifiedKey>> {
+        self.0.read().ok().map(|l| l.certified.clone())
+    }
+}
+
+impl rustls::server::ResolvesServerCert for LiveCert {
+    fn resolve(&self, _hello: rustls::server::ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        self.current()
+    }
+}
+
+impl rustls::client::ResolvesClientCert for LiveCert {
+    fn resolve(&self, _hints: &[&[u8]], _schemes: &[rustls::SignatureScheme]) -> Option<Arc<CertifiedKey>> {
+        self.current()
+    }
+
+    fn has_certs(&self) -> bool {
+        true
+    }
+}
+
+/// The usual chain check, after refusing certificates on the revocation list.
+#[derive(Debug)]
+struct NotRevoked {
+    inner: Arc<dyn ClientCertVerifier>,
+    revocations: Revocations,
+}
+
+impl ClientCertVerifier for NotRevoked {
+    fn offer_client_auth(&self) -> bool {
+        self.inner.offer_client_auth()
+    }
+
+    fn client_auth_mandatory(&self) -> bool {
+        self.inner.client_auth_mandatory()
+    }
+
+    fn root_hint_subjects(&self) -> &[rustls::DistinguishedName] {
+        self.inner.root_hint_subjects()
+    }
+
+    fn verify_client_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        now: rustls_pki_types::UnixTime,
+    ) -> Result<rustls::server::danger::ClientCertVerified, rustls::Error> {
+        if self.revocations.is_revoked(end_entity) {
+            return Err(rustls::Error::InvalidCertificate(rustls::CertificateError::Revoked));
+        }
+        self.inner.verify_client_cert(end_entity, intermediates, now)
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        self.inner.verify_tls12_signature(message, cert, dss)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        self.inner.verify_tls13_signature(message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        self.inner.supported_verify_schemes()
+    }
 }
 
 fn provider() -> Arc<rustls::crypto::CryptoProvider> {
@@ -82,58 +236,90 @@ pub fn peer_from_der(der: &[u8]) -> Result<(Principal, Role), PkiError> {
 impl TlsIdentity {
     /// Loads `cert` and `key` (refusing a key others can read) and trusts `ca`.
     pub fn load(ca: &Path, cert: &Path, key: &Path) -> Result<TlsIdentity, PkiError> {
-        let read = |p: &Path| {
-            fs::read_to_string(p).map_err(|source| PkiError::Read {
-                path: p.to_path_buf(),
-                source,
-            })
-        };
-        check_key_permissions(key)?;
-        let bad = |p: &Path, what: &'static str, e: String| PkiError::BadFile {
-            path: p.to_path_buf(),
-            what,
-            detail: e,
-        };
-        let chain: Vec<CertificateDer<'static>> = pem_ders(&read(cert)?)
-            .map_err(|e| bad(cert, "certificate", e.to_string()))?
-            .into_iter()
-            .map(CertificateDer::from)
-            .collect();
-        let key_der = PrivateKeyDer::from_pem_slice(read(key)?.as_bytes())
-            .map_err(|e| bad(key, "private key", e.to_string()))?
-            .secret_der()
-            .to_vec();
+        let live = Live::read(cert, key)?;
         let mut roots = RootCertStore::empty();
-        for der in pem_ders(&read(ca)?).map_err(|e| bad(ca, "CA certificate", e.to_string()))? {
+        for der in pem_ders(&read_text(ca)?).map_err(|e| bad_file(ca, "CA certificate", e))? {
             roots
                 .add(CertificateDer::from(der))
-                .map_err(|e| bad(ca, "CA certificate", e.to_string()))?;
+                .map_err(|e| bad_file(ca, "CA certificate", e))?;
         }
-        let info = CertInfo::from_der(&chain[0]).map_err(|e| bad(cert, "Collective certificate", e.to_string()))?;
-        let principal = info.principal().map_err(|e| bad(cert, "Collective certificate", e.to_string()))?;
-        let role = info.role().map_err(|e| bad(cert, "Collective certificate", e.to_string()))?;
+        let principal = live.info.principal().map_err(|e| bad_file(cert, "Collective certificate", e))?;
+        let role = live.info.role().map_err(|e| bad_file(cert, "Collective certificate", e))?;
         Ok(TlsIdentity {
             principal,
             role,
             cert_path: cert.to_path_buf(),
-            chain,
-            key_der,
+            key_path: key.to_path_buf(),
+            live: Arc::new(RwLock::new(live)),
             roots: Arc::new(roots),
-            info,
+            revocations: Revocations::default(),
         })
     }
 
-    pub fn info(&self) -> &CertInfo {
-        &self.info
+    fn with_live<R>(&self, f: impl FnOnce(&Live) -> R) -> R {
+        match self.live.read() {
+            Ok(l) => f(&l),
+            Err(poisoned) => f(&poisoned.into_inner()),
+        }
     }
 
-    fn key(&self) -> PrivateKeyDer<'static> {
-        PrivateKeyDer::Pkcs8(self.key_der.clone().into())
+    /// What our certificate in use says.
+    pub fn info(&self) -> CertInfo {
+        self.with_live(|l| l.info.clone())
     }
 
     /// The Ed25519 key in PKCS#8 DER, for signing tokens with the TLS key.
-    pub fn pkcs8_der(&self) -> &[u8] {
-        &self.key_der
+    pub fn pkcs8_der(&self) -> Vec<u8> {
+        self.with_live(|l| l.key_der.clone())
+    }
+
+    /// The certificates this process refuses (shared by all clones of the identity).
+    pub fn revocations(&self) -> &Revocations {
+        &self.revocations
+    }
+
+    /// Reads the certificate and key files again if they changed since they were loaded
+    /// (`collective ca rotate` replaces them) and, when they still name the same principal
+    /// and role, uses them for every new handshake. Returns what the new certificate says,
+    /// or `None` when nothing changed. On any error the certificate in use stays.
+    pub fn reload(&self) -> Result<Option<CertInfo>, PkiError> {
+        let now = stamps(&self.cert_path, &self.key_path);
+        if self.with_live(|l| l.stamp == now) {
+            return Ok(None);
+        }
+        let new = Live::read(&self.cert_path, &self.key_path)?;
+        let who = new
+            .info
+            .principal()
+            .map_err(|e| bad_file(&self.cert_path, "Collective certificate", e))?;
+        let role = new
+            .info
+            .role()
+            .map_err(|e| bad_file(&self.cert_path, "Collective certificate", e))?;
+        if who != self.principal || role != self.role {
+            return Err(PkiError::Invalid(format!(
+                "{} now holds a {role} certificate for {who}, but this process runs as {} ({}); \
+                 a running process keeps its identity: put the old files back, or restart it",
+                self.cert_path.display(),
+                self.principal,
+                self.role
+            )));
+        }
+        let same_key = self.with_live(|l| l.info.public_key == new.info.public_key);
+        if self.role == Role::Coordinator && !same_key {
+            return Err(PkiError::Invalid(format!(
+                "{} has a new key; a coordinator's key also signs its tokens, invites and gossip, so a running \
+                 coordinator only takes a renewed certificate for the same key (`collective ca rotate` without --new-key); \
+                 restart it to use the new key",
+                self.cert_path.display()
+            )));
+        }
+        let info = new.info.clone();
+        match self.live.write() {
+            Ok(mut l) => *l = new,
+            Err(poisoned) => *poisoned.into_inner() = new,
+        }
+        Ok(Some(info))
     }
 
     /// Server side: TLS 1.3 only, a client certificate chained to our CA required.
@@ -153,36 +339,47 @@ impl TlsIdentity {
         if optional_client {
             builder = builder.allow_unauthenticated();
         }
-        let verifier = builder
+        let inner = builder
             .build()
             .map_err(|e| PkiError::Invalid(format!("cannot build client verifier: {e}")))?;
+        let verifier = Arc::new(NotRevoked {
+            inner,
+            revocations: self.revocations.clone(),
+        });
         let mut cfg = rustls::ServerConfig::builder_with_provider(provider())
             .with_protocol_versions(&[&rustls::version::TLS13])?
             .with_client_cert_verifier(verifier)
-            .with_single_cert(self.chain.clone(), self.key())?;
+            .with_cert_resolver(Arc::new(LiveCert(self.live.clone())));
         cfg.alpn_protocols = vec![alpn.to_vec()];
         Ok(Arc::new(cfg))
     }
 
-    /// SHA-256 fingerprint of our certificate (what invite codes pin).
+    /// SHA-256 fingerprint of our certificate.
     pub fn fingerprint(&self) -> [u8; 32] {
-        let d = ring::digest::digest(&ring::digest::SHA256, &self.chain[0]);
-        let mut out = [0u8; 32];
-        out.copy_from_slice(d.as_ref());
-        out
+        self.with_live(|l| sha256(&l.chain[0]))
+    }
+
+    /// SHA-256 of our public key: what invite codes pin, so that they stay good across a
+    /// renewal of the certificate (`collective ca rotate` keeps a coordinator's key).
+    pub fn key_fingerprint(&self) -> [u8; 32] {
+        self.with_live(|l| sha256(&l.info.public_key))
     }
 
     /// Our certificate chain, DER (leaf first).
     pub fn chain_der(&self) -> Vec<Vec<u8>> {
-        self.chain.iter().map(|c| c.to_vec()).collect()
+        self.with_live(|l| l.chain.iter().map(|c| c.to_vec()).collect())
     }
 
     /// Checks a certificate chain (leaf first, DER) the way a TLS handshake would: chained
-    /// to what we trust, valid now, allowed as a client, and naming a Collective principal.
+    /// to what we trust, valid now, not revoked, allowed as a client, and naming a
+    /// Collective principal.
     pub fn verify_chain(&self, chain: &[Vec<u8>]) -> Result<(Principal, Role), PkiError> {
         let leaf = chain
             .first()
             .ok_or_else(|| PkiError::NotCollective("empty certificate chain".into()))?;
+        if self.revocations.is_revoked(leaf) {
+            return Err(PkiError::Invalid("the certificate has been revoked by its CA".into()));
+        }
         let verifier = WebPkiClientVerifier::builder_with_provider(self.roots.clone(), provider())
             .build()
             .map_err(|e| PkiError::Invalid(format!("cannot build verifier: {e}")))?;
@@ -192,7 +389,8 @@ impl TlsIdentity {
     }
 
     /// Client side for first contact: no certificate of ours, and the server is trusted
-    /// only if its certificate has exactly the SHA-256 `fingerprint` (from an invite code).
+    /// only if its key (or certificate) has exactly the SHA-256 `fingerprint` (from an
+    /// invite code).
     pub fn pinned_client_config(fingerprint: [u8; 32], alpn: &[u8]) -> Result<Arc<rustls::ClientConfig>, PkiError> {
         let mut cfg = rustls::ClientConfig::builder_with_provider(provider())
             .with_protocol_versions(&[&rustls::version::TLS13])?
@@ -203,18 +401,27 @@ impl TlsIdentity {
         Ok(Arc::new(cfg))
     }
 
-    /// Client side: TLS 1.3 only, presenting our certificate, trusting only our CA.
+    /// Client side: TLS 1.3 only, presenting our certificate (the one in use at each
+    /// handshake), trusting only our CA.
     pub fn client_config(&self, alpn: &[u8]) -> Result<Arc<rustls::ClientConfig>, PkiError> {
         let mut cfg = rustls::ClientConfig::builder_with_provider(provider())
             .with_protocol_versions(&[&rustls::version::TLS13])?
             .with_root_certificates(self.roots.clone())
-            .with_client_auth_cert(self.chain.clone(), self.key())?;
+            .with_client_cert_resolver(Arc::new(LiveCert(self.live.clone())));
         cfg.alpn_protocols = vec![alpn.to_vec()];
         Ok(Arc::new(cfg))
     }
 }
 
-/// Trusts exactly one server certificate, named by its fingerprint.
+fn sha256(data: &[u8]) -> [u8; 32] {
+    let d = ring::digest::digest(&ring::digest::SHA256, data);
+    let mut out = [0u8; 32];
+    out.copy_from_slice(d.as_ref());
+    out
+}
+
+/// Trusts exactly one server, named by the SHA-256 of its public key (or, for codes made
+/// before keys were pinned, of its certificate).
 #[derive(Debug)]
 struct Pinned {
     fingerprint: [u8; 32],
@@ -229,8 +436,8 @@ impl rustls::client::danger::ServerCertVerifier for Pinned {
         _ocsp: &[u8],
         _now: rustls_pki_types::UnixTime,
     ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
-        let d = ring::digest::digest(&ring::digest::SHA256, end_entity);
-        if d.as_ref() == self.fingerprint {
+        let key_matches = CertInfo::from_der(end_entity).is_ok_and(|i| sha256(&i.public_key) == self.fingerprint);
+        if key_matches || sha256(end_entity) == self.fingerprint {
             Ok(rustls::client::danger::ServerCertVerified::assertion())
         } else {
             Err(rustls::Error::General(

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use collective_core::{Principal, Role};
-use collective_pki::{ALPN_GRPC, TlsIdentity, peer_from_der};
+use collective_pki::{ALPN_GRPC, Revocations, TlsIdentity, peer_from_der};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_rustls::{TlsAcceptor, TlsConnector};
 use tonic::transport::{Channel, Endpoint};
@@ -112,6 +112,55 @@ pub fn channel_with_config(config: Arc<rustls::ClientConfig>, addr: &str, server
     Ok(endpoint.connect_with_connector_lazy(svc))
 }
 
+/// How often a running process looks for a renewed certificate and a changed revocation list.
+pub const TLS_RELOAD_PERIOD: Duration = Duration::from_secs(5);
+
+/// Every [`TLS_RELOAD_PERIOD`] until `stop` turns true: takes up a renewed certificate
+/// (see [`TlsIdentity::reload`]; `on_renewed` hears what it says) and a changed revocation
+/// list. Problems are logged once each, and the certificate in use stays.
+pub fn watch_tls_files(
+    identity: TlsIdentity,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+    on_renewed: impl Fn(&collective_pki::CertInfo) + Send + 'static,
+) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut last_problem = String::new();
+        loop {
+            tokio::select! {
+                _ = tokio::time::sleep(TLS_RELOAD_PERIOD) => {}
+                _ = stop.wait_for(|v| *v) => return,
+            }
+            let id = identity.clone();
+            let checked = tokio::task::spawn_blocking(move || (id.reload(), id.revocations().refresh())).await;
+            let Ok((renewed, revoked)) = checked else { continue };
+            let mut problems = Vec::new();
+            match renewed {
+                Ok(Some(info)) => {
+                    tracing::info!(
+                        principal = %identity.principal,
+                        fingerprint = %info.fingerprint,
+                        not_after = %info.not_after,
+                        "certificate renewed: new connections use it"
+                    );
+                    on_renewed(&info);
+                }
+                Ok(None) => {}
+                Err(e) => problems.push(format!("keeping the certificate in use: {e}")),
+            }
+            match revoked {
+                Ok(true) => tracing::info!(revoked = identity.revocations().len(), "revocation list changed"),
+                Ok(false) => {}
+                Err(e) => problems.push(format!("keeping the previous revocation list: {e}")),
+            }
+            let problem = problems.join("; ");
+            if !problem.is_empty() && problem != last_problem {
+                tracing::warn!("{problem}");
+            }
+            last_problem = problem;
+        }
+    })
+}
+
 /// Resolves `host:port` (first address).
 pub fn resolve(addr: &str) -> Result<SocketAddr, RpcError> {
     use std::net::ToSocketAddrs;
@@ -131,8 +180,10 @@ pub struct Caller {
 /// Metadata header naming the end user a coordinator of another member calls for.
 pub const ON_BEHALF_OF: &str = "x-collective-user";
 
-/// Who presented the (already verified) client certificate of this call.
-pub fn peer<T>(req: &Request<T>) -> Result<Caller, Status> {
+/// Who presented the (already verified) client certificate of this call. A certificate
+/// revoked since the connection was made is refused here (TLS checks it only at the
+/// handshake, and resumed sessions skip even that).
+pub fn peer<T>(req: &Request<T>, revocations: &Revocations) -> Result<Caller, Status> {
     use tonic::transport::server::{TcpConnectInfo, TlsConnectInfo};
     let certs = req
         .extensions()
@@ -143,7 +194,20 @@ pub fn peer<T>(req: &Request<T>) -> Result<Caller, Status> {
         .first()
         .ok_or_else(|| Status::unauthenticated("no client certificate was presented"))?;
     let (principal, role) = peer_from_der(leaf).map_err(|e| Status::unauthenticated(format!("client certificate refused: {e}")))?;
+    if revocations.is_revoked(leaf) {
+        return Err(Status::unauthenticated(format!(
+            "the certificate of {principal} has been revoked by its member CA; ask its administrator for a new one"
+        )));
+    }
     Ok(Caller { principal, role })
+}
+
+/// Who presented the client certificate of this call, for logs and the audit trail
+/// (revoked or not), or `(unknown)`.
+pub fn peer_name<T>(req: &Request<T>) -> String {
+    peer(req, &Revocations::default())
+        .map(|p| p.principal.to_string())
+        .unwrap_or_else(|_| "(unknown)".into())
 }
 
 /// The end user named by a forwarding coordinator (see [`ON_BEHALF_OF`]). A coordinator may
@@ -175,8 +239,8 @@ pub fn forwarded<T>(msg: T, user: &Principal) -> Request<T> {
 }
 
 /// Checks the caller belongs to `domain` and holds one of `roles`; returns who it is.
-pub fn authorize<T>(req: &Request<T>, domain: &str, roles: &[Role]) -> Result<Caller, Status> {
-    let Caller { principal, role } = peer(req)?;
+pub fn authorize<T>(req: &Request<T>, revocations: &Revocations, domain: &str, roles: &[Role]) -> Result<Caller, Status> {
+    let Caller { principal, role } = peer(req, revocations)?;
     if principal.domain != domain {
         return Err(Status::permission_denied(format!("{principal} is not a principal of {domain}")));
     }
@@ -212,9 +276,34 @@ pub fn error_kind(s: &Status) -> String {
         .to_string()
 }
 
+/// What a TLS alert from the server (found in the error's causes) says about our
+/// certificate, in words a user can act on.
+fn certificate_alert(s: &Status) -> Option<&'static str> {
+    let mut causes = String::new();
+    let mut src = std::error::Error::source(s);
+    while let Some(e) = src {
+        causes.push_str(&e.to_string());
+        causes.push(' ');
+        src = e.source();
+    }
+    let says = |alert: &str| causes.contains(alert);
+    if says("CertificateRevoked") {
+        Some("our certificate has been revoked by its member CA; ask the member's administrator for a new one")
+    } else if says("CertificateExpired") {
+        Some("our certificate has expired or is not valid yet; renew it with `collective ca rotate` (or ask for a new one)")
+    } else if says("UnknownCA") || says("BadCertificate") || says("CertificateRequired") {
+        Some("it does not accept our certificate: check that --ca/--cert/--key come from this member's CA (`collective ca inspect FILE`)")
+    } else {
+        None
+    }
+}
+
 pub fn explain_status(target: &str, s: &Status) -> String {
     use tonic::Code;
     let msg = s.message();
+    if let Some(why) = certificate_alert(s) {
+        return format!("{target} refused the connection: {why}");
+    }
     match s.code() {
         Code::Unavailable => {
             let lower = msg.to_lowercase();
@@ -227,7 +316,7 @@ pub fn explain_status(target: &str, s: &Status) -> String {
             }
         }
         Code::Unknown | Code::Cancelled => format!(
-            "{target} closed the connection ({msg}); it most likely refused our certificate: check that --ca/--cert/--key come from this member's CA and are not expired (`collective ca inspect FILE`)"
+            "{target} closed the connection ({msg}); it most likely refused our certificate: check that --ca/--cert/--key come from this member's CA and are not expired or revoked (`collective ca inspect FILE`)"
         ),
         Code::DeadlineExceeded => format!("{target} did not answer in time: {msg}"),
         _ => msg.to_string(),

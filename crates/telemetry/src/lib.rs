@@ -225,14 +225,16 @@ pub fn register_process_metrics(registry: &Registry, role: &str) -> prometheus::
 }
 
 /// Registers `collective_certificate_expiry_timestamp_seconds`: when this process's own
-/// certificate stops being valid (alert when it comes within 14 days).
-pub fn register_certificate_metric(registry: &Registry, not_after: time::OffsetDateTime) -> prometheus::Result<()> {
+/// certificate stops being valid (alert when it comes within 14 days). Returns the gauge, to
+/// be set again when the certificate is renewed.
+pub fn register_certificate_metric(registry: &Registry, not_after: time::OffsetDateTime) -> prometheus::Result<prometheus::IntGauge> {
     let g = prometheus::IntGauge::new(
         "collective_certificate_expiry_timestamp_seconds",
         "When this process's TLS certificate expires, seconds since the Unix epoch",
     )?;
     g.set(not_after.unix_timestamp());
-    registry.register(Box::new(g))
+    registry.register(Box::new(g.clone()))?;
+    Ok(g)
 }
 
 fn collective_now_secs() -> f64 {
