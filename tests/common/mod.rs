@@ -335,10 +335,17 @@ impl Cluster {
 
     /// Restarts a stopped process with extra global flags (e.g. `--log-format json`).
     pub fn restart_with(&self, principal_prefix: &str, flags: &[&str]) {
+        self.restart_env(principal_prefix, flags, &[]);
+    }
+
+    /// Restarts a stopped process with extra global flags and environment variables
+    /// (e.g. a crash point), without waiting for it.
+    pub fn restart_env(&self, principal_prefix: &str, flags: &[&str], env: &[(&str, &str)]) {
         let p = self.proc(principal_prefix);
         assert!(!pid_alive(p.pid), "{} is still running", p.principal);
         let log = std::fs::OpenOptions::new().append(true).create(true).open(&p.log).unwrap();
         let child = Command::new(BIN)
+            .envs(env.iter().copied())
             .args(flags)
             .arg(&p.role)
             .arg("--config")

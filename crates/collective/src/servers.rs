@@ -24,6 +24,10 @@ pub struct CoordinatorArgs {
     /// Copies of every chunk
     #[arg(long)]
     replication: Option<u32>,
+    /// Do not start: check the metadata of this (stopped) coordinator for consistency and
+    /// exit non-zero if anything is wrong
+    #[arg(long)]
+    check: bool,
 }
 
 /// `collective node`: run a node (with `--config`), or manage one of this member's nodes.
@@ -123,7 +127,38 @@ pub async fn coordinator(a: CoordinatorArgs) -> Result<()> {
     if let Some(v) = a.replication {
         cfg.replication = v;
     }
+    if a.check {
+        return check_metadata(cfg).await;
+    }
     collective_coordinator::run(cfg, stop_signal()).await.context("coordinator failed")
+}
+
+async fn check_metadata(cfg: CoordinatorConfig) -> Result<()> {
+    let dir = cfg.data_dir.clone();
+    let r = tokio::task::spawn_blocking(move || collective_coordinator::check(&cfg))
+        .await?
+        .with_context(|| {
+            format!(
+                "cannot open the metadata in {} (a running coordinator holds it: stop it first)",
+                dir.display()
+            )
+        })?;
+    println!(
+        "{} directories, {} files, {} symlinks; {} chunks ({} unreferenced, awaiting collection), {} references",
+        r.directories, r.files, r.symlinks, r.chunks, r.unreferenced_chunks, r.references
+    );
+    if r.is_consistent() {
+        println!("metadata in {} is consistent", dir.display());
+        return Ok(());
+    }
+    for p in &r.problems {
+        println!("problem: {p}");
+    }
+    anyhow::bail!(
+        "the metadata in {} has {} problem(s); keep a copy of the directory and report them",
+        dir.display(),
+        r.problems.len()
+    )
 }
 
 pub async fn node(a: NodeArgs) -> Result<()> {

@@ -21,6 +21,14 @@ mod state;
 mod upkeep;
 mod upkeep_service;
 
+pub use collective_meta::CheckReport;
 pub use collective_pki::TlsFiles;
 pub use config::{CoordinatorConfig, FederationConfig, UpkeepConfig};
 pub use server::{CoordinatorError, run};
+
+/// Opens the metadata of a stopped coordinator and checks it (see
+/// [`collective_meta::MetaStore::check`]).
+pub fn check(cfg: &CoordinatorConfig) -> Result<CheckReport, CoordinatorError> {
+    let meta = collective_meta::MetaStore::open(&cfg.data_dir)?;
+    Ok(meta.check()?)
+}

@@ -92,9 +92,7 @@ impl MetadataService {
         self.state.metrics.rpcs.with_label_values(&[method]).inc();
         let user = self.state.end_user(req).inspect_err(|e| {
             self.state.metrics.rpc_errors.with_label_values(&[method]).inc();
-            let caller = collective_rpc::peer(req)
-                .map(|p| p.principal.to_string())
-                .unwrap_or_else(|_| "(unknown)".into());
+            let caller = collective_rpc::peer_name(req);
             tracing::warn!(principal = %caller, op = method, %target, "refused: {}", e.message());
         })?;
         Ok((
@@ -677,6 +675,7 @@ impl Metadata for MetadataService {
             })
             .await?;
             self.flush().await?;
+            collective_core::crash_point("commit:after-flush");
             Ok(CommitFilesResponse {
                 files: attrs.into_iter().map(to_proto).collect(),
             })

@@ -7,6 +7,7 @@
 mod access;
 mod breaker;
 mod chunk;
+mod crash;
 mod path;
 mod principal;
 mod units;
@@ -14,6 +15,7 @@ mod units;
 pub use access::{AccessError, Grant, Rights, Subject, effective_rights, parse_grant_spec};
 pub use breaker::{BREAKER_MAX, BREAKER_MIN, BreakerState, Breakers, backoff, jittered};
 pub use chunk::{CHUNK_ID_LEN, ChunkId, MAX_CHUNK_BYTES};
+pub use crash::{CRASH_ENV, CRASH_POINTS, crash_point};
 pub use path::{MAX_NAME_LEN, MAX_PATH_LEN, PathError, RemotePath, validate_path};
 pub use principal::{Principal, PrincipalError, Role, validate_name};
 pub use units::{UnitError, format_bytes, parse_duration, parse_size, unix_ms_now};

@@ -8,6 +8,7 @@
 
 mod access;
 mod audit;
+mod check;
 mod engine;
 mod hosting;
 mod namespace;
@@ -20,6 +21,7 @@ use collective_core::{ChunkId, PathError, RemotePath};
 
 pub use access::{DatastoreRecord, InviteKind, InviteRecord, InviteRefusal};
 pub use audit::{AuditEntry, AuditQuery};
+pub use check::CheckReport;
 pub use engine::Table;
 use engine::{Engine, Txn};
 pub use hosting::{HostedRecord, SEAL_LEN};

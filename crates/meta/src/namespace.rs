@@ -587,8 +587,16 @@ impl MetaStore {
         for c in files {
             check_manifest(c)?;
         }
-        self.engine
-            .transact(|t| files.iter().map(|c| commit_one(t, c, owner, min_replicas)).collect())
+        collective_core::crash_point("commit:before-transaction");
+        let done = self.engine.transact(|t| {
+            let attrs = files.iter().map(|c| commit_one(t, c, owner, min_replicas)).collect();
+            collective_core::crash_point("commit:inside-transaction");
+            attrs
+        });
+        if done.is_ok() {
+            collective_core::crash_point("commit:after-transaction");
+        }
+        done
     }
 
     /// Removes a file or an empty directory; with `recursive`, a whole tree (each entry
@@ -613,9 +621,11 @@ impl MetaStore {
                 }
             }
             self.engine.transact(|t| remove_one(t, path, who))?;
+            collective_core::crash_point("remove:after-transaction");
             return Ok((files, dirs + 1));
         }
         let kind = self.engine.transact(|t| remove_one(t, path, who))?;
+        collective_core::crash_point("remove:after-transaction");
         Ok(if kind == Kind::Dir { (0, 1) } else { (1, 0) })
     }
 
@@ -623,7 +633,7 @@ impl MetaStore {
     /// is a directory). A directory cannot move below itself.
     pub fn rename(&self, src: &RemotePath, dst: &RemotePath, who: &str) -> Result<Attr, MetaError> {
         let bad = |why: &str| abort(MetaError::BadRename(src.to_string(), dst.to_string(), why.to_string()));
-        self.engine.transact(|t| {
+        let done = self.engine.transact(|t| {
             let (_, src_name) = src.split_last().map_err(|e| abort(e.into()))?;
             let (dst_parent_path, dst_name) = dst.split_last().map_err(|e| abort(e.into()))?;
             let ino = resolve(t, src)?;
@@ -663,7 +673,11 @@ impl MetaStore {
             put_inode(t, ino, &node)?;
             audit(t, who, "rename", src, format!("to {dst}"))?;
             attr_in(t, dst.as_str(), ino, &node)
-        })
+        });
+        if done.is_ok() {
+            collective_core::crash_point("rename:after-transaction");
+        }
+        done
     }
 }
 
@@ -714,6 +728,38 @@ mod tests {
             replicas: 1,
         };
         m.commit_files(&[c], "u@a.collective.local", 2).map(|mut v| v.remove(0))
+    }
+
+    #[test]
+    fn the_check_passes_after_every_kind_of_change_and_finds_a_wrong_reference_count() {
+        let (m, d) = store("check");
+        commit(&m, "/a/one", &[b"x", b"shared"]).unwrap();
+        commit(&m, "/a/two", &[b"shared", b"y"]).unwrap();
+        commit(&m, "/a/one", &[b"z"]).unwrap();
+        commit(&m, "/empty", &[]).unwrap();
+        m.mkdir(&p("/b/c"), true, 0o755, "u").unwrap();
+        m.rename(&p("/a/two"), &p("/b/c/two"), "u").unwrap();
+        m.symlink(&p("/b/link"), "/a/one", "u").unwrap();
+        m.remove(&p("/a"), true, "u").unwrap();
+        let r = m.check().unwrap();
+        assert!(r.is_consistent(), "{:?}", r.problems);
+        assert_eq!((r.files, r.symlinks), (2, 1));
+        assert_eq!(r.references, 2);
+        assert!(r.unreferenced_chunks >= 2, "x and z are no longer referenced");
+
+        // Break one reference count behind the namespace's back.
+        let id = ChunkId::of(b"shared");
+        let mut rec = m.chunk(&id).unwrap().unwrap();
+        rec.refs += 1;
+        m.engine.insert(Table::Chunks, &id.0, crate::records::encode_chunk(&rec)).unwrap();
+        let r = m.check().unwrap();
+        assert_eq!(r.problems.len(), 1, "{:?}", r.problems);
+        assert!(
+            r.problems[0].contains("counts 2 references but manifests hold 1"),
+            "{:?}",
+            r.problems
+        );
+        std::fs::remove_dir_all(&d).unwrap();
     }
 
     #[test]
