@@ -2,7 +2,7 @@
 SHELL := /bin/bash
 CARGO ?= cargo
 
-.PHONY: all build release demo demo-down test unit integration lint bench prereqs clean
+.PHONY: all build release demo demo-down test unit integration lint bench fuzz prereqs clean
 
 all: build
 
@@ -34,6 +34,10 @@ lint:
 ## bench: release build, local cluster (1 coordinator, 3 nodes, R=2), figures in target/bench/results.json
 bench: prereqs release
 	@python3 scripts/bench.py
+
+## fuzz: every parser of outside input under libFuzzer, FUZZ_SECONDS (default 60) per target
+fuzz:
+	@scripts/fuzz.sh
 
 clean:
 	$(CARGO) clean

@@ -145,17 +145,37 @@ pub async fn write_frame<M: Message>(send: &mut quinn::SendStream, msg: &M) -> R
     send.write_all(&buf).await
 }
 
-/// Reads one length-prefixed message, refusing oversized frames.
-pub async fn read_frame<M: Message + Default>(recv: &mut quinn::RecvStream) -> Result<M, String> {
-    let mut len = [0u8; 4];
-    recv.read_exact(&mut len).await.map_err(|e| format!("reading frame length: {e}"))?;
-    let len = u32::from_le_bytes(len) as usize;
+/// The body length a frame header announces, refusing oversized frames.
+fn frame_len(header: [u8; 4]) -> Result<usize, String> {
+    let len = u32::from_le_bytes(header) as usize;
     if len > MAX_FRAME_BYTES {
         return Err(format!("frame of {len} bytes exceeds the {MAX_FRAME_BYTES}-byte limit"));
     }
-    let mut body = vec![0u8; len];
+    Ok(len)
+}
+
+/// Reads one length-prefixed message, refusing oversized frames.
+pub async fn read_frame<M: Message + Default>(recv: &mut quinn::RecvStream) -> Result<M, String> {
+    let mut header = [0u8; 4];
+    recv.read_exact(&mut header)
+        .await
+        .map_err(|e| format!("reading frame length: {e}"))?;
+    let mut body = vec![0u8; frame_len(header)?];
     recv.read_exact(&mut body).await.map_err(|e| format!("reading frame: {e}"))?;
     M::decode(body.as_slice()).map_err(|e| format!("decoding frame: {e}"))
+}
+
+/// Parses one frame from the start of `buf` exactly as [`read_frame`] reads it from a
+/// stream; returns the message and the bytes it took.
+pub fn decode_frame<M: Message + Default>(buf: &[u8]) -> Result<(M, usize), String> {
+    let header: [u8; 4] = buf
+        .get(..4)
+        .and_then(|h| h.try_into().ok())
+        .ok_or_else(|| "reading frame length: too short".to_string())?;
+    let len = frame_len(header)?;
+    let body = buf.get(4..4 + len).ok_or_else(|| "reading frame: stream ended".to_string())?;
+    let m = M::decode(body).map_err(|e| format!("decoding frame: {e}"))?;
+    Ok((m, 4 + len))
 }
 
 /// Reads exactly `size` payload bytes into one contiguous buffer (copied once from

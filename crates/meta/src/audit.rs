@@ -72,7 +72,7 @@ fn encode(e: &AuditEntry) -> Vec<u8> {
     out
 }
 
-fn decode(b: &[u8]) -> Result<AuditEntry, MetaError> {
+pub(crate) fn decode(b: &[u8]) -> Result<AuditEntry, MetaError> {
     match b.split_first() {
         Some((&AUDIT_FORMAT_V2, rest)) => postcard::from_bytes(rest).map_err(|e| MetaError::Corrupt(format!("audit record: {e}"))),
         Some((&records::RECORD_FORMAT_V1, _)) => {

@@ -231,3 +231,30 @@ pub(crate) fn alloc_inode(t: &Txn<'_>) -> Result<u64, engine::Abort> {
 pub(crate) fn audit(t: &Txn<'_>, principal: &str, op: &str, path: &RemotePath, detail: String) -> Result<(), engine::Abort> {
     audit::audit_in(t, principal, op, path.as_str(), detail)
 }
+
+/// Decodes one stored value of `table` the way the store reads it, and nothing more: what
+/// the fuzzers feed with arbitrary bytes (a damaged record must be an error, never a crash).
+pub fn decode_record(table: Table, key: &[u8], value: &[u8]) -> Result<(), MetaError> {
+    use records::{Inode, decode, decode_chunk, read_u64};
+    match table {
+        Table::Meta => match key {
+            META_TOTALS => decode::<Totals>("totals", value).map(drop),
+            _ => read_u64(value).map(drop),
+        },
+        Table::Inodes => decode::<Inode>("inode", value).map(drop),
+        Table::Dirents => read_u64(value).map(drop),
+        Table::Manifests => decode::<Vec<ChunkRef>>("manifest", value).map(drop),
+        Table::Chunks => decode_chunk(value).map(drop),
+        Table::Pending => decode::<PendingRecord>("pending", value).map(drop),
+        Table::Nodes => decode::<NodeRecord>("node", value).map(drop),
+        Table::Audit => audit::decode(value).map(drop),
+        Table::Datastores => decode::<DatastoreRecord>("datastore", value).map(drop),
+        Table::Grants => decode::<collective_core::Grant>("grant", value).map(drop),
+        Table::Invites => decode::<InviteRecord>("invite", value).map(drop),
+        Table::Principals => decode::<(u64, [u8; 16])>("principal", value).map(drop),
+        Table::ChunkSeals if value.len() == SEAL_LEN => Ok(()),
+        Table::ChunkSeals => Err(MetaError::Corrupt(format!("a chunk seal of {} bytes", value.len()))),
+        Table::Hosted => decode::<HostedRecord>("hosted chunk", value).map(drop),
+        Table::Links => decode::<String>("link", value).map(drop),
+    }
+}
