@@ -2,7 +2,7 @@
 SHELL := /bin/bash
 CARGO ?= cargo
 
-.PHONY: all build release demo demo-down test unit integration lint bench fuzz prereqs clean
+.PHONY: all build release demo demo-down test unit integration lint bench fuzz deny chaos prereqs clean
 
 all: build
 
@@ -34,6 +34,14 @@ lint:
 ## bench: release build, local cluster (1 coordinator, 3 nodes, R=2), figures in target/bench/results.json
 bench: prereqs release
 	@python3 scripts/bench.py
+
+## deny: licenses, duplicate versions, sources and (when reachable) advisories of every dependency
+deny:
+	@scripts/deny.sh
+
+## chaos: the long forms of the fault tests (gossip with 50 coordinators and 500 nodes)
+chaos:
+	COLLECTIVE_SCALE_MEMBERS=50 $(CARGO) test -p collective-gossip --test scale -- --nocapture
 
 ## fuzz: every parser of outside input under libFuzzer, FUZZ_SECONDS (default 60) per target
 fuzz:

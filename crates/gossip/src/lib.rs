@@ -94,6 +94,9 @@ pub struct PeerView {
 pub struct Counters {
     pub sent: AtomicU64,
     pub received: AtomicU64,
+    /// Bytes of the datagrams counted in `sent` and `received` (envelopes included).
+    pub sent_bytes: AtomicU64,
+    pub received_bytes: AtomicU64,
     /// Datagrams that failed authentication (unsigned, bad signature, foreign root, not a
     /// coordinator, replayed).
     pub dropped: AtomicU64,
@@ -309,7 +312,10 @@ impl Gossip {
         };
         gossip.publish(local);
 
-        let mut config = foca::Config::new_lan(NonZeroU32::new(5).unwrap_or(NonZeroU32::MIN));
+        // Sized for the largest federation we support (50+ coordinators): how often an
+        // update is retransmitted grows with the log of this, so "down" reaches everyone
+        // quickly in a large federation at a small cost in a small one.
+        let mut config = foca::Config::new_lan(NonZeroU32::new(64).unwrap_or(NonZeroU32::MIN));
         config.probe_period = settings.probe_period;
         config.probe_rtt = settings.probe_rtt;
         config.suspect_to_down_after = settings.suspect_timeout;
@@ -481,6 +487,7 @@ impl Agent {
                     let Ok((n, from)) = r else { continue };
                     if let Some(payload) = self.open(&buf[..n], from) {
                         self.shared.counters.received.fetch_add(1, Ordering::Relaxed);
+                        self.shared.counters.received_bytes.fetch_add(n as u64, Ordering::Relaxed);
                         if let Err(e) = self.foca.handle_data(&payload, &mut self.runtime) {
                             tracing::debug!(%from, "gossip datagram ignored: {e}");
                         }
@@ -528,6 +535,7 @@ impl Agent {
                 && self.socket.send_to(&bytes, dst.addr).await.is_ok()
             {
                 self.shared.counters.sent.fetch_add(1, Ordering::Relaxed);
+                self.shared.counters.sent_bytes.fetch_add(bytes.len() as u64, Ordering::Relaxed);
             }
         }
         let now = Instant::now();
