@@ -39,9 +39,10 @@ bench: prereqs release
 deny:
 	@scripts/deny.sh
 
-## chaos: the long forms of the fault tests (gossip with 50 coordinators and 500 nodes)
+## chaos: the long forms of the fault tests (gossip with 50 coordinators and 500 nodes; 1,000 operations under kill -9)
 chaos:
 	COLLECTIVE_SCALE_MEMBERS=50 $(CARGO) test -p collective-gossip --test scale -- --nocapture
+	COLLECTIVE_CRASH_OPS=1000 $(CARGO) test --test crash -- --nocapture
 
 ## fuzz: every parser of outside input under libFuzzer, FUZZ_SECONDS (default 60) per target
 fuzz:

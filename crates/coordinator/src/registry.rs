@@ -126,8 +126,13 @@ impl Registry for RegistryService {
         }
         let usage = q.usage.unwrap_or_default();
         let mut nodes = self.state.lock_nodes();
+        // The first report since this coordinator started: what the node holds may have
+        // changed while we were down (uploads we never recorded, deletes it never got), so
+        // reconcile it as if it had just registered.
+        let mut first_since_start = false;
         let known = match nodes.get_mut(&node) {
             Some(e) => {
+                first_since_start = e.last_seen.is_none();
                 e.usage = usage;
                 e.last_seen = Some(Instant::now());
                 e.last_seen_ms = unix_ms_now() as i64;
@@ -136,6 +141,10 @@ impl Registry for RegistryService {
             }
             None => false,
         };
+        drop(nodes);
+        if first_since_start {
+            self.state.upkeep.queue_reconcile(&node);
+        }
         Ok(Response::new(HeartbeatResponse {
             known,
             revoked: self.revoked(),

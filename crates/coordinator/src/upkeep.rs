@@ -998,6 +998,10 @@ impl State {
             if hosted.contains(id) {
                 continue;
             }
+            // Pending first: a commit turns a pending upload into a chunk record in one
+            // transaction, so reading in this order never takes a chunk being committed
+            // right now for an unknown one.
+            let pending = self.meta.is_pending(id).unwrap_or(true);
             let rec = self.meta.chunk(id).map_err(|e| e.to_string())?;
             match rec {
                 Some(rec) if rec.replicas.iter().any(|r| r == node) => {}
@@ -1012,7 +1016,7 @@ impl State {
                     }
                 }
                 Some(_) => unneeded.push(*id),
-                None if self.meta.is_pending(id).unwrap_or(true) => {}
+                None if pending => {}
                 None => unknown.push(*id),
             }
         }
