@@ -133,6 +133,10 @@ impl Rng {
     }
 }
 
+/// A path an operation changes, and what it holds once the operation succeeded (`None`:
+/// nothing).
+type Expect = (String, Option<Vec<u8>>);
+
 /// What a path holds now, read through the CLI: `None` when it does not exist.
 fn read_back(c: &Cluster, path: &str) -> Option<Vec<u8>> {
     let out = c.cli(&["cat", path]);
@@ -171,7 +175,7 @@ fn a_seeded_stream_of_changes_survives_random_kill_9_of_the_coordinator_and_node
         let names: Vec<String> = model.keys().cloned().collect();
         let pick = |rng: &mut Rng| names[rng.below(names.len() as u64) as usize].clone();
         let roll = rng.below(20);
-        let (args, expect): (Vec<String>, Vec<(String, Option<Vec<u8>>)>) = if names.is_empty() || roll < 12 {
+        let (args, expect): (Vec<String>, Vec<Expect>) = if names.is_empty() || roll < 12 {
             // Put: a new file or an overwrite.
             let path = if !names.is_empty() && roll < 4 {
                 pick(&mut rng)
