@@ -61,6 +61,7 @@ fn a_coordinator_killed_at_every_phase_of_a_change_reopens_in_one_of_the_two_val
         c.kill9("coordinator");
         c.restart_env("coordinator", &[], &[(CRASH_ENV, point)]);
         c.wait_ready();
+        wait_nodes_up(&c, 2);
         let coord = c.proc("coordinator");
         let out = match kind {
             "commit" => c.cli(&["put", p(&local), &src]),
@@ -82,6 +83,7 @@ fn a_coordinator_killed_at_every_phase_of_a_change_reopens_in_one_of_the_two_val
         );
         c.restart("coordinator");
         c.wait_ready();
+        wait_nodes_up(&c, 2);
 
         assert_eq!(c.cli(&["cat", "/keep"]).stdout, keep, "{point}: an acknowledged file changed");
         let outcome = match *point {
@@ -137,6 +139,17 @@ impl Rng {
 /// nothing).
 type Expect = (String, Option<Vec<u8>>);
 
+/// Waits until the coordinator sees all `n` nodes up (a restarted coordinator or node is
+/// ready before the coordinator has heard from every node again).
+fn wait_nodes_up(c: &Cluster, n: usize) {
+    within(Duration::from_secs(60), "every node is up", || {
+        let s = c.status_json();
+        s["nodes"]
+            .as_array()
+            .is_some_and(|ns| ns.len() == n && ns.iter().all(|node| node["state"] == "up"))
+    });
+}
+
 /// What a path holds now, read through the CLI: `None` when it does not exist.
 fn read_back(c: &Cluster, path: &str) -> Option<Vec<u8>> {
     let out = c.cli(&["cat", path]);
@@ -162,6 +175,7 @@ fn a_seeded_stream_of_changes_survives_random_kill_9_of_the_coordinator_and_node
     c.kill9("coordinator");
     c.restart("coordinator");
     c.wait_ready();
+    wait_nodes_up(&c, 3);
 
     c.ok(&["mkdir", "/moved"]);
     let mut rng = Rng(seed | 1);
@@ -222,12 +236,7 @@ fn a_seeded_stream_of_changes_survives_random_kill_9_of_the_coordinator_and_node
         if let Some(v) = victim {
             c.restart(v);
             c.wait_ready();
-            within(Duration::from_secs(60), "every node is up again", || {
-                let s = c.status_json();
-                s["nodes"]
-                    .as_array()
-                    .is_some_and(|ns| ns.len() == 3 && ns.iter().all(|n| n["state"] == "up"))
-            });
+            wait_nodes_up(&c, 3);
             // After every crash, every file acknowledged so far reads back byte-exact.
             for (path, data) in &model {
                 if expect.iter().any(|(p, _)| p == path) {
