@@ -137,12 +137,7 @@ async fn check_metadata(cfg: CoordinatorConfig) -> Result<()> {
     let dir = cfg.data_dir.clone();
     let r = tokio::task::spawn_blocking(move || collective_coordinator::check(&cfg))
         .await?
-        .with_context(|| {
-            format!(
-                "cannot open the metadata in {} (a running coordinator holds it: stop it first)",
-                dir.display()
-            )
-        })?;
+        .with_context(|| format!("cannot check the metadata in {}", dir.display()))?;
     println!(
         "{} directories, {} files, {} symlinks; {} chunks ({} unreferenced, awaiting collection), {} references",
         r.directories, r.files, r.symlinks, r.chunks, r.unreferenced_chunks, r.references

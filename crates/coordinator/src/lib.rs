@@ -29,6 +29,16 @@ pub use server::{CoordinatorError, run};
 /// Opens the metadata of a stopped coordinator and checks it (see
 /// [`collective_meta::MetaStore::check`]).
 pub fn check(cfg: &CoordinatorConfig) -> Result<CheckReport, CoordinatorError> {
-    let meta = collective_meta::MetaStore::open(&cfg.data_dir)?;
+    // Opening would create an empty store, which is consistent but not what was asked about.
+    if !cfg.data_dir.join("db").exists() && !cfg.data_dir.join("conf").exists() {
+        return Err(CoordinatorError::Config(format!(
+            "{} holds no coordinator metadata; name the data_dir of the coordinator to check",
+            cfg.data_dir.display()
+        )));
+    }
+    let meta = collective_meta::MetaStore::open(&cfg.data_dir).map_err(|e| match e {
+        collective_meta::MetaError::Open(..) => CoordinatorError::Config(format!("{e}; if a coordinator is running on it, stop it first")),
+        e => e.into(),
+    })?;
     Ok(meta.check()?)
 }
