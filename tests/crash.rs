@@ -10,7 +10,7 @@ mod common;
 use std::time::Duration;
 
 use collective_core::{CRASH_ENV, CRASH_POINTS};
-use common::{BIN, Cluster, p, pid_alive, random_bytes, within};
+use common::{BIN, Cluster, Rng, p, pid_alive, random_bytes, within};
 
 /// What a path holds after a crash: nothing, or exactly `data`.
 fn absent_or_exact(c: &Cluster, path: &str, data: &[u8]) -> bool {
@@ -117,22 +117,6 @@ fn a_coordinator_killed_at_every_phase_of_a_change_reopens_in_one_of_the_two_val
     c.kill9("coordinator");
     let report = run_check(&c);
     assert!(report.contains("is consistent"), "{report}");
-}
-
-/// A small seeded generator, so a failing run can be repeated exactly.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0
-    }
-
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
-    }
 }
 
 /// A path an operation changes, and what it holds once the operation succeeded (`None`:

@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
-use common::{Cluster, p, pid_alive, random_bytes, within};
+use common::{Cluster, Rng, p, pid_alive, random_bytes, within};
 
 const BIN: &str = env!("CARGO_BIN_EXE_collective");
 
@@ -131,21 +131,6 @@ fn a_100mib_file_copied_in_and_out_is_byte_exact_and_the_cli_reads_the_same() {
     within(Duration::from_secs(30), "the mount process exits after umount", || {
         !pid_alive(m.pid)
     });
-}
-
-/// A tiny reproducible generator for the random-operation test.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0
-    }
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n.max(1)
-    }
 }
 
 fn read_all(f: &File, len: u64) -> Vec<u8> {

@@ -418,12 +418,7 @@ fn every_mutating_cli_command_leaves_an_audit_entry_with_its_principal_and_resul
     c.ok(&["invite", "revoke", &id]);
     // A refused write by another user is recorded as denied, under that user.
     let guest = c.second_user("guest");
-    let out = c
-        .cmd()
-        .env("COLLECTIVE_CONFIG", &guest)
-        .args(["mkdir", "/team/nope"])
-        .output()
-        .unwrap();
+    let out = c.cli_with(&guest, &["mkdir", "/team/nope"]);
     assert!(!out.status.success());
     c.ok(&["datastore", "revoke", "/team", "guest@home.collective.local"]);
 
@@ -460,16 +455,11 @@ fn every_mutating_cli_command_leaves_an_audit_entry_with_its_principal_and_resul
     let mine: Vec<serde_json::Value> =
         serde_json::from_str(&c.ok(&["audit", "--json", "--principal", "guest@home.collective.local"])).unwrap();
     assert!(!mine.is_empty() && mine.iter().all(|e| e["principal"] == "guest@home.collective.local"));
-    let guest_view = c.cmd().env("COLLECTIVE_CONFIG", &guest).args(["audit", "--json"]).output().unwrap();
+    let guest_view = c.cli_with(&guest, &["audit", "--json"]);
     assert!(guest_view.status.success());
     let guest_view: Vec<serde_json::Value> = serde_json::from_slice(&guest_view.stdout).unwrap();
     assert!(!guest_view.is_empty() && guest_view.iter().all(|e| e["principal"] == "guest@home.collective.local"));
-    let refused = c
-        .cmd()
-        .env("COLLECTIVE_CONFIG", &guest)
-        .args(["audit", "--principal", admin])
-        .output()
-        .unwrap();
+    let refused = c.cli_with(&guest, &["audit", "--principal", admin]);
     assert!(!refused.status.success());
     assert!(String::from_utf8_lossy(&refused.stderr).contains("own audit entries"));
 
@@ -496,12 +486,7 @@ fn log_format_json_writes_one_object_per_line_and_errors_name_principal_operatio
     c.wait_ready();
     c.ok(&["datastore", "create", "/logs"]);
     let guest = c.second_user("outsider");
-    let out = c
-        .cmd()
-        .env("COLLECTIVE_CONFIG", &guest)
-        .args(["mkdir", "/logs/forbidden"])
-        .output()
-        .unwrap();
+    let out = c.cli_with(&guest, &["mkdir", "/logs/forbidden"]);
     assert!(!out.status.success());
     let mut refusal = None;
     within(Duration::from_secs(10), "the refusal in the coordinator's log", || {

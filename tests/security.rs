@@ -335,7 +335,7 @@ fn revoked_certificates_are_refused_on_new_and_open_connections_and_by_nodes() {
     let c = Cluster::start("revoke", 2, 2);
     c.ok(&["put", p(&c.write_local("x", &random_bytes(50_000, 3))), "/x"]);
     let cfg = c.second_user("mallory");
-    let as_mallory = |args: &[&str]| c.cmd().env("COLLECTIVE_CONFIG", &cfg).args(args).output().unwrap();
+    let as_mallory = |args: &[&str]| c.cli_with(&cfg, args);
     assert!(as_mallory(&["status"]).status.success());
     let certs = c.path("mallory");
     let mallory = TlsIdentity::load(&c.dir.join("certs/ca.crt"), &certs.join("mallory.crt"), &certs.join("mallory.key")).unwrap();

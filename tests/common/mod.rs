@@ -67,6 +67,23 @@ pub fn scratch(name: &str) -> PathBuf {
 }
 
 /// Deterministic pseudo-random bytes.
+/// A small seeded generator (xorshift), so a failing random test can be repeated exactly.
+pub struct Rng(pub u64);
+
+impl Rng {
+    pub fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+
+    /// A number below `n` (0 when `n` is 0).
+    pub fn below(&mut self, n: u64) -> u64 {
+        self.next() % n.max(1)
+    }
+}
+
 pub fn random_bytes(len: usize, seed: u64) -> Vec<u8> {
     let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
     let mut out = Vec::with_capacity(len + 8);
@@ -271,6 +288,15 @@ impl Cluster {
         let mut c = Command::new(BIN);
         c.env("COLLECTIVE_CONFIG", &self.client_config).env_remove("RUST_LOG");
         c
+    }
+
+    /// Runs the CLI with another client config (another user), whatever the outcome.
+    pub fn cli_with(&self, config: &Path, args: &[&str]) -> Output {
+        self.cmd()
+            .env("COLLECTIVE_CONFIG", config)
+            .args(args)
+            .output()
+            .expect("run collective")
     }
 
     pub fn cli(&self, args: &[&str]) -> Output {
