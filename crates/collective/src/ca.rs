@@ -262,7 +262,11 @@ fn add_revocation(ca: &Path, fingerprint: &str, not_after: OffsetDateTime, princ
         fingerprint: fingerprint.to_string(),
         principal: principal.to_string(),
         not_after: rfc3339_text(not_after),
-        revoked_at: rfc3339_text(OffsetDateTime::now_utc()),
+        revoked_at: rfc3339_text(
+            OffsetDateTime::now_utc()
+                .replace_nanosecond(0)
+                .unwrap_or_else(|_| OffsetDateTime::now_utc()),
+        ),
         reason: reason.to_string(),
     });
     if added {
