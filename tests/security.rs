@@ -792,3 +792,114 @@ fn a_read_only_client_cannot_write_or_reach_another_datastore_by_crafting_reques
     let listing = c.ok(&["ls", "/shared"]);
     assert_eq!(listing.lines().count(), 1, "{listing}");
 }
+
+/// `member`'s status: (chunks below their replication, chunks repaired since start).
+fn repair_state(fed: &Cluster, member: &str) -> (u64, u64) {
+    let out = fed.cmd_as(member).args(["status", "--json"]).output().unwrap();
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+    (
+        v["replication_state"]["under_replicated_chunks"].as_u64().unwrap_or(u64::MAX),
+        v["repair"]["repaired_chunks"].as_u64().unwrap_or(0),
+    )
+}
+
+fn dropped_gossip(fed: &Cluster, member: &str) -> u64 {
+    let v: serde_json::Value = serde_json::from_str(&fed.ok_as(member, &["federation", "peers", "--json"])).unwrap();
+    v["dropped_unauthenticated"].as_u64().unwrap()
+}
+
+#[test]
+fn a_removed_member_can_no_longer_read_write_or_gossip() {
+    let fed = Cluster::federation("removal", 3, 2);
+    let photo = random_bytes(400_000, 31);
+    let src = fed.write_local("photo.jpg", &photo);
+    fed.ok_as("alice", &["put", p(&src), "/media/photo.jpg"]);
+    // /shared (carol's, hybrid) takes everyone's writes and spreads copies over members.
+    let shared: Vec<(String, Vec<u8>)> = ["alice", "bob", "carol"]
+        .iter()
+        .enumerate()
+        .map(|(i, who)| {
+            let data = random_bytes(700_000, 40 + i as u64);
+            let f = fed.write_local(&format!("{who}.bin"), &data);
+            let remote = format!("/shared/{who}.bin");
+            fed.ok_as(who, &["put", p(&f), &remote]);
+            (remote, data)
+        })
+        .collect();
+    fed.ok_as("bob", &["get", "/media/photo.jpg", p(&fed.path("before.jpg"))]);
+    let on_bob = fed
+        .stored_chunks()
+        .iter()
+        .filter(|(node, _)| node.ends_with("@bob.collective.local"))
+        .count();
+    assert!(on_bob > 0, "the scenario needs copies on bob's nodes");
+
+    // Only the coordinator holding the root signs removals, only for an admin, never itself.
+    let err = fed.fails_as("carol", &["federation", "remove", "bob"]);
+    assert!(err.contains("does not hold the federation root"), "{err}");
+    let err = fed.fails_as("alice", &["federation", "remove", "alice"]);
+    assert!(err.contains("cannot remove its own member"), "{err}");
+
+    fed.ok_as("alice", &["federation", "remove", "bob", "--reason", "moved away"]);
+    for m in ["alice", "carol"] {
+        within(Duration::from_secs(20), &format!("{m} to list bob as removed"), || {
+            fed.peer_states(m)
+                .iter()
+                .any(|(d, s)| d == "bob.collective.local" && s == "removed")
+        });
+    }
+
+    // bob can no longer read what he was granted, nor write where everyone may.
+    let mut last = String::new();
+    within(Duration::from_secs(20), "bob's reads and writes to be refused", || {
+        let read = fed.cmd_as("bob").args(["cat", "/media/photo.jpg"]).output().unwrap();
+        let write = fed.cmd_as("bob").args(["put", p(&src), "/shared/late.jpg"]).output().unwrap();
+        last = format!(
+            "{}{}",
+            String::from_utf8_lossy(&read.stderr),
+            String::from_utf8_lossy(&write.stderr)
+        );
+        !read.status.success() && !write.status.success()
+    });
+    assert!(last.contains("removed from the federation"), "{last}");
+    let err = fed.fails_as("bob", &["ls", "/shared"]);
+    assert!(err.contains("removed from the federation"), "{err}");
+
+    // bob's gossip is dropped by the others, and he is never seen alive again.
+    let before = dropped_gossip(&fed, "carol");
+    within(Duration::from_secs(20), "carol to drop bob's gossip", || {
+        dropped_gossip(&fed, "carol") > before
+    });
+
+    // Nothing of the remaining members is lost: copies bob's nodes held are repaired onto
+    // alice's and carol's, and every file reads back byte-exact.
+    within(
+        Duration::from_secs(60),
+        "the copies on bob's nodes to be repaired elsewhere",
+        || {
+            let (a, c) = (repair_state(&fed, "alice"), repair_state(&fed, "carol"));
+            a.0 == 0 && c.0 == 0 && a.1 + c.1 > 0
+        },
+    );
+    for (remote, data) in &shared {
+        let out = fed.cmd_as("carol").args(["cat", remote]).output().unwrap();
+        assert!(out.status.success(), "{remote}: {}", String::from_utf8_lossy(&out.stderr));
+        assert!(out.stdout == *data, "{remote} differs after the removal");
+    }
+    let out = fed.cmd_as("alice").args(["cat", "/media/photo.jpg"]).output().unwrap();
+    assert!(out.status.success() && out.stdout == photo);
+
+    // The removal outlives a restart of a coordinator that learned it through gossip.
+    fed.kill9("coordinator@carol");
+    fed.restart("coordinator@carol");
+    within(Duration::from_secs(20), "carol's coordinator back", || {
+        fed.cmd_as("carol").args(["ls", "/shared"]).output().unwrap().status.success()
+    });
+    assert!(
+        fed.peer_states("carol")
+            .iter()
+            .any(|(d, s)| d == "bob.collective.local" && s == "removed")
+    );
+    let err = fed.fails_as("bob", &["ls", "/shared"]);
+    assert!(err.contains("removed from the federation"), "{err}");
+}

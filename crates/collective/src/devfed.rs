@@ -163,7 +163,10 @@ pub async fn up(a: &UpArgs, dir: &Path) -> Result<()> {
                 .await
                 .with_context(|| format!("{name} could not join the federation"))?;
                 let mut cfg: CoordinatorConfig = crate::config::load_toml(&joined.coordinator_config)?;
+                // The same dev timings as the founder: repair, scrub and collection watchable live.
                 cfg.replication = a.replication;
+                cfg.node_timeout = crate::dev::DEV_NODE_TIMEOUT.into();
+                cfg.upkeep = crate::dev::dev_upkeep();
                 write_toml(&joined.coordinator_config, &cfg)?;
                 (joined.coordinator_config, joined.client_config, cfg)
             }

@@ -13,7 +13,7 @@ use collective_proto::v1::bootstrap_client::BootstrapClient;
 use collective_proto::v1::{
     CreateDatastoreRequest, DatastoreInfo, GenerateInviteRequest, GrantInfo, GrantRequest, InviteInfo, JoinMemberRequest,
     ListDatastoresRequest, ListInvitesRequest, PathRequest, PeerInfo, PeersRequest, PeersResponse, RedeemInviteRequest,
-    RevokeInviteRequest, RevokeRequest,
+    RemoveMemberRequest, RevokeInviteRequest, RevokeRequest,
 };
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
@@ -70,6 +70,18 @@ pub enum FederationCommand {
     Risk {
         /// Member name (bob) or domain (bob.collective.local)
         member: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Remove MEMBER from the federation for good: every coordinator then refuses its
+    /// certificates, drops its gossip and repairs the copies its nodes held elsewhere. Run it
+    /// against the coordinator that holds the federation root; see `federation risk` first
+    Remove {
+        /// Member name (bob) or domain (bob.collective.local)
+        member: String,
+        /// Why, recorded in the signed removal and every coordinator's log
+        #[arg(long, default_value = "")]
+        reason: String,
         #[arg(long)]
         json: bool,
     },
@@ -148,6 +160,27 @@ async fn risk(o: &ClientOverrides, member: String, json: bool) -> Result<()> {
 pub async fn federation(o: &ClientOverrides, cmd: FederationCommand) -> Result<()> {
     match cmd {
         FederationCommand::Risk { member, json } => risk(o, member, json).await,
+        FederationCommand::Remove { member, reason, json } => {
+            let r = connect(o)?
+                .admin()
+                .remove_member(RemoveMemberRequest { member, reason })
+                .await
+                .map_err(status)?
+                .into_inner();
+            if json {
+                let v = serde_json::json!({
+                    "member": r.member,
+                    "removed": time_str(r.removed_ms as i64),
+                    "reason": r.reason,
+                });
+                println!("{}", serde_json::to_string_pretty(&v)?);
+            } else {
+                println!("{} removed from the federation at {}", r.member, time_str(r.removed_ms as i64));
+                println!("  every coordinator refuses its certificates as soon as gossip brings the removal (seconds);");
+                println!("  copies its nodes held are repaired onto the remaining members' nodes");
+            }
+            Ok(())
+        }
         FederationCommand::Init { domain, out } => {
             let root = FederationRoot::init(&domain, &out)?;
             println!("federation root for {} written to {}", root.domain, out.display());

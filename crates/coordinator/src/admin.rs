@@ -10,8 +10,8 @@ use collective_proto::v1::admin_client::AdminClient;
 use collective_proto::v1::admin_server::Admin;
 use collective_proto::v1::{
     CreateDatastoreRequest, DatastoreInfo, GenerateInviteRequest, GenerateInviteResponse, GrantInfo, GrantRequest, InviteInfo,
-    ListDatastoresRequest, ListDatastoresResponse, ListInvitesRequest, ListInvitesResponse, PathRequest, PeerInfo, PeersRequest,
-    PeersResponse, RevokeInviteRequest, RevokeInviteResponse, RevokeRequest, RevokeResponse,
+    ListDatastoresRequest, ListDatastoresResponse, ListInvitesRequest, ListInvitesResponse, MemberRemoval, PathRequest, PeerInfo,
+    PeersRequest, PeersResponse, RemoveMemberRequest, RevokeInviteRequest, RevokeInviteResponse, RevokeRequest, RevokeResponse,
 };
 use tonic::{Request, Response, Status};
 
@@ -259,6 +259,29 @@ impl Admin for AdminService {
         r
     }
 
+    async fn remove_member(&self, req: Request<RemoveMemberRequest>) -> Result<Response<MemberRemoval>, Status> {
+        let who = self.state.end_user(&req)?;
+        let q = req.into_inner();
+        let r = if self.state.is_admin(&who) {
+            let state = self.state.clone();
+            let q2 = q.clone();
+            tokio::task::spawn_blocking(move || state.remove_member(&q2))
+                .await
+                .map_err(|e| Status::internal(e.to_string()))
+                .and_then(|r| r)
+        } else {
+            self.state.metrics.denials.inc();
+            Err(Status::permission_denied(format!(
+                "only an admin of {} may remove members",
+                self.state.domain
+            )))
+        };
+        self.state.audit(&who.to_string(), "member-remove", &q.member, &r, |r| {
+            format!("removed: {}", r.reason)
+        });
+        r.map(Response::new)
+    }
+
     async fn peers(&self, req: Request<PeersRequest>) -> Result<Response<PeersResponse>, Status> {
         self.state.end_user(&req)?;
         let fed = self.state.fed().ok_or_else(|| {
@@ -302,6 +325,15 @@ impl Admin for AdminService {
             };
             summary(&p.member, &mut info);
             members.push(info);
+        }
+        for r in self.state.removals() {
+            if r.member != self.state.domain {
+                members.push(PeerInfo {
+                    member: r.member,
+                    state: "removed".into(),
+                    ..Default::default()
+                });
+            }
         }
         members.sort_by(|a, b| a.member.cmp(&b.member));
         Ok(Response::new(PeersResponse {

@@ -54,6 +54,15 @@ impl State {
         let fed = self
             .fed()
             .ok_or_else(|| Status::failed_precondition("this coordinator is not part of a federation"))?;
+        if let Some(r) = self.removals.lock().unwrap_or_else(|p| p.into_inner()).get(&self.domain) {
+            return Err(Status::permission_denied(format!(
+                "{} was removed from the federation ({}); the other members no longer accept it",
+                self.domain, r.reason
+            )));
+        }
+        if self.identity.revocations().is_member_removed(member) {
+            return Err(Status::permission_denied(format!("{member} was removed from the federation")));
+        }
         // Checked before any cached channel: a dead member's old connection only gives a
         // transport error that does not say who is missing.
         if fed.gossip.peer_state(member) == Some(PeerState::Down) {
@@ -141,6 +150,7 @@ impl State {
             datastores,
             hosted_bytes: self.meta.hosted_usage().map(|(t, _)| t).unwrap_or(0),
             used_elsewhere_bytes: self.used_elsewhere_cached(),
+            removals: self.removals(),
         }
     }
 
@@ -172,7 +182,14 @@ pub async fn maintain(state: Arc<State>, anti_entropy: Duration) {
             _ = publish.tick() => {
                 let Some(fed) = state.fed() else { return };
                 let s = state.clone();
-                let Ok(mine) = tokio::task::spawn_blocking(move || s.local_member_state()).await else { continue };
+                let Ok(mine) = tokio::task::spawn_blocking(move || {
+                    s.learn_removals();
+                    s.local_member_state()
+                })
+                .await
+                else {
+                    continue;
+                };
                 // Re-publish on change, and every minute regardless (Lamport version bump).
                 let changed = last.as_ref().is_none_or(|l| {
                     let mut a = l.clone();

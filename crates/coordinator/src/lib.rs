@@ -16,6 +16,7 @@ mod metadata;
 mod metrics;
 mod observe;
 mod registry;
+mod removal;
 mod server;
 mod state;
 mod upkeep;

@@ -960,7 +960,12 @@ pub fn status_report(state: &State) -> Result<StatusResponse, Status> {
             let n = peers.iter().filter(|p| p.state.as_str() == st).count();
             m.members.with_label_values(&[st]).set(n as i64);
         }
+        m.members
+            .with_label_values(&["removed"])
+            .set(state.identity.revocations().removed_members().len() as i64);
         let c = fed.gossip.counters();
+        m.member_downs
+            .inc_by((load(&c.members_down) as u64).saturating_sub(m.member_downs.get()));
         for (dir, n) in [("sent", &c.sent), ("received", &c.received), ("dropped", &c.dropped)] {
             let counter = m.gossip_messages.with_label_values(&[dir]);
             counter.inc_by((load(n) as u64).saturating_sub(counter.get()));

@@ -18,6 +18,7 @@ pub struct CoordinatorMetrics {
     pub invites_issued: IntCounter,
     pub invites_redeemed: IntCounter,
     pub members: IntGaugeVec,
+    pub member_downs: IntCounter,
     pub gossip_messages: IntCounterVec,
     pub events: IntCounterVec,
     pub dedup_ratio: prometheus::Gauge,
@@ -112,9 +113,14 @@ impl CoordinatorMetrics {
         registry.register(Box::new(members.clone()))?;
         // Every state exists from the start (0 when unfederated), so dashboards and alerts
         // never see a missing series.
-        for st in ["alive", "suspect", "down"] {
+        for st in ["alive", "suspect", "down", "removed"] {
             members.with_label_values(&[st]).set(0);
         }
+        let member_downs = IntCounter::new(
+            "collective_coordinator_federation_member_down_total",
+            "Times gossip declared another member down since start (a member that is up again and keeps adding here is flapping)",
+        )?;
+        registry.register(Box::new(member_downs.clone()))?;
         for st in ["up", "down"] {
             nodes.with_label_values(&[st]).set(0);
         }
@@ -194,6 +200,7 @@ impl CoordinatorMetrics {
             invites_redeemed,
             members,
             gossip_messages,
+            member_downs,
             events,
             dedup_ratio,
             manifests,

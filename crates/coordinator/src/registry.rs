@@ -115,6 +115,7 @@ impl Registry for RegistryService {
             coordinator: self.state.principal.clone(),
             heartbeat_interval_ms: 2000,
             revoked: self.revoked(),
+            removed_members: self.state.identity.revocations().removed_members(),
         }))
     }
 
@@ -148,6 +149,7 @@ impl Registry for RegistryService {
         Ok(Response::new(HeartbeatResponse {
             known,
             revoked: self.revoked(),
+            removed_members: self.state.identity.revocations().removed_members(),
         }))
     }
 }

@@ -112,6 +112,7 @@ async fn start_federation(
     if state.federation.set(fed).is_err() {
         return Err(CoordinatorError::Config("federation started twice".into()));
     }
+    state.load_removals().map_err(CoordinatorError::Config)?;
     if let Some(f) = state.fed() {
         f.gossip.publish(state.local_member_state());
         tracing::info!(federation = %f.domain, gossip = %bound, holds_root = f.root.is_some(), "federation gossip started");

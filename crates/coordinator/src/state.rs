@@ -69,6 +69,8 @@ pub struct State {
     pub peer_breakers: collective_core::Breakers,
     /// Cluster events for `collective events`.
     pub events: crate::events::Events,
+    /// Members removed from the federation, by domain (see `removal.rs`).
+    pub(crate) removals: Mutex<std::collections::BTreeMap<String, collective_proto::v1::MemberRemoval>>,
 }
 
 impl State {
@@ -122,6 +124,7 @@ impl State {
             token_ttl,
             nodes: Mutex::new(nodes),
             events: crate::events::Events::new(metrics.events.clone()),
+            removals: Mutex::new(std::collections::BTreeMap::new()),
             metrics,
             identity,
             controls: Mutex::new(HashMap::new()),

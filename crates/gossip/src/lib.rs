@@ -10,7 +10,7 @@
 //! anti-entropy over gRPC and feeds what it learns back with [`Gossip::merge`].
 
 use std::cmp::Reverse;
-use std::collections::{BinaryHeap, HashMap};
+use std::collections::{BinaryHeap, HashMap, HashSet};
 use std::net::SocketAddr;
 use std::num::{NonZeroU32, NonZeroUsize};
 use std::path::PathBuf;
@@ -100,6 +100,8 @@ pub struct Counters {
     /// Datagrams that failed authentication (unsigned, bad signature, foreign root, not a
     /// coordinator, replayed).
     pub dropped: AtomicU64,
+    /// Times a member was declared down (a member that is alive and counted here is flapping).
+    pub members_down: AtomicU64,
 }
 
 /// The identity foca gossips about: the member, its gossip address and a bump that a
@@ -153,6 +155,8 @@ struct Shared {
     counters: Counters,
     /// Other members' states changed since they were last saved.
     dirty: AtomicBool,
+    /// Members removed from the federation: their datagrams and states are dropped.
+    removed: Mutex<HashSet<String>>,
 }
 
 impl Shared {
@@ -161,6 +165,9 @@ impl Shared {
     }
     fn lock_peers(&self) -> std::sync::MutexGuard<'_, HashMap<String, PeerView>> {
         self.peers.lock().unwrap_or_else(|p| p.into_inner())
+    }
+    fn is_removed(&self, member: &str) -> bool {
+        self.removed.lock().unwrap_or_else(|p| p.into_inner()).contains(member)
     }
 
     /// Raises the version of our own state and returns it encoded for broadcast.
@@ -186,6 +193,9 @@ impl Shared {
             {
                 mine.version = s.version + 1;
             }
+            return false;
+        }
+        if self.is_removed(&s.member) {
             return false;
         }
         match states.get(&s.member) {
@@ -295,6 +305,7 @@ impl Gossip {
             peers: Mutex::new(HashMap::new()),
             counters: Counters::default(),
             dirty: AtomicBool::new(false),
+            removed: Mutex::new(HashSet::new()),
         });
         // What we knew of the others before a restart, until gossip brings newer versions.
         let states_file = settings.peers_file.as_ref().map(|f| f.with_extension("states"));
@@ -406,6 +417,26 @@ impl Gossip {
 
     pub fn counters(&self) -> &Counters {
         &self.shared.counters
+    }
+
+    /// Stops hearing from members removed from the federation: their datagrams are dropped
+    /// (and counted), their states forgotten and refused, and they leave the peer list.
+    /// Returns whether anything changed.
+    pub fn remove_members<S: AsRef<str>>(&self, members: &[S]) -> bool {
+        let mut changed = false;
+        {
+            let mut removed = self.shared.removed.lock().unwrap_or_else(|p| p.into_inner());
+            for m in members {
+                changed |= removed.insert(m.as_ref().to_string());
+            }
+        }
+        if changed {
+            let removed = self.shared.removed.lock().unwrap_or_else(|p| p.into_inner()).clone();
+            self.shared.lock_states().retain(|m, _| !removed.contains(m));
+            self.shared.lock_peers().retain(|m, _| !removed.contains(m));
+            self.shared.dirty.store(true, Ordering::Relaxed);
+        }
+        changed
     }
 
     pub fn member(&self) -> &str {
@@ -558,7 +589,10 @@ impl Agent {
                         let _ = self.foca.add_broadcast(&bytes);
                     }
                 }
-                OwnedNotification::MemberDown(id) => tracing::warn!(member = %id.member, "federation member down"),
+                OwnedNotification::MemberDown(id) if !self.shared.is_removed(&id.member) => {
+                    self.shared.counters.members_down.fetch_add(1, Ordering::Relaxed);
+                    tracing::warn!(member = %id.member, "federation member down");
+                }
                 OwnedNotification::Defunct => {
                     // We were declared down (e.g. after a partition): come back as a new incarnation.
                     tracing::warn!("declared down by the federation; rejoining");
@@ -575,7 +609,7 @@ impl Agent {
         let mut addrs = Vec::new();
         for m in self.foca.iter_membership_state() {
             let id = m.id();
-            if id.member == self.shared.me || id.member.is_empty() {
+            if id.member == self.shared.me || id.member.is_empty() || self.shared.is_removed(&id.member) {
                 continue;
             }
             let state = match m.state() {
@@ -649,7 +683,7 @@ impl Agent {
             Err(why) => {
                 let n = self.shared.counters.dropped.fetch_add(1, Ordering::Relaxed);
                 if n < 10 || n.is_power_of_two() {
-                    tracing::warn!(%from, dropped_total = n + 1, "dropped an unauthenticated gossip datagram: {why}");
+                    tracing::warn!(%from, dropped_total = n + 1, "dropped a gossip datagram: {why}");
                 }
                 None
             }
@@ -692,6 +726,9 @@ impl Agent {
             );
         }
         let sender = self.senders.get(&fp).ok_or("sender cache")?;
+        if self.shared.is_removed(&sender.principal.domain) {
+            return Err(format!("{} was removed from the federation", sender.principal.domain));
+        }
         if !sender.verifier.verify_raw(&signed_bytes(env.sent_ms, &env.payload), &env.sig) {
             return Err(format!("bad signature (claims to be {})", sender.principal));
         }

@@ -185,7 +185,7 @@ pub async fn run(cfg: NodeConfig, shutdown: impl Future<Output = ()> + Send + 's
                 match client.register_node(req).await {
                     Ok(resp) => match TokenVerifier::new(&resp.get_ref().token_public_key) {
                         Ok(v) => {
-                            take_revocations(&hb_state, &resp.get_ref().revoked);
+                            take_revocations(&hb_state, &resp.get_ref().revoked, &resp.get_ref().removed_members);
                             *hb_state.verifier.write().await = Some(v);
                             registered = true;
                             warned = false;
@@ -213,7 +213,7 @@ pub async fn run(cfg: NodeConfig, shutdown: impl Future<Output = ()> + Send + 's
                     Ok(r) if !r.get_ref().known => registered = false,
                     Ok(r) => {
                         hb_state.scrub.reported(&corrupt);
-                        take_revocations(&hb_state, &r.get_ref().revoked);
+                        take_revocations(&hb_state, &r.get_ref().revoked, &r.get_ref().removed_members);
                     }
                     Err(s) => {
                         tracing::warn!("heartbeat failed: {}", collective_rpc::explain_status("the coordinator", &s));
@@ -258,9 +258,13 @@ pub async fn run(cfg: NodeConfig, shutdown: impl Future<Output = ()> + Send + 's
     Ok(())
 }
 
-/// Enforces the coordinator's current revocation list on our own TLS endpoints.
-fn take_revocations(state: &NodeState, revoked: &[bytes::Bytes]) {
+/// Enforces the coordinator's current revocation list, and the members removed from the
+/// federation, on our own TLS endpoints.
+fn take_revocations(state: &NodeState, revoked: &[bytes::Bytes], removed_members: &[String]) {
     if state.identity.revocations().replace(revoked) {
         tracing::info!(revoked = revoked.len(), "revocation list from the coordinator updated");
+    }
+    if state.identity.revocations().set_removed_members(removed_members) {
+        tracing::warn!(removed = ?removed_members, "members removed from the federation are refused from now on");
     }
 }

@@ -117,6 +117,8 @@ struct Watched {
     path: Option<PathBuf>,
     modified: Option<SystemTime>,
     set: HashSet<[u8; 32]>,
+    /// Member domains removed from the federation: every certificate naming one is refused.
+    removed: HashSet<String>,
 }
 
 /// The revoked fingerprints a process enforces, shared by its TLS verifiers and its per-call
@@ -161,17 +163,43 @@ impl Revocations {
         Ok(false)
     }
 
-    /// Whether the certificate (DER) is revoked.
+    /// Whether the certificate (DER) is revoked, or names a principal of a member removed
+    /// from the federation.
     pub fn is_revoked(&self, der: &[u8]) -> bool {
-        // Every call checks its caller: hash only when something is revoked at all.
-        if self.is_empty() {
-            return false;
+        let Ok(w) = self.inner.read() else { return false };
+        // Every call checks its caller: hash and parse only when something is refused at all.
+        if !w.set.is_empty() {
+            let d = ring::digest::digest(&ring::digest::SHA256, der);
+            if <[u8; 32]>::try_from(d.as_ref()).is_ok_and(|fp| w.set.contains(&fp)) {
+                return true;
+            }
         }
-        let d = ring::digest::digest(&ring::digest::SHA256, der);
-        let Ok(fp) = <[u8; 32]>::try_from(d.as_ref()) else {
-            return false;
-        };
-        self.inner.read().map(|w| w.set.contains(&fp)).unwrap_or(false)
+        !w.removed.is_empty() && crate::tls::peer_from_der(der).is_ok_and(|(p, _)| w.removed.contains(&p.domain))
+    }
+
+    /// Whether `domain` is a member removed from the federation.
+    pub fn is_member_removed(&self, domain: &str) -> bool {
+        self.inner.read().map(|w| w.removed.contains(domain)).unwrap_or(false)
+    }
+
+    /// Refuses every certificate of exactly these member domains (a coordinator's removals,
+    /// which its nodes take too). Returns whether the set changed.
+    pub fn set_removed_members<S: AsRef<str>>(&self, domains: &[S]) -> bool {
+        let set: HashSet<String> = domains.iter().map(|d| d.as_ref().to_string()).collect();
+        match self.inner.write() {
+            Ok(mut w) if w.removed != set => {
+                w.removed = set;
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// The removed member domains, sorted.
+    pub fn removed_members(&self) -> Vec<String> {
+        let mut v: Vec<String> = self.inner.read().map(|w| w.removed.iter().cloned().collect()).unwrap_or_default();
+        v.sort();
+        v
     }
 
     /// The revoked fingerprints (what a coordinator hands its nodes).
@@ -242,6 +270,36 @@ mod tests {
         let err = revs.refresh().unwrap_err().to_string();
         assert!(err.contains("revoked.json"), "{err}");
         assert!(revs.is_revoked(&der));
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn removed_members_lose_every_certificate_and_others_keep_theirs() {
+        let dir = std::env::temp_dir().join(format!("collective-removed-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let leaf = |member: &str| {
+            let ca = crate::MemberCa::init(member, &format!("{member}.collective.local"), &dir.join(member)).unwrap();
+            let issued = ca
+                .issue(&crate::IssueRequest {
+                    role: collective_core::Role::Client,
+                    name: "someone".into(),
+                    sans: vec![],
+                    not_before: None,
+                    not_after: None,
+                })
+                .unwrap();
+            crate::cert::pem_ders(&issued.chain_pem).unwrap().swap_remove(0)
+        };
+        let (bob, carol) = (leaf("bob"), leaf("carol"));
+        let revs = Revocations::default();
+        assert!(!revs.is_revoked(&bob));
+        assert!(revs.set_removed_members(&["bob.collective.local"]));
+        assert!(!revs.set_removed_members(&["bob.collective.local"]), "unchanged");
+        assert!(revs.is_revoked(&bob), "any certificate of a removed member is refused");
+        assert!(revs.is_member_removed("bob.collective.local"));
+        assert!(!revs.is_revoked(&carol));
+        assert!(revs.is_empty(), "removals are not certificate revocations");
+        assert_eq!(revs.removed_members(), vec!["bob.collective.local".to_string()]);
         std::fs::remove_dir_all(&dir).unwrap();
     }
 

@@ -89,6 +89,12 @@ impl FederationRoot {
         &self.cert_pem
     }
 
+    /// Signs the removal of `member` (a member domain) from the federation.
+    pub fn sign_removal(&self, member: &str, removed_ms: u64, reason: &str) -> Result<Vec<u8>, PkiError> {
+        let signer = crate::TokenSigner::from_pkcs8(&self.key.serialize_der(), format!("root@{}", self.domain))?;
+        Ok(signer.sign_raw(&removal_message(member, removed_ms, reason)).to_vec())
+    }
+
     /// Signs the CA key in a member's signing request as the member CA of `member`. The CA
     /// may only name principals of its own member domain (a name constraint every TLS peer
     /// enforces), so one member can never pose as another.
@@ -123,6 +129,37 @@ impl FederationRoot {
         let issuer = Issuer::from_ca_cert_pem(&self.cert_pem, &self.key)?;
         Ok(params.signed_by(&csr.public_key, &issuer)?.pem())
     }
+}
+
+/// Domain separation for removal signatures.
+const REMOVAL_CONTEXT: &[u8] = b"collective member removal v1\0";
+
+/// The bytes the root signs to remove `member` (a member domain): a fixed context, then the
+/// member, the time and the reason, each length-prefixed so no two removals share bytes.
+pub fn removal_message(member: &str, removed_ms: u64, reason: &str) -> Vec<u8> {
+    let mut m = Vec::with_capacity(REMOVAL_CONTEXT.len() + member.len() + reason.len() + 24);
+    m.extend_from_slice(REMOVAL_CONTEXT);
+    for part in [member.as_bytes(), &removed_ms.to_be_bytes(), reason.as_bytes()] {
+        m.extend_from_slice(&(part.len() as u64).to_be_bytes());
+        m.extend_from_slice(part);
+    }
+    m
+}
+
+/// Whether `signature` is the root key's signature removing `member`.
+pub fn verify_removal(root_key: &[u8], member: &str, removed_ms: u64, reason: &str, signature: &[u8]) -> bool {
+    crate::TokenVerifier::new(root_key).is_ok_and(|v| v.verify_raw(&removal_message(member, removed_ms, reason), signature))
+}
+
+/// The federation root's public key, found in a PEM bundle of trusted certificates (every
+/// member's trust file holds the root), or None when the bundle holds no federation root.
+pub fn federation_root_key(trust_pem: &str) -> Option<Vec<u8>> {
+    crate::cert::pem_ders(trust_pem)
+        .ok()?
+        .iter()
+        .filter_map(|der| CertInfo::from_der(der).ok())
+        .find(|c| c.is_ca && c.org_unit.as_deref() == Some(ROOT_OU))
+        .map(|c| c.public_key)
 }
 
 /// Makes a key pair and a signing request naming `common_name`; returns (key PEM, CSR PEM).
@@ -224,6 +261,46 @@ mod tests {
         let csr2 = MemberCa::begin_join("carol", "carol.collective.local", &dir.join("carol")).unwrap();
         let _ = csr2;
         assert!(MemberCa::finish_join(&dir.join("carol"), &ca_pem, root.cert_pem()).is_err());
+        fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn removals_verify_only_with_the_root_key_and_unchanged_fields() {
+        let dir = tmp("removal");
+        let root = FederationRoot::init("collective.local", &dir.join("root")).unwrap();
+        let other = FederationRoot::init("collective.local", &dir.join("other")).unwrap();
+        let key = federation_root_key(root.cert_pem()).expect("the root's own certificate holds its key");
+        let sig = root.sign_removal("bob.collective.local", 1_700_000_000_000, "moved away").unwrap();
+        assert!(verify_removal(&key, "bob.collective.local", 1_700_000_000_000, "moved away", &sig));
+        assert!(!verify_removal(
+            &key,
+            "carol.collective.local",
+            1_700_000_000_000,
+            "moved away",
+            &sig
+        ));
+        assert!(!verify_removal(&key, "bob.collective.local", 1_700_000_000_001, "moved away", &sig));
+        assert!(!verify_removal(&key, "bob.collective.local", 1_700_000_000_000, "", &sig));
+        let forged = other.sign_removal("bob.collective.local", 1_700_000_000_000, "moved away").unwrap();
+        assert!(!verify_removal(
+            &key,
+            "bob.collective.local",
+            1_700_000_000_000,
+            "moved away",
+            &forged
+        ));
+        assert!(!verify_removal(
+            &key,
+            "bob.collective.local",
+            1_700_000_000_000,
+            "moved away",
+            b"short"
+        ));
+        // A member's trust bundle (member CA + root) yields the root's key, a bundle without one none.
+        let csr = MemberCa::begin_join("alice", "alice.collective.local", &dir.join("alice")).unwrap();
+        let ca_pem = root.sign_member(&csr, "alice").unwrap();
+        assert_eq!(federation_root_key(&format!("{ca_pem}{}", root.cert_pem())), Some(key));
+        assert_eq!(federation_root_key(&ca_pem), None);
         fs::remove_dir_all(&dir).unwrap();
     }
 }

@@ -65,6 +65,8 @@ pub struct TlsIdentity {
     live: Arc<RwLock<Live>>,
     roots: Arc<RootCertStore>,
     revocations: Revocations,
+    /// The federation root's public key, when the trust file holds a federation root.
+    root_key: Option<Arc<Vec<u8>>>,
 }
 
 /// The certificate and key currently in use.
@@ -238,7 +240,8 @@ impl TlsIdentity {
     pub fn load(ca: &Path, cert: &Path, key: &Path) -> Result<TlsIdentity, PkiError> {
         let live = Live::read(cert, key)?;
         let mut roots = RootCertStore::empty();
-        for der in pem_ders(&read_text(ca)?).map_err(|e| bad_file(ca, "CA certificate", e))? {
+        let trust = read_text(ca)?;
+        for der in pem_ders(&trust).map_err(|e| bad_file(ca, "CA certificate", e))? {
             roots
                 .add(CertificateDer::from(der))
                 .map_err(|e| bad_file(ca, "CA certificate", e))?;
@@ -253,7 +256,13 @@ impl TlsIdentity {
             live: Arc::new(RwLock::new(live)),
             roots: Arc::new(roots),
             revocations: Revocations::default(),
+            root_key: crate::root::federation_root_key(&trust).map(Arc::new),
         })
+    }
+
+    /// The federation root's public key (it signs member removals), when we trust one.
+    pub fn federation_root_key(&self) -> Option<&[u8]> {
+        self.root_key.as_deref().map(Vec::as_slice)
     }
 
     fn with_live<R>(&self, f: impl FnOnce(&Live) -> R) -> R {

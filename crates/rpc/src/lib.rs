@@ -194,6 +194,12 @@ pub fn peer<T>(req: &Request<T>, revocations: &Revocations) -> Result<Caller, St
         .first()
         .ok_or_else(|| Status::unauthenticated("no client certificate was presented"))?;
     let (principal, role) = peer_from_der(leaf).map_err(|e| Status::unauthenticated(format!("client certificate refused: {e}")))?;
+    if revocations.is_member_removed(&principal.domain) {
+        return Err(Status::permission_denied(format!(
+            "{} was removed from the federation; its principals (here {principal}) are no longer accepted",
+            principal.domain
+        )));
+    }
     if revocations.is_revoked(leaf) {
         return Err(Status::unauthenticated(format!(
             "the certificate of {principal} has been revoked by its member CA; ask its administrator for a new one"
@@ -288,7 +294,9 @@ fn certificate_alert(s: &Status) -> Option<&'static str> {
     }
     let says = |alert: &str| causes.contains(alert);
     if says("CertificateRevoked") {
-        Some("our certificate has been revoked by its member CA; ask the member's administrator for a new one")
+        Some(
+            "our certificate has been revoked: by its member CA (ask the member's administrator for a new one), or because our member was removed from the federation",
+        )
     } else if says("CertificateExpired") {
         Some("our certificate has expired or is not valid yet; renew it with `collective ca rotate` (or ask for a new one)")
     } else if says("UnknownCA") || says("BadCertificate") || says("CertificateRequired") {
