@@ -12,6 +12,10 @@ command -v git >/dev/null || need+=(git)
 # The observability tests check /metrics and the alert rules with promtool and scrape a
 # cluster with a real Prometheus (both from the Debian package prometheus).
 command -v promtool >/dev/null && command -v prometheus >/dev/null || need+=(prometheus)
+# The network fault tests put each member in its own network namespace (ip, from iproute2)
+# and delay or drop packets between them through a netfilter queue (iptables-legacy).
+command -v ip >/dev/null || need+=(iproute2)
+command -v iptables-legacy >/dev/null || need+=(iptables)
 if [ ${#need[@]} -gt 0 ]; then
   echo "installing: ${need[*]}"
   SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO="sudo"

@@ -25,6 +25,9 @@ pub struct Proc {
     pub config: PathBuf,
     pub data_dir: PathBuf,
     pub log: PathBuf,
+    /// The network namespace it runs in (`dev up --netns`).
+    #[serde(default)]
+    pub netns: Option<String>,
 }
 
 #[derive(Debug, serde::Deserialize)]
@@ -32,6 +35,36 @@ struct ClusterFile {
     processes: Vec<Proc>,
     #[serde(default)]
     members: Vec<Member>,
+    #[serde(default)]
+    net: Option<Net>,
+}
+
+/// The member networks of a `dev up --netns` federation.
+#[derive(Debug, Clone, serde::Deserialize)]
+pub struct Net {
+    pub subnet: u8,
+    pub router: String,
+    pub members: Vec<NetMember>,
+}
+
+#[derive(Debug, Clone, serde::Deserialize)]
+pub struct NetMember {
+    pub name: String,
+    pub netns: String,
+    pub addr: String,
+    pub router_link: String,
+}
+
+/// `program` run inside network namespace `netns` when given.
+pub fn command_in(netns: Option<&str>, program: &str) -> Command {
+    match netns {
+        Some(ns) => {
+            let mut c = Command::new("ip");
+            c.args(["netns", "exec", ns, program]);
+            c
+        }
+        None => Command::new(program),
+    }
 }
 
 /// One member of a local federation started with `dev up --members N`.
@@ -45,6 +78,8 @@ pub struct Member {
     pub ca_dir: PathBuf,
     pub grpc: String,
     pub gossip: String,
+    #[serde(default)]
+    pub netns: Option<String>,
 }
 
 pub struct Cluster {
@@ -52,6 +87,7 @@ pub struct Cluster {
     pub procs: RefCell<Vec<Proc>>,
     pub client_config: PathBuf,
     pub members: Vec<Member>,
+    pub net: Option<Net>,
 }
 
 /// A fresh scratch directory for one test.
@@ -123,8 +159,8 @@ impl Cluster {
     /// The cluster `dev up` described in `dir/cluster.json` (empty when it wrote none).
     fn load(dir: PathBuf) -> Cluster {
         let text = std::fs::read_to_string(dir.join("cluster.json")).unwrap_or_default();
-        let (procs, members) = serde_json::from_str::<ClusterFile>(&text)
-            .map(|c| (c.processes, c.members))
+        let (procs, members, net) = serde_json::from_str::<ClusterFile>(&text)
+            .map(|c| (c.processes, c.members, c.net))
             .unwrap_or_default();
         Cluster {
             client_config: members
@@ -134,6 +170,7 @@ impl Cluster {
             dir,
             procs: RefCell::new(procs),
             members,
+            net,
         }
     }
 
@@ -162,11 +199,17 @@ impl Cluster {
 
     /// A local federation of `members` members (alice, bob, carol, …), `nodes` nodes each.
     pub fn federation(name: &str, members: usize, nodes: usize) -> Cluster {
+        Cluster::federation_with(name, members, nodes, &[])
+    }
+
+    /// A federation started with extra `dev up` flags (e.g. `--netns`).
+    pub fn federation_with(name: &str, members: usize, nodes: usize, extra: &[&str]) -> Cluster {
         let dir = scratch(name);
         let out = Command::new(BIN)
             .args(["dev", "up", "--dir"])
             .arg(&dir)
             .args(["--members", &members.to_string(), "--nodes", &nodes.to_string()])
+            .args(extra)
             .output()
             .expect("run collective dev up");
         let cluster = Cluster::load(dir);
@@ -189,7 +232,8 @@ impl Cluster {
 
     /// The CLI acting as member `name`'s user (`NAME@NAME.collective.local`).
     pub fn cmd_as(&self, name: &str) -> Command {
-        let mut c = Command::new(BIN);
+        // On its own network (`--netns`) a member's user works from inside it.
+        let mut c = command_in(self.member(name).netns.as_deref(), BIN);
         c.env("COLLECTIVE_CONFIG", &self.member(name).client_config).env_remove("RUST_LOG");
         c
     }
@@ -370,7 +414,7 @@ impl Cluster {
         let p = self.proc(principal_prefix);
         assert!(!pid_alive(p.pid), "{} is still running", p.principal);
         let log = std::fs::OpenOptions::new().append(true).create(true).open(&p.log).unwrap();
-        let child = Command::new(BIN)
+        let child = command_in(p.netns.as_deref(), BIN)
             .envs(env.iter().copied())
             .args(flags)
             .arg(&p.role)
@@ -455,6 +499,10 @@ impl Drop for Cluster {
             if pid_alive(p.pid) {
                 unsafe { libc::kill(p.pid as i32, libc::SIGKILL) };
             }
+        }
+        if self.net.is_some() {
+            // Every process is gone: this only removes the namespaces and links.
+            let _ = Command::new(BIN).args(["dev", "down", "--dir"]).arg(&self.dir).output();
         }
         if !std::thread::panicking() {
             let _ = std::fs::remove_dir_all(&self.dir);

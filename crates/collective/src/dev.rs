@@ -30,6 +30,9 @@ pub enum DevCommand {
         #[arg(long)]
         dir: PathBuf,
     },
+    /// Delay and drop packets between the members of a `dev up --netns` federation until
+    /// stopped (needs iptables-legacy; the kernel's netem is not needed)
+    Netem(crate::netem::NetemArgs),
 }
 
 #[derive(Args)]
@@ -52,6 +55,11 @@ pub struct UpArgs {
     /// Capacity each member offers to the others (federation only)
     #[arg(long, default_value = "4GiB")]
     pub(crate) contribution: String,
+    /// Put every member of the federation on its own network (a network namespace joined
+    /// to the others through a router namespace), so links between members can be cut or
+    /// slowed; needs root. `dev down` removes the namespaces
+    #[arg(long)]
+    pub(crate) netns: bool,
 }
 
 /// `cluster.json`: every process of a dev cluster (of every member, in a federation).
@@ -63,6 +71,9 @@ pub struct ClusterFile {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub members: Vec<MemberInfo>,
     pub processes: Vec<ProcessInfo>,
+    /// The members' networks, with `--netns`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub net: Option<crate::netns::Net>,
 }
 
 /// One member of a local federation.
@@ -77,6 +88,9 @@ pub struct MemberInfo {
     pub ca_dir: PathBuf,
     pub grpc: String,
     pub gossip: String,
+    /// The network namespace the member runs in (`--netns`); run its CLI there too.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub netns: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -93,12 +107,16 @@ pub struct ProcessInfo {
     pub config: PathBuf,
     pub data_dir: PathBuf,
     pub log: PathBuf,
+    /// The network namespace it runs in (`--netns`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub netns: Option<String>,
 }
 
 pub async fn run(cmd: DevCommand) -> Result<()> {
     match cmd {
         DevCommand::Up(a) => up(a).await,
         DevCommand::Down { dir } => down(&dir),
+        DevCommand::Netem(a) => crate::netem::run(a).await,
     }
 }
 
@@ -176,7 +194,8 @@ pub(crate) fn write_toml<T: Serialize>(path: &Path, v: &T) -> Result<()> {
     std::fs::write(path, toml::to_string_pretty(v)?).with_context(|| format!("cannot write {}", path.display()))
 }
 
-pub(crate) fn spawn(role: &str, config: &Path, log: &Path) -> Result<u32> {
+/// Starts `collective ROLE --config CONFIG` in the background (inside `netns` when given).
+pub(crate) fn spawn(role: &str, config: &Path, log: &Path, netns: Option<&str>) -> Result<u32> {
     use std::os::unix::process::CommandExt;
     let exe = std::env::current_exe().context("cannot find the collective binary")?;
     let out = std::fs::File::create(log).with_context(|| format!("cannot create {}", log.display()))?;
@@ -195,6 +214,9 @@ pub(crate) fn spawn(role: &str, config: &Path, log: &Path) -> Result<u32> {
             libc::setsid();
             Ok(())
         });
+    }
+    if let Some(ns) = netns {
+        crate::netns::run_inside(&mut cmd, ns)?;
     }
     let child = cmd.spawn().with_context(|| format!("cannot start the {role}"))?;
     Ok(child.id())
@@ -238,19 +260,38 @@ impl Issuer<'_> {
 }
 
 /// Writes configs for `count` nodes of one member under `dir` and starts them.
-pub(crate) fn start_nodes(issuer: &Issuer<'_>, dir: &Path, count: usize, capacity: &str, coordinator: &str) -> Result<Vec<ProcessInfo>> {
+/// `host` is the address they listen on; `netns` the namespace they run in, if any.
+pub(crate) struct NodeSite<'a> {
+    pub host: &'a str,
+    pub netns: Option<&'a str>,
+}
+
+pub(crate) const LOOPBACK: NodeSite<'static> = NodeSite {
+    host: "127.0.0.1",
+    netns: None,
+};
+
+pub(crate) fn start_nodes(
+    issuer: &Issuer<'_>,
+    dir: &Path,
+    count: usize,
+    capacity: &str,
+    coordinator: &str,
+    site: &NodeSite<'_>,
+) -> Result<Vec<ProcessInfo>> {
     let domain = issuer.ca.domain.clone();
     let mut out = Vec::with_capacity(count);
     for i in 1..=count {
         let name = format!("node-{i:02}");
         let (cert, key) = issuer.issue(Role::Node, &name)?;
         let port = free_port()?;
-        let node_http = format!("127.0.0.1:{}", free_port()?);
+        let host = site.host;
+        let node_http = format!("{host}:{}", free_port()?);
         let cfg = NodeConfig {
             data_dir: dir.join(format!("{name}-data")),
             capacity: capacity.to_string(),
-            grpc_listen: format!("127.0.0.1:{port}"),
-            quic_listen: format!("127.0.0.1:{port}"),
+            grpc_listen: format!("{host}:{port}"),
+            quic_listen: format!("{host}:{port}"),
             http_listen: node_http.clone(),
             coordinator: coordinator.to_string(),
             scrub_rate: "256MiB".into(),
@@ -265,7 +306,7 @@ pub(crate) fn start_nodes(issuer: &Issuer<'_>, dir: &Path, count: usize, capacit
         let path = dir.join(format!("{name}.toml"));
         write_toml(&path, &cfg)?;
         let log = dir.join(format!("logs/{name}.log"));
-        let pid = spawn("node", &path, &log)?;
+        let pid = spawn("node", &path, &log, site.netns)?;
         out.push(ProcessInfo {
             member: domain.clone(),
             role: "node".into(),
@@ -277,6 +318,7 @@ pub(crate) fn start_nodes(issuer: &Issuer<'_>, dir: &Path, count: usize, capacit
             config: path,
             data_dir: cfg.data_dir.clone(),
             log,
+            netns: site.netns.map(str::to_string),
         });
     }
     Ok(out)
@@ -344,6 +386,7 @@ async fn up(a: UpArgs) -> Result<()> {
     refuse_running(&dir)?;
     match a.members {
         0 => bail!("--members must be at least 1"),
+        1 if a.netns => bail!("--netns puts each member of a federation on its own network; give --members 2 or more"),
         1 => up_single(&a, &dir).await,
         n if n > crate::devfed::NAMES.len() => bail!("--members may be at most {}", crate::devfed::NAMES.len()),
         _ => crate::devfed::up(&a, &dir).await,
@@ -388,7 +431,7 @@ async fn up_single(a: &UpArgs, dir: &Path) -> Result<()> {
     let coord_path = dir.join("coordinator.toml");
     write_toml(&coord_path, &coord_cfg)?;
     let log = dir.join("logs/coordinator.log");
-    let pid = spawn("coordinator", &coord_path, &log)?;
+    let pid = spawn("coordinator", &coord_path, &log, None)?;
     processes.push(ProcessInfo {
         member: DOMAIN.into(),
         role: "coordinator".into(),
@@ -400,8 +443,9 @@ async fn up_single(a: &UpArgs, dir: &Path) -> Result<()> {
         config: coord_path,
         data_dir: coord_cfg.data_dir.clone(),
         log,
+        netns: None,
     });
-    processes.extend(start_nodes(&issuer, dir, nodes, &a.capacity, &grpc)?);
+    processes.extend(start_nodes(&issuer, dir, nodes, &a.capacity, &grpc, &LOOPBACK)?);
 
     let client_path = dir.join("client.toml");
     issuer.write_client_config("admin", &grpc, &client_path)?;
@@ -409,6 +453,7 @@ async fn up_single(a: &UpArgs, dir: &Path) -> Result<()> {
         member: DOMAIN.into(),
         client_config: client_path.clone(),
         members: vec![],
+        net: None,
         processes,
     };
     write_cluster(dir, &cluster)?;
@@ -462,6 +507,9 @@ pub(crate) fn down(dir: &Path) -> Result<()> {
             unsafe { libc::kill(p.pid as i32, libc::SIGKILL) };
         }
         stopped += 1;
+    }
+    if let Some(net) = &cluster.net {
+        crate::netns::teardown(net);
     }
     println!("stopped {stopped} process(es) of the cluster in {}", dir.display());
     Ok(())

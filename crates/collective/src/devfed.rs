@@ -14,7 +14,7 @@ use collective_proto::v1::{CreateDatastoreRequest, GenerateInviteRequest, GrantR
 
 use crate::config::{ClientOverrides, client_config};
 use crate::dev::{
-    ClusterFile, Issuer, MemberInfo, ProcessInfo, UpArgs, free_port, spawn, start_nodes, wait_ready, write_cluster, write_toml,
+    ClusterFile, Issuer, MemberInfo, NodeSite, ProcessInfo, UpArgs, free_port, spawn, start_nodes, wait_ready, write_cluster, write_toml,
 };
 use crate::federate::{JoinArgs, join};
 
@@ -41,16 +41,22 @@ fn status(who: &str, s: tonic::Status) -> anyhow::Error {
 
 /// Starts one member's coordinator (config already written) and its nodes; returns them all
 /// without waiting for them: the caller records them first, so a failure can stop them.
-fn start_member(member_dir: &Path, coordinator_config: &Path, cfg: &CoordinatorConfig, a: &UpArgs) -> Result<Vec<ProcessInfo>> {
+fn start_member(
+    member_dir: &Path,
+    coordinator_config: &Path,
+    cfg: &CoordinatorConfig,
+    a: &UpArgs,
+    site: &NodeSite<'_>,
+) -> Result<Vec<ProcessInfo>> {
     let ca = MemberCa::load(&member_dir.join("ca"))?;
     let issuer = Issuer {
         ca: &ca,
         certs: member_dir.join("certs"),
-        sans: vec!["127.0.0.1".to_string()],
+        sans: vec![site.host.to_string()],
     };
     std::fs::create_dir_all(member_dir.join("logs"))?;
     let log = member_dir.join("logs/coordinator.log");
-    let pid = spawn("coordinator", coordinator_config, &log)?;
+    let pid = spawn("coordinator", coordinator_config, &log, site.netns)?;
     let mut procs = vec![ProcessInfo {
         member: ca.domain.clone(),
         role: "coordinator".into(),
@@ -62,6 +68,7 @@ fn start_member(member_dir: &Path, coordinator_config: &Path, cfg: &CoordinatorC
         config: coordinator_config.to_path_buf(),
         data_dir: member_dir.join(&cfg.data_dir),
         log,
+        netns: site.netns.map(str::to_string),
     }];
     procs.extend(start_nodes(
         &issuer,
@@ -69,6 +76,7 @@ fn start_member(member_dir: &Path, coordinator_config: &Path, cfg: &CoordinatorC
         a.nodes.unwrap_or(2),
         &a.capacity,
         &cfg.grpc_listen,
+        site,
     )?);
     Ok(procs)
 }
@@ -86,28 +94,64 @@ pub async fn up(a: &UpArgs, dir: &Path) -> Result<()> {
     let started = Instant::now();
     let root_dir = dir.join("root");
     let root = FederationRoot::init(FEDERATION, &root_dir)?;
+    let net = if a.netns { Some(crate::netns::setup(names)?) } else { None };
     let mut cluster = ClusterFile {
         member: String::new(),
         client_config: PathBuf::new(),
         members: vec![],
         processes: vec![],
+        net: net.clone(),
     };
+    // From here on a failure stops what started and removes the namespaces (`dev down`).
+    if let Err(e) = write_cluster(dir, &cluster) {
+        if let Some(n) = &net {
+            crate::netns::teardown(n);
+        }
+        return Err(e);
+    }
+    let r = start_all(a, dir, names, &root, &root_dir, &net, &mut cluster).await;
+    if r.is_err() {
+        let _ = crate::dev::down(dir);
+    }
+    r?;
+    report(&cluster, dir, started.elapsed());
+    Ok(())
+}
+
+/// Starts every member in turn (the founder first), then waits for the federation to settle.
+async fn start_all(
+    a: &UpArgs,
+    dir: &Path,
+    names: &[&str],
+    root: &FederationRoot,
+    root_dir: &Path,
+    net: &Option<crate::netns::Net>,
+    cluster: &mut ClusterFile,
+) -> Result<()> {
     let mut founder_client: Option<PathBuf> = None;
     for (i, name) in names.iter().enumerate() {
         let member_dir = dir.join(name);
         let domain = collective_pki::member_domain(name, &root.domain);
-        let grpc = format!("127.0.0.1:{}", free_port()?);
-        let http = format!("127.0.0.1:{}", free_port()?);
-        let gossip = format!("127.0.0.1:{}", free_port()?);
+        let site = match &net {
+            Some(n) => NodeSite {
+                host: &n.members[i].addr,
+                netns: Some(&n.members[i].netns),
+            },
+            None => crate::dev::LOOPBACK,
+        };
+        let host = site.host;
+        let grpc = format!("{host}:{}", free_port()?);
+        let http = format!("{host}:{}", free_port()?);
+        let gossip = format!("{host}:{}", free_port()?);
         let (coordinator_config, client_config_path, cfg) = match &founder_client {
             None => {
                 // The founder: its member CA is signed by the root it holds.
                 let ca_dir = member_dir.join("ca");
-                let ca = crate::ca::init_with_root(name, &domain, &ca_dir, &root_dir)?;
+                let ca = crate::ca::init_with_root(name, &domain, &ca_dir, root_dir)?;
                 let issuer = Issuer {
                     ca: &ca,
                     certs: member_dir.join("certs"),
-                    sans: vec!["127.0.0.1".to_string()],
+                    sans: vec![host.to_string()],
                 };
                 let (cert, key) = issuer.issue(Role::Coordinator, "coordinator")?;
                 let cfg = CoordinatorConfig {
@@ -125,7 +169,7 @@ pub async fn up(a: &UpArgs, dir: &Path) -> Result<()> {
                     },
                     federation: FederationConfig {
                         gossip_listen: gossip.clone(),
-                        root_dir: root_dir.clone(),
+                        root_dir: root_dir.to_path_buf(),
                         contribution: a.contribution.clone(),
                         ..Default::default()
                     },
@@ -157,7 +201,7 @@ pub async fn up(a: &UpArgs, dir: &Path) -> Result<()> {
                     grpc_listen: grpc.clone(),
                     http_listen: http.clone(),
                     gossip_listen: gossip.clone(),
-                    san: vec![],
+                    san: if host == "127.0.0.1" { vec![] } else { vec![host.to_string()] },
                     contribution: a.contribution.clone(),
                 })
                 .await
@@ -171,16 +215,10 @@ pub async fn up(a: &UpArgs, dir: &Path) -> Result<()> {
                 (joined.coordinator_config, joined.client_config, cfg)
             }
         };
-        let procs = match start_member(&member_dir, &coordinator_config, &cfg, a) {
-            Ok(p) => p,
-            Err(e) => {
-                let _ = crate::dev::down(dir);
-                return Err(e);
-            }
-        };
+        // On failure the caller stops every process in cluster.json.
+        let procs = start_member(&member_dir, &coordinator_config, &cfg, a, &site)?;
         cluster.processes.extend(procs.iter().cloned());
-        write_cluster(dir, &cluster)?;
-        // On failure this stops every process in cluster.json, this member's included.
+        write_cluster(dir, cluster)?;
         wait_ready(dir, &procs).await?;
         cluster.members.push(MemberInfo {
             name: name.to_string(),
@@ -191,21 +229,17 @@ pub async fn up(a: &UpArgs, dir: &Path) -> Result<()> {
             ca_dir: member_dir.join("ca"),
             grpc,
             gossip,
+            netns: site.netns.map(str::to_string),
         });
         if i == 0 {
             cluster.member = domain;
             cluster.client_config = client_config_path.clone();
             founder_client = Some(client_config_path);
         }
-        write_cluster(dir, &cluster)?;
+        write_cluster(dir, cluster)?;
     }
 
-    if let Err(e) = settle(&cluster).await {
-        let _ = crate::dev::down(dir);
-        return Err(e);
-    }
-    report(&cluster, dir, started.elapsed());
-    Ok(())
+    settle(cluster).await
 }
 
 /// Waits for gossip to converge, then creates the example datastores and grants and waits
@@ -304,6 +338,21 @@ fn report(cluster: &ClusterFile, dir: &Path, took: Duration) {
         println!("  export COLLECTIVE_CONFIG={}   # {}", m.client_config.display(), m.user);
     }
     println!("  collective ls / && collective federation peers");
+    if let Some(net) = &cluster.net {
+        println!("each member is on its own network (run its CLI there: ip netns exec NAMESPACE collective …):");
+        for m in &net.members {
+            println!("  {:<6} namespace {:<16} address {}", m.name, m.netns, m.addr);
+        }
+        let first = net.members.first().map(|m| m.router_link.as_str()).unwrap_or("m1");
+        println!(
+            "  cut a member off:  ip -n {} link set {first} down   (and `up` to heal)",
+            net.router
+        );
+        println!(
+            "  slow the links:    collective dev netem --dir {} --delay 100ms --jitter 20ms --loss 2",
+            dir.display()
+        );
+    }
     println!("stop it:");
     println!("  collective dev down --dir {}", dir.display());
 }

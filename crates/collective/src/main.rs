@@ -10,6 +10,8 @@ mod devfed;
 mod federate;
 mod files;
 mod mount;
+mod netem;
+mod netns;
 mod observe;
 mod servers;
 mod upkeep;

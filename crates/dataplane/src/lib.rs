@@ -7,6 +7,8 @@
 //! so several chunks are in flight per node. This crate owns the framing, the QUIC
 //! endpoint setup and a pooled client; what a node does with a request lives in the node.
 
+pub mod congestion;
+
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -75,6 +77,11 @@ impl DataError {
     }
 }
 
+/// Reordering (in packets) tolerated before a packet counts as lost.
+const REORDER_PACKETS: u32 = 1 << 16;
+/// Reordering (as a factor of the RTT) tolerated before a packet counts as lost.
+const REORDER_TIME: f32 = 1.25;
+
 /// Transport tuning for bulk chunk transfer: windows large enough to keep loopback and LAN
 /// links full, `receive_window` bounding what one peer can make us buffer.
 pub fn transport_config(receive_window: u32) -> quinn::TransportConfig {
@@ -85,6 +92,14 @@ pub fn transport_config(receive_window: u32) -> quinn::TransportConfig {
     t.receive_window(receive_window.into());
     t.send_window(SEND_WINDOW);
     t.keep_alive_interval(Some(KEEP_ALIVE));
+    // Links between homes reorder (jitter, Wi-Fi, bonded lines). With the default of 3
+    // packets, every reordered burst looks like loss, the congestion window collapses and a
+    // 1 MiB chunk takes minutes at 100 ms ± 20 ms; declare loss by time only, a quarter RTT
+    // after the packet should have arrived (tests/netfaults.rs).
+    t.packet_threshold(REORDER_PACKETS);
+    t.time_threshold(REORDER_TIME);
+    // CUBIC on a LAN, BBR between homes (see `congestion`).
+    t.congestion_controller_factory(Arc::new(congestion::AdaptiveConfig::default()));
 
     if let Ok(idle) = IDLE_TIMEOUT.try_into() {
         t.max_idle_timeout(Some(idle));
