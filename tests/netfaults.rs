@@ -372,6 +372,7 @@ fn a_node_disk_filling_up_mid_upload_moves_the_put_elsewhere_and_harms_nothing()
     let upload = fed
         .cmd_as("bob")
         .args(["put", p(&local), "/shared/big"])
+        .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();

@@ -19,7 +19,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use collective_client::{Client, ClientError, PreparedChunk, SEAL_LEN, chunk_params, prepare_chunk};
+use collective_client::{Client, ClientError, SEAL_LEN, chunk_params, prepare_chunk};
 use collective_core::ChunkId;
 use collective_proto::v1::{ChunkLocation, ChunkRef, FileAttr, FileKind};
 use futures::FutureExt;
@@ -35,20 +35,24 @@ const WINDOW: usize = 16 << 20;
 /// Read tokens last 15 minutes; plans older than this are refreshed before use.
 const PLAN_FRESH: Duration = Duration::from_secs(600);
 
-/// The upload of a batch of chunks, shared by their segments.
-type Batch = Shared<BoxFuture<'static, Result<Arc<Vec<Vec<String>>>, String>>>;
+/// What a chunk written through this mount became once stored.
+pub(crate) struct Stored {
+    id: ChunkId,
+    seal: Option<[u8; SEAL_LEN]>,
+    /// The nodes holding it.
+    on: Vec<String>,
+}
+
+/// The sealing, hashing and upload of a batch of chunks, shared by their segments. It runs
+/// in the background: a write only cuts the bytes into chunks and goes on.
+type Batch = Shared<BoxFuture<'static, Result<Arc<Vec<Stored>>, String>>>;
 
 #[derive(Clone)]
 pub(crate) enum Seg {
     /// A chunk of the committed version.
     Base(ChunkLocation),
     /// A chunk written through this mount; its bytes are in the overlay.
-    New {
-        id: ChunkId,
-        seal: Option<[u8; SEAL_LEN]>,
-        batch: Batch,
-        index: usize,
-    },
+    New { batch: Batch, index: usize },
 }
 
 #[derive(Clone)]
@@ -343,43 +347,57 @@ impl OpenFile {
             return Ok(());
         }
         let emitted: u64 = cuts.iter().map(|(_, l)| *l as u64).sum();
-        let secret = self.secret.flatten();
-        let mut chunks = Vec::with_capacity(cuts.len());
-        for (o, l) in cuts {
-            chunks.push(prepare_chunk(buf[o..o + l].to_vec(), secret.as_ref()).map_err(client_err)?);
-        }
-        drop(buf);
-        self.upload(client, seg_end, chunks).await;
+        // The uncut rest is read again with the next window; hold only what goes out.
+        buf.truncate(emitted as usize);
+        self.upload(client, seg_end, buf, cuts).await;
         self.dirty.remove(seg_end, seg_end + emitted);
         Ok(())
     }
 
-    /// Appends segments for `chunks` (starting at `start`) and uploads them in the
-    /// background, holding their size in the client's memory budget until stored.
-    async fn upload(&mut self, client: &Arc<Client>, start: u64, chunks: Vec<PreparedChunk>) {
-        let bytes: u64 = chunks.iter().map(|c| c.data.len() as u64).sum();
+    /// Appends segments for the chunks `cuts` (offset, length) makes of `buf`, which starts
+    /// at file offset `start`, and seals, hashes and uploads them in the background (on the
+    /// blocking pool, then the network), holding their size in the client's memory budget
+    /// until stored. Only waiting for that budget holds the caller up.
+    async fn upload(&mut self, client: &Arc<Client>, start: u64, buf: Vec<u8>, cuts: Vec<(usize, usize)>) {
+        let bytes: u64 = cuts.iter().map(|(_, l)| *l as u64).sum();
         let (budget, max_kib) = client.budget();
         let kib = (bytes.div_ceil(1024) as u32).clamp(1, max_kib);
         let permit = budget.acquire_many_owned(kib).await.ok();
         let mut pos = start;
-        let (c, path, list) = (client.clone(), self.path.clone(), chunks.clone());
+        let (c, path, secret, lens) = (client.clone(), self.path.clone(), self.secret.flatten(), cuts.clone());
         let batch: Batch = async move {
-            let r = c.store_chunks(&path, &list).await.map(Arc::new).map_err(client_err);
+            let prepared = tokio::task::spawn_blocking(move || {
+                cuts.iter()
+                    .map(|(o, l)| prepare_chunk(buf[*o..*o + *l].to_vec(), secret.as_ref()))
+                    .collect::<Result<Vec<_>, _>>()
+            })
+            .await
+            .map_err(|e| format!("preparing chunks: {e}"))?
+            .map_err(client_err)?;
+            let on = c.store_chunks(&path, &prepared).await.map_err(client_err);
             drop(permit);
-            r
+            Ok(Arc::new(
+                prepared
+                    .into_iter()
+                    .zip(on?)
+                    .map(|(p, on)| Stored {
+                        id: p.id,
+                        seal: p.seal,
+                        on,
+                    })
+                    .collect(),
+            ))
         }
         .boxed()
         .shared();
         // Start it now; the segments wait for it when committing.
         tokio::spawn(batch.clone());
-        for (index, ch) in chunks.into_iter().enumerate() {
-            let len = ch.data.len() as u64;
+        for (index, (_, len)) in lens.into_iter().enumerate() {
+            let len = len as u64;
             self.segs.push(Segment {
                 start: pos,
                 len,
                 seg: Seg::New {
-                    id: ch.id,
-                    seal: ch.seal,
                     batch: batch.clone(),
                     index,
                 },
@@ -458,15 +476,19 @@ impl OpenFile {
         for s in &new {
             let (id, stored_on, seal) = match &s.seg {
                 Seg::Base(loc) => (loc.id.to_vec(), Vec::new(), loc.seal.to_vec()),
-                Seg::New { id, seal, batch, index } => {
-                    let stored = match batch.clone().await {
-                        Ok(all) => all.get(*index).cloned().unwrap_or_default(),
+                Seg::New { batch, index } => {
+                    let all = match batch.clone().await {
+                        Ok(all) => all,
                         Err(e) => {
                             self.segs = old;
                             return Err(e);
                         }
                     };
-                    (id.0.to_vec(), stored, seal.map(|s| s.to_vec()).unwrap_or_default())
+                    let Some(c) = all.get(*index) else {
+                        self.segs = old;
+                        return Err(format!("lost track of a chunk of {} while storing it", self.path));
+                    };
+                    (c.id.0.to_vec(), c.on.clone(), c.seal.map(|s| s.to_vec()).unwrap_or_default())
                 }
             };
             refs.push(ChunkRef {
@@ -532,7 +554,6 @@ impl OpenFile {
     async fn rechunk(&mut self, client: &Arc<Client>, cache: &Arc<ChunkCache>, start: u64, end: u64) -> Result<Vec<Segment>, String> {
         let p = chunk_params(Some(self.size));
         let window = WINDOW.max(2 * p.max);
-        let secret = self.secret.flatten();
         let mut out = Vec::new();
         let mut carry: Vec<u8> = Vec::new();
         let mut pos = start;
@@ -555,21 +576,15 @@ impl OpenFile {
             if !last {
                 cuts.pop();
             }
-            let mut chunks = Vec::with_capacity(cuts.len());
-            let mut used = 0usize;
-            for (o, l) in cuts {
-                chunks.push(prepare_chunk(carry[o..o + l].to_vec(), secret.as_ref()).map_err(client_err)?);
-                used = o + l;
-            }
-            carry.drain(..used);
+            let used = cuts.last().map(|(o, l)| o + l).unwrap_or(0);
             // Uploads append to self.segs; take them into this run's list.
             let before = self.segs.len();
-            let n: u64 = chunks.iter().map(|c| c.data.len() as u64).sum();
-            if !chunks.is_empty() {
-                self.upload(client, chunk_start, chunks).await;
+            if !cuts.is_empty() {
+                let rest = carry.split_off(used);
+                self.upload(client, chunk_start, std::mem::replace(&mut carry, rest), cuts).await;
             }
             out.extend(self.segs.drain(before..));
-            chunk_start += n;
+            chunk_start += used as u64;
         }
         Ok(out)
     }
