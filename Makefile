@@ -39,10 +39,11 @@ bench: prereqs release
 deny:
 	@scripts/deny.sh
 
-## chaos: the long forms of the fault tests (gossip with 50 coordinators and 500 nodes; 1,000 operations under kill -9)
+## chaos: the long forms of the fault tests (gossip with 50 coordinators and 500 nodes; 1,000 operations under kill -9; 10 minutes of a slow, lossy link)
 chaos:
 	COLLECTIVE_SCALE_MEMBERS=50 $(CARGO) test -p collective-gossip --test scale -- --nocapture
 	COLLECTIVE_CRASH_OPS=1000 $(CARGO) test --test crash -- --nocapture
+	COLLECTIVE_NETEM_SECS=600 $(CARGO) test --test netfaults -- --nocapture
 
 ## fuzz: every parser of outside input under libFuzzer, FUZZ_SECONDS (default 60) per target
 fuzz:
