@@ -250,7 +250,8 @@ fn latency_jitter_and_loss_between_members_slow_puts_and_gets_but_nothing_fails_
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(40);
-    while started.elapsed() < Duration::from_secs(secs) {
+    // At least three rounds whatever the duration, so a slow machine still tests something.
+    while started.elapsed() < Duration::from_secs(secs) || puts < 3 {
         // bob writes into carol's datastore (chunks cross to carol's and alice's nodes),
         // alice reads it back from hers, bob reads alice's media.
         let data = random_bytes(500_000 + rng.below(1_500_000) as usize, rng.next());
@@ -278,7 +279,6 @@ fn latency_jitter_and_loss_between_members_slow_puts_and_gets_but_nothing_fails_
         bytes / 1_000_000,
         started.elapsed().as_secs_f64()
     );
-    assert!(puts >= 3, "too few operations to mean anything");
     assert_eq!(downs_before, downs_after, "gossip declared a live member down");
     assert!(
         !not_alive.iter().any(|s| s.ends_with(" down")),
