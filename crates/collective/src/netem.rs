@@ -282,7 +282,9 @@ fn iptables(router: &str, op: &str, queue: u16) -> Result<()> {
     let q = queue.to_string();
     let out = Command::new("ip")
         .args(["netns", "exec", router, "iptables-legacy", op, "FORWARD", "-i", "m+", "-o", "m+"])
-        .args(["-j", "NFQUEUE", "--queue-num", &q])
+        // Bypass: should this program die without removing the rule, packets pass unharmed
+        // instead of being dropped for want of a reader.
+        .args(["-j", "NFQUEUE", "--queue-num", &q, "--queue-bypass"])
         .output()
         .context("cannot run iptables-legacy (install the Debian package iptables)")?;
     if !out.status.success() {

@@ -76,8 +76,12 @@ impl State {
                 removals: held.values().cloned().collect(),
             }
         };
-        // Saved before it counts as applied: a restart must not forget it.
-        collective_pki::replace_file(&self.removals_path(), &all.encode_to_vec(), 0o644).map_err(|e| e.to_string())?;
+        // Saved before it counts as applied: a restart must not forget it. When it cannot be
+        // saved it is not taken, so the next round (or the admin's retry) tries again.
+        if let Err(e) = collective_pki::replace_file(&self.removals_path(), &all.encode_to_vec(), 0o644) {
+            self.removals.lock().unwrap_or_else(|p| p.into_inner()).remove(&r.member);
+            return Err(format!("cannot save the removal of {}: {e}", r.member));
+        }
         if r.member == self.domain {
             tracing::error!(reason = %r.reason, "this member was removed from the federation; the others no longer accept it");
         } else {
