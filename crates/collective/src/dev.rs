@@ -260,7 +260,8 @@ impl Issuer<'_> {
 }
 
 /// Writes configs for `count` nodes of one member under `dir` and starts them.
-/// `host` is the address they listen on; `netns` the namespace they run in, if any.
+/// Where a member's processes run: the address they listen on, and the network namespace
+/// they run in (`dev up --netns`), if any.
 pub(crate) struct NodeSite<'a> {
     pub host: &'a str,
     pub netns: Option<&'a str>,
