@@ -120,6 +120,32 @@ pub async fn run(cmd: DevCommand) -> Result<()> {
     }
 }
 
+/// A small xorshift generator: ports and subnets to try, simulated packet fates.
+pub(crate) struct XorShift(u64);
+
+impl XorShift {
+    pub(crate) fn new(seed: u64) -> XorShift {
+        XorShift(seed | 1)
+    }
+
+    /// Seeded from the clock and the process id, so runs and processes differ.
+    pub(crate) fn from_clock() -> XorShift {
+        XorShift::new(collective_core::unix_ms_now() ^ (u64::from(std::process::id()) << 32))
+    }
+
+    pub(crate) fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+
+    /// Uniform in [0, 1).
+    pub(crate) fn unit(&mut self) -> f64 {
+        (self.next() >> 11) as f64 / (1u64 << 53) as f64
+    }
+}
+
 /// A loopback port free for both TCP and UDP (gRPC and QUIC share the number).
 ///
 /// Picked at random below the kernel's ephemeral range, so the outgoing connections of
@@ -137,13 +163,10 @@ pub(crate) fn free_port() -> Result<u16> {
     } else {
         (61_000, 65_000)
     };
-    let mut x = collective_core::unix_ms_now() ^ ((std::process::id() as u64) << 32) | 1;
+    let mut rng = XorShift::from_clock();
     let mut given = GIVEN.lock().unwrap_or_else(|p| p.into_inner());
     for _ in 0..500 {
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        let port = low + (x % u64::from(high - low)) as u16;
+        let port = low + (rng.next() % u64::from(high - low)) as u16;
         if given.contains(&port) {
             continue;
         }

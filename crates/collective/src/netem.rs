@@ -212,13 +212,8 @@ struct Impairment {
 
 /// Holds and releases packets until `stop` is set.
 fn run_queue(q: &Queue, imp: &Impairment, stop: &AtomicBool, stats: &Stats) -> Result<()> {
-    let mut x = imp.seed | 1;
-    let mut rand = move || {
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        (x >> 11) as f64 / (1u64 << 53) as f64
-    };
+    let mut rng = crate::dev::XorShift::new(imp.seed);
+    let mut rand = move || rng.unit();
     let mut held: BinaryHeap<Reverse<(Instant, u32)>> = BinaryHeap::new();
     let mut buf = vec![0u8; 1 << 16];
     let mut ids = Vec::new();

@@ -71,12 +71,9 @@ fn free_subnet() -> Result<u8> {
         .output()
         .context("cannot run `ip`")?;
     let routes = String::from_utf8_lossy(&routes.stdout).into_owned();
-    let mut x = collective_core::unix_ms_now() ^ u64::from(std::process::id()).rotate_left(20);
+    let mut rng = crate::dev::XorShift::from_clock();
     for _ in 0..200 {
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        let s = 16 + (x % 230) as u8;
+        let s = 16 + (rng.next() % 230) as u8;
         let prefix = format!("10.{s}.");
         if !addrs.contains(&format!(" {prefix}"))
             && !routes.lines().any(|l| l.starts_with(&prefix))

@@ -164,17 +164,26 @@ impl Revocations {
     }
 
     /// Whether the certificate (DER) is revoked, or names a principal of a member removed
-    /// from the federation.
+    /// from the federation (what TLS handshakes check).
     pub fn is_revoked(&self, der: &[u8]) -> bool {
-        let Ok(w) = self.inner.read() else { return false };
-        // Every call checks its caller: hash and parse only when something is refused at all.
-        if !w.set.is_empty() {
-            let d = ring::digest::digest(&ring::digest::SHA256, der);
-            if <[u8; 32]>::try_from(d.as_ref()).is_ok_and(|fp| w.set.contains(&fp)) {
-                return true;
-            }
+        if self.is_certificate_revoked(der) {
+            return true;
         }
+        // Parse only when some member was removed at all.
+        let Ok(w) = self.inner.read() else { return false };
         !w.removed.is_empty() && crate::tls::peer_from_der(der).is_ok_and(|(p, _)| w.removed.contains(&p.domain))
+    }
+
+    /// Whether this very certificate (DER) is on the revocation list. For a caller already
+    /// parsed, which checks [`Revocations::is_member_removed`] on its domain itself.
+    pub fn is_certificate_revoked(&self, der: &[u8]) -> bool {
+        let Ok(w) = self.inner.read() else { return false };
+        // Every call checks its caller: hash only when something is revoked at all.
+        if w.set.is_empty() {
+            return false;
+        }
+        let d = ring::digest::digest(&ring::digest::SHA256, der);
+        <[u8; 32]>::try_from(d.as_ref()).is_ok_and(|fp| w.set.contains(&fp))
     }
 
     /// Whether `domain` is a member removed from the federation.

@@ -200,7 +200,7 @@ pub fn peer<T>(req: &Request<T>, revocations: &Revocations) -> Result<Caller, St
             principal.domain
         )));
     }
-    if revocations.is_revoked(leaf) {
+    if revocations.is_certificate_revoked(leaf) {
         return Err(Status::unauthenticated(format!(
             "the certificate of {principal} has been revoked by its member CA; ask its administrator for a new one"
         )));
