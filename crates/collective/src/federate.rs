@@ -275,7 +275,10 @@ pub async fn federation(o: &ClientOverrides, cmd: FederationCommand) -> Result<(
                 );
             }
             if r.dropped_unauthenticated > 0 {
-                println!("{} unauthenticated gossip datagram(s) dropped", r.dropped_unauthenticated);
+                println!(
+                    "{} gossip datagram(s) dropped (unauthenticated, or from removed members)",
+                    r.dropped_unauthenticated
+                );
             }
             Ok(())
         }
