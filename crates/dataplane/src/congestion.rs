@@ -21,16 +21,27 @@ pub const WAN_RTT: Duration = Duration::from_millis(8);
 
 /// Builds an [`Adaptive`] controller per connection.
 #[derive(Debug, Default)]
-pub struct AdaptiveConfig {
-    cubic: Arc<CubicConfig>,
-    bbr: Arc<BbrConfig>,
+pub struct AdaptiveConfig;
+
+/// The initial window of RFC 9002 (section 7.2) for datagrams of `mtu` bytes: ten
+/// datagrams, but no more than 14,720 bytes or two datagrams, whichever is larger. (quinn's
+/// configurations default to a fixed 14,720 bytes, which is less than one datagram on
+/// loopback, where a connection would then never send.)
+pub fn initial_window(mtu: u16) -> u64 {
+    let mtu = u64::from(mtu);
+    (10 * mtu).min(14_720.max(2 * mtu))
 }
 
 impl ControllerFactory for AdaptiveConfig {
     fn build(self: Arc<Self>, now: Instant, current_mtu: u16) -> Box<dyn Controller> {
+        let window = initial_window(current_mtu);
+        let mut cubic = CubicConfig::default();
+        cubic.initial_window(window);
+        let mut bbr = BbrConfig::default();
+        bbr.initial_window(window);
         Box::new(Adaptive {
-            cubic: self.cubic.clone().build(now, current_mtu),
-            bbr: self.bbr.clone().build(now, current_mtu),
+            cubic: Arc::new(cubic).build(now, current_mtu),
+            bbr: Arc::new(bbr).build(now, current_mtu),
             min_rtt: None,
         })
     }
@@ -144,5 +155,15 @@ mod tests {
         a.min_rtt = Some(Duration::from_micros(300));
         assert!(a.lan() && !a.wan(), "a LAN round trip");
         assert_eq!(a.window(), a.cubic.window());
+    }
+
+    #[test]
+    fn the_initial_window_always_holds_at_least_two_datagrams() {
+        assert_eq!(initial_window(1200), 12_000);
+        assert_eq!(initial_window(1452), 14_520);
+        assert_eq!(initial_window(8952), 17_904);
+        assert_eq!(initial_window(65_507), 131_014);
+        let c = Arc::new(AdaptiveConfig).build(Instant::now(), 65_507);
+        assert!(c.window() >= 2 * 65_507, "a loopback connection can send from the start");
     }
 }

@@ -100,13 +100,13 @@ pub async fn run(cfg: NodeConfig, shutdown: impl Future<Output = ()> + Send + 's
     });
 
     // QUIC chunk endpoint.
-    let quic = collective_dataplane::server_endpoint(&identity, addr("quic_listen", &cfg.quic_listen)?)?;
+    let server = collective_dataplane::ChunkServer::bind(&identity, addr("quic_listen", &cfg.quic_listen)?)?;
+    let quic = server.endpoint.clone();
     let quic_addr = quic.local_addr().map_err(|e| NodeError::Io(e.to_string()))?;
     {
-        let quic = quic.clone();
         let state = state.clone();
         tokio::spawn(async move {
-            while let Some(incoming) = quic.accept().await {
+            while let Some(incoming) = server.accept().await {
                 tokio::spawn(serve_connection(state.clone(), incoming));
             }
         });

@@ -158,7 +158,7 @@ fn response(status: ChunkStatus, message: String, size: u64) -> ChunkResponse {
 }
 
 /// Serves every stream of one QUIC connection.
-pub async fn serve_connection(state: Arc<NodeState>, incoming: quinn::Incoming) {
+pub async fn serve_connection(state: Arc<NodeState>, incoming: quinn::Connecting) {
     let conn = match incoming.await {
         Ok(c) => c,
         Err(e) => {
