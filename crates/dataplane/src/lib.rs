@@ -107,9 +107,8 @@ fn is_loopback(addr: SocketAddr) -> bool {
 pub fn transport_config(receive_window: u32, loopback: bool) -> quinn::TransportConfig {
     let mut t = quinn::TransportConfig::default();
     if loopback {
-        let mtu = std::env::var("COLLECTIVE_LOOPBACK_MTU").ok().and_then(|v| v.parse().ok()).unwrap_or(LOOPBACK_UDP_PAYLOAD);
-        t.min_mtu(mtu.min(LOOPBACK_MIN_UDP_PAYLOAD));
-        t.initial_mtu(mtu);
+        t.min_mtu(LOOPBACK_MIN_UDP_PAYLOAD);
+        t.initial_mtu(LOOPBACK_UDP_PAYLOAD);
         t.mtu_discovery_config(None);
         // A segmentation-offload batch must fit in one 64 KiB send; batches of packets this
         // large do not, and the kernel refuses them (quinn then takes them for lost).
@@ -128,7 +127,7 @@ pub fn transport_config(receive_window: u32, loopback: bool) -> quinn::Transport
     t.packet_threshold(REORDER_PACKETS);
     t.time_threshold(REORDER_TIME);
     // CUBIC on a LAN, BBR between homes (see `congestion`).
-    t.congestion_controller_factory(Arc::new(congestion::AdaptiveConfig::default()));
+    t.congestion_controller_factory(Arc::new(congestion::AdaptiveConfig));
 
     if let Ok(idle) = IDLE_TIMEOUT.try_into() {
         t.max_idle_timeout(Some(idle));
@@ -367,8 +366,14 @@ impl ChunkClient {
         let connecting = self
             .endpoint
             .connect_with(
-                if is_loopback(target.addr) { self.local_config.clone() } else { self.config.clone() },
-                target.addr, &server_name(&target.node)?)
+                if is_loopback(target.addr) {
+                    self.local_config.clone()
+                } else {
+                    self.config.clone()
+                },
+                target.addr,
+                &server_name(&target.node)?,
+            )
             .map_err(|e| cerr(e.to_string()))?;
         let conn = match tokio::time::timeout(CONNECT_TIMEOUT, connecting).await {
             Ok(Ok(c)) => c,

@@ -123,18 +123,28 @@ async fn receive_chunk(
     recv: &mut quinn::RecvStream,
     size: u64,
 ) -> Result<(), Received> {
-    let mut staged: Vec<u8> = Vec::with_capacity(STAGE_BYTES.min(size as usize));
+    // The pieces as they came off the network (no copy), written together once a stage's
+    // worth has arrived.
+    let mut staged: Vec<bytes::Bytes> = Vec::new();
+    let mut staged_bytes = 0usize;
     let mut received = 0u64;
+    let write = |writer: &mut collective_chunkstore::ChunkWriter<'_>, staged: &mut Vec<bytes::Bytes>| {
+        let pieces: Vec<&[u8]> = staged.iter().map(|b| b.as_ref()).collect();
+        let r = writer.write_pieces(&pieces);
+        staged.clear();
+        r
+    };
     while received < size {
         match recv.read_chunk((size - received) as usize, true).await {
             Ok(Some(chunk)) => {
                 received += chunk.bytes.len() as u64;
-                staged.extend_from_slice(&chunk.bytes);
-                if staged.len() >= STAGE_BYTES {
+                staged_bytes += chunk.bytes.len();
+                staged.push(chunk.bytes);
+                if staged_bytes >= STAGE_BYTES {
                     // A page-cache write of one stage takes tens of microseconds: cheaper inline
                     // than handing the worker thread off; the fsync below is not.
-                    writer.write(&staged).map_err(Received::Store)?;
-                    staged.clear();
+                    write(&mut writer, &mut staged).map_err(Received::Store)?;
+                    staged_bytes = 0;
                 }
             }
             Ok(None) => return Err(Received::Stream(format!("stream ended after {received} of {size} payload bytes"))),
@@ -142,7 +152,7 @@ async fn receive_chunk(
         }
     }
     tokio::task::block_in_place(|| {
-        writer.write(&staged)?;
+        write(&mut writer, &mut staged)?;
         writer.finish()
     })
     .map(|_| ())
