@@ -101,8 +101,8 @@ fn is_loopback(addr: SocketAddr) -> bool {
 ///
 /// `loopback`: the peer is on this machine. Then packets are sized for the loopback
 /// device's 64 KiB MTU from the first one, instead of probing up from 1,200 bytes towards
-/// Ethernet's 1,500: each packet costs the same CPU (encryption setup, acknowledgement,
-/// loss tracking, a wake-up) whatever its size, and a 1 MiB chunk then takes 17 packets
+/// Ethernet's 1,500: most of what a packet costs (acknowledgement, loss tracking, a system
+/// call, a wake-up) does not depend on its size, and a 1 MiB chunk then takes 17 packets
 /// instead of 720.
 pub fn transport_config(receive_window: u32, loopback: bool) -> quinn::TransportConfig {
     let mut t = quinn::TransportConfig::default();
