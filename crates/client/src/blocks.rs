@@ -26,16 +26,20 @@ pub struct PreparedChunk {
 }
 
 /// Turns plaintext into a chunk ready to store: sealed with the datastore's secret when it
-/// has one, then hashed.
-pub fn prepare_chunk(mut plain: Vec<u8>, secret: Option<&[u8; 32]>) -> Result<PreparedChunk, ClientError> {
-    let seal = match secret {
-        Some(s) => Some(sealing::seal(s, &mut plain)?),
-        None => None,
+/// has one (into a copy: sealing works in place), then hashed. Unsealed chunks keep the
+/// caller's bytes, so a slice of a larger buffer costs no copy.
+pub fn prepare_chunk(plain: Bytes, secret: Option<&[u8; 32]>) -> Result<PreparedChunk, ClientError> {
+    let (data, seal) = match secret {
+        Some(s) => {
+            let mut sealed = plain.to_vec();
+            let seal = sealing::seal(s, &mut sealed)?;
+            (Bytes::from(sealed), Some(seal))
+        }
+        None => (plain, None),
     };
-    let id = ChunkId::of(&plain);
     Ok(PreparedChunk {
-        id,
-        data: Bytes::from(plain),
+        id: ChunkId::of(&data),
+        data,
         seal,
     })
 }
@@ -196,5 +200,31 @@ impl Client {
     /// Memory for chunk bytes in flight (KiB permits), shared with the CLI transfers.
     pub fn budget(&self) -> (std::sync::Arc<tokio::sync::Semaphore>, u32) {
         (self.budget.clone(), self.budget_kib)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn prepared_chunks_are_sealed_copies_or_the_callers_own_bytes() {
+        let window = Bytes::from((0..300_000u32).map(|i| (i % 253) as u8).collect::<Vec<u8>>());
+        let plain = window.slice(1000..201_000);
+
+        let open = prepare_chunk(plain.clone(), None).unwrap();
+        assert_eq!(open.id, ChunkId::of(&plain));
+        assert!(open.seal.is_none());
+        assert_eq!(open.data.as_ptr(), plain.as_ptr(), "an unsealed chunk is not copied");
+
+        let secret = [7u8; 32];
+        let sealed = prepare_chunk(plain.clone(), Some(&secret)).unwrap();
+        assert_ne!(sealed.data, plain, "a sealed chunk is not stored as plaintext");
+        assert_eq!(sealed.id, ChunkId::of(&sealed.data), "the id is the hash of what nodes store");
+        let seal = sealed.seal.unwrap();
+        assert_eq!(sealing::open(&seal, sealed.data.clone()).unwrap(), plain);
+        assert_eq!(window.slice(1000..201_000), plain, "the caller's buffer is left as it was");
+        // Convergent: the same plaintext and secret give the same chunk.
+        assert_eq!(prepare_chunk(plain, Some(&secret)).unwrap().id, sealed.id);
     }
 }

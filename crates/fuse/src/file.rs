@@ -367,8 +367,9 @@ impl OpenFile {
         let (c, path, secret, lens) = (client.clone(), self.path.clone(), self.secret.flatten(), cuts.clone());
         let batch: Batch = async move {
             let prepared = tokio::task::spawn_blocking(move || {
+                let buf = Bytes::from(buf);
                 cuts.iter()
-                    .map(|(o, l)| prepare_chunk(buf[*o..*o + *l].to_vec(), secret.as_ref()))
+                    .map(|(o, l)| prepare_chunk(buf.slice(*o..*o + *l), secret.as_ref()))
                     .collect::<Result<Vec<_>, _>>()
             })
             .await
