@@ -192,6 +192,7 @@ impl ChunkStore {
     /// Makes a fully written temp file durable and moves it into place.
     fn publish(&self, f: File, tmp: &Path, dest: &Path) -> Result<(), StoreError> {
         f.sync_data().map_err(io_err(tmp))?;
+        drop_cached(&f);
         drop(f);
         let dir = dest.parent().unwrap_or(&self.root);
         if !dir.exists() {
@@ -359,6 +360,19 @@ impl Drop for ChunkWriter<'_> {
                 self.store.used.fetch_sub(self.size, Ordering::SeqCst);
             }
         }
+    }
+}
+
+/// Lets the kernel drop a durable file's pages from its cache at once. A node is not a
+/// cache: chunks are read rarely and soon after being written only by chance, while a page
+/// cache grown by every write keeps taking fresh memory, which costs far more than reusing
+/// pages just freed (in a VM, several times the CPU of the write itself; see
+/// docs/benchmarks.md). Advice only: a failure changes nothing.
+fn drop_cached(f: &File) {
+    use std::os::fd::AsRawFd;
+    // SAFETY: posix_fadvise only reads its integer arguments; `f` is an open descriptor.
+    unsafe {
+        libc::posix_fadvise(f.as_raw_fd(), 0, 0, libc::POSIX_FADV_DONTNEED);
     }
 }
 
