@@ -2,6 +2,7 @@
 //! back to another replica (and report the bad one), write in order.
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use bytes::Bytes;
 use collective_core::{ChunkId, validate_path};
@@ -14,6 +15,7 @@ use tonic::transport::Channel;
 
 use crate::ClientError;
 use crate::session::{Client, Progress};
+use crate::writeback::WriteBehind;
 
 /// Files whose plans are fetched in one coordinator call.
 const PLAN_BATCH: usize = 256;
@@ -39,10 +41,10 @@ impl Client {
     }
 
     /// Streams a planned file into `out` in order, `parallel` chunks ahead.
-    async fn write_plan<W: AsyncWrite + Unpin>(
+    async fn write_plan<S: Sink>(
         &self,
         plan: &FilePlan,
-        out: &mut W,
+        out: &mut S,
         progress: &Option<Progress>,
         parallel: usize,
     ) -> Result<u64, ClientError> {
@@ -65,12 +67,13 @@ impl Client {
             .buffered(parallel);
         let mut written = 0u64;
         while let Some((data, permit)) = stream.try_next().await? {
-            out.write_all(&data)
+            let len = data.len() as u64;
+            out.put(data)
                 .await
                 .map_err(|e| ClientError::Other(format!("writing {path}: {e}")))?;
-            written += data.len() as u64;
+            written += len;
             if let Some(p) = progress {
-                p(data.len() as u64);
+                p(len);
             }
             drop(permit);
         }
@@ -78,7 +81,7 @@ impl Client {
     }
 
     /// Streams a remote file to `out`; returns its attributes.
-    pub async fn read_to<W: AsyncWrite + Unpin>(
+    pub async fn read_to<W: AsyncWrite + Unpin + Send>(
         &self,
         path: &str,
         out: &mut W,
@@ -90,7 +93,7 @@ impl Client {
             .await?
             .pop()
             .ok_or_else(|| ClientError::Other("the coordinator returned no plan".into()))?;
-        self.write_plan(&plan, out, &progress, self.parallel).await?;
+        self.write_plan(&plan, &mut Writer(&mut *out), &progress, self.parallel).await?;
         out.flush().await.map_err(|e| ClientError::Other(format!("writing output: {e}")))?;
         plan.attr
             .ok_or_else(|| ClientError::Other("the coordinator returned no attributes".into()))
@@ -109,16 +112,20 @@ impl Client {
         let size = plan.attr.as_ref().map(|a| a.size).unwrap_or(u64::MAX);
         if size <= SMALL_FILE_BYTES {
             let mut data = Vec::with_capacity(size as usize);
-            self.write_plan(plan, &mut data, progress, parallel).await?;
+            self.write_plan(plan, &mut Writer(&mut data), progress, parallel).await?;
             let dest = local.to_path_buf();
             return tokio::task::spawn_blocking(move || write_file_atomically(&tmp, &dest, &data, mode))
                 .await
                 .map_err(|e| ClientError::Other(format!("writing {}: {e}", local.display())))?;
         }
-        let mut f = tokio::fs::File::create(&tmp).await.map_err(ClientError::local(&tmp))?;
+        let f = tokio::fs::File::create(&tmp).await.map_err(ClientError::local(&tmp))?;
+        let mut sink = FileSink {
+            file: Arc::new(f.into_std().await),
+            behind: WriteBehind::new(),
+            len: 0,
+        };
         let result = async {
-            let n = self.write_plan(plan, &mut f, progress, parallel).await?;
-            f.flush().await.map_err(ClientError::local(&tmp))?;
+            let n = self.write_plan(plan, &mut sink, progress, parallel).await?;
             use std::os::unix::fs::PermissionsExt;
             let _ = tokio::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(mode)).await;
             tokio::fs::rename(&tmp, local).await.map_err(ClientError::local(local))?;
@@ -269,6 +276,44 @@ pub(crate) async fn fetch_stored(
         file: file.to_string(),
         detail: errors.join("; "),
     })
+}
+
+/// Where a download's bytes go, in order.
+trait Sink: Send {
+    fn put(&mut self, data: Bytes) -> impl Future<Output = std::io::Result<()>> + Send;
+}
+
+/// Any async writer (standard output, a buffer).
+struct Writer<'a, W>(&'a mut W);
+
+impl<W: AsyncWrite + Unpin + Send> Sink for Writer<'_, W> {
+    async fn put(&mut self, data: Bytes) -> std::io::Result<()> {
+        self.0.write_all(&data).await
+    }
+}
+
+/// A local file, written on a blocking thread with write-behind, so a large download does
+/// not fill the page cache (see [`crate::writeback`]).
+struct FileSink {
+    file: Arc<std::fs::File>,
+    behind: WriteBehind,
+    len: u64,
+}
+
+impl Sink for FileSink {
+    async fn put(&mut self, data: Bytes) -> std::io::Result<()> {
+        let (file, mut behind) = (self.file.clone(), self.behind);
+        let end = self.len + data.len() as u64;
+        self.behind = tokio::task::spawn_blocking(move || {
+            std::io::Write::write_all(&mut &*file, &data)?;
+            behind.wrote_up_to(&file, end);
+            Ok::<_, std::io::Error>(behind)
+        })
+        .await
+        .map_err(std::io::Error::other)??;
+        self.len = end;
+        Ok(())
+    }
 }
 
 /// Writes `data` to `tmp`, sets its mode and renames it to `local`.

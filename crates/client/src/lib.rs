@@ -15,6 +15,7 @@ mod error;
 mod sealing;
 mod session;
 mod upload;
+pub mod writeback;
 
 pub use blocks::{PreparedChunk, prepare_chunk};
 pub use chunking::{ChunkParams, chunk_params};
