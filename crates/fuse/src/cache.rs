@@ -9,6 +9,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 use bytes::Bytes;
 use collective_client::Client;
+use collective_client::writeback::DropBehind;
 use collective_core::ChunkId;
 use collective_proto::v1::ChunkLocation;
 use futures::FutureExt;
@@ -78,6 +79,8 @@ pub struct ChunkCache {
     disk: Mutex<Lru<()>>,
     mem: Mutex<Lru<Bytes>>,
     inflight: Mutex<HashMap<ChunkId, Fetch>>,
+    /// Cached chunks go to disk and leave the page cache (the memory LRU keeps hot ones).
+    behind: DropBehind,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -119,6 +122,7 @@ impl ChunkCache {
             disk: Mutex::new(disk),
             mem: Mutex::new(Lru::new(memory)),
             inflight: Mutex::new(HashMap::new()),
+            behind: DropBehind::new(),
         };
         for id in evicted {
             let _ = std::fs::remove_file(cache.file_of(&id));
@@ -202,11 +206,15 @@ impl ChunkCache {
             let path = me.file_of(&id);
             let Some(dir) = path.parent() else { return };
             let tmp = dir.join(format!(".{}.tmp", id.short()));
-            let ok = std::fs::create_dir_all(dir).is_ok() && std::fs::write(&tmp, &stored).is_ok() && std::fs::rename(&tmp, &path).is_ok();
-            if !ok {
+            let written = std::fs::create_dir_all(dir)
+                .and_then(|()| std::fs::File::create(&tmp))
+                .and_then(|mut f| std::io::Write::write_all(&mut f, &stored).map(|()| f))
+                .and_then(|f| std::fs::rename(&tmp, &path).map(|()| f));
+            let Ok(f) = written else {
                 let _ = std::fs::remove_file(&tmp);
                 return;
-            }
+            };
+            me.behind.written(f, stored.len() as u64);
             let evicted = lock(&me.disk).insert(id, (), stored.len() as u64);
             for old in evicted {
                 let _ = std::fs::remove_file(me.file_of(&old));

@@ -19,6 +19,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use collective_client::writeback::WriteBehind;
 use collective_client::{Client, ClientError, SEAL_LEN, chunk_params, prepare_chunk};
 use collective_core::ChunkId;
 use collective_proto::v1::{ChunkLocation, ChunkRef, FileAttr, FileKind};
@@ -86,6 +87,8 @@ pub(crate) struct OpenFile {
     segs: Vec<Segment>,
     plan_at: Instant,
     overlay: Option<File>,
+    /// Streamed parts of the overlay go to disk and leave the page cache.
+    behind: WriteBehind,
     dirty: RangeSet,
     /// Something to commit: writes, a truncate, or a file created and never committed.
     pub changed: bool,
@@ -129,6 +132,7 @@ impl OpenFile {
             segs,
             plan_at: Instant::now(),
             overlay: None,
+            behind: WriteBehind::new(),
             dirty: RangeSet::default(),
             changed: false,
             secret: None,
@@ -149,6 +153,7 @@ impl OpenFile {
             segs: Vec::new(),
             plan_at: Instant::now(),
             overlay: None,
+            behind: WriteBehind::new(),
             dirty: RangeSet::default(),
             changed: true,
             secret: None,
@@ -349,6 +354,11 @@ impl OpenFile {
         let emitted: u64 = cuts.iter().map(|(_, l)| *l as u64).sum();
         // The uncut rest is read again with the next window; hold only what goes out.
         buf.truncate(emitted as usize);
+        // Those bytes are now read only if the upload fails or the program reads them
+        // back before closing: the overlay keeps them on disk, not in memory.
+        if let Some(f) = &self.overlay {
+            self.behind.release(f, seg_end, seg_end + emitted);
+        }
         self.upload(client, seg_end, buf, cuts).await;
         self.dirty.remove(seg_end, seg_end + emitted);
         Ok(())
