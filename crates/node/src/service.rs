@@ -284,9 +284,16 @@ async fn handle_stream(state: &NodeState, caller: &str, mut send: quinn::SendStr
             _ => {
                 let size = std::fs::metadata(state.store.path_of(&id)).map(|m| m.len()).unwrap_or(0);
                 let _permit = state.reserve(size).await;
-                // Reading and hashing one chunk from the page cache takes well under a
-                // millisecond; inline it is cheaper than a hand-off to another thread.
-                let result = state.store.get(&id);
+                // Chunks leave the page cache once written (see the chunk store), so a
+                // read usually waits for the disk: on a blocking thread, so the workers
+                // go on moving other chunks meanwhile.
+                let store = state.store.clone();
+                let result = tokio::task::spawn_blocking(move || store.get(&id)).await.unwrap_or_else(|e| {
+                    Err(StoreError::Io {
+                        path: state.store.path_of(&id),
+                        source: std::io::Error::other(format!("the read was interrupted: {e}")),
+                    })
+                });
                 match result {
                     Ok(data) => {
                         let size = data.len() as u64;
