@@ -190,9 +190,11 @@ impl ChunkStore {
     }
 
     /// Makes a fully written temp file durable and moves it into place.
-    fn publish(&self, f: File, tmp: &Path, dest: &Path) -> Result<(), StoreError> {
+    fn publish(&self, f: File, tmp: &Path, dest: &Path, size: u64) -> Result<(), StoreError> {
         f.sync_data().map_err(io_err(tmp))?;
-        drop_cached(&f);
+        if size >= KEEP_CACHED_BELOW {
+            drop_cached(&f);
+        }
         drop(f);
         let dir = dest.parent().unwrap_or(&self.root);
         if !dir.exists() {
@@ -338,7 +340,7 @@ impl ChunkWriter<'_> {
         let Some((tmp, f)) = self.tmp.take() else {
             return Ok(Put::AlreadyPresent);
         };
-        match self.store.publish(f, &tmp, &self.dest) {
+        match self.store.publish(f, &tmp, &self.dest, self.size) {
             Ok(()) => {
                 self.store.count.fetch_add(1, Ordering::Relaxed);
                 Ok(Put::Stored)
@@ -362,6 +364,11 @@ impl Drop for ChunkWriter<'_> {
         }
     }
 }
+
+/// Chunks smaller than this stay in the page cache once written: a read of a small chunk
+/// from disk costs a whole device round trip for little data, and small chunks (small
+/// files) are the ones read back soon and often. Large chunks are dropped.
+pub const KEEP_CACHED_BELOW: u64 = 256 * 1024;
 
 /// Lets the kernel drop a durable file's pages from its cache at once. A node is not a
 /// cache: chunks are read rarely and soon after being written only by chance, while a page

@@ -3,7 +3,7 @@
 use std::sync::Arc;
 use std::time::Instant;
 
-use collective_chunkstore::{ChunkStore, StoreError};
+use collective_chunkstore::{ChunkStore, KEEP_CACHED_BELOW, StoreError};
 use collective_core::ChunkId;
 use collective_dataplane::{MAX_CHUNK_BYTES, PROTOCOL_VERSION, peer_of, read_frame, write_frame};
 use collective_pki::{TlsIdentity, TokenVerifier};
@@ -284,16 +284,21 @@ async fn handle_stream(state: &NodeState, caller: &str, mut send: quinn::SendStr
             _ => {
                 let size = std::fs::metadata(state.store.path_of(&id)).map(|m| m.len()).unwrap_or(0);
                 let _permit = state.reserve(size).await;
-                // Chunks leave the page cache once written (see the chunk store), so a
-                // read usually waits for the disk: on a blocking thread, so the workers
-                // go on moving other chunks meanwhile.
-                let store = state.store.clone();
-                let result = tokio::task::spawn_blocking(move || store.get(&id)).await.unwrap_or_else(|e| {
-                    Err(StoreError::Io {
-                        path: state.store.path_of(&id),
-                        source: std::io::Error::other(format!("the read was interrupted: {e}")),
+                // Large chunks leave the page cache once written (see the chunk store), so
+                // reading one usually waits for the disk: on a blocking thread, so the
+                // workers go on moving other chunks meanwhile. Small ones stay cached, and
+                // reading one inline is cheaper than a hand-off to another thread.
+                let result = if size < KEEP_CACHED_BELOW {
+                    state.store.get(&id)
+                } else {
+                    let store = state.store.clone();
+                    tokio::task::spawn_blocking(move || store.get(&id)).await.unwrap_or_else(|e| {
+                        Err(StoreError::Io {
+                            path: state.store.path_of(&id),
+                            source: std::io::Error::other(format!("the read was interrupted: {e}")),
+                        })
                     })
-                });
+                };
                 match result {
                     Ok(data) => {
                         let size = data.len() as u64;
