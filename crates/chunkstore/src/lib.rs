@@ -371,8 +371,8 @@ impl Drop for ChunkWriter<'_> {
 pub const KEEP_CACHED_BELOW: u64 = 256 * 1024;
 
 /// Lets the kernel drop a durable file's pages from its cache at once. A node is not a
-/// cache: chunks are read rarely and soon after being written only by chance, while a page
-/// cache grown by every write keeps taking fresh memory, which costs far more than reusing
+/// cache for large chunks: they are read rarely, and soon after being written only by
+/// chance, while a page cache grown by every write keeps taking fresh memory, which costs far more than reusing
 /// pages just freed (in a VM, several times the CPU of the write itself; see
 /// docs/benchmarks.md). Advice only: a failure changes nothing.
 fn drop_cached(f: &File) {

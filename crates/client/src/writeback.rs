@@ -10,9 +10,9 @@
 //! [`WriteBehind`] keeps the file's cached part to three windows: each full window is
 //! handed to the kernel's writeback at once, and the one two windows back, written back by
 //! then, is dropped from the cache, so its pages are reused for the next window. (Waiting
-//! for the window just before instead holds the writer up: measured, 7 % slower gets.) Throughput is
-//! unchanged as long as the disk keeps up with one window of write-behind; bytes already
-//! on disk read back as from any file. Everything here is advice to the kernel: a call it
+//! for the window just before instead holds the writer up: measured, 7 % slower gets.)
+//! Throughput is unchanged as long as the disk keeps up with the write-behind; bytes
+//! already on disk read back as from any file. Everything here is advice to the kernel: a call it
 //! does not support changes nothing but speed.
 
 use std::fs::File;
@@ -48,8 +48,8 @@ impl WriteBehind {
     }
 
     /// Hands `[start, end)` of `f` to writeback, then waits for the range released two
-    /// calls before to be on disk (it mostly is by then) and drops it from the cache. Blocks like
-    /// [`Self::wrote_up_to`].
+    /// calls before to be on disk (it mostly is by then) and drops it from the cache.
+    /// Blocks like [`Self::wrote_up_to`].
     pub fn release(&mut self, f: &File, start: u64, end: u64) {
         if end <= start {
             return;
@@ -132,7 +132,8 @@ fn forget_range(f: &File, start: u64, end: u64) {
 
 /// How many bytes of `f` (open for reading) the page cache holds, by mincore over a
 /// read-only mapping; None where that cannot be asked.
-pub fn cached_bytes(f: &File) -> Option<u64> {
+#[cfg(test)]
+fn cached_bytes(f: &File) -> Option<u64> {
     let len = usize::try_from(f.metadata().ok()?.len()).ok()?;
     if len == 0 {
         return Some(0);
