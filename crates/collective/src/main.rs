@@ -144,16 +144,26 @@ fn init_logging(default: &str, format: LogFormat) {
 /// glibc malloc arenas kept per process: each thread arena otherwise holds on to freed
 /// chunk buffers, multiplying resident memory on busy servers.
 const MALLOC_ARENAS: libc::c_int = 2;
+/// The coordinator moves no chunk bytes, and a second arena only adds its own resident
+/// pages: its peak during `put -r` of 1,000 files was 26.9–32.7 MB with two arenas
+/// (bimodal, by whether the second one came into use) and 27.2–28.1 MB with one, at the
+/// same speed.
+const COORDINATOR_MALLOC_ARENAS: libc::c_int = 1;
 
 fn main() -> ExitCode {
+    // Parsing starts no thread.
+    let cli = Cli::parse();
+    let arenas = match cli.command {
+        Command::Coordinator(_) => COORDINATOR_MALLOC_ARENAS,
+        _ => MALLOC_ARENAS,
+    };
     // SAFETY: called once before any other thread exists.
     unsafe {
-        libc::mallopt(libc::M_ARENA_MAX, MALLOC_ARENAS);
+        libc::mallopt(libc::M_ARENA_MAX, arenas);
     }
     // ring is the only crypto provider compiled in; installing it can only fail if one is
     // already installed, which is fine.
     let _ = rustls::crypto::ring::default_provider().install_default();
-    let cli = Cli::parse();
     let server = matches!(
         cli.command,
         Command::Coordinator(_)
