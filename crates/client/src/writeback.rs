@@ -57,13 +57,7 @@ impl WriteBehind {
         sync_range(f, start, end, libc::SYNC_FILE_RANGE_WRITE);
         let older = self.pending.replace((start, end));
         if let Some((s, e)) = self.older.take() {
-            sync_range(
-                f,
-                s,
-                e,
-                libc::SYNC_FILE_RANGE_WAIT_BEFORE | libc::SYNC_FILE_RANGE_WRITE | libc::SYNC_FILE_RANGE_WAIT_AFTER,
-            );
-            forget_range(f, s, e);
+            write_out_and_forget(f, s, e);
         }
         self.older = older;
     }
@@ -98,13 +92,7 @@ impl DropBehind {
             }
         }
         for (f, n) in old {
-            sync_range(
-                &f,
-                0,
-                n,
-                libc::SYNC_FILE_RANGE_WAIT_BEFORE | libc::SYNC_FILE_RANGE_WRITE | libc::SYNC_FILE_RANGE_WAIT_AFTER,
-            );
-            forget_range(&f, 0, n);
+            write_out_and_forget(&f, 0, n);
         }
     }
 }
@@ -117,6 +105,13 @@ fn sync_range(f: &File, start: u64, end: u64, flags: libc::c_uint) {
     unsafe {
         libc::sync_file_range(f.as_raw_fd(), off, len, flags);
     }
+}
+
+/// Waits until `[start, end)` is on disk, then drops its pages from the cache.
+fn write_out_and_forget(f: &File, start: u64, end: u64) {
+    let all = libc::SYNC_FILE_RANGE_WAIT_BEFORE | libc::SYNC_FILE_RANGE_WRITE | libc::SYNC_FILE_RANGE_WAIT_AFTER;
+    sync_range(f, start, end, all);
+    forget_range(f, start, end);
 }
 
 /// Drops the clean cached pages of `[start, end)`; dirty ones stay.
