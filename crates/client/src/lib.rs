@@ -18,7 +18,7 @@ mod upload;
 pub mod writeback;
 
 pub use blocks::{PreparedChunk, prepare_chunk};
-pub use chunking::{ChunkParams, chunk_params};
+pub use chunking::{ChunkParams, LARGE_FILE, chunk_params};
 pub use config::ClientConfig;
 pub use download::GetReport;
 pub use download::open_chunk;

@@ -23,7 +23,7 @@ use collective_proto::v1::{
 use tokio::sync::{OwnedSemaphorePermit, mpsc};
 
 use crate::ClientError;
-use crate::chunking::chunk_params;
+use crate::chunking::{Chunker, chunk_params};
 use crate::sealing::{self, SEAL_LEN};
 use crate::session::{Client, Progress};
 
@@ -150,7 +150,7 @@ fn produce(
         let params = chunk_params(size);
         let mut total = 0u64;
         let mut seq = 0usize;
-        for chunk in fastcdc::v2020::StreamCDC::new(reader, params.min, params.avg, params.max) {
+        for chunk in Chunker::new(reader, params, size) {
             let chunk = match chunk {
                 Ok(c) => c,
                 Err(e) => {
@@ -158,14 +158,11 @@ fn produce(
                         Source::File(p) => p.clone(),
                         Source::Stdin => PathBuf::from("<stdin>"),
                     };
-                    let _ = tx.blocking_send(Msg::Failed(ClientError::Local {
-                        path,
-                        source: std::io::Error::other(e.to_string()),
-                    }));
+                    let _ = tx.blocking_send(Msg::Failed(ClientError::Local { path, source: e }));
                     return;
                 }
             };
-            let length = chunk.length;
+            let length = chunk.data.len();
             let mut data = chunk.data;
             let seal = match &secret {
                 Some(secret) => match sealing::seal(secret, &mut data) {

@@ -20,7 +20,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use collective_client::writeback::WriteBehind;
-use collective_client::{Client, ClientError, SEAL_LEN, chunk_params, prepare_chunk};
+use collective_client::{Client, ClientError, LARGE_FILE, SEAL_LEN, chunk_params, prepare_chunk};
 use collective_core::ChunkId;
 use collective_proto::v1::{ChunkLocation, ChunkRef, FileAttr, FileKind};
 use futures::FutureExt;
@@ -29,8 +29,9 @@ use futures::future::{BoxFuture, Shared};
 use crate::cache::ChunkCache;
 use crate::ranges::RangeSet;
 
-/// A dirty run this long at the end of the chunks is cut and uploaded while writing.
-const STREAM_AFTER: u64 = 8 << 20;
+/// A dirty run this long at the end of the chunks is cut and uploaded while writing, with
+/// the chunk sizes of a file this large (so it dedups with the same file stored by `put`).
+const STREAM_AFTER: u64 = LARGE_FILE;
 /// How much of the overlay is read and cut at once (at least twice the largest chunk).
 const WINDOW: usize = 16 << 20;
 /// Read tokens last 15 minutes; plans older than this are refreshed before use.
@@ -338,12 +339,12 @@ impl OpenFile {
         if s > seg_end || e - seg_end < STREAM_AFTER || seg_end >= self.size {
             return Ok(());
         }
-        let take = (e - seg_end).min(WINDOW as u64);
+        // Chunk sizes for a file of unknown final size; the last piece waits for more data.
+        let p = chunk_params(None);
+        let take = (e - seg_end).min(WINDOW.max(2 * p.max) as u64);
         let mut buf = Vec::with_capacity(take as usize);
         self.read_overlay(seg_end, seg_end + take, &mut buf)
             .map_err(|e| format!("reading the local overlay: {e}"))?;
-        // Chunk sizes for a file of unknown final size; the last piece waits for more data.
-        let p = chunk_params(None);
         let mut cuts: Vec<(usize, usize)> = fastcdc::v2020::FastCDC::new(&buf, p.min, p.avg, p.max)
             .map(|c| (c.offset, c.length))
             .collect();
