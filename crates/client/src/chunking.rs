@@ -110,6 +110,63 @@ fn scan_pairs(w: &[u8], pair: &mut usize, end: usize, hash: &mut u64, mask: u64,
     found
 }
 
+/// Byte pairs after which the gear hash no longer depends on earlier bytes: each pair
+/// shifts it left by two bits, and it has 64.
+const WARM_PAIRS: usize = 32;
+
+/// [`scan_pairs`] in two interleaved lanes, with the same result. The gear hash is a chain
+/// (each step needs the one before), so one lane leaves most of the core idle; the second
+/// lane starts in the middle of the range, `WARM_PAIRS` early so its hash is exact by
+/// then, and a boundary in the first half still wins over one in the second.
+fn scan_pairs_2(
+    w: &[u8],
+    pair: &mut usize,
+    end: usize,
+    hash: &mut u64,
+    mask: u64,
+    gear: &[u64; 256],
+    gear_ls: &[u64; 256],
+) -> Option<usize> {
+    let start = *pair;
+    if end - start < 4 * WARM_PAIRS {
+        return scan_pairs(w, pair, end, hash, mask, gear, gear_ls);
+    }
+    let w = &w[..2 * end];
+    let mask_ls = mask << 1;
+    let mid = start + (end - start) / 2;
+    let mut hb = 0u64;
+    for k in mid - WARM_PAIRS..mid {
+        hb = (hb << 2).wrapping_add(gear_ls[w[2 * k] as usize]);
+        hb = hb.wrapping_add(gear[w[2 * k + 1] as usize]);
+    }
+    let mut ha = *hash;
+    for k in 0..mid - start {
+        let (a, b) = (2 * (start + k), 2 * (mid + k));
+        ha = (ha << 2).wrapping_add(gear_ls[w[a] as usize]);
+        hb = (hb << 2).wrapping_add(gear_ls[w[b] as usize]);
+        let (a0, b0) = (ha & mask_ls == 0, hb & mask_ls == 0);
+        ha = ha.wrapping_add(gear[w[a + 1] as usize]);
+        hb = hb.wrapping_add(gear[w[b + 1] as usize]);
+        let (a1, b1) = (ha & mask == 0, hb & mask == 0);
+        if a0 | a1 | b0 | b1 {
+            if a0 {
+                return Some(a);
+            }
+            if a1 {
+                return Some(a + 1);
+            }
+            // The second lane found one: the rest of the first half may hold an earlier one.
+            let mut next = start + k + 1;
+            return scan_pairs(w, &mut next, mid, &mut ha, mask, gear, gear_ls).or(Some(if b0 { b } else { b + 1 }));
+        }
+    }
+    // Both halves so far without a boundary; the second lane's hash is the chunk's.
+    let mut next = mid + (mid - start);
+    let found = scan_pairs(w, &mut next, end, &mut hb, mask, gear, gear_ls);
+    (*pair, *hash) = (next, hb);
+    found
+}
+
 impl<R: std::io::Read> Chunker<R> {
     /// `size_hint`: the stream's expected length, if known (a small file then gets a small
     /// buffer); the stream may turn out longer or shorter.
@@ -152,12 +209,12 @@ impl<R: std::io::Read> Chunker<R> {
         let pairs = (w.len() / 2).min(p.max / 2);
         let s_end = pairs.min(p.avg / 2);
         if self.pair < s_end
-            && let Some(n) = scan_pairs(w, &mut self.pair, s_end, &mut self.hash, self.mask_s, &self.gear, &self.gear_ls)
+            && let Some(n) = scan_pairs_2(w, &mut self.pair, s_end, &mut self.hash, self.mask_s, &self.gear, &self.gear_ls)
         {
             return Some(n);
         }
         if self.pair < pairs
-            && let Some(n) = scan_pairs(w, &mut self.pair, pairs, &mut self.hash, self.mask_l, &self.gear, &self.gear_ls)
+            && let Some(n) = scan_pairs_2(w, &mut self.pair, pairs, &mut self.hash, self.mask_l, &self.gear, &self.gear_ls)
         {
             return Some(n);
         }
