@@ -210,7 +210,7 @@ impl ChunkStore {
     /// Reads a chunk, verifying it. A corrupt chunk is quarantined and reported.
     pub fn get(&self, id: &ChunkId) -> Result<Vec<u8>, StoreError> {
         let path = self.path_of(id);
-        let data = match fs::read(&path) {
+        let data = match read_pooled(&path) {
             Ok(d) => d,
             Err(e) if e.kind() == io::ErrorKind::NotFound => return Err(StoreError::NotFound(*id)),
             Err(e) => return Err(StoreError::Io { path, source: e }),
@@ -229,7 +229,10 @@ impl ChunkStore {
     /// Re-hashes a stored chunk: `Ok(true)` intact, `Ok(false)` corrupt (now quarantined).
     pub fn verify(&self, id: &ChunkId) -> Result<bool, StoreError> {
         match self.get(id) {
-            Ok(_) => Ok(true),
+            Ok(data) => {
+                collective_core::buffers::give(data);
+                Ok(true)
+            }
             Err(StoreError::Corrupt { .. }) => Ok(false),
             Err(e) => Err(e),
         }
@@ -419,6 +422,16 @@ fn drop_cached(f: &File) {
     unsafe {
         libc::posix_fadvise(f.as_raw_fd(), 0, 0, libc::POSIX_FADV_DONTNEED);
     }
+}
+
+/// A whole file, read into a buffer from `collective_core::buffers`.
+fn read_pooled(path: &Path) -> io::Result<Vec<u8>> {
+    use std::io::Read;
+    let mut f = File::open(path)?;
+    let len = f.metadata()?.len();
+    let mut data = collective_core::buffers::take(usize::try_from(len).unwrap_or(0));
+    f.read_to_end(&mut data)?;
+    Ok(data)
 }
 
 /// `write_all` for several buffers: `writev` until every byte is written.

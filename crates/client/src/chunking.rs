@@ -39,11 +39,6 @@ pub fn chunk_params(size: Option<u64>) -> ChunkParams {
     }
 }
 
-/// Buffered beyond one maximum chunk: data read ahead of the chunk being cut, so that the
-/// part of a chunk left at the end of the buffer is moved to its front once per this many
-/// bytes, not once per chunk.
-const READ_AHEAD: usize = 4 * MIB;
-
 /// One chunk of a stream: where it starts in the stream, and its bytes.
 #[derive(Debug)]
 pub struct Chunk {
@@ -55,12 +50,14 @@ pub struct Chunk {
 /// `fastcdc::v2020::FastCDC` (normalisation level 1, its default gear table) with the same
 /// sizes, so content stored by any version dedups with content stored by this one.
 ///
-/// fastcdc's own `StreamCDC` keeps one maximum chunk of data and, after every chunk, moves
-/// the rest of it to the front: with 1 MiB chunks cut from a 4 MiB buffer that is three
-/// bytes moved per byte stored. This one reads `READ_AHEAD` further and takes as many
-/// chunks as the buffer holds before moving the unfinished one, and its scan resumes where
-/// it stopped when more data arrives: each byte is hashed once, copied once into its
-/// chunk, and moved a fraction of a time.
+/// fastcdc's own `StreamCDC` keeps one maximum chunk of data and, after every chunk, copies
+/// the chunk out and moves the rest of its buffer to the front: with 1 MiB chunks cut from
+/// a 4 MiB buffer, four bytes copied per byte stored, and a 16 MiB buffer for 4 MiB
+/// chunks. This one reads straight into the chunk being cut, a quarter of the average
+/// size at a time, and its scan resumes where it stopped when more arrives: each byte is
+/// hashed once, and only what was read past a boundary is copied (into the next chunk).
+/// Memory is the chunk being cut, whatever the stream; chunk buffers come from (and, once
+/// their bytes are dropped, go back to) `collective_core::buffers`.
 pub struct Chunker<R> {
     source: R,
     params: ChunkParams,
@@ -68,17 +65,17 @@ pub struct Chunker<R> {
     mask_l: u64,
     gear: [u64; 256],
     gear_ls: [u64; 256],
-    buf: Vec<u8>,
-    /// `buf[start..end]` holds data not yet cut.
-    start: usize,
-    end: usize,
-    /// How large `buf` may grow.
-    limit: usize,
+    /// The bytes of the chunk being cut, and maybe some past its end.
+    cur: Vec<u8>,
+    /// Bytes asked of the source at a time.
+    read_size: usize,
+    /// Capacity of a new chunk (the first one's is bounded by the size hint).
+    capacity: usize,
     eof: bool,
-    /// Stream offset of `buf[start]`.
+    /// Stream offset of `cur[0]`.
     offset: u64,
-    /// Scan state of the chunk at `start`: the next byte pair to test (bytes `2 * pair`
-    /// and `2 * pair + 1` from the chunk's start) and the gear hash before it.
+    /// Scan state of the chunk being cut: the next byte pair to test (bytes `2 * pair`
+    /// and `2 * pair + 1`) and the gear hash before it.
     pair: usize,
     hash: u64,
 }
@@ -172,8 +169,9 @@ impl<R: std::io::Read> Chunker<R> {
     /// buffer); the stream may turn out longer or shorter.
     pub fn new(source: R, params: ChunkParams, size_hint: Option<u64>) -> Chunker<R> {
         debug_assert!(params.min.is_multiple_of(2) && params.avg.is_multiple_of(2) && params.max.is_multiple_of(2));
-        let limit = params.max + READ_AHEAD;
-        let first = size_hint.map_or(limit, |s| usize::try_from(s.saturating_add(1)).unwrap_or(limit).clamp(1, limit));
+        let read_size = (params.avg / 4).clamp(16 * KIB, MIB);
+        let capacity = params.avg + read_size;
+        let first = size_hint.map_or(capacity, |s| usize::try_from(s.saturating_add(1)).unwrap_or(capacity).min(capacity));
         let (mask_s, mask_l) = fastcdc::v2020::select_masks(params.avg, fastcdc::v2020::Normalization::Level1);
         let (g, g_ls) = fastcdc::v2020::get_gear_with_seed(0);
         let (mut gear, mut gear_ls) = ([0u64; 256], [0u64; 256]);
@@ -186,10 +184,9 @@ impl<R: std::io::Read> Chunker<R> {
             mask_l,
             gear,
             gear_ls,
-            buf: vec![0; first],
-            start: 0,
-            end: 0,
-            limit,
+            cur: collective_core::buffers::take(first),
+            read_size,
+            capacity,
             eof: false,
             offset: 0,
             pair: params.min / 2,
@@ -197,7 +194,7 @@ impl<R: std::io::Read> Chunker<R> {
         }
     }
 
-    /// Length of the chunk at `start` if it can be decided from what is buffered.
+    /// Length of the chunk being cut if it can be decided from what was read.
     ///
     /// FastCDC tests the pairs from `min / 2` on, with the strict mask before `avg` and
     /// the loose one after, up to `max`; a window of fewer bytes only ends the pairs sooner
@@ -205,7 +202,7 @@ impl<R: std::io::Read> Chunker<R> {
     /// and a scan that ran out of bytes goes on from the same pair once more arrive.
     fn cut(&mut self) -> Option<usize> {
         let p = self.params;
-        let w = &self.buf[self.start..self.end];
+        let w = &self.cur[..];
         let pairs = (w.len() / 2).min(p.max / 2);
         let s_end = pairs.min(p.avg / 2);
         if self.pair < s_end
@@ -227,28 +224,18 @@ impl<R: std::io::Read> Chunker<R> {
         }
     }
 
-    /// Moves the uncut data to the front, grows the buffer if it is full, and reads until
-    /// it is full or the stream ends.
-    fn fill(&mut self) -> std::io::Result<()> {
-        if self.start > 0 {
-            self.buf.copy_within(self.start..self.end, 0);
-            self.end -= self.start;
-            self.start = 0;
-        }
-        if self.end == self.buf.len() {
-            let grown = (self.buf.len() * 2).clamp(64 * KIB, self.limit);
-            self.buf.resize(grown, 0);
-        }
-        while self.end < self.buf.len() {
-            match self.source.read(&mut self.buf[self.end..]) {
-                Ok(0) => {
-                    self.eof = true;
-                    break;
-                }
-                Ok(n) => self.end += n,
-                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-                Err(e) => return Err(e),
-            }
+    /// Appends up to `read_size` bytes of the stream to the chunk being cut.
+    fn read_more(&mut self) -> std::io::Result<()> {
+        use std::io::Read;
+        // Exactly: doubling would leave a chunk just past the average in a buffer twice
+        // its size (and mapped memory is extended in place, without a copy).
+        self.cur.reserve_exact(self.read_size);
+        let want = self.read_size as u64;
+        // `read_to_end` reads into the spare capacity without zeroing it first (in reads
+        // that double from 8 KiB: a few more system calls, no pass over the memory).
+        let n = (&mut self.source).take(want).read_to_end(&mut self.cur)?;
+        if (n as u64) < want {
+            self.eof = true;
         }
         Ok(())
     }
@@ -259,20 +246,22 @@ impl<R: std::io::Read> Iterator for Chunker<R> {
 
     fn next(&mut self) -> Option<Self::Item> {
         loop {
-            if self.start == self.end && self.eof {
+            if self.cur.is_empty() && self.eof {
                 return None;
             }
-            if self.start < self.end
+            if !self.cur.is_empty()
                 && let Some(len) = self.cut()
             {
-                let data = self.buf[self.start..self.start + len].to_vec();
+                let mut next = collective_core::buffers::take(self.capacity.max(self.cur.len() - len + self.read_size));
+                next.extend_from_slice(&self.cur[len..]);
+                let mut data = std::mem::replace(&mut self.cur, next);
+                data.truncate(len);
                 let chunk = Chunk { offset: self.offset, data };
-                self.start += len;
                 self.offset += len as u64;
                 (self.pair, self.hash) = (self.params.min / 2, 0);
                 return Some(Ok(chunk));
             }
-            if let Err(e) = self.fill() {
+            if let Err(e) = self.read_more() {
                 return Some(Err(e));
             }
         }

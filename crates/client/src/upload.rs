@@ -188,7 +188,7 @@ fn produce(
                 seq,
                 offset: chunk.offset,
                 id,
-                data: Bytes::from(data),
+                data: collective_core::buffers::into_bytes(data),
                 seal,
                 permit,
             };

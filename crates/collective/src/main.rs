@@ -150,6 +150,16 @@ const MALLOC_ARENAS: libc::c_int = 2;
 /// same speed.
 const COORDINATOR_MALLOC_ARENAS: libc::c_int = 1;
 
+/// Allocations from this size on are mapped on their own and unmapped when freed; chunk
+/// buffers are reused through `collective_core::buffers` instead. glibc otherwise raises
+/// this threshold to the size of the largest block freed, so 4 MiB chunks came from its
+/// heaps, whose holes it keeps: a 500 MB put peaked at 68–82 MB in the client and a get at
+/// 48 MB per node, against 44–52 and 35–42 MB with this.
+const MMAP_THRESHOLD: libc::c_int = 1 << 20;
+/// Free memory kept at the top of a heap before it is given back (a fixed threshold stops
+/// glibc from raising it along with the one above).
+const TRIM_THRESHOLD: libc::c_int = 4 << 20;
+
 fn main() -> ExitCode {
     // Parsing starts no thread.
     let cli = Cli::parse();
@@ -160,6 +170,10 @@ fn main() -> ExitCode {
     // SAFETY: called once before any other thread exists.
     unsafe {
         libc::mallopt(libc::M_ARENA_MAX, arenas);
+        if !matches!(cli.command, Command::Coordinator(_)) {
+            libc::mallopt(libc::M_MMAP_THRESHOLD, MMAP_THRESHOLD);
+            libc::mallopt(libc::M_TRIM_THRESHOLD, TRIM_THRESHOLD);
+        }
     }
     // ring is the only crypto provider compiled in; installing it can only fail if one is
     // already installed, which is fine.

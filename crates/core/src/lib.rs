@@ -1,11 +1,13 @@
 //! Shared vocabulary of Collective: chunk identifiers, principals and roles, remote paths,
-//! and the human-friendly size/duration formats used in configs and on the command line.
+//! the human-friendly size/duration formats used in configs and on the command line, and
+//! the pool of chunk buffers every process reuses.
 //!
 //! This crate does no I/O and knows nothing about networking, storage engines or
 //! certificates; every other crate builds on it.
 
 mod access;
 mod breaker;
+pub mod buffers;
 mod chunk;
 mod crash;
 mod path;

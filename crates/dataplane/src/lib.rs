@@ -14,7 +14,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use collective_core::ChunkId;
 use collective_pki::{ALPN_QUIC, TlsIdentity};
 use collective_proto::v1::{ChunkOp, ChunkRequest, ChunkResponse, ChunkStatus};
@@ -264,7 +264,7 @@ pub async fn read_payload(recv: &mut quinn::RecvStream, size: u64) -> Result<Byt
         return Err(format!("chunk of {size} bytes exceeds the {MAX_CHUNK_BYTES}-byte limit"));
     }
     let size = size as usize;
-    let mut buf = BytesMut::with_capacity(size);
+    let mut buf = collective_core::buffers::take(size);
     while buf.len() < size {
         match recv.read_chunk(size - buf.len(), true).await {
             Ok(Some(chunk)) => buf.extend_from_slice(&chunk.bytes),
@@ -272,7 +272,7 @@ pub async fn read_payload(recv: &mut quinn::RecvStream, size: u64) -> Result<Byt
             Err(e) => return Err(format!("reading chunk payload: {e}")),
         }
     }
-    Ok(buf.freeze())
+    Ok(collective_core::buffers::into_bytes(buf))
 }
 
 /// Where to reach a node.

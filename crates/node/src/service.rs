@@ -13,7 +13,7 @@ use tokio::sync::{RwLock, Semaphore};
 use crate::metrics::NodeMetrics;
 
 /// Bytes of chunk data a node holds in memory at once across all transfers.
-const BUFFER_BUDGET_KIB: u32 = 12 * 1024;
+const BUFFER_BUDGET_KIB: u32 = 8 * 1024;
 
 pub struct NodeState {
     pub principal: String,
@@ -305,11 +305,17 @@ async fn handle_stream(state: &NodeState, caller: &str, mut send: quinn::SendStr
                         write_frame(&mut send, &response(ChunkStatus::Ok, String::new(), size))
                             .await
                             .map_err(|e| e.to_string())?;
-                        send.write_chunk(data.into()).await.map_err(|e| e.to_string())?;
+                        send.write_chunk(collective_core::buffers::into_bytes(data))
+                            .await
+                            .map_err(|e| e.to_string())?;
                         let _ = send.finish();
                         state.metrics.bytes_out.inc_by(size);
                         state.metrics.ops.with_label_values(&["get"]).inc();
                         state.metrics.get_seconds.observe(started.elapsed().as_secs_f64());
+                        // The stream holds on to the chunk until the peer has acknowledged
+                        // all of it; so does the reservation, or the budget would bound only
+                        // the chunks still being read from disk.
+                        let _ = send.stopped().await;
                         return Ok(());
                     }
                     Err(e @ StoreError::NotFound(_)) => fail(ChunkStatus::NotFound, "not_found", e.to_string()),
