@@ -207,6 +207,19 @@ impl ChunkStore {
         fsync_dir(dir)
     }
 
+    /// The size of a stored chunk (`None` if it is not here), and for a large one, the
+    /// kernel told to start reading it from disk now: a reader that then waits its turn
+    /// for memory finds it in the cache, and the disk gets one large request instead of
+    /// read-ahead's small ones.
+    pub fn prefetch(&self, id: &ChunkId) -> Option<u64> {
+        let f = File::open(self.path_of(id)).ok()?;
+        let size = f.metadata().ok()?.len();
+        if size >= KEEP_CACHED_BELOW {
+            advise(&f, libc::POSIX_FADV_WILLNEED);
+        }
+        Some(size)
+    }
+
     /// Reads a chunk, verifying it. A corrupt chunk is quarantined and reported.
     pub fn get(&self, id: &ChunkId) -> Result<Vec<u8>, StoreError> {
         let path = self.path_of(id);
@@ -417,10 +430,15 @@ pub const KEEP_CACHED_BELOW: u64 = 256 * 1024;
 /// pages just freed (in a VM, several times the CPU of the write itself; see
 /// docs/benchmarks.md). Advice only: a failure changes nothing.
 fn drop_cached(f: &File) {
+    advise(f, libc::POSIX_FADV_DONTNEED);
+}
+
+/// `posix_fadvise` for the whole file.
+fn advise(f: &File, advice: libc::c_int) {
     use std::os::fd::AsRawFd;
     // SAFETY: posix_fadvise only reads its integer arguments; `f` is an open descriptor.
     unsafe {
-        libc::posix_fadvise(f.as_raw_fd(), 0, 0, libc::POSIX_FADV_DONTNEED);
+        libc::posix_fadvise(f.as_raw_fd(), 0, 0, advice);
     }
 }
 
@@ -510,6 +528,8 @@ mod tests {
         assert_eq!(s.put(&id, &data).unwrap(), Put::Stored);
         assert_eq!(s.put(&id, &data).unwrap(), Put::AlreadyPresent);
         assert_eq!(s.get(&id).unwrap(), data);
+        assert_eq!(s.prefetch(&id), Some(data.len() as u64), "prefetch tells a stored chunk's size");
+        assert_eq!(s.prefetch(&ChunkId::of(b"absent")), None);
         assert_eq!(s.used(), data.len() as u64);
         assert!(matches!(s.put(&ChunkId::of(b"other"), &data), Err(StoreError::HashMismatch(_))));
         drop(s);

@@ -144,11 +144,12 @@ fn init_logging(default: &str, format: LogFormat) {
 /// glibc malloc arenas kept per process: each thread arena otherwise holds on to freed
 /// chunk buffers, multiplying resident memory on busy servers.
 const MALLOC_ARENAS: libc::c_int = 2;
-/// The coordinator moves no chunk bytes, and a second arena only adds its own resident
-/// pages: its peak during `put -r` of 1,000 files was 26.9–32.7 MB with two arenas
-/// (bimodal, by whether the second one came into use) and 27.2–28.1 MB with one, at the
-/// same speed.
-const COORDINATOR_MALLOC_ARENAS: libc::c_int = 1;
+/// Servers use one: a second arena only adds its own resident pages. The coordinator's
+/// peak during `put -r` of 1,000 files was 26.9–32.7 MB with two arenas (bimodal, by
+/// whether the second one came into use) and 27.2–28.1 MB with one; a node's during a
+/// 500 MB get 37–43 MB with two and 33–36 with one (its chunk buffers are mapped on their
+/// own either way), at the same speed.
+const SERVER_MALLOC_ARENAS: libc::c_int = 1;
 
 /// Allocations from this size on are mapped on their own and unmapped when freed; chunk
 /// buffers are reused through `collective_core::buffers` instead. glibc otherwise raises
@@ -164,7 +165,7 @@ fn main() -> ExitCode {
     // Parsing starts no thread.
     let cli = Cli::parse();
     let arenas = match cli.command {
-        Command::Coordinator(_) => COORDINATOR_MALLOC_ARENAS,
+        Command::Coordinator(_) | Command::Node(_) => SERVER_MALLOC_ARENAS,
         _ => MALLOC_ARENAS,
     };
     // SAFETY: called once before any other thread exists.

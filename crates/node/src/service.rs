@@ -282,7 +282,7 @@ async fn handle_stream(state: &NodeState, caller: &str, mut send: quinn::SendStr
                 }
             }
             _ => {
-                let size = std::fs::metadata(state.store.path_of(&id)).map(|m| m.len()).unwrap_or(0);
+                let size = state.store.prefetch(&id).unwrap_or(0);
                 let _permit = state.reserve(size).await;
                 // Large chunks leave the page cache once written (see the chunk store), so
                 // reading one usually waits for the disk: on a blocking thread, so the
