@@ -75,7 +75,8 @@ pub fn take(capacity: usize) -> Vec<u8> {
     Vec::with_capacity(capacity)
 }
 
-/// Hands a buffer back for reuse (or frees it, if it is small, large or not needed).
+/// Hands a buffer back for reuse, shrunk to at most [`KEPT_CAPACITY`] (or frees it, if it
+/// is small or the pool already holds [`RETAIN`]).
 pub fn give(mut v: Vec<u8>) {
     if v.capacity() < POOLED_MIN {
         return;
@@ -101,8 +102,11 @@ fn start_releasing() {
         let spawned = std::thread::Builder::new().name("buffer-release".into()).spawn(|| {
             loop {
                 std::thread::sleep(IDLE_FOR);
+                let Some(cutoff) = Instant::now().checked_sub(IDLE_FOR) else {
+                    continue;
+                };
                 let any_left = match POOL.lock() {
-                    Ok(mut idle) => idle.release_before(Instant::now() - IDLE_FOR),
+                    Ok(mut idle) => idle.release_before(cutoff),
                     Err(_) => return,
                 };
                 if !any_left {
