@@ -212,9 +212,12 @@ impl ChunkStore {
     /// for memory finds it in the cache, and the disk gets one large request instead of
     /// read-ahead's small ones.
     pub fn prefetch(&self, id: &ChunkId) -> Option<u64> {
-        let f = File::open(self.path_of(id)).ok()?;
-        let size = f.metadata().ok()?.len();
-        if size >= KEEP_CACHED_BELOW {
+        let path = self.path_of(id);
+        let size = fs::metadata(&path).ok()?.len();
+        // Small chunks stay cached: for them this is the one `stat` it always was.
+        if size >= KEEP_CACHED_BELOW
+            && let Ok(f) = File::open(&path)
+        {
             advise(&f, libc::POSIX_FADV_WILLNEED);
         }
         Some(size)
