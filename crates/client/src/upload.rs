@@ -177,7 +177,7 @@ fn produce(
             let id = ChunkId::of(&data);
             // The memory the chunk holds is its buffer, which has room for the average
             // chunk plus a read whatever this chunk's length.
-            let kib = (data.capacity().max(length).div_ceil(1024) as u32).clamp(1, budget_kib);
+            let kib = (data.capacity().div_ceil(1024) as u32).clamp(1, budget_kib);
             let Ok(permit) = rt.block_on(budget.clone().acquire_many_owned(kib)) else {
                 return;
             };
