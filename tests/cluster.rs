@@ -382,3 +382,37 @@ fn every_process_serves_health_and_prometheus_metrics_without_names_or_data() {
         }
     }
 }
+
+#[test]
+fn a_get_that_waits_for_memory_has_nodes_read_ahead_and_stays_byte_exact() {
+    let c = Cluster::start("prefetch", 3, 2);
+    let data = random_bytes(40 << 20, 41);
+    c.ok(&["put", p(&c.write_local("big.bin", &data)), "/big.bin"]);
+    // With the smallest memory for downloads (asked for 1 MiB, given 16: one chunk of the
+    // largest size), the 16 chunks fetched at once do not all fit: those that wait for
+    // memory have their nodes asked to read them from disk meanwhile.
+    let config = std::fs::read_to_string(&c.client_config).unwrap();
+    let config: String = config
+        .lines()
+        .map(|l| if l.starts_with("buffer") { "buffer = \"1MiB\"" } else { l })
+        .collect::<Vec<_>>()
+        .join("\n");
+    let small = c.write_local("small-buffer.toml", config.as_bytes());
+    let back = c.path("big.back");
+    let out = c.cli_with(&small, &["get", "/big.bin", p(&back)]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(std::fs::read(&back).unwrap() == data, "the download differs");
+    let prefetched: f64 = c
+        .nodes()
+        .iter()
+        .map(|n| {
+            let metrics = common::http_get(&n.http, "/metrics").1;
+            metrics
+                .lines()
+                .find_map(|l| l.strip_prefix("collective_node_chunk_operations_total{op=\"prefetch\"} "))
+                .and_then(|v| v.trim().parse::<f64>().ok())
+                .unwrap_or(0.0)
+        })
+        .sum();
+    assert!(prefetched >= 1.0, "no node was asked to read ahead");
+}

@@ -261,6 +261,28 @@ fn nodes_serve_chunks_only_with_a_valid_token_for_that_chunk_and_caller() {
             client.get(&t, &id, &real.sign(TokenOp::Put, &id, &nodes, &me, 0, ttl)).await,
             "another operation",
         );
+        // A prefetch (read ahead, no data returned) takes the same token as the get.
+        client
+            .prefetch(&t, &id, &good)
+            .await
+            .expect("a prefetch with the get's token is honoured");
+        for (token, why) in [
+            (
+                forger.sign(TokenOp::Get, &id, &nodes, &me, 0, ttl),
+                "not from this node's coordinator",
+            ),
+            (real.sign(TokenOp::Get, &other, &nodes, &me, 0, ttl), "another chunk"),
+            (real.sign(TokenOp::Put, &id, &nodes, &me, 0, ttl), "another operation"),
+        ] {
+            match client.prefetch(&t, &id, &token).await {
+                Err(DataError::Denied { detail, .. }) => assert!(detail.contains(why), "expected '{why}', got '{detail}'"),
+                other => panic!("expected a refused prefetch ({why}), got {other:?}"),
+            }
+        }
+        let r = client
+            .prefetch(&t, &other, &real.sign(TokenOp::Get, &other, &nodes, &me, 0, ttl))
+            .await;
+        assert!(matches!(r, Err(DataError::NotFound { .. })), "{r:?}");
         // A write with a forged token stores nothing.
         let data = bytes::Bytes::from_static(b"planted");
         let planted = ChunkId::of(&data);

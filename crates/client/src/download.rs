@@ -11,6 +11,7 @@ use collective_proto::v1::metadata_client::MetadataClient;
 use collective_proto::v1::{ChunkLocation, FileAttr, FileKind, FilePlan, PathRequest, ReadPlanRequest, ReportBadReplicaRequest};
 use futures::{StreamExt, TryStreamExt};
 use tokio::io::{AsyncWrite, AsyncWriteExt};
+use tokio::sync::OwnedSemaphorePermit;
 use tonic::transport::Channel;
 
 use crate::ClientError;
@@ -21,6 +22,10 @@ use crate::writeback::WriteBehind;
 const PLAN_BATCH: usize = 256;
 /// Files up to this size are gathered in memory and written in one call.
 const SMALL_FILE_BYTES: u64 = 1 << 20;
+
+/// Chunks from this size on are worth a prefetch: nodes keep smaller ones in their page
+/// cache (see `collective_chunkstore::KEEP_CACHED_BELOW`), larger ones come from disk.
+const PREFETCH_FROM: u64 = 256 * 1024;
 
 /// What a get did.
 #[derive(Debug, Default, Clone)]
@@ -40,6 +45,25 @@ impl Client {
             .files)
     }
 
+    /// Memory for fetching one chunk out of the client's budget. While it waits for chunks
+    /// ahead of it to free theirs, the chunk's node is asked to read it from disk, so the
+    /// wait for memory hides the wait for the disk.
+    async fn reserve(&self, loc: &ChunkLocation) -> Result<OwnedSemaphorePermit, ClientError> {
+        let kib = (loc.size.div_ceil(1024) as u32).clamp(1, self.budget_kib);
+        if let Ok(permit) = self.budget.clone().try_acquire_many_owned(kib) {
+            return Ok(permit);
+        }
+        if loc.size >= PREFETCH_FROM {
+            let (chunks, loc) = (self.chunks.clone(), loc.clone());
+            tokio::spawn(async move { prefetch_first(&chunks, &loc).await });
+        }
+        self.budget
+            .clone()
+            .acquire_many_owned(kib)
+            .await
+            .map_err(|_| ClientError::Other("client is shutting down".into()))
+    }
+
     /// Streams a planned file into `out` in order, `parallel` chunks ahead.
     async fn write_plan<S: Sink>(
         &self,
@@ -53,13 +77,9 @@ impl Client {
         // being written; the memory budget bounds how far ahead it runs.
         let mut stream = futures::stream::iter(plan.chunks.iter().cloned())
             .map(|loc| {
-                let (chunks, meta, budget, path) = (self.chunks.clone(), self.meta(), self.budget.clone(), path.clone());
-                let kib = (loc.size.div_ceil(1024) as u32).clamp(1, self.budget_kib);
+                let (chunks, meta, path) = (self.chunks.clone(), self.meta(), path.clone());
                 async move {
-                    let permit = budget
-                        .acquire_many_owned(kib)
-                        .await
-                        .map_err(|_| ClientError::Other("client is shutting down".into()))?;
+                    let permit = self.reserve(&loc).await?;
                     let task = tokio::spawn(async move { fetch_chunk(&chunks, &meta, &loc, &path).await.map(|d| (d, permit)) });
                     task.await.map_err(|e| ClientError::Other(format!("chunk fetch failed: {e}")))?
                 }
@@ -78,6 +98,52 @@ impl Client {
             drop(permit);
         }
         Ok(written)
+    }
+
+    /// Fetches a planned file into `file`, `parallel` chunks ahead, writing each chunk at
+    /// its offset as soon as it arrives. Unlike [`Self::write_plan`], a chunk that is slow
+    /// to come does not keep the memory of those after it until its turn: every chunk frees
+    /// its share of the budget once written, and fetching goes on around the slow one.
+    async fn fetch_into(
+        &self,
+        plan: &FilePlan,
+        file: Arc<PlacedFile>,
+        progress: &Option<Progress>,
+        parallel: usize,
+    ) -> Result<u64, ClientError> {
+        let path = plan.attr.as_ref().map(|a| a.path.clone()).unwrap_or_default();
+        let placed = plan.chunks.iter().scan(0u64, |offset, loc| {
+            let at = *offset;
+            *offset += loc.size;
+            Some((at, loc.clone()))
+        });
+        futures::stream::iter(placed)
+            .map(|(at, loc)| {
+                let (chunks, meta, path, file) = (self.chunks.clone(), self.meta(), path.clone(), file.clone());
+                async move {
+                    let permit = self.reserve(&loc).await?;
+                    let task = tokio::spawn(async move {
+                        let data = fetch_chunk(&chunks, &meta, &loc, &path).await?;
+                        let len = data.len() as u64;
+                        tokio::task::spawn_blocking(move || file.write_at(at, &data))
+                            .await
+                            .map_err(std::io::Error::other)
+                            .and_then(|r| r)
+                            .map_err(|e| ClientError::Other(format!("writing {path}: {e}")))?;
+                        drop(permit);
+                        Ok::<u64, ClientError>(len)
+                    });
+                    task.await.map_err(|e| ClientError::Other(format!("chunk fetch failed: {e}")))?
+                }
+            })
+            .buffer_unordered(parallel)
+            .try_fold(0u64, |total, len| async move {
+                if let Some(p) = progress {
+                    p(len);
+                }
+                Ok(total + len)
+            })
+            .await
     }
 
     /// Streams a remote file to `out`; returns its attributes.
@@ -119,13 +185,9 @@ impl Client {
                 .map_err(|e| ClientError::Other(format!("writing {}: {e}", local.display())))?;
         }
         let f = tokio::fs::File::create(&tmp).await.map_err(ClientError::local(&tmp))?;
-        let mut sink = FileSink {
-            file: Arc::new(f.into_std().await),
-            behind: WriteBehind::new(),
-            len: 0,
-        };
+        let file = Arc::new(PlacedFile::new(f.into_std().await));
         let result = async {
-            let n = self.write_plan(plan, &mut sink, progress, parallel).await?;
+            let n = self.fetch_into(plan, file, progress, parallel).await?;
             use std::os::unix::fs::PermissionsExt;
             let _ = tokio::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(mode)).await;
             tokio::fs::rename(&tmp, local).await.map_err(ClientError::local(local))?;
@@ -228,6 +290,23 @@ pub fn open_chunk(loc: &ChunkLocation, stored: Bytes, file: &str) -> Result<Byte
     })
 }
 
+/// Asks the replica [`fetch_stored`] will try first to start reading the chunk from disk.
+/// A hint only: whatever goes wrong, the get itself finds out and deals with it.
+async fn prefetch_first(chunks: &ChunkClient, loc: &ChunkLocation) {
+    let Some(id) = ChunkId::from_slice(&loc.id) else { return };
+    let Some((replica, addr)) = loc.replicas.iter().find_map(|r| Some((r, r.quic_addr.parse().ok()?))) else {
+        return;
+    };
+    let target = NodeTarget {
+        node: replica.node.clone(),
+        addr,
+    };
+    let token = if replica.token.is_empty() { &loc.token } else { &replica.token };
+    if let Err(e) = chunks.prefetch(&target, &id, token).await {
+        tracing::debug!(chunk = %id.short(), node = %replica.node, "prefetch failed: {e}");
+    }
+}
+
 /// Fetches one chunk's stored bytes (verified against its id), trying each replica in
 /// turn; reports replicas that are corrupt or missing so the coordinator can repair them.
 pub(crate) async fn fetch_stored(
@@ -292,26 +371,50 @@ impl<W: AsyncWrite + Unpin + Send> Sink for Writer<'_, W> {
     }
 }
 
-/// A local file, written on a blocking thread with write-behind, so a large download does
-/// not fill the page cache (see [`crate::writeback`]).
-struct FileSink {
-    file: Arc<std::fs::File>,
-    behind: WriteBehind,
-    len: u64,
+/// A local file written in pieces at their offsets, in any order, with write-behind on
+/// the part written without gaps, so a large download does not fill the page cache (see
+/// [`crate::writeback`]).
+struct PlacedFile {
+    file: std::fs::File,
+    written: std::sync::Mutex<Written>,
+    behind: std::sync::Mutex<WriteBehind>,
 }
 
-impl Sink for FileSink {
-    async fn put(&mut self, data: Bytes) -> std::io::Result<()> {
-        let (file, mut behind) = (self.file.clone(), self.behind);
-        let end = self.len + data.len() as u64;
-        self.behind = tokio::task::spawn_blocking(move || {
-            std::io::Write::write_all(&mut &*file, &data)?;
-            behind.wrote_up_to(&file, end);
-            Ok::<_, std::io::Error>(behind)
-        })
-        .await
-        .map_err(std::io::Error::other)??;
-        self.len = end;
+/// What has reached a [`PlacedFile`]: everything below `upto`, and the pieces beyond it
+/// (start to end).
+#[derive(Default)]
+struct Written {
+    upto: u64,
+    beyond: std::collections::BTreeMap<u64, u64>,
+}
+
+impl PlacedFile {
+    fn new(file: std::fs::File) -> PlacedFile {
+        PlacedFile {
+            file,
+            written: Default::default(),
+            behind: Default::default(),
+        }
+    }
+
+    /// Writes `data` at `at`. Blocks: call it on a blocking thread.
+    fn write_at(&self, at: u64, data: &[u8]) -> std::io::Result<()> {
+        use std::os::unix::fs::FileExt;
+        self.file.write_all_at(data, at)?;
+        {
+            let mut w = self.written.lock().unwrap_or_else(|p| p.into_inner());
+            let Written { upto, beyond } = &mut *w;
+            beyond.insert(at, at + data.len() as u64);
+            while let Some(end) = beyond.remove(upto) {
+                *upto = end;
+            }
+        }
+        // One writer at a time hands windows to writeback (which may wait for the disk);
+        // the others go on, and whoever comes next catches up with what they wrote.
+        if let Ok(mut behind) = self.behind.try_lock() {
+            let upto = self.written.lock().unwrap_or_else(|p| p.into_inner()).upto;
+            behind.wrote_up_to(&self.file, upto);
+        }
         Ok(())
     }
 }
@@ -343,4 +446,37 @@ fn tmp_path(local: &Path) -> PathBuf {
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_else(|| "download".into());
     local.with_file_name(format!(".{name}.collective-part"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pieces_written_out_of_order_make_the_whole_file_and_advance_past_each_gap_once_filled() {
+        let dir = std::env::temp_dir().join(format!("collective-placed-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("out");
+        let placed = PlacedFile::new(std::fs::File::create(&path).unwrap());
+        // Pieces of 1 KiB to 3 MiB, so windows of write-behind are crossed on the way.
+        let sizes = [1024usize, 3 << 20, 5000, 2 << 20, 1, 7 << 20, 4096];
+        let data: Vec<u8> = (0..sizes.iter().sum::<usize>()).map(|i| (i * 7 % 251) as u8).collect();
+        let mut starts = vec![0usize];
+        for s in &sizes {
+            starts.push(starts.last().unwrap() + s);
+        }
+        let upto = |p: &PlacedFile| p.written.lock().unwrap().upto;
+        for i in [3, 1, 6, 2, 0, 5, 4] {
+            placed.write_at(starts[i] as u64, &data[starts[i]..starts[i + 1]]).unwrap();
+            match i {
+                3 | 1 | 6 | 2 => assert_eq!(upto(&placed), 0, "nothing is contiguous before the first piece"),
+                0 => assert_eq!(upto(&placed), starts[4] as u64, "the first piece joins the three after it"),
+                5 => assert_eq!(upto(&placed), starts[4] as u64, "piece 4 is still missing"),
+                _ => assert_eq!(upto(&placed), data.len() as u64),
+            }
+        }
+        assert!(placed.written.lock().unwrap().beyond.is_empty());
+        assert!(std::fs::read(&path).unwrap() == data);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
 }

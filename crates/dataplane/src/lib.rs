@@ -461,6 +461,25 @@ impl ChunkClient {
         self.guarded(target, self.get_once(target, id, token)).await
     }
 
+    /// Asks a node to start reading a stored chunk from disk, ahead of a `get` of it with
+    /// the same token. Returns once the node has answered; the node keeps no memory for it.
+    pub async fn prefetch(&self, target: &NodeTarget, id: &ChunkId, token: &[u8]) -> Result<(), DataError> {
+        self.guarded(target, async {
+            let terr = |detail: String| DataError::Transfer {
+                node: target.node.clone(),
+                detail: explain_connection_error(&detail),
+            };
+            let (mut send, mut recv) = self.open(target).await?;
+            write_frame(&mut send, &request(ChunkOp::Prefetch, id, 0, token)?)
+                .await
+                .map_err(|e| terr(e.to_string()))?;
+            let _ = send.finish();
+            let resp: ChunkResponse = read_frame(&mut recv).await.map_err(terr)?;
+            check_status(&target.node, id, &resp)
+        })
+        .await
+    }
+
     async fn put_once(&self, target: &NodeTarget, id: &ChunkId, data: Bytes, token: &[u8]) -> Result<(), DataError> {
         let terr = |detail: String| DataError::Transfer {
             node: target.node.clone(),

@@ -213,6 +213,7 @@ async fn handle_stream(state: &NodeState, caller: &str, mut send: quinn::SendStr
     let op_name = match op {
         ChunkOp::Put => "put",
         ChunkOp::Get => "get",
+        ChunkOp::Prefetch => "prefetch",
         ChunkOp::Unspecified => "unknown",
     };
     let fail = |status: ChunkStatus, reason: &str, msg: String| {
@@ -235,7 +236,7 @@ async fn handle_stream(state: &NodeState, caller: &str, mut send: quinn::SendStr
         };
         let token_op = match op {
             ChunkOp::Put => TokenOp::Put,
-            ChunkOp::Get => TokenOp::Get,
+            ChunkOp::Get | ChunkOp::Prefetch => TokenOp::Get,
             ChunkOp::Unspecified => break 'resp fail(ChunkStatus::BadRequest, "bad_request", "unknown operation".into()),
         };
         let verified = {
@@ -281,6 +282,19 @@ async fn handle_stream(state: &NodeState, caller: &str, mut send: quinn::SendStr
                     Err(Received::Store(e)) => fail(ChunkStatus::IoError, "io", e.to_string()),
                 }
             }
+            ChunkOp::Prefetch => match state.store.prefetch(&id) {
+                // Only the kernel's read-ahead is started: no memory of ours is taken, and
+                // the get that follows finds the chunk in the page cache.
+                Some(_) => {
+                    state.metrics.ops.with_label_values(&["prefetch"]).inc();
+                    response(ChunkStatus::Ok, String::new(), 0)
+                }
+                None => fail(
+                    ChunkStatus::NotFound,
+                    "not_found",
+                    format!("chunk {} is not stored here", id.short()),
+                ),
+            },
             _ => {
                 let size = state.store.prefetch(&id).unwrap_or(0);
                 let _permit = state.reserve(size).await;
