@@ -59,6 +59,14 @@ class Client:
         return secs, ru.ru_utime + ru.ru_stime
 
 
+# On a file system without a journal, ext4 will not reuse an inode deleted less than 30 s
+# before and checks each candidate on its way to a free one: deleting the last run's tens
+# of thousands of files and the disk probe's thousand right before the put made every
+# chunk file the nodes create cost more (docs/benchmarks.md). The put waits until the
+# benchmark's own deletions are this old.
+DELETIONS_SETTLE_S = 31
+
+
 def disk_ceiling():
     """R writers, each 1 MiB files with fdatasync (what a node does per chunk), in parallel."""
     d = os.path.join(CLUSTER, "disk-probe")
@@ -191,11 +199,13 @@ def main():
 
         print(f"measuring the disk ceiling ({R} x {BIG // 1000000} MB with fdatasync)...", flush=True)
         results["disk_ceiling_mbps"] = disk_ceiling()
+        deleted_at = time.monotonic()
 
         big = os.path.join(WORK, "big.bin")
         random_file(big, BIG)
         print("put / get of the big file...", flush=True)
         roles = {p["pid"]: p["role"] for p in procs}
+        time.sleep(max(0.0, DELETIONS_SETTLE_S - (time.monotonic() - deleted_at)))
         settle()
         cpu_before = {p: proc_cpu_s(p) for p in pids}
         secs, client_cpu = Client.run("put", big, "/bench/big.bin")
