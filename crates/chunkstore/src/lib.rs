@@ -2,16 +2,19 @@
 //!
 //! A chunk is stored under the BLAKE3 hash of its bytes, in a two-level directory fan-out
 //! (`chunks/ab/cd/abcd…`, 65,536 leaf directories, so millions of chunks keep directories
-//! small). Writes are verified before anything touches the disk and made durable (temp
-//! file, fdatasync, rename, directory fsync); reads verify again, and a chunk that no longer
-//! matches its name is moved to `quarantine/` instead of being served. A configured
-//! capacity is enforced. The store knows nothing about networking or tokens.
+//! small). Writes are verified before they become visible and made durable (temp file,
+//! fdatasync, rename, directory fsync); reads verify again, and a chunk that no longer
+//! matches its name is moved to `quarantine/` instead of being served. Large chunks are
+//! written and read with direct I/O, past the page cache. A configured capacity is
+//! enforced. The store knows nothing about networking or tokens.
 
 use std::fs::{self, File};
 use std::io::{self, Write};
+use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
+use bytes::Bytes;
 use collective_core::{ChunkId, format_bytes};
 
 /// Written to `STORE_VERSION`; a store of another version is refused, never guessed at.
@@ -53,6 +56,9 @@ pub struct ChunkStore {
     used: AtomicU64,
     count: AtomicU64,
     tmp_seq: AtomicU64,
+    /// Large chunks are written with `O_DIRECT` (see [`DirectStage`]) until the file
+    /// system refuses it once.
+    direct: AtomicBool,
 }
 
 fn fsync_dir(path: &Path) -> Result<(), StoreError> {
@@ -98,6 +104,7 @@ impl ChunkStore {
             used: AtomicU64::new(used),
             count: AtomicU64::new(count),
             tmp_seq: AtomicU64::new(0),
+            direct: AtomicBool::new(true),
         })
     }
 
@@ -143,12 +150,23 @@ impl ChunkStore {
                 hasher: RunHasher::default(),
                 written: 0,
                 present: true,
+                stage: None,
             });
         }
         self.reserve(size)?;
         let seq = self.tmp_seq.fetch_add(1, Ordering::Relaxed);
         let tmp_path = self.root.join("tmp").join(format!("{}-{seq}", std::process::id()));
-        let file = match File::create(&tmp_path) {
+        let direct = size >= KEEP_CACHED_BELOW && self.direct.load(Ordering::Relaxed);
+        let (file, direct) = match create_tmp(&tmp_path, direct) {
+            Ok(f) => (Ok(f), direct),
+            // The file system has no direct I/O (tmpfs before Linux 6.6, some FUSE ones).
+            Err(e) if direct && e.raw_os_error() == Some(libc::EINVAL) => {
+                self.direct.store(false, Ordering::Relaxed);
+                (create_tmp(&tmp_path, false), false)
+            }
+            Err(e) => (Err(e), false),
+        };
+        let file = match file {
             Ok(f) => f,
             Err(e) => {
                 self.used.fetch_sub(size, Ordering::SeqCst);
@@ -164,6 +182,7 @@ impl ChunkStore {
             hasher: RunHasher::default(),
             written: 0,
             present: false,
+            stage: direct.then(DirectStage::new),
         })
     }
 
@@ -207,15 +226,15 @@ impl ChunkStore {
         fsync_dir(dir)
     }
 
-    /// The size of a stored chunk (`None` if it is not here), and for a large one, the
-    /// kernel told to start reading it from disk now: a reader that then waits its turn
-    /// for memory finds it in the cache, and the disk gets one large request instead of
-    /// read-ahead's small ones.
+    /// The size of a stored chunk (`None` if it is not here). Where large chunks are read
+    /// through the page cache (a file system without direct I/O), the kernel is also told
+    /// to start reading a large one from disk now: a reader that then waits its turn for
+    /// memory finds it in the cache. Direct reads bypass the cache, so then it is not.
     pub fn prefetch(&self, id: &ChunkId) -> Option<u64> {
         let path = self.path_of(id);
         let size = fs::metadata(&path).ok()?.len();
-        // Small chunks stay cached: for them this is the one `stat` it always was.
         if size >= KEEP_CACHED_BELOW
+            && !self.direct.load(Ordering::Relaxed)
             && let Ok(f) = File::open(&path)
         {
             advise(&f, libc::POSIX_FADV_WILLNEED);
@@ -224,9 +243,9 @@ impl ChunkStore {
     }
 
     /// Reads a chunk, verifying it. A corrupt chunk is quarantined and reported.
-    pub fn get(&self, id: &ChunkId) -> Result<Vec<u8>, StoreError> {
+    pub fn get(&self, id: &ChunkId) -> Result<Bytes, StoreError> {
         let path = self.path_of(id);
-        let data = match read_pooled(&path) {
+        let data = match read_pooled(&path, self.direct.load(Ordering::Relaxed)) {
             Ok(d) => d,
             Err(e) if e.kind() == io::ErrorKind::NotFound => return Err(StoreError::NotFound(*id)),
             Err(e) => return Err(StoreError::Io { path, source: e }),
@@ -245,10 +264,7 @@ impl ChunkStore {
     /// Re-hashes a stored chunk: `Ok(true)` intact, `Ok(false)` corrupt (now quarantined).
     pub fn verify(&self, id: &ChunkId) -> Result<bool, StoreError> {
         match self.get(id) {
-            Ok(data) => {
-                collective_core::buffers::give(data);
-                Ok(true)
-            }
+            Ok(_) => Ok(true),
             Err(StoreError::Corrupt { .. }) => Ok(false),
             Err(e) => Err(e),
         }
@@ -319,40 +335,63 @@ pub struct ChunkWriter<'a> {
     written: u64,
     /// The chunk is already stored; incoming bytes are only verified.
     present: bool,
+    /// Set when the temp file was opened for direct I/O.
+    stage: Option<DirectStage>,
 }
 
 impl ChunkWriter<'_> {
     pub fn write(&mut self, data: &[u8]) -> Result<(), StoreError> {
-        self.written += data.len() as u64;
-        if self.written > self.size {
-            return Err(StoreError::HashMismatch(self.id));
-        }
-        self.hasher.update(data);
-        if let Some((path, f)) = &mut self.tmp {
-            f.write_all(data).map_err(|e| map_write_error(path, e, self.size, self.store))?;
-        }
-        Ok(())
+        self.write_pieces(&[data])
     }
 
     /// Writes several pieces in order with one system call where the kernel allows (the
     /// pieces of a chunk as they came off the network, without gathering them first).
+    /// A chunk written with direct I/O gathers them into its stage instead, and writes the
+    /// stage each time it fills: hand its pieces over as they come.
     pub fn write_pieces(&mut self, pieces: &[&[u8]]) -> Result<(), StoreError> {
         let len: usize = pieces.iter().map(|p| p.len()).sum();
         self.written += len as u64;
         if self.written > self.size {
             return Err(StoreError::HashMismatch(self.id));
         }
-        for piece in pieces {
-            self.hasher.update(piece);
-        }
-        if let Some((path, f)) = &mut self.tmp {
-            write_all_vectored(f, pieces).map_err(|e| map_write_error(path, e, self.size, self.store))?;
+        let Some((path, f)) = &mut self.tmp else {
+            for piece in pieces {
+                self.hasher.update(piece);
+            }
+            return Ok(());
+        };
+        let Some(stage) = &mut self.stage else {
+            for piece in pieces {
+                self.hasher.update(piece);
+            }
+            return write_all_vectored(f, pieces).map_err(|e| map_write_error(path, e, self.size, self.store));
+        };
+        for mut piece in pieces.iter().copied() {
+            while !piece.is_empty() {
+                piece = stage.fill(piece);
+                if stage.is_full() {
+                    stage
+                        .write_out(f, &mut self.hasher, false, &self.store.direct)
+                        .map_err(|e| map_write_error(path, e, self.size, self.store))?;
+                }
+            }
         }
         Ok(())
     }
 
+    /// Whether this chunk goes to disk with direct I/O (so the caller need not gather its
+    /// pieces: the writer copies them into its own stage).
+    pub fn is_direct(&self) -> bool {
+        self.stage.is_some()
+    }
+
     /// Verifies the whole chunk arrived and matches its id, then publishes it durably.
     pub fn finish(mut self) -> Result<Put, StoreError> {
+        if let (Some(stage), Some((path, f))) = (&mut self.stage, &mut self.tmp) {
+            stage
+                .write_out(f, &mut self.hasher, true, &self.store.direct)
+                .map_err(|e| map_write_error(path, e, self.size, self.store))?;
+        }
         if self.written != self.size || ChunkId(*self.hasher.finalize().as_bytes()) != self.id {
             return Err(StoreError::HashMismatch(self.id));
         }
@@ -375,6 +414,9 @@ impl ChunkWriter<'_> {
 
 impl Drop for ChunkWriter<'_> {
     fn drop(&mut self) {
+        if let Some(stage) = self.stage.take() {
+            collective_core::buffers::give(stage.buf);
+        }
         if let Some((tmp, _)) = self.tmp.take() {
             let _ = fs::remove_file(&tmp);
             if !self.present {
@@ -382,6 +424,105 @@ impl Drop for ChunkWriter<'_> {
             }
         }
     }
+}
+
+/// Alignment of memory, file offsets and lengths for direct I/O: the page size, a multiple
+/// of the logical block size of the disks in use.
+const DIRECT_ALIGN: usize = 4096;
+/// Bytes of a chunk gathered before each direct write: a multiple of [`DIRECT_ALIGN`] and
+/// of [`HASH_RUN`].
+const DIRECT_STAGE: usize = 512 * 1024;
+
+/// Large chunks go to disk with `O_DIRECT`, from an aligned buffer. Through the page cache,
+/// a node copied every byte into freshly allocated cache pages, tracked them (buffer heads,
+/// delayed allocation), wrote them back at the fdatasync and then dropped them again: a
+/// third of a node's CPU in a large put (docs/benchmarks.md). Direct I/O costs one copy
+/// into this stage, which stays hot in the CPU's cache for the hash that follows. The
+/// stage's bytes are hashed when it is written out, in whole runs.
+struct DirectStage {
+    /// Holds `pad` bytes of padding, then the staged bytes, which so start aligned.
+    buf: Vec<u8>,
+    pad: usize,
+    /// Where in the file the stage's first byte goes.
+    offset: u64,
+}
+
+impl DirectStage {
+    fn new() -> DirectStage {
+        let mut buf = collective_core::buffers::take(DIRECT_STAGE + DIRECT_ALIGN);
+        let pad = buf.as_ptr().align_offset(DIRECT_ALIGN).min(DIRECT_ALIGN);
+        buf.resize(pad, 0);
+        DirectStage { buf, pad, offset: 0 }
+    }
+
+    fn staged(&self) -> usize {
+        self.buf.len() - self.pad
+    }
+
+    fn is_full(&self) -> bool {
+        self.staged() == DIRECT_STAGE
+    }
+
+    /// Copies as much of `piece` as fits; returns the rest.
+    fn fill<'p>(&mut self, piece: &'p [u8]) -> &'p [u8] {
+        let take = (DIRECT_STAGE - self.staged()).min(piece.len());
+        // Within the capacity reserved in `new`: the buffer never moves.
+        self.buf.extend_from_slice(&piece[..take]);
+        &piece[take..]
+    }
+
+    /// Hashes and writes the staged bytes at their offset, directly as far as they fill
+    /// whole blocks. `last`: the chunk ends here, and the tail short of a block goes
+    /// through the page cache. If the file system refuses a direct write, the rest of this
+    /// chunk and every later one is written through the page cache.
+    fn write_out(&mut self, f: &File, hasher: &mut RunHasher, last: bool, direct_ok: &AtomicBool) -> io::Result<()> {
+        let data = &self.buf[self.pad..];
+        hasher.update(data);
+        let whole = data.len() - data.len() % DIRECT_ALIGN;
+        match f.write_all_at(&data[..whole], self.offset) {
+            Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {
+                direct_ok.store(false, Ordering::Relaxed);
+                set_direct(f, false)?;
+                f.write_all_at(&data[..whole], self.offset)?;
+            }
+            r => r?,
+        }
+        if last && whole < data.len() {
+            set_direct(f, false)?;
+            f.write_all_at(&data[whole..], self.offset + whole as u64)?;
+        }
+        self.offset += data.len() as u64;
+        self.buf.truncate(self.pad);
+        Ok(())
+    }
+}
+
+/// Creates a chunk's temp file, for direct I/O if `direct`.
+fn create_tmp(path: &Path, direct: bool) -> io::Result<File> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut o = fs::OpenOptions::new();
+    o.write(true).create(true).truncate(true);
+    if direct {
+        o.custom_flags(libc::O_DIRECT);
+    }
+    o.open(path)
+}
+
+/// Turns direct I/O on or off for an open file.
+fn set_direct(f: &File, on: bool) -> io::Result<()> {
+    use std::os::fd::AsRawFd;
+    let fd = f.as_raw_fd();
+    // SAFETY: fcntl on a descriptor we own, with integer arguments only.
+    let flags = unsafe { libc::fcntl(fd, libc::F_GETFL) };
+    if flags < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    let flags = if on { flags | libc::O_DIRECT } else { flags & !libc::O_DIRECT };
+    // SAFETY: as above.
+    if unsafe { libc::fcntl(fd, libc::F_SETFL, flags) } < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
 }
 
 /// Bytes BLAKE3 hashes at full SIMD width in one go: 16 of its 1 KiB chunks (AVX-512 lanes).
@@ -422,9 +563,11 @@ impl RunHasher {
     }
 }
 
-/// Chunks smaller than this stay in the page cache once written: a read of a small chunk
-/// from disk costs a whole device round trip for little data, and small chunks (small
-/// files) are the ones read back soon and often. Large chunks are dropped.
+/// Chunks smaller than this go through the page cache and stay there once written: a read
+/// of a small chunk from disk costs a whole device round trip for little data, and small
+/// chunks (small files) are the ones read back soon and often. Larger chunks are written
+/// and read with direct I/O; where the file system has none, they are dropped from the
+/// cache once written.
 pub const KEEP_CACHED_BELOW: u64 = 256 * 1024;
 
 /// Lets the kernel drop a durable file's pages from its cache at once. A node is not a
@@ -445,14 +588,63 @@ fn advise(f: &File, advice: libc::c_int) {
     }
 }
 
-/// A whole file, read into a buffer from `collective_core::buffers`.
-fn read_pooled(path: &Path) -> io::Result<Vec<u8>> {
+/// A whole file, read into a buffer from `collective_core::buffers`: a large one with
+/// direct I/O if `direct` (see [`read_direct`]).
+fn read_pooled(path: &Path, direct: bool) -> io::Result<Bytes> {
     use std::io::Read;
     let mut f = File::open(path)?;
-    let len = f.metadata()?.len();
-    let mut data = collective_core::buffers::take(usize::try_from(len).unwrap_or(0));
+    let len = usize::try_from(f.metadata()?.len()).unwrap_or(usize::MAX);
+    if direct && len as u64 >= KEEP_CACHED_BELOW {
+        match read_direct(path, len) {
+            Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {}
+            r => return r,
+        }
+    }
+    let mut data = collective_core::buffers::take(len);
     f.read_to_end(&mut data)?;
-    Ok(data)
+    Ok(collective_core::buffers::into_bytes(data))
+}
+
+/// Reads a large chunk with `O_DIRECT`, straight from the disk into an aligned buffer:
+/// large chunks are rarely in the page cache (they leave it once written), and reading
+/// one through it took fresh cache pages, a copy out of them, and the pages' upkeep —
+/// half of a node's CPU in a large get (docs/benchmarks.md).
+fn read_direct(path: &Path, len: usize) -> io::Result<Bytes> {
+    use std::os::fd::AsRawFd;
+    use std::os::unix::fs::OpenOptionsExt;
+    let f = fs::OpenOptions::new().read(true).custom_flags(libc::O_DIRECT).open(path)?;
+    let whole = len.next_multiple_of(DIRECT_ALIGN);
+    let mut buf = collective_core::buffers::take(whole + DIRECT_ALIGN);
+    let pad = buf.as_ptr().align_offset(DIRECT_ALIGN).min(DIRECT_ALIGN);
+    buf.resize(pad, 0);
+    let mut got = 0usize;
+    // A short read means the end of the file (or a file that shrank): stop there.
+    while got < len && got.is_multiple_of(DIRECT_ALIGN) {
+        let spare = &mut buf.spare_capacity_mut()[..whole - got];
+        // SAFETY: `spare` is writable, unused capacity of `buf` of the length given; the
+        // kernel writes at most that many bytes into it and returns how many.
+        let n = unsafe { libc::pread(f.as_raw_fd(), spare.as_mut_ptr().cast(), spare.len(), got as libc::off_t) };
+        if n < 0 {
+            let e = io::Error::last_os_error();
+            if e.kind() == io::ErrorKind::Interrupted {
+                continue;
+            }
+            return Err(e);
+        }
+        if n == 0 {
+            break;
+        }
+        // SAFETY: the kernel initialised the `n` bytes after the current length.
+        unsafe { buf.set_len(buf.len() + n as usize) };
+        got += n as usize;
+    }
+    if got != len {
+        return Err(io::Error::new(
+            io::ErrorKind::UnexpectedEof,
+            format!("read {got} of the chunk's {len} bytes (the file changed while being read)"),
+        ));
+    }
+    Ok(collective_core::buffers::into_bytes(buf).slice(pad..pad + len))
 }
 
 /// `write_all` for several buffers: `writev` until every byte is written.
@@ -615,6 +807,85 @@ mod tests {
         drop(w);
         assert_eq!(s.used(), data.len() as u64);
         assert_eq!(fs::read_dir(dir.join("tmp")).unwrap().count(), 0);
+        fs::remove_dir_all(&dir).unwrap();
+    }
+
+    fn pattern(len: usize, seed: u32) -> Vec<u8> {
+        (0..len as u32)
+            .map(|i| (i.wrapping_add(seed).wrapping_mul(2_654_435_761) >> 13) as u8)
+            .collect()
+    }
+
+    #[test]
+    fn large_chunks_go_to_disk_directly_and_read_back_exactly() {
+        let dir = tmpdir("direct");
+        let s = ChunkStore::open(&dir, 1 << 30).unwrap();
+        let sizes = [
+            KEEP_CACHED_BELOW as usize,
+            DIRECT_STAGE,
+            DIRECT_STAGE + 1,
+            2 * DIRECT_STAGE - 1,
+            (1 << 20) + DIRECT_ALIGN - 1,
+            3 * (1 << 20) + 123,
+        ];
+        for (n, size) in sizes.into_iter().enumerate() {
+            let data = pattern(size, n as u32);
+            let id = ChunkId::of(&data);
+            let mut w = s.writer(id, size as u64).unwrap();
+            assert!(w.is_direct(), "a chunk of {size} bytes is written directly");
+            for piece in data.chunks(65_000 + n * 1000) {
+                w.write(piece).unwrap();
+            }
+            assert_eq!(w.finish().unwrap(), Put::Stored);
+            assert_eq!(fs::read(s.path_of(&id)).unwrap(), data, "{size} bytes on disk");
+            assert_eq!(s.get(&id).unwrap(), data);
+        }
+        assert!(
+            !s.writer(ChunkId::of(b"small"), KEEP_CACHED_BELOW - 1).unwrap().is_direct(),
+            "small chunks stay cached"
+        );
+        // A large chunk read straight from the disk is verified like any other.
+        let data = pattern(DIRECT_STAGE + 3, 7);
+        let id = ChunkId::of(&data);
+        s.put(&id, &data).unwrap();
+        let mut on_disk = fs::read(s.path_of(&id)).unwrap();
+        on_disk[DIRECT_STAGE + 1] ^= 0x20;
+        fs::write(s.path_of(&id), &on_disk).unwrap();
+        assert!(matches!(s.get(&id), Err(StoreError::Corrupt { .. })));
+        assert!(!s.contains(&id), "quarantined");
+        // A wrong byte in the last block short of a whole one is still caught.
+        let mut data = pattern(DIRECT_STAGE + 10, 99);
+        let id = ChunkId::of(&data);
+        data[DIRECT_STAGE + 5] ^= 1;
+        let mut w = s.writer(id, data.len() as u64).unwrap();
+        w.write(&data).unwrap();
+        assert!(matches!(w.finish(), Err(StoreError::HashMismatch(_))));
+        assert!(!s.contains(&id));
+        assert_eq!(fs::read_dir(dir.join("tmp")).unwrap().count(), 0);
+        fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn a_refused_direct_write_falls_back_to_the_page_cache_for_good() {
+        let dir = tmpdir("direct-refused");
+        let s = ChunkStore::open(&dir, 1 << 30).unwrap();
+        let data = pattern(DIRECT_STAGE * 2 + 777, 5);
+        let id = ChunkId::of(&data);
+        let mut w = s.writer(id, data.len() as u64).unwrap();
+        // Misalign the stage's start in memory: the kernel refuses such a direct write
+        // (EINVAL), as a file system without direct I/O for these blocks would.
+        let stage = w.stage.as_mut().unwrap();
+        stage.pad += 1;
+        stage.buf.push(0);
+        for piece in data.chunks(100_000) {
+            w.write(piece).unwrap();
+        }
+        assert_eq!(w.finish().unwrap(), Put::Stored);
+        assert_eq!(s.get(&id).unwrap(), data);
+        assert!(
+            !s.writer(ChunkId::of(b"next"), DIRECT_STAGE as u64).unwrap().is_direct(),
+            "later chunks go through the cache"
+        );
         fs::remove_dir_all(&dir).unwrap();
     }
 

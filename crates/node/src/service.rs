@@ -138,6 +138,11 @@ async fn receive_chunk(
         match recv.read_chunk((size - received) as usize, true).await {
             Ok(Some(chunk)) => {
                 received += chunk.bytes.len() as u64;
+                if writer.is_direct() {
+                    // The writer gathers the pieces itself, in its aligned stage.
+                    writer.write(&chunk.bytes).map_err(Received::Store)?;
+                    continue;
+                }
                 staged_bytes += chunk.bytes.len();
                 staged.push(chunk.bytes);
                 if staged_bytes >= STAGE_BYTES {
@@ -298,10 +303,10 @@ async fn handle_stream(state: &NodeState, caller: &str, mut send: quinn::SendStr
             _ => {
                 let size = state.store.prefetch(&id).unwrap_or(0);
                 let _permit = state.reserve(size).await;
-                // Large chunks leave the page cache once written (see the chunk store), so
-                // reading one usually waits for the disk: on a blocking thread, so the
-                // workers go on moving other chunks meanwhile. Small ones stay cached, and
-                // reading one inline is cheaper than a hand-off to another thread.
+                // Large chunks are read straight from the disk (see the chunk store): on a
+                // blocking thread, so the workers go on moving other chunks meanwhile. Small
+                // ones stay cached, and reading one inline is cheaper than a hand-off to
+                // another thread.
                 let result = if size < KEEP_CACHED_BELOW {
                     state.store.get(&id)
                 } else {
@@ -319,9 +324,7 @@ async fn handle_stream(state: &NodeState, caller: &str, mut send: quinn::SendStr
                         write_frame(&mut send, &response(ChunkStatus::Ok, String::new(), size))
                             .await
                             .map_err(|e| e.to_string())?;
-                        send.write_chunk(collective_core::buffers::into_bytes(data))
-                            .await
-                            .map_err(|e| e.to_string())?;
+                        send.write_chunk(data).await.map_err(|e| e.to_string())?;
                         let _ = send.finish();
                         state.metrics.bytes_out.inc_by(size);
                         state.metrics.ops.with_label_values(&["get"]).inc();
