@@ -8,6 +8,9 @@ if ! cargo deny --version >/dev/null 2>&1; then
     echo "installing cargo-deny (once, about 3 minutes)..."
     cargo install cargo-deny --locked --quiet
 fi
+# cargo-deny reads `cargo metadata`, which needs the manifest of every crate in Cargo.lock,
+# the Windows- and wasm-only ones too that a Linux build never downloads: fetch them first.
+cargo fetch --locked --quiet
 cargo deny --offline check licenses bans sources
 if out=$(timeout 120 cargo deny check advisories 2>&1); then
     echo "advisories ok"
