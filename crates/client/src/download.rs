@@ -1,5 +1,6 @@
 //! The read path: plan, fetch chunks in parallel with read-ahead, verify every chunk, fall
-//! back to another replica (and report the bad one), write in order.
+//! back to another replica (and report the bad one); write in order (`cat`, a buffer) or
+//! each chunk at its offset as it arrives (`get` to a file, whole blocks with direct I/O).
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -80,7 +81,7 @@ impl Client {
                 let (chunks, meta, path) = (self.chunks.clone(), self.meta(), path.clone());
                 async move {
                     let permit = self.reserve(&loc).await?;
-                    let task = tokio::spawn(async move { fetch_chunk(&chunks, &meta, &loc, &path).await.map(|d| (d, permit)) });
+                    let task = tokio::spawn(async move { fetch_chunk(&chunks, &meta, &loc, &path, None).await.map(|d| (d, permit)) });
                     task.await.map_err(|e| ClientError::Other(format!("chunk fetch failed: {e}")))?
                 }
             })
@@ -123,7 +124,9 @@ impl Client {
                 async move {
                     let permit = self.reserve(&loc).await?;
                     let task = tokio::spawn(async move {
-                        let data = fetch_chunk(&chunks, &meta, &loc, &path).await?;
+                        // Placed in memory as it goes in the file, so its whole blocks can
+                        // be written directly.
+                        let data = fetch_chunk(&chunks, &meta, &loc, &path, Some(file.phase_of(at))).await?;
                         let len = data.len() as u64;
                         tokio::task::spawn_blocking(move || file.write_at(at, &data))
                             .await
@@ -185,7 +188,17 @@ impl Client {
                 .map_err(|e| ClientError::Other(format!("writing {}: {e}", local.display())))?;
         }
         let f = tokio::fs::File::create(&tmp).await.map_err(ClientError::local(&tmp))?;
-        let file = Arc::new(PlacedFile::new(f.into_std().await));
+        let direct = tokio::fs::OpenOptions::new()
+            .write(true)
+            .custom_flags(libc::O_DIRECT)
+            .open(&tmp)
+            .await
+            .ok();
+        let direct = match direct {
+            Some(d) => Some(d.into_std().await),
+            None => None,
+        };
+        let file = Arc::new(PlacedFile::new(f.into_std().await, direct));
         let result = async {
             let n = self.fetch_into(plan, file, progress, parallel).await?;
             use std::os::unix::fs::PermissionsExt;
@@ -272,9 +285,15 @@ impl Client {
     }
 }
 
-/// Fetches one chunk and decrypts it when sealed.
-async fn fetch_chunk(chunks: &ChunkClient, meta: &MetadataClient<Channel>, loc: &ChunkLocation, file: &str) -> Result<Bytes, ClientError> {
-    let stored = fetch_stored(chunks, meta, loc, file).await?;
+/// Fetches one chunk and decrypts it when sealed; `phase` as in [`fetch_stored`].
+async fn fetch_chunk(
+    chunks: &ChunkClient,
+    meta: &MetadataClient<Channel>,
+    loc: &ChunkLocation,
+    file: &str,
+    phase: Option<usize>,
+) -> Result<Bytes, ClientError> {
+    let stored = fetch_stored(chunks, meta, loc, file, phase).await?;
     open_chunk(loc, stored, file)
 }
 
@@ -309,11 +328,14 @@ async fn prefetch_first(chunks: &ChunkClient, loc: &ChunkLocation) {
 
 /// Fetches one chunk's stored bytes (verified against its id), trying each replica in
 /// turn; reports replicas that are corrupt or missing so the coordinator can repair them.
+/// With a `phase`, the bytes start that far past a 4 KiB boundary in memory (see
+/// [`ChunkClient::get_placed`]).
 pub(crate) async fn fetch_stored(
     chunks: &ChunkClient,
     meta: &MetadataClient<Channel>,
     loc: &ChunkLocation,
     file: &str,
+    phase: Option<usize>,
 ) -> Result<Bytes, ClientError> {
     let id = ChunkId::from_slice(&loc.id).ok_or_else(|| ClientError::Other("the coordinator sent a malformed chunk id".into()))?;
     let mut errors = Vec::new();
@@ -327,7 +349,11 @@ pub(crate) async fn fetch_stored(
             addr,
         };
         let token = if replica.token.is_empty() { &loc.token } else { &replica.token };
-        match chunks.get(&target, &id, token).await {
+        let got = match phase {
+            Some(phase) => chunks.get_placed(&target, &id, token, phase).await,
+            None => chunks.get(&target, &id, token).await,
+        };
+        match got {
             Ok(data) if data.len() as u64 == loc.size => return Ok(data),
             Ok(data) => errors.push(format!("{}: returned {} bytes, expected {}", replica.node, data.len(), loc.size)),
             Err(e) => {
@@ -371,11 +397,23 @@ impl<W: AsyncWrite + Unpin + Send> Sink for Writer<'_, W> {
     }
 }
 
-/// A local file written in pieces at their offsets, in any order, with write-behind on
-/// the part written without gaps, so a large download does not fill the page cache (see
-/// [`crate::writeback`]).
+/// Pieces at least this large have their whole blocks written with direct I/O.
+const DIRECT_FROM: usize = 64 * 1024;
+/// The block of direct I/O; pieces come placed in memory at their file offset's phase of it.
+const BLOCK: usize = collective_dataplane::PLACEMENT_BLOCK;
+
+/// A local file written in pieces at their offsets, in any order. The whole blocks of a
+/// large piece go straight to the disk (`O_DIRECT`), past the page cache: copying them into
+/// fresh cache pages, writing those back and dropping them again was a third of the
+/// client's CPU in a get. The few bytes at a piece's edges, and every piece where the file
+/// system refuses direct I/O, go through the cache, with write-behind on the part written
+/// without gaps, so a large download does not fill it (see [`crate::writeback`]).
 struct PlacedFile {
     file: std::fs::File,
+    /// The same file opened with `O_DIRECT`, where the file system allows that.
+    direct: Option<std::fs::File>,
+    /// Cleared for good when a direct write is refused (EINVAL).
+    direct_on: std::sync::atomic::AtomicBool,
     written: std::sync::Mutex<Written>,
     behind: std::sync::Mutex<WriteBehind>,
 }
@@ -389,18 +427,62 @@ struct Written {
 }
 
 impl PlacedFile {
-    fn new(file: std::fs::File) -> PlacedFile {
+    /// `direct`: the same file opened again with `O_DIRECT`, if that worked.
+    fn new(file: std::fs::File, direct: Option<std::fs::File>) -> PlacedFile {
         PlacedFile {
             file,
+            direct,
+            direct_on: std::sync::atomic::AtomicBool::new(true),
             written: Default::default(),
             behind: Default::default(),
         }
     }
 
+    /// Where in a block of memory a piece for offset `at` should start, so that its whole
+    /// blocks can be written directly.
+    fn phase_of(&self, at: u64) -> usize {
+        (at % BLOCK as u64) as usize
+    }
+
+    /// Whether whole blocks still go to the disk directly.
+    fn is_direct(&self) -> bool {
+        self.direct.is_some() && self.direct_on.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// The part of `data` (to go at `at`) that can be written directly: from its first to
+    /// the end of its last whole block, when it is large enough and placed in memory at
+    /// the phase of `at`.
+    fn direct_span(&self, at: u64, data: &[u8]) -> Option<(usize, usize, &std::fs::File)> {
+        let direct = self.direct.as_ref().filter(|_| self.is_direct())?;
+        if data.len() < DIRECT_FROM {
+            return None;
+        }
+        let start = (BLOCK - self.phase_of(at)) % BLOCK;
+        if !(data.as_ptr() as usize + start).is_multiple_of(BLOCK) {
+            return None;
+        }
+        let end = start + (data.len() - start) / BLOCK * BLOCK;
+        Some((start, end, direct))
+    }
+
     /// Writes `data` at `at`. Blocks: call it on a blocking thread.
     fn write_at(&self, at: u64, data: &[u8]) -> std::io::Result<()> {
         use std::os::unix::fs::FileExt;
-        self.file.write_all_at(data, at)?;
+        match self.direct_span(at, data) {
+            Some((start, end, direct)) => {
+                self.file.write_all_at(&data[..start], at)?;
+                if let Err(e) = direct.write_all_at(&data[start..end], at + start as u64) {
+                    if e.raw_os_error() != Some(libc::EINVAL) {
+                        return Err(e);
+                    }
+                    tracing::debug!("direct write refused ({e}); writing through the page cache");
+                    self.direct_on.store(false, std::sync::atomic::Ordering::Relaxed);
+                    self.file.write_all_at(&data[start..end], at + start as u64)?;
+                }
+                self.file.write_all_at(&data[end..], at + end as u64)?;
+            }
+            None => self.file.write_all_at(data, at)?,
+        }
         {
             let mut w = self.written.lock().unwrap_or_else(|p| p.into_inner());
             let Written { upto, beyond } = &mut *w;
@@ -457,7 +539,7 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("collective-placed-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let path = dir.join("out");
-        let placed = PlacedFile::new(std::fs::File::create(&path).unwrap());
+        let placed = PlacedFile::new(std::fs::File::create(&path).unwrap(), None);
         // Pieces of 1 KiB to 3 MiB, so windows of write-behind are crossed on the way.
         let sizes = [1024usize, 3 << 20, 5000, 2 << 20, 1, 7 << 20, 4096];
         let data: Vec<u8> = (0..sizes.iter().sum::<usize>()).map(|i| (i * 7 % 251) as u8).collect();
@@ -476,6 +558,61 @@ mod tests {
             }
         }
         assert!(placed.written.lock().unwrap().beyond.is_empty());
+        assert!(std::fs::read(&path).unwrap() == data);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    /// `data` copied into memory that starts `phase` bytes past a 4 KiB boundary.
+    fn at_phase(data: &[u8], phase: usize) -> (Vec<u8>, usize) {
+        let mut v = Vec::with_capacity(data.len() + BLOCK);
+        let pad = (phase % BLOCK + BLOCK - v.as_ptr() as usize % BLOCK) % BLOCK;
+        v.resize(pad, 0);
+        v.extend_from_slice(data);
+        (v, pad)
+    }
+
+    #[test]
+    fn whole_blocks_of_placed_pieces_go_to_disk_directly_and_the_file_reads_back_exactly() {
+        use std::os::unix::fs::OpenOptionsExt;
+        let dir = std::env::temp_dir().join(format!("collective-placed-direct-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("out");
+        let file = std::fs::File::create(&path).unwrap();
+        let direct = std::fs::OpenOptions::new()
+            .write(true)
+            .custom_flags(libc::O_DIRECT)
+            .open(&path)
+            .ok();
+        let opened_direct = direct.is_some();
+        let placed = PlacedFile::new(file, direct);
+        // Pieces that start and end anywhere in a block, some too small to go directly.
+        let sizes = [100_000usize, 4096, 1 << 20, 70_001, 3 << 20, 65_535, 5 * 4096, 2_000_001];
+        let data: Vec<u8> = (0..sizes.iter().sum::<usize>()).map(|i| (i * 11 % 249) as u8).collect();
+        let mut starts = vec![0usize];
+        for s in &sizes {
+            starts.push(starts.last().unwrap() + s);
+        }
+        for i in [4, 0, 7, 2, 1, 6, 3, 5] {
+            let (at, piece) = (starts[i], &data[starts[i]..starts[i + 1]]);
+            if i == 6 {
+                // One piece not placed at its phase: it is written through the cache.
+                let (buf, pad) = at_phase(piece, at + 1);
+                assert!(placed.direct_span(at as u64, &buf[pad..]).is_none());
+                placed.write_at(at as u64, &buf[pad..]).unwrap();
+                continue;
+            }
+            let (buf, pad) = at_phase(piece, placed.phase_of(at as u64));
+            let span = placed.direct_span(at as u64, &buf[pad..]);
+            assert_eq!(span.is_some(), opened_direct && piece.len() >= DIRECT_FROM, "piece {i}");
+            placed.write_at(at as u64, &buf[pad..]).unwrap();
+        }
+        assert_eq!(placed.written.lock().unwrap().upto, data.len() as u64);
+        if opened_direct {
+            assert!(placed.is_direct(), "this file system took every direct write");
+        } else {
+            eprintln!("{} refuses O_DIRECT: only the content was checked", dir.display());
+        }
+        drop(placed);
         assert!(std::fs::read(&path).unwrap() == data);
         std::fs::remove_dir_all(&dir).unwrap();
     }
