@@ -29,13 +29,19 @@ fn identity(ca: &MemberCa, dir: &std::path::Path, role: Role, name: &str) -> Tls
     TlsIdentity::load(&dir.join("ca.crt"), &cert, &key).unwrap()
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn chunks_between_processes_on_one_machine_travel_in_64_kib_datagrams() {
+/// A scratch member CA with a node and a client identity of it.
+fn member(name: &str) -> (PathBuf, TlsIdentity, TlsIdentity) {
     let _ = rustls::crypto::ring::default_provider().install_default();
-    let dir = scratch("loopback");
+    let dir = scratch(name);
     let ca = MemberCa::init("alice", "alice.collective.local", &dir).unwrap();
     let node = identity(&ca, &dir, Role::Node, "node-01");
     let client = identity(&ca, &dir, Role::Client, "carol");
+    (dir, node, client)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chunks_between_processes_on_one_machine_travel_in_64_kib_datagrams() {
+    let (dir, node, client) = member("loopback");
 
     let server = ChunkServer::bind(&node, ([127, 0, 0, 1], 0).into()).unwrap();
     let addr = server.endpoint.local_addr().unwrap();
@@ -80,11 +86,7 @@ async fn chunks_between_processes_on_one_machine_travel_in_64_kib_datagrams() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn placed_gets_return_the_chunk_at_the_asked_phase_of_a_4_kib_block() {
-    let _ = rustls::crypto::ring::default_provider().install_default();
-    let dir = scratch("placed");
-    let ca = MemberCa::init("alice", "alice.collective.local", &dir).unwrap();
-    let node = identity(&ca, &dir, Role::Node, "node-01");
-    let client = identity(&ca, &dir, Role::Client, "carol");
+    let (dir, node, client) = member("placed");
 
     let data: Bytes = (0..1_000_003u32).map(|i| (i * 13 % 253) as u8).collect::<Vec<u8>>().into();
     let id = ChunkId::of(&data);
