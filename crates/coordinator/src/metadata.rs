@@ -708,12 +708,18 @@ impl Metadata for MetadataService {
                 }
                 self.state.add_remote_replicas(&mut chunks, &caller).await;
                 let mut locations = Vec::with_capacity(manifest.len());
+                // Bytes of this plan each node is asked first for.
+                let mut load: std::collections::HashMap<String, u64> = std::collections::HashMap::new();
                 for (i, (c, (id, _, replicas, remote))) in manifest.into_iter().zip(chunks).enumerate() {
                     let mut local: Vec<String> = replicas.into_iter().filter(|n| member_of(n) == self.state.domain).collect();
-                    // Rotate so consecutive chunks are read from different nodes in parallel.
+                    // First the replica with the least of this file so far, so that every
+                    // stretch of the file is read from all nodes evenly (ties rotate).
                     if !local.is_empty() {
                         let n = local.len();
                         local.rotate_left(i % n);
+                        let first = (0..n).min_by_key(|&k| load.get(&local[k]).copied().unwrap_or(0)).unwrap_or(0);
+                        local[..=first].rotate_right(1);
+                        *load.entry(local[0].clone()).or_default() += c.size;
                     }
                     let token = self
                         .state
