@@ -203,6 +203,52 @@ fn a_flipped_byte_is_detected_reported_and_read_around() {
 }
 
 #[test]
+fn a_large_chunk_found_corrupt_while_streamed_to_get_is_read_around_and_reported() {
+    let c = Cluster::start("bitrot-get", 3, 2);
+    let data = random_bytes(6 << 20, 22);
+    c.ok(&["put", p(&c.write_local("e", &data)), "/e"]);
+    // The largest chunk: nodes send it while still reading it from disk, and `get` writes
+    // it to the file as it comes, so both find out at its end.
+    let chunks = c.stored_chunks();
+    let size = |f: &std::path::PathBuf| std::fs::metadata(f).unwrap().len();
+    let largest = chunks
+        .iter()
+        .max_by_key(|(_, f)| size(f))
+        .unwrap()
+        .1
+        .file_name()
+        .unwrap()
+        .to_owned();
+    let copies: Vec<_> = chunks.iter().filter(|(_, f)| f.file_name() == Some(&largest)).cloned().collect();
+    assert_eq!(copies.len(), 2);
+    assert!(size(&copies[0].1) >= 256 << 10, "a chunk nodes stream");
+    let back = c.dir.join("e.back");
+    // Corrupt one copy at a time (a get reads whichever its plan lists first) until a get
+    // has met the corrupt one.
+    let mut met = None;
+    for (node, copy) in &copies {
+        let good = std::fs::read(copy).unwrap();
+        let mut bad = good.clone();
+        let mid = bad.len() / 2;
+        bad[mid] ^= 0x08;
+        std::fs::write(copy, &bad).unwrap();
+        c.ok(&["get", "/e", p(&back)]);
+        assert!(std::fs::read(&back).unwrap() == data, "get wrote corrupt bytes");
+        let node_dir = c.nodes().into_iter().find(|n| &n.principal == node).unwrap().data_dir;
+        let quarantined = node_dir.join("quarantine").join(&largest);
+        if quarantined.exists() {
+            met = Some(quarantined);
+            break;
+        }
+        std::fs::write(copy, &good).unwrap();
+    }
+    assert!(met.is_some(), "no get read the corrupt copy");
+    within(Duration::from_secs(10), "the corrupt copy reported", || {
+        c.status_json()["replication_state"]["bad_replica_reports"].as_u64() >= Some(1)
+    });
+}
+
+#[test]
 fn identical_content_twice_does_not_grow_the_stores() {
     let c = Cluster::start("dedup", 3, 2);
     let data = random_bytes(6 << 20, 31);

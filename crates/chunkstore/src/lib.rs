@@ -261,6 +261,62 @@ impl ChunkStore {
         Ok(data)
     }
 
+    /// Opens a stored chunk to be read front to back in pieces ([`ChunkReader`]), so it can
+    /// be sent on while the rest is still on disk. A large chunk is read with direct I/O,
+    /// as [`Self::get`] reads it.
+    pub fn reader(&self, id: &ChunkId) -> Result<ChunkReader, StoreError> {
+        let path = self.path_of(id);
+        let open = |direct: bool| {
+            use std::os::unix::fs::OpenOptionsExt;
+            let mut o = fs::OpenOptions::new();
+            o.read(true);
+            if direct {
+                o.custom_flags(libc::O_DIRECT);
+            }
+            o.open(&path)
+        };
+        let opened = open(false).and_then(|f| Ok((f.metadata()?.len(), f)));
+        let (len, file) = match opened {
+            Ok(x) => x,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Err(StoreError::NotFound(*id)),
+            Err(e) => return Err(StoreError::Io { path, source: e }),
+        };
+        // Direct reads where the store uses them and the file system takes them (an open
+        // it refuses leaves the page cache).
+        let direct = (len >= KEEP_CACHED_BELOW && self.direct.load(Ordering::Relaxed))
+            .then(|| open(true).ok())
+            .flatten();
+        Ok(ChunkReader {
+            id: *id,
+            path,
+            file,
+            direct,
+            len,
+            pos: 0,
+            hasher: blake3::Hasher::new(),
+        })
+    }
+
+    /// Ends a [`ChunkReader`] that read the whole chunk: `Ok` if its bytes were the chunk's;
+    /// a corrupt chunk is quarantined and reported as [`StoreError::Corrupt`].
+    pub fn finish_read(&self, reader: ChunkReader) -> Result<(), StoreError> {
+        let actual = ChunkId(*reader.hasher.finalize().as_bytes());
+        if reader.pos != reader.len {
+            return Err(StoreError::Io {
+                path: reader.path,
+                source: io::Error::other(format!("only {} of the chunk's {} bytes were read", reader.pos, reader.len)),
+            });
+        }
+        if actual != reader.id {
+            self.quarantine(&reader.id, reader.len)?;
+            return Err(StoreError::Corrupt {
+                id: reader.id,
+                actual: actual.short(),
+            });
+        }
+        Ok(())
+    }
+
     /// Re-hashes a stored chunk: `Ok(true)` intact, `Ok(false)` corrupt (now quarantined).
     pub fn verify(&self, id: &ChunkId) -> Result<bool, StoreError> {
         match self.get(id) {
@@ -588,6 +644,102 @@ fn advise(f: &File, advice: libc::c_int) {
     }
 }
 
+/// A stored chunk being read in pieces ([`ChunkStore::reader`]), each hashed as it is
+/// read; only [`ChunkStore::finish_read`] says whether they were the chunk.
+pub struct ChunkReader {
+    id: ChunkId,
+    path: PathBuf,
+    file: File,
+    /// The same file opened with `O_DIRECT`, while the file system takes direct reads.
+    direct: Option<File>,
+    len: u64,
+    pos: u64,
+    hasher: blake3::Hasher,
+}
+
+impl ChunkReader {
+    /// The chunk's size on disk.
+    pub fn len(&self) -> u64 {
+        self.len
+    }
+
+    /// Whether the chunk is empty.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// Whether every byte has been read.
+    pub fn is_done(&self) -> bool {
+        self.pos >= self.len
+    }
+
+    /// Reads the next piece: `max` bytes (a multiple of 4 KiB, so direct reads stay
+    /// aligned), fewer at the end. Blocks: call it on a blocking thread.
+    pub fn next_piece(&mut self, max: usize) -> Result<Bytes, StoreError> {
+        let want = usize::try_from(self.len - self.pos).unwrap_or(usize::MAX).min(max);
+        let piece = match self.direct.as_ref().map(|f| read_direct_at(f, self.pos, want)) {
+            Some(Err(e)) if e.raw_os_error() == Some(libc::EINVAL) => {
+                self.direct = None;
+                read_buffered_at(&self.file, self.pos, want)
+            }
+            Some(r) => r,
+            None => read_buffered_at(&self.file, self.pos, want),
+        }
+        .map_err(|source| StoreError::Io {
+            path: self.path.clone(),
+            source,
+        })?;
+        self.pos += want as u64;
+        self.hasher.update(&piece);
+        Ok(piece)
+    }
+}
+
+/// Exactly `len` bytes of `f` from `at`, through the page cache.
+fn read_buffered_at(f: &File, at: u64, len: usize) -> io::Result<Bytes> {
+    let mut buf = collective_core::buffers::take(len);
+    buf.resize(len, 0);
+    f.read_exact_at(&mut buf, at)?;
+    Ok(collective_core::buffers::into_bytes(buf))
+}
+
+/// Exactly `len` bytes of `f` (opened with `O_DIRECT`) from the block-aligned offset `at`,
+/// read into an aligned buffer.
+fn read_direct_at(f: &File, at: u64, len: usize) -> io::Result<Bytes> {
+    use std::os::fd::AsRawFd;
+    let whole = len.next_multiple_of(DIRECT_ALIGN);
+    let mut buf = collective_core::buffers::take(whole + DIRECT_ALIGN);
+    let pad = buf.as_ptr().align_offset(DIRECT_ALIGN).min(DIRECT_ALIGN);
+    buf.resize(pad, 0);
+    let mut got = 0usize;
+    while got < len {
+        let spare = &mut buf.spare_capacity_mut()[..whole - got];
+        let off = libc::off_t::try_from(at + got as u64).map_err(io::Error::other)?;
+        // SAFETY: `spare` is writable, unused capacity of `buf` of the length given; the
+        // kernel writes at most that many bytes into it and returns how many.
+        let n = unsafe { libc::pread(f.as_raw_fd(), spare.as_mut_ptr().cast(), spare.len(), off) };
+        if n < 0 {
+            let e = io::Error::last_os_error();
+            if e.kind() == io::ErrorKind::Interrupted {
+                continue;
+            }
+            return Err(e);
+        }
+        // A short read is the end of the file; past a partial block, it is a file that
+        // shrank while being read.
+        if n == 0 || (got + (n as usize) < len && !(n as usize).is_multiple_of(DIRECT_ALIGN)) {
+            return Err(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                format!("the chunk file ended {} bytes early (it changed while being read)", len - got),
+            ));
+        }
+        // SAFETY: the kernel initialised the `n` bytes after the current length.
+        unsafe { buf.set_len(buf.len() + n as usize) };
+        got += n as usize;
+    }
+    Ok(collective_core::buffers::into_bytes(buf).slice(pad..pad + len))
+}
+
 /// A whole file, read into a buffer from `collective_core::buffers`: a large one with
 /// direct I/O if `direct` (see [`read_direct`]).
 fn read_pooled(path: &Path, direct: bool) -> io::Result<Bytes> {
@@ -862,6 +1014,59 @@ mod tests {
         assert!(matches!(w.finish(), Err(StoreError::HashMismatch(_))));
         assert!(!s.contains(&id));
         assert_eq!(fs::read_dir(dir.join("tmp")).unwrap().count(), 0);
+        fs::remove_dir_all(&dir).unwrap();
+    }
+
+    /// Reads a chunk with a [`ChunkReader`] in pieces of `piece` bytes.
+    fn read_in_pieces(s: &ChunkStore, id: &ChunkId, piece: usize) -> (Vec<u8>, Result<(), StoreError>) {
+        let mut r = s.reader(id).unwrap();
+        let mut got = Vec::new();
+        while !r.is_done() {
+            let p = r.next_piece(piece).unwrap();
+            assert!(p.len() <= piece);
+            got.extend_from_slice(&p);
+        }
+        (got, s.finish_read(r))
+    }
+
+    #[test]
+    fn chunks_read_in_pieces_come_back_exactly_and_a_corrupt_one_is_caught_at_the_end() {
+        let dir = tmpdir("piece-reads");
+        let s = ChunkStore::open(&dir, 1 << 30).unwrap();
+        for (n, size) in [1000usize, KEEP_CACHED_BELOW as usize, (1 << 20) + 1, 3 * (1 << 20) + 4095]
+            .into_iter()
+            .enumerate()
+        {
+            let data = pattern(size, 40 + n as u32);
+            let id = ChunkId::of(&data);
+            s.put(&id, &data).unwrap();
+            let r = s.reader(&id).unwrap();
+            assert_eq!(r.len(), size as u64);
+            assert_eq!(r.direct.is_some(), size as u64 >= KEEP_CACHED_BELOW, "{size} bytes read directly");
+            drop(r);
+            let (got, end) = read_in_pieces(&s, &id, 1 << 20);
+            assert!(end.is_ok(), "{size} bytes: {end:?}");
+            assert!(got == data, "{size} bytes read back in pieces");
+        }
+        // Corruption shows only once every piece has been read, and quarantines the chunk.
+        let data = pattern(2 * (1 << 20) + 17, 3);
+        let id = ChunkId::of(&data);
+        s.put(&id, &data).unwrap();
+        let mut on_disk = fs::read(s.path_of(&id)).unwrap();
+        on_disk[(1 << 20) + 5] ^= 0x40;
+        fs::write(s.path_of(&id), &on_disk).unwrap();
+        let (got, end) = read_in_pieces(&s, &id, 1 << 20);
+        assert_eq!(got.len(), data.len());
+        assert!(matches!(end, Err(StoreError::Corrupt { .. })), "{end:?}");
+        assert!(!s.contains(&id), "quarantined");
+        assert!(matches!(s.reader(&id), Err(StoreError::NotFound(_))));
+        // Pieces that are not whole blocks cannot be read directly: the reader goes on
+        // through the page cache.
+        let data = pattern(1 << 20, 4);
+        let id = ChunkId::of(&data);
+        s.put(&id, &data).unwrap();
+        let (got, end) = read_in_pieces(&s, &id, 100_000);
+        assert!(end.is_ok() && got == data);
         fs::remove_dir_all(&dir).unwrap();
     }
 

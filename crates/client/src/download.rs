@@ -122,17 +122,25 @@ impl Client {
             .map(|(at, loc)| {
                 let (chunks, meta, path, file) = (self.chunks.clone(), self.meta(), path.clone(), file.clone());
                 async move {
-                    let permit = self.reserve(&loc).await?;
+                    // Plain chunks are written as they come; sealed ones must be whole to be
+                    // opened.
+                    let streamed = loc.seal.is_empty();
+                    let mut permit = self.reserve(&loc).await?;
                     let task = tokio::spawn(async move {
-                        // Placed in memory as it goes in the file, so its whole blocks can
-                        // be written directly.
-                        let data = fetch_chunk(&chunks, &meta, &loc, &path, Some(file.phase_of(at))).await?;
-                        let len = data.len() as u64;
-                        tokio::task::spawn_blocking(move || file.write_at(at, &data))
-                            .await
-                            .map_err(std::io::Error::other)
-                            .and_then(|r| r)
-                            .map_err(|e| ClientError::Other(format!("writing {path}: {e}")))?;
+                        let len = if streamed {
+                            stream_chunk(&chunks, &meta, &loc, &path, &file, at, &mut permit).await?
+                        } else {
+                            // Placed in memory as it goes in the file, so its whole blocks
+                            // can be written directly.
+                            let data = fetch_chunk(&chunks, &meta, &loc, &path, Some(file.phase_of(at))).await?;
+                            let len = data.len() as u64;
+                            tokio::task::spawn_blocking(move || file.write_at(at, &data))
+                                .await
+                                .map_err(std::io::Error::other)
+                                .and_then(|r| r)
+                                .map_err(|e| ClientError::Other(format!("writing {path}: {e}")))?;
+                            len
+                        };
                         drop(permit);
                         Ok::<u64, ClientError>(len)
                     });
@@ -356,31 +364,202 @@ pub(crate) async fn fetch_stored(
         match got {
             Ok(data) if data.len() as u64 == loc.size => return Ok(data),
             Ok(data) => errors.push(format!("{}: returned {} bytes, expected {}", replica.node, data.len(), loc.size)),
-            Err(e) => {
-                tracing::warn!(chunk = %id.short(), node = %replica.node, "chunk read failed: {e}");
-                if e.is_bad_replica() {
-                    let mut meta = meta.clone();
-                    let req = ReportBadReplicaRequest {
-                        id: loc.id.clone(),
-                        node: replica.node.clone(),
-                        reason: e.to_string(),
-                    };
-                    tokio::spawn(async move {
-                        let _ = meta.report_bad_replica(req).await;
-                    });
-                }
-                errors.push(e.to_string());
-            }
+            Err(e) => replica_failed(meta, loc, &id, &replica.node, e, &mut errors),
         }
     }
+    Err(unreadable(loc, &id, file, errors))
+}
+
+/// Notes why a replica could not be read; one that is bad itself (corrupt, missing) is
+/// reported to the coordinator so it can be repaired.
+fn replica_failed(
+    meta: &MetadataClient<Channel>,
+    loc: &ChunkLocation,
+    id: &ChunkId,
+    node: &str,
+    e: collective_dataplane::DataError,
+    errors: &mut Vec<String>,
+) {
+    tracing::warn!(chunk = %id.short(), node = %node, "chunk read failed: {e}");
+    if e.is_bad_replica() {
+        let mut meta = meta.clone();
+        let req = ReportBadReplicaRequest {
+            id: loc.id.clone(),
+            node: node.to_string(),
+            reason: e.to_string(),
+        };
+        tokio::spawn(async move {
+            let _ = meta.report_bad_replica(req).await;
+        });
+    }
+    errors.push(e.to_string());
+}
+
+/// The error for a chunk no replica could give.
+fn unreadable(loc: &ChunkLocation, id: &ChunkId, file: &str, mut errors: Vec<String>) -> ClientError {
     if loc.replicas.is_empty() {
         errors.push("no replica is recorded".into());
     }
-    Err(ClientError::Unreadable {
+    ClientError::Unreadable {
         chunk: id.short(),
         file: file.to_string(),
         detail: errors.join("; "),
-    })
+    }
+}
+
+/// What a streamed chunk is gathered and written in.
+const STAGE: usize = 1 << 20;
+/// Stages of one chunk being written at once.
+const STAGES_IN_FLIGHT: usize = 4;
+
+/// Fetches one plain (unsealed) chunk into `file` at `at` as it arrives: its pieces are
+/// gathered into stages placed in memory like their bytes in the file (so their whole
+/// blocks go to disk directly), and each full stage is written while the next ones fill.
+/// `budget`, the chunk's memory, is given back stage by stage as they reach the file,
+/// so later chunks can start while this one is still being written. Only the end of the
+/// stream says whether the bytes match the chunk's id; a replica that fails, or whose
+/// bytes do not match, is reported, and the next replica's bytes are written over the same
+/// range (the file is a temporary one until every chunk has arrived, so unverified bytes
+/// are never visible). Returns the bytes written.
+async fn stream_chunk(
+    chunks: &ChunkClient,
+    meta: &MetadataClient<Channel>,
+    loc: &ChunkLocation,
+    file_name: &str,
+    file: &Arc<PlacedFile>,
+    at: u64,
+    budget: &mut OwnedSemaphorePermit,
+) -> Result<u64, ClientError> {
+    let id = ChunkId::from_slice(&loc.id).ok_or_else(|| ClientError::Other("the coordinator sent a malformed chunk id".into()))?;
+    let mut errors = Vec::new();
+    for replica in &loc.replicas {
+        let Ok(addr) = replica.quic_addr.parse() else {
+            errors.push(format!("{}: no known address", replica.node));
+            continue;
+        };
+        let target = NodeTarget {
+            node: replica.node.clone(),
+            addr,
+        };
+        let token = if replica.token.is_empty() { &loc.token } else { &replica.token };
+        match stream_from(chunks, &target, &id, token, loc.size, file, at, budget).await {
+            Ok(()) => return Ok(loc.size),
+            Err(Streamed::Replica(e)) => replica_failed(meta, loc, &id, &replica.node, e, &mut errors),
+            Err(Streamed::Size(n)) => errors.push(format!("{}: announced {n} bytes, expected {}", replica.node, loc.size)),
+            Err(Streamed::Local(e)) => return Err(ClientError::Other(format!("writing {file_name}: {e}"))),
+        }
+    }
+    Err(unreadable(loc, &id, file_name, errors))
+}
+
+/// Why streaming a chunk from one replica failed.
+enum Streamed {
+    /// The replica failed (and another may do).
+    Replica(collective_dataplane::DataError),
+    /// The replica announced a size other than the chunk's.
+    Size(u64),
+    /// Writing the local file failed (no other replica helps).
+    Local(std::io::Error),
+}
+
+/// [`stream_chunk`] from one replica.
+#[allow(clippy::too_many_arguments)]
+async fn stream_from(
+    chunks: &ChunkClient,
+    target: &NodeTarget,
+    id: &ChunkId,
+    token: &[u8],
+    size: u64,
+    file: &Arc<PlacedFile>,
+    at: u64,
+    budget: &mut OwnedSemaphorePermit,
+) -> Result<(), Streamed> {
+    let mut incoming = chunks.get_stream(target, id, token).await.map_err(Streamed::Replica)?;
+    if incoming.size() != size {
+        return Err(Streamed::Size(incoming.size()));
+    }
+    let end = at + size;
+    let mut stage = Stage::new(at, end);
+    let mut writing = std::collections::VecDeque::new();
+    let received = async {
+        while let Some(piece) = incoming.next(stage.room()).await.map_err(Streamed::Replica)? {
+            stage.buf.extend_from_slice(&piece);
+            if stage.room() == 0 && stage.end > stage.start {
+                if writing.len() >= STAGES_IN_FLIGHT {
+                    written(writing.pop_front()).await?;
+                }
+                let next = Stage::new(stage.end, end);
+                let full = std::mem::replace(&mut stage, next);
+                // The stage's share of the chunk's memory goes back once it is written.
+                let kib = ((full.end - full.start) / 1024) as usize;
+                let share = budget.split(kib.min(budget.num_permits().saturating_sub(1)));
+                writing.push_back(full.write(file.clone(), share));
+            }
+        }
+        Ok(())
+    }
+    .await;
+    // Whatever happened, every write must be over before another replica's bytes go to
+    // the same range.
+    let mut last = Ok(());
+    while !writing.is_empty() {
+        last = last.and(written(writing.pop_front()).await);
+    }
+    collective_core::buffers::give(stage.buf);
+    received.and(last)
+}
+
+/// Waits for a stage's write, if there is one.
+async fn written(writing: Option<tokio::task::JoinHandle<std::io::Result<()>>>) -> Result<(), Streamed> {
+    match writing {
+        None => Ok(()),
+        Some(w) => w.await.map_err(std::io::Error::other).and_then(|r| r).map_err(Streamed::Local),
+    }
+}
+
+/// The bytes of `[start, end)` of a file, gathered in memory that starts at the phase of
+/// `start` within a block.
+struct Stage {
+    buf: Vec<u8>,
+    /// Where in `buf` the bytes start.
+    pad: usize,
+    start: u64,
+    end: u64,
+}
+
+impl Stage {
+    /// The stage from `start`: [`STAGE`] bytes at most, ending on a block boundary unless
+    /// it ends at `limit` (the chunk's end), so that every stage after the first starts on
+    /// one.
+    fn new(start: u64, limit: u64) -> Stage {
+        let block = BLOCK as u64;
+        let end = if limit - start <= STAGE as u64 {
+            limit
+        } else {
+            (start + STAGE as u64) / block * block
+        };
+        let len = (end - start) as usize;
+        let mut buf = collective_core::buffers::take(len + BLOCK - 1);
+        let pad = ((start % block) as usize + BLOCK - buf.as_ptr() as usize % BLOCK) % BLOCK;
+        buf.resize(pad, 0);
+        Stage { buf, pad, start, end }
+    }
+
+    /// Bytes still missing.
+    fn room(&self) -> usize {
+        self.pad + (self.end - self.start) as usize - self.buf.len()
+    }
+
+    /// Writes the (full) stage at its place, on a blocking thread; `share` (of the memory
+    /// budget) is given back with the stage's memory once it is written.
+    fn write(self, file: Arc<PlacedFile>, share: Option<OwnedSemaphorePermit>) -> tokio::task::JoinHandle<std::io::Result<()>> {
+        tokio::task::spawn_blocking(move || {
+            let r = file.write_at(self.start, &self.buf[self.pad..]);
+            collective_core::buffers::give(self.buf);
+            drop(share);
+            r
+        })
+    }
 }
 
 /// Where a download's bytes go, in order.

@@ -243,6 +243,20 @@ pub async fn read_frame<M: Message + Default>(recv: &mut quinn::RecvStream) -> R
     M::decode(body.as_slice()).map_err(|e| format!("decoding frame: {e}"))
 }
 
+/// [`read_frame`] for a node's answer to a get, telling a stream the node reset because
+/// its copy is corrupt apart (the reset may overtake the answer).
+async fn read_response(recv: &mut quinn::RecvStream) -> Result<ChunkResponse, PayloadError> {
+    let fail = |what: &str, e: quinn::ReadExactError| match e {
+        quinn::ReadExactError::ReadError(e) => payload_error(e),
+        e => PayloadError::Other(format!("reading {what}: {e}")),
+    };
+    let mut header = [0u8; 4];
+    recv.read_exact(&mut header).await.map_err(|e| fail("frame length", e))?;
+    let mut body = vec![0u8; frame_len(header).map_err(PayloadError::Other)?];
+    recv.read_exact(&mut body).await.map_err(|e| fail("frame", e))?;
+    ChunkResponse::decode(body.as_slice()).map_err(|e| PayloadError::Other(format!("decoding frame: {e}")))
+}
+
 /// Parses one frame from the start of `buf` exactly as [`read_frame`] reads it from a
 /// stream; returns the message and the bytes it took.
 pub fn decode_frame<M: Message + Default>(buf: &[u8]) -> Result<(M, usize), String> {
@@ -260,7 +274,36 @@ pub fn decode_frame<M: Message + Default>(buf: &[u8]) -> Result<(M, usize), Stri
 /// QUIC's receive buffers, never zero-filled first; contiguous so BLAKE3 can hash it with
 /// full SIMD parallelism).
 pub async fn read_payload(recv: &mut quinn::RecvStream, size: u64) -> Result<Bytes, String> {
-    read_payload_placed(recv, size, None).await
+    read_payload_placed(recv, size, None).await.map_err(|e| match e {
+        PayloadError::Corrupt => "the sender found the chunk corrupt".to_string(),
+        PayloadError::Other(detail) => detail,
+    })
+}
+
+/// The code a node resets a get's stream with when the chunk it was sending turns out
+/// corrupt on its disk (it sends a large chunk while still reading it, so it knows only at
+/// the end). The node has quarantined its copy by then.
+pub const RESET_CORRUPT: u32 = 0xC0;
+/// The code a node resets a get's stream with when reading the chunk from its disk fails
+/// part-way.
+pub const RESET_IO: u32 = 0xC1;
+
+/// Why a chunk's payload did not arrive.
+enum PayloadError {
+    /// The node found its copy corrupt while sending it.
+    Corrupt,
+    Other(String),
+}
+
+/// The [`PayloadError`] for a failed stream read.
+fn payload_error(e: quinn::ReadError) -> PayloadError {
+    match e {
+        quinn::ReadError::Reset(code) if code.into_inner() == u64::from(RESET_CORRUPT) => PayloadError::Corrupt,
+        quinn::ReadError::Reset(code) if code.into_inner() == u64::from(RESET_IO) => {
+            PayloadError::Other("the node failed to read the chunk from its disk part-way".into())
+        }
+        e => PayloadError::Other(format!("reading chunk payload: {e}")),
+    }
 }
 
 /// The memory block [`ChunkClient::get_placed`] lines payloads up with: the block size of
@@ -269,9 +312,11 @@ pub const PLACEMENT_BLOCK: usize = 4096;
 
 /// [`read_payload`], with the first byte placed `phase` bytes past a
 /// [`PLACEMENT_BLOCK`] boundary in memory when `phase` is given.
-async fn read_payload_placed(recv: &mut quinn::RecvStream, size: u64, phase: Option<usize>) -> Result<Bytes, String> {
+async fn read_payload_placed(recv: &mut quinn::RecvStream, size: u64, phase: Option<usize>) -> Result<Bytes, PayloadError> {
     if size > MAX_CHUNK_BYTES {
-        return Err(format!("chunk of {size} bytes exceeds the {MAX_CHUNK_BYTES}-byte limit"));
+        return Err(PayloadError::Other(format!(
+            "chunk of {size} bytes exceeds the {MAX_CHUNK_BYTES}-byte limit"
+        )));
     }
     let size = size as usize;
     let slack = if phase.is_some() { PLACEMENT_BLOCK - 1 } else { 0 };
@@ -284,8 +329,13 @@ async fn read_payload_placed(recv: &mut quinn::RecvStream, size: u64, phase: Opt
     while buf.len() < pad + size {
         match recv.read_chunk(pad + size - buf.len(), true).await {
             Ok(Some(chunk)) => buf.extend_from_slice(&chunk.bytes),
-            Ok(None) => return Err(format!("stream ended after {} of {size} payload bytes", buf.len() - pad)),
-            Err(e) => return Err(format!("reading chunk payload: {e}")),
+            Ok(None) => {
+                return Err(PayloadError::Other(format!(
+                    "stream ended after {} of {size} payload bytes",
+                    buf.len() - pad
+                )));
+            }
+            Err(e) => return Err(payload_error(e)),
         }
     }
     Ok(collective_core::buffers::into_bytes(buf).slice(pad..))
@@ -484,6 +534,43 @@ impl ChunkClient {
         self.guarded(target, self.get_once(target, id, token, Some(phase))).await
     }
 
+    /// Starts fetching one chunk from one node: returns once the node has answered that it
+    /// has the chunk, with its payload still to come piece by piece (see [`ChunkStream`]),
+    /// so the caller can pass the pieces on without holding the whole chunk in memory.
+    pub async fn get_stream(&self, target: &NodeTarget, id: &ChunkId, token: &[u8]) -> Result<ChunkStream, DataError> {
+        let recv = self
+            .guarded(target, async {
+                let (mut send, mut recv) = self.open(target).await?;
+                let req = request(ChunkOp::Get, id, 0, token)?;
+                write_frame(&mut send, &req)
+                    .await
+                    .map_err(|e| transfer_error(target, e.to_string()))?;
+                let _ = send.finish();
+                let resp = read_response(&mut recv).await.map_err(|e| match e {
+                    PayloadError::Corrupt => corrupt_while_sent(&target.node, id),
+                    PayloadError::Other(detail) => transfer_error(target, detail),
+                })?;
+                check_status(&target.node, id, &resp)?;
+                if resp.size > MAX_CHUNK_BYTES {
+                    return Err(DataError::Protocol(format!(
+                        "{} announced a chunk of {} bytes, over the {MAX_CHUNK_BYTES}-byte limit",
+                        target.node, resp.size
+                    )));
+                }
+                Ok((recv, resp.size))
+            })
+            .await?;
+        Ok(ChunkStream {
+            node: target.node.clone(),
+            id: *id,
+            size: recv.1,
+            received: 0,
+            recv: recv.0,
+            hasher: blake3::Hasher::new(),
+            verified: false,
+        })
+    }
+
     /// Asks a node to start reading a stored chunk from disk, ahead of a `get` of it with
     /// the same token. Returns once the node has answered; the node keeps no memory for it.
     pub async fn prefetch(&self, target: &NodeTarget, id: &ChunkId, token: &[u8]) -> Result<(), DataError> {
@@ -526,9 +613,13 @@ impl ChunkClient {
         let req = request(ChunkOp::Get, id, 0, token)?;
         write_frame(&mut send, &req).await.map_err(|e| terr(e.to_string()))?;
         let _ = send.finish();
-        let resp: ChunkResponse = read_frame(&mut recv).await.map_err(terr)?;
+        let unsent = |e| match e {
+            PayloadError::Corrupt => corrupt_while_sent(&target.node, id),
+            PayloadError::Other(detail) => terr(detail),
+        };
+        let resp = read_response(&mut recv).await.map_err(unsent)?;
         check_status(&target.node, id, &resp)?;
-        let data = read_payload_placed(&mut recv, resp.size, phase).await.map_err(terr)?;
+        let data = read_payload_placed(&mut recv, resp.size, phase).await.map_err(unsent)?;
         if ChunkId::of(&data) != *id {
             return Err(DataError::Mismatch {
                 node: target.node.clone(),
@@ -536,6 +627,83 @@ impl ChunkClient {
             });
         }
         Ok(data)
+    }
+}
+
+/// A node's copy found corrupt as it was being sent ([`RESET_CORRUPT`]).
+fn corrupt_while_sent(node: &str, id: &ChunkId) -> DataError {
+    DataError::Corrupt {
+        node: node.to_string(),
+        chunk: id.short(),
+        detail: "found corrupt on the node's disk while being sent; the node quarantined it".into(),
+    }
+}
+
+fn transfer_error(target: &NodeTarget, detail: String) -> DataError {
+    DataError::Transfer {
+        node: target.node.clone(),
+        detail: explain_connection_error(&detail),
+    }
+}
+
+/// One chunk's payload arriving from a node ([`ChunkClient::get_stream`]). Every piece is
+/// hashed as it passes; only the call that returns `Ok(None)` vouches for the bytes, so a
+/// caller must treat what it passed on as unverified until then (and write it over if the
+/// chunk turns out wrong and is fetched again elsewhere).
+pub struct ChunkStream {
+    node: String,
+    id: ChunkId,
+    size: u64,
+    received: u64,
+    recv: quinn::RecvStream,
+    hasher: blake3::Hasher,
+    verified: bool,
+}
+
+impl ChunkStream {
+    /// The chunk's size as the node announced it.
+    pub fn size(&self) -> u64 {
+        self.size
+    }
+
+    /// The next piece, at most `max` bytes; `Ok(None)` once the whole chunk has come and
+    /// hashes to its id. A node that sends nothing for the operation timeout fails it.
+    pub async fn next(&mut self, max: usize) -> Result<Option<Bytes>, DataError> {
+        if self.received == self.size {
+            if !self.verified {
+                if ChunkId(*self.hasher.finalize().as_bytes()) != self.id {
+                    return Err(DataError::Mismatch {
+                        node: self.node.clone(),
+                        chunk: self.id.short(),
+                    });
+                }
+                self.verified = true;
+            }
+            return Ok(None);
+        }
+        let want = (self.size - self.received).min(max.max(1) as u64) as usize;
+        let terr = |detail: String| DataError::Transfer {
+            node: self.node.clone(),
+            detail,
+        };
+        match tokio::time::timeout(OP_TIMEOUT, self.recv.read_chunk(want, true)).await {
+            Err(_) => Err(terr(format!(
+                "sent nothing for {} s ({} of {} bytes received)",
+                OP_TIMEOUT.as_secs(),
+                self.received,
+                self.size
+            ))),
+            Ok(Ok(Some(piece))) => {
+                self.received += piece.bytes.len() as u64;
+                self.hasher.update(&piece.bytes);
+                Ok(Some(piece.bytes))
+            }
+            Ok(Ok(None)) => Err(terr(format!("stream ended after {} of {} payload bytes", self.received, self.size))),
+            Ok(Err(e)) => match payload_error(e) {
+                PayloadError::Corrupt => Err(corrupt_while_sent(&self.node, &self.id)),
+                PayloadError::Other(detail) => Err(terr(explain_connection_error(&detail))),
+            },
+        }
     }
 }
 

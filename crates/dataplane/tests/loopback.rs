@@ -128,3 +128,103 @@ async fn placed_gets_return_the_chunk_at_the_asked_phase_of_a_4_kib_block() {
     served.await.unwrap();
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// Streams a chunk in pieces of at most 64 KiB; returns the bytes and how it ended.
+async fn stream_all(chunks: &ChunkClient, target: &NodeTarget, id: &ChunkId) -> (Vec<u8>, Result<(), collective_dataplane::DataError>) {
+    // (A reset may overtake the node's answer itself.)
+    let mut incoming = match chunks.get_stream(target, id, &[]).await {
+        Ok(i) => i,
+        Err(e) => return (Vec::new(), Err(e)),
+    };
+    let mut got = Vec::new();
+    loop {
+        match incoming.next(64 << 10).await {
+            Ok(Some(piece)) => {
+                assert!(piece.len() <= 64 << 10, "a piece of {} bytes", piece.len());
+                got.extend_from_slice(&piece);
+            }
+            Ok(None) => return (got, Ok(())),
+            Err(e) => return (got, Err(e)),
+        }
+    }
+}
+
+/// What the minimal node of the streaming test does with one get.
+#[derive(Clone, Copy)]
+enum Serve {
+    Intact,
+    /// The bytes with one of them flipped.
+    Flipped,
+    /// Half the bytes, then a reset saying the node found its copy corrupt.
+    FoundCorrupt,
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn streamed_gets_vouch_for_a_chunk_only_once_all_of_it_matches_its_id() {
+    let (dir, node, client) = member("streamed");
+
+    let data: Bytes = (0..3_000_001u32).map(|i| (i * 17 % 241) as u8).collect::<Vec<u8>>().into();
+    let id = ChunkId::of(&data);
+    let plan = [Serve::Intact, Serve::Flipped, Serve::FoundCorrupt, Serve::FoundCorrupt];
+    let server = ChunkServer::bind(&node, ([127, 0, 0, 1], 0).into()).unwrap();
+    let addr = server.endpoint.local_addr().unwrap();
+    let served = {
+        let data = data.clone();
+        tokio::spawn(async move {
+            let conn = server.accept().await.unwrap().await.unwrap();
+            for serve in plan {
+                let (mut send, mut recv) = conn.accept_bi().await.unwrap();
+                let _: ChunkRequest = read_frame(&mut recv).await.unwrap();
+                let ok = ChunkResponse {
+                    status: ChunkStatus::Ok as i32,
+                    message: String::new(),
+                    size: data.len() as u64,
+                };
+                write_frame(&mut send, &ok).await.unwrap();
+                match serve {
+                    Serve::Intact => send.write_chunk(data.clone()).await.unwrap(),
+                    Serve::Flipped => {
+                        let mut bad = data.to_vec();
+                        bad[1_234_567] ^= 0x20;
+                        send.write_chunk(bad.into()).await.unwrap();
+                    }
+                    Serve::FoundCorrupt => {
+                        send.write_chunk(data.slice(..data.len() / 2)).await.unwrap();
+                        let _ = send.reset(collective_dataplane::RESET_CORRUPT.into());
+                        continue;
+                    }
+                }
+                let _ = send.finish();
+            }
+            conn.closed().await;
+        })
+    };
+
+    let chunks = ChunkClient::new(&client).unwrap();
+    let target = NodeTarget {
+        node: "node-01@alice.collective.local".into(),
+        addr,
+    };
+    let (got, end) = stream_all(&chunks, &target, &id).await;
+    assert!(end.is_ok(), "intact chunk: {end:?}");
+    assert!(got == data, "the pieces make the chunk");
+
+    let (got, end) = stream_all(&chunks, &target, &id).await;
+    assert_eq!(got.len(), data.len(), "every byte of the flipped copy came");
+    let e = end.expect_err("a flipped byte must fail the stream at its end");
+    assert!(matches!(e, collective_dataplane::DataError::Mismatch { .. }), "{e}");
+    assert!(e.is_bad_replica());
+
+    let (_, end) = stream_all(&chunks, &target, &id).await;
+    let e = end.expect_err("a reset stream must fail");
+    assert!(matches!(e, collective_dataplane::DataError::Corrupt { .. }), "{e}");
+    assert!(e.is_bad_replica(), "a copy the node found corrupt is reported");
+
+    // A whole-chunk get tells the same reset apart as well.
+    let e = chunks.get(&target, &id, &[]).await.expect_err("a reset stream must fail");
+    assert!(matches!(e, collective_dataplane::DataError::Corrupt { .. }), "{e}");
+
+    chunks.close().await;
+    served.await.unwrap();
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -3,9 +3,9 @@
 use std::sync::Arc;
 use std::time::Instant;
 
-use collective_chunkstore::{ChunkStore, KEEP_CACHED_BELOW, StoreError};
+use collective_chunkstore::{ChunkReader, ChunkStore, KEEP_CACHED_BELOW, StoreError};
 use collective_core::ChunkId;
-use collective_dataplane::{MAX_CHUNK_BYTES, PROTOCOL_VERSION, peer_of, read_frame, write_frame};
+use collective_dataplane::{MAX_CHUNK_BYTES, PROTOCOL_VERSION, RESET_CORRUPT, RESET_IO, peer_of, read_frame, write_frame};
 use collective_pki::{TlsIdentity, TokenVerifier};
 use collective_proto::v1::{ChunkOp, ChunkRequest, ChunkResponse, ChunkStatus, NodeUsage, TokenOp};
 use tokio::sync::{RwLock, Semaphore};
@@ -118,6 +118,101 @@ enum Received {
 
 /// Streams a chunk's payload to disk through the verifying writer. Memory per upload is one
 /// stage buffer, whatever the chunk size, so no upload waits for another's memory.
+/// What a large chunk is read from disk and sent in.
+const READ_PIECE: usize = 1 << 20;
+
+/// How [`send_streamed`] ended.
+enum Streamed {
+    /// The chunk went out, or the stream was reset once something went wrong mid-way.
+    Sent,
+    /// Nothing was sent: answer with this status, metric reason and message.
+    Refused(ChunkStatus, &'static str, String),
+}
+
+/// Serves a get of a large chunk while reading it: each piece read from disk (on a
+/// blocking thread, with direct I/O) goes to QUIC while the next one is read, so reading
+/// and sending overlap and the chunk is never whole in memory. Its hash is known only at
+/// the end: a chunk found corrupt then is quarantined and the stream reset with
+/// [`RESET_CORRUPT`] (the client checks every byte it gets as well).
+async fn send_streamed(
+    state: &NodeState,
+    id: ChunkId,
+    size: u64,
+    send: &mut quinn::SendStream,
+    started: Instant,
+) -> Result<Streamed, String> {
+    let _permit = state.reserve(size.min(2 * READ_PIECE as u64)).await;
+    let reader = match state.store.reader(&id) {
+        Ok(r) => r,
+        Err(e @ StoreError::NotFound(_)) => return Ok(Streamed::Refused(ChunkStatus::NotFound, "not_found", e.to_string())),
+        Err(e) => return Ok(Streamed::Refused(ChunkStatus::IoError, "io", e.to_string())),
+    };
+    let size = reader.len();
+    write_frame(send, &response(ChunkStatus::Ok, String::new(), size))
+        .await
+        .map_err(|e| e.to_string())?;
+    let read = |mut r: ChunkReader| {
+        tokio::task::spawn_blocking(move || {
+            let piece = r.next_piece(READ_PIECE);
+            (r, piece)
+        })
+    };
+    let (mut reading, mut finished) = if reader.is_done() {
+        (None, Some(reader))
+    } else {
+        (Some(read(reader)), None)
+    };
+    while let Some(pending) = reading.take() {
+        let (reader, piece) = pending.await.map_err(|e| format!("the read was interrupted: {e}"))?;
+        let piece = match piece {
+            Ok(p) => p,
+            Err(e) => {
+                tracing::error!(chunk = %id, "reading a chunk being sent failed: {e}");
+                state.metrics.op_errors.with_label_values(&["get", "io"]).inc();
+                let _ = send.reset(RESET_IO.into());
+                return Ok(Streamed::Sent);
+            }
+        };
+        if reader.is_done() {
+            finished = Some(reader);
+        } else {
+            reading = Some(read(reader));
+        }
+        send.write_chunk(piece).await.map_err(|e| e.to_string())?;
+    }
+    let Some(reader) = finished else {
+        return Err("the chunk reader was lost".into());
+    };
+    match state.store.finish_read(reader) {
+        Ok(()) => {
+            let _ = send.finish();
+            state.metrics.bytes_out.inc_by(size);
+            state.metrics.ops.with_label_values(&["get"]).inc();
+            state.metrics.get_seconds.observe(started.elapsed().as_secs_f64());
+            // Memory stays reserved until the peer has the bytes: QUIC keeps what it sent
+            // until then.
+            let _ = send.stopped().await;
+        }
+        Err(e) => {
+            let corrupt = matches!(e, StoreError::Corrupt { .. });
+            if corrupt {
+                state.metrics.verification_failures.inc();
+                state.scrub.report(id);
+                tracing::error!(chunk = %id, "a chunk being sent turned out corrupt; quarantined it");
+            } else {
+                tracing::error!(chunk = %id, "reading a chunk being sent failed: {e}");
+            }
+            state
+                .metrics
+                .op_errors
+                .with_label_values(&["get", if corrupt { "corrupt" } else { "io" }])
+                .inc();
+            let _ = send.reset(if corrupt { RESET_CORRUPT } else { RESET_IO }.into());
+        }
+    }
+    Ok(Streamed::Sent)
+}
+
 async fn receive_chunk(
     mut writer: collective_chunkstore::ChunkWriter<'_>,
     recv: &mut quinn::RecvStream,
@@ -302,23 +397,16 @@ async fn handle_stream(state: &NodeState, caller: &str, mut send: quinn::SendStr
             },
             _ => {
                 let size = state.store.prefetch(&id).unwrap_or(0);
+                if size >= KEEP_CACHED_BELOW {
+                    match send_streamed(state, id, size, &mut send, started).await? {
+                        Streamed::Sent => return Ok(()),
+                        Streamed::Refused(status, reason, msg) => break 'resp fail(status, reason, msg),
+                    }
+                }
                 let _permit = state.reserve(size).await;
-                // Large chunks are read straight from the disk (see the chunk store): on a
-                // blocking thread, so the workers go on moving other chunks meanwhile. Small
-                // ones stay cached, and reading one inline is cheaper than a hand-off to
-                // another thread.
-                let result = if size < KEEP_CACHED_BELOW {
-                    state.store.get(&id)
-                } else {
-                    let store = state.store.clone();
-                    tokio::task::spawn_blocking(move || store.get(&id)).await.unwrap_or_else(|e| {
-                        Err(StoreError::Io {
-                            path: state.store.path_of(&id),
-                            source: std::io::Error::other(format!("the read was interrupted: {e}")),
-                        })
-                    })
-                };
-                match result {
+                // Small chunks stay cached, and reading one inline is cheaper than a hand-off
+                // to another thread.
+                match state.store.get(&id) {
                     Ok(data) => {
                         let size = data.len() as u64;
                         write_frame(&mut send, &response(ChunkStatus::Ok, String::new(), size))
