@@ -57,7 +57,7 @@ impl Client {
     /// One chunk's stored bytes, verified against its id (not decrypted; see
     /// [`crate::open_chunk`]). Tries every replica and reports bad ones.
     pub async fn fetch_stored(&self, loc: &ChunkLocation, file: &str) -> Result<Bytes, ClientError> {
-        crate::download::fetch_stored(&self.chunks, &self.meta(), loc, file, None).await
+        crate::download::fetch_stored(&self.chunks, &self.meta(), loc, file).await
     }
 
     /// The datastore's write policy for `path`; fails (permission denied) when the caller

@@ -17,7 +17,6 @@ use tonic::transport::Channel;
 
 use crate::ClientError;
 use crate::session::{Client, Progress};
-use crate::writeback::WriteBehind;
 
 /// Files whose plans are fetched in one coordinator call.
 const PLAN_BATCH: usize = 256;
@@ -81,7 +80,7 @@ impl Client {
                 let (chunks, meta, path) = (self.chunks.clone(), self.meta(), path.clone());
                 async move {
                     let permit = self.reserve(&loc).await?;
-                    let task = tokio::spawn(async move { fetch_chunk(&chunks, &meta, &loc, &path, None).await.map(|d| (d, permit)) });
+                    let task = tokio::spawn(async move { fetch_chunk(&chunks, &meta, &loc, &path).await.map(|d| (d, permit)) });
                     task.await.map_err(|e| ClientError::Other(format!("chunk fetch failed: {e}")))?
                 }
             })
@@ -108,7 +107,7 @@ impl Client {
     async fn fetch_into(
         &self,
         plan: &FilePlan,
-        file: Arc<PlacedFile>,
+        file: Arc<std::fs::File>,
         progress: &Option<Progress>,
         parallel: usize,
     ) -> Result<u64, ClientError> {
@@ -130,11 +129,9 @@ impl Client {
                         let len = if streamed {
                             stream_chunk(&chunks, &meta, &loc, &path, &file, at, &mut permit).await?
                         } else {
-                            // Placed in memory as it goes in the file, so its whole blocks
-                            // can be written directly.
-                            let data = fetch_chunk(&chunks, &meta, &loc, &path, Some(file.phase_of(at))).await?;
+                            let data = fetch_chunk(&chunks, &meta, &loc, &path).await?;
                             let len = data.len() as u64;
-                            tokio::task::spawn_blocking(move || file.write_at(at, &data))
+                            tokio::task::spawn_blocking(move || write_all_at(&file, at, &[data]))
                                 .await
                                 .map_err(std::io::Error::other)
                                 .and_then(|r| r)
@@ -196,17 +193,7 @@ impl Client {
                 .map_err(|e| ClientError::Other(format!("writing {}: {e}", local.display())))?;
         }
         let f = tokio::fs::File::create(&tmp).await.map_err(ClientError::local(&tmp))?;
-        let direct = tokio::fs::OpenOptions::new()
-            .write(true)
-            .custom_flags(libc::O_DIRECT)
-            .open(&tmp)
-            .await
-            .ok();
-        let direct = match direct {
-            Some(d) => Some(d.into_std().await),
-            None => None,
-        };
-        let file = Arc::new(PlacedFile::new(f.into_std().await, direct));
+        let file = Arc::new(f.into_std().await);
         let result = async {
             let n = self.fetch_into(plan, file, progress, parallel).await?;
             use std::os::unix::fs::PermissionsExt;
@@ -293,15 +280,9 @@ impl Client {
     }
 }
 
-/// Fetches one chunk and decrypts it when sealed; `phase` as in [`fetch_stored`].
-async fn fetch_chunk(
-    chunks: &ChunkClient,
-    meta: &MetadataClient<Channel>,
-    loc: &ChunkLocation,
-    file: &str,
-    phase: Option<usize>,
-) -> Result<Bytes, ClientError> {
-    let stored = fetch_stored(chunks, meta, loc, file, phase).await?;
+/// Fetches one chunk and decrypts it when sealed.
+async fn fetch_chunk(chunks: &ChunkClient, meta: &MetadataClient<Channel>, loc: &ChunkLocation, file: &str) -> Result<Bytes, ClientError> {
+    let stored = fetch_stored(chunks, meta, loc, file).await?;
     open_chunk(loc, stored, file)
 }
 
@@ -336,14 +317,11 @@ async fn prefetch_first(chunks: &ChunkClient, loc: &ChunkLocation) {
 
 /// Fetches one chunk's stored bytes (verified against its id), trying each replica in
 /// turn; reports replicas that are corrupt or missing so the coordinator can repair them.
-/// With a `phase`, the bytes start that far past a 4 KiB boundary in memory (see
-/// [`ChunkClient::get_placed`]).
 pub(crate) async fn fetch_stored(
     chunks: &ChunkClient,
     meta: &MetadataClient<Channel>,
     loc: &ChunkLocation,
     file: &str,
-    phase: Option<usize>,
 ) -> Result<Bytes, ClientError> {
     let id = ChunkId::from_slice(&loc.id).ok_or_else(|| ClientError::Other("the coordinator sent a malformed chunk id".into()))?;
     let mut errors = Vec::new();
@@ -357,11 +335,7 @@ pub(crate) async fn fetch_stored(
             addr,
         };
         let token = if replica.token.is_empty() { &loc.token } else { &replica.token };
-        let got = match phase {
-            Some(phase) => chunks.get_placed(&target, &id, token, phase).await,
-            None => chunks.get(&target, &id, token).await,
-        };
-        match got {
+        match chunks.get(&target, &id, token).await {
             Ok(data) if data.len() as u64 == loc.size => return Ok(data),
             Ok(data) => errors.push(format!("{}: returned {} bytes, expected {}", replica.node, data.len(), loc.size)),
             Err(e) => replica_failed(meta, loc, &id, &replica.node, e, &mut errors),
@@ -412,9 +386,9 @@ const STAGE: usize = 1 << 20;
 /// Stages of one chunk being written at once.
 const STAGES_IN_FLIGHT: usize = 4;
 
-/// Fetches one plain (unsealed) chunk into `file` at `at` as it arrives: its pieces are
-/// gathered into stages placed in memory like their bytes in the file (so their whole
-/// blocks go to disk directly), and each full stage is written while the next ones fill.
+/// Fetches one plain (unsealed) chunk into `file` at `at` as it arrives: its pieces, as
+/// they came off the network, are gathered into stages of [`STAGE`] bytes, and each full
+/// stage is written (one vectored write, no copy of ours) while the next ones fill.
 /// `budget`, the chunk's memory, is given back stage by stage as they reach the file,
 /// so later chunks can start while this one is still being written. Only the end of the
 /// stream says whether the bytes match the chunk's id; a replica that fails, or whose
@@ -426,7 +400,7 @@ async fn stream_chunk(
     meta: &MetadataClient<Channel>,
     loc: &ChunkLocation,
     file_name: &str,
-    file: &Arc<PlacedFile>,
+    file: &Arc<std::fs::File>,
     at: u64,
     budget: &mut OwnedSemaphorePermit,
 ) -> Result<u64, ClientError> {
@@ -470,7 +444,7 @@ async fn stream_from(
     id: &ChunkId,
     token: &[u8],
     size: u64,
-    file: &Arc<PlacedFile>,
+    file: &Arc<std::fs::File>,
     at: u64,
     budget: &mut OwnedSemaphorePermit,
 ) -> Result<(), Streamed> {
@@ -478,22 +452,35 @@ async fn stream_from(
     if incoming.size() != size {
         return Err(Streamed::Size(incoming.size()));
     }
-    let end = at + size;
-    let mut stage = Stage::new(at, end);
+    let mut stage = Stage {
+        at,
+        len: 0,
+        pieces: Vec::new(),
+    };
     let mut writing = std::collections::VecDeque::new();
     let received = async {
-        while let Some(piece) = incoming.next(stage.room()).await.map_err(Streamed::Replica)? {
-            stage.buf.extend_from_slice(&piece);
-            if stage.room() == 0 && stage.end > stage.start {
+        while let Some(piece) = incoming.next(STAGE).await.map_err(Streamed::Replica)? {
+            stage.len += piece.len();
+            stage.pieces.push(piece);
+            if stage.len >= STAGE || stage.at + stage.len as u64 == at + size {
                 if writing.len() >= STAGES_IN_FLIGHT {
                     written(writing.pop_front()).await?;
                 }
-                let next = Stage::new(stage.end, end);
+                let next = Stage {
+                    at: stage.at + stage.len as u64,
+                    len: 0,
+                    pieces: Vec::new(),
+                };
                 let full = std::mem::replace(&mut stage, next);
                 // The stage's share of the chunk's memory goes back once it is written.
-                let kib = ((full.end - full.start) / 1024) as usize;
+                let kib = full.len / 1024;
                 let share = budget.split(kib.min(budget.num_permits().saturating_sub(1)));
-                writing.push_back(full.write(file.clone(), share));
+                let file = file.clone();
+                writing.push_back(tokio::task::spawn_blocking(move || {
+                    let r = write_all_at(&file, full.at, &full.pieces);
+                    drop((full, share));
+                    r
+                }));
             }
         }
         Ok(())
@@ -505,7 +492,6 @@ async fn stream_from(
     while !writing.is_empty() {
         last = last.and(written(writing.pop_front()).await);
     }
-    collective_core::buffers::give(stage.buf);
     received.and(last)
 }
 
@@ -517,49 +503,42 @@ async fn written(writing: Option<tokio::task::JoinHandle<std::io::Result<()>>>) 
     }
 }
 
-/// The bytes of `[start, end)` of a file, gathered in memory that starts at the phase of
-/// `start` within a block.
+/// Pieces of a chunk that go to its file together, from offset `at`.
 struct Stage {
-    buf: Vec<u8>,
-    /// Where in `buf` the bytes start.
-    pad: usize,
-    start: u64,
-    end: u64,
+    at: u64,
+    len: usize,
+    pieces: Vec<Bytes>,
 }
 
-impl Stage {
-    /// The stage from `start`: [`STAGE`] bytes at most, ending on a block boundary unless
-    /// it ends at `limit` (the chunk's end), so that every stage after the first starts on
-    /// one.
-    fn new(start: u64, limit: u64) -> Stage {
-        let block = BLOCK as u64;
-        let end = if limit - start <= STAGE as u64 {
-            limit
-        } else {
-            (start + STAGE as u64) / block * block
-        };
-        let len = (end - start) as usize;
-        let mut buf = collective_core::buffers::take(len + BLOCK - 1);
-        let pad = ((start % block) as usize + BLOCK - buf.as_ptr() as usize % BLOCK) % BLOCK;
-        buf.resize(pad, 0);
-        Stage { buf, pad, start, end }
+/// Writes `pieces`, one after the other, to `f` from offset `at`: vectored writes until
+/// every byte is written. Blocks: call it on a blocking thread.
+fn write_all_at(f: &std::fs::File, mut at: u64, pieces: &[Bytes]) -> std::io::Result<()> {
+    use std::io::IoSlice;
+    use std::os::fd::AsRawFd;
+    /// The most buffers one `pwritev` takes (Linux's `IOV_MAX`).
+    const MAX_SLICES: usize = 1024;
+    let mut slices: Vec<IoSlice<'_>> = pieces.iter().filter(|p| !p.is_empty()).map(|p| IoSlice::new(p)).collect();
+    let mut slices = &mut slices[..];
+    while !slices.is_empty() {
+        let count = slices.len().min(MAX_SLICES);
+        let offset = libc::off_t::try_from(at).map_err(std::io::Error::other)?;
+        // SAFETY: `IoSlice` is ABI-compatible with `iovec` on Unix; the first `count`
+        // slices are valid buffers that outlive the call, which only reads them.
+        let n = unsafe { libc::pwritev(f.as_raw_fd(), slices.as_ptr().cast(), count as libc::c_int, offset) };
+        if n < 0 {
+            let e = std::io::Error::last_os_error();
+            if e.kind() == std::io::ErrorKind::Interrupted {
+                continue;
+            }
+            return Err(e);
+        }
+        if n == 0 {
+            return Err(std::io::Error::new(std::io::ErrorKind::WriteZero, "the file took no more bytes"));
+        }
+        at += n as u64;
+        IoSlice::advance_slices(&mut slices, n as usize);
     }
-
-    /// Bytes still missing.
-    fn room(&self) -> usize {
-        self.pad + (self.end - self.start) as usize - self.buf.len()
-    }
-
-    /// Writes the (full) stage at its place, on a blocking thread; `share` (of the memory
-    /// budget) is given back with the stage's memory once it is written.
-    fn write(self, file: Arc<PlacedFile>, share: Option<OwnedSemaphorePermit>) -> tokio::task::JoinHandle<std::io::Result<()>> {
-        tokio::task::spawn_blocking(move || {
-            let r = file.write_at(self.start, &self.buf[self.pad..]);
-            collective_core::buffers::give(self.buf);
-            drop(share);
-            r
-        })
-    }
+    Ok(())
 }
 
 /// Where a download's bytes go, in order.
@@ -573,110 +552,6 @@ struct Writer<'a, W>(&'a mut W);
 impl<W: AsyncWrite + Unpin + Send> Sink for Writer<'_, W> {
     async fn put(&mut self, data: Bytes) -> std::io::Result<()> {
         self.0.write_all(&data).await
-    }
-}
-
-/// Pieces at least this large have their whole blocks written with direct I/O.
-const DIRECT_FROM: usize = 64 * 1024;
-/// The block of direct I/O; pieces come placed in memory at their file offset's phase of it.
-const BLOCK: usize = collective_dataplane::PLACEMENT_BLOCK;
-
-/// A local file written in pieces at their offsets, in any order. The whole blocks of a
-/// large piece go straight to the disk (`O_DIRECT`), past the page cache: copying them into
-/// fresh cache pages, writing those back and dropping them again was a third of the
-/// client's CPU in a get. The few bytes at a piece's edges, and every piece where the file
-/// system refuses direct I/O, go through the cache, with write-behind on the part written
-/// without gaps, so a large download does not fill it (see [`crate::writeback`]).
-struct PlacedFile {
-    file: std::fs::File,
-    /// The same file opened with `O_DIRECT`, where the file system allows that.
-    direct: Option<std::fs::File>,
-    /// Cleared for good when a direct write is refused (EINVAL).
-    direct_on: std::sync::atomic::AtomicBool,
-    written: std::sync::Mutex<Written>,
-    behind: std::sync::Mutex<WriteBehind>,
-}
-
-/// What has reached a [`PlacedFile`]: everything below `upto`, and the pieces beyond it
-/// (start to end).
-#[derive(Default)]
-struct Written {
-    upto: u64,
-    beyond: std::collections::BTreeMap<u64, u64>,
-}
-
-impl PlacedFile {
-    /// `direct`: the same file opened again with `O_DIRECT`, if that worked.
-    fn new(file: std::fs::File, direct: Option<std::fs::File>) -> PlacedFile {
-        PlacedFile {
-            file,
-            direct,
-            direct_on: std::sync::atomic::AtomicBool::new(true),
-            written: Default::default(),
-            behind: Default::default(),
-        }
-    }
-
-    /// Where in a block of memory a piece for offset `at` should start, so that its whole
-    /// blocks can be written directly.
-    fn phase_of(&self, at: u64) -> usize {
-        (at % BLOCK as u64) as usize
-    }
-
-    /// Whether whole blocks still go to the disk directly.
-    fn is_direct(&self) -> bool {
-        self.direct.is_some() && self.direct_on.load(std::sync::atomic::Ordering::Relaxed)
-    }
-
-    /// The part of `data` (to go at `at`) that can be written directly: from its first to
-    /// the end of its last whole block, when it is large enough and placed in memory at
-    /// the phase of `at`.
-    fn direct_span(&self, at: u64, data: &[u8]) -> Option<(usize, usize, &std::fs::File)> {
-        let direct = self.direct.as_ref().filter(|_| self.is_direct())?;
-        if data.len() < DIRECT_FROM {
-            return None;
-        }
-        let start = (BLOCK - self.phase_of(at)) % BLOCK;
-        if !(data.as_ptr() as usize + start).is_multiple_of(BLOCK) {
-            return None;
-        }
-        let end = start + (data.len() - start) / BLOCK * BLOCK;
-        Some((start, end, direct))
-    }
-
-    /// Writes `data` at `at`. Blocks: call it on a blocking thread.
-    fn write_at(&self, at: u64, data: &[u8]) -> std::io::Result<()> {
-        use std::os::unix::fs::FileExt;
-        match self.direct_span(at, data) {
-            Some((start, end, direct)) => {
-                self.file.write_all_at(&data[..start], at)?;
-                if let Err(e) = direct.write_all_at(&data[start..end], at + start as u64) {
-                    if e.raw_os_error() != Some(libc::EINVAL) {
-                        return Err(e);
-                    }
-                    tracing::debug!("direct write refused ({e}); writing through the page cache");
-                    self.direct_on.store(false, std::sync::atomic::Ordering::Relaxed);
-                    self.file.write_all_at(&data[start..end], at + start as u64)?;
-                }
-                self.file.write_all_at(&data[end..], at + end as u64)?;
-            }
-            None => self.file.write_all_at(data, at)?,
-        }
-        {
-            let mut w = self.written.lock().unwrap_or_else(|p| p.into_inner());
-            let Written { upto, beyond } = &mut *w;
-            beyond.insert(at, at + data.len() as u64);
-            while let Some(end) = beyond.remove(upto) {
-                *upto = end;
-            }
-        }
-        // One writer at a time hands windows to writeback (which may wait for the disk);
-        // the others go on, and whoever comes next catches up with what they wrote.
-        if let Ok(mut behind) = self.behind.try_lock() {
-            let upto = self.written.lock().unwrap_or_else(|p| p.into_inner()).upto;
-            behind.wrote_up_to(&self.file, upto);
-        }
-        Ok(())
     }
 }
 
@@ -714,84 +589,28 @@ mod tests {
     use super::*;
 
     #[test]
-    fn pieces_written_out_of_order_make_the_whole_file_and_advance_past_each_gap_once_filled() {
-        let dir = std::env::temp_dir().join(format!("collective-placed-{}", std::process::id()));
+    fn stages_written_out_of_order_make_the_whole_file() {
+        let dir = std::env::temp_dir().join(format!("collective-stages-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let path = dir.join("out");
-        let placed = PlacedFile::new(std::fs::File::create(&path).unwrap(), None);
-        // Pieces of 1 KiB to 3 MiB, so windows of write-behind are crossed on the way.
-        let sizes = [1024usize, 3 << 20, 5000, 2 << 20, 1, 7 << 20, 4096];
-        let data: Vec<u8> = (0..sizes.iter().sum::<usize>()).map(|i| (i * 7 % 251) as u8).collect();
-        let mut starts = vec![0usize];
-        for s in &sizes {
-            starts.push(starts.last().unwrap() + s);
+        let f = std::fs::File::create(&path).unwrap();
+        // Stages of 1 to 3,000 pieces of 1 byte to 64 KiB (more than one vectored write
+        // takes), written in an order other than the file's.
+        let shapes: [(usize, usize); 5] = [(1, 1), (3000, 7), (40, 65_536), (1500, 1000), (2, 4095)];
+        let data: Bytes = (0..shapes.iter().map(|(n, l)| n * l).sum::<usize>())
+            .map(|i| (i * 7 % 251) as u8)
+            .collect::<Vec<u8>>()
+            .into();
+        let mut stages = Vec::new();
+        let mut at = 0usize;
+        for (n, len) in shapes {
+            let pieces: Vec<Bytes> = (0..n).map(|k| data.slice(at + k * len..at + (k + 1) * len)).collect();
+            stages.push((at as u64, pieces));
+            at += n * len;
         }
-        let upto = |p: &PlacedFile| p.written.lock().unwrap().upto;
-        for i in [3, 1, 6, 2, 0, 5, 4] {
-            placed.write_at(starts[i] as u64, &data[starts[i]..starts[i + 1]]).unwrap();
-            match i {
-                3 | 1 | 6 | 2 => assert_eq!(upto(&placed), 0, "nothing is contiguous before the first piece"),
-                0 => assert_eq!(upto(&placed), starts[4] as u64, "the first piece joins the three after it"),
-                5 => assert_eq!(upto(&placed), starts[4] as u64, "piece 4 is still missing"),
-                _ => assert_eq!(upto(&placed), data.len() as u64),
-            }
+        for i in [3, 0, 4, 1, 2] {
+            write_all_at(&f, stages[i].0, &stages[i].1).unwrap();
         }
-        assert!(placed.written.lock().unwrap().beyond.is_empty());
-        assert!(std::fs::read(&path).unwrap() == data);
-        std::fs::remove_dir_all(&dir).unwrap();
-    }
-
-    /// `data` copied into memory that starts `phase` bytes past a 4 KiB boundary.
-    fn at_phase(data: &[u8], phase: usize) -> (Vec<u8>, usize) {
-        let mut v = Vec::with_capacity(data.len() + BLOCK);
-        let pad = (phase % BLOCK + BLOCK - v.as_ptr() as usize % BLOCK) % BLOCK;
-        v.resize(pad, 0);
-        v.extend_from_slice(data);
-        (v, pad)
-    }
-
-    #[test]
-    fn whole_blocks_of_placed_pieces_go_to_disk_directly_and_the_file_reads_back_exactly() {
-        use std::os::unix::fs::OpenOptionsExt;
-        let dir = std::env::temp_dir().join(format!("collective-placed-direct-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let path = dir.join("out");
-        let file = std::fs::File::create(&path).unwrap();
-        let direct = std::fs::OpenOptions::new()
-            .write(true)
-            .custom_flags(libc::O_DIRECT)
-            .open(&path)
-            .ok();
-        let opened_direct = direct.is_some();
-        let placed = PlacedFile::new(file, direct);
-        // Pieces that start and end anywhere in a block, some too small to go directly.
-        let sizes = [100_000usize, 4096, 1 << 20, 70_001, 3 << 20, 65_535, 5 * 4096, 2_000_001];
-        let data: Vec<u8> = (0..sizes.iter().sum::<usize>()).map(|i| (i * 11 % 249) as u8).collect();
-        let mut starts = vec![0usize];
-        for s in &sizes {
-            starts.push(starts.last().unwrap() + s);
-        }
-        for i in [4, 0, 7, 2, 1, 6, 3, 5] {
-            let (at, piece) = (starts[i], &data[starts[i]..starts[i + 1]]);
-            if i == 6 {
-                // One piece not placed at its phase: it is written through the cache.
-                let (buf, pad) = at_phase(piece, at + 1);
-                assert!(placed.direct_span(at as u64, &buf[pad..]).is_none());
-                placed.write_at(at as u64, &buf[pad..]).unwrap();
-                continue;
-            }
-            let (buf, pad) = at_phase(piece, placed.phase_of(at as u64));
-            let span = placed.direct_span(at as u64, &buf[pad..]);
-            assert_eq!(span.is_some(), opened_direct && piece.len() >= DIRECT_FROM, "piece {i}");
-            placed.write_at(at as u64, &buf[pad..]).unwrap();
-        }
-        assert_eq!(placed.written.lock().unwrap().upto, data.len() as u64);
-        if opened_direct {
-            assert!(placed.is_direct(), "this file system took every direct write");
-        } else {
-            eprintln!("{} refuses O_DIRECT: only the content was checked", dir.display());
-        }
-        drop(placed);
         assert!(std::fs::read(&path).unwrap() == data);
         std::fs::remove_dir_all(&dir).unwrap();
     }

@@ -274,7 +274,7 @@ pub fn decode_frame<M: Message + Default>(buf: &[u8]) -> Result<(M, usize), Stri
 /// QUIC's receive buffers, never zero-filled first; contiguous so BLAKE3 can hash it with
 /// full SIMD parallelism).
 pub async fn read_payload(recv: &mut quinn::RecvStream, size: u64) -> Result<Bytes, String> {
-    read_payload_placed(recv, size, None).await.map_err(|e| match e {
+    read_payload_whole(recv, size).await.map_err(|e| match e {
         PayloadError::Corrupt => "the sender found the chunk corrupt".to_string(),
         PayloadError::Other(detail) => detail,
     })
@@ -306,39 +306,29 @@ fn payload_error(e: quinn::ReadError) -> PayloadError {
     }
 }
 
-/// The memory block [`ChunkClient::get_placed`] lines payloads up with: the block size of
-/// direct I/O.
-pub const PLACEMENT_BLOCK: usize = 4096;
-
-/// [`read_payload`], with the first byte placed `phase` bytes past a
-/// [`PLACEMENT_BLOCK`] boundary in memory when `phase` is given.
-async fn read_payload_placed(recv: &mut quinn::RecvStream, size: u64, phase: Option<usize>) -> Result<Bytes, PayloadError> {
+/// [`read_payload`], telling a stream the node reset because its copy is corrupt apart.
+async fn read_payload_whole(recv: &mut quinn::RecvStream, size: u64) -> Result<Bytes, PayloadError> {
     if size > MAX_CHUNK_BYTES {
         return Err(PayloadError::Other(format!(
             "chunk of {size} bytes exceeds the {MAX_CHUNK_BYTES}-byte limit"
         )));
     }
     let size = size as usize;
-    let slack = if phase.is_some() { PLACEMENT_BLOCK - 1 } else { 0 };
     // Reserved in full up front, so the buffer never moves while it fills.
-    let mut buf = collective_core::buffers::take(size + slack);
-    let pad = phase.map_or(0, |p| {
-        (p % PLACEMENT_BLOCK + PLACEMENT_BLOCK - buf.as_ptr() as usize % PLACEMENT_BLOCK) % PLACEMENT_BLOCK
-    });
-    buf.resize(pad, 0);
-    while buf.len() < pad + size {
-        match recv.read_chunk(pad + size - buf.len(), true).await {
+    let mut buf = collective_core::buffers::take(size);
+    while buf.len() < size {
+        match recv.read_chunk(size - buf.len(), true).await {
             Ok(Some(chunk)) => buf.extend_from_slice(&chunk.bytes),
             Ok(None) => {
                 return Err(PayloadError::Other(format!(
                     "stream ended after {} of {size} payload bytes",
-                    buf.len() - pad
+                    buf.len()
                 )));
             }
             Err(e) => return Err(payload_error(e)),
         }
     }
-    Ok(collective_core::buffers::into_bytes(buf).slice(pad..))
+    Ok(collective_core::buffers::into_bytes(buf))
 }
 
 /// Where to reach a node.
@@ -524,14 +514,7 @@ impl ChunkClient {
 
     /// Fetches one chunk from one node and verifies it hashes to `id`.
     pub async fn get(&self, target: &NodeTarget, id: &ChunkId, token: &[u8]) -> Result<Bytes, DataError> {
-        self.guarded(target, self.get_once(target, id, token, None)).await
-    }
-
-    /// [`Self::get`], with the returned bytes starting `phase` bytes past a
-    /// [`PLACEMENT_BLOCK`] boundary in memory: a caller that writes them to a file at an
-    /// offset of that phase can write all their whole blocks with direct I/O, uncopied.
-    pub async fn get_placed(&self, target: &NodeTarget, id: &ChunkId, token: &[u8], phase: usize) -> Result<Bytes, DataError> {
-        self.guarded(target, self.get_once(target, id, token, Some(phase))).await
+        self.guarded(target, self.get_once(target, id, token)).await
     }
 
     /// Starts fetching one chunk from one node: returns once the node has answered that it
@@ -604,7 +587,7 @@ impl ChunkClient {
         check_status(&target.node, id, &resp)
     }
 
-    async fn get_once(&self, target: &NodeTarget, id: &ChunkId, token: &[u8], phase: Option<usize>) -> Result<Bytes, DataError> {
+    async fn get_once(&self, target: &NodeTarget, id: &ChunkId, token: &[u8]) -> Result<Bytes, DataError> {
         let terr = |detail: String| DataError::Transfer {
             node: target.node.clone(),
             detail: explain_connection_error(&detail),
@@ -619,7 +602,7 @@ impl ChunkClient {
         };
         let resp = read_response(&mut recv).await.map_err(unsent)?;
         check_status(&target.node, id, &resp)?;
-        let data = read_payload_placed(&mut recv, resp.size, phase).await.map_err(unsent)?;
+        let data = read_payload_whole(&mut recv, resp.size).await.map_err(unsent)?;
         if ChunkId::of(&data) != *id {
             return Err(DataError::Mismatch {
                 node: target.node.clone(),

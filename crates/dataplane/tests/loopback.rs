@@ -84,51 +84,6 @@ async fn chunks_between_processes_on_one_machine_travel_in_64_kib_datagrams() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn placed_gets_return_the_chunk_at_the_asked_phase_of_a_4_kib_block() {
-    let (dir, node, client) = member("placed");
-
-    let data: Bytes = (0..1_000_003u32).map(|i| (i * 13 % 253) as u8).collect::<Vec<u8>>().into();
-    let id = ChunkId::of(&data);
-    let phases = [0usize, 1, 123, 4095, 4096 + 7];
-    let server = ChunkServer::bind(&node, ([127, 0, 0, 1], 0).into()).unwrap();
-    let addr = server.endpoint.local_addr().unwrap();
-    // A minimal node: answers every get with the same chunk.
-    let served = {
-        let data = data.clone();
-        tokio::spawn(async move {
-            let conn = server.accept().await.unwrap().await.unwrap();
-            for _ in phases {
-                let (mut send, mut recv) = conn.accept_bi().await.unwrap();
-                let _: ChunkRequest = read_frame(&mut recv).await.unwrap();
-                let ok = ChunkResponse {
-                    status: ChunkStatus::Ok as i32,
-                    message: String::new(),
-                    size: data.len() as u64,
-                };
-                write_frame(&mut send, &ok).await.unwrap();
-                send.write_chunk(data.clone()).await.unwrap();
-                let _ = send.finish();
-            }
-            conn.closed().await;
-        })
-    };
-
-    let chunks = ChunkClient::new(&client).unwrap();
-    let target = NodeTarget {
-        node: "node-01@alice.collective.local".into(),
-        addr,
-    };
-    for phase in phases {
-        let got = chunks.get_placed(&target, &id, &[], phase).await.unwrap();
-        assert!(got == data, "phase {phase}: the chunk arrived intact");
-        assert_eq!(got.as_ptr() as usize % 4096, phase % 4096, "first byte at the asked phase");
-    }
-    chunks.close().await;
-    served.await.unwrap();
-    let _ = std::fs::remove_dir_all(&dir);
-}
-
 /// Streams a chunk in pieces of at most 64 KiB; returns the bytes and how it ended.
 async fn stream_all(chunks: &ChunkClient, target: &NodeTarget, id: &ChunkId) -> (Vec<u8>, Result<(), collective_dataplane::DataError>) {
     // (A reset may overtake the node's answer itself.)
