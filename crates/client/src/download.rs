@@ -9,7 +9,7 @@ use bytes::Bytes;
 use collective_core::{ChunkId, validate_path};
 use collective_dataplane::{ChunkClient, NodeTarget};
 use collective_proto::v1::metadata_client::MetadataClient;
-use collective_proto::v1::{ChunkLocation, FileAttr, FileKind, FilePlan, PathRequest, ReadPlanRequest, ReportBadReplicaRequest};
+use collective_proto::v1::{ChunkLocation, FileAttr, FileKind, FilePlan, NodeAddr, PathRequest, ReadPlanRequest, ReportBadReplicaRequest};
 use futures::{StreamExt, TryStreamExt};
 use tokio::io::{AsyncWrite, AsyncWriteExt};
 use tokio::sync::OwnedSemaphorePermit;
@@ -302,17 +302,24 @@ pub fn open_chunk(loc: &ChunkLocation, stored: Bytes, file: &str) -> Result<Byte
 /// A hint only: whatever goes wrong, the get itself finds out and deals with it.
 async fn prefetch_first(chunks: &ChunkClient, loc: &ChunkLocation) {
     let Some(id) = ChunkId::from_slice(&loc.id) else { return };
-    let Some((replica, addr)) = loc.replicas.iter().find_map(|r| Some((r, r.quic_addr.parse().ok()?))) else {
+    let Some((target, token)) = loc.replicas.iter().find_map(|r| replica_target(loc, r)) else {
         return;
     };
+    if let Err(e) = chunks.prefetch(&target, &id, token).await {
+        tracing::debug!(chunk = %id.short(), node = %target.node, "prefetch failed: {e}");
+    }
+}
+
+/// Where to reach one replica of a chunk, and the token to show it (its own, or the
+/// chunk's); `None` if it has no usable address.
+fn replica_target<'a>(loc: &'a ChunkLocation, replica: &'a NodeAddr) -> Option<(NodeTarget, &'a [u8])> {
+    let addr = replica.quic_addr.parse().ok()?;
     let target = NodeTarget {
         node: replica.node.clone(),
         addr,
     };
     let token = if replica.token.is_empty() { &loc.token } else { &replica.token };
-    if let Err(e) = chunks.prefetch(&target, &id, token).await {
-        tracing::debug!(chunk = %id.short(), node = %replica.node, "prefetch failed: {e}");
-    }
+    Some((target, token))
 }
 
 /// Fetches one chunk's stored bytes (verified against its id), trying each replica in
@@ -326,15 +333,10 @@ pub(crate) async fn fetch_stored(
     let id = ChunkId::from_slice(&loc.id).ok_or_else(|| ClientError::Other("the coordinator sent a malformed chunk id".into()))?;
     let mut errors = Vec::new();
     for replica in &loc.replicas {
-        let Ok(addr) = replica.quic_addr.parse() else {
+        let Some((target, token)) = replica_target(loc, replica) else {
             errors.push(format!("{}: no known address", replica.node));
             continue;
         };
-        let target = NodeTarget {
-            node: replica.node.clone(),
-            addr,
-        };
-        let token = if replica.token.is_empty() { &loc.token } else { &replica.token };
         match chunks.get(&target, &id, token).await {
             Ok(data) if data.len() as u64 == loc.size => return Ok(data),
             Ok(data) => errors.push(format!("{}: returned {} bytes, expected {}", replica.node, data.len(), loc.size)),
@@ -407,15 +409,10 @@ async fn stream_chunk(
     let id = ChunkId::from_slice(&loc.id).ok_or_else(|| ClientError::Other("the coordinator sent a malformed chunk id".into()))?;
     let mut errors = Vec::new();
     for replica in &loc.replicas {
-        let Ok(addr) = replica.quic_addr.parse() else {
+        let Some((target, token)) = replica_target(loc, replica) else {
             errors.push(format!("{}: no known address", replica.node));
             continue;
         };
-        let target = NodeTarget {
-            node: replica.node.clone(),
-            addr,
-        };
-        let token = if replica.token.is_empty() { &loc.token } else { &replica.token };
         match stream_from(chunks, &target, &id, token, loc.size, file, at, budget).await {
             Ok(()) => return Ok(loc.size),
             Err(Streamed::Replica(e)) => replica_failed(meta, loc, &id, &replica.node, e, &mut errors),
