@@ -116,8 +116,6 @@ enum Received {
     Store(StoreError),
 }
 
-/// Streams a chunk's payload to disk through the verifying writer. Memory per upload is one
-/// stage buffer, whatever the chunk size, so no upload waits for another's memory.
 /// What a large chunk is read from disk and sent in.
 const READ_PIECE: usize = 1 << 20;
 
@@ -213,6 +211,8 @@ async fn send_streamed(
     Ok(Streamed::Sent)
 }
 
+/// Streams a chunk's payload to disk through the verifying writer. Memory per upload is one
+/// stage buffer, whatever the chunk size, so no upload waits for another's memory.
 async fn receive_chunk(
     mut writer: collective_chunkstore::ChunkWriter<'_>,
     recv: &mut quinn::RecvStream,
