@@ -287,7 +287,7 @@ fn nodes_serve_chunks_only_with_a_valid_token_for_that_chunk_and_caller() {
         let data = bytes::Bytes::from_static(b"planted");
         let planted = ChunkId::of(&data);
         let r = client
-            .put(&t, &planted, data, &forger.sign(TokenOp::Put, &planted, &nodes, &me, 7, ttl))
+            .put(&t, &planted, &[data], &forger.sign(TokenOp::Put, &planted, &nodes, &me, 7, ttl))
             .await;
         assert!(matches!(r, Err(DataError::Denied { .. })), "{r:?}");
     });

@@ -112,7 +112,7 @@ impl Client {
                     if placement.stored {
                         return Ok(Vec::new());
                     }
-                    crate::upload::store_chunk(&client, meta, c.id, c.data.clone(), placement, &path).await
+                    crate::upload::store_chunk(&client, meta, c.id, std::slice::from_ref(&c.data), placement, &path).await
                 }
             });
             for r in futures::future::join_all(puts).await {

@@ -59,7 +59,8 @@ enum Msg {
         seq: usize,
         offset: u64,
         id: ChunkId,
-        data: Bytes,
+        /// The chunk's bytes, in the pieces they were read into.
+        data: Vec<Bytes>,
         seal: Option<[u8; SEAL_LEN]>,
         permit: OwnedSemaphorePermit,
     },
@@ -162,22 +163,25 @@ fn produce(
                     return;
                 }
             };
-            let length = chunk.data.len();
-            let mut data = chunk.data;
-            let seal = match &secret {
-                Some(secret) => match sealing::seal(secret, &mut data) {
-                    Ok(s) => Some(s),
-                    Err(e) => {
-                        let _ = tx.blocking_send(Msg::Failed(e));
-                        return;
+            let (offset, length) = (chunk.offset, chunk.len());
+            let (segments, seal) = match &secret {
+                // Sealing encrypts the chunk in place, as one buffer.
+                Some(secret) => {
+                    let mut data = chunk.into_contiguous();
+                    match sealing::seal(secret, &mut data) {
+                        Ok(s) => (vec![data], Some(s)),
+                        Err(e) => {
+                            let _ = tx.blocking_send(Msg::Failed(e));
+                            return;
+                        }
                     }
-                },
-                None => None,
+                }
+                None => (chunk.data, None),
             };
-            let id = ChunkId::of(&data);
-            // The memory the chunk holds is its buffer, which has room for the average
-            // chunk plus a read whatever this chunk's length.
-            let kib = (data.capacity().div_ceil(1024) as u32).clamp(1, budget_kib);
+            let id = ChunkId::of_pieces(segments.iter().map(Vec::as_slice));
+            // The memory the chunk holds is its segments (the last one maybe partly used).
+            let held: usize = segments.iter().map(Vec::capacity).sum();
+            let kib = (held.div_ceil(1024) as u32).clamp(1, budget_kib);
             let Ok(permit) = rt.block_on(budget.clone().acquire_many_owned(kib)) else {
                 return;
             };
@@ -188,9 +192,9 @@ fn produce(
             let msg = Msg::Chunk {
                 file,
                 seq,
-                offset: chunk.offset,
+                offset,
                 id,
-                data: collective_core::buffers::into_bytes(data),
+                data: segments.into_iter().map(collective_core::buffers::into_bytes).collect(),
                 seal,
                 permit,
             };
@@ -286,7 +290,7 @@ impl Client {
                                     if f.refs.len() <= seq {
                                         f.refs.resize(seq + 1, None);
                                     }
-                                    let size = data.len() as u64;
+                                    let size = payload_len(&data);
                                     match chunks.get_mut(&id) {
                                         Some(ChunkState::Stored(nodes)) => {
                                             f.refs[seq] = Some(ChunkRef { id: id.0.to_vec().into(), offset, size, stored_on: nodes.to_vec(), seal: Default::default() });
@@ -316,7 +320,7 @@ impl Client {
                         }
                         for (path, to_plan) in groups {
                             let req = PlanWriteRequest {
-                                chunks: to_plan.iter().map(|(id, d, _, _)| ChunkDesc { id: id.0.to_vec().into(), size: d.len() as u64 }).collect(),
+                                chunks: to_plan.iter().map(|(id, d, _, _)| ChunkDesc { id: id.0.to_vec().into(), size: payload_len(d) }).collect(),
                                 path,
                             };
                             let plan = self.meta().plan_write(req).await.map_err(ClientError::status)?.into_inner();
@@ -331,13 +335,13 @@ impl Client {
                                 }
                                 in_flight += 1;
                                 report.chunks_sent += 1;
-                                report.bytes_sent += data.len() as u64;
+                                report.bytes_sent += payload_len(&data);
                                 let client = self.chunks.clone();
                                 let meta = self.meta();
                                 let done_tx = done_tx.clone();
                                 let label = files[file].remote.to_string();
                                 tokio::spawn(async move {
-                                    let result = store_chunk(&client, meta, id, data, placement, &label).await;
+                                    let result = store_chunk(&client, meta, id, &data, placement, &label).await;
                                     drop(permit);
                                     let _ = done_tx.send(Uploaded { id, result });
                                 });
@@ -464,7 +468,7 @@ pub(crate) async fn store_chunk(
     client: &collective_dataplane::ChunkClient,
     mut meta: collective_proto::v1::metadata_client::MetadataClient<tonic::transport::Channel>,
     id: ChunkId,
-    data: Bytes,
+    data: &[Bytes],
     placement: ChunkPlacement,
     file: &str,
 ) -> Result<Vec<String>, ClientError> {
@@ -476,7 +480,6 @@ pub(crate) async fn store_chunk(
     let mut errors: Vec<String> = Vec::new();
     for _round in 0..MAX_UPLOAD_ROUNDS {
         let puts = targets.iter().map(|t| {
-            let data = data.clone();
             let token = token.clone();
             async move {
                 // Another member's node comes with its own token, signed by its coordinator.
@@ -503,7 +506,7 @@ pub(crate) async fn store_chunk(
         }
         let req = ReplaceTargetRequest {
             id: id.0.to_vec().into(),
-            size: data.len() as u64,
+            size: payload_len(data),
             avoid: avoid.clone(),
             count: (wanted - stored.len()) as u32,
             path: file.to_string(),
@@ -534,4 +537,9 @@ fn datastore_of(path: &str) -> &str {
 }
 
 /// A chunk waiting for a write plan: id, bytes, its memory permit, index of its file.
-type ToPlan = (ChunkId, Bytes, OwnedSemaphorePermit, usize);
+type ToPlan = (ChunkId, Vec<Bytes>, OwnedSemaphorePermit, usize);
+
+/// Length of a chunk held in pieces.
+fn payload_len(data: &[Bytes]) -> u64 {
+    data.iter().map(|b| b.len() as u64).sum()
+}

@@ -18,6 +18,15 @@ impl ChunkId {
         ChunkId(*blake3::hash(data).as_bytes())
     }
 
+    /// The id of the bytes of `pieces` one after another (as if they were one buffer).
+    pub fn of_pieces<'a>(pieces: impl IntoIterator<Item = &'a [u8]>) -> Self {
+        let mut h = blake3::Hasher::new();
+        for p in pieces {
+            h.update(p);
+        }
+        ChunkId(*h.finalize().as_bytes())
+    }
+
     /// Parses an id from raw bytes, as carried in protobuf messages.
     pub fn from_slice(b: &[u8]) -> Option<Self> {
         <[u8; CHUNK_ID_LEN]>::try_from(b).ok().map(ChunkId)
@@ -66,5 +75,14 @@ mod tests {
         assert_eq!(ChunkId::from_hex(&id.to_hex()), Some(id));
         assert_eq!(ChunkId::from_hex("zz"), None);
         assert_eq!(ChunkId::from_slice(&[1, 2, 3]), None);
+    }
+
+    #[test]
+    fn the_id_of_pieces_is_the_id_of_their_bytes_together() {
+        let data: Vec<u8> = (0..70_000u32).map(|i| (i * 31 % 251) as u8).collect();
+        let whole = ChunkId::of(&data);
+        assert_eq!(ChunkId::of_pieces([&data[..]]), whole);
+        assert_eq!(ChunkId::of_pieces([&data[..1], &data[1..65_536], &data[65_536..]]), whole);
+        assert_ne!(ChunkId::of_pieces([&data[1..]]), whole);
     }
 }

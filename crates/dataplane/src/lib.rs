@@ -507,8 +507,10 @@ impl ChunkClient {
         r
     }
 
-    /// Sends one chunk to one node; returns once the node has stored it durably.
-    pub async fn put(&self, target: &NodeTarget, id: &ChunkId, data: Bytes, token: &[u8]) -> Result<(), DataError> {
+    /// Sends one chunk to one node; returns once the node has stored it durably. The chunk
+    /// is the bytes of `data` one after another (the pieces it was read into, sent as they
+    /// are).
+    pub async fn put(&self, target: &NodeTarget, id: &ChunkId, data: &[Bytes], token: &[u8]) -> Result<(), DataError> {
         self.guarded(target, self.put_once(target, id, data, token)).await
     }
 
@@ -573,15 +575,18 @@ impl ChunkClient {
         .await
     }
 
-    async fn put_once(&self, target: &NodeTarget, id: &ChunkId, data: Bytes, token: &[u8]) -> Result<(), DataError> {
+    async fn put_once(&self, target: &NodeTarget, id: &ChunkId, data: &[Bytes], token: &[u8]) -> Result<(), DataError> {
         let terr = |detail: String| DataError::Transfer {
             node: target.node.clone(),
             detail: explain_connection_error(&detail),
         };
         let (mut send, mut recv) = self.open(target).await?;
-        let req = request(ChunkOp::Put, id, data.len() as u64, token)?;
+        let len = data.iter().map(|b| b.len() as u64).sum();
+        let req = request(ChunkOp::Put, id, len, token)?;
         write_frame(&mut send, &req).await.map_err(|e| terr(e.to_string()))?;
-        send.write_chunk(data).await.map_err(|e| terr(e.to_string()))?;
+        for piece in data {
+            send.write_chunk(piece.clone()).await.map_err(|e| terr(e.to_string()))?;
+        }
         let _ = send.finish();
         let resp: ChunkResponse = read_frame(&mut recv).await.map_err(terr)?;
         check_status(&target.node, id, &resp)

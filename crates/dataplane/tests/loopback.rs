@@ -70,7 +70,9 @@ async fn chunks_between_processes_on_one_machine_travel_in_64_kib_datagrams() {
         node: "node-01@alice.collective.local".into(),
         addr,
     };
-    chunks.put(&target, &id, data.clone(), &[]).await.unwrap();
+    // Sent in the uneven pieces it might have been read into: the node gets them as one.
+    let pieces = [data.slice(..1 << 20), data.slice(1 << 20..3_000_001), data.slice(3_000_001..)];
+    chunks.put(&target, &id, &pieces, &[]).await.unwrap();
     chunks.close().await;
 
     let (received, mtu, bytes, datagrams) = served.await.unwrap();

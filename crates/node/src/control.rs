@@ -127,7 +127,7 @@ impl NodeControl for Control {
                     let to = target(&q.to_node, &q.to_addr)?;
                     state
                         .peers
-                        .put(&to, &id, data, &q.to_token)
+                        .put(&to, &id, std::slice::from_ref(&data), &q.to_token)
                         .await
                         .map(|_| n)
                         .map_err(|e| Status::unavailable(format!("sending chunk {} to {}: {e}", id.short(), q.to_node)))
