@@ -78,9 +78,8 @@ impl Chunk {
 /// stopped when more arrives: each byte is hashed once, and only what was read past a
 /// boundary is copied (into the next chunk).
 ///
-/// A chunk is held in segments of a fixed size (a quarter of the average chunk, at most
-/// 1 MiB), each filled before the next is started, rather than in one buffer grown to the
-/// chunk's length: chunks vary from a quarter to four times the average, and a buffer that
+/// A chunk is held in segments of a fixed size ([`segment_size`]), each filled before the
+/// next is started, rather than in one buffer grown to the chunk's length: chunks vary from a quarter to four times the average, and a buffer that
 /// grows takes fresh pages, which cost a page fault each (a 500 MB put faulted 30,000 times,
 /// about 0.1 core-s). Segments of one size are reused from `collective_core::buffers`
 /// whatever the chunk's length, and memory is the chunk being cut, whatever the stream.
@@ -225,7 +224,7 @@ impl<R: std::io::Read> Chunker<R> {
     /// buffer); the stream may turn out longer or shorter.
     pub fn new(source: R, params: ChunkParams, size_hint: Option<u64>) -> Chunker<R> {
         debug_assert!(params.min.is_multiple_of(2) && params.avg.is_multiple_of(2) && params.max.is_multiple_of(2));
-        let seg_size = (params.avg / 4).clamp(16 * KIB, MIB);
+        let seg_size = segment_size(params);
         let (mask_s, mask_l) = fastcdc::v2020::select_masks(params.avg, fastcdc::v2020::Normalization::Level1);
         let (g, g_ls) = fastcdc::v2020::get_gear_with_seed(0);
         let (mut gear, mut gear_ls) = ([0u64; 256], [0u64; 256]);
@@ -360,6 +359,13 @@ impl<R: std::io::Read> Chunker<R> {
     }
 }
 
+/// Bytes per segment: a quarter of the average chunk, at most 1 MiB (a chunk of a large file
+/// is then four to sixteen segments), and at least 64 KiB, so a small file is one segment
+/// and goes out as one piece. Even, as the scan needs.
+fn segment_size(params: ChunkParams) -> usize {
+    (params.avg / 4).clamp(64 * KIB, MIB)
+}
+
 /// An empty segment of `seg_size` bytes for bytes from stream offset `at` on, or as many as
 /// the stream's expected size leaves, plus one (so its end shows without a read into a
 /// grown buffer).
@@ -457,7 +463,7 @@ mod tests {
             let check = |chunks: Vec<Chunk>, how: &str| {
                 let got: Vec<(u64, usize)> = chunks.iter().map(|c| (c.offset, c.len())).collect();
                 assert_eq!(got, expected, "{size} bytes, {how}");
-                let seg_size = (p.avg / 4).clamp(16 * KIB, MIB);
+                let seg_size = segment_size(p);
                 for c in &chunks {
                     assert_eq!(c.data.concat(), data[c.offset as usize..c.offset as usize + c.len()]);
                     let (last, whole) = c.data.split_last().expect("a chunk has a segment");
