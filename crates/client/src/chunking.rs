@@ -79,9 +79,9 @@ impl Chunk {
 /// boundary is copied (into the next chunk).
 ///
 /// A chunk is held in segments of a fixed size ([`segment_size`]), each filled before the
-/// next is started, rather than in one buffer grown to the chunk's length: chunks vary from a quarter to four times the average, and a buffer that
-/// grows takes fresh pages, which cost a page fault each (a 500 MB put faulted 30,000 times,
-/// about 0.1 core-s). Segments of one size are reused from `collective_core::buffers`
+/// next is started, rather than in one buffer grown to the chunk's length: chunks vary
+/// from a quarter to four times the average, and a buffer that grows takes fresh pages,
+/// which cost a page fault each (a 500 MB put faulted 30,000 times, about 0.1 core-s). Segments of one size are reused from `collective_core::buffers`
 /// whatever the chunk's length, and memory is the chunk being cut, whatever the stream.
 pub struct Chunker<R> {
     source: R,
