@@ -59,6 +59,8 @@ pub struct ChunkStore {
     /// Large chunks are written with `O_DIRECT` (see [`DirectStage`]) until the file
     /// system refuses it once.
     direct: AtomicBool,
+    /// Leaf directories made but whose entries are not yet known to be durable.
+    young: std::sync::Mutex<std::collections::HashSet<PathBuf>>,
 }
 
 fn fsync_dir(path: &Path) -> Result<(), StoreError> {
@@ -88,6 +90,21 @@ impl ChunkStore {
         }
         let (mut used, mut count) = (0u64, 0u64);
         let chunks = root.join("chunks");
+        // All 256 top-level fan-out directories, made (and made durable) once, so that a
+        // chunk's publication only ever adds a leaf directory.
+        let mut made = false;
+        for b in 0..=255u8 {
+            let l1 = chunks.join(format!("{b:02x}"));
+            match fs::create_dir(&l1) {
+                Ok(()) => made = true,
+                Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
+                Err(e) => return Err(StoreError::Io { path: l1, source: e }),
+            }
+        }
+        if made {
+            fsync_dir(&chunks)?;
+            fsync_dir(root)?;
+        }
         for l1 in fs::read_dir(&chunks).map_err(io_err(&chunks))?.flatten() {
             for l2 in fs::read_dir(l1.path()).map_err(io_err(&l1.path()))?.flatten() {
                 for f in fs::read_dir(l2.path()).map_err(io_err(&l2.path()))?.flatten() {
@@ -105,6 +122,7 @@ impl ChunkStore {
             count: AtomicU64::new(count),
             tmp_seq: AtomicU64::new(0),
             direct: AtomicBool::new(true),
+            young: Default::default(),
         })
     }
 
@@ -216,14 +234,44 @@ impl ChunkStore {
         }
         drop(f);
         let dir = dest.parent().unwrap_or(&self.root);
+        // The top-level fan-out directories exist from `open` on; a leaf is made when its
+        // first chunk arrives, and its own entry is made durable after the chunk's (where
+        // the file system journals metadata, one flush then covers both). Until then the
+        // leaf is young: a chunk published into it meanwhile makes the entry durable too.
+        let mut made = false;
         if !dir.exists() {
-            fs::create_dir_all(dir).map_err(io_err(dir))?;
-            if let Some(p) = dir.parent() {
-                fsync_dir(p)?;
+            // Made and marked young under the lock: whoever finds the leaf and then checks
+            // whether it is young sees it so.
+            let mut young = self.young_leaves();
+            match fs::create_dir(dir) {
+                Ok(()) => {
+                    young.insert(dir.to_path_buf());
+                    made = true;
+                }
+                Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
+                Err(e) => {
+                    return Err(StoreError::Io {
+                        path: dir.to_path_buf(),
+                        source: e,
+                    });
+                }
             }
         }
-        fs::rename(tmp, dest).map_err(io_err(dest))?;
-        fsync_dir(dir)
+        let published = fs::rename(tmp, dest)
+            .map_err(io_err(dest))
+            .and_then(|()| fsync_dir(dir))
+            .and_then(|()| match dir.parent() {
+                Some(parent) if made || self.young_leaves().contains(dir) => fsync_dir(parent),
+                _ => Ok(()),
+            });
+        if made && published.is_ok() {
+            self.young_leaves().remove(dir);
+        }
+        published
+    }
+
+    fn young_leaves(&self) -> std::sync::MutexGuard<'_, std::collections::HashSet<PathBuf>> {
+        self.young.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
     /// The size of a stored chunk (`None` if it is not here). Where large chunks are read
@@ -864,6 +912,39 @@ mod tests {
             assert_eq!(h.finalize(), blake3::hash(&data), "pieces of {sizes:?}");
         }
         assert_eq!(RunHasher::default().finalize(), blake3::hash(b""));
+    }
+
+    #[test]
+    fn top_level_fan_out_exists_from_the_start_and_leaves_are_made_on_demand() {
+        let dir = tmpdir("fanout");
+        let s = ChunkStore::open(&dir, 1 << 30).unwrap();
+        assert_eq!(fs::read_dir(dir.join("chunks")).unwrap().count(), 256);
+        // Two chunks that share a leaf, and one more elsewhere.
+        let mut ids = Vec::new();
+        let mut n = 0u32;
+        while ids.len() < 2 {
+            let data = n.to_le_bytes();
+            let id = ChunkId::of(&data);
+            if ids.is_empty() || s.path_of(&id).parent() == s.path_of(&ids[0]).parent() {
+                s.put(&id, &data).unwrap();
+                ids.push(id);
+            }
+            n += 1;
+        }
+        assert_eq!(s.put(&ChunkId::of(b"other"), b"other").unwrap(), Put::Stored);
+        for id in &ids {
+            assert_eq!(s.get(id).unwrap().len(), 4);
+        }
+        assert!(
+            s.young_leaves().is_empty(),
+            "every leaf made is durable once its chunk is published"
+        );
+        drop(s);
+        // Reopening an existing store changes nothing and finds the chunks.
+        let s = ChunkStore::open(&dir, 1 << 30).unwrap();
+        assert_eq!(s.chunk_count(), 3);
+        assert_eq!(fs::read_dir(dir.join("chunks")).unwrap().count(), 256);
+        fs::remove_dir_all(&dir).ok();
     }
 
     #[test]
