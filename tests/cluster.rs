@@ -462,3 +462,48 @@ fn a_get_that_waits_for_memory_has_nodes_read_ahead_and_stays_byte_exact() {
         .sum();
     assert!(prefetched >= 1.0, "no node was asked to read ahead");
 }
+
+/// The scheduling policy of a process (field 41 of /proc/PID/stat).
+fn sched_policy(pid: u32) -> u32 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).expect("read stat");
+    let after_comm = stat.rsplit_once(')').expect("stat has a command name").1;
+    after_comm
+        .split_whitespace()
+        .nth(38)
+        .and_then(|v| v.parse().ok())
+        .expect("stat has a policy")
+}
+
+#[test]
+fn every_process_runs_under_batch_scheduling_and_a_bad_setting_is_refused() {
+    let c = Cluster::start("sched", 1, 1);
+    if std::env::var_os("COLLECTIVE_CPU_SCHEDULING").is_none() {
+        for proc in [c.proc("coordinator"), c.nodes()[0].clone()] {
+            assert_eq!(
+                sched_policy(proc.pid),
+                libc::SCHED_BATCH as u32,
+                "{} runs under SCHED_BATCH",
+                proc.principal
+            );
+        }
+    }
+    let out = c
+        .cmd()
+        .env("COLLECTIVE_CPU_SCHEDULING", "fast")
+        .args(["ls", "/"])
+        .output()
+        .expect("run collective");
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("COLLECTIVE_CPU_SCHEDULING is 'fast'") && err.contains("'batch' or 'normal'"),
+        "{err}"
+    );
+    let out = c
+        .cmd()
+        .env("COLLECTIVE_CPU_SCHEDULING", "normal")
+        .args(["ls", "/"])
+        .output()
+        .expect("run collective");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+}
