@@ -169,12 +169,12 @@ const CPU_SCHEDULING_ENV: &str = "COLLECTIVE_CPU_SCHEDULING";
 ///
 /// Moving chunks is bulk work passed between a few threads in each of several processes
 /// (client, nodes, coordinator) on few cores. Under the default policy every wake-up of
-/// one of them preempts whatever runs on that core, and a large put on two cores was
-/// preempted some 8,000 times, each costing a switch and a cache refill. A batch thread
-/// that wakes waits for an idle core or the end of the running thread's slice instead; it
-/// is otherwise scheduled like any other (same nice level, same share), and it leaves the
-/// machine's interactive programs alone. Must run before any thread starts: threads
-/// inherit the policy.
+/// one of them preempts whatever runs on that core: a 500 MB put on two cores was
+/// preempted some 7,500 times (client and nodes), each costing a switch and a cache
+/// refill. A batch thread that wakes waits for an idle core or the end of the running
+/// thread's slice instead; it is otherwise scheduled like any other (same nice level, same
+/// share), and it leaves the machine's interactive programs alone. Must run before any
+/// thread starts: threads inherit the policy.
 fn set_cpu_scheduling() -> anyhow::Result<()> {
     let batch = match std::env::var(CPU_SCHEDULING_ENV) {
         Err(_) => true,
