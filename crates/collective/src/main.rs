@@ -161,6 +161,11 @@ const MMAP_THRESHOLD: libc::c_int = 1 << 20;
 /// glibc from raising it along with the one above).
 const TRIM_THRESHOLD: libc::c_int = 4 << 20;
 
+/// Threads a node keeps for blocking work (chunk file writes, flushes and reads). Each
+/// costs memory (its stack and allocator caches); without a bound, 1,000 small files put
+/// at once had a node running 140 threads and its peak RSS rose by 5–10 MB.
+const NODE_BLOCKING_THREADS: usize = 32;
+
 /// Environment variable choosing the Linux scheduling policy of every Collective process:
 /// `batch` (the default) or `normal`.
 const CPU_SCHEDULING_ENV: &str = "COLLECTIVE_CPU_SCHEDULING";
@@ -223,7 +228,11 @@ fn main() -> ExitCode {
         eprintln!("error: {e:#}");
         return ExitCode::FAILURE;
     }
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let mut builder = tokio::runtime::Builder::new_multi_thread();
+    if matches!(cli.command, Command::Node(servers::NodeCli { command: None, .. })) {
+        builder.max_blocking_threads(NODE_BLOCKING_THREADS);
+    }
+    let runtime = match builder.enable_all().build() {
         Ok(r) => r,
         Err(e) => {
             eprintln!("error: cannot start the async runtime: {e}");
