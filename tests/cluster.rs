@@ -487,23 +487,20 @@ fn every_process_runs_under_batch_scheduling_and_a_bad_setting_is_refused() {
             );
         }
     }
-    let out = c
-        .cmd()
-        .env("COLLECTIVE_CPU_SCHEDULING", "fast")
-        .args(["ls", "/"])
-        .output()
-        .expect("run collective");
+    let ls_with = |setting: &str| {
+        c.cmd()
+            .env("COLLECTIVE_CPU_SCHEDULING", setting)
+            .args(["ls", "/"])
+            .output()
+            .expect("run collective")
+    };
+    let out = ls_with("fast");
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(
         err.contains("COLLECTIVE_CPU_SCHEDULING is 'fast'") && err.contains("'batch' or 'normal'"),
         "{err}"
     );
-    let out = c
-        .cmd()
-        .env("COLLECTIVE_CPU_SCHEDULING", "normal")
-        .args(["ls", "/"])
-        .output()
-        .expect("run collective");
+    let out = ls_with("normal");
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
 }
