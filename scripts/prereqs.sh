@@ -16,6 +16,12 @@ command -v promtool >/dev/null && command -v prometheus >/dev/null || need+=(pro
 # and delay or drop packets between them through a netfilter queue (iptables-legacy).
 command -v ip >/dev/null || need+=(iproute2)
 command -v iptables-legacy >/dev/null || need+=(iptables)
+# The deploy tests parse deploy/compose/compose.yaml with PyYAML (they check the systemd
+# units with systemd-analyze where systemd is installed, and skip that where it is not).
+# PyYAML goes to the python3 on the PATH (which need not be Debian's).
+if ! python3 -c 'import yaml' 2>/dev/null; then
+  python3 -m pip install -q pyyaml 2>/dev/null || need+=(python3-yaml)
+fi
 if [ ${#need[@]} -gt 0 ]; then
   echo "installing: ${need[*]}"
   SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO="sudo"
