@@ -72,6 +72,13 @@ fn three_members_converge_from_one_bootstrap_and_detect_a_dead_coordinator() {
     // Her datastore is unreachable, with an error that says so.
     let err = fed.fails_as("bob", &["ls", "/shared"]);
     assert!(err.contains("carol"), "{err}");
+    // bob's datastore list still names it, and says why his rights there are unknown.
+    let ls = fed.ok_as("bob", &["datastore", "ls"]);
+    let shared = ls
+        .lines()
+        .find(|l| l.starts_with("/shared "))
+        .unwrap_or_else(|| panic!("no /shared:\n{ls}"));
+    assert!(shared.ends_with("(member unreachable)"), "{ls}");
 
     // Restart her with alice as her only bootstrap peer: alive again everywhere, her
     // datastore back in the catalog.
@@ -108,6 +115,32 @@ fn grants_let_bob_read_refuse_carol_and_stop_working_when_expired_or_revoked() {
     let back = fed.path("bob.jpg");
     fed.ok_as("bob", &["get", "/media/photo.jpg", p(&back)]);
     assert_eq!(std::fs::read(&back).unwrap(), data);
+
+    // `datastore ls` through bob's coordinator asks alice what bob may do on her /media:
+    // his own rights, and no one else's grants.
+    let rights_on_media = |user: &str| {
+        let ls = fed.ok_as(user, &["datastore", "ls"]);
+        let line = ls
+            .lines()
+            .find(|l| l.starts_with("/media "))
+            .unwrap_or_else(|| panic!("no /media for {user}:\n{ls}"));
+        line.split_whitespace().last().unwrap().to_string()
+    };
+    assert_eq!(rights_on_media("bob"), "read");
+    let v: serde_json::Value = serde_json::from_str(&fed.ok_as("bob", &["datastore", "ls", "--json"])).unwrap();
+    let media = v["datastores"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|d| d["path"] == "/media")
+        .cloned()
+        .unwrap();
+    assert_eq!(media["member"], fed.member("alice").domain.as_str(), "{v}");
+    assert_eq!(media["my_rights"], "read", "{v}");
+    assert_eq!(media["my_rights_unknown"], "", "{v}");
+    assert_eq!(media["grants"], serde_json::json!([]), "bob may not see the grants of /media: {v}");
+    // carol holds nothing there, and is told so rather than "ask its member".
+    assert_eq!(rights_on_media("carol"), "none");
 
     // bob may only read.
     let err = fed.fails_as("bob", &["put", p(&src), "/media/mine.jpg"]);

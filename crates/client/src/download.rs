@@ -281,7 +281,12 @@ impl Client {
 }
 
 /// Fetches one chunk and decrypts it when sealed.
-async fn fetch_chunk(chunks: &ChunkClient, meta: &MetadataClient<Channel>, loc: &ChunkLocation, file: &str) -> Result<Bytes, ClientError> {
+async fn fetch_chunk(
+    chunks: &Arc<ChunkClient>,
+    meta: &MetadataClient<Channel>,
+    loc: &ChunkLocation,
+    file: &str,
+) -> Result<Bytes, ClientError> {
     let stored = fetch_stored(chunks, meta, loc, file).await?;
     open_chunk(loc, stored, file)
 }
@@ -322,25 +327,104 @@ fn replica_target<'a>(loc: &'a ChunkLocation, replica: &'a NodeAddr) -> Option<(
     Some((target, token))
 }
 
-/// Fetches one chunk's stored bytes (verified against its id), trying each replica in
-/// turn; reports replicas that are corrupt or missing so the coordinator can repair them.
+/// A chunk's replicas that have an address, with their tokens, in the order to try them
+/// (see [`ChunkClient::hedged_order`]); those without one are noted in `errors`.
+async fn replicas_in_order<'a>(chunks: &Arc<ChunkClient>, loc: &'a ChunkLocation, errors: &mut Vec<String>) -> Vec<(NodeTarget, &'a [u8])> {
+    let mut usable = Vec::with_capacity(loc.replicas.len());
+    for replica in &loc.replicas {
+        match replica_target(loc, replica) {
+            Some(t) => usable.push(t),
+            None => errors.push(format!("{}: no known address", replica.node)),
+        }
+    }
+    let targets: Vec<NodeTarget> = usable.iter().map(|(t, _)| t.clone()).collect();
+    let order = chunks.hedged_order(&targets).await;
+    let mut slots: Vec<Option<(NodeTarget, &[u8])>> = usable.into_iter().map(Some).collect();
+    order.into_iter().filter_map(|i| slots.get_mut(i).and_then(Option::take)).collect()
+}
+
+/// How long a whole-chunk read waits for its first replica before it asks a second one
+/// too: the hedge delay plus the time the chunk takes at a slow disk's pace.
+fn hedge_after(size: u64) -> std::time::Duration {
+    collective_dataplane::HEDGE_AFTER + std::time::Duration::from_secs_f64(size as f64 / HEDGE_SLOW_BYTES_PER_SEC)
+}
+
+/// The pace below which a replica counts as slow (a disk in trouble, a busy node).
+const HEDGE_SLOW_BYTES_PER_SEC: f64 = 20e6;
+
+/// Fetches one chunk's stored bytes (verified against its id). The replica most likely to
+/// answer goes first; when it is slow a second one is asked too (one extra request at
+/// most) and the first good answer wins; then the rest in turn. Reports replicas that are
+/// corrupt or missing so the coordinator can repair them.
 pub(crate) async fn fetch_stored(
-    chunks: &ChunkClient,
+    chunks: &Arc<ChunkClient>,
     meta: &MetadataClient<Channel>,
     loc: &ChunkLocation,
     file: &str,
 ) -> Result<Bytes, ClientError> {
     let id = ChunkId::from_slice(&loc.id).ok_or_else(|| ClientError::Other("the coordinator sent a malformed chunk id".into()))?;
     let mut errors = Vec::new();
-    for replica in &loc.replicas {
-        let Some((target, token)) = replica_target(loc, replica) else {
-            errors.push(format!("{}: no known address", replica.node));
-            continue;
+    let replicas = replicas_in_order(chunks, loc, &mut errors).await;
+    let size_ok = |node: &str, data: Bytes, errors: &mut Vec<String>| {
+        if data.len() as u64 == loc.size {
+            Some(data)
+        } else {
+            errors.push(format!("{node}: returned {} bytes, expected {}", data.len(), loc.size));
+            None
+        }
+    };
+    let mut rest = replicas.iter();
+    if let Some((first, token)) = rest.next() {
+        let a = chunks.get(first, &id, token);
+        tokio::pin!(a);
+        // The second replica is asked only when the first is slow; an early answer, good
+        // or bad, leaves the rest to the loop below.
+        let (a_result, second) = match tokio::time::timeout(hedge_after(loc.size), &mut a).await {
+            Ok(r) => (Some(r), None),
+            Err(_) => match rest.next() {
+                Some(second) => (None, Some(second)),
+                None => (Some((&mut a).await), None),
+            },
         };
-        match chunks.get(&target, &id, token).await {
-            Ok(data) if data.len() as u64 == loc.size => return Ok(data),
-            Ok(data) => errors.push(format!("{}: returned {} bytes, expected {}", replica.node, data.len(), loc.size)),
-            Err(e) => replica_failed(meta, loc, &id, &replica.node, e, &mut errors),
+        if let Some(r) = a_result {
+            match r {
+                Ok(data) => {
+                    if let Some(d) = size_ok(&first.node, data, &mut errors) {
+                        return Ok(d);
+                    }
+                }
+                Err(e) => replica_failed(meta, loc, &id, &first.node, e, &mut errors),
+            }
+        }
+        if let Some((second, token2)) = second {
+            tracing::debug!(chunk = %id.short(), slow = %first.node, also = %second.node, "slow replica: asking another");
+            let b = chunks.get(second, &id, token2);
+            tokio::pin!(b);
+            let (mut a_done, mut b_done) = (false, false);
+            while !(a_done && b_done) {
+                let (node, r) = tokio::select! {
+                    r = &mut a, if !a_done => { a_done = true; (&first.node, r) }
+                    r = &mut b, if !b_done => { b_done = true; (&second.node, r) }
+                };
+                match r {
+                    Ok(data) => {
+                        if let Some(d) = size_ok(node, data, &mut errors) {
+                            return Ok(d);
+                        }
+                    }
+                    Err(e) => replica_failed(meta, loc, &id, node, e, &mut errors),
+                }
+            }
+        }
+    }
+    for (target, token) in rest {
+        match chunks.get(target, &id, token).await {
+            Ok(data) => {
+                if let Some(d) = size_ok(&target.node, data, &mut errors) {
+                    return Ok(d);
+                }
+            }
+            Err(e) => replica_failed(meta, loc, &id, &target.node, e, &mut errors),
         }
     }
     Err(unreadable(loc, &id, file, errors))
@@ -356,7 +440,15 @@ fn replica_failed(
     e: collective_dataplane::DataError,
     errors: &mut Vec<String>,
 ) {
-    tracing::warn!(chunk = %id.short(), node = %node, "chunk read failed: {e}");
+    // A node that cannot be reached is logged once, by its circuit breaker, not per chunk.
+    if matches!(
+        e,
+        collective_dataplane::DataError::Connect { .. } | collective_dataplane::DataError::Skipped { .. }
+    ) {
+        tracing::debug!(chunk = %id.short(), node = %node, "chunk read failed: {e}");
+    } else {
+        tracing::warn!(chunk = %id.short(), node = %node, "chunk read failed: {e}");
+    }
     if e.is_bad_replica() {
         let mut meta = meta.clone();
         let req = ReportBadReplicaRequest {
@@ -398,7 +490,7 @@ const STAGES_IN_FLIGHT: usize = 4;
 /// range (the file is a temporary one until every chunk has arrived, so unverified bytes
 /// are never visible). Returns the bytes written.
 async fn stream_chunk(
-    chunks: &ChunkClient,
+    chunks: &Arc<ChunkClient>,
     meta: &MetadataClient<Channel>,
     loc: &ChunkLocation,
     file_name: &str,
@@ -408,15 +500,11 @@ async fn stream_chunk(
 ) -> Result<u64, ClientError> {
     let id = ChunkId::from_slice(&loc.id).ok_or_else(|| ClientError::Other("the coordinator sent a malformed chunk id".into()))?;
     let mut errors = Vec::new();
-    for replica in &loc.replicas {
-        let Some((target, token)) = replica_target(loc, replica) else {
-            errors.push(format!("{}: no known address", replica.node));
-            continue;
-        };
+    for (target, token) in replicas_in_order(chunks, loc, &mut errors).await {
         match stream_from(chunks, &target, &id, token, loc.size, file, at, budget).await {
             Ok(()) => return Ok(loc.size),
-            Err(Streamed::Replica(e)) => replica_failed(meta, loc, &id, &replica.node, e, &mut errors),
-            Err(Streamed::Size(n)) => errors.push(format!("{}: announced {n} bytes, expected {}", replica.node, loc.size)),
+            Err(Streamed::Replica(e)) => replica_failed(meta, loc, &id, &target.node, e, &mut errors),
+            Err(Streamed::Size(n)) => errors.push(format!("{}: announced {n} bytes, expected {}", target.node, loc.size)),
             Err(Streamed::Local(e)) => return Err(ClientError::Other(format!("writing {file_name}: {e}"))),
         }
     }

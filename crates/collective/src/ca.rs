@@ -89,6 +89,13 @@ pub struct InitArgs {
     /// members join with `collective member join` instead
     #[arg(long)]
     root: Option<PathBuf>,
+    /// With --advertise: also issue the coordinator's and your own certificates and write
+    /// OUT/coordinator.toml and OUT/client.toml, ready to start
+    #[command(flatten)]
+    addrs: crate::setup::ServerAddrs,
+    /// Capacity offered to other members (with --root and --advertise), e.g. 500GiB
+    #[arg(long, default_value = "0")]
+    contribution: String,
 }
 
 #[derive(Args)]
@@ -142,6 +149,10 @@ pub fn init_with_root(member: &str, domain: &str, out: &Path, root_dir: &Path) -
 pub fn run(cmd: CaCommand) -> Result<()> {
     match cmd {
         CaCommand::Init(a) => {
+            let addrs = match &a.addrs.advertise {
+                Some(_) => Some(a.addrs.resolve(a.root.is_some())?),
+                None => None,
+            };
             let ca = match &a.root {
                 None => MemberCa::init(&a.member, &a.domain, &a.out)?,
                 Some(root_dir) => init_with_root(&a.member, &a.domain, &a.out, root_dir)?,
@@ -152,10 +163,20 @@ pub fn run(cmd: CaCommand) -> Result<()> {
                 "  private key: {} (keep it safe; never copy it off this machine)",
                 a.out.join("ca.key").display()
             );
-            println!(
-                "next: collective ca issue --ca {} --role coordinator --name coordinator --san <host> --out <dir>",
-                a.out.display()
-            );
+            let Some(addrs) = addrs else {
+                println!(
+                    "next: collective ca issue --ca {} --role coordinator --name coordinator --san <host> --out <dir>",
+                    a.out.display()
+                );
+                return Ok(());
+            };
+            let federation = a.root.as_ref().map(|root| crate::setup::FederationPart {
+                bootstrap: vec![],
+                root_dir: Some(std::path::absolute(root).unwrap_or_else(|_| root.clone())),
+                contribution: a.contribution.clone(),
+            });
+            let w = crate::setup::write_member(&a.out, &ca, &a.out, &ca.member, &addrs, federation)?;
+            crate::setup::print_written(&w, &addrs, &a.out);
         }
         CaCommand::Issue(a) => {
             let ca = MemberCa::load(&a.ca).with_context(|| format!("cannot load the member CA in {}", a.ca.display()))?;
@@ -203,7 +224,6 @@ pub fn run(cmd: CaCommand) -> Result<()> {
         CaCommand::Inspect { file } => {
             let pem = std::fs::read_to_string(&file).with_context(|| format!("cannot read {}", file.display()))?;
             let info = CertInfo::from_pem(&pem).with_context(|| format!("{} is not a certificate", file.display()))?;
-            let fmt = |t: OffsetDateTime| t.format(&Rfc3339).unwrap_or_else(|_| t.to_string());
             let now = OffsetDateTime::now_utc();
             let state = if now < info.not_before {
                 "not yet valid".to_string()
@@ -229,8 +249,8 @@ pub fn run(cmd: CaCommand) -> Result<()> {
                 );
             }
             println!("issuer:      {}", info.issuer);
-            println!("not before:  {}", fmt(info.not_before));
-            println!("not after:   {}", fmt(info.not_after));
+            println!("not before:  {}", time_text(info.not_before));
+            println!("not after:   {}", time_text(info.not_after));
             println!("status:      {state}");
             println!(
                 "SANs:        {}",
@@ -252,6 +272,11 @@ fn load_ca(dir: &Path) -> Result<MemberCa> {
 
 fn rfc3339_text(t: OffsetDateTime) -> String {
     t.format(&Rfc3339).unwrap_or_else(|_| t.to_string())
+}
+
+/// A time for people, as every command prints them.
+fn time_text(t: OffsetDateTime) -> String {
+    collective_core::format_time_ms((t.unix_timestamp_nanos() / 1_000_000) as i64)
 }
 
 /// Adds a certificate of the CA in `ca` to its revocation list; false if already there.
@@ -318,7 +343,7 @@ fn rotate(a: RotateArgs) -> Result<()> {
     } else {
         println!("  private key: {} (unchanged)", key_path.display());
     }
-    println!("  valid until: {}", rfc3339_text(new.not_after));
+    println!("  valid until: {}", time_text(new.not_after));
     println!("  replaces:    sha256:{}", old.fingerprint);
     if a.revoke_old {
         let who = issued.principal.to_string();

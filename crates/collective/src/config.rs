@@ -73,8 +73,9 @@ pub fn client_config(o: &ClientOverrides) -> Result<ClientConfig> {
         _ => {
             if o.cert.is_none() {
                 anyhow::bail!(
-                    "no client configuration: pass --config FILE (or set COLLECTIVE_CONFIG), or give --coordinator, --ca, --cert and --key. \
-                     For a local cluster, `collective dev up --dir DIR` writes DIR/client.toml"
+                    "no client configuration: pass --config FILE (or set COLLECTIVE_CONFIG), pick one with --context NAME \
+                     (`collective context list`; `collective invite redeem` adds one), or give --coordinator, --ca, --cert and --key. \
+                     A throwaway local test cluster from `collective dev up --dir DIR` has its config in DIR/client.toml"
                 );
             }
             ClientConfig::default()

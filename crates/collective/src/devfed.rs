@@ -198,10 +198,12 @@ async fn start_all(
                     code: r.code,
                     name: name.to_string(),
                     out: member_dir.clone(),
-                    grpc_listen: grpc.clone(),
-                    http_listen: http.clone(),
-                    gossip_listen: gossip.clone(),
-                    san: if host == "127.0.0.1" { vec![] } else { vec![host.to_string()] },
+                    addrs: crate::setup::ServerAddrs::local(
+                        &grpc,
+                        &http,
+                        &gossip,
+                        if host == "127.0.0.1" { vec![] } else { vec![host.to_string()] },
+                    ),
                     contribution: a.contribution.clone(),
                 })
                 .await

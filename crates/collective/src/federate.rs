@@ -6,9 +6,8 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, Result, bail};
 use clap::{Args, Subcommand};
 use collective_client::{Client, ClientConfig};
-use collective_coordinator::{CoordinatorConfig, FederationConfig};
-use collective_core::{Principal, Role, parse_duration, unix_ms_now};
-use collective_pki::{FederationRoot, InviteCode, InviteCodeKind, IssueRequest, MemberCa, TlsIdentity, new_csr, write_private_file};
+use collective_core::{Principal, parse_duration, unix_ms_now};
+use collective_pki::{FederationRoot, InviteCode, InviteCodeKind, MemberCa, TlsIdentity, new_csr, write_private_file};
 use collective_proto::v1::bootstrap_client::BootstrapClient;
 use collective_proto::v1::{
     CreateDatastoreRequest, DatastoreInfo, GenerateInviteRequest, GrantInfo, GrantRequest, InviteInfo, JoinMemberRequest,
@@ -19,6 +18,7 @@ use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
 
 use crate::config::{ClientOverrides, client_config};
+use crate::table::{Align, Table};
 
 fn connect(o: &ClientOverrides) -> Result<Client> {
     Ok(Client::connect(&client_config(o)?)?)
@@ -28,14 +28,12 @@ fn status(s: tonic::Status) -> anyhow::Error {
     anyhow::anyhow!(collective_rpc::explain_status("the coordinator", &s))
 }
 
+/// A time, or `-` for never/unknown (0).
 fn time_str(ms: i64) -> String {
     if ms <= 0 {
         return "-".into();
     }
-    OffsetDateTime::from_unix_timestamp_nanos(ms as i128 * 1_000_000)
-        .ok()
-        .and_then(|t| t.format(&Rfc3339).ok())
-        .unwrap_or_else(|| ms.to_string())
+    collective_core::format_time_ms(ms)
 }
 
 fn write_toml<T: serde::Serialize>(path: &Path, v: &T) -> Result<()> {
@@ -54,6 +52,15 @@ pub enum FederationCommand {
         /// Directory to write the root into
         #[arg(long)]
         out: PathBuf,
+        /// Also make your own member NAME (the founder): its CA signed by the new root,
+        /// certificates, OUT/coordinator.toml (holding the root) and OUT/client.toml
+        #[arg(long)]
+        member: Option<String>,
+        #[command(flatten)]
+        addrs: crate::setup::ServerAddrs,
+        /// Capacity offered to other members (with --member), e.g. 500GiB
+        #[arg(long, default_value = "0")]
+        contribution: String,
     },
     /// Every member, its gossip state and when it was last heard from
     Peers {
@@ -98,6 +105,46 @@ fn member_label(m: &PeerInfo) -> String {
     } else {
         m.member.clone()
     }
+}
+
+fn peers_table(r: &PeersResponse) -> Table {
+    let mut t = Table::new(&[
+        ("MEMBER", Align::Left),
+        ("STATE", Align::Left),
+        ("LAST SEEN", Align::Left),
+        ("NODES", Align::Right),
+        ("FREE", Align::Right),
+        ("DATASTORES", Align::Left),
+    ]);
+    for m in &r.members {
+        t.row(vec![
+            member_label(m),
+            m.state.clone(),
+            time_str(m.last_seen_ms),
+            m.nodes.to_string(),
+            collective_core::format_bytes(m.free_bytes),
+            m.datastores.join(" "),
+        ]);
+    }
+    t
+}
+
+fn usage_table(r: &PeersResponse) -> Table {
+    let mut t = Table::new(&[
+        ("MEMBER", Align::Left),
+        ("OFFERS", Align::Right),
+        ("USED BY OTHERS", Align::Right),
+        ("USES ELSEWHERE", Align::Right),
+    ]);
+    for m in &r.members {
+        t.row(vec![
+            member_label(m),
+            collective_core::format_bytes(m.contribution_bytes),
+            collective_core::format_bytes(m.hosted_bytes),
+            collective_core::format_bytes(m.used_elsewhere_bytes),
+        ]);
+    }
+    t
 }
 
 fn risk_json(r: &collective_proto::v1::RiskReport) -> serde_json::Value {
@@ -181,7 +228,24 @@ pub async fn federation(o: &ClientOverrides, cmd: FederationCommand) -> Result<(
             }
             Ok(())
         }
-        FederationCommand::Init { domain, out } => {
+        FederationCommand::Init {
+            domain,
+            out,
+            member,
+            addrs,
+            contribution,
+        } => {
+            let resolved = match &member {
+                Some(m) => {
+                    collective_core::validate_name(m)?;
+                    collective_core::parse_size(&contribution).with_context(|| format!("--contribution '{contribution}'"))?;
+                    Some(addrs.resolve(true)?)
+                }
+                None if addrs.advertise.is_some() || addrs.gossip_advertise.is_some() => {
+                    bail!("--advertise and --gossip-advertise describe your own member's coordinator: add --member NAME")
+                }
+                None => None,
+            };
             let root = FederationRoot::init(&domain, &out)?;
             println!("federation root for {} written to {}", root.domain, out.display());
             println!("  certificate: {}", out.join("root.crt").display());
@@ -189,11 +253,32 @@ pub async fn federation(o: &ClientOverrides, cmd: FederationCommand) -> Result<(
                 "  private key: {} (0600; never copy it to another machine)",
                 out.join("root.key").display()
             );
-            println!(
-                "next: set federation.root_dir = \"{}\" in your coordinator's config,",
-                out.display()
-            );
-            println!("      then invite members with `collective invite generate --member NAME`");
+            let (Some(name), Some(addrs)) = (member, resolved) else {
+                println!(
+                    "next: set federation.root_dir = \"{}\" in your coordinator's config,",
+                    out.display()
+                );
+                println!("      then invite members with `collective invite generate --member NAME`");
+                return Ok(());
+            };
+            let member_domain = collective_pki::member_domain(&name, &root.domain);
+            let ca_dir = out.join("ca");
+            let ca = crate::ca::init_with_root(&name, &member_domain, &ca_dir, &out)?;
+            let w = crate::setup::write_member(
+                &out,
+                &ca,
+                &ca_dir,
+                &name,
+                &addrs,
+                Some(crate::setup::FederationPart {
+                    bootstrap: vec![],
+                    root_dir: Some(out.clone()),
+                    contribution,
+                }),
+            )?;
+            println!("member CA for {member_domain} (signed by the root) written to {}", ca_dir.display());
+            crate::setup::print_written(&w, &addrs, &ca_dir);
+            println!("      and invite members with `collective invite generate --member NAME`");
             Ok(())
         }
         FederationCommand::Usage { json } => {
@@ -216,19 +301,7 @@ pub async fn federation(o: &ClientOverrides, cmd: FederationCommand) -> Result<(
                 println!("{}", serde_json::to_string_pretty(&serde_json::json!({ "members": members }))?);
                 return Ok(());
             }
-            println!(
-                "{:<30} {:>12} {:>16} {:>16}",
-                "MEMBER", "OFFERS", "USED BY OTHERS", "USES ELSEWHERE"
-            );
-            for m in &r.members {
-                println!(
-                    "{:<30} {:>12} {:>16} {:>16}",
-                    member_label(m),
-                    collective_core::format_bytes(m.contribution_bytes),
-                    collective_core::format_bytes(m.hosted_bytes),
-                    collective_core::format_bytes(m.used_elsewhere_bytes)
-                );
-            }
+            usage_table(&r).print();
             println!("(other members' figures are as they last gossiped them, up to half a minute old)");
             Ok(())
         }
@@ -259,21 +332,7 @@ pub async fn federation(o: &ClientOverrides, cmd: FederationCommand) -> Result<(
                 println!("{}", serde_json::to_string_pretty(&v)?);
                 return Ok(());
             }
-            println!(
-                "{:<28} {:<8} {:<26} {:>5} {:>10} DATASTORES",
-                "MEMBER", "STATE", "LAST SEEN", "NODES", "FREE"
-            );
-            for m in &r.members {
-                println!(
-                    "{:<28} {:<8} {:<26} {:>5} {:>10} {}",
-                    member_label(m),
-                    m.state,
-                    time_str(m.last_seen_ms),
-                    m.nodes,
-                    collective_core::format_bytes(m.free_bytes),
-                    m.datastores.join(" ")
-                );
-            }
+            peers_table(&r).print();
             if r.dropped_unauthenticated > 0 {
                 println!(
                     "{} gossip datagram(s) dropped (unauthenticated, or from removed members)",
@@ -545,18 +604,8 @@ pub struct JoinArgs {
     /// Directory for the CA, certificates and configs
     #[arg(long)]
     pub(crate) out: PathBuf,
-    /// gRPC address of the new coordinator
-    #[arg(long, default_value = "127.0.0.1:7000")]
-    pub(crate) grpc_listen: String,
-    /// HTTP (metrics, health) address of the new coordinator
-    #[arg(long, default_value = "127.0.0.1:9100")]
-    pub(crate) http_listen: String,
-    /// UDP gossip address of the new coordinator
-    #[arg(long, default_value = "127.0.0.1:7946")]
-    pub(crate) gossip_listen: String,
-    /// Extra host name or IP address for the coordinator certificate (repeatable)
-    #[arg(long)]
-    pub(crate) san: Vec<String>,
+    #[command(flatten)]
+    pub(crate) addrs: crate::setup::ServerAddrs,
     /// Bytes of capacity offered to other members, e.g. 500GiB
     #[arg(long, default_value = "0")]
     pub(crate) contribution: String,
@@ -575,15 +624,12 @@ pub async fn member(cmd: MemberCommand) -> Result<()> {
         MemberCommand::Join(a) => {
             let j = join(&a).await?;
             println!("joined the federation as {}", j.domain);
-            println!("  member CA:          {}", j.ca_dir.display());
-            println!("  coordinator config: {}", j.coordinator_config.display());
-            println!("  your client config: {}", j.client_config.display());
-            println!("next:");
-            println!("  collective coordinator --config {}", j.coordinator_config.display());
-            println!(
-                "  collective ca issue --ca {} --role node --name node-01 --san <host> --out <dir>   (then start nodes)",
-                j.ca_dir.display()
-            );
+            let addrs = a.addrs.resolve(true)?;
+            let w = crate::setup::Written {
+                coordinator_config: j.coordinator_config,
+                client_config: j.client_config,
+            };
+            crate::setup::print_written(&w, &addrs, &j.ca_dir);
             Ok(())
         }
     }
@@ -596,6 +642,9 @@ pub async fn join(a: &JoinArgs) -> Result<Joined> {
     }
     check_fresh(&code)?;
     collective_core::validate_name(&a.name)?;
+    // Before the code is used up: every address the others will be told must be reachable.
+    let addrs = a.addrs.resolve(true)?;
+    collective_core::parse_size(&a.contribution).with_context(|| format!("--contribution '{}'", a.contribution))?;
     let domain = collective_pki::member_domain(&a.name, &code.federation);
     let ca_dir = a.out.join("ca");
     let csr = MemberCa::begin_join(&a.name, &domain, &ca_dir)?;
@@ -614,60 +663,22 @@ pub async fn join(a: &JoinArgs) -> Result<Joined> {
         })?
         .into_inner();
     let ca = MemberCa::finish_join(&ca_dir, &r.member_ca_pem, &r.root_pem)?;
-    let certs = a.out.join("certs");
-    // A federated member CA may only name hosts in its own domain; IP addresses are fine.
-    let mut sans = vec!["127.0.0.1".to_string()];
-    sans.extend(a.san.iter().cloned());
-    let issue = |role: Role, name: &str| -> Result<(PathBuf, PathBuf)> {
-        Ok(ca.issue_to(
-            &IssueRequest {
-                role,
-                name: name.to_string(),
-                sans: sans.clone(),
-                not_before: None,
-                not_after: None,
-            },
-            &certs,
-        )?)
-    };
-    // Paths in the configs are relative to the configs' directory, so it can be moved.
-    let rel = |p: &Path| p.strip_prefix(&a.out).map(Path::to_path_buf).unwrap_or_else(|_| p.to_path_buf());
-    let (cert, key) = issue(Role::Coordinator, "coordinator")?;
-    let trust = certs.join("ca.crt");
-    let cfg = CoordinatorConfig {
-        data_dir: PathBuf::from("coordinator-data"),
-        grpc_listen: a.grpc_listen.clone(),
-        http_listen: a.http_listen.clone(),
-        ca_dir: rel(&ca_dir),
-        tls: collective_coordinator::TlsFiles {
-            ca: rel(&trust),
-            cert: rel(&cert),
-            key: rel(&key),
-        },
-        federation: FederationConfig {
-            gossip_listen: a.gossip_listen.clone(),
+    let written = crate::setup::write_member(
+        &a.out,
+        &ca,
+        &ca_dir,
+        &a.name,
+        &addrs,
+        Some(crate::setup::FederationPart {
             bootstrap: r.gossip_peers.clone(),
+            root_dir: None,
             contribution: a.contribution.clone(),
-            ..Default::default()
-        },
-        ..Default::default()
-    };
-    let coordinator_config = a.out.join("coordinator.toml");
-    write_toml(&coordinator_config, &cfg)?;
-    let (cert, key) = issue(Role::Client, &a.name)?;
-    let client = ClientConfig {
-        coordinator: a.grpc_listen.clone(),
-        ca: rel(&trust),
-        cert: rel(&cert),
-        key: rel(&key),
-        ..Default::default()
-    };
-    let client_config = a.out.join("client.toml");
-    write_toml(&client_config, &client)?;
+        }),
+    )?;
     Ok(Joined {
         domain,
-        coordinator_config,
-        client_config,
+        coordinator_config: written.coordinator_config,
+        client_config: written.client_config,
         ca_dir,
     })
 }
@@ -731,8 +742,41 @@ fn datastore_json(d: &DatastoreInfo) -> serde_json::Value {
     serde_json::json!({
         "path": d.path, "member": d.member, "owner": d.owner, "strategy": d.strategy,
         "replicas": d.replicas, "encrypted": d.encrypted, "created": time_str(d.created_ms),
-        "my_rights": d.my_rights, "grants": d.grants.iter().map(grant_json).collect::<Vec<_>>(),
+        "my_rights": d.my_rights, "my_rights_unknown": d.my_rights_unknown,
+        "grants": d.grants.iter().map(grant_json).collect::<Vec<_>>(),
     })
+}
+
+/// What `datastore ls` shows as the caller's rights on `d`.
+fn rights_label(d: &DatastoreInfo) -> String {
+    if !d.my_rights.is_empty() {
+        d.my_rights.clone()
+    } else if !d.my_rights_unknown.is_empty() {
+        format!("({})", d.my_rights_unknown)
+    } else {
+        // A coordinator that does not ask the owners.
+        "(ask its member)".into()
+    }
+}
+
+fn datastores_table(datastores: &[DatastoreInfo]) -> Table {
+    let mut t = Table::new(&[
+        ("DATASTORE", Align::Left),
+        ("MEMBER", Align::Left),
+        ("STRATEGY", Align::Left),
+        ("REPLICAS", Align::Right),
+        ("YOUR RIGHTS", Align::Left),
+    ]);
+    for d in datastores {
+        t.row(vec![
+            d.path.clone(),
+            d.member.clone(),
+            d.strategy.clone(),
+            d.replicas.to_string(),
+            rights_label(d),
+        ]);
+    }
+    t
 }
 
 pub async fn datastore(o: &ClientOverrides, cmd: DatastoreCommand) -> Result<()> {
@@ -759,14 +803,7 @@ pub async fn datastore(o: &ClientOverrides, cmd: DatastoreCommand) -> Result<()>
                 let v: Vec<_> = r.datastores.iter().map(datastore_json).collect();
                 println!("{}", serde_json::to_string_pretty(&serde_json::json!({ "datastores": v }))?);
             } else {
-                println!(
-                    "{:<20} {:<28} {:<8} {:>8}  YOUR RIGHTS",
-                    "DATASTORE", "MEMBER", "STRATEGY", "REPLICAS"
-                );
-                for d in &r.datastores {
-                    let rights = if d.my_rights.is_empty() { "(ask its member)" } else { &d.my_rights };
-                    println!("{:<20} {:<28} {:<8} {:>8}  {}", d.path, d.member, d.strategy, d.replicas, rights);
-                }
+                datastores_table(&r.datastores).print();
             }
         }
         DatastoreCommand::Info { path, json } => {
@@ -834,4 +871,44 @@ pub async fn datastore(o: &ClientOverrides, cmd: DatastoreCommand) -> Result<()>
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn peers_columns_line_up_with_long_member_names() {
+        let peer = |member: &str, local: bool, last_seen_ms: i64, nodes: u32| PeerInfo {
+            member: member.into(),
+            state: "alive".into(),
+            last_seen_ms,
+            local,
+            nodes,
+            free_bytes: 3 << 30,
+            datastores: vec!["/media".into()],
+            ..Default::default()
+        };
+        let r = PeersResponse {
+            members: vec![
+                peer("alice.collective.local", true, 1_796_314_805_100, 2),
+                peer("a-member-with-a-rather-long-name.example.org", false, 1_796_314_805_123, 12),
+                peer("bob.collective.local", false, 0, 0),
+            ],
+            ..Default::default()
+        };
+        let out = peers_table(&r).render();
+        let lines: Vec<&str> = out.lines().collect();
+        let at = |l: &str, s: &str| l.find(s).unwrap_or_else(|| panic!("no {s} in {out}"));
+        let seen = at(lines[0], "LAST SEEN");
+        assert_eq!(at(lines[1], "2026-12-03T16:20:05.100Z"), seen, "{out}");
+        assert_eq!(at(lines[2], "2026-12-03T16:20:05.123Z"), seen, "{out}");
+        let datastores = at(lines[0], "DATASTORES");
+        for l in &lines[1..] {
+            assert_eq!(at(l, "/media"), datastores, "{out}");
+        }
+        let usage = usage_table(&r).render();
+        let ends: Vec<usize> = usage.lines().map(|l| l.len()).collect();
+        assert!(ends.iter().all(|&e| e == ends[0]), "{usage}");
+    }
 }

@@ -8,7 +8,7 @@ use std::time::Instant;
 use anyhow::{Context, Result, bail};
 use clap::Args;
 use collective_client::{Client, Progress, Source};
-use collective_core::{RemotePath, format_bytes, validate_path};
+use collective_core::{RemotePath, format_bytes, format_time_ms, validate_path};
 use collective_proto::v1::{CertificateStatus, FileAttr, FileKind, StatusResponse};
 use serde_json::json;
 
@@ -335,13 +335,6 @@ fn mode_str(a: &FileAttr) -> String {
     s
 }
 
-fn time_str(ms: i64) -> String {
-    time::OffsetDateTime::from_unix_timestamp_nanos(ms as i128 * 1_000_000)
-        .ok()
-        .and_then(|t| t.format(&time::format_description::well_known::Rfc3339).ok())
-        .unwrap_or_else(|| "-".into())
-}
-
 fn attr_json(a: &FileAttr) -> serde_json::Value {
     json!({
         "path": a.path,
@@ -349,7 +342,7 @@ fn attr_json(a: &FileAttr) -> serde_json::Value {
         "type": kind_str(a),
         "size": a.size,
         "mode": format!("{:o}", a.mode),
-        "mtime": time_str(a.mtime_ms),
+        "mtime": format_time_ms(a.mtime_ms),
         "owner": a.owner,
         "chunks": if is_dir(a) { 0 } else { a.chunks },
         "entries": if is_dir(a) { a.chunks } else { 0 },
@@ -385,7 +378,7 @@ pub async fn ls(o: &ClientOverrides, a: LsArgs) -> Result<()> {
                 mode_str(e),
                 e.owner,
                 e.size,
-                time_str(e.mtime_ms)
+                format_time_ms(e.mtime_ms)
             );
         } else {
             println!("{name}{suffix}");
@@ -443,7 +436,7 @@ pub async fn stat(o: &ClientOverrides, a: StatArgs) -> Result<()> {
     println!("size:     {} ({})", attr.size, format_bytes(attr.size));
     println!("mode:     {} ({:o})", mode_str(&attr), attr.mode);
     println!("owner:    {}", attr.owner);
-    println!("modified: {}", time_str(attr.mtime_ms));
+    println!("modified: {}", format_time_ms(attr.mtime_ms));
     if is_dir(&attr) {
         println!("entries:  {}", attr.chunks);
     } else {
@@ -493,7 +486,7 @@ fn status_json(s: &StatusResponse, mine: &Option<CertificateStatus>) -> serde_js
             "used_bytes": n.used_bytes,
             "free_bytes": n.free_bytes,
             "chunks": n.chunks,
-            "last_seen": if n.last_seen_ms > 0 { json!(time_str(n.last_seen_ms)) } else { json!(null) },
+            "last_seen": if n.last_seen_ms > 0 { json!(format_time_ms(n.last_seen_ms)) } else { json!(null) },
             "message": n.message,
         })).collect::<Vec<_>>(),
         "data": {
@@ -518,6 +511,9 @@ fn status_json(s: &StatusResponse, mine: &Option<CertificateStatus>) -> serde_js
             "failed_copies": repair.failed_copies,
             "rate_bytes_per_sec": repair.rate_bytes_per_sec,
             "estimate_seconds": if repair.estimate_seconds >= 0 { json!(repair.estimate_seconds) } else { json!(null) },
+            "estimate": crate::upkeep::estimate_str(&repair),
+            "blocked_reason": repair.blocked_reason,
+            "unknown_chunks": repair.unknown_chunks,
         },
         "garbage": {
             "reclaimable_chunks": s.reclaimable_chunks,
@@ -526,12 +522,12 @@ fn status_json(s: &StatusResponse, mine: &Option<CertificateStatus>) -> serde_js
         "members": s.members.iter().map(|m| json!({
             "member": m.member,
             "state": m.state,
-            "last_seen": if m.last_seen_ms > 0 { json!(time_str(m.last_seen_ms)) } else { json!(null) },
+            "last_seen": if m.last_seen_ms > 0 { json!(format_time_ms(m.last_seen_ms)) } else { json!(null) },
         })).collect::<Vec<_>>(),
         "certificates": certificates(s, mine).iter().map(|c| json!({
             "principal": c.principal,
             "role": c.role,
-            "not_after": time_str(c.not_after_ms),
+            "not_after": format_time_ms(c.not_after_ms),
             "days_to_expiry": days_until(c.not_after_ms),
         })).collect::<Vec<_>>(),
         "warnings": warnings(s, mine),
@@ -585,6 +581,14 @@ fn warnings(s: &StatusResponse, mine: &Option<CertificateStatus>) -> Vec<String>
             s.under_replicated_chunks, s.replication
         ));
     }
+    if let Some(r) = &s.repair {
+        if !r.blocked_reason.is_empty() {
+            w.push(format!("repair is blocked: {}", r.blocked_reason));
+        }
+        if r.unknown_chunks > 0 {
+            w.push(crate::upkeep::unknown_line(r));
+        }
+    }
     for n in s
         .nodes
         .iter()
@@ -603,7 +607,7 @@ fn print_status(s: &StatusResponse, mine: &Option<CertificateStatus>) {
         println!("members ({alive} of {} others alive):", s.members.len());
         for m in &s.members {
             let seen = if m.last_seen_ms > 0 {
-                time_str(m.last_seen_ms)
+                format_time_ms(m.last_seen_ms)
             } else {
                 "never".into()
             };
@@ -651,7 +655,7 @@ fn print_status(s: &StatusResponse, mine: &Option<CertificateStatus>) {
         s.replication, s.under_replicated_chunks, s.unreadable_chunks
     );
     if let Some(r) = s.repair.as_ref().filter(|_| s.under_replicated_chunks + s.unreadable_chunks > 0) {
-        let eta = format!(", estimate {}", crate::upkeep::duration_str(r.estimate_seconds));
+        let eta = format!(", estimate {}", crate::upkeep::estimate_str(r));
         println!(
             "repair: {} at risk; {} chunk(s) ({}) copied so far at {}/s{eta}",
             format_bytes(s.bytes_at_risk),

@@ -14,6 +14,8 @@ mod netem;
 mod netns;
 mod observe;
 mod servers;
+mod setup;
+mod table;
 mod upkeep;
 
 use std::path::PathBuf;

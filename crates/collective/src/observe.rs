@@ -4,7 +4,7 @@
 use anyhow::{Context, Result};
 use clap::Args;
 use collective_client::Client;
-use collective_core::{parse_duration, unix_ms_now};
+use collective_core::{format_time_ms, parse_duration, unix_ms_now};
 use collective_proto::v1::{AuditRequest, ClusterEvent, EventsRequest};
 use serde_json::json;
 use time::OffsetDateTime;
@@ -38,13 +38,6 @@ pub struct AuditArgs {
     json: bool,
 }
 
-fn time_str(ms: i64) -> String {
-    OffsetDateTime::from_unix_timestamp_nanos(ms as i128 * 1_000_000)
-        .ok()
-        .and_then(|t| t.format(&Rfc3339).ok())
-        .unwrap_or_else(|| ms.to_string())
-}
-
 fn status(s: tonic::Status) -> anyhow::Error {
     anyhow::anyhow!(collective_rpc::explain_status("the coordinator", &s))
 }
@@ -52,7 +45,7 @@ fn status(s: tonic::Status) -> anyhow::Error {
 fn event_json(e: &ClusterEvent) -> serde_json::Value {
     json!({
         "seq": e.seq,
-        "time": time_str(e.at_ms),
+        "time": format_time_ms(e.at_ms),
         "kind": e.kind,
         "severity": e.severity,
         "subject": e.subject,
@@ -77,7 +70,7 @@ pub async fn events(o: &ClientOverrides, a: EventsArgs) -> Result<()> {
         if a.json {
             println!("{}", event_json(&e));
         } else {
-            println!("{}  {:<8} {:<17} {}", time_str(e.at_ms), e.severity, e.kind, e.message);
+            println!("{}  {:<8} {:<17} {}", format_time_ms(e.at_ms), e.severity, e.kind, e.message);
         }
     }
     if !any && !a.json {
@@ -115,7 +108,7 @@ pub async fn audit(o: &ClientOverrides, a: AuditArgs) -> Result<()> {
             .iter()
             .map(|e| {
                 json!({
-                    "time": time_str(e.at_ms),
+                    "time": format_time_ms(e.at_ms),
                     "principal": e.principal,
                     "op": e.op,
                     "target": e.target,
@@ -139,7 +132,7 @@ pub async fn audit(o: &ClientOverrides, a: AuditArgs) -> Result<()> {
         };
         println!(
             "{}  {:<36} {:<16} {:<6} {}{detail}",
-            time_str(e.at_ms),
+            format_time_ms(e.at_ms),
             e.principal,
             e.op,
             e.result,

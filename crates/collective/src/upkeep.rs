@@ -7,7 +7,9 @@ use anyhow::{Result, bail};
 use clap::Subcommand;
 use collective_client::Client;
 use collective_core::format_bytes;
-use collective_proto::v1::{DrainStatus, NodeRequest, RepairStatusRequest, RepairStatusResponse, ScrubReport, StartScrubRequest};
+use collective_proto::v1::{
+    CollectUnknownRequest, DrainStatus, NodeRequest, RepairStatusRequest, RepairStatusResponse, ScrubReport, StartScrubRequest,
+};
 use serde_json::json;
 
 use crate::config::{ClientOverrides, client_config};
@@ -24,6 +26,19 @@ fn status(s: tonic::Status) -> anyhow::Error {
 pub enum RepairCommand {
     /// Chunks and bytes at risk, repair progress and an estimate
     Status {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Delete chunks on this member's nodes that the metadata has no record of (see
+    /// `repair status`), once you are sure they are garbage: only those first seen longer
+    /// ago than --older-than (never less than upkeep.gc_grace) and still unknown
+    CollectUnknown {
+        /// Only chunks first seen at least this long ago, e.g. 7d
+        #[arg(long, default_value = "0s")]
+        older_than: String,
+        /// Count what would be deleted, delete nothing
+        #[arg(long)]
+        dry_run: bool,
         #[arg(long)]
         json: bool,
     },
@@ -56,6 +71,26 @@ pub fn duration_str(secs: i64) -> String {
     }
 }
 
+/// "blocked", "about 3 min", "unknown (…)", "nothing to do".
+pub fn estimate_str(r: &RepairStatusResponse) -> String {
+    if !r.blocked_reason.is_empty() && r.under_replicated_chunks + r.unreadable_chunks > 0 {
+        "blocked".into()
+    } else {
+        duration_str(r.estimate_seconds)
+    }
+}
+
+/// The words for chunks on our nodes the metadata does not know.
+pub fn unknown_line(r: &RepairStatusResponse) -> String {
+    format!(
+        "{} chunk(s) on {} are unknown to this coordinator's metadata and are kept (after a restore of an older metadata copy they may be files stored since); {} of them seen for longer than {} s can be deleted with `collective repair collect-unknown`",
+        r.unknown_chunks,
+        r.unknown_nodes.join(", "),
+        r.unknown_collectable,
+        r.gc_grace_seconds
+    )
+}
+
 fn repair_json(r: &RepairStatusResponse) -> serde_json::Value {
     json!({
         "under_replicated_chunks": r.under_replicated_chunks,
@@ -69,6 +104,12 @@ fn repair_json(r: &RepairStatusResponse) -> serde_json::Value {
         "queued_chunks": r.queued_chunks,
         "rate_bytes_per_sec": r.rate_bytes_per_sec,
         "estimate_seconds": if r.estimate_seconds >= 0 { json!(r.estimate_seconds) } else { json!(null) },
+        "estimate": estimate_str(r),
+        "blocked_reason": r.blocked_reason,
+        "blocked_chunks": r.blocked_chunks,
+        "unknown_chunks": r.unknown_chunks,
+        "unknown_collectable": r.unknown_collectable,
+        "unknown_nodes": r.unknown_nodes,
         "lost_nodes": r.lost_nodes,
         "waiting_nodes": r.waiting_nodes,
         "draining_nodes": r.draining_nodes,
@@ -93,7 +134,13 @@ fn print_repair(r: &RepairStatusResponse) {
             r.unreadable_chunks,
             format_bytes(r.unreadable_bytes)
         );
-        println!("estimate: {}", duration_str(r.estimate_seconds));
+        println!("estimate: {}", estimate_str(r));
+    }
+    if !r.blocked_reason.is_empty() {
+        println!("blocked: {} ({} chunk(s) in the last round)", r.blocked_reason, r.blocked_chunks);
+    }
+    if r.unknown_chunks > 0 {
+        println!("unknown: {}", unknown_line(r));
     }
     for n in &r.waiting_nodes {
         println!(
@@ -102,7 +149,11 @@ fn print_repair(r: &RepairStatusResponse) {
         );
     }
     for n in &r.lost_nodes {
-        println!("lost: {n} has been down past the grace period; its copies are being replaced");
+        if r.blocked_reason.is_empty() {
+            println!("lost: {n} has been down past the grace period; its copies are being replaced");
+        } else {
+            println!("lost: {n} has been down past the grace period; its copies cannot be replaced yet (see blocked)");
+        }
     }
     for n in &r.draining_nodes {
         println!("draining: {n}");
@@ -126,7 +177,10 @@ fn print_repair(r: &RepairStatusResponse) {
 }
 
 pub async fn repair(o: &ClientOverrides, c: RepairCommand) -> Result<()> {
-    let RepairCommand::Status { json } = c;
+    let json = match c {
+        RepairCommand::Status { json } => json,
+        RepairCommand::CollectUnknown { older_than, dry_run, json } => return collect_unknown(o, &older_than, dry_run, json).await,
+    };
     let client = connect(o)?;
     let r = client
         .upkeep()
@@ -138,6 +192,53 @@ pub async fn repair(o: &ClientOverrides, c: RepairCommand) -> Result<()> {
         println!("{}", serde_json::to_string_pretty(&repair_json(&r))?);
     } else {
         print_repair(&r);
+    }
+    Ok(())
+}
+
+async fn collect_unknown(o: &ClientOverrides, older_than: &str, dry_run: bool, json: bool) -> Result<()> {
+    let age = collective_core::parse_duration(older_than)?;
+    let r = connect(o)?
+        .upkeep()
+        .collect_unknown(CollectUnknownRequest {
+            min_age_ms: age.as_millis() as u64,
+            dry_run,
+        })
+        .await
+        .map_err(status)?
+        .into_inner();
+    if json {
+        let v = json!({
+            "deleted_chunks": r.deleted_chunks,
+            "kept_chunks": r.kept_chunks,
+            "nodes": r.nodes,
+            "failed_chunks": r.failed_chunks,
+            "errors": r.errors,
+            "dry_run": dry_run,
+        });
+        println!("{}", serde_json::to_string_pretty(&v)?);
+        if r.failed_chunks > 0 {
+            bail!("{} unknown chunk(s) could not be deleted; they stay recorded", r.failed_chunks);
+        }
+        return Ok(());
+    }
+    let verb = if dry_run { "would delete" } else { "deleted" };
+    println!(
+        "{verb} {} unknown chunk(s){}; kept {} (too recent, known again, or on a node that is down)",
+        r.deleted_chunks,
+        if r.nodes.is_empty() {
+            String::new()
+        } else {
+            format!(" from {}", r.nodes.join(", "))
+        },
+        r.kept_chunks
+    );
+    if r.failed_chunks > 0 {
+        bail!(
+            "{} unknown chunk(s) could not be deleted and stay recorded ({}); run it again once the node answers",
+            r.failed_chunks,
+            r.errors.join("; ")
+        );
     }
     Ok(())
 }

@@ -2,6 +2,7 @@
 //! Calls about another member's datastore are forwarded to its owner, which decides.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use collective_core::{Grant, Principal, RemotePath, Rights, Subject, parse_grant_spec, unix_ms_now, validate_path};
 use collective_meta::{DatastoreRecord, InviteKind, InviteRecord};
@@ -21,6 +22,12 @@ use crate::state::{State, meta_status};
 pub const STRATEGIES: [&str; 3] = ["media", "backup", "hybrid"];
 const MAX_REPLICAS: u32 = 8;
 const MAX_INVITE_USES: u32 = 10_000;
+/// How long a datastore listing waits for another member to say what the caller may do on
+/// its datastores; one that has not answered by then shows as unreachable, so a dead
+/// member does not stall `collective datastore ls`.
+const OWNER_RIGHTS_TIMEOUT: Duration = Duration::from_secs(2);
+/// What a listing says instead of the rights another member did not tell in time.
+const MEMBER_UNREACHABLE: &str = "member unreachable";
 
 pub struct AdminService {
     pub state: Arc<State>,
@@ -99,6 +106,7 @@ impl AdminService {
             grants,
             my_rights: rights.to_string(),
             encrypted: d.strategy != "media",
+            my_rights_unknown: String::new(),
         })
     }
 
@@ -108,6 +116,26 @@ impl AdminService {
         match self.state.remote_owner(top)? {
             Some(member) => Ok(Some(AdminClient::new(self.state.peer_channel(&member)?))),
             None => Ok(None),
+        }
+    }
+
+    /// `member`'s own datastores as it lists them for `who` (with `who`'s rights there), or
+    /// why it could not tell. Only the datastores `who` may see come back.
+    async fn owner_listing(&self, member: &str, who: &Principal) -> Result<Vec<DatastoreInfo>, String> {
+        let why = |s: &Status| {
+            tracing::debug!(member, "could not ask for {who}'s rights on its datastores: {}", s.message());
+            match s.code() {
+                tonic::Code::PermissionDenied | tonic::Code::Unauthenticated => "member refused to tell".to_string(),
+                _ => MEMBER_UNREACHABLE.to_string(),
+            }
+        };
+        let channel = self.state.peer_channel(member).map_err(|s| why(&s))?;
+        let mut req = collective_rpc::forwarded(ListDatastoresRequest {}, who);
+        req.set_timeout(OWNER_RIGHTS_TIMEOUT);
+        match tokio::time::timeout(OWNER_RIGHTS_TIMEOUT, AdminClient::new(channel).list_datastores(req)).await {
+            Ok(Ok(r)) => Ok(r.into_inner().datastores.into_iter().filter(|d| d.member == member).collect()),
+            Ok(Err(s)) => Err(why(&s)),
+            Err(_) => Err(why(&Status::deadline_exceeded("no answer in time"))),
         }
     }
 
@@ -142,14 +170,29 @@ impl Admin for AdminService {
                 out.push(self.datastore_info(&d, &who)?);
             }
         }
-        // Other members' catalogs, as gossip carries them; their owners decide access.
+        // Other members' catalogs, as gossip carries them. Their owners decide access, so
+        // the caller's rights there come from asking each owner, all at once. Only for our
+        // own users: a listing forwarded by another member does not fan out again.
         if let Some(fed) = self.state.fed() {
-            for s in fed.gossip.states() {
-                if s.member == self.state.domain {
-                    continue;
+            let members: Vec<_> = fed
+                .gossip
+                .states()
+                .into_iter()
+                .filter(|s| s.member != self.state.domain && !s.datastores.is_empty())
+                .collect();
+            let ask = who.domain == self.state.domain;
+            let who = &who;
+            let answers = futures::future::join_all(members.iter().map(|s| async move {
+                if ask {
+                    Some(self.owner_listing(&s.member, who).await)
+                } else {
+                    None
                 }
+            }))
+            .await;
+            for (s, answer) in members.iter().zip(answers) {
                 for d in &s.datastores {
-                    out.push(DatastoreInfo {
+                    let mut info = DatastoreInfo {
                         path: format!("/{}", d.name),
                         owner: d.owner.clone(),
                         member: s.member.clone(),
@@ -157,7 +200,17 @@ impl Admin for AdminService {
                         replicas: d.replicas,
                         encrypted: d.strategy != "media",
                         ..Default::default()
-                    });
+                    };
+                    match &answer {
+                        Some(Ok(theirs)) => match theirs.iter().find(|t| t.path == info.path) {
+                            Some(t) => info = t.clone(),
+                            // The owner lists a datastore only to whoever holds a grant in it.
+                            None => info.my_rights = Rights::NONE.to_string(),
+                        },
+                        Some(Err(why)) => info.my_rights_unknown = why.clone(),
+                        None => {}
+                    }
+                    out.push(info);
                 }
             }
         }
@@ -318,7 +371,7 @@ impl Admin for AdminService {
         for p in fed.gossip.peers() {
             let mut info = PeerInfo {
                 member: p.member.clone(),
-                state: p.state.as_str().into(),
+                state: p.label().into(),
                 last_seen_ms: p.last_seen_ms as i64,
                 gossip_addr: p.gossip_addr.map(|a| a.to_string()).unwrap_or_default(),
                 ..Default::default()

@@ -91,12 +91,9 @@ impl Events {
     }
 }
 
-/// A time for people: RFC 3339 in UTC.
+/// A time for people: RFC 3339 in UTC, in milliseconds (as the CLI prints them).
 pub fn time_str(ms: u64) -> String {
-    time::OffsetDateTime::from_unix_timestamp_nanos(ms as i128 * 1_000_000)
-        .ok()
-        .and_then(|t| t.format(&time::format_description::well_known::Rfc3339).ok())
-        .unwrap_or_else(|| ms.to_string())
+    collective_core::format_time_ms(ms.min(i64::MAX as u64) as i64)
 }
 
 /// Turns periodic observations ("node n is up") into events on changes.

@@ -151,6 +151,7 @@ impl State {
             hosted_bytes: self.meta.hosted_usage().map(|(t, _)| t).unwrap_or(0),
             used_elsewhere_bytes: self.used_elsewhere_cached(),
             removals: self.removals(),
+            stopped_ms: 0,
         }
     }
 

@@ -17,6 +17,7 @@ mod metrics;
 mod observe;
 mod registry;
 mod removal;
+mod repair_plan;
 mod server;
 mod state;
 mod upkeep;

@@ -711,7 +711,12 @@ impl Metadata for MetadataService {
                 // Bytes of this plan each node is asked first for.
                 let mut load: std::collections::HashMap<String, u64> = std::collections::HashMap::new();
                 for (i, (c, (id, _, replicas, remote))) in manifest.into_iter().zip(chunks).enumerate() {
-                    let mut local: Vec<String> = replicas.into_iter().filter(|n| member_of(n) == self.state.domain).collect();
+                    let local: Vec<String> = replicas.into_iter().filter(|n| member_of(n) == self.state.domain).collect();
+                    // Nodes we know are down go last: tried only if every live copy fails.
+                    let (mut local, down): (Vec<String>, Vec<String>) = {
+                        let nodes = self.state.lock_nodes();
+                        local.into_iter().partition(|n| nodes.get(n).is_some_and(|e| self.state.is_up(e)))
+                    };
                     // First the replica with the least of this file so far, so that every
                     // stretch of the file is read from all nodes evenly (ties rotate).
                     if !local.is_empty() {
@@ -721,12 +726,16 @@ impl Metadata for MetadataService {
                         local[..=first].rotate_right(1);
                         *load.entry(local[0].clone()).or_default() += c.size;
                     }
+                    local.extend(down.iter().cloned());
                     let token = self
                         .state
                         .signer
                         .sign(TokenOp::Get, &id, &local, &caller, c.size, self.state.token_ttl);
-                    let mut addrs = self.state.addrs(&local);
+                    // Live copies (ours, then other members'), then ours we know are down.
+                    let up = local.len() - down.len();
+                    let mut addrs = self.state.addrs(&local[..up]);
                     addrs.extend(remote);
+                    addrs.extend(self.state.addrs(&down));
                     let seal = self.state.meta.seal(&id).map_err(meta_status)?;
                     locations.push(ChunkLocation {
                         id: id.0.to_vec().into(),
@@ -929,8 +938,8 @@ pub fn status_report(state: &State) -> Result<StatusResponse, Status> {
                 .peers()
                 .into_iter()
                 .map(|p| MemberStatus {
+                    state: p.label().into(),
                     member: p.member,
-                    state: p.state.as_str().into(),
                     last_seen_ms: p.last_seen_ms as i64,
                 })
                 .collect()

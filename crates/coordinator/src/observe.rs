@@ -93,6 +93,14 @@ impl Observe for ObserveService {
             }
         });
         let stream = futures::StreamExt::chain(past, live);
+        let what = if follow { "events follower" } else { "events listing" };
+        let stream = collective_rpc::until_shutdown(
+            stream,
+            self.state.stopping.subscribe(),
+            &self.state.busy,
+            what,
+            &self.state.principal,
+        );
         Ok(Response::new(Box::pin(stream)))
     }
 
@@ -175,11 +183,16 @@ pub async fn watch(state: Arc<State>) {
         if let Some(fed) = state.fed() {
             let peers = fed.gossip.peers();
             for p in &peers {
-                let st = p.state.as_str();
+                let st = p.label();
                 if !members.changed(&p.member, st, "alive") {
                     continue;
                 }
                 let (kind, severity, text) = match p.state {
+                    collective_gossip::PeerState::Down if p.stopped_ms > 0 => (
+                        "member-stopped",
+                        Severity::Warning,
+                        "stopped: its coordinator shut down cleanly; its datastores are unreachable until it is back",
+                    ),
                     collective_gossip::PeerState::Alive => ("member-alive", Severity::Info, "is alive"),
                     collective_gossip::PeerState::Suspect => {
                         ("member-suspect", Severity::Warning, "is suspected down (missed gossip probes)")

@@ -35,6 +35,9 @@ const MAX_MESSAGE_BYTES: usize = 64 << 20;
 /// How often audit entries past their retention are deleted.
 const AUDIT_PRUNE_EVERY: Duration = Duration::from_secs(3600);
 const GAUGE_REFRESH: Duration = Duration::from_secs(5);
+/// How long calls in flight may take to finish after SIGTERM before their connections are
+/// closed; with the flush, a coordinator stops within 10 s whatever is attached.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(7);
 
 #[derive(Debug, thiserror::Error)]
 pub enum CoordinatorError {
@@ -79,11 +82,16 @@ async fn start_federation(
     let contribution = parse_size(&cfg.contribution).map_err(|e| CoordinatorError::Config(format!("federation.contribution: {e}")))?;
     let listen =
         collective_rpc::resolve(&cfg.gossip_listen).map_err(|e| CoordinatorError::Config(format!("federation.gossip_listen: {e}")))?;
-    let advertise = if cfg.gossip_advertise.is_empty() {
-        listen
-    } else {
-        collective_rpc::resolve(&cfg.gossip_advertise).map_err(|e| CoordinatorError::Config(format!("federation.gossip_advertise: {e}")))?
-    };
+    let advertise = collective_rpc::advertised(
+        "federation.gossip_advertise",
+        &cfg.gossip_advertise,
+        "federation.gossip_listen",
+        &cfg.gossip_listen,
+        None,
+    )
+    .map_err(CoordinatorError::Config)?;
+    let advertise = collective_rpc::resolve(&advertise.to_string())
+        .map_err(|e| CoordinatorError::Config(format!("federation.gossip_advertise: {e}")))?;
     let bootstrap = cfg
         .bootstrap
         .iter()
@@ -105,7 +113,9 @@ async fn start_federation(
     let fed = Federated {
         domain,
         gossip,
-        gossip_addr: bound.to_string(),
+        // What others send to: the advertised address, with the bound port if it was 0.
+        gossip_addr: std::net::SocketAddr::new(advertise.ip(), if advertise.port() == 0 { bound.port() } else { advertise.port() })
+            .to_string(),
         root,
         contribution,
     };
@@ -175,11 +185,9 @@ pub async fn run(cfg: CoordinatorConfig, shutdown: impl Future<Output = ()> + Se
     let grpc_listen = collective_rpc::resolve(&cfg.grpc_listen).map_err(|e| CoordinatorError::Config(format!("grpc_listen: {e}")))?;
     let server_tls = identity.server_config_optional_client(collective_pki::ALPN_GRPC)?;
     let (grpc_addr, incoming) = collective_rpc::tls_incoming_with(server_tls, grpc_listen).await?;
-    let advertise_grpc = if cfg.advertise_grpc.is_empty() {
-        grpc_addr.to_string()
-    } else {
-        cfg.advertise_grpc.clone()
-    };
+    let advertise_grpc = collective_rpc::advertised_bound("advertise_grpc", &cfg.advertise_grpc, "grpc_listen", grpc_addr)
+        .map_err(CoordinatorError::Config)?
+        .to_string();
     let upkeep = crate::upkeep::UpkeepSettings::from_config(&cfg.upkeep).map_err(CoordinatorError::Config)?;
     let state = Arc::new(State::new(
         identity.clone(),
@@ -196,10 +204,12 @@ pub async fn run(cfg: CoordinatorConfig, shutdown: impl Future<Output = ()> + Se
         upkeep,
     )?);
 
-    let (stop_tx, stop_rx) = watch::channel(false);
+    let stop_rx = state.stopping.subscribe();
+    let stopper = state.clone();
     tokio::spawn(async move {
         shutdown.await;
-        let _ = stop_tx.send(true);
+        tracing::info!("shutting down: ending streams, finishing calls in flight, then flushing the metadata");
+        stopper.stopping.send_replace(true);
     });
     let stopped = |mut rx: watch::Receiver<bool>| async move {
         let _ = rx.wait_for(|v| *v).await;
@@ -222,6 +232,7 @@ pub async fn run(cfg: CoordinatorConfig, shutdown: impl Future<Output = ()> + Se
     let registry = RegistryServer::new(RegistryService { state: state.clone() });
     let grpc = tokio::spawn(
         tonic::transport::Server::builder()
+            .layer(state.busy.clone())
             .add_service(metadata)
             .add_service(registry)
             .add_service(AdminServer::new(AdminService { state: state.clone() }))
@@ -261,7 +272,7 @@ pub async fn run(cfg: CoordinatorConfig, shutdown: impl Future<Output = ()> + Se
             let away: Vec<String> = peers
                 .iter()
                 .filter(|p| p.state != collective_gossip::PeerState::Alive)
-                .map(|p| format!("{} {}", p.member, p.state.as_str()))
+                .map(|p| format!("{} {}", p.member, p.label()))
                 .collect();
             comps.push(if away.is_empty() {
                 Component::new("gossip", "ok", format!("{alive} other member(s) alive"))
@@ -310,15 +321,19 @@ pub async fn run(cfg: CoordinatorConfig, shutdown: impl Future<Output = ()> + Se
     let watcher = tokio::spawn(crate::observe::watch(state.clone()));
     tracing::info!(coordinator = %identity.principal, %grpc_addr, %http_addr, replication = cfg.replication, "coordinator started");
 
-    let _ = grpc.await;
-    let _ = http.await;
-    gauges.abort();
-    upkeep_loop.abort();
-    watcher.abort();
-    reloader.abort();
+    let _ = stopped(stop_rx.clone()).await;
+    // Background work stops first: no repair starts, no state is published after the
+    // gossip agent has said we are leaving.
     if let Some(m) = maintain {
         m.abort();
     }
+    upkeep_loop.abort();
+    gauges.abort();
+    watcher.abort();
+    let who = format!("coordinator {}", identity.principal);
+    collective_rpc::finish_within(grpc, SHUTDOWN_GRACE, &state.busy, &who).await;
+    collective_rpc::finish_within(http, Duration::from_secs(1), &collective_rpc::Busy::default(), &who).await;
+    reloader.abort();
     state.meta.flush().await?;
     tracing::info!("coordinator stopped");
     Ok(())

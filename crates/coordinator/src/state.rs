@@ -71,6 +71,10 @@ pub struct State {
     pub events: crate::events::Events,
     /// Members removed from the federation, by domain (see `removal.rs`).
     pub(crate) removals: Mutex<std::collections::BTreeMap<String, collective_proto::v1::MemberRemoval>>,
+    /// Turns true when the coordinator is asked to stop: streams end, loops wind down.
+    pub stopping: tokio::sync::watch::Sender<bool>,
+    /// Calls in flight and streams open, for the shutdown log.
+    pub busy: collective_rpc::Busy,
 }
 
 impl State {
@@ -132,6 +136,8 @@ impl State {
             used_elsewhere_stale: std::sync::atomic::AtomicBool::new(false),
             upkeep: crate::upkeep::Upkeep::new(upkeep, draining),
             peer_breakers: collective_core::Breakers::default(),
+            stopping: tokio::sync::watch::channel(false).0,
+            busy: collective_rpc::Busy::default(),
         })
     }
 

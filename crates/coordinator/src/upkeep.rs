@@ -23,8 +23,8 @@ use collective_gossip::PeerState;
 use collective_meta::ChunkRecord;
 use collective_proto::v1::federation_client::FederationClient;
 use collective_proto::v1::{
-    ChunkDesc, CopyChunkRequest, DeleteChunksRequest, HostChunksRequest, ListChunksRequest, ReadTokensRequest, ReleaseChunksRequest,
-    RepairStatusResponse, TokenOp,
+    ChunkDesc, CollectUnknownResponse, CopyChunkRequest, DeleteChunksRequest, HostChunksRequest, ListChunksRequest, ReadTokensRequest,
+    ReleaseChunksRequest, RepairStatusResponse, TokenOp,
 };
 use futures::StreamExt;
 use tokio::sync::Notify;
@@ -45,9 +45,6 @@ const DELETE_BATCH: usize = 1024;
 pub const CONTROL_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long one node-to-node copy may take.
 const COPY_TIMEOUT: Duration = Duration::from_secs(60);
-/// A node that reports this many chunks unknown to us, and mostly unknown, is not cleaned
-/// automatically: more likely this coordinator lost its metadata than the node its mind.
-const RECONCILE_SAFETY_MIN: usize = 100;
 
 /// Parsed `[upkeep]` settings.
 #[derive(Debug, Clone)]
@@ -113,11 +110,22 @@ pub enum Live {
     Lost,
 }
 
+/// When a repair run began, and the repair counters at that moment.
+struct RepairRun {
+    began: Instant,
+    chunks: u64,
+    bytes: u64,
+    failed: u64,
+    unplaced: u64,
+}
+
 #[derive(Default)]
 pub struct Counters {
     pub repaired_chunks: AtomicU64,
     pub repaired_bytes: AtomicU64,
     pub failed_copies: AtomicU64,
+    /// Of the failed attempts, those that found no node to copy to.
+    pub unplaced_copies: AtomicU64,
     pub collected_chunks: AtomicU64,
     pub collected_bytes: AtomicU64,
     pub scrub_repaired: AtomicU64,
@@ -144,11 +152,14 @@ pub struct Upkeep {
     /// Recent repair throughput: (when, bytes) of the last copies.
     recent: Mutex<Vec<(Instant, u64)>>,
     /// Why the last round could not place some copies (None: it could).
-    pub blocked: Mutex<Option<String>>,
-    /// The same, for the round under way.
-    round_blocked: Mutex<Option<String>>,
-    /// The repair run under way: when it began and the counters then (chunks, bytes, failed).
-    run: Mutex<Option<(Instant, u64, u64, u64)>>,
+    pub blocked: Mutex<Option<crate::repair_plan::Blocked>>,
+    /// Chunks the last round could not place a copy of.
+    pub blocked_chunks: AtomicU64,
+    /// The same, for the round under way: the first reason met and how many chunks it
+    /// stopped.
+    round_blocked: Mutex<Option<(crate::repair_plan::Blocked, u64)>>,
+    /// The repair run under way: when it began and the counters then.
+    run: Mutex<Option<RepairRun>>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -176,6 +187,7 @@ impl Upkeep {
             recent: Mutex::new(Vec::new()),
             blocked: Mutex::new(None),
             run: Mutex::new(None),
+            blocked_chunks: AtomicU64::new(0),
             round_blocked: Mutex::new(None),
         }
     }
@@ -469,8 +481,33 @@ impl State {
         st.lost_nodes = lost_nodes;
         st.waiting_nodes = waiting;
         st.draining_nodes = draining.into_iter().collect();
+        self.count_unknown(st);
         st.last_scan_ms = unix_ms_now() as i64;
         round
+    }
+
+    /// Unknown chunks still kept on our nodes (those known again meanwhile left out).
+    fn count_unknown(&self, st: &mut RepairStatusResponse) {
+        let cutoff = unix_ms_now().saturating_sub(self.upkeep.settings.gc_grace.as_millis() as u64);
+        let mut nodes = BTreeSet::new();
+        for r in self.meta.unknown_chunks() {
+            let u = match r {
+                Ok(u) => u,
+                Err(e) => {
+                    tracing::warn!("cannot read the unknown chunks: {e}");
+                    break;
+                }
+            };
+            if self.meta.chunk(&u.id).ok().flatten().is_some() {
+                continue;
+            }
+            st.unknown_chunks += 1;
+            if u.first_seen_ms <= cutoff {
+                st.unknown_collectable += 1;
+            }
+            nodes.insert(u.node);
+        }
+        st.unknown_nodes = nodes.into_iter().collect();
     }
 
     /// Which `n` copies of a chunk to give up: a second copy on one member before a
@@ -530,7 +567,7 @@ impl State {
             self.publish_status(&mut status);
             self.note_repair_run(&repairs);
             self.run_repairs(repairs).await;
-            *lock(&up.blocked) = lock(&up.round_blocked).take();
+            self.note_blocked(lock(&up.round_blocked).take());
             for (id, nodes) in drops {
                 self.retire(&id, &nodes).await;
             }
@@ -543,19 +580,18 @@ impl State {
     /// `repair-finished` at the first round after that finds none.
     fn note_repair_run(&self, repairs: &[Job]) {
         let c = &self.upkeep.counters;
-        let counters = || {
-            (
-                c.repaired_chunks.load(Ordering::Relaxed),
-                c.repaired_bytes.load(Ordering::Relaxed),
-                c.failed_copies.load(Ordering::Relaxed),
-            )
+        let counters = || RepairRun {
+            began: Instant::now(),
+            chunks: c.repaired_chunks.load(Ordering::Relaxed),
+            bytes: c.repaired_bytes.load(Ordering::Relaxed),
+            failed: c.failed_copies.load(Ordering::Relaxed),
+            unplaced: c.unplaced_copies.load(Ordering::Relaxed),
         };
         let mut run = lock(&self.upkeep.run);
         match (run.as_ref(), repairs.is_empty()) {
             (None, false) => {
                 let bytes: u64 = repairs.iter().map(|j| j.size * j.need as u64).sum();
-                let (chunks, copied, failed) = counters();
-                *run = Some((Instant::now(), chunks, copied, failed));
+                *run = Some(counters());
                 self.events.emit(
                     "repair-started",
                     &self.domain,
@@ -567,24 +603,64 @@ impl State {
                     ),
                 );
             }
-            (Some(&(began, chunks0, bytes0, failed0)), true) => {
-                let (chunks, copied, failed) = counters();
+            (Some(start), true) => {
+                let now = counters();
+                let (began, chunks, copied, failed) = (
+                    start.began,
+                    now.chunks - start.chunks,
+                    now.bytes - start.bytes,
+                    now.failed - start.failed,
+                );
+                let unplaced = now.unplaced - start.unplaced;
                 *run = None;
                 self.events.emit(
                     "repair-finished",
                     &self.domain,
                     crate::events::Severity::Info,
                     format!(
-                        "repair finished after {} s: {} chunk(s) ({}) copied, {} copy attempt(s) failed",
+                        "repair finished after {} s: {} chunk(s) ({}) copied, {} copy attempt(s) failed{}",
                         began.elapsed().as_secs(),
-                        chunks - chunks0,
-                        collective_core::format_bytes(copied - bytes0),
-                        failed - failed0
+                        chunks,
+                        collective_core::format_bytes(copied),
+                        failed,
+                        if unplaced > 0 {
+                            format!(" ({unplaced} of them found no node to copy to)")
+                        } else {
+                            String::new()
+                        }
                     ),
                 );
             }
             _ => {}
         }
+    }
+
+    /// Takes the reason the round just ended could not place copies (None: it could), and
+    /// says so once when it changes: a log line and an event, not one per chunk and round.
+    fn note_blocked(&self, now: Option<(crate::repair_plan::Blocked, u64)>) {
+        let up = &self.upkeep;
+        let mut blocked = lock(&up.blocked);
+        match (&*blocked, &now) {
+            (old, Some((b, chunks))) if old.as_ref().is_none_or(|o| o.kind != b.kind) => {
+                self.events.emit(
+                    "repair-blocked",
+                    &self.domain,
+                    crate::events::Severity::Warning,
+                    format!("repair is blocked for {chunks} chunk(s): {}", b.reason),
+                );
+            }
+            (Some(_), None) => {
+                self.events.emit(
+                    "repair-unblocked",
+                    &self.domain,
+                    crate::events::Severity::Info,
+                    "repair can place copies again".into(),
+                );
+            }
+            _ => {}
+        }
+        up.blocked_chunks.store(now.as_ref().map_or(0, |(_, n)| *n), Ordering::Relaxed);
+        *blocked = now.map(|(r, _)| r);
     }
 
     fn publish_status(&self, status: &mut RepairStatusResponse) {
@@ -599,8 +675,13 @@ impl State {
         let rate = up.rate();
         status.rate_bytes_per_sec = rate;
         let todo = status.bytes_at_risk + status.unreadable_bytes;
+        status.blocked_reason = lock(&up.blocked).as_ref().map(|b| b.reason.clone()).unwrap_or_default();
+        status.blocked_chunks = up.blocked_chunks.load(Ordering::Relaxed);
+        status.gc_grace_seconds = up.settings.gc_grace.as_secs() as i64;
         status.estimate_seconds = if todo == 0 {
             0
+        } else if !status.blocked_reason.is_empty() {
+            -1
         } else if rate > 0.0 {
             (todo as f64 / rate).ceil() as i64
         } else {
@@ -680,8 +761,15 @@ impl State {
                 Err(_) => match collective_placement::place(&cluster, &collective_placement::Request { count: 1, ..req }) {
                     Ok(t) => t,
                     Err(e) => {
-                        tracing::warn!(chunk = %job.id.short(), "cannot repair: {e}");
-                        *lock(&up.round_blocked) = Some(e.to_string());
+                        // Logged once per change of reason (note_blocked), not per chunk.
+                        tracing::debug!(chunk = %job.id.short(), "cannot repair: {e}");
+                        up.counters.failed_copies.fetch_add(1, Ordering::Relaxed);
+                        up.counters.unplaced_copies.fetch_add(1, Ordering::Relaxed);
+                        let mut b = lock(&up.round_blocked);
+                        match b.as_mut() {
+                            Some((_, chunks)) => *chunks += 1,
+                            None => *b = Some((crate::repair_plan::blocked(need, &e), 1)),
+                        }
                         break;
                     }
                 },
@@ -970,6 +1058,94 @@ impl State {
         }
     }
 
+    /// Deletes the unknown chunks first seen at least `min_age` ago (never less than
+    /// `gc_grace`) from our live nodes, after checking each is still unknown: nothing
+    /// references, plans or hosts it. An admin's explicit decision (`repair collect-unknown`).
+    pub(crate) async fn collect_unknown(&self, min_age: Duration, dry_run: bool) -> Result<CollectUnknownResponse, String> {
+        let age = min_age.max(self.upkeep.settings.gc_grace);
+        let cutoff = unix_ms_now().saturating_sub(age.as_millis() as u64);
+        let mut hosted: HashSet<(String, ChunkId)> = HashSet::new();
+        for r in self.meta.hosted_all() {
+            let (_, id, rec) = r.map_err(|e| format!("cannot read the chunks hosted for other members: {e}"))?;
+            hosted.extend(rec.nodes.into_iter().map(|n| (n, id)));
+        }
+        let still_unknown = |node: &str, id: &ChunkId| -> Result<bool, String> {
+            let pending = self.meta.is_pending(id).map_err(|e| e.to_string())?;
+            let known = self.meta.chunk(id).map_err(|e| e.to_string())?.is_some();
+            Ok(!pending && !known && !hosted.contains(&(node.to_string(), *id)))
+        };
+        let mut out = CollectUnknownResponse::default();
+        let mut per_node: std::collections::BTreeMap<String, Vec<ChunkId>> = std::collections::BTreeMap::new();
+        for r in self.meta.unknown_chunks() {
+            let u = r.map_err(|e| e.to_string())?;
+            if !still_unknown(&u.node, &u.id)? {
+                // Known after all: the node's next reconcile decides about it like any copy.
+                if !dry_run {
+                    self.meta.forget_unknown(&u.node, &u.id).map_err(|e| e.to_string())?;
+                }
+                out.kept_chunks += 1;
+                continue;
+            }
+            let up = self.lock_nodes().get(&u.node).is_some_and(|e| self.is_up(e));
+            if u.first_seen_ms > cutoff || !up {
+                out.kept_chunks += 1;
+                continue;
+            }
+            per_node.entry(u.node).or_default().push(u.id);
+        }
+        if dry_run {
+            out.deleted_chunks = per_node.values().map(|v| v.len() as u64).sum();
+            out.nodes = per_node.into_keys().collect();
+            return Ok(out);
+        }
+        for (node, ids) in per_node {
+            let mut control = match self.control(&node) {
+                Ok(c) => c,
+                Err(s) => {
+                    out.failed_chunks += ids.len() as u64;
+                    out.errors.push(format!("{node}: {}", s.message()));
+                    continue;
+                }
+            };
+            let mut deleted_here = 0u64;
+            for batch in ids.chunks(DELETE_BATCH) {
+                // Checked again just before: an upload may have planned one meanwhile.
+                let mut doomed = Vec::with_capacity(batch.len());
+                for id in batch {
+                    if still_unknown(&node, id)? {
+                        doomed.push(*id);
+                    } else {
+                        out.kept_chunks += 1;
+                    }
+                }
+                let mut req = tonic::Request::new(DeleteChunksRequest {
+                    chunk_ids: doomed.iter().map(|i| i.0.to_vec().into()).collect(),
+                });
+                req.set_timeout(CONTROL_TIMEOUT);
+                match control.delete_chunks(req).await {
+                    Ok(_) => {
+                        // Forgotten only once deleted: a failure leaves them recorded.
+                        for id in &doomed {
+                            self.meta.forget_unknown(&node, id).map_err(|e| e.to_string())?;
+                        }
+                        deleted_here += doomed.len() as u64;
+                    }
+                    Err(s) => {
+                        out.failed_chunks += doomed.len() as u64;
+                        out.errors.push(format!("{node}: {}", s.message()));
+                    }
+                }
+            }
+            if deleted_here > 0 {
+                out.deleted_chunks += deleted_here;
+                out.nodes.push(node.clone());
+                tracing::info!(%node, chunks = deleted_here, "deleted chunks unknown to the metadata, as an admin asked");
+            }
+        }
+        self.meta.flush().await.map_err(|e| e.to_string())?;
+        Ok(out)
+    }
+
     /// A node registered again: compare what it holds with what we list for it.
     async fn reconcile(&self, node: &str) -> Result<(), String> {
         let up = &self.upkeep;
@@ -1032,22 +1208,29 @@ impl State {
             self.meta.change_replicas(id, &[], &[node.to_string()]).map_err(|e| e.to_string())?;
             missing += 1;
         }
-        if unknown.len() >= RECONCILE_SAFETY_MIN && unknown.len() * 2 > held.len() {
-            tracing::error!(
-                %node,
-                unknown = unknown.len(),
-                held = held.len(),
-                "the node holds many chunks this coordinator has no record of; not deleting them (was the metadata directory replaced?)"
+        // Chunks nothing here knows are never deleted on sight: after a restore of an older
+        // metadata copy they are the files stored since. They are kept and reported until an
+        // admin collects them (`repair collect-unknown`).
+        let fresh = self.meta.set_unknown(node, &unknown, unix_ms_now()).map_err(|e| e.to_string())?;
+        if fresh > 0 {
+            self.events.emit(
+                "unknown-chunks",
+                node,
+                crate::events::Severity::Warning,
+                format!(
+                    "{node} holds {} chunk(s) this coordinator's metadata has no record of ({fresh} new); they are kept. \
+                     If the metadata directory was restored from an older copy they may belong to files stored since; \
+                     `collective repair collect-unknown` deletes them once you are sure they are garbage",
+                    unknown.len()
+                ),
             );
-        } else {
-            unneeded.extend(unknown);
         }
         let dropped = unneeded.len();
         if !unneeded.is_empty() {
             self.delete_many(HashMap::from([(node.to_string(), unneeded)])).await;
         }
         self.meta.flush().await.map_err(|e| e.to_string())?;
-        tracing::info!(%node, held = held.len(), adopted, dropped, missing, "reconciled a returning node");
+        tracing::info!(%node, held = held.len(), adopted, dropped, missing, unknown = unknown.len(), "reconciled a returning node");
         if adopted > 0 || missing > 0 {
             up.wake.notify_one();
         }

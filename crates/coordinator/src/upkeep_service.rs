@@ -10,8 +10,9 @@ use collective_meta::Attr;
 use collective_proto::v1::federation_client::FederationClient;
 use collective_proto::v1::upkeep_server::Upkeep;
 use collective_proto::v1::{
-    DrainStatus, MemberRisk, NodeRequest, NodeScrub, ReleaseChunksRequest, ReleaseChunksResponse, RemoveNodeResponse, RepairStatusRequest,
-    RepairStatusResponse, RiskReport, RiskRequest, ScrubReport, StartScrubRequest,
+    CollectUnknownRequest, CollectUnknownResponse, DrainStatus, MemberRisk, NodeRequest, NodeScrub, ReleaseChunksRequest,
+    ReleaseChunksResponse, RemoveNodeResponse, RepairStatusRequest, RepairStatusResponse, RiskReport, RiskRequest, ScrubReport,
+    StartScrubRequest,
 };
 use tonic::{Request, Response, Status};
 
@@ -98,7 +99,8 @@ impl UpkeepService {
                     .blocked
                     .lock()
                     .unwrap_or_else(|p| p.into_inner())
-                    .clone()
+                    .as_ref()
+                    .map(|b| b.reason.clone())
                     .unwrap_or_default()
             } else {
                 String::new()
@@ -192,6 +194,29 @@ impl Upkeep for UpkeepService {
         self.state.audit(&who, "node-remove", &target, &r, |r| {
             format!("{} chunk copies forgotten", r.get_ref().chunks_forgotten)
         });
+        r
+    }
+
+    async fn collect_unknown(&self, req: Request<CollectUnknownRequest>) -> Result<Response<CollectUnknownResponse>, Status> {
+        let who = self.admin(&req).map(|w| w.to_string()).inspect_err(|e| {
+            let who = collective_rpc::peer_name(&req);
+            self.state
+                .audit(&who, "unknown-collect", "unknown chunks", &Err::<(), _>(e.clone()), |_| {
+                    String::new()
+                });
+        })?;
+        let q = req.into_inner();
+        let r = self
+            .state
+            .collect_unknown(std::time::Duration::from_millis(q.min_age_ms), q.dry_run)
+            .await
+            .map_err(Status::internal)
+            .map(Response::new);
+        if !q.dry_run {
+            self.state.audit(&who, "unknown-collect", "unknown chunks", &r, |r| {
+                format!("{} deleted, {} kept", r.get_ref().deleted_chunks, r.get_ref().kept_chunks)
+            });
+        }
         r
     }
 

@@ -1,5 +1,5 @@
 //! Shared vocabulary of Collective: chunk identifiers, principals and roles, remote paths,
-//! the human-friendly size/duration formats used in configs and on the command line, and
+//! the human-friendly size/duration/time formats used in configs and on the command line, and
 //! the pool of chunk buffers every process reuses.
 //!
 //! This crate does no I/O and knows nothing about networking, storage engines or
@@ -20,4 +20,4 @@ pub use chunk::{CHUNK_ID_LEN, ChunkId, MAX_CHUNK_BYTES};
 pub use crash::{CRASH_ENV, CRASH_POINTS, crash_point};
 pub use path::{MAX_NAME_LEN, MAX_PATH_LEN, PathError, RemotePath, validate_path};
 pub use principal::{Principal, PrincipalError, Role, validate_name};
-pub use units::{UnitError, format_bytes, parse_duration, parse_size, unix_ms_now};
+pub use units::{UnitError, format_bytes, format_time_ms, parse_duration, parse_size, unix_ms_now};

@@ -1,4 +1,5 @@
-//! Human-friendly sizes (`10GiB`, `500MB`) and durations (`30m`, `24h`, `7d`).
+//! Human-friendly sizes (`10GiB`, `500MB`), durations (`30m`, `24h`, `7d`) and times
+//! (`2026-12-03T16:20:05.123Z`).
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -72,6 +73,29 @@ pub fn parse_duration(s: &str) -> Result<Duration, UnitError> {
     Ok(Duration::from_secs_f64(secs))
 }
 
+/// Formats milliseconds since the Unix epoch as a UTC time for people and JSON:
+/// RFC 3339 with exactly three fractional digits (`2026-12-03T16:20:05.123Z`), so every
+/// time has the same width and times sort as text. Falls back to the bare number outside
+/// the years 0000–9999.
+pub fn format_time_ms(ms: i64) -> String {
+    let Ok(t) = time::OffsetDateTime::from_unix_timestamp_nanos(ms as i128 * 1_000_000) else {
+        return ms.to_string();
+    };
+    if !(0..=9999).contains(&t.year()) {
+        return ms.to_string();
+    }
+    format!(
+        "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}.{:03}Z",
+        t.year(),
+        u8::from(t.month()),
+        t.day(),
+        t.hour(),
+        t.minute(),
+        t.second(),
+        t.millisecond()
+    )
+}
+
 /// Milliseconds since the Unix epoch.
 pub fn unix_ms_now() -> u64 {
     SystemTime::now()
@@ -98,5 +122,22 @@ mod tests {
         assert!(parse_duration("7").is_err());
         assert_eq!(format_bytes(512), "512 B");
         assert_eq!(format_bytes(1536), "1.5 KiB");
+    }
+
+    #[test]
+    fn times_always_have_three_fractional_digits() {
+        assert_eq!(format_time_ms(0), "1970-01-01T00:00:00.000Z");
+        assert_eq!(format_time_ms(1_796_314_805_000), "2026-12-03T16:20:05.000Z");
+        assert_eq!(format_time_ms(1_796_314_805_100), "2026-12-03T16:20:05.100Z");
+        assert_eq!(format_time_ms(1_796_314_805_123), "2026-12-03T16:20:05.123Z");
+        assert_eq!(format_time_ms(-1), "1969-12-31T23:59:59.999Z");
+        assert_eq!(format_time_ms(i64::MAX), i64::MAX.to_string());
+        // Still RFC 3339, and one width for all.
+        for ms in [1, 999, 1_000, 1_796_314_805_120, 4_102_444_799_999] {
+            let s = format_time_ms(ms);
+            assert_eq!(s.len(), "2026-12-03T16:20:05.123Z".len(), "{s}");
+            let t = time::OffsetDateTime::parse(&s, &time::format_description::well_known::Rfc3339).unwrap();
+            assert_eq!((t.unix_timestamp_nanos() / 1_000_000) as i64, ms, "{s}");
+        }
     }
 }

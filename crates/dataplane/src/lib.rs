@@ -28,6 +28,10 @@ pub use collective_core::MAX_CHUNK_BYTES;
 /// Largest request/response header.
 pub const MAX_FRAME_BYTES: usize = 64 << 10;
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long a read waits on its first replica's connection before it also tries the next
+/// one (a handshake takes milliseconds on a LAN, tens across the internet): a dead node
+/// costs this once, not the connect timeout.
+pub const HEDGE_AFTER: Duration = Duration::from_millis(300);
 /// Longest one chunk operation may go without finishing (a stopped node never answers).
 const OP_TIMEOUT: Duration = Duration::from_secs(30);
 const IDLE_TIMEOUT: Duration = Duration::from_secs(30);
@@ -352,6 +356,44 @@ pub struct ChunkClient {
     local_config: quinn::ClientConfig,
     conns: std::sync::Mutex<HashMap<String, Slot>>,
     pub breakers: collective_core::Breakers,
+    /// Nodes a handshake is under way with, and since when.
+    connecting: std::sync::Mutex<HashMap<String, std::time::Instant>>,
+}
+
+/// A handshake under way, recorded in [`ChunkClient::connecting`] until dropped (also
+/// when the caller gives up on it).
+struct Connecting<'a> {
+    map: &'a std::sync::Mutex<HashMap<String, std::time::Instant>>,
+    node: String,
+}
+
+impl<'a> Connecting<'a> {
+    fn start(map: &'a std::sync::Mutex<HashMap<String, std::time::Instant>>, node: &str) -> Connecting<'a> {
+        map.lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(node.to_string(), std::time::Instant::now());
+        Connecting {
+            map,
+            node: node.to_string(),
+        }
+    }
+}
+
+impl Drop for Connecting<'_> {
+    fn drop(&mut self) {
+        self.map.lock().unwrap_or_else(|p| p.into_inner()).remove(&self.node);
+    }
+}
+
+/// Whether a node can take a request now, as far as this client knows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+enum Reach {
+    /// A live pooled connection.
+    Connected,
+    /// Nothing known against it (no connection yet, or a handshake just started).
+    Unknown,
+    /// Its breaker is open, or a handshake has been pending for longer than HEDGE_AFTER.
+    Doubtful,
 }
 
 fn server_name(node: &str) -> Result<String, DataError> {
@@ -377,7 +419,93 @@ impl ChunkClient {
             local_config: config(true),
             conns: std::sync::Mutex::new(HashMap::new()),
             breakers: collective_core::Breakers::default(),
+            connecting: std::sync::Mutex::new(HashMap::new()),
         })
+    }
+
+    fn reach(&self, node: &str, now: std::time::Instant) -> Reach {
+        if self.breakers.state(node, now) == collective_core::BreakerState::Open {
+            return Reach::Doubtful;
+        }
+        if let Some(since) = self.connecting.lock().unwrap_or_else(|p| p.into_inner()).get(node)
+            && now.duration_since(*since) >= HEDGE_AFTER
+        {
+            return Reach::Doubtful;
+        }
+        match self.slot(node).try_lock() {
+            Ok(c) if c.as_ref().is_some_and(|c| c.close_reason().is_none()) => Reach::Connected,
+            _ => Reach::Unknown,
+        }
+    }
+
+    /// Connects to `target` in the background (so a dead node's failure opens its breaker
+    /// even when nobody waits for it any more); resolves to whether it connected.
+    fn connect_detached(self: &Arc<Self>, target: &NodeTarget) -> tokio::task::JoinHandle<bool> {
+        let me = self.clone();
+        let target = target.clone();
+        tokio::spawn(async move {
+            me.guarded(&target, async { me.connection(&target).await.map(|_| ()) })
+                .await
+                .is_ok()
+        })
+    }
+
+    /// The order to try a chunk's replicas in: those this client doubts (breaker open, a
+    /// handshake pending too long) last; and when the first one is not connected yet and
+    /// does not connect within [`HEDGE_AFTER`], the next one is tried at the same time and
+    /// whichever connects first goes first. Returns indexes into `targets`.
+    pub async fn hedged_order(self: &Arc<Self>, targets: &[NodeTarget]) -> Vec<usize> {
+        let now = std::time::Instant::now();
+        let mut order: Vec<usize> = (0..targets.len()).collect();
+        let reach: Vec<Reach> = targets.iter().map(|t| self.reach(&t.node, now)).collect();
+        // Stable: the coordinator's order stays within each kind.
+        order.sort_by_key(|&i| (reach[i] == Reach::Doubtful) as u8);
+        if order.len() < 2 || reach[order[0]] != Reach::Unknown {
+            return order;
+        }
+        let first = self.connect_detached(&targets[order[0]]);
+        tokio::pin!(first);
+        match tokio::time::timeout(HEDGE_AFTER, &mut first).await {
+            Ok(Ok(true)) => return order,
+            Ok(_) => {
+                // Failed at once: the others first.
+                let head = order.remove(0);
+                order.push(head);
+                return order;
+            }
+            Err(_) => {}
+        }
+        // Slow: race the next replica.
+        if reach[order[1]] == Reach::Connected {
+            order.swap(0, 1);
+            return order;
+        }
+        let second = self.connect_detached(&targets[order[1]]);
+        tokio::pin!(second);
+        let deadline = tokio::time::sleep(CONNECT_TIMEOUT);
+        tokio::pin!(deadline);
+        let (mut first_done, mut second_done) = (false, false);
+        loop {
+            tokio::select! {
+                r = &mut first, if !first_done => {
+                    first_done = true;
+                    if matches!(r, Ok(true)) {
+                        return order;
+                    }
+                }
+                r = &mut second, if !second_done => {
+                    second_done = true;
+                    if matches!(r, Ok(true)) {
+                        order.swap(0, 1);
+                        return order;
+                    }
+                }
+                _ = &mut deadline => return order,
+            }
+            if first_done && second_done {
+                return order;
+            }
+        }
     }
 
     fn slot(&self, node: &str) -> Slot {
@@ -431,7 +559,11 @@ impl ChunkClient {
                 &server_name(&target.node)?,
             )
             .map_err(|e| cerr(e.to_string()))?;
-        let conn = match tokio::time::timeout(CONNECT_TIMEOUT, connecting).await {
+        let outcome = {
+            let _pending = Connecting::start(&self.connecting, &target.node);
+            tokio::time::timeout(CONNECT_TIMEOUT, connecting).await
+        };
+        let conn = match outcome {
             Ok(Ok(c)) => c,
             Ok(Err(e)) => return Err(cerr(explain_connection_error(&e.to_string()))),
             Err(_) => {
@@ -466,11 +598,15 @@ impl ChunkClient {
     pub async fn close(&self) {
         let slots: Vec<(String, Slot)> = self.conns.lock().unwrap_or_else(|p| p.into_inner()).drain().collect();
         for (node, slot) in slots {
-            let Some(c) = slot.lock().await.take() else { continue };
+            // A slot held by a handshake still under way (a dead node, say) is not waited
+            // for: closing the endpoint below ends that handshake.
+            let Ok(mut guard) = slot.try_lock() else { continue };
+            let Some(c) = guard.take() else { continue };
             let s = c.stats();
             tracing::debug!(%node, mtu = s.path.current_mtu, sent = s.udp_tx.datagrams, sent_bytes = s.udp_tx.bytes, lost = s.path.lost_packets, cwnd = s.path.cwnd, "closing QUIC connection");
             c.close(0u32.into(), b"done");
         }
+        self.endpoint.close(0u32.into(), b"done");
         let _ = tokio::time::timeout(Duration::from_millis(200), self.endpoint.wait_idle()).await;
     }
 

@@ -87,6 +87,20 @@ pub struct PeerView {
     /// Last authenticated datagram from it (ms since the epoch), 0 if never.
     pub last_seen_ms: u64,
     pub gossip_addr: Option<SocketAddr>,
+    /// When it said it was shutting down cleanly (ms since the epoch), 0 if it did not:
+    /// down and stopped is a planned absence, not a failure.
+    pub stopped_ms: u64,
+}
+
+impl PeerView {
+    /// "alive", "suspect", "down", or "stopped" for a member down after a clean shutdown.
+    pub fn label(&self) -> &'static str {
+        if self.state == PeerState::Down && self.stopped_ms > 0 {
+            "stopped"
+        } else {
+            self.state.as_str()
+        }
+    }
 }
 
 /// Gossip counters, for metrics.
@@ -157,6 +171,8 @@ struct Shared {
     dirty: AtomicBool,
     /// Members removed from the federation: their datagrams and states are dropped.
     removed: Mutex<HashSet<String>>,
+    /// When we started leaving (clean shutdown), 0 while we run.
+    stopped_ms: AtomicU64,
 }
 
 impl Shared {
@@ -170,10 +186,21 @@ impl Shared {
         self.removed.lock().unwrap_or_else(|p| p.into_inner()).contains(member)
     }
 
+    /// When `member` last said it was shutting down cleanly (0: it did not).
+    fn stopped_ms(&self, member: &str) -> u64 {
+        self.lock_states().get(member).map_or(0, |s| s.stopped_ms)
+    }
+
     /// Raises the version of our own state and returns it encoded for broadcast.
     fn bump_own(&self) -> Option<Vec<u8>> {
+        self.bump_own_with(|_| {})
+    }
+
+    /// Changes our own state, raises its version and returns it encoded for broadcast.
+    fn bump_own_with(&self, change: impl FnOnce(&mut MemberState)) -> Option<Vec<u8>> {
         let mut states = self.lock_states();
         let mine = states.get_mut(&self.me)?;
+        change(mine);
         mine.version = unix_ms_now().max(mine.version + 1);
         let item = StateItem {
             member: mine.member.clone(),
@@ -293,8 +320,11 @@ impl Gossip {
             .await
             .map_err(|e| GossipError::Bind(settings.listen, e))?;
         let bound = socket.local_addr().map_err(|e| GossipError::Bind(settings.listen, e))?;
-        let advertise = if settings.advertise.port() == 0 {
+        // Port 0: the one the socket was given (on the advertised host, if one is set).
+        let advertise = if settings.advertise.ip().is_unspecified() {
             bound
+        } else if settings.advertise.port() == 0 {
+            SocketAddr::new(settings.advertise.ip(), bound.port())
         } else {
             settings.advertise
         };
@@ -306,6 +336,7 @@ impl Gossip {
             counters: Counters::default(),
             dirty: AtomicBool::new(false),
             removed: Mutex::new(HashSet::new()),
+            stopped_ms: AtomicU64::new(0),
         });
         // What we knew of the others before a restart, until gossip brings newer versions.
         let states_file = settings.peers_file.as_ref().map(|f| f.with_extension("states"));
@@ -364,6 +395,7 @@ impl Gossip {
             bootstrap,
             peers_file: settings.peers_file,
             states_file,
+            leaving: false,
         };
         tokio::spawn(agent.run(cmd_rx, shutdown));
         Ok((gossip, advertise))
@@ -376,6 +408,8 @@ impl Gossip {
             let prev = states.get(&self.shared.me).map(|s| s.version).unwrap_or(0);
             state.member = self.shared.me.clone();
             state.version = unix_ms_now().max(prev + 1);
+            // Once we said we are stopping, every later state says so too.
+            state.stopped_ms = self.shared.stopped_ms.load(Ordering::Relaxed);
             states.insert(self.shared.me.clone(), state.clone());
         }
         let item = StateItem {
@@ -463,6 +497,8 @@ struct Agent {
     bootstrap: Vec<SocketAddr>,
     peers_file: Option<PathBuf>,
     states_file: Option<PathBuf>,
+    /// We are leaving the federation (clean shutdown).
+    leaving: bool,
 }
 
 /// Other members' states saved by an earlier run (empty when missing or unreadable).
@@ -510,8 +546,17 @@ impl Agent {
             };
             tokio::select! {
                 _ = &mut shutdown => {
+                    // Say we are stopping on purpose (riding on the leave messages), so the
+                    // others log a planned absence, not a failure.
+                    let now = unix_ms_now();
+                    self.shared.stopped_ms.store(now, Ordering::Relaxed);
+                    if let Some(bytes) = self.shared.bump_own_with(|s| s.stopped_ms = now) {
+                        let _ = self.foca.add_broadcast(&bytes);
+                    }
+                    self.leaving = true;
                     let _ = self.foca.leave_cluster(&mut self.runtime);
                     self.flush().await;
+                    tracing::info!("left the federation's gossip (clean shutdown)");
                     return;
                 }
                 r = self.socket.recv_from(&mut buf) => {
@@ -590,9 +635,15 @@ impl Agent {
                     }
                 }
                 OwnedNotification::MemberDown(id) if !self.shared.is_removed(&id.member) => {
-                    self.shared.counters.members_down.fetch_add(1, Ordering::Relaxed);
-                    tracing::warn!(member = %id.member, "federation member down");
+                    if self.shared.stopped_ms(&id.member) > 0 {
+                        tracing::info!(member = %id.member, "federation member stopped (it shut down cleanly)");
+                    } else {
+                        self.shared.counters.members_down.fetch_add(1, Ordering::Relaxed);
+                        tracing::warn!(member = %id.member, "federation member down");
+                    }
                 }
+                // Leaving makes us defunct on purpose.
+                OwnedNotification::Defunct if self.leaving => {}
                 OwnedNotification::Defunct => {
                     // We were declared down (e.g. after a partition): come back as a new incarnation.
                     tracing::warn!("declared down by the federation; rejoining");
@@ -623,9 +674,15 @@ impl Agent {
                 state,
                 last_seen_ms: 0,
                 gossip_addr: None,
+                stopped_ms: 0,
             });
             e.state = state;
             e.gossip_addr = Some(id.addr);
+            e.stopped_ms = if state == PeerState::Down {
+                self.shared.lock_states().get(&id.member).map_or(0, |s| s.stopped_ms)
+            } else {
+                0
+            };
             if state != PeerState::Down {
                 addrs.push(id.addr.to_string());
             }
@@ -675,6 +732,7 @@ impl Agent {
                         state: PeerState::Alive,
                         last_seen_ms: 0,
                         gossip_addr: None,
+                        stopped_ms: 0,
                     });
                     e.last_seen_ms = unix_ms_now();
                 }

@@ -13,6 +13,7 @@ mod engine;
 mod hosting;
 mod namespace;
 mod records;
+mod unknown;
 mod upkeep;
 
 use std::path::Path;
@@ -28,6 +29,7 @@ pub use hosting::{HostedRecord, SEAL_LEN};
 pub use namespace::{Attr, FileCommitIn};
 pub use records::{ChunkRecord, ChunkRef, Kind, NodeRecord, PendingRecord, ROOT_INODE, SCHEMA_VERSION, Totals};
 use records::{decode, decode_chunk, encode, encode_chunk};
+pub use unknown::UnknownChunk;
 
 #[derive(Debug, thiserror::Error)]
 pub enum MetaError {
@@ -239,6 +241,7 @@ pub fn decode_record(table: Table, key: &[u8], value: &[u8]) -> Result<(), MetaE
     match table {
         Table::Meta => match key {
             META_TOTALS => decode::<Totals>("totals", value).map(drop),
+            k if k.starts_with(unknown::UNKNOWN_PREFIX) => unknown::decode(key, value).map(drop),
             _ => read_u64(value).map(drop),
         },
         Table::Inodes => decode::<Inode>("inode", value).map(drop),

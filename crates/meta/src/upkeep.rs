@@ -164,6 +164,8 @@ impl MetaStore {
                 unix_ms_now().to_be_bytes().to_vec(),
             )
         })?;
+        // What it held unknown to us left with it.
+        self.set_unknown(node, &[], unix_ms_now())?;
         Ok(listed.len() as u64)
     }
 

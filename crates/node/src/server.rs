@@ -22,6 +22,12 @@ use crate::service::{NodeState, serve_connection};
 
 /// How often the heartbeat loop looks for changes in the store worth reporting early.
 const USAGE_POLL: Duration = Duration::from_millis(250);
+/// After SIGTERM: how long chunk transfers in flight may take, then how long control calls
+/// may; with the rest a node stops within 10 s whatever is attached.
+const TRANSFER_GRACE: Duration = Duration::from_secs(4);
+const CONTROL_GRACE: Duration = Duration::from_secs(3);
+/// QUIC application close code of a node that is stopping.
+const SHUTTING_DOWN: u32 = 2;
 
 #[derive(Debug, thiserror::Error)]
 pub enum NodeError {
@@ -43,11 +49,24 @@ fn addr(what: &str, s: &str) -> Result<SocketAddr, NodeError> {
     collective_rpc::resolve(s).map_err(|e| NodeError::Config(format!("{what}: {e}")))
 }
 
-fn advertised(host: &Option<String>, bound: SocketAddr) -> String {
-    match host {
-        Some(h) => format!("{h}:{}", bound.port()),
-        None => bound.to_string(),
+/// The address other machines reach a bound endpoint at: `advertise_host` with the bound
+/// port, or the bound address itself; never an unspecified one.
+fn advertised(host: &Option<String>, listen_key: &str, bound: SocketAddr) -> Result<String, NodeError> {
+    let host = host.as_deref().unwrap_or_default();
+    let bracketed_with_port = host.starts_with('[') && !host.ends_with(']');
+    if bracketed_with_port || (host.contains(':') && !host.starts_with('[') && host.parse::<std::net::Ipv6Addr>().is_err()) {
+        return Err(NodeError::Config(format!(
+            "advertise_host '{host}' must be a host name or IP address without a port (each endpoint keeps its own port)"
+        )));
     }
+    if host.is_empty() && bound.ip().is_unspecified() {
+        return Err(NodeError::Config(format!(
+            "{listen_key} is {bound} (every interface), which is not an address other machines can reach, and advertise_host is not set; set advertise_host = \"HOST\" to this machine's name or address ({})",
+            collective_rpc::suggest_addresses()
+        )));
+    }
+    let a = collective_rpc::advertised_bound("advertise_host", host, listen_key, bound).map_err(NodeError::Config)?;
+    Ok(collective_rpc::Advertised { port: bound.port(), ..a }.to_string())
 }
 
 /// Runs a storage node until `shutdown` completes.
@@ -87,10 +106,12 @@ pub async fn run(cfg: NodeConfig, shutdown: impl Future<Output = ()> + Send + 's
     state.usage();
     let scrubbing = tokio::spawn(scrub.run(scrub_interval));
 
-    let (stop_tx, stop_rx) = watch::channel(false);
+    let stop_rx = state.stopping.subscribe();
+    let stopper = state.clone();
     tokio::spawn(async move {
         shutdown.await;
-        let _ = stop_tx.send(true);
+        tracing::info!("shutting down: finishing chunk transfers and calls in flight");
+        stopper.stopping.send_replace(true);
     });
     let stopped = |mut rx: watch::Receiver<bool>| async move {
         let _ = rx.wait_for(|v| *v).await;
@@ -114,9 +135,12 @@ pub async fn run(cfg: NodeConfig, shutdown: impl Future<Output = ()> + Send + 's
 
     // gRPC control endpoint.
     let (grpc_addr, incoming) = collective_rpc::tls_incoming(&identity, addr("grpc_listen", &cfg.grpc_listen)?).await?;
+    let advertised_grpc = advertised(&cfg.advertise_host, "grpc_listen", grpc_addr)?;
+    let advertised_quic = advertised(&cfg.advertise_host, "quic_listen", quic_addr)?;
     let control = NodeControlServer::new(Control { state: state.clone() });
     let grpc = tokio::spawn(
         tonic::transport::Server::builder()
+            .layer(state.busy.clone())
             .add_service(control)
             .serve_with_incoming_shutdown(incoming, stopped(stop_rx.clone())),
     );
@@ -167,8 +191,8 @@ pub async fn run(cfg: NodeConfig, shutdown: impl Future<Output = ()> + Send + 's
     let channel = collective_rpc::channel(&identity, &cfg.coordinator, &coordinator)?;
     let mut client = RegistryClient::new(channel);
     let reg = RegisterNodeRequest {
-        grpc_addr: advertised(&cfg.advertise_host, grpc_addr),
-        quic_addr: advertised(&cfg.advertise_host, quic_addr),
+        grpc_addr: advertised_grpc,
+        quic_addr: advertised_quic,
         usage: None,
     };
     let hb_state = state.clone();
@@ -248,12 +272,21 @@ pub async fn run(cfg: NodeConfig, shutdown: impl Future<Output = ()> + Send + 's
         }
     });
 
-    let _ = grpc.await;
-    let _ = http.await;
+    let _ = stopped(stop_rx.clone()).await;
+    let who = format!("node {}", identity.principal);
+    // New QUIC connections are refused; streams on open ones stop being taken (see
+    // serve_connection). Transfers in flight get a few seconds, then every connection
+    // closes with "node shutting down" and clients go to another copy.
+    quic.set_server_config(None);
+    let busy = state.busy.clone();
+    let idle = tokio::spawn(async move { busy.idle().await });
+    collective_rpc::finish_within(idle, TRANSFER_GRACE, &state.busy, &who).await;
+    quic.close(SHUTTING_DOWN.into(), b"node shutting down");
+    collective_rpc::finish_within(grpc, CONTROL_GRACE, &state.busy, &who).await;
+    collective_rpc::finish_within(http, Duration::from_secs(1), &collective_rpc::Busy::default(), &who).await;
     reloader.abort();
     heartbeats.abort();
     scrubbing.abort();
-    quic.close(0u32.into(), b"node shutting down");
     tracing::info!("node stopped");
     Ok(())
 }

@@ -30,6 +30,10 @@ pub struct NodeState {
     /// Our certificate (its expiry is reported in heartbeats; it may be renewed while we
     /// run) and the revocations we enforce.
     pub identity: TlsIdentity,
+    /// Turns true when the node is asked to stop: no new chunk streams are taken.
+    pub stopping: tokio::sync::watch::Sender<bool>,
+    /// Chunk transfers and control calls in flight, for the shutdown log.
+    pub busy: collective_rpc::Busy,
 }
 
 impl NodeState {
@@ -52,6 +56,8 @@ impl NodeState {
             peers,
             buffers: Semaphore::new(BUFFER_BUDGET_KIB as usize),
             identity,
+            stopping: tokio::sync::watch::channel(false).0,
+            busy: collective_rpc::Busy::default(),
         }
     }
 
@@ -295,13 +301,25 @@ pub async fn serve_connection(state: Arc<NodeState>, incoming: quinn::Connecting
             "QUIC connection closed"
         );
     });
-    while let Ok((send, recv)) = conn.accept_bi().await {
+    let mut stop = state.stopping.subscribe();
+    loop {
+        // A node that is stopping takes no new chunk streams; the connection is closed
+        // with "node shutting down" once the transfers in flight are done.
+        let (send, recv) = tokio::select! {
+            r = conn.accept_bi() => match r {
+                Ok(s) => s,
+                Err(_) => break,
+            },
+            _ = stop.wait_for(|v| *v) => break,
+        };
         let state = state.clone();
         let caller = caller.clone();
+        let guard = state.busy.enter("chunk transfer");
         tokio::spawn(async move {
             if let Err(e) = handle_stream(&state, &caller, send, recv).await {
                 tracing::debug!(%caller, "chunk stream ended early: {e}");
             }
+            drop(guard);
         });
     }
 }

@@ -2,6 +2,12 @@
 //! rustls configuration, the connector clients use, and the per-call check of who is
 //! calling (principal, member, role). Servers and clients of every role share it.
 
+mod advertise;
+mod shutdown;
+
+pub use advertise::{Advertised, advertised, advertised_bound, machine_addresses, suggest_addresses};
+pub use shutdown::{Busy, BusyGuard, BusyService, SHUTDOWN_LOG_EVERY, finish_within, until_shutdown};
+
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -320,7 +326,9 @@ pub fn explain_status(target: &str, s: &Status) -> String {
                     "{target} refused the TLS connection ({msg}); check that --ca/--cert/--key are from this member's CA and not expired"
                 )
             } else {
-                format!("cannot reach {target}: {msg}; is it running? (`collective status` or the cluster.json of `dev up`)")
+                format!(
+                    "cannot reach {target}: {msg}; is it running, and reachable at the address configured for it? Check that address (`collective context list` shows a client's) and the server's log"
+                )
             }
         }
         Code::Unknown | Code::Cancelled => format!(
@@ -333,3 +341,17 @@ pub fn explain_status(target: &str, s: &Status) -> String {
 
 /// Shared, cheaply clonable identity.
 pub type SharedIdentity = Arc<TlsIdentity>;
+
+#[cfg(test)]
+mod explain_tests {
+    use super::*;
+
+    #[test]
+    fn unreachable_names_the_next_step_for_any_cluster() {
+        let m = explain_status("the coordinator", &Status::unavailable("tcp connect error: Connection refused"));
+        assert!(m.starts_with("cannot reach the coordinator: tcp connect error"), "{m}");
+        assert!(m.contains("`collective context list`"), "{m}");
+        // Hand-built clusters have no `dev up` files.
+        assert!(!m.contains("cluster.json") && !m.contains("dev up"), "{m}");
+    }
+}
