@@ -438,6 +438,7 @@ fn chunks_unknown_to_restored_metadata_are_kept_reported_and_collected_only_on_r
     copy_dir(&coord.data_dir, &backup);
     c.restart("coordinator");
     c.wait_ready();
+    every_node_up(&c);
     let b = random_bytes(400_000, 22);
     let fb = c.write_local("b.bin", &b);
     c.ok(&["put", p(&fb), "/b.bin"]);
@@ -448,6 +449,7 @@ fn chunks_unknown_to_restored_metadata_are_kept_reported_and_collected_only_on_r
     copy_dir(&backup, &coord.data_dir);
     c.restart("coordinator");
     c.wait_ready();
+    every_node_up(&c);
     within(Duration::from_secs(30), "the unknown chunks to be reported", || {
         json(&c, &["repair", "status", "--json"])["unknown_chunks"].as_u64().unwrap() > 0
     });
@@ -476,6 +478,15 @@ fn chunks_unknown_to_restored_metadata_are_kept_reported_and_collected_only_on_r
     c.ok(&["get", "/a.bin", p(&out)]);
     assert!(std::fs::read(&out).unwrap() == a, "a.bin, known to the metadata, reads back");
     assert!(c.ok(&["audit"]).contains("unknown-collect"));
+}
+
+/// After a coordinator restart: every node has registered again (ready needs only one).
+fn every_node_up(c: &Cluster) {
+    within(Duration::from_secs(30), "every node to register again", || {
+        let s = c.status_json();
+        let nodes = s["nodes"].as_array().cloned().unwrap_or_default();
+        !nodes.is_empty() && nodes.iter().all(|n| n["state"] == "up")
+    });
 }
 
 fn copy_dir(from: &Path, to: &Path) {

@@ -32,6 +32,10 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// one (a handshake takes milliseconds on a LAN, tens across the internet): a dead node
 /// costs this once, not the connect timeout.
 pub const HEDGE_AFTER: Duration = Duration::from_millis(300);
+/// How long a read's first copy may take to connect while the second copy's node is
+/// already connected before the read goes to the second (a LAN handshake takes a few
+/// milliseconds).
+const FIRST_PREFERENCE: Duration = Duration::from_millis(50);
 /// Longest one chunk operation may go without finishing (a stopped node never answers).
 const OP_TIMEOUT: Duration = Duration::from_secs(30);
 const IDLE_TIMEOUT: Duration = Duration::from_secs(30);
@@ -358,6 +362,8 @@ pub struct ChunkClient {
     pub breakers: collective_core::Breakers,
     /// Nodes a handshake is under way with, and since when.
     connecting: std::sync::Mutex<HashMap<String, std::time::Instant>>,
+    /// Set by `close`: failures from then on are ours, not the nodes'.
+    closing: std::sync::atomic::AtomicBool,
 }
 
 /// A handshake under way, recorded in [`ChunkClient::connecting`] until dropped (also
@@ -420,6 +426,7 @@ impl ChunkClient {
             conns: std::sync::Mutex::new(HashMap::new()),
             breakers: collective_core::Breakers::default(),
             connecting: std::sync::Mutex::new(HashMap::new()),
+            closing: std::sync::atomic::AtomicBool::new(false),
         })
     }
 
@@ -451,9 +458,10 @@ impl ChunkClient {
     }
 
     /// The order to try a chunk's replicas in: those this client doubts (breaker open, a
-    /// handshake pending too long) last; and when the first one is not connected yet and
-    /// does not connect within [`HEDGE_AFTER`], the next one is tried at the same time and
-    /// whichever connects first goes first. Returns indexes into `targets`.
+    /// handshake pending longer than [`HEDGE_AFTER`]) last; and when the first one is not
+    /// connected yet, the first two connect at once and the second goes first if it is
+    /// ready while the first has not connected within `FIRST_PREFERENCE` (or failed).
+    /// Returns indexes into `targets`.
     pub async fn hedged_order(self: &Arc<Self>, targets: &[NodeTarget]) -> Vec<usize> {
         let now = std::time::Instant::now();
         let mut order: Vec<usize> = (0..targets.len()).collect();
@@ -463,47 +471,45 @@ impl ChunkClient {
         if order.len() < 2 || reach[order[0]] != Reach::Unknown {
             return order;
         }
+        // Both handshakes start now (connections are pooled, so the second is rarely
+        // wasted); the first copy is preferred unless it is slow while the second is ready.
+        let started = tokio::time::Instant::now();
         let first = self.connect_detached(&targets[order[0]]);
-        tokio::pin!(first);
-        match tokio::time::timeout(HEDGE_AFTER, &mut first).await {
-            Ok(Ok(true)) => return order,
-            Ok(_) => {
-                // Failed at once: the others first.
-                let head = order.remove(0);
-                order.push(head);
-                return order;
-            }
-            Err(_) => {}
-        }
-        // Slow: race the next replica.
-        if reach[order[1]] == Reach::Connected {
-            order.swap(0, 1);
-            return order;
-        }
         let second = self.connect_detached(&targets[order[1]]);
+        tokio::pin!(first);
         tokio::pin!(second);
-        let deadline = tokio::time::sleep(CONNECT_TIMEOUT);
-        tokio::pin!(deadline);
-        let (mut first_done, mut second_done) = (false, false);
+        let (mut first_ok, mut second_ok): (Option<bool>, Option<bool>) = (None, None);
         loop {
-            tokio::select! {
-                r = &mut first, if !first_done => {
-                    first_done = true;
-                    if matches!(r, Ok(true)) {
-                        return order;
-                    }
+            match (first_ok, second_ok) {
+                (Some(true), _) => return order,
+                (Some(false), Some(true)) => {
+                    order.swap(0, 1);
+                    return order;
                 }
-                r = &mut second, if !second_done => {
-                    second_done = true;
-                    if matches!(r, Ok(true)) {
-                        order.swap(0, 1);
-                        return order;
-                    }
+                (Some(false), Some(false)) => {
+                    // Neither answers: the others first, these two last.
+                    order.rotate_left(2);
+                    return order;
                 }
-                _ = &mut deadline => return order,
+                (None, Some(true)) if started.elapsed() >= FIRST_PREFERENCE => {
+                    order.swap(0, 1);
+                    return order;
+                }
+                _ => {}
             }
-            if first_done && second_done {
-                return order;
+            let wake = if second_ok == Some(true) {
+                started + FIRST_PREFERENCE
+            } else {
+                started + CONNECT_TIMEOUT
+            };
+            tokio::select! {
+                r = &mut first, if first_ok.is_none() => first_ok = Some(matches!(r, Ok(true))),
+                r = &mut second, if second_ok.is_none() => second_ok = Some(matches!(r, Ok(true))),
+                _ = tokio::time::sleep_until(wake) => {
+                    if second_ok != Some(true) {
+                        return order;
+                    }
+                }
             }
         }
     }
@@ -596,18 +602,30 @@ impl ChunkClient {
     /// Closes every connection cleanly so nodes free their state at once, and waits
     /// (briefly) for the close to be delivered.
     pub async fn close(&self) {
+        self.closing.store(true, std::sync::atomic::Ordering::Relaxed);
         let slots: Vec<(String, Slot)> = self.conns.lock().unwrap_or_else(|p| p.into_inner()).drain().collect();
+        let mut handshaking = false;
         for (node, slot) in slots {
             // A slot held by a handshake still under way (a dead node, say) is not waited
             // for: closing the endpoint below ends that handshake.
-            let Ok(mut guard) = slot.try_lock() else { continue };
+            let Ok(mut guard) = slot.try_lock() else {
+                handshaking = true;
+                continue;
+            };
             let Some(c) = guard.take() else { continue };
             let s = c.stats();
             tracing::debug!(%node, mtu = s.path.current_mtu, sent = s.udp_tx.datagrams, sent_bytes = s.udp_tx.bytes, lost = s.path.lost_packets, cwnd = s.path.cwnd, "closing QUIC connection");
             c.close(0u32.into(), b"done");
         }
         self.endpoint.close(0u32.into(), b"done");
-        let _ = tokio::time::timeout(Duration::from_millis(200), self.endpoint.wait_idle()).await;
+        // A handshake with a node that does not answer never drains: then only give the
+        // close frames to live nodes a moment to leave.
+        let linger = if handshaking {
+            Duration::from_millis(20)
+        } else {
+            Duration::from_millis(200)
+        };
+        let _ = tokio::time::timeout(linger, self.endpoint.wait_idle()).await;
     }
 
     /// Runs one chunk operation with a stall timeout, and keeps the node's breaker: a node
@@ -630,6 +648,10 @@ impl ChunkClient {
             Err(DataError::Transfer { .. }) => stalled || self.connection_lost(&target.node).await,
             _ => false,
         };
+        if self.closing.load(std::sync::atomic::Ordering::Relaxed) {
+            // Ended by our own close: says nothing about the node.
+            return r;
+        }
         if unreachable {
             let wait = self.breakers.failure(&target.node, std::time::Instant::now());
             if let Err(e) = &r {
