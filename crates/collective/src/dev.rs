@@ -170,12 +170,52 @@ pub(crate) fn free_port() -> Result<u16> {
         if given.contains(&port) {
             continue;
         }
-        if TcpListener::bind(("127.0.0.1", port)).is_ok() && UdpSocket::bind(("127.0.0.1", port)).is_ok() {
+        if TcpListener::bind(("127.0.0.1", port)).is_ok() && UdpSocket::bind(("127.0.0.1", port)).is_ok() && reserve_port(port) {
             given.push(port);
             return Ok(port);
         }
     }
     bail!("could not find a free loopback port between {low} and {high}")
+}
+
+/// Claims `port` for this process among every `collective dev up` running at once (tests
+/// start several in parallel): a file named after the port holding our pid. A claim whose
+/// process has exited is stale (its servers have bound their ports by then) and is taken
+/// over. Where the directory cannot be written, the bind checks alone decide.
+fn reserve_port(port: u16) -> bool {
+    let dir = std::env::temp_dir().join("collective-port-claims");
+    if std::fs::create_dir_all(&dir).is_err() {
+        return true;
+    }
+    let path = dir.join(port.to_string());
+    let me = std::process::id();
+    for _ in 0..2 {
+        match std::fs::OpenOptions::new().write(true).create_new(true).open(&path) {
+            Ok(mut f) => {
+                use std::io::Write;
+                return f.write_all(me.to_string().as_bytes()).is_ok();
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+                let owner = std::fs::read_to_string(&path).ok().and_then(|s| s.trim().parse::<u32>().ok());
+                match owner {
+                    Some(pid) if pid != me && Path::new(&format!("/proc/{pid}")).exists() => return false,
+                    // Being written this very moment by another process.
+                    None if std::fs::metadata(&path)
+                        .and_then(|m| m.modified())
+                        .is_ok_and(|t| t.elapsed().is_ok_and(|age| age < std::time::Duration::from_secs(1))) =>
+                    {
+                        return false;
+                    }
+                    // Ours from an earlier pick, or stale: take it over.
+                    _ => {
+                        let _ = std::fs::remove_file(&path);
+                    }
+                }
+            }
+            Err(_) => return true,
+        }
+    }
+    false
 }
 
 pub(crate) fn pid_alive(pid: u32) -> bool {
