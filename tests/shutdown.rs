@@ -162,3 +162,34 @@ fn a_member_that_stops_cleanly_is_reported_stopped_not_failed() {
     let bob_log = std::fs::read_to_string(&coord.log).unwrap();
     assert!(!bob_log.contains("declared down"), "a clean restart is not a failure:\n{bob_log}");
 }
+
+#[test]
+fn status_watch_outlives_a_coordinator_restart_and_says_what_happened() {
+    let c = Cluster::start("stop-watch", 1, 1);
+    let out = c.path("watch.out");
+    let mut watch = Reaped(
+        c.cmd()
+            .args(["status", "--watch", "1"])
+            .stdout(std::fs::File::create(&out).unwrap())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let printed = || std::fs::read_to_string(&out).unwrap_or_default();
+    within(Duration::from_secs(10), "a first status", || printed().contains("nodes ("));
+    let coord = c.proc("coordinator");
+    let took = term_and_time(coord.pid);
+    assert!(took < STOP_WITHIN, "the coordinator took {took:?} to stop with a status watcher");
+    within(Duration::from_secs(10), "the watcher to say the coordinator is gone", || {
+        printed().contains("trying again")
+    });
+    assert!(
+        watch.0.try_wait().unwrap().is_none(),
+        "status --watch gave up when the coordinator stopped"
+    );
+    let before = printed().matches("nodes (").count();
+    c.restart("coordinator");
+    within(Duration::from_secs(20), "the watcher to show the coordinator again", || {
+        printed().matches("nodes (").count() > before
+    });
+}

@@ -623,6 +623,31 @@ fn federation_init_and_ca_init_write_ready_configs_for_the_advertised_address() 
     ] {
         assert!(cfg.contains(want), "{want} missing:\n{cfg}");
     }
+    // Address flags without the member they describe are refused, not ignored.
+    let r = run(&[
+        "federation",
+        "init",
+        "--domain",
+        "collective.local",
+        "--out",
+        p(&dir.join("fed4")),
+        "--grpc-listen",
+        "0.0.0.0:7000",
+    ]);
+    assert!(!r.status.success() && String::from_utf8_lossy(&r.stderr).contains("--member"));
+    let r = run(&[
+        "ca",
+        "init",
+        "--member",
+        "x",
+        "--domain",
+        "x.example",
+        "--out",
+        p(&dir.join("x")),
+        "--grpc-listen",
+        "0.0.0.0:7000",
+    ]);
+    assert!(!r.status.success() && String::from_utf8_lossy(&r.stderr).contains("--advertise"));
     // A single member: ca init --advertise.
     let ca = dir.join("solo");
     let r = run(&[

@@ -149,10 +149,19 @@ pub fn init_with_root(member: &str, domain: &str, out: &Path, root_dir: &Path) -
 pub fn run(cmd: CaCommand) -> Result<()> {
     match cmd {
         CaCommand::Init(a) => {
-            let addrs = match &a.addrs.advertise {
-                Some(_) => Some(a.addrs.resolve(a.root.is_some())?),
-                None => None,
+            let addrs = match (&a.addrs.advertise, a.addrs.given()) {
+                (Some(_), _) => Some(a.addrs.resolve(a.root.is_some())?),
+                (None, Some(flag)) => {
+                    anyhow::bail!(
+                        "{flag} only matters with --advertise HOST, which also writes the coordinator's and your client's configuration"
+                    )
+                }
+                (None, None) => None,
             };
+            if a.contribution != "0" && !(a.root.is_some() && addrs.is_some()) {
+                anyhow::bail!("--contribution goes into the configuration written with --root and --advertise");
+            }
+            collective_core::parse_size(&a.contribution).with_context(|| format!("--contribution '{}'", a.contribution))?;
             let ca = match &a.root {
                 None => MemberCa::init(&a.member, &a.domain, &a.out)?,
                 Some(root_dir) => init_with_root(&a.member, &a.domain, &a.out, root_dir)?,

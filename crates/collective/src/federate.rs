@@ -241,10 +241,15 @@ pub async fn federation(o: &ClientOverrides, cmd: FederationCommand) -> Result<(
                     collective_core::parse_size(&contribution).with_context(|| format!("--contribution '{contribution}'"))?;
                     Some(addrs.resolve(true)?)
                 }
-                None if addrs.advertise.is_some() || addrs.gossip_advertise.is_some() => {
-                    bail!("--advertise and --gossip-advertise describe your own member's coordinator: add --member NAME")
+                None => {
+                    if let Some(flag) = addrs.given() {
+                        bail!("{flag} describes your own member's coordinator: add --member NAME (or leave it out)");
+                    }
+                    if contribution != "0" {
+                        bail!("--contribution is what your own member offers: add --member NAME (or leave it out)");
+                    }
+                    None
                 }
-                None => None,
             };
             let root = FederationRoot::init(&domain, &out)?;
             println!("federation root for {} written to {}", root.domain, out.display());

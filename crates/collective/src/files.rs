@@ -707,7 +707,16 @@ pub async fn status(o: &ClientOverrides, a: StatusArgs) -> Result<()> {
     let client = connect(o)?;
     let mine = own_certificate(o);
     loop {
-        let s = client.status().await?;
+        let s = match (client.status().await, a.watch) {
+            (Ok(s), _) => s,
+            (Err(e), None) => return Err(e.into()),
+            // Watching outlives a restart of the coordinator: say so and keep trying.
+            (Err(e), Some(secs)) => {
+                println!("{e}; trying again in {} s", secs.max(1));
+                tokio::time::sleep(std::time::Duration::from_secs(secs.max(1))).await;
+                continue;
+            }
+        };
         if a.watch.is_some() && std::io::stdout().is_terminal() {
             print!("\x1b[2J\x1b[H");
         }

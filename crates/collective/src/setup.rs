@@ -14,15 +14,17 @@ use collective_pki::{IssueRequest, MemberCa};
 /// Where a new coordinator listens and how other machines reach it.
 #[derive(Args, Clone, Debug)]
 pub struct ServerAddrs {
-    /// gRPC address the coordinator listens on (0.0.0.0:7000 for every interface)
-    #[arg(long, default_value = "127.0.0.1:7000")]
-    pub grpc_listen: String,
-    /// HTTP (metrics, health) address of the coordinator
-    #[arg(long, default_value = "127.0.0.1:9100")]
-    pub http_listen: String,
-    /// UDP gossip address the coordinator listens on (federations only)
-    #[arg(long, default_value = "127.0.0.1:7946")]
-    pub gossip_listen: String,
+    /// gRPC address the coordinator listens on, 0.0.0.0:7000 for every interface
+    /// [default: 127.0.0.1:7000]
+    #[arg(long)]
+    pub grpc_listen: Option<String>,
+    /// HTTP (metrics, health) address of the coordinator [default: 127.0.0.1:9100]
+    #[arg(long)]
+    pub http_listen: Option<String>,
+    /// UDP gossip address the coordinator listens on, federations only [default:
+    /// 127.0.0.1:7946]
+    #[arg(long)]
+    pub gossip_listen: Option<String>,
     /// Address other machines reach the coordinator at, HOST or HOST:PORT (a bare host
     /// takes the listen ports); needed when listening on 0.0.0.0 or ::
     #[arg(long)]
@@ -47,36 +49,59 @@ pub struct Resolved {
     pub sans: Vec<String>,
 }
 
+const DEFAULT_GRPC_LISTEN: &str = "127.0.0.1:7000";
+const DEFAULT_HTTP_LISTEN: &str = "127.0.0.1:9100";
+const DEFAULT_GOSSIP_LISTEN: &str = "127.0.0.1:7946";
+
 impl ServerAddrs {
     /// Local addresses for `dev up` and tests: listen and advertise the same.
     pub fn local(grpc: &str, http: &str, gossip: &str, sans: Vec<String>) -> ServerAddrs {
         ServerAddrs {
-            grpc_listen: grpc.into(),
-            http_listen: http.into(),
-            gossip_listen: gossip.into(),
+            grpc_listen: Some(grpc.into()),
+            http_listen: Some(http.into()),
+            gossip_listen: Some(gossip.into()),
             advertise: None,
             gossip_advertise: None,
             san: sans,
         }
     }
 
+    /// The first of these flags given on the command line, if any (for commands where
+    /// they only mean something together with another flag).
+    pub fn given(&self) -> Option<&'static str> {
+        [
+            ("--grpc-listen", self.grpc_listen.is_some()),
+            ("--http-listen", self.http_listen.is_some()),
+            ("--gossip-listen", self.gossip_listen.is_some()),
+            ("--advertise", self.advertise.is_some()),
+            ("--gossip-advertise", self.gossip_advertise.is_some()),
+            ("--san", !self.san.is_empty()),
+        ]
+        .into_iter()
+        .find(|(_, set)| *set)
+        .map(|(flag, _)| flag)
+    }
+
     /// Checks every address others are told before anything is written or redeemed.
     pub fn resolve(&self, federated: bool) -> Result<Resolved> {
+        let grpc_listen = self.grpc_listen.as_deref().unwrap_or(DEFAULT_GRPC_LISTEN);
+        let http_listen = self.http_listen.as_deref().unwrap_or(DEFAULT_HTTP_LISTEN);
+        let gossip_listen = self.gossip_listen.as_deref().unwrap_or(DEFAULT_GOSSIP_LISTEN);
         let adv = self.advertise.as_deref().unwrap_or_default();
-        let grpc = collective_rpc::advertised("--advertise", adv, "--grpc-listen", &self.grpc_listen, None).map_err(anyhow::Error::msg)?;
+        let grpc = collective_rpc::advertised("--advertise", adv, "--grpc-listen", grpc_listen, None).map_err(anyhow::Error::msg)?;
         let gossip = if !federated {
             String::new()
         } else if let Some(g) = &self.gossip_advertise {
-            collective_rpc::advertised("--gossip-advertise", g, "--gossip-listen", &self.gossip_listen, None)
+            collective_rpc::advertised("--gossip-advertise", g, "--gossip-listen", gossip_listen, None)
                 .map_err(anyhow::Error::msg)?
                 .to_string()
         } else if self.advertise.is_some() {
             // The advertised host, with the gossip port.
-            let listen = collective_rpc::advertised("--gossip-advertise", &grpc.host, "--gossip-listen", &self.gossip_listen, None)
+            let listen = collective_rpc::advertised("--gossip-advertise", &grpc.host, "--gossip-listen", gossip_listen, None)
                 .map_err(anyhow::Error::msg)?;
             listen.to_string()
         } else {
-            collective_rpc::advertised("--gossip-advertise", "", "--gossip-listen", &self.gossip_listen, None)
+            collective_rpc::advertised("--gossip-advertise", "", "--gossip-listen", gossip_listen, None)
                 .map_err(anyhow::Error::msg)?
                 .to_string()
         };
@@ -98,9 +123,9 @@ impl ServerAddrs {
             }
         }
         Ok(Resolved {
-            grpc_listen: self.grpc_listen.clone(),
-            http_listen: self.http_listen.clone(),
-            gossip_listen: if federated { self.gossip_listen.clone() } else { String::new() },
+            grpc_listen: grpc_listen.to_string(),
+            http_listen: http_listen.to_string(),
+            gossip_listen: if federated { gossip_listen.to_string() } else { String::new() },
             advertise_grpc: grpc.to_string(),
             gossip_advertise: gossip,
             sans,
@@ -228,9 +253,9 @@ mod tests {
 
     fn addrs(grpc: &str, adv: Option<&str>, gossip_adv: Option<&str>) -> ServerAddrs {
         ServerAddrs {
-            grpc_listen: grpc.into(),
-            http_listen: "0.0.0.0:9100".into(),
-            gossip_listen: "0.0.0.0:7946".into(),
+            grpc_listen: Some(grpc.into()),
+            http_listen: Some("0.0.0.0:9100".into()),
+            gossip_listen: Some("0.0.0.0:7946".into()),
             advertise: adv.map(Into::into),
             gossip_advertise: gossip_adv.map(Into::into),
             san: vec![],
