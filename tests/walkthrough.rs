@@ -623,6 +623,59 @@ fn federation_init_and_ca_init_write_ready_configs_for_the_advertised_address() 
     ] {
         assert!(cfg.contains(want), "{want} missing:\n{cfg}");
     }
+    // What it wrote starts as it is, and its admin's client.toml reaches it.
+    let free = || {
+        let t = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        t.local_addr().unwrap().port()
+    };
+    let (grpc, http, gossip) = (free(), free(), free());
+    let ready = dir.join("ready");
+    let r = run(&[
+        "federation",
+        "init",
+        "--domain",
+        "collective.local",
+        "--out",
+        p(&ready),
+        "--member",
+        "alice",
+        "--grpc-listen",
+        &format!("127.0.0.1:{grpc}"),
+        "--http-listen",
+        &format!("127.0.0.1:{http}"),
+        "--gossip-listen",
+        &format!("127.0.0.1:{gossip}"),
+    ]);
+    assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
+    let log = dir.join("ready.log");
+    let mut server = Command::new(BIN)
+        .args(["coordinator", "--config", p(&ready.join("coordinator.toml"))])
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    let started = Instant::now();
+    while !std::fs::read_to_string(&log).unwrap_or_default().contains("coordinator started") {
+        if started.elapsed() > Duration::from_secs(30) || server.try_wait().unwrap().is_some() {
+            let _ = server.kill();
+            panic!(
+                "the coordinator federation init wrote did not start:\n{}",
+                std::fs::read_to_string(&log).unwrap_or_default()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let status = Command::new(BIN)
+        .args(["--config", p(&ready.join("client.toml")), "datastore", "ls"])
+        .output()
+        .unwrap();
+    // SAFETY: a process this test started.
+    unsafe { libc::kill(server.id() as i32, libc::SIGTERM) };
+    let _ = server.wait();
+    assert!(
+        status.status.success(),
+        "its client.toml does not reach it: {}",
+        String::from_utf8_lossy(&status.stderr)
+    );
     // Address flags without the member they describe are refused, not ignored.
     let r = run(&[
         "federation",

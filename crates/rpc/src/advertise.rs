@@ -133,6 +133,7 @@ pub fn advertised(
         }
         // A listen port of 0 stays 0 here: the server puts in the port it was given.
         let port = port
+            .filter(|p| *p != 0)
             .or(port_of_listen)
             .or(listen_port)
             .ok_or_else(|| format!("{advertise_key} '{advertise}' needs a port (HOST:PORT)"))?;
@@ -199,6 +200,8 @@ mod tests {
         assert_eq!(a.to_string(), "nas.lan:7010");
         let a = advertised("k", "fd00::5", "l", "[::]:7000", None).unwrap();
         assert_eq!(a.to_string(), "[fd00::5]:7000");
+        let a = advertised_bound("k", "10.0.0.9:0", "l", "0.0.0.0:41000".parse().unwrap()).unwrap();
+        assert_eq!(a.to_string(), "10.0.0.9:41000", "an advertised port of 0 is the bound one");
         let a = advertised_bound("k", "", "l", "127.0.0.3:41000".parse().unwrap()).unwrap();
         assert_eq!(a.to_string(), "127.0.0.3:41000");
         let a = advertised("k", "", "l", "127.0.0.1:7000", None).unwrap();
