@@ -1,0 +1,96 @@
+//! Reconciling a node that registers again: what it holds against what we list for it.
+
+use super::*;
+
+impl State {
+    /// A node registered again: compare what it holds with what we list for it.
+    pub(super) async fn reconcile(&self, node: &str) -> Result<(), String> {
+        let up = &self.upkeep;
+        let mut control = self.control(node).map_err(|s| s.message().to_string())?;
+        let mut stream = control
+            .list_chunks(ListChunksRequest {})
+            .await
+            .map_err(|s| s.message().to_string())?
+            .into_inner();
+        let mut held: HashSet<ChunkId> = HashSet::new();
+        while let Some(batch) = stream.message().await.map_err(|s| s.message().to_string())? {
+            held.extend(batch.ids.iter().filter_map(|b| ChunkId::from_slice(b)));
+        }
+        // Chunks we host for other members live on our nodes too, outside our chunk table.
+        let hosted: HashSet<ChunkId> = self
+            .meta
+            .hosted_all()
+            .filter_map(|r| r.ok())
+            .filter(|(_, _, rec)| rec.nodes.iter().any(|n| n == node))
+            .map(|(_, id, _)| id)
+            .collect();
+        let (mut adopted, mut missing) = (0u64, 0u64);
+        let mut unneeded: Vec<ChunkId> = Vec::new();
+        let mut unknown: Vec<ChunkId> = Vec::new();
+        for id in &held {
+            if hosted.contains(id) {
+                continue;
+            }
+            // Pending first: a commit turns a pending upload into a chunk record in one
+            // transaction, so reading in this order never takes a chunk being committed
+            // right now for an unknown one.
+            let pending = self.meta.is_pending(id).unwrap_or(true);
+            let rec = self.meta.chunk(id).map_err(|e| e.to_string())?;
+            match rec {
+                Some(rec) if rec.replicas.iter().any(|r| r == node) => {}
+                Some(rec) if rec.refs > 0 => {
+                    let want = self.wanted(&rec) + up.extra(id) as usize;
+                    let live = rec.replicas.iter().filter(|r| self.liveness(r) != Live::Lost).count();
+                    if live < want {
+                        self.meta.change_replicas(id, &[node.to_string()], &[]).map_err(|e| e.to_string())?;
+                        adopted += 1;
+                    } else {
+                        unneeded.push(*id);
+                    }
+                }
+                Some(_) => unneeded.push(*id),
+                None if pending => {}
+                None => unknown.push(*id),
+            }
+        }
+        // Copies we list on the node that it no longer has.
+        let listed: Vec<ChunkId> = self
+            .meta
+            .chunks()
+            .filter_map(|r| r.ok())
+            .filter(|(id, rec)| rec.replicas.iter().any(|r| r == node) && !held.contains(id))
+            .map(|(id, _)| id)
+            .collect();
+        for id in &listed {
+            self.meta.change_replicas(id, &[], &[node.to_string()]).map_err(|e| e.to_string())?;
+            missing += 1;
+        }
+        // Chunks nothing here knows are never deleted on sight: after a restore of an older
+        // metadata copy they are the files stored since. They are kept and reported until an
+        // admin collects them (`repair collect-unknown`).
+        let fresh = self.meta.set_unknown(node, &unknown, unix_ms_now()).map_err(|e| e.to_string())?;
+        if fresh > 0 {
+            self.events.emit(
+                "unknown-chunks",
+                node,
+                crate::events::Severity::Warning,
+                format!(
+                    "{node} holds {} chunk(s) this coordinator's metadata has no record of ({fresh} new); they are kept. \
+                     If the metadata directory was restored from an older copy they may belong to files stored since; \
+                     `collective repair collect-unknown` deletes them once you are sure they are garbage",
+                    unknown.len()
+                ),
+            );
+        }
+        let dropped = unneeded.len();
+        if !unneeded.is_empty() {
+            self.delete_many(HashMap::from([(node.to_string(), unneeded)])).await;
+        }
+        self.meta.flush().await.map_err(|e| e.to_string())?;
+        tracing::info!(%node, held = held.len(), adopted, dropped, missing, unknown = unknown.len(), "reconciled a returning node");
+        if adopted > 0 || missing > 0 {
+            up.wake.notify_one();
+        }
+        Ok(())
+    }
+}
