@@ -20,6 +20,7 @@ mod removal;
 mod repair_plan;
 mod server;
 mod state;
+mod status;
 mod upkeep;
 mod upkeep_service;
 

@@ -11,11 +11,10 @@ use collective_meta::{Attr, ChunkRef, FileCommitIn, Kind, SEAL_LEN};
 use collective_proto::v1::metadata_client::MetadataClient;
 use collective_proto::v1::metadata_server::Metadata;
 use collective_proto::v1::{
-    CertificateStatus, ChunkLocation, ChunkPlacement, CommitFilesRequest, CommitFilesResponse, DirEntry, FileAttr, FileKind, FilePlan,
-    ListRequest, ListResponse, MemberStatus, MkdirRequest, NodeStatus, PathRequest, PlanWriteRequest, PlanWriteResponse, ReadPlanRequest,
-    ReadPlanResponse, RemoveRequest, RemoveResponse, RenameRequest, ReplaceTargetRequest, ReportBadReplicaRequest,
-    ReportBadReplicaResponse, SetAttrRequest, StatusRequest, StatusResponse, SymlinkRequest, TokenOp, VerifyChunkRequest, WalkBatch,
-    WritePolicyResponse,
+    ChunkLocation, ChunkPlacement, CommitFilesRequest, CommitFilesResponse, DirEntry, FileAttr, FileKind, FilePlan, ListRequest,
+    ListResponse, MkdirRequest, PathRequest, PlanWriteRequest, PlanWriteResponse, ReadPlanRequest, ReadPlanResponse, RemoveRequest,
+    RemoveResponse, RenameRequest, ReplaceTargetRequest, ReportBadReplicaRequest, ReportBadReplicaResponse, SetAttrRequest, StatusRequest,
+    StatusResponse, SymlinkRequest, TokenOp, VerifyChunkRequest, WalkBatch, WritePolicyResponse,
 };
 use collective_rpc::forwarded;
 use futures::Stream;
@@ -31,6 +30,17 @@ const LIST_PAGE_MAX: usize = 10_000;
 const WALK_BATCH: usize = 512;
 const MAX_PLAN_CHUNKS: usize = 10_000;
 const REMOTE_LIST_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// Sends a call about another member's datastore to that member's coordinator, naming the
+/// end user (the owner checks its grants), and returns its answer from the enclosing RPC;
+/// for a path of our own it does nothing and the RPC goes on locally.
+macro_rules! forward_to_owner {
+    ($svc:expr, $call:expr, $who:expr, $path:expr, $req:ident, $method:ident) => {
+        if let Some(mut peer) = $svc.remote($path)? {
+            return $call.done(peer.$method(forwarded($req.into_inner(), &$who)).await.map(Response::into_inner));
+        }
+    };
+}
 
 pub struct MetadataService {
     pub state: Arc<State>,
@@ -319,9 +329,7 @@ impl Metadata for MetadataService {
     async fn stat(&self, req: Request<PathRequest>) -> Result<Response<FileAttr>, Status> {
         let (who, call) = self.begin("stat", &req, &req.get_ref().path)?;
         let path = path_arg(&req.get_ref().path)?;
-        if let Some(mut peer) = self.remote(&path)? {
-            return call.done(peer.stat(forwarded(req.into_inner(), &who)).await.map(Response::into_inner));
-        }
+        forward_to_owner!(self, call, who, &path, req, stat);
         let r = (|| {
             if !path.is_root() {
                 self.state.require(&who, &path, Rights::READ)?;
@@ -338,9 +346,7 @@ impl Metadata for MetadataService {
     async fn list(&self, req: Request<ListRequest>) -> Result<Response<ListResponse>, Status> {
         let (who, call) = self.begin("list", &req, &req.get_ref().path)?;
         let path = path_arg(&req.get_ref().path)?;
-        if let Some(mut peer) = self.remote(&path)? {
-            return call.done(peer.list(forwarded(req.into_inner(), &who)).await.map(Response::into_inner));
-        }
+        forward_to_owner!(self, call, who, &path, req, list);
         if path.is_root() {
             let r = self.list_root(&who, req.get_ref()).await;
             return call.done(r);
@@ -369,9 +375,7 @@ impl Metadata for MetadataService {
     async fn mkdir(&self, req: Request<MkdirRequest>) -> Result<Response<FileAttr>, Status> {
         let (who, call) = self.begin("mkdir", &req, &req.get_ref().path)?;
         let path = path_arg(&req.get_ref().path)?;
-        if let Some(mut peer) = self.remote(&path)? {
-            return call.done(peer.mkdir(forwarded(req.into_inner(), &who)).await.map(Response::into_inner));
-        }
+        forward_to_owner!(self, call, who, &path, req, mkdir);
         let q = req.into_inner();
         let target = path.to_string();
         let caller = who.to_string();
@@ -390,9 +394,7 @@ impl Metadata for MetadataService {
     async fn remove(&self, req: Request<RemoveRequest>) -> Result<Response<RemoveResponse>, Status> {
         let (who, call) = self.begin("remove", &req, &req.get_ref().path)?;
         let path = path_arg(&req.get_ref().path)?;
-        if let Some(mut peer) = self.remote(&path)? {
-            return call.done(peer.remove(forwarded(req.into_inner(), &who)).await.map(Response::into_inner));
-        }
+        forward_to_owner!(self, call, who, &path, req, remove);
         let q = req.into_inner();
         let target = path.to_string();
         let caller = who.to_string();
@@ -445,9 +447,7 @@ impl Metadata for MetadataService {
     async fn symlink(&self, req: Request<SymlinkRequest>) -> Result<Response<FileAttr>, Status> {
         let (who, call) = self.begin("symlink", &req, &req.get_ref().path)?;
         let path = path_arg(&req.get_ref().path)?;
-        if let Some(mut peer) = self.remote(&path)? {
-            return call.done(peer.symlink(forwarded(req.into_inner(), &who)).await.map(Response::into_inner));
-        }
+        forward_to_owner!(self, call, who, &path, req, symlink);
         let q = req.into_inner();
         let target = path.to_string();
         let caller = who.to_string();
@@ -465,9 +465,7 @@ impl Metadata for MetadataService {
     async fn set_attr(&self, req: Request<SetAttrRequest>) -> Result<Response<FileAttr>, Status> {
         let (who, call) = self.begin("set_attr", &req, &req.get_ref().path)?;
         let path = path_arg(&req.get_ref().path)?;
-        if let Some(mut peer) = self.remote(&path)? {
-            return call.done(peer.set_attr(forwarded(req.into_inner(), &who)).await.map(Response::into_inner));
-        }
+        forward_to_owner!(self, call, who, &path, req, set_attr);
         let q = req.into_inner();
         let target = path.to_string();
         let caller = who.to_string();
@@ -488,9 +486,7 @@ impl Metadata for MetadataService {
     async fn plan_write(&self, req: Request<PlanWriteRequest>) -> Result<Response<PlanWriteResponse>, Status> {
         let (who, call) = self.begin("plan_write", &req, &req.get_ref().path)?;
         let path = path_arg(&req.get_ref().path)?;
-        if let Some(mut peer) = self.remote(&path)? {
-            return call.done(peer.plan_write(forwarded(req.into_inner(), &who)).await.map(Response::into_inner));
-        }
+        forward_to_owner!(self, call, who, &path, req, plan_write);
         let q = req.into_inner();
         let caller = who.to_string();
         let r = async {
@@ -551,13 +547,7 @@ impl Metadata for MetadataService {
     async fn replace_target(&self, req: Request<ReplaceTargetRequest>) -> Result<Response<ChunkPlacement>, Status> {
         let (who, call) = self.begin("replace_target", &req, &req.get_ref().path)?;
         let path = path_arg(&req.get_ref().path)?;
-        if let Some(mut peer) = self.remote(&path)? {
-            return call.done(
-                peer.replace_target(forwarded(req.into_inner(), &who))
-                    .await
-                    .map(Response::into_inner),
-            );
-        }
+        forward_to_owner!(self, call, who, &path, req, replace_target);
         let q = req.into_inner();
         let caller = who.to_string();
         let r = (|| {
@@ -603,9 +593,7 @@ impl Metadata for MetadataService {
             Some(f) => path_arg(&f.path)?,
             None => return call.done(Ok(CommitFilesResponse { files: vec![] })),
         };
-        if let Some(mut peer) = self.remote(&first)? {
-            return call.done(peer.commit_files(forwarded(req.into_inner(), &who)).await.map(Response::into_inner));
-        }
+        forward_to_owner!(self, call, who, &first, req, commit_files);
         let q = req.into_inner();
         let target = if q.files.len() > 1 {
             format!("{first} (and {} more)", q.files.len() - 1)
@@ -687,10 +675,9 @@ impl Metadata for MetadataService {
 
     async fn read_plan(&self, req: Request<ReadPlanRequest>) -> Result<Response<ReadPlanResponse>, Status> {
         let (who, call) = self.begin("read_plan", &req, req.get_ref().paths.first().map(String::as_str).unwrap_or(""))?;
-        if let Some(first) = req.get_ref().paths.first()
-            && let Some(mut peer) = self.remote(&path_arg(first)?)?
-        {
-            return call.done(peer.read_plan(forwarded(req.into_inner(), &who)).await.map(Response::into_inner));
+        if let Some(first) = req.get_ref().paths.first() {
+            let first = path_arg(first)?;
+            forward_to_owner!(self, call, who, &first, req, read_plan);
         }
         let caller = who.to_string();
         let r = async {
@@ -760,9 +747,7 @@ impl Metadata for MetadataService {
     async fn write_policy(&self, req: Request<PathRequest>) -> Result<Response<WritePolicyResponse>, Status> {
         let (who, call) = self.begin("write_policy", &req, &req.get_ref().path)?;
         let path = path_arg(&req.get_ref().path)?;
-        if let Some(mut peer) = self.remote(&path)? {
-            return call.done(peer.write_policy(forwarded(req.into_inner(), &who)).await.map(Response::into_inner));
-        }
+        forward_to_owner!(self, call, who, &path, req, write_policy);
         let r = (|| {
             self.state.require(&who, &path, Rights::WRITE)?;
             let policy = self.state.policy(path.as_str())?;
@@ -885,127 +870,7 @@ impl Metadata for MetadataService {
     async fn status(&self, req: Request<StatusRequest>) -> Result<Response<StatusResponse>, Status> {
         let (_, call) = self.begin("status", &req, "")?;
         let state = self.state.clone();
-        let r = blocking(move || Ok(status_report(&state))).await.and_then(|r| r);
+        let r = blocking(move || Ok(crate::status::status_report(&state))).await.and_then(|r| r);
         call.done(r)
     }
-}
-
-/// The numbers behind `collective status`; also refreshes the gauges.
-pub fn status_report(state: &State) -> Result<StatusResponse, Status> {
-    let totals = state.meta.totals().map_err(meta_status)?;
-    let repair = state.repair_status();
-    let mut nodes: Vec<NodeStatus> = {
-        let table = state.lock_nodes();
-        table
-            .iter()
-            .map(|(name, e)| NodeStatus {
-                node: name.clone(),
-                state: if state.is_up(e) { "up".into() } else { "down".into() },
-                quic_addr: e.quic_addr.clone(),
-                capacity_bytes: e.usage.capacity_bytes,
-                used_bytes: e.usage.used_bytes,
-                free_bytes: e.usage.free_bytes,
-                chunks: e.usage.chunks,
-                last_seen_ms: e.last_seen_ms,
-                message: e.usage.health_message.clone(),
-            })
-            .collect()
-    };
-    nodes.sort_by(|a, b| a.node.cmp(&b.node));
-    let mut certificates = vec![CertificateStatus {
-        principal: state.principal.clone(),
-        role: "coordinator".into(),
-        not_after_ms: (state.identity.info().not_after.unix_timestamp_nanos() / 1_000_000) as i64,
-    }];
-    {
-        let table = state.lock_nodes();
-        let mut v: Vec<CertificateStatus> = table
-            .iter()
-            .filter(|(_, e)| e.usage.cert_not_after_ms > 0)
-            .map(|(name, e)| CertificateStatus {
-                principal: name.clone(),
-                role: "node".into(),
-                not_after_ms: e.usage.cert_not_after_ms,
-            })
-            .collect();
-        v.sort_by(|a, b| a.principal.cmp(&b.principal));
-        certificates.extend(v);
-    }
-    let mut members: Vec<MemberStatus> = state
-        .fed()
-        .map(|fed| {
-            fed.gossip
-                .peers()
-                .into_iter()
-                .map(|p| MemberStatus {
-                    state: p.label().into(),
-                    member: p.member,
-                    last_seen_ms: p.last_seen_ms as i64,
-                })
-                .collect()
-        })
-        .unwrap_or_default();
-    members.sort_by(|a, b| a.member.cmp(&b.member));
-    let m = &state.metrics;
-    m.files.set(totals.files as i64);
-    m.dirs.set(totals.dirs as i64);
-    m.logical_bytes.set(totals.logical_bytes as i64);
-    m.physical_bytes.set(totals.physical_bytes as i64);
-    m.unique_bytes.set(totals.unique_bytes as i64);
-    m.manifests.set(totals.files as i64);
-    m.dedup_ratio.set(if totals.unique_bytes == 0 {
-        1.0
-    } else {
-        totals.logical_bytes as f64 / totals.unique_bytes as f64
-    });
-    let up = nodes.iter().filter(|n| n.state == "up").count() as i64;
-    m.nodes.with_label_values(&["up"]).set(up);
-    m.nodes.with_label_values(&["down"]).set(nodes.len() as i64 - up);
-    let breakers = state.peer_breakers.snapshot(std::time::Instant::now());
-    for st in [collective_core::BreakerState::Open, collective_core::BreakerState::HalfOpen] {
-        let n = breakers.iter().filter(|(_, s)| *s == st).count();
-        m.peer_breakers.with_label_values(&[st.as_str()]).set(n as i64);
-    }
-    let load = |c: &std::sync::atomic::AtomicU64| c.load(std::sync::atomic::Ordering::Relaxed) as i64;
-    m.peer_breaker_trips.set(load(&state.peer_breakers.opened));
-    m.peer_breaker_rejections.set(load(&state.peer_breakers.rejected));
-    if let Some(fed) = state.fed() {
-        let peers = fed.gossip.peers();
-        for st in ["alive", "suspect", "down"] {
-            let n = peers.iter().filter(|p| p.state.as_str() == st).count();
-            m.members.with_label_values(&[st]).set(n as i64);
-        }
-        m.members
-            .with_label_values(&["removed"])
-            .set(state.identity.revocations().removed_members().len() as i64);
-        let c = fed.gossip.counters();
-        m.member_downs
-            .inc_by((load(&c.members_down) as u64).saturating_sub(m.member_downs.get()));
-        for (dir, n) in [("sent", &c.sent), ("received", &c.received), ("dropped", &c.dropped)] {
-            let counter = m.gossip_messages.with_label_values(&[dir]);
-            counter.inc_by((load(n) as u64).saturating_sub(counter.get()));
-        }
-    }
-    Ok(StatusResponse {
-        coordinator: state.principal.clone(),
-        member: state.domain.clone(),
-        replication: state.replication as u32,
-        nodes,
-        files: totals.files,
-        dirs: totals.dirs,
-        logical_bytes: totals.logical_bytes,
-        physical_bytes: totals.physical_bytes,
-        unique_chunks: totals.unique_chunks,
-        unique_bytes: totals.unique_bytes,
-        under_replicated_chunks: repair.under_replicated_chunks,
-        unreadable_chunks: repair.unreadable_chunks,
-        reclaimable_bytes: repair.reclaimable_bytes,
-        reclaimable_chunks: repair.reclaimable_chunks,
-        bytes_at_risk: repair.bytes_at_risk,
-        corrupt_reports: m.corrupt_reports.get(),
-        version: env!("CARGO_PKG_VERSION").into(),
-        repair: Some(repair.clone()),
-        members,
-        certificates,
-    })
 }

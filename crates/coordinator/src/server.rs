@@ -23,11 +23,12 @@ use crate::admin::AdminService;
 use crate::bootstrap::BootstrapService;
 use crate::config::{CoordinatorConfig, FederationConfig};
 use crate::federation::FederationService;
-use crate::metadata::{MetadataService, status_report};
+use crate::metadata::MetadataService;
 use crate::metrics::CoordinatorMetrics;
 use crate::registry::RegistryService;
 use crate::state::Federated;
 use crate::state::State;
+use crate::status::status_report;
 use crate::upkeep_service::UpkeepService;
 use collective_proto::v1::upkeep_server::UpkeepServer;
 
