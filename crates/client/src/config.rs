@@ -34,3 +34,13 @@ impl Default for ClientConfig {
         }
     }
 }
+
+impl ClientConfig {
+    /// Writes this configuration to `path` (relative paths in it stay relative to the
+    /// file's directory).
+    pub fn write(&self, path: &std::path::Path) -> Result<(), crate::ClientError> {
+        let text =
+            toml::to_string_pretty(self).map_err(|e| crate::ClientError::Config(format!("cannot encode {}: {e}", path.display())))?;
+        std::fs::write(path, text).map_err(crate::ClientError::local(path))
+    }
+}

@@ -11,6 +11,7 @@ mod blocks;
 mod chunking;
 mod config;
 mod download;
+pub mod enrol;
 mod error;
 mod sealing;
 mod session;

@@ -1,18 +1,17 @@
 //! `collective federation|invite|member|datastore …`: the federation root, invites, joining
 //! a federation, datastores and grants.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use anyhow::{Context, Result, bail};
 use clap::{Args, Subcommand};
-use collective_client::{Client, ClientConfig};
-use collective_core::{Principal, parse_duration, unix_ms_now};
-use collective_pki::{FederationRoot, InviteCode, InviteCodeKind, MemberCa, TlsIdentity, new_csr, write_private_file};
-use collective_proto::v1::bootstrap_client::BootstrapClient;
+use collective_client::Client;
+use collective_client::enrol::{self, Invite};
+use collective_core::{parse_duration, unix_ms_now};
+use collective_pki::{FederationRoot, InviteCodeKind};
 use collective_proto::v1::{
-    CreateDatastoreRequest, DatastoreInfo, GenerateInviteRequest, GrantInfo, GrantRequest, InviteInfo, JoinMemberRequest,
-    ListDatastoresRequest, ListInvitesRequest, PathRequest, PeerInfo, PeersRequest, PeersResponse, RedeemInviteRequest,
-    RemoveMemberRequest, RevokeInviteRequest, RevokeRequest,
+    CreateDatastoreRequest, DatastoreInfo, GenerateInviteRequest, GrantInfo, GrantRequest, InviteInfo, ListDatastoresRequest,
+    ListInvitesRequest, PathRequest, PeerInfo, PeersRequest, PeersResponse, RemoveMemberRequest, RevokeInviteRequest, RevokeRequest,
 };
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
@@ -34,10 +33,6 @@ fn time_str(ms: i64) -> String {
         return "-".into();
     }
     collective_core::format_time_ms(ms)
-}
-
-fn write_toml<T: serde::Serialize>(path: &Path, v: &T) -> Result<()> {
-    std::fs::write(path, toml::to_string_pretty(v)?).with_context(|| format!("cannot write {}", path.display()))
 }
 
 // ---------------------------------------------------------------- federation
@@ -489,37 +484,15 @@ pub async fn invite(o: &ClientOverrides, cmd: InviteCommand) -> Result<()> {
 }
 
 /// A channel for first contact: no certificate of ours, the server pinned by the code.
-fn bootstrap_client(code: &InviteCode) -> Result<BootstrapClient<tonic::transport::Channel>> {
-    let principal: Principal = code.coordinator.parse().context("the invite names a bad coordinator")?;
-    let tls = TlsIdentity::pinned_client_config(code.fingerprint, collective_pki::ALPN_GRPC)?;
-    Ok(BootstrapClient::new(collective_rpc::channel_with_config(
-        tls, &code.addr, &principal,
-    )?))
-}
-
-fn check_fresh(code: &InviteCode) -> Result<()> {
-    if unix_ms_now() >= code.expires_ms {
-        bail!("this invite expired on {}; ask for a new one", time_str(code.expires_ms as i64));
-    }
-    Ok(())
-}
-
 async fn redeem(a: RedeemArgs) -> Result<()> {
-    let (code, _, _) = InviteCode::decode(&a.code)?;
-    if code.kind != InviteCodeKind::User {
-        bail!("this invite brings in a new member; run `collective member join CODE --name NAME --out DIR` instead");
-    }
-    check_fresh(&code)?;
+    let invite = Invite::parse(&a.code)?;
+    invite.check_kind(InviteCodeKind::User)?;
     let name = match a.name {
         Some(n) => n,
         None => std::env::var("USER").context("pass --name NAME (your name in the member)")?,
     };
     collective_core::validate_name(&name)?;
-    let member_domain = code
-        .coordinator
-        .split_once('@')
-        .map(|(_, d)| d.to_string())
-        .context("the invite names a bad coordinator")?;
+    let member_domain = invite.member_domain()?;
     let contexts = crate::context::Contexts::load()?;
     let context = match &a.context {
         Some(c) => {
@@ -535,44 +508,11 @@ async fn redeem(a: RedeemArgs) -> Result<()> {
         Some(o) => o,
         None => crate::context::contexts_dir()?.join(&context),
     };
-    if out.join("client.toml").exists() {
-        bail!("{} already holds a client configuration; choose another --out", out.display());
-    }
-    std::fs::create_dir_all(&out).with_context(|| format!("cannot create {}", out.display()))?;
-    let principal = format!("{name}@{member_domain}");
-    let (key_pem, csr) = new_csr(&principal)?;
-    let mut bootstrap = bootstrap_client(&code)?;
-    let r = bootstrap
-        .redeem_invite(RedeemInviteRequest {
-            code: a.code.trim().to_string(),
-            name: name.clone(),
-            csr_pem: csr,
-        })
-        .await
-        .map_err(|s| anyhow::anyhow!(collective_rpc::explain_status(&code.coordinator, &s)))?
-        .into_inner();
-    let key_path = out.join(format!("{name}.key"));
-    write_private_file(&key_path, key_pem.as_bytes())?;
-    std::fs::write(out.join(format!("{name}.crt")), &r.cert_chain_pem)?;
-    std::fs::write(out.join("ca.crt"), &r.trust_pem)?;
-    let coordinator_name = r
-        .coordinator_principal
-        .split_once('@')
-        .map(|(n, _)| n.to_string())
-        .unwrap_or_else(|| "coordinator".into());
-    let cfg = ClientConfig {
-        coordinator: r.coordinator.clone(),
-        coordinator_name,
-        ca: PathBuf::from("ca.crt"),
-        cert: PathBuf::from(format!("{name}.crt")),
-        key: PathBuf::from(format!("{name}.key")),
-        ..Default::default()
-    };
-    let cfg_path = out.join("client.toml");
-    write_toml(&cfg_path, &cfg)?;
+    let r = enrol::redeem_user(&invite, &name, &out).await?;
+    let cfg_path = r.client_config.clone();
     println!("you are {} now", r.principal);
-    for g in &r.grants {
-        println!("  {} on {}", g.rights, g.path);
+    for (path, rights) in &r.grants {
+        println!("  {rights} on {path}");
     }
     let entry = crate::context::ContextEntry {
         config: std::path::absolute(&cfg_path).unwrap_or(cfg_path.clone()),
@@ -641,33 +581,14 @@ pub async fn member(cmd: MemberCommand) -> Result<()> {
 }
 
 pub async fn join(a: &JoinArgs) -> Result<Joined> {
-    let (code, _, _) = InviteCode::decode(&a.code)?;
-    if code.kind != InviteCodeKind::Member {
-        bail!("this invite is for a user; run `collective invite redeem CODE` instead");
-    }
-    check_fresh(&code)?;
+    let invite = Invite::parse(&a.code)?;
+    invite.check_kind(InviteCodeKind::Member)?;
     collective_core::validate_name(&a.name)?;
     // Before the code is used up: every address the others will be told must be reachable.
     let addrs = a.addrs.resolve(true)?;
     collective_core::parse_size(&a.contribution).with_context(|| format!("--contribution '{}'", a.contribution))?;
-    let domain = collective_pki::member_domain(&a.name, &code.federation);
     let ca_dir = a.out.join("ca");
-    let csr = MemberCa::begin_join(&a.name, &domain, &ca_dir)?;
-    let mut bootstrap = bootstrap_client(&code)?;
-    let r = bootstrap
-        .join_member(JoinMemberRequest {
-            code: a.code.trim().to_string(),
-            name: a.name.clone(),
-            csr_pem: csr,
-        })
-        .await
-        .map_err(|s| {
-            // Leave nothing half-made: the key is useless without its certificate.
-            let _ = std::fs::remove_file(ca_dir.join("ca.key"));
-            anyhow::anyhow!(collective_rpc::explain_status(&code.coordinator, &s))
-        })?
-        .into_inner();
-    let ca = MemberCa::finish_join(&ca_dir, &r.member_ca_pem, &r.root_pem)?;
+    let enrol::Joined { domain, ca, gossip_peers } = enrol::join_member(&invite, &a.name, &ca_dir).await?;
     let written = crate::setup::write_member(
         &a.out,
         &ca,
@@ -675,7 +596,7 @@ pub async fn join(a: &JoinArgs) -> Result<Joined> {
         &a.name,
         &addrs,
         Some(crate::setup::FederationPart {
-            bootstrap: r.gossip_peers.clone(),
+            bootstrap: gossip_peers,
             root_dir: None,
             contribution: a.contribution.clone(),
         }),
