@@ -15,6 +15,7 @@ pub mod enrol;
 mod error;
 mod sealing;
 mod session;
+mod upkeep;
 mod upload;
 pub mod writeback;
 

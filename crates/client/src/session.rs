@@ -102,8 +102,9 @@ impl Client {
         self.admin.clone()
     }
 
-    /// Repair, scrub and node lifecycle (this member's admins).
-    pub fn upkeep(&self) -> UpkeepClient<Channel> {
+    /// Repair, scrub and node lifecycle (this member's admins): see `upkeep.rs` for the
+    /// typed operations.
+    pub(crate) fn upkeep(&self) -> UpkeepClient<Channel> {
         self.upkeep.clone()
     }
 

@@ -165,12 +165,7 @@ fn risk_json(r: &collective_proto::v1::RiskReport) -> serde_json::Value {
 
 async fn risk(o: &ClientOverrides, member: String, json: bool) -> Result<()> {
     let client = connect(o)?;
-    let r = client
-        .upkeep()
-        .risk(collective_proto::v1::RiskRequest { member, local_only: false })
-        .await
-        .map_err(status)?
-        .into_inner();
+    let r = client.risk(&member).await?;
     if json {
         println!("{}", serde_json::to_string_pretty(&risk_json(&r))?);
         return Ok(());

@@ -7,19 +7,13 @@ use anyhow::{Result, bail};
 use clap::Subcommand;
 use collective_client::Client;
 use collective_core::format_bytes;
-use collective_proto::v1::{
-    CollectUnknownRequest, DrainStatus, NodeRequest, RepairStatusRequest, RepairStatusResponse, ScrubReport, StartScrubRequest,
-};
+use collective_proto::v1::{DrainStatus, RepairStatusResponse, ScrubReport};
 use serde_json::json;
 
 use crate::config::{ClientOverrides, client_config};
 
 fn connect(o: &ClientOverrides) -> Result<Client> {
     Ok(Client::connect(&client_config(o)?)?)
-}
-
-fn status(s: tonic::Status) -> anyhow::Error {
-    anyhow::anyhow!(collective_rpc::explain_status("the coordinator", &s))
 }
 
 #[derive(Subcommand)]
@@ -181,13 +175,7 @@ pub async fn repair(o: &ClientOverrides, c: RepairCommand) -> Result<()> {
         RepairCommand::Status { json } => json,
         RepairCommand::CollectUnknown { older_than, dry_run, json } => return collect_unknown(o, &older_than, dry_run, json).await,
     };
-    let client = connect(o)?;
-    let r = client
-        .upkeep()
-        .repair_status(RepairStatusRequest {})
-        .await
-        .map_err(status)?
-        .into_inner();
+    let r = connect(o)?.repair_status().await?;
     if json {
         println!("{}", serde_json::to_string_pretty(&repair_json(&r))?);
     } else {
@@ -198,15 +186,7 @@ pub async fn repair(o: &ClientOverrides, c: RepairCommand) -> Result<()> {
 
 async fn collect_unknown(o: &ClientOverrides, older_than: &str, dry_run: bool, json: bool) -> Result<()> {
     let age = collective_core::parse_duration(older_than)?;
-    let r = connect(o)?
-        .upkeep()
-        .collect_unknown(CollectUnknownRequest {
-            min_age_ms: age.as_millis() as u64,
-            dry_run,
-        })
-        .await
-        .map_err(status)?
-        .into_inner();
+    let r = connect(o)?.collect_unknown(age, dry_run).await?;
     if json {
         let v = json!({
             "deleted_chunks": r.deleted_chunks,
@@ -296,23 +276,18 @@ fn print_scrub(r: &ScrubReport) {
 
 pub async fn scrub(o: &ClientOverrides, c: ScrubCommand) -> Result<()> {
     let client = connect(o)?;
-    let mut up = client.upkeep();
     let (report, json, wait) = match c {
         ScrubCommand::Start { wait, json } => {
-            let before = up.scrub_report(StartScrubRequest {}).await.map_err(status)?.into_inner();
+            let before = client.scrub_report().await?;
             let passes: Vec<(String, u64)> = before
                 .nodes
                 .iter()
                 .map(|n| (n.node.clone(), n.scrub.as_ref().map(|s| s.passes).unwrap_or(0)))
                 .collect();
-            let r = up.start_scrub(StartScrubRequest {}).await.map_err(status)?.into_inner();
+            let r = client.start_scrub().await?;
             if !wait { (r, json, None) } else { (r, json, Some(passes)) }
         }
-        ScrubCommand::Status { json } => (
-            up.scrub_report(StartScrubRequest {}).await.map_err(status)?.into_inner(),
-            json,
-            None,
-        ),
+        ScrubCommand::Status { json } => (client.scrub_report().await?, json, None),
     };
     let Some(passes) = wait else {
         if json {
@@ -325,7 +300,7 @@ pub async fn scrub(o: &ClientOverrides, c: ScrubCommand) -> Result<()> {
     // Follow: every node that was up has finished a pass since, and what was found is repaired.
     loop {
         tokio::time::sleep(Duration::from_millis(500)).await;
-        let r = up.scrub_report(StartScrubRequest {}).await.map_err(status)?.into_inner();
+        let r = client.scrub_report().await?;
         let finished = r.nodes.iter().filter(|n| n.state == "up").all(|n| {
             let done = n.scrub.as_ref().map(|s| s.passes).unwrap_or(0);
             let start = passes.iter().find(|(p, _)| *p == n.node).map(|(_, v)| *v).unwrap_or(0);
@@ -365,16 +340,7 @@ fn drain_json(d: &DrainStatus) -> serde_json::Value {
 
 pub async fn drain(o: &ClientOverrides, node: String, no_wait: bool, cancel: bool, json: bool) -> Result<()> {
     let client = connect(o)?;
-    let mut up = client.upkeep();
-    let mut d = up
-        .drain_node(NodeRequest {
-            node: node.clone(),
-            cancel,
-            force: false,
-        })
-        .await
-        .map_err(status)?
-        .into_inner();
+    let mut d = client.drain_node(&node, cancel).await?;
     if cancel {
         println!("{}: drain cancelled; it takes new data again", d.node);
         return Ok(());
@@ -405,14 +371,7 @@ pub async fn drain(o: &ClientOverrides, node: String, no_wait: bool, cancel: boo
                 let _ = std::io::stdout().flush();
             }
             tokio::time::sleep(Duration::from_millis(500)).await;
-            d = up
-                .drain_status(NodeRequest {
-                    node: node.clone(),
-                    ..Default::default()
-                })
-                .await
-                .map_err(status)?
-                .into_inner();
+            d = client.drain_status(&node).await?;
             if !d.draining {
                 bail!("the drain of {} was cancelled", d.node);
             }
@@ -441,17 +400,7 @@ pub async fn drain(o: &ClientOverrides, node: String, no_wait: bool, cancel: boo
 }
 
 pub async fn remove(o: &ClientOverrides, node: String, force: bool) -> Result<()> {
-    let client = connect(o)?;
-    let r = client
-        .upkeep()
-        .remove_node(NodeRequest {
-            node,
-            cancel: false,
-            force,
-        })
-        .await
-        .map_err(status)?
-        .into_inner();
+    let r = connect(o)?.remove_node(&node, force).await?;
     println!(
         "removed {}; stop its process (it may not register again while it holds data)",
         r.node
