@@ -462,6 +462,15 @@ fn chunks_unknown_to_restored_metadata_are_kept_reported_and_collected_only_on_r
     assert!(c.ok(&["repair", "status"]).contains("collect-unknown"));
     assert!(c.ok(&["events"]).contains("unknown-chunks"));
     assert!(c.ok(&["status"]).contains("unknown to this coordinator's metadata"));
+    // Only an admin decides: a user of the member with a valid certificate is refused,
+    // audited, and nothing is deleted.
+    let guest = c.second_user("guest");
+    let refused = c.cli_with(&guest, &["repair", "collect-unknown"]);
+    let err = String::from_utf8_lossy(&refused.stderr);
+    assert!(!refused.status.success(), "a non-admin collected unknown chunks");
+    assert!(err.contains("not an admin"), "{err}");
+    assert_eq!(copies_on_disk(&c), before, "a refused collection deleted something");
+    assert!(c.ok(&["audit"]).contains("unknown-collect"), "the refusal is audited");
     // An explicit decision, after the grace period (gc_grace is 3 s under `dev up`).
     let dry = json(&c, &["repair", "collect-unknown", "--dry-run", "--json"]);
     assert_eq!(dry["deleted_chunks"].as_u64().unwrap(), unknown, "{dry}");
