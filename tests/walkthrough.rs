@@ -563,56 +563,38 @@ fn federation_init_and_ca_init_write_ready_configs_for_the_advertised_address() 
     let dir = scratch("init-advertise");
     let fed = dir.join("fed");
     let run = |args: &[&str]| Command::new(BIN).args(args).output().unwrap();
+    let fed_init = |out: &Path, extra: &[&str]| {
+        let mut args = vec!["federation", "init", "--domain", "collective.local", "--out", p(out)];
+        args.extend_from_slice(extra);
+        run(&args)
+    };
     // Listening everywhere without saying where: refused, nothing written.
-    let r = run(&[
-        "federation",
-        "init",
-        "--domain",
-        "collective.local",
-        "--out",
-        p(&fed),
-        "--member",
-        "alice",
-    ]);
+    let r = fed_init(&fed, &["--member", "alice"]);
     assert!(
         r.status.success(),
         "loopback defaults need no --advertise: {}",
         String::from_utf8_lossy(&r.stderr)
     );
-    let r = run(&[
-        "federation",
-        "init",
-        "--domain",
-        "collective.local",
-        "--out",
-        p(&dir.join("fed2")),
-        "--member",
-        "alice",
-        "--grpc-listen",
-        "0.0.0.0:7000",
-    ]);
+    let r = fed_init(&dir.join("fed2"), &["--member", "alice", "--grpc-listen", "0.0.0.0:7000"]);
     assert!(!r.status.success());
     assert!(String::from_utf8_lossy(&r.stderr).contains("--advertise"));
     assert!(
         !dir.join("fed2").join("root.key").exists(),
         "nothing is written before the addresses are checked"
     );
-    let r = run(&[
-        "federation",
-        "init",
-        "--domain",
-        "collective.local",
-        "--out",
-        p(&dir.join("fed3")),
-        "--member",
-        "alice",
-        "--grpc-listen",
-        "0.0.0.0:7000",
-        "--gossip-listen",
-        "0.0.0.0:7946",
-        "--advertise",
-        "192.168.1.10",
-    ]);
+    let r = fed_init(
+        &dir.join("fed3"),
+        &[
+            "--member",
+            "alice",
+            "--grpc-listen",
+            "0.0.0.0:7000",
+            "--gossip-listen",
+            "0.0.0.0:7946",
+            "--advertise",
+            "192.168.1.10",
+        ],
+    );
     assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
     let cfg = std::fs::read_to_string(dir.join("fed3/coordinator.toml")).unwrap();
     for want in [
@@ -630,22 +612,19 @@ fn federation_init_and_ca_init_write_ready_configs_for_the_advertised_address() 
     };
     let (grpc, http, gossip) = (free(), free(), free());
     let ready = dir.join("ready");
-    let r = run(&[
-        "federation",
-        "init",
-        "--domain",
-        "collective.local",
-        "--out",
-        p(&ready),
-        "--member",
-        "alice",
-        "--grpc-listen",
-        &format!("127.0.0.1:{grpc}"),
-        "--http-listen",
-        &format!("127.0.0.1:{http}"),
-        "--gossip-listen",
-        &format!("127.0.0.1:{gossip}"),
-    ]);
+    let r = fed_init(
+        &ready,
+        &[
+            "--member",
+            "alice",
+            "--grpc-listen",
+            &format!("127.0.0.1:{grpc}"),
+            "--http-listen",
+            &format!("127.0.0.1:{http}"),
+            "--gossip-listen",
+            &format!("127.0.0.1:{gossip}"),
+        ],
+    );
     assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
     let log = dir.join("ready.log");
     let mut server = Command::new(BIN)
@@ -677,16 +656,7 @@ fn federation_init_and_ca_init_write_ready_configs_for_the_advertised_address() 
         String::from_utf8_lossy(&status.stderr)
     );
     // Address flags without the member they describe are refused, not ignored.
-    let r = run(&[
-        "federation",
-        "init",
-        "--domain",
-        "collective.local",
-        "--out",
-        p(&dir.join("fed4")),
-        "--grpc-listen",
-        "0.0.0.0:7000",
-    ]);
+    let r = fed_init(&dir.join("fed4"), &["--grpc-listen", "0.0.0.0:7000"]);
     assert!(!r.status.success() && String::from_utf8_lossy(&r.stderr).contains("--member"));
     let r = run(&[
         "ca",
