@@ -7,24 +7,28 @@
 //! chunks in parallel with read-ahead, verify each, and fall back to another replica
 //! (reporting the bad one) on error.
 
+mod admin;
 mod blocks;
 mod chunking;
 mod config;
 mod download;
 pub mod enrol;
 mod error;
+mod observe;
 mod sealing;
 mod session;
 mod upkeep;
 mod upload;
 pub mod writeback;
 
+pub use admin::InviteFor;
 pub use blocks::{PreparedChunk, prepare_chunk};
 pub use chunking::{ChunkParams, LARGE_FILE, chunk_params};
 pub use config::ClientConfig;
 pub use download::GetReport;
 pub use download::open_chunk;
 pub use error::ClientError;
+pub use observe::{AuditQuery, Events};
 pub use sealing::SEAL_LEN;
 pub use session::{Client, Progress};
 pub use upload::{PutReport, Source};

@@ -98,7 +98,7 @@ impl Client {
     }
 
     /// The administration service (datastores, grants, invites, federation).
-    pub fn admin(&self) -> AdminClient<Channel> {
+    pub(crate) fn admin(&self) -> AdminClient<Channel> {
         self.admin.clone()
     }
 
@@ -109,7 +109,7 @@ impl Client {
     }
 
     /// Cluster events and the audit log.
-    pub fn observe(&self) -> collective_proto::v1::observe_client::ObserveClient<Channel> {
+    pub(crate) fn observe(&self) -> collective_proto::v1::observe_client::ObserveClient<Channel> {
         self.observe.clone()
     }
 

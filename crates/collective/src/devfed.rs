@@ -6,11 +6,10 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
-use collective_client::Client;
+use collective_client::{Client, InviteFor};
 use collective_coordinator::{CoordinatorConfig, FederationConfig};
-use collective_core::Role;
+use collective_core::{Rights, Role, Strategy};
 use collective_pki::{FederationRoot, MemberCa};
-use collective_proto::v1::{CreateDatastoreRequest, GenerateInviteRequest, GrantRequest, PeersRequest};
 
 use crate::config::{ClientOverrides, client_config};
 use crate::dev::{
@@ -33,10 +32,6 @@ fn connect(client_config_path: &Path) -> Result<Client> {
         key: None,
     };
     Ok(Client::connect(&client_config(&o)?)?)
-}
-
-fn status(who: &str, s: tonic::Status) -> anyhow::Error {
-    anyhow::anyhow!(collective_rpc::explain_status(who, &s))
 }
 
 /// Starts one member's coordinator (config already written) and its nodes; returns them all
@@ -184,16 +179,9 @@ async fn start_all(
             Some(founder) => {
                 // Everyone else: a member invite from the founder, then `member join`.
                 let r = connect(founder)?
-                    .admin()
-                    .generate_invite(GenerateInviteRequest {
-                        member: name.to_string(),
-                        grants: vec![],
-                        max_uses: 1,
-                        validity_ms: 3_600_000,
-                    })
+                    .generate_invite(InviteFor::Member(name.to_string()), 1, Duration::from_secs(3600))
                     .await
-                    .map_err(|s| status("the founder's coordinator", s))?
-                    .into_inner();
+                    .context("the founder's coordinator did not make a member invite")?;
                 let joined = join(&JoinArgs {
                     code: r.code,
                     name: name.to_string(),
@@ -250,7 +238,7 @@ async fn settle(cluster: &ClusterFile) -> Result<()> {
     let n = cluster.members.len();
     wait_until("every member to see every other alive", || async {
         for m in &cluster.members {
-            let r = connect(&m.client_config)?.admin().peers(PeersRequest {}).await?.into_inner();
+            let r = connect(&m.client_config)?.peers().await?;
             let alive = r.members.iter().filter(|p| p.state == "alive").count();
             if alive < n {
                 return Ok(false);
@@ -262,38 +250,32 @@ async fn settle(cluster: &ClusterFile) -> Result<()> {
 
     let mut expected = Vec::new();
     for (i, m) in cluster.members.iter().enumerate() {
-        let (path, strategy, grants): (&str, &str, Vec<(String, &str)>) = match i {
-            0 => ("/media", "media", vec![(format!("bob@bob.{FEDERATION}"), "read")]),
-            1 => ("/backup", "backup", vec![]),
-            2 => ("/shared", "hybrid", vec![(format!("*@*.{FEDERATION}"), "read+write")]),
+        let (path, strategy, grants) = match i {
+            0 => ("/media", Strategy::Media, vec![(format!("bob@bob.{FEDERATION}"), Rights::READ)]),
+            1 => ("/backup", Strategy::Backup, vec![]),
+            2 => (
+                "/shared",
+                Strategy::Hybrid,
+                vec![(format!("*@*.{FEDERATION}"), Rights::READ.union(Rights::WRITE))],
+            ),
             _ => continue,
         };
-        let admin = connect(&m.client_config)?.admin();
-        let mut admin = admin;
-        admin
-            .create_datastore(CreateDatastoreRequest {
-                path: path.into(),
-                strategy: strategy.into(),
-                replicas: 2,
-            })
+        let client = connect(&m.client_config)?;
+        client
+            .create_datastore(path, strategy, 2)
             .await
-            .map_err(|s| status(&m.domain, s))?;
+            .with_context(|| format!("{}: creating {path}", m.domain))?;
         for (subject, rights) in grants {
-            admin
-                .grant(GrantRequest {
-                    path: path.into(),
-                    subject,
-                    rights: rights.into(),
-                    until_ms: 0,
-                })
+            client
+                .grant(path, &subject, rights, None)
                 .await
-                .map_err(|s| status(&m.domain, s))?;
+                .with_context(|| format!("{}: granting {rights} on {path} to {subject}", m.domain))?;
         }
         expected.push(path.trim_start_matches('/').to_string());
     }
     wait_until("every member's catalog to list every datastore", || async {
         for m in &cluster.members {
-            let r = connect(&m.client_config)?.admin().peers(PeersRequest {}).await?.into_inner();
+            let r = connect(&m.client_config)?.peers().await?;
             let known: Vec<&String> = r.members.iter().flat_map(|p| p.datastores.iter()).collect();
             if !expected.iter().all(|d| known.iter().any(|k| k.trim_start_matches('/') == d)) {
                 return Ok(false);

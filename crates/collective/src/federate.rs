@@ -5,14 +5,11 @@ use std::path::PathBuf;
 
 use anyhow::{Context, Result, bail};
 use clap::{Args, Subcommand};
-use collective_client::Client;
 use collective_client::enrol::{self, Invite};
-use collective_core::{parse_duration, unix_ms_now};
+use collective_client::{Client, InviteFor};
+use collective_core::{Rights, Strategy, parse_duration, unix_ms_now};
 use collective_pki::{FederationRoot, InviteCodeKind};
-use collective_proto::v1::{
-    CreateDatastoreRequest, DatastoreInfo, GenerateInviteRequest, GrantInfo, GrantRequest, InviteInfo, ListDatastoresRequest,
-    ListInvitesRequest, PathRequest, PeerInfo, PeersRequest, PeersResponse, RemoveMemberRequest, RevokeInviteRequest, RevokeRequest,
-};
+use collective_proto::v1::{DatastoreInfo, GrantInfo, InviteInfo, PeerInfo, PeersResponse};
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
 
@@ -21,10 +18,6 @@ use crate::table::{Align, Table};
 
 fn connect(o: &ClientOverrides) -> Result<Client> {
     Ok(Client::connect(&client_config(o)?)?)
-}
-
-fn status(s: tonic::Status) -> anyhow::Error {
-    anyhow::anyhow!(collective_rpc::explain_status("the coordinator", &s))
 }
 
 /// A time, or `-` for never/unknown (0).
@@ -90,7 +83,7 @@ pub enum FederationCommand {
 }
 
 async fn peers(o: &ClientOverrides) -> Result<PeersResponse> {
-    Ok(connect(o)?.admin().peers(PeersRequest {}).await.map_err(status)?.into_inner())
+    Ok(connect(o)?.peers().await?)
 }
 
 /// A member's domain, marked when it is the coordinator we asked.
@@ -198,12 +191,7 @@ pub async fn federation(o: &ClientOverrides, cmd: FederationCommand) -> Result<(
     match cmd {
         FederationCommand::Risk { member, json } => risk(o, member, json).await,
         FederationCommand::Remove { member, reason, json } => {
-            let r = connect(o)?
-                .admin()
-                .remove_member(RemoveMemberRequest { member, reason })
-                .await
-                .map_err(status)?
-                .into_inner();
+            let r = connect(o)?.remove_member(&member, &reason).await?;
             if json {
                 let v = serde_json::json!({
                     "member": r.member,
@@ -409,17 +397,11 @@ pub async fn invite(o: &ClientOverrides, cmd: InviteCommand) -> Result<()> {
         InviteCommand::Generate(a) => {
             let validity = parse_duration(&a.validity)?;
             let client = connect(o)?;
-            let r = client
-                .admin()
-                .generate_invite(GenerateInviteRequest {
-                    member: a.member.clone().unwrap_or_default(),
-                    grants: a.grant,
-                    max_uses: a.max_uses,
-                    validity_ms: validity.as_millis() as u64,
-                })
-                .await
-                .map_err(status)?
-                .into_inner();
+            let what = match &a.member {
+                Some(m) => InviteFor::Member(m.clone()),
+                None => InviteFor::User { grants: a.grant },
+            };
+            let r = client.generate_invite(what, a.max_uses, validity).await?;
             println!("{}", r.code);
             if let Some(i) = r.invite {
                 let how = match a.member {
@@ -437,15 +419,9 @@ pub async fn invite(o: &ClientOverrides, cmd: InviteCommand) -> Result<()> {
         }
         InviteCommand::List { json } => {
             let client = connect(o)?;
-            let r = client
-                .admin()
-                .list_invites(ListInvitesRequest {})
-                .await
-                .map_err(status)?
-                .into_inner();
+            let invites = client.list_invites().await?;
             if json {
-                let v: Vec<serde_json::Value> = r
-                    .invites
+                let v: Vec<serde_json::Value> = invites
                     .iter()
                     .map(|i| {
                         serde_json::json!({
@@ -457,20 +433,16 @@ pub async fn invite(o: &ClientOverrides, cmd: InviteCommand) -> Result<()> {
                     })
                     .collect();
                 println!("{}", serde_json::to_string_pretty(&serde_json::json!({ "invites": v }))?);
-            } else if r.invites.is_empty() {
+            } else if invites.is_empty() {
                 println!("no invites");
             } else {
-                r.invites.iter().for_each(print_invite);
+                invites.iter().for_each(print_invite);
             }
             Ok(())
         }
         InviteCommand::Revoke { code } => {
             let client = connect(o)?;
-            client
-                .admin()
-                .revoke_invite(RevokeInviteRequest { code_or_id: code })
-                .await
-                .map_err(status)?;
+            client.revoke_invite(&code).await?;
             println!("invite revoked");
             Ok(())
         }
@@ -661,7 +633,7 @@ fn grant_json(g: &GrantInfo) -> serde_json::Value {
 
 fn datastore_json(d: &DatastoreInfo) -> serde_json::Value {
     serde_json::json!({
-        "path": d.path, "member": d.member, "owner": d.owner, "strategy": d.strategy,
+        "path": d.path, "member": d.member, "owner": d.owner, "strategy": d.strategy().name(),
         "replicas": d.replicas, "encrypted": d.encrypted, "created": time_str(d.created_ms),
         "my_rights": d.my_rights, "my_rights_unknown": d.my_rights_unknown,
         "grants": d.grants.iter().map(grant_json).collect::<Vec<_>>(),
@@ -692,7 +664,7 @@ fn datastores_table(datastores: &[DatastoreInfo]) -> Table {
         t.row(vec![
             d.path.clone(),
             d.member.clone(),
-            d.strategy.clone(),
+            d.strategy().name().to_string(),
             d.replicas.to_string(),
             rights_label(d),
         ]);
@@ -702,33 +674,29 @@ fn datastores_table(datastores: &[DatastoreInfo]) -> Table {
 
 pub async fn datastore(o: &ClientOverrides, cmd: DatastoreCommand) -> Result<()> {
     let client = connect(o)?;
-    let mut admin = client.admin();
     match cmd {
         DatastoreCommand::Create { path, strategy, replicas } => {
-            let d = admin
-                .create_datastore(CreateDatastoreRequest { path, strategy, replicas })
-                .await
-                .map_err(status)?
-                .into_inner();
+            let strategy: Strategy = strategy.parse()?;
+            let d = client.create_datastore(&path, strategy, replicas).await?;
             println!(
                 "created datastore {} ({}, {} replicas{})",
                 d.path,
-                d.strategy,
+                d.strategy().name(),
                 d.replicas,
                 if d.encrypted { ", chunks encrypted on clients" } else { "" }
             );
         }
         DatastoreCommand::Ls { json } => {
-            let r = admin.list_datastores(ListDatastoresRequest {}).await.map_err(status)?.into_inner();
+            let datastores = client.list_datastores().await?;
             if json {
-                let v: Vec<_> = r.datastores.iter().map(datastore_json).collect();
+                let v: Vec<_> = datastores.iter().map(datastore_json).collect();
                 println!("{}", serde_json::to_string_pretty(&serde_json::json!({ "datastores": v }))?);
             } else {
-                datastores_table(&r.datastores).print();
+                datastores_table(&datastores).print();
             }
         }
         DatastoreCommand::Info { path, json } => {
-            let d = admin.datastore_details(PathRequest { path }).await.map_err(status)?.into_inner();
+            let d = client.datastore(&path).await?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&datastore_json(&d))?);
             } else {
@@ -737,7 +705,7 @@ pub async fn datastore(o: &ClientOverrides, cmd: DatastoreCommand) -> Result<()>
                 println!("owner:       {}", d.owner);
                 println!(
                     "strategy:    {} ({} replicas{})",
-                    d.strategy,
+                    d.strategy().name(),
                     d.replicas,
                     if d.encrypted { ", encrypted" } else { "" }
                 );
@@ -762,17 +730,9 @@ pub async fn datastore(o: &ClientOverrides, cmd: DatastoreCommand) -> Result<()>
             rights,
             until,
         } => {
-            let until_ms = until.as_deref().map(until_ms).transpose()?.unwrap_or(0);
-            let g = admin
-                .grant(GrantRequest {
-                    path,
-                    subject,
-                    rights,
-                    until_ms,
-                })
-                .await
-                .map_err(status)?
-                .into_inner();
+            let until_ms = until.as_deref().map(until_ms).transpose()?;
+            let rights: Rights = rights.parse()?;
+            let g = client.grant(&path, &subject, rights, until_ms).await?;
             let until = if g.until_ms > 0 {
                 format!(" until {}", time_str(g.until_ms))
             } else {
@@ -781,13 +741,7 @@ pub async fn datastore(o: &ClientOverrides, cmd: DatastoreCommand) -> Result<()>
             println!("granted {} on {} to {}{until}", g.rights, g.path, g.subject);
         }
         DatastoreCommand::Revoke { path, subject } => {
-            admin
-                .revoke(RevokeRequest {
-                    path: path.clone(),
-                    subject: subject.clone(),
-                })
-                .await
-                .map_err(status)?;
+            client.revoke_grant(&path, &subject).await?;
             println!("revoked the grant of {subject} on {path}");
         }
     }

@@ -3,9 +3,9 @@
 
 use anyhow::{Context, Result};
 use clap::Args;
-use collective_client::Client;
+use collective_client::{AuditQuery, Client};
 use collective_core::{format_time_ms, parse_duration, unix_ms_now};
-use collective_proto::v1::{AuditRequest, ClusterEvent, EventsRequest};
+use collective_proto::v1::ClusterEvent;
 use serde_json::json;
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
@@ -38,10 +38,6 @@ pub struct AuditArgs {
     json: bool,
 }
 
-fn status(s: tonic::Status) -> anyhow::Error {
-    anyhow::anyhow!(collective_rpc::explain_status("the coordinator", &s))
-}
-
 fn event_json(e: &ClusterEvent) -> serde_json::Value {
     json!({
         "seq": e.seq,
@@ -55,17 +51,9 @@ fn event_json(e: &ClusterEvent) -> serde_json::Value {
 
 pub async fn events(o: &ClientOverrides, a: EventsArgs) -> Result<()> {
     let client = Client::connect(&client_config(o)?)?;
-    let mut stream = client
-        .observe()
-        .events(EventsRequest {
-            follow: a.follow,
-            after_seq: 0,
-        })
-        .await
-        .map_err(status)?
-        .into_inner();
+    let mut stream = client.events(a.follow, 0).await?;
     let mut any = false;
-    while let Some(e) = stream.message().await.map_err(status)? {
+    while let Some(e) = stream.next().await? {
         any = true;
         if a.json {
             println!("{}", event_json(&e));
@@ -93,16 +81,12 @@ pub async fn audit(o: &ClientOverrides, a: AuditArgs) -> Result<()> {
     let since = a.since.as_deref().map(since_ms).transpose()?.unwrap_or(0);
     let client = Client::connect(&client_config(o)?)?;
     let entries = client
-        .observe()
-        .audit(AuditRequest {
+        .audit(AuditQuery {
             since_ms: since,
-            principal: a.principal.unwrap_or_default(),
+            principal: a.principal,
             limit: a.limit,
         })
-        .await
-        .map_err(status)?
-        .into_inner()
-        .entries;
+        .await?;
     if a.json {
         let v: Vec<serde_json::Value> = entries
             .iter()

@@ -4,7 +4,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use collective_core::{Grant, Principal, RemotePath, Rights, Subject, parse_grant_spec, unix_ms_now, validate_path};
+use collective_core::{Grant, Principal, RemotePath, Rights, Strategy, Subject, parse_grant_spec, unix_ms_now, validate_path};
 use collective_meta::{DatastoreRecord, InviteKind, InviteRecord};
 use collective_pki::{InviteCode, InviteCodeKind, TokenVerifier};
 use collective_proto::v1::admin_client::AdminClient;
@@ -12,14 +12,14 @@ use collective_proto::v1::admin_server::Admin;
 use collective_proto::v1::{
     CreateDatastoreRequest, DatastoreInfo, GenerateInviteRequest, GenerateInviteResponse, GrantInfo, GrantRequest, InviteInfo,
     ListDatastoresRequest, ListDatastoresResponse, ListInvitesRequest, ListInvitesResponse, MemberRemoval, PathRequest, PeerInfo,
-    PeersRequest, PeersResponse, RemoveMemberRequest, RevokeInviteRequest, RevokeInviteResponse, RevokeRequest, RevokeResponse,
+    PeersRequest, PeersResponse, PlacementStrategy, RemoveMemberRequest, RevokeInviteRequest, RevokeInviteResponse, RevokeRequest,
+    RevokeResponse,
 };
 use tonic::{Request, Response, Status};
 
 use crate::access::top_of;
 use crate::state::{State, meta_status};
 
-pub const STRATEGIES: [&str; 3] = ["media", "backup", "hybrid"];
 const MAX_REPLICAS: u32 = 8;
 const MAX_INVITE_USES: u32 = 10_000;
 /// How long a datastore listing waits for another member to say what the caller may do on
@@ -100,12 +100,12 @@ impl AdminService {
             path: root,
             owner: d.owner.clone(),
             member: self.state.domain.clone(),
-            strategy: d.strategy.clone(),
+            strategy: PlacementStrategy::from(d.strategy) as i32,
             replicas: d.replicas,
             created_ms: d.created_ms as i64,
             grants,
             my_rights: rights.to_string(),
-            encrypted: d.strategy != "media",
+            encrypted: d.strategy.encrypted(),
             my_rights_unknown: String::new(),
         })
     }
@@ -196,9 +196,9 @@ impl Admin for AdminService {
                         path: format!("/{}", d.name),
                         owner: d.owner.clone(),
                         member: s.member.clone(),
-                        strategy: d.strategy.clone(),
+                        strategy: d.strategy,
                         replicas: d.replicas,
-                        encrypted: d.strategy != "media",
+                        encrypted: d.strategy().known().is_some_and(|s| s.encrypted()),
                         ..Default::default()
                     };
                     match &answer {
@@ -413,16 +413,15 @@ impl AdminService {
             }
         };
         self.state.require(who, &RemotePath::root(), Rights::WRITE)?;
-        let strategy = if q.strategy.is_empty() {
-            "media".to_string()
-        } else {
-            q.strategy.clone()
+        let strategy = match PlacementStrategy::try_from(q.strategy) {
+            Ok(s) => s.known().unwrap_or(Strategy::Media),
+            Err(_) => {
+                return Err(Status::invalid_argument(format!(
+                    "strategy {} is not a strategy; use media, backup or hybrid",
+                    q.strategy
+                )));
+            }
         };
-        if !STRATEGIES.contains(&strategy.as_str()) {
-            return Err(Status::invalid_argument(format!(
-                "'{strategy}' is not a strategy; use media, backup or hybrid"
-            )));
-        }
         let replicas = if q.replicas == 0 {
             self.state.replication as u32
         } else {

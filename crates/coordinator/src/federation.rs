@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use collective_core::{Principal, Role};
 use collective_gossip::{MemberState, PeerState};
+use collective_proto::v1::PlacementStrategy;
 use collective_proto::v1::federation_client::FederationClient;
 use collective_proto::v1::federation_server::Federation;
 use collective_proto::v1::{
@@ -135,7 +136,7 @@ impl State {
             .map(|d| CatalogEntry {
                 name: d.name,
                 owner: d.owner,
-                strategy: d.strategy,
+                strategy: PlacementStrategy::from(d.strategy) as i32,
                 replicas: d.replicas,
             })
             .collect();

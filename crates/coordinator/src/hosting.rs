@@ -76,7 +76,7 @@ impl State {
             .map(|d| d.replicas as usize)
             .filter(|r| *r > 0)
             .unwrap_or(self.replication);
-        let spread = self.fed().is_some() && ds.as_ref().is_some_and(|d| d.strategy == "backup" || d.strategy == "hybrid");
+        let spread = self.fed().is_some() && ds.as_ref().is_some_and(|d| d.strategy.spreads_over_members());
         Ok(Policy {
             replicas,
             spread,
@@ -91,7 +91,7 @@ impl State {
         let strategy = policy
             .datastore
             .as_ref()
-            .and_then(|d| Strategy::parse(&d.strategy))
+            .map(|d| d.strategy)
             .filter(|s| *s != Strategy::Media)
             .unwrap_or(Strategy::Backup);
         let mut local: Vec<Vec<String>> = vec![Vec::new(); chunks.len()];

@@ -8,6 +8,7 @@ use std::time::Instant;
 use collective_core::{ChunkId, RemotePath, validate_path};
 use collective_core::{Principal, Rights};
 use collective_meta::{Attr, ChunkRef, FileCommitIn, Kind, SEAL_LEN};
+use collective_proto::v1::PlacementStrategy;
 use collective_proto::v1::metadata_client::MetadataClient;
 use collective_proto::v1::metadata_server::Metadata;
 use collective_proto::v1::{
@@ -755,7 +756,7 @@ impl Metadata for MetadataService {
             Ok(match policy.datastore {
                 Some(d) => WritePolicyResponse {
                     datastore: d.name,
-                    strategy: d.strategy,
+                    strategy: PlacementStrategy::from(d.strategy) as i32,
                     replicas: policy.replicas as u32,
                     encrypt,
                     secret: if encrypt { d.secret.to_vec().into() } else { Default::default() },

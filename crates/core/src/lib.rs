@@ -12,6 +12,7 @@ mod chunk;
 mod crash;
 mod path;
 mod principal;
+mod strategy;
 mod units;
 
 pub use access::{AccessError, Grant, Rights, Subject, effective_rights, parse_grant_spec};
@@ -20,4 +21,5 @@ pub use chunk::{CHUNK_ID_LEN, ChunkId, MAX_CHUNK_BYTES};
 pub use crash::{CRASH_ENV, CRASH_POINTS, crash_point};
 pub use path::{MAX_NAME_LEN, MAX_PATH_LEN, PathError, RemotePath, validate_path};
 pub use principal::{Principal, PrincipalError, Role, validate_name};
+pub use strategy::{Strategy, StrategyError};
 pub use units::{UnitError, format_bytes, format_time_ms, parse_duration, parse_size, unix_ms_now};

@@ -1,12 +1,12 @@
 //! Datastores, permission grants, invites and the principals invites created. Each change
 //! is one transaction, like the namespace.
 
-use collective_core::{Grant, RemotePath, Subject, unix_ms_now};
+use collective_core::{Grant, RemotePath, Strategy, Subject, unix_ms_now};
 use serde::{Deserialize, Serialize};
 
 use crate::engine::Table;
 use crate::namespace::mkdir_all;
-use crate::records::{decode, encode};
+use crate::records::{PrincipalRecord, Record, body, decode, encode};
 use crate::{MetaError, MetaStore, abort, audit};
 
 /// A datastore: a top-level tree with a placement policy.
@@ -16,13 +16,53 @@ pub struct DatastoreRecord {
     pub name: String,
     /// Principal that created it.
     pub owner: String,
-    /// media | backup | hybrid
-    pub strategy: String,
+    pub strategy: Strategy,
     pub replicas: u32,
     pub created_ms: u64,
     /// Key for convergent encryption of the datastore's chunks (never leaves the owner
     /// member except to principals allowed to read or write it).
     pub secret: [u8; 32],
+}
+
+/// Format 1: the strategy as a word.
+#[derive(Deserialize)]
+struct DatastoreRecordV1 {
+    name: String,
+    owner: String,
+    strategy: String,
+    replicas: u32,
+    created_ms: u64,
+    secret: [u8; 32],
+}
+
+impl TryFrom<DatastoreRecordV1> for DatastoreRecord {
+    type Error = MetaError;
+    fn try_from(v1: DatastoreRecordV1) -> Result<Self, MetaError> {
+        let strategy = v1
+            .strategy
+            .parse()
+            .map_err(|e| MetaError::Corrupt(format!("datastore {}: {e}", v1.name)))?;
+        Ok(DatastoreRecord {
+            name: v1.name,
+            owner: v1.owner,
+            strategy,
+            replicas: v1.replicas,
+            created_ms: v1.created_ms,
+            secret: v1.secret,
+        })
+    }
+}
+
+impl Record for DatastoreRecord {
+    const NAME: &'static str = "datastore";
+    /// Format 2: the strategy as `Strategy`.
+    const FORMAT: u8 = 2;
+    fn upgrade(format: u8, b: &[u8]) -> Result<Self, MetaError> {
+        match format {
+            1 => body::<DatastoreRecordV1>(Self::NAME, b)?.try_into(),
+            f => Err(MetaError::Corrupt(format!("datastore record has unknown format {f}"))),
+        }
+    }
 }
 
 /// What an invite brings in.
@@ -46,6 +86,10 @@ pub struct InviteRecord {
     pub revoked: bool,
     /// Principals (or member domains) that redeemed it.
     pub redeemed_by: Vec<String>,
+}
+
+impl Record for InviteRecord {
+    const NAME: &'static str = "invite";
 }
 
 /// Why an invite cannot be used.
@@ -90,16 +134,13 @@ impl MetaStore {
     }
 
     pub fn datastore(&self, name: &str) -> Result<Option<DatastoreRecord>, MetaError> {
-        self.engine
-            .get(Table::Datastores, name.as_bytes())?
-            .map(|v| decode("datastore", &v))
-            .transpose()
+        self.engine.get(Table::Datastores, name.as_bytes())?.map(|v| decode(&v)).transpose()
     }
 
     pub fn datastores(&self) -> Result<Vec<DatastoreRecord>, MetaError> {
         self.engine
             .scan_prefix(Table::Datastores, b"", None)
-            .map(|r| r.and_then(|(_, v)| decode("datastore", &v)))
+            .map(|r| r.and_then(|(_, v)| decode(&v)))
             .collect()
     }
 
@@ -135,7 +176,7 @@ impl MetaStore {
     pub fn grants(&self) -> Result<Vec<Grant>, MetaError> {
         self.engine
             .scan_prefix(Table::Grants, b"", None)
-            .map(|r| r.and_then(|(_, v)| decode("grant", &v)))
+            .map(|r| r.and_then(|(_, v)| decode(&v)))
             .collect()
     }
 
@@ -146,7 +187,7 @@ impl MetaStore {
     pub fn invites(&self) -> Result<Vec<InviteRecord>, MetaError> {
         self.engine
             .scan_prefix(Table::Invites, b"", None)
-            .map(|r| r.and_then(|(_, v)| decode("invite", &v)))
+            .map(|r| r.and_then(|(_, v)| decode(&v)))
             .collect()
     }
 
@@ -155,7 +196,7 @@ impl MetaStore {
             let Some(v) = t.get(Table::Invites, id)? else {
                 return Ok(false);
             };
-            let mut rec: InviteRecord = decode("invite", &v).map_err(abort)?;
+            let mut rec: InviteRecord = decode(&v).map_err(abort)?;
             rec.revoked = true;
             t.insert(Table::Invites, id, encode(&rec))?;
             Ok(true)
@@ -176,7 +217,7 @@ impl MetaStore {
             let Some(v) = t.get(Table::Invites, id)? else {
                 return Ok(Err(InviteRefusal::Unknown));
             };
-            let mut rec: InviteRecord = decode("invite", &v).map_err(abort)?;
+            let mut rec: InviteRecord = decode(&v).map_err(abort)?;
             let refusal = if rec.revoked {
                 Some(InviteRefusal::Revoked)
             } else if now >= rec.expires_ms {
@@ -202,9 +243,57 @@ impl MetaStore {
             if t.get(Table::Principals, principal.as_bytes())?.is_some() {
                 return Ok(false);
             }
-            let v = encode(&(unix_ms_now(), *invite));
+            let v = encode(&PrincipalRecord {
+                created_ms: unix_ms_now(),
+                invite: *invite,
+            });
             t.insert(Table::Principals, principal.as_bytes(), v)?;
             Ok(true)
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::records::{RECORD_FORMAT_V1, encode_as};
+
+    #[derive(Serialize)]
+    struct V1 {
+        name: String,
+        owner: String,
+        strategy: String,
+        replicas: u32,
+        created_ms: u64,
+        secret: [u8; 32],
+    }
+
+    fn v1(strategy: &str) -> Vec<u8> {
+        encode_as(
+            RECORD_FORMAT_V1,
+            &V1 {
+                name: "photos".into(),
+                owner: "alice@alice.collective.local".into(),
+                strategy: strategy.into(),
+                replicas: 2,
+                created_ms: 7,
+                secret: [9; 32],
+            },
+        )
+    }
+
+    #[test]
+    fn datastores_written_with_the_strategy_as_a_word_read_as_the_same_strategy() {
+        for s in Strategy::ALL {
+            let rec: DatastoreRecord = decode(&v1(s.as_str())).unwrap();
+            assert_eq!(
+                (rec.name.as_str(), rec.strategy, rec.replicas, rec.secret),
+                ("photos", s, 2, [9; 32])
+            );
+            let again: DatastoreRecord = decode(&encode(&rec)).unwrap();
+            assert_eq!(again, rec);
+        }
+        let e = decode::<DatastoreRecord>(&v1("mirror")).unwrap_err().to_string();
+        assert!(e.contains("photos") && e.contains("'mirror' is not a strategy"), "{e}");
     }
 }

@@ -11,7 +11,7 @@ use std::collections::VecDeque;
 use serde::{Deserialize, Serialize};
 
 use crate::engine::{self, Table, Txn};
-use crate::records::{self, AuditRecord};
+use crate::records::{self, AuditRecord, Record, decode, encode};
 use crate::{MetaError, MetaStore};
 
 /// Format byte of audit entries written since results were recorded (`AuditRecord`
@@ -65,29 +65,24 @@ fn key(at_ms: u64, id: u64) -> Vec<u8> {
     k
 }
 
-fn encode(e: &AuditEntry) -> Vec<u8> {
-    let mut out = vec![AUDIT_FORMAT_V2];
-    // Serialising a plain struct into a Vec cannot fail.
-    out.extend(postcard::to_allocvec(e).unwrap_or_default());
-    out
-}
-
-pub(crate) fn decode(b: &[u8]) -> Result<AuditEntry, MetaError> {
-    match b.split_first() {
-        Some((&AUDIT_FORMAT_V2, rest)) => postcard::from_bytes(rest).map_err(|e| MetaError::Corrupt(format!("audit record: {e}"))),
-        Some((&records::RECORD_FORMAT_V1, _)) => {
-            let r: AuditRecord = records::decode("audit", b)?;
-            Ok(AuditEntry {
-                at_ms: r.at_ms,
-                principal: r.principal,
-                op: r.op,
-                target: r.path,
-                result: "ok".into(),
-                detail: r.detail,
-            })
+impl Record for AuditEntry {
+    const NAME: &'static str = "audit";
+    const FORMAT: u8 = AUDIT_FORMAT_V2;
+    fn upgrade(format: u8, b: &[u8]) -> Result<Self, MetaError> {
+        match format {
+            records::RECORD_FORMAT_V1 => {
+                let r: AuditRecord = records::body(Self::NAME, b)?;
+                Ok(AuditEntry {
+                    at_ms: r.at_ms,
+                    principal: r.principal,
+                    op: r.op,
+                    target: r.path,
+                    result: "ok".into(),
+                    detail: r.detail,
+                })
+            }
+            f => Err(MetaError::Corrupt(format!("audit record has unknown format {f}"))),
         }
-        Some((v, _)) => Err(MetaError::Corrupt(format!("audit record has unknown format {v}"))),
-        None => Err(MetaError::Corrupt("empty audit record".into())),
     }
 }
 
@@ -111,7 +106,7 @@ impl MetaStore {
         let mut out = VecDeque::new();
         for r in self.engine.scan_from(Table::Audit, &key(q.since_ms, 0)) {
             let (_, v) = r?;
-            let e = decode(&v)?;
+            let e: AuditEntry = decode(&v)?;
             if q.principal.as_deref().is_some_and(|p| p != e.principal) {
                 continue;
             }
@@ -153,7 +148,7 @@ impl MetaStore {
             .filter(|r| r.as_ref().map(|(k, _)| k.len() == 8).unwrap_or(true))
             .collect::<Result<_, _>>()?;
         for (k, v) in old {
-            let e = decode(&v)?;
+            let e: AuditEntry = decode(&v)?;
             let mut id = [0u8; 8];
             id.copy_from_slice(&k);
             self.engine
@@ -219,7 +214,13 @@ mod tests {
             path: "/gone".into(),
             detail: String::new(),
         };
-        m.engine.insert(Table::Audit, &7u64.to_be_bytes(), records::encode(&old)).unwrap();
+        m.engine
+            .insert(
+                Table::Audit,
+                &7u64.to_be_bytes(),
+                records::encode_as(records::RECORD_FORMAT_V1, &old),
+            )
+            .unwrap();
         drop(m);
         let m = MetaStore::open(&dir).unwrap();
         let got = m

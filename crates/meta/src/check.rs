@@ -8,7 +8,7 @@ use std::collections::HashMap;
 use collective_core::ChunkId;
 
 use crate::engine::Table;
-use crate::records::{ChunkRef, Inode, Kind, ROOT_INODE, decode, decode_chunk, read_u64};
+use crate::records::{ChunkRecord, Inode, Kind, Manifest, ROOT_INODE, decode, read_u64};
 use crate::{MetaError, MetaStore};
 
 /// What [`MetaStore::check`] found.
@@ -54,7 +54,7 @@ impl MetaStore {
         for kv in self.engine.scan_from(Table::Inodes, &[]) {
             let (k, v) = kv?;
             let ino = read_u64(&k)?;
-            inodes.insert(ino, decode("inode", &v)?);
+            inodes.insert(ino, decode(&v)?);
         }
         let mut children: HashMap<u64, u64> = HashMap::new();
         for kv in self.engine.scan_from(Table::Dirents, &[]) {
@@ -123,7 +123,7 @@ impl MetaStore {
         for kv in self.engine.scan_from(Table::Manifests, &[]) {
             let (k, v) = kv?;
             let ino = read_u64(&k)?;
-            let chunks: Vec<ChunkRef> = decode("manifest", &v)?;
+            let chunks = decode::<Manifest>(&v)?.0;
             match inodes.get(&ino) {
                 Some(i) if i.kind == Kind::File => {
                     if i.count != chunks.len() as u64 {
@@ -165,7 +165,7 @@ impl MetaStore {
                 problem(&mut r, format!("a chunk record has a damaged key ({} bytes)", k.len()));
                 continue;
             };
-            let rec = decode_chunk(&v)?;
+            let rec = decode::<ChunkRecord>(&v)?;
             r.chunks += 1;
             let counted = refs.remove(&id).unwrap_or(0);
             if rec.refs != counted {

@@ -26,6 +26,10 @@ pub struct HostedRecord {
     pub created_ms: u64,
 }
 
+impl crate::records::Record for HostedRecord {
+    const NAME: &'static str = "hosted chunk";
+}
+
 pub(crate) fn hosted_key(guest: &str, id: &ChunkId) -> Vec<u8> {
     let mut k = guest.as_bytes().to_vec();
     k.push(0);
@@ -76,7 +80,7 @@ impl MetaStore {
             for (i, (id, size)) in chunks.iter().enumerate() {
                 let key = hosted_key(guest, id);
                 let mut rec = match t.get(Table::Hosted, &key)? {
-                    Some(v) => decode::<HostedRecord>("hosted chunk", &v).map_err(abort)?,
+                    Some(v) => decode::<HostedRecord>(&v).map_err(abort)?,
                     None => {
                         if total + size > quota {
                             return Err(abort(MetaError::QuotaFull { used: total, quota }));
@@ -106,7 +110,7 @@ impl MetaStore {
     pub fn hosted(&self, guest: &str, id: &ChunkId) -> Result<Option<HostedRecord>, MetaError> {
         self.engine
             .get(Table::Hosted, &hosted_key(guest, id))?
-            .map(|v| decode("hosted chunk", &v))
+            .map(|v| decode(&v))
             .transpose()
     }
 
@@ -120,7 +124,7 @@ impl MetaStore {
         for r in self.engine.scan_prefix(Table::Hosted, b"", None) {
             let (k, v) = r?;
             let guest = String::from_utf8_lossy(k.split(|b| *b == 0).next().unwrap_or_default()).into_owned();
-            let rec: HostedRecord = decode("hosted chunk", &v)?;
+            let rec: HostedRecord = decode(&v)?;
             match per.last_mut() {
                 Some((g, n)) if *g == guest => *n += rec.size,
                 _ => per.push((guest, rec.size)),

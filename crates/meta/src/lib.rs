@@ -28,7 +28,7 @@ use engine::{Engine, Txn};
 pub use hosting::{HostedRecord, SEAL_LEN};
 pub use namespace::{Attr, FileCommitIn};
 pub use records::{ChunkRecord, ChunkRef, Kind, NodeRecord, PendingRecord, ROOT_INODE, SCHEMA_VERSION, Totals};
-use records::{decode, decode_chunk, encode, encode_chunk};
+use records::{decode, encode};
 pub use unknown::UnknownChunk;
 
 #[derive(Debug, thiserror::Error)]
@@ -126,13 +126,16 @@ impl MetaStore {
 
     pub fn totals(&self) -> Result<Totals, MetaError> {
         match self.engine.get(Table::Meta, META_TOTALS)? {
-            Some(v) => decode("totals", &v),
+            Some(v) => decode(&v),
             None => Ok(Totals::default()),
         }
     }
 
     pub fn chunk(&self, id: &ChunkId) -> Result<Option<ChunkRecord>, MetaError> {
-        self.engine.get(Table::Chunks, id.as_bytes())?.map(|v| decode_chunk(&v)).transpose()
+        self.engine
+            .get(Table::Chunks, id.as_bytes())?
+            .map(|v| decode::<ChunkRecord>(&v))
+            .transpose()
     }
 
     /// Records that `id` may be uploaded to `nodes` (added to the nodes of earlier plans,
@@ -146,7 +149,7 @@ impl MetaStore {
     pub fn extend_pending(&self, id: &ChunkId, size: u64, new: &[String]) -> Result<Vec<String>, MetaError> {
         self.engine.transact(|t| {
             let mut rec: PendingRecord = match t.get(Table::Pending, id.as_bytes())? {
-                Some(v) => decode("pending", &v).map_err(abort)?,
+                Some(v) => decode(&v).map_err(abort)?,
                 None => PendingRecord {
                     size,
                     nodes: vec![],
@@ -171,7 +174,7 @@ impl MetaStore {
             let Some(v) = t.get(Table::Chunks, id.as_bytes())? else {
                 return Ok(false);
             };
-            let mut rec: ChunkRecord = decode_chunk(&v).map_err(abort)?;
+            let mut rec: ChunkRecord = decode::<ChunkRecord>(&v).map_err(abort)?;
             let before = rec.replicas.len();
             rec.replicas.retain(|n| n != node);
             if rec.replicas.len() == before {
@@ -180,7 +183,7 @@ impl MetaStore {
             let mut totals = totals_in(t)?;
             totals.physical_bytes = totals.physical_bytes.saturating_sub(rec.size);
             put_totals(t, &totals)?;
-            t.insert(Table::Chunks, id.as_bytes(), encode_chunk(&rec))?;
+            t.insert(Table::Chunks, id.as_bytes(), encode(&rec))?;
             Ok(true)
         })
     }
@@ -192,7 +195,7 @@ impl MetaStore {
     pub fn nodes(&self) -> Result<Vec<(String, NodeRecord)>, MetaError> {
         self.engine
             .scan_prefix(Table::Nodes, b"", None)
-            .map(|r| r.and_then(|(k, v)| Ok((String::from_utf8_lossy(&k).into_owned(), decode("node", &v)?))))
+            .map(|r| r.and_then(|(k, v)| Ok((String::from_utf8_lossy(&k).into_owned(), decode(&v)?))))
             .collect()
     }
 
@@ -201,7 +204,7 @@ impl MetaStore {
         self.engine.scan_prefix(Table::Chunks, b"", None).map(|r| {
             let (k, v) = r?;
             let id = ChunkId::from_slice(&k).ok_or_else(|| MetaError::Corrupt("bad chunk key".into()))?;
-            Ok((id, decode_chunk(&v)?))
+            Ok((id, decode::<ChunkRecord>(&v)?))
         })
     }
 }
@@ -212,7 +215,7 @@ pub(crate) fn abort(e: MetaError) -> engine::Abort {
 
 pub(crate) fn totals_in(t: &Txn<'_>) -> Result<Totals, engine::Abort> {
     match t.get(Table::Meta, META_TOTALS)? {
-        Some(v) => decode("totals", &v).map_err(abort),
+        Some(v) => decode(&v).map_err(abort),
         None => Ok(Totals::default()),
     }
 }
@@ -237,27 +240,27 @@ pub(crate) fn audit(t: &Txn<'_>, principal: &str, op: &str, path: &RemotePath, d
 /// Decodes one stored value of `table` the way the store reads it, and nothing more: what
 /// the fuzzers feed with arbitrary bytes (a damaged record must be an error, never a crash).
 pub fn decode_record(table: Table, key: &[u8], value: &[u8]) -> Result<(), MetaError> {
-    use records::{Inode, decode, decode_chunk, read_u64};
+    use records::{Inode, decode, read_u64};
     match table {
         Table::Meta => match key {
-            META_TOTALS => decode::<Totals>("totals", value).map(drop),
+            META_TOTALS => decode::<Totals>(value).map(drop),
             k if k.starts_with(unknown::UNKNOWN_PREFIX) => unknown::decode(key, value).map(drop),
             _ => read_u64(value).map(drop),
         },
-        Table::Inodes => decode::<Inode>("inode", value).map(drop),
+        Table::Inodes => decode::<Inode>(value).map(drop),
         Table::Dirents => read_u64(value).map(drop),
-        Table::Manifests => decode::<Vec<ChunkRef>>("manifest", value).map(drop),
-        Table::Chunks => decode_chunk(value).map(drop),
-        Table::Pending => decode::<PendingRecord>("pending", value).map(drop),
-        Table::Nodes => decode::<NodeRecord>("node", value).map(drop),
-        Table::Audit => audit::decode(value).map(drop),
-        Table::Datastores => decode::<DatastoreRecord>("datastore", value).map(drop),
-        Table::Grants => decode::<collective_core::Grant>("grant", value).map(drop),
-        Table::Invites => decode::<InviteRecord>("invite", value).map(drop),
-        Table::Principals => decode::<(u64, [u8; 16])>("principal", value).map(drop),
+        Table::Manifests => decode::<records::Manifest>(value).map(drop),
+        Table::Chunks => decode::<ChunkRecord>(value).map(drop),
+        Table::Pending => decode::<PendingRecord>(value).map(drop),
+        Table::Nodes => decode::<NodeRecord>(value).map(drop),
+        Table::Audit => decode::<audit::AuditEntry>(value).map(drop),
+        Table::Datastores => decode::<DatastoreRecord>(value).map(drop),
+        Table::Grants => decode::<collective_core::Grant>(value).map(drop),
+        Table::Invites => decode::<InviteRecord>(value).map(drop),
+        Table::Principals => decode::<records::PrincipalRecord>(value).map(drop),
         Table::ChunkSeals if value.len() == SEAL_LEN => Ok(()),
         Table::ChunkSeals => Err(MetaError::Corrupt(format!("a chunk seal of {} bytes", value.len()))),
-        Table::Hosted => decode::<HostedRecord>("hosted chunk", value).map(drop),
-        Table::Links => decode::<String>("link", value).map(drop),
+        Table::Hosted => decode::<HostedRecord>(value).map(drop),
+        Table::Links => decode::<records::LinkTarget>(value).map(drop),
     }
 }

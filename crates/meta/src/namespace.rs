@@ -5,7 +5,7 @@ use collective_core::{ChunkId, RemotePath, unix_ms_now, validate_path};
 
 use crate::engine::{Abort, Table, Txn};
 use crate::records::{
-    ChunkRecord, ChunkRef, Inode, Kind, PendingRecord, decode, decode_chunk, dirent_key, encode, encode_chunk, read_u64, u64_key,
+    ChunkRecord, ChunkRef, Inode, Kind, LinkTarget, Manifest, PendingRecord, decode, dirent_key, encode, read_u64, u64_key,
 };
 use crate::{MetaError, MetaStore, ROOT_INODE, abort, alloc_inode, audit, put_totals, totals_in};
 
@@ -62,7 +62,7 @@ fn attr(path: &str, ino: u64, n: &Inode) -> Attr {
 
 fn link_target(t: &Txn<'_>, ino: u64) -> Result<String, Abort> {
     match t.get(Table::Links, &u64_key(ino))? {
-        Some(v) => decode("link", &v).map_err(abort),
+        Some(v) => decode::<LinkTarget>(&v).map(|l| l.0).map_err(abort),
         None => Err(abort(MetaError::Corrupt(format!("symbolic link {ino} has no target")))),
     }
 }
@@ -78,7 +78,7 @@ fn attr_in(t: &Txn<'_>, path: &str, ino: u64, n: &Inode) -> Result<Attr, Abort> 
 
 fn get_inode(t: &Txn<'_>, ino: u64) -> Result<Inode, Abort> {
     match t.get(Table::Inodes, &u64_key(ino))? {
-        Some(v) => decode("inode", &v).map_err(abort),
+        Some(v) => decode(&v).map_err(abort),
         None => Err(abort(MetaError::Corrupt(format!("inode {ino} is referenced but missing")))),
     }
 }
@@ -182,7 +182,7 @@ pub(crate) fn mkdir_all(t: &Txn<'_>, path: &RemotePath, owner: &str) -> Result<u
 
 fn load_manifest(t: &Txn<'_>, ino: u64) -> Result<Vec<ChunkRef>, Abort> {
     match t.get(Table::Manifests, &u64_key(ino))? {
-        Some(v) => decode("manifest", &v).map_err(abort),
+        Some(v) => decode::<Manifest>(&v).map(|m| m.0).map_err(abort),
         None => Ok(Vec::new()),
     }
 }
@@ -192,12 +192,12 @@ fn release_chunks(t: &Txn<'_>, chunks: &[ChunkRef]) -> Result<(), Abort> {
     let now = unix_ms_now();
     for c in chunks {
         if let Some(v) = t.get(Table::Chunks, &c.id)? {
-            let mut rec: ChunkRecord = decode_chunk(&v).map_err(abort)?;
+            let mut rec: ChunkRecord = decode::<ChunkRecord>(&v).map_err(abort)?;
             rec.refs = rec.refs.saturating_sub(1);
             if rec.refs == 0 {
                 rec.unreferenced_since_ms = now;
             }
-            t.insert(Table::Chunks, &c.id, encode_chunk(&rec))?;
+            t.insert(Table::Chunks, &c.id, encode(&rec))?;
         }
     }
     Ok(())
@@ -211,7 +211,7 @@ fn acquire_chunks(t: &Txn<'_>, c: &FileCommitIn, min_replicas: usize) -> Result<
     for (i, r) in c.chunks.iter().enumerate() {
         let reported = c.stored_on.get(i).unwrap_or(&no_nodes);
         if let Some(v) = t.get(Table::Chunks, &r.id)? {
-            let mut rec: ChunkRecord = decode_chunk(&v).map_err(abort)?;
+            let mut rec: ChunkRecord = decode::<ChunkRecord>(&v).map_err(abort)?;
             rec.refs += 1;
             rec.unreferenced_since_ms = 0;
             rec.want = rec.want.max(c.replicas);
@@ -220,7 +220,7 @@ fn acquire_chunks(t: &Txn<'_>, c: &FileCommitIn, min_replicas: usize) -> Result<
             if !reported.is_empty()
                 && let Some(p) = t.get(Table::Pending, &r.id)?
             {
-                let pending: PendingRecord = decode("pending", &p).map_err(abort)?;
+                let pending: PendingRecord = decode(&p).map_err(abort)?;
                 let mut added = 0u64;
                 for n in reported.iter().filter(|n| pending.nodes.contains(n)) {
                     if !rec.replicas.contains(n) {
@@ -234,14 +234,14 @@ fn acquire_chunks(t: &Txn<'_>, c: &FileCommitIn, min_replicas: usize) -> Result<
                     put_totals(t, &totals)?;
                 }
             }
-            t.insert(Table::Chunks, &r.id, encode_chunk(&rec))?;
+            t.insert(Table::Chunks, &r.id, encode(&rec))?;
             continue;
         }
         let short = ChunkId(r.id).short();
         let Some(v) = t.get(Table::Pending, &r.id)? else {
             return Err(abort(MetaError::ChunkNotUploaded(short, c.path.to_string())));
         };
-        let pending: PendingRecord = decode("pending", &v).map_err(abort)?;
+        let pending: PendingRecord = decode(&v).map_err(abort)?;
         if pending.size != r.size {
             return Err(abort(MetaError::BadManifest(
                 c.path.to_string(),
@@ -265,7 +265,7 @@ fn acquire_chunks(t: &Txn<'_>, c: &FileCommitIn, min_replicas: usize) -> Result<
             want: c.replicas,
         };
         t.remove(Table::Pending, &r.id)?;
-        t.insert(Table::Chunks, &r.id, encode_chunk(&rec))?;
+        t.insert(Table::Chunks, &r.id, encode(&rec))?;
         let mut totals = totals_in(t)?;
         totals.unique_chunks += 1;
         totals.unique_bytes += r.size;
@@ -362,7 +362,7 @@ fn commit_into(
         version,
     };
     put_inode(t, ino, &node)?;
-    t.insert(Table::Manifests, &u64_key(ino), encode(&c.chunks))?;
+    t.insert(Table::Manifests, &u64_key(ino), encode(&Manifest(c.chunks.clone())))?;
     audit(
         t,
         owner,
@@ -444,12 +444,12 @@ impl MetaStore {
             let Some(raw) = self.engine.get(Table::Inodes, &u64_key(ino))? else {
                 continue;
             };
-            let node: Inode = decode("inode", &raw)?;
+            let node: Inode = decode(&raw)?;
             let child = path.join(&name)?;
             let mut a = attr(child.as_str(), ino, &node);
             if node.kind == Kind::Symlink {
                 let raw = self.engine.get(Table::Links, &u64_key(ino))?.unwrap_or_default();
-                a.target = decode("link", &raw)?;
+                a.target = decode::<LinkTarget>(&raw)?.0;
             }
             out.push(a);
         }
@@ -550,7 +550,7 @@ impl MetaStore {
                 version: 1,
             };
             put_inode(t, ino, &node)?;
-            t.insert(Table::Links, &u64_key(ino), encode(&target.to_string()))?;
+            t.insert(Table::Links, &u64_key(ino), encode(&LinkTarget(target.to_string())))?;
             link(t, parent, name, ino)?;
             audit(t, owner, "symlink", path, format!("to {target}"))?;
             attr_in(t, path.as_str(), ino, &node)
@@ -751,7 +751,7 @@ mod tests {
         let id = ChunkId::of(b"shared");
         let mut rec = m.chunk(&id).unwrap().unwrap();
         rec.refs += 1;
-        m.engine.insert(Table::Chunks, &id.0, crate::records::encode_chunk(&rec)).unwrap();
+        m.engine.insert(Table::Chunks, &id.0, crate::records::encode(&rec)).unwrap();
         let r = m.check().unwrap();
         assert_eq!(r.problems.len(), 1, "{:?}", r.problems);
         assert!(

@@ -6,25 +6,78 @@ use serde::{Deserialize, Serialize};
 
 use crate::MetaError;
 
-/// Format of every record this version writes.
+/// Format of the first version of every record.
 pub const RECORD_FORMAT_V1: u8 = 1;
 /// Layout of the whole store; checked at open.
 pub const SCHEMA_VERSION: u32 = 1;
 pub const ROOT_INODE: u64 = 1;
 
-pub fn encode<T: Serialize>(v: &T) -> Vec<u8> {
-    let mut out = vec![RECORD_FORMAT_V1];
+/// A persisted type. Every value starts with a format byte: a record is written in its
+/// current `FORMAT` and read from any earlier one through `upgrade`, which decodes the
+/// older shape and converts it step by step (format 1 into 2, 2 into 3, ...), so each
+/// change of a record adds one small conversion and the old ones stay as they were.
+pub trait Record: Sized + Serialize + DeserializeOwned {
+    /// What the record is called in errors ("chunk", "inode").
+    const NAME: &'static str;
+    /// The format this version writes.
+    const FORMAT: u8 = RECORD_FORMAT_V1;
+
+    /// Reads a record that an earlier version wrote in `format` (`body` follows the
+    /// format byte). Types that never changed keep this default, which refuses.
+    fn upgrade(format: u8, body: &[u8]) -> Result<Self, MetaError> {
+        let _ = body;
+        Err(unknown_format(Self::NAME, format))
+    }
+}
+
+fn unknown_format(name: &str, format: u8) -> MetaError {
+    MetaError::Corrupt(format!("{name} record has unknown format {format}"))
+}
+
+/// Decodes the body of a record in an older (or the current) shape `T`.
+pub fn body<T: DeserializeOwned>(name: &str, body: &[u8]) -> Result<T, MetaError> {
+    postcard::from_bytes(body).map_err(|e| MetaError::Corrupt(format!("{name} record: {e}")))
+}
+
+pub fn encode<T: Record>(v: &T) -> Vec<u8> {
+    let mut out = vec![T::FORMAT];
     // Serialising plain structs into a Vec cannot fail.
     out.extend(postcard::to_allocvec(v).unwrap_or_default());
     out
 }
 
-pub fn decode<T: DeserializeOwned>(what: &str, b: &[u8]) -> Result<T, MetaError> {
+pub fn decode<T: Record>(b: &[u8]) -> Result<T, MetaError> {
     match b.split_first() {
-        Some((&RECORD_FORMAT_V1, rest)) => postcard::from_bytes(rest).map_err(|e| MetaError::Corrupt(format!("{what} record: {e}"))),
-        Some((v, _)) => Err(MetaError::Corrupt(format!("{what} record has unknown format {v}"))),
-        None => Err(MetaError::Corrupt(format!("empty {what} record"))),
+        Some((&f, rest)) if f == T::FORMAT => body(T::NAME, rest),
+        Some((&f, rest)) if f != 0 && f < T::FORMAT => T::upgrade(f, rest),
+        Some((&f, _)) => Err(unknown_format(T::NAME, f)),
+        None => Err(MetaError::Corrupt(format!("empty {} record", T::NAME))),
     }
+}
+
+/// Encodes `v` as format `format` of a record: how tests write what earlier versions did.
+#[cfg(test)]
+pub(crate) fn encode_as<T: Serialize>(format: u8, v: &T) -> Vec<u8> {
+    let mut out = vec![format];
+    out.extend(postcard::to_allocvec(v).unwrap_or_default());
+    out
+}
+
+/// The target of a symbolic link.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct LinkTarget(pub String);
+
+/// A file's chunks, in order.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct Manifest(pub Vec<ChunkRef>);
+
+/// Who an invite created, and when.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PrincipalRecord {
+    pub created_ms: u64,
+    pub invite: [u8; 16],
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -70,9 +123,7 @@ pub struct ChunkRecord {
     pub want: u32,
 }
 
-/// Chunk records gained `want` in format 2; format 1 records read as `want = 0`.
-const CHUNK_FORMAT_V2: u8 = 2;
-
+/// Format 1: before `want`.
 #[derive(Deserialize)]
 struct ChunkRecordV1 {
     size: u64,
@@ -81,27 +132,27 @@ struct ChunkRecordV1 {
     unreferenced_since_ms: u64,
 }
 
-pub fn encode_chunk(rec: &ChunkRecord) -> Vec<u8> {
-    let mut out = vec![CHUNK_FORMAT_V2];
-    out.extend(postcard::to_allocvec(rec).unwrap_or_default());
-    out
+impl From<ChunkRecordV1> for ChunkRecord {
+    fn from(v1: ChunkRecordV1) -> ChunkRecord {
+        ChunkRecord {
+            size: v1.size,
+            refs: v1.refs,
+            replicas: v1.replicas,
+            unreferenced_since_ms: v1.unreferenced_since_ms,
+            want: 0,
+        }
+    }
 }
 
-pub fn decode_chunk(b: &[u8]) -> Result<ChunkRecord, MetaError> {
-    match b.split_first() {
-        Some((&CHUNK_FORMAT_V2, rest)) => postcard::from_bytes(rest).map_err(|e| MetaError::Corrupt(format!("chunk record: {e}"))),
-        Some((&RECORD_FORMAT_V1, _)) => {
-            let v1: ChunkRecordV1 = decode("chunk", b)?;
-            Ok(ChunkRecord {
-                size: v1.size,
-                refs: v1.refs,
-                replicas: v1.replicas,
-                unreferenced_since_ms: v1.unreferenced_since_ms,
-                want: 0,
-            })
+impl Record for ChunkRecord {
+    const NAME: &'static str = "chunk";
+    /// Format 2 added `want`.
+    const FORMAT: u8 = 2;
+    fn upgrade(format: u8, b: &[u8]) -> Result<Self, MetaError> {
+        match format {
+            1 => Ok(body::<ChunkRecordV1>(Self::NAME, b)?.into()),
+            f => Err(unknown_format(Self::NAME, f)),
         }
-        Some((v, _)) => Err(MetaError::Corrupt(format!("chunk record has unknown format {v}"))),
-        None => Err(MetaError::Corrupt("empty chunk record".into())),
     }
 }
 
@@ -142,6 +193,25 @@ pub struct Totals {
     pub physical_bytes: u64,
 }
 
+macro_rules! first_format {
+    ($($t:ty => $name:literal),* $(,)?) => {
+        $(impl Record for $t {
+            const NAME: &'static str = $name;
+        })*
+    };
+}
+
+first_format! {
+    Inode => "inode",
+    Manifest => "manifest",
+    LinkTarget => "link",
+    PendingRecord => "pending",
+    NodeRecord => "node",
+    Totals => "totals",
+    PrincipalRecord => "principal",
+    collective_core::Grant => "grant",
+}
+
 pub fn dirent_key(parent: u64, name: &str) -> Vec<u8> {
     let mut k = parent.to_be_bytes().to_vec();
     k.extend_from_slice(name.as_bytes());
@@ -171,17 +241,21 @@ mod tests {
             replicas: Vec<String>,
             unreferenced_since_ms: u64,
         }
-        let old = encode(&V1 {
-            size: 7,
-            refs: 2,
-            replicas: vec!["n1".into()],
-            unreferenced_since_ms: 0,
-        });
-        let rec = decode_chunk(&old).unwrap();
+        let old = encode_as(
+            RECORD_FORMAT_V1,
+            &V1 {
+                size: 7,
+                refs: 2,
+                replicas: vec!["n1".into()],
+                unreferenced_since_ms: 0,
+            },
+        );
+        let rec: ChunkRecord = decode(&old).unwrap();
         assert_eq!((rec.size, rec.refs, rec.want), (7, 2, 0));
         assert_eq!(rec.replicas, vec!["n1"]);
-        let again = decode_chunk(&encode_chunk(&ChunkRecord { want: 3, ..rec })).unwrap();
+        let again: ChunkRecord = decode(&encode(&ChunkRecord { want: 3, ..rec })).unwrap();
         assert_eq!(again.want, 3);
-        assert!(decode_chunk(&[9, 1, 2]).is_err());
+        assert!(decode::<ChunkRecord>(&[9, 1, 2]).is_err());
+        assert!(decode::<ChunkRecord>(&[]).is_err());
     }
 }

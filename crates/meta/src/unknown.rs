@@ -6,12 +6,33 @@
 
 use collective_core::ChunkId;
 
+use serde::{Deserialize, Serialize};
+
 use crate::engine::Table;
+use crate::records::{self, Record};
 use crate::{MetaError, MetaStore};
 
 pub(crate) const UNKNOWN_PREFIX: &[u8] = b"unknown:";
-/// Format version of an unknown-chunk value.
-const UNKNOWN_VERSION: u8 = 1;
+
+/// The value of an unknown-chunk key: when it was first seen.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+struct Sighting {
+    first_seen_ms: u64,
+}
+
+impl Record for Sighting {
+    const NAME: &'static str = "unknown-chunk";
+    /// Format 2: postcard like every record (format 1 was the time as 8 big-endian bytes).
+    const FORMAT: u8 = 2;
+    fn upgrade(format: u8, b: &[u8]) -> Result<Self, MetaError> {
+        match (format, <[u8; 8]>::try_from(b)) {
+            (1, Ok(ms)) => Ok(Sighting {
+                first_seen_ms: u64::from_be_bytes(ms),
+            }),
+            _ => Err(MetaError::Corrupt(format!("an unknown-chunk record of format {format}"))),
+        }
+    }
+}
 
 /// One chunk on one node that nothing here references or plans.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -32,17 +53,16 @@ fn key(node: &str, id: &ChunkId) -> Vec<u8> {
 pub(crate) fn decode(k: &[u8], v: &[u8]) -> Result<UnknownChunk, MetaError> {
     let bad = || MetaError::Corrupt("an unknown-chunk record".into());
     let rest = k.strip_prefix(UNKNOWN_PREFIX).ok_or_else(bad)?;
-    if rest.len() < 33 || rest[rest.len() - 33] != 0 || v.len() != 9 || v[0] != UNKNOWN_VERSION {
+    if rest.len() < 33 || rest[rest.len() - 33] != 0 {
         return Err(bad());
     }
     let node = String::from_utf8_lossy(&rest[..rest.len() - 33]).into_owned();
     let id = ChunkId::from_slice(&rest[rest.len() - 32..]).ok_or_else(bad)?;
-    let mut ms = [0u8; 8];
-    ms.copy_from_slice(&v[1..]);
+    let seen: Sighting = records::decode(v)?;
     Ok(UnknownChunk {
         node,
         id,
-        first_seen_ms: u64::from_be_bytes(ms),
+        first_seen_ms: seen.first_seen_ms,
     })
 }
 
@@ -55,8 +75,7 @@ impl MetaStore {
         let known: std::collections::HashSet<&ChunkId> = before.iter().map(|u| &u.id).collect();
         let fresh: Vec<&ChunkId> = ids.iter().filter(|id| !known.contains(id)).collect();
         let gone: Vec<&ChunkId> = before.iter().map(|u| &u.id).filter(|id| !wanted.contains(id)).collect();
-        let mut value = vec![UNKNOWN_VERSION];
-        value.extend_from_slice(&now_ms.to_be_bytes());
+        let value = records::encode(&Sighting { first_seen_ms: now_ms });
         self.engine.transact(|t| {
             for id in &fresh {
                 t.insert(Table::Meta, &key(node, id), value.clone())?;
@@ -115,5 +134,18 @@ mod tests {
         assert_eq!(m.unknown_on("n1@x.").unwrap().len(), 0);
         drop(m);
         let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn sightings_of_the_first_format_read_as_the_same_time() {
+        let mut old = vec![1u8];
+        old.extend_from_slice(&1234u64.to_be_bytes());
+        let k = key("n1@x.y", &ChunkId([4; 32]));
+        assert_eq!(decode(&k, &old).unwrap().first_seen_ms, 1234);
+        assert_eq!(
+            decode(&k, &records::encode(&Sighting { first_seen_ms: 99 })).unwrap().first_seen_ms,
+            99
+        );
+        assert!(decode(&k, &[1, 0, 0]).is_err());
     }
 }

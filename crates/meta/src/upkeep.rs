@@ -8,7 +8,7 @@ use collective_core::{ChunkId, unix_ms_now};
 
 use crate::engine::Table;
 use crate::hosting::HostedRecord;
-use crate::records::{ChunkRecord, PendingRecord, decode, decode_chunk, encode, encode_chunk};
+use crate::records::{ChunkRecord, PendingRecord, decode, encode};
 use crate::{MetaError, MetaStore, abort, put_totals, totals_in};
 
 const DRAIN_PREFIX: &[u8] = b"drain:";
@@ -22,7 +22,7 @@ impl MetaStore {
             let Some(v) = t.get(Table::Chunks, id.as_bytes())? else {
                 return Ok(None);
             };
-            let mut rec = decode_chunk(&v).map_err(abort)?;
+            let mut rec = decode::<ChunkRecord>(&v).map_err(abort)?;
             let before = rec.replicas.len() as u64;
             rec.replicas.retain(|n| !remove.contains(n));
             for n in add {
@@ -36,7 +36,7 @@ impl MetaStore {
                 totals.physical_bytes = (totals.physical_bytes + after * rec.size).saturating_sub(before * rec.size);
                 put_totals(t, &totals)?;
             }
-            t.insert(Table::Chunks, id.as_bytes(), encode_chunk(&rec))?;
+            t.insert(Table::Chunks, id.as_bytes(), encode(&rec))?;
             Ok(Some(rec.replicas))
         })
     }
@@ -46,10 +46,10 @@ impl MetaStore {
     pub fn touch_unreferenced(&self, id: &ChunkId) -> Result<(), MetaError> {
         self.engine.transact(|t| {
             if let Some(v) = t.get(Table::Chunks, id.as_bytes())? {
-                let mut rec = decode_chunk(&v).map_err(abort)?;
+                let mut rec = decode::<ChunkRecord>(&v).map_err(abort)?;
                 if rec.refs == 0 {
                     rec.unreferenced_since_ms = unix_ms_now();
-                    t.insert(Table::Chunks, id.as_bytes(), encode_chunk(&rec))?;
+                    t.insert(Table::Chunks, id.as_bytes(), encode(&rec))?;
                 }
             }
             Ok(())
@@ -64,7 +64,7 @@ impl MetaStore {
             let Some(v) = t.get(Table::Chunks, id.as_bytes())? else {
                 return Ok(None);
             };
-            let rec = decode_chunk(&v).map_err(abort)?;
+            let rec = decode::<ChunkRecord>(&v).map_err(abort)?;
             if rec.refs > 0 || rec.unreferenced_since_ms > cutoff_ms {
                 return Ok(None);
             }
@@ -84,7 +84,7 @@ impl MetaStore {
         let mut out = Vec::new();
         for r in self.engine.scan_prefix(Table::Pending, b"", None) {
             let (k, v) = r?;
-            let rec: PendingRecord = decode("pending", &v)?;
+            let rec: PendingRecord = decode(&v)?;
             if rec.created_ms < cutoff_ms
                 && let Some(id) = ChunkId::from_slice(&k)
             {
@@ -104,13 +104,13 @@ impl MetaStore {
             let Some(v) = t.get(Table::Pending, id.as_bytes())? else {
                 return Ok(vec![]);
             };
-            let rec: PendingRecord = decode("pending", &v).map_err(abort)?;
+            let rec: PendingRecord = decode(&v).map_err(abort)?;
             if rec.created_ms >= cutoff_ms {
                 return Ok(vec![]);
             }
             t.remove(Table::Pending, id.as_bytes())?;
             let kept: Vec<String> = match t.get(Table::Chunks, id.as_bytes())? {
-                Some(c) => decode_chunk(&c).map_err(abort)?.replicas,
+                Some(c) => decode::<ChunkRecord>(&c).map_err(abort)?.replicas,
                 None => vec![],
             };
             Ok(rec.nodes.into_iter().filter(|n| !kept.contains(n)).collect())
@@ -189,7 +189,7 @@ impl MetaStore {
             for id in ids {
                 let key = crate::hosting::hosted_key(guest, id);
                 if let Some(v) = t.get(Table::Hosted, &key)? {
-                    let rec: HostedRecord = decode("hosted chunk", &v).map_err(abort)?;
+                    let rec: HostedRecord = decode(&v).map_err(abort)?;
                     total = total.saturating_sub(rec.size);
                     t.remove(Table::Hosted, &key)?;
                     out.push((*id, rec));
@@ -205,7 +205,7 @@ impl MetaStore {
         self.engine.transact(|t| {
             let key = crate::hosting::hosted_key(guest, id);
             if let Some(v) = t.get(Table::Hosted, &key)? {
-                let mut rec: HostedRecord = decode("hosted chunk", &v).map_err(abort)?;
+                let mut rec: HostedRecord = decode(&v).map_err(abort)?;
                 rec.nodes = nodes.to_vec();
                 t.insert(Table::Hosted, &key, encode(&rec))?;
             }
@@ -223,7 +223,7 @@ impl MetaStore {
                 .ok_or_else(|| MetaError::Corrupt("bad hosted key".into()))?;
             let guest = String::from_utf8_lossy(&k[..split]).into_owned();
             let id = ChunkId::from_slice(&k[split + 1..]).ok_or_else(|| MetaError::Corrupt("bad hosted key".into()))?;
-            Ok((guest, id, decode("hosted chunk", &v)?))
+            Ok((guest, id, decode(&v)?))
         })
     }
 }

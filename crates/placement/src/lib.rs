@@ -21,32 +21,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use collective_core::ChunkId;
 
-/// How a datastore's chunks are placed.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum Strategy {
-    Media,
-    Backup,
-    Hybrid,
-}
-
-impl Strategy {
-    pub fn parse(s: &str) -> Option<Strategy> {
-        match s {
-            "media" => Some(Strategy::Media),
-            "backup" => Some(Strategy::Backup),
-            "hybrid" => Some(Strategy::Hybrid),
-            _ => None,
-        }
-    }
-
-    pub fn as_str(&self) -> &'static str {
-        match self {
-            Strategy::Media => "media",
-            Strategy::Backup => "backup",
-            Strategy::Hybrid => "hybrid",
-        }
-    }
-}
+pub use collective_core::Strategy;
 
 /// A node that could receive a replica.
 #[derive(Debug, Clone, PartialEq)]
