@@ -537,3 +537,82 @@ fn the_first_read_after_a_node_dies_does_not_wait_for_it_and_logs_it_once() {
     }
     assert!(std::fs::read(&out).unwrap() == data, "get reads back different bytes");
 }
+
+#[test]
+fn workers_are_listed_and_a_paused_gc_keeps_deleted_chunks_until_resumed() {
+    let c = Cluster::start("workers", 2, 2);
+    let listed = json(&c, &["workers", "--json"]);
+    let workers = listed["workers"].as_array().unwrap();
+    let on = |name: &str, node: Option<&str>| {
+        workers
+            .iter()
+            .find(|w| w["name"] == name && w["node"].as_str().is_none_or(|n| Some(n.split('@').next().unwrap()) == node))
+            .unwrap_or_else(|| panic!("no worker {name} on {node:?} in {listed}"))
+    };
+    for name in ["reconcile", "heat", "repair", "gc"] {
+        let w = on(name, None);
+        assert!(w["node"].is_null(), "{w}");
+        assert!(["idle", "running"].contains(&w["state"].as_str().unwrap()), "{w}");
+    }
+    assert!(on("repair", None)["throttle"].as_str().unwrap().contains("/s"));
+    for node in ["node-01", "node-02"] {
+        assert!(on("scrub", Some(node))["throttle"].as_str().unwrap().contains("/s"));
+    }
+
+    let out = c.ok(&["workers", "pause", "gc"]);
+    assert!(out.contains("gc paused on the coordinator"), "{out}");
+    let data = c.write_local("gone.bin", &random_bytes(3 << 20, 77));
+    c.ok(&["put", p(&data), "/gone.bin"]);
+    let stored = copies_on_disk(&c).len();
+    c.ok(&["rm", "/gone.bin"]);
+    // Rounds go on (repair runs) while gc, paused, does not.
+    let runs = |name: &str| on_now(&c, name)["runs"].as_u64().unwrap();
+    let gc_runs = runs("gc");
+    let repair_runs = runs("repair");
+    within(Duration::from_secs(60), "three more upkeep rounds", || {
+        runs("repair") >= repair_runs + 3
+    });
+    assert_eq!(runs("gc"), gc_runs, "a paused gc ran");
+    assert_eq!(on_now(&c, "gc")["state"], "paused");
+    assert_eq!(copies_on_disk(&c).len(), stored, "a paused gc deleted chunks");
+    assert!(c.status_json()["garbage"]["reclaimable_bytes"].as_u64().unwrap() > 0);
+
+    let out = c.ok(&["workers", "resume", "gc"]);
+    assert!(out.contains("gc resumed"), "{out}");
+    within(Duration::from_secs(60), "the deleted file's chunks are collected", || {
+        copies_on_disk(&c).is_empty()
+    });
+
+    // Node workers are steered on one node or on all; unknown names say what exists.
+    let paused = json(&c, &["workers", "pause", "scrub", "--node", "node-01", "--json"]);
+    let states: Vec<(String, String)> = json(&c, &["workers", "--json"])["workers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|w| w["name"] == "scrub")
+        .map(|w| (w["node"].as_str().unwrap().to_string(), w["state"].as_str().unwrap().to_string()))
+        .collect();
+    assert!(
+        states.iter().any(|(n, s)| n.starts_with("node-01@") && s == "paused"),
+        "{states:?} {paused}"
+    );
+    assert!(states.iter().any(|(n, s)| n.starts_with("node-02@") && s != "paused"), "{states:?}");
+    c.ok(&["workers", "resume", "scrub"]);
+    let err = c.fails(&["workers", "pause", "nope"]);
+    assert!(err.contains("no worker named 'nope'") && err.contains("repair"), "{err}");
+    let err = c.fails(&["workers", "pause", "repair", "--node", "node-01"]);
+    assert!(err.contains("runs on the coordinator"), "{err}");
+    let audit = c.ok(&["audit", "--json"]);
+    assert!(audit.contains("worker-pause") && audit.contains("worker-resume"), "{audit}");
+}
+
+/// The coordinator's worker `name` as `workers --json` shows it now.
+fn on_now(c: &Cluster, name: &str) -> serde_json::Value {
+    json(c, &["workers", "--json"])["workers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|w| w["name"] == name && w["node"].is_null())
+        .cloned()
+        .unwrap_or_else(|| panic!("no coordinator worker {name}"))
+}

@@ -36,6 +36,23 @@ impl Default for ClientConfig {
 }
 
 impl ClientConfig {
+    /// Reads `path`; relative certificate paths in it are taken relative to the file's
+    /// directory.
+    pub fn load(path: &std::path::Path) -> Result<ClientConfig, crate::ClientError> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| crate::ClientError::Config(format!("cannot read the configuration file {}: {e}", path.display())))?;
+        let mut cfg: ClientConfig = toml::from_str(&text)
+            .map_err(|e| crate::ClientError::Config(format!("{} is not a valid configuration: {e}", path.display())))?;
+        if let Some(dir) = path.parent() {
+            for p in [&mut cfg.ca, &mut cfg.cert, &mut cfg.key] {
+                if p.is_relative() {
+                    *p = dir.join(&*p);
+                }
+            }
+        }
+        Ok(cfg)
+    }
+
     /// Writes this configuration to `path` (relative paths in it stay relative to the
     /// file's directory).
     pub fn write(&self, path: &std::path::Path) -> Result<(), crate::ClientError> {

@@ -9,9 +9,13 @@ pub enum ClientError {
     #[error(transparent)]
     Rpc(#[from] collective_rpc::RpcError),
     /// A coordinator call failed; the message already names the problem. `kind` is the
-    /// namespace error it hit, when it was one (see `collective_rpc::ERROR_KIND`).
+    /// namespace error it hit, when it was one.
     #[error("{message}")]
-    Remote { message: String, code: tonic::Code, kind: String },
+    Remote {
+        message: String,
+        code: tonic::Code,
+        kind: Option<collective_rpc::ErrorKind>,
+    },
     #[error(transparent)]
     Data(#[from] collective_dataplane::DataError),
     #[error("{path}: {source}")]
@@ -24,6 +28,8 @@ pub enum ClientError {
         file: String,
         wanted: usize,
         detail: String,
+        /// Every node that could take it is full (ENOSPC for a mount).
+        out_of_space: bool,
     },
     #[error("chunk {chunk} of {file} is unreadable on every replica: {detail}")]
     Unreadable { chunk: String, file: String, detail: String },

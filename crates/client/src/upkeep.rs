@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use collective_proto::v1::{
     CollectUnknownRequest, CollectUnknownResponse, DrainStatus, NodeRequest, RemoveNodeResponse, RepairStatusRequest, RepairStatusResponse,
-    RiskReport, RiskRequest, ScrubReport, StartScrubRequest,
+    RiskReport, RiskRequest, ScrubReport, StartScrubRequest, SteerWorkerRequest, WorkersRequest, WorkersResponse,
 };
 
 use crate::{Client, ClientError};
@@ -107,6 +107,32 @@ impl Client {
             .risk(RiskRequest {
                 member: member.to_string(),
                 local_only: false,
+            })
+            .await
+            .map_err(ClientError::status)?
+            .into_inner())
+    }
+
+    /// The background workers of the coordinator and of its nodes (nodes that did not
+    /// answer are listed in `unreachable`).
+    pub async fn workers(&self) -> Result<WorkersResponse, ClientError> {
+        Ok(self
+            .upkeep()
+            .workers(WorkersRequest {})
+            .await
+            .map_err(ClientError::status)?
+            .into_inner())
+    }
+
+    /// Pauses (`pause`) or resumes the worker `name`: the coordinator's, or a node
+    /// worker's on `node` (`None`: on every node). Returns the workers it steered.
+    pub async fn steer_worker(&self, name: &str, node: Option<&str>, pause: bool) -> Result<WorkersResponse, ClientError> {
+        Ok(self
+            .upkeep()
+            .steer_worker(SteerWorkerRequest {
+                name: name.to_string(),
+                node: node.unwrap_or_default().to_string(),
+                pause,
             })
             .await
             .map_err(ClientError::status)?

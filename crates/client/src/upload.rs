@@ -478,6 +478,7 @@ pub(crate) async fn store_chunk(
     let mut stored: Vec<String> = Vec::new();
     let mut avoid: Vec<String> = Vec::new();
     let mut errors: Vec<String> = Vec::new();
+    let mut out_of_space = false;
     for _round in 0..MAX_UPLOAD_ROUNDS {
         let puts = targets.iter().map(|t| {
             let token = token.clone();
@@ -485,8 +486,8 @@ pub(crate) async fn store_chunk(
                 // Another member's node comes with its own token, signed by its coordinator.
                 let token = if t.token.is_empty() { token } else { t.token.clone() };
                 let r = match target(t) {
-                    Ok(tg) => client.put(&tg, &id, data, &token).await.map_err(|e| e.to_string()),
-                    Err(e) => Err(e.to_string()),
+                    Ok(tg) => client.put(&tg, &id, data, &token).await.map_err(ClientError::from),
+                    Err(e) => Err(e),
                 };
                 (t.node.clone(), r)
             }
@@ -496,7 +497,8 @@ pub(crate) async fn store_chunk(
                 Ok(()) => stored.push(node.clone()),
                 Err(e) => {
                     tracing::warn!(chunk = %id.short(), %node, "chunk upload failed: {e}");
-                    errors.push(e);
+                    out_of_space = matches!(e, ClientError::Data(collective_dataplane::DataError::NoSpace { .. }));
+                    errors.push(e.to_string());
                 }
             }
             avoid.push(node);
@@ -518,6 +520,7 @@ pub(crate) async fn store_chunk(
                 token = p.token;
             }
             Err(s) => {
+                out_of_space = collective_rpc::error_kind(&s) == Some(collective_rpc::ErrorKind::NoSpace);
                 errors.push(collective_rpc::explain_status("the coordinator", &s));
                 break;
             }
@@ -528,6 +531,7 @@ pub(crate) async fn store_chunk(
         file: file.to_string(),
         wanted,
         detail: errors.join("; "),
+        out_of_space,
     })
 }
 

@@ -141,9 +141,7 @@ pub fn init_with_root(member: &str, domain: &str, out: &Path, root_dir: &Path) -
             root.domain
         );
     }
-    let csr = MemberCa::begin_join(member, domain, out)?;
-    let pem = root.sign_member(&csr, member)?;
-    Ok(MemberCa::finish_join(out, &pem, root.cert_pem())?)
+    Ok(root.admit_member(member, out)?)
 }
 
 pub fn run(cmd: CaCommand) -> Result<()> {

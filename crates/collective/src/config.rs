@@ -17,21 +17,12 @@ pub struct ClientOverrides {
     pub key: Option<PathBuf>,
 }
 
-/// `$XDG_CONFIG_HOME/collective`, else `~/.config/collective`.
-pub fn config_home() -> Result<PathBuf> {
-    std::env::var_os("XDG_CONFIG_HOME")
-        .map(PathBuf::from)
-        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".config")))
-        .map(|b| b.join("collective"))
-        .context("cannot tell where the configuration lives: set HOME (or XDG_CONFIG_HOME), or pass --config")
-}
-
 /// The current context's client config, else `~/.config/collective/client.toml`.
 pub fn default_client_config() -> Option<PathBuf> {
-    crate::context::Contexts::load()
+    collective_client::contexts::Contexts::load()
         .ok()
         .and_then(|c| c.current_config())
-        .or_else(|| config_home().ok().map(|h| h.join("client.toml")))
+        .or_else(|| collective_client::contexts::config_home().ok().map(|h| h.join("client.toml")))
 }
 
 pub fn load_toml<T: DeserializeOwned>(path: &Path) -> Result<T> {
@@ -58,17 +49,11 @@ pub fn rebase_tls(config: &Path, tls: &mut collective_pki::TlsFiles) {
 pub fn client_config(o: &ClientOverrides) -> Result<ClientConfig> {
     let explicit = o.config.is_some() || o.context.is_some();
     let path = match &o.context {
-        Some(name) => Some(crate::context::Contexts::load()?.config_of(name)?),
+        Some(name) => Some(collective_client::contexts::Contexts::load()?.config_of(name)?),
         None => o.config.clone().or_else(default_client_config),
     };
     let mut cfg = match &path {
-        Some(p) if p.exists() => {
-            let mut c: ClientConfig = load_toml(p)?;
-            rebase(p, &mut c.ca);
-            rebase(p, &mut c.cert);
-            rebase(p, &mut c.key);
-            c
-        }
+        Some(p) if p.exists() => ClientConfig::load(p)?,
         Some(p) if explicit => anyhow::bail!("the configuration file {} does not exist", p.display()),
         _ => {
             if o.cert.is_none() {

@@ -3,15 +3,12 @@
 //! `~/.config/collective/contexts.toml`; one of them is current, and `--context NAME`
 //! picks another for one command.
 
-use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Context, Result};
 use clap::Subcommand;
 use collective_client::ClientConfig;
-use serde::{Deserialize, Serialize};
-
-use crate::config::{config_home, load_toml};
+use collective_client::contexts::{Contexts, contexts_dir};
 
 #[derive(Subcommand)]
 pub enum ContextCommand {
@@ -26,100 +23,8 @@ pub enum ContextCommand {
     Rm { name: String },
 }
 
-/// `contexts.toml`.
-#[derive(Debug, Default, Serialize, Deserialize)]
-pub struct Contexts {
-    #[serde(default)]
-    pub current: String,
-    #[serde(default)]
-    pub contexts: BTreeMap<String, ContextEntry>,
-}
-
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct ContextEntry {
-    /// The context's client config.
-    pub config: PathBuf,
-    /// Who the user is in it, e.g. `dave@alice.collective.local`.
-    #[serde(default)]
-    pub principal: String,
-}
-
-/// Where contexts made by `invite redeem` keep their files.
-pub fn contexts_dir() -> Result<PathBuf> {
-    Ok(config_home()?.join("contexts"))
-}
-
-impl Contexts {
-    fn path() -> Result<PathBuf> {
-        Ok(config_home()?.join("contexts.toml"))
-    }
-
-    pub fn load() -> Result<Contexts> {
-        let path = Self::path()?;
-        if !path.exists() {
-            return Ok(Contexts::default());
-        }
-        load_toml(&path)
-    }
-
-    fn save(&self) -> Result<()> {
-        let path = Self::path()?;
-        if let Some(dir) = path.parent() {
-            std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
-        }
-        let tmp = path.with_extension("toml.tmp");
-        std::fs::write(&tmp, toml::to_string_pretty(self)?).with_context(|| format!("cannot write {}", tmp.display()))?;
-        std::fs::rename(&tmp, &path).with_context(|| format!("cannot write {}", path.display()))
-    }
-
-    /// A name not taken yet, `wanted` itself when free.
-    pub fn free_name(&self, wanted: &str) -> String {
-        if !self.contexts.contains_key(wanted) {
-            return wanted.to_string();
-        }
-        (2..)
-            .map(|i| format!("{wanted}-{i}"))
-            .find(|n| !self.contexts.contains_key(n))
-            .unwrap_or_default()
-    }
-
-    /// Adds a context; the first one becomes current. Returns whether it is current.
-    pub fn add(name: &str, entry: ContextEntry) -> Result<bool> {
-        let mut all = Contexts::load()?;
-        if all.contexts.contains_key(name) {
-            bail!("a context named {name} exists already; pick another name or remove it with `collective context rm {name}`");
-        }
-        all.contexts.insert(name.to_string(), entry);
-        let current = all.current.is_empty() || !all.contexts.contains_key(&all.current);
-        if current {
-            all.current = name.to_string();
-        }
-        all.save()?;
-        Ok(current)
-    }
-
-    /// The client config of context `name`.
-    pub fn config_of(&self, name: &str) -> Result<PathBuf> {
-        match self.contexts.get(name) {
-            Some(e) => Ok(e.config.clone()),
-            None if self.contexts.is_empty() => {
-                bail!("there is no context {name}: no contexts yet (`collective invite redeem CODE` adds one)")
-            }
-            None => bail!(
-                "there is no context {name}; known: {} (see `collective context list`)",
-                self.contexts.keys().cloned().collect::<Vec<_>>().join(", ")
-            ),
-        }
-    }
-
-    /// The current context's client config, if there is one.
-    pub fn current_config(&self) -> Option<PathBuf> {
-        self.contexts.get(&self.current).map(|e| e.config.clone())
-    }
-}
-
 fn coordinator_of(config: &Path) -> String {
-    load_toml::<ClientConfig>(config)
+    ClientConfig::load(config)
         .map(|c| c.coordinator)
         .unwrap_or_else(|_| "(unreadable config)".into())
 }
@@ -167,13 +72,7 @@ pub fn run(cmd: ContextCommand) -> Result<()> {
             println!("now using context {name}");
         }
         ContextCommand::Rm { name } => {
-            let e = all
-                .contexts
-                .remove(&name)
-                .with_context(|| format!("there is no context {name} (see `collective context list`)"))?;
-            if all.current == name {
-                all.current = all.contexts.keys().next().cloned().unwrap_or_default();
-            }
+            let e = all.remove(&name)?;
             all.save()?;
             // Files `invite redeem` made for it go too; a config kept elsewhere stays.
             let own = contexts_dir()?.join(&name);

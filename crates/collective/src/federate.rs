@@ -107,7 +107,7 @@ fn peers_table(r: &PeersResponse) -> Table {
     for m in &r.members {
         t.row(vec![
             member_label(m),
-            m.state.clone(),
+            m.state().name().to_string(),
             time_str(m.last_seen_ms),
             m.nodes.to_string(),
             collective_core::format_bytes(m.free_bytes),
@@ -273,7 +273,7 @@ pub async fn federation(o: &ClientOverrides, cmd: FederationCommand) -> Result<(
                     .map(|m| {
                         serde_json::json!({
                             "member": m.member,
-                            "state": m.state,
+                            "state": m.state().name(),
                             "contribution_bytes": m.contribution_bytes,
                             "gives_bytes": m.hosted_bytes,
                             "uses_bytes": m.used_elsewhere_bytes,
@@ -297,7 +297,7 @@ pub async fn federation(o: &ClientOverrides, cmd: FederationCommand) -> Result<(
                     .map(|m| {
                         serde_json::json!({
                             "member": m.member,
-                            "state": m.state,
+                            "state": m.state().name(),
                             "last_seen": time_str(m.last_seen_ms),
                             "local": m.local,
                             "coordinator": m.coordinator,
@@ -460,7 +460,7 @@ async fn redeem(a: RedeemArgs) -> Result<()> {
     };
     collective_core::validate_name(&name)?;
     let member_domain = invite.member_domain()?;
-    let contexts = crate::context::Contexts::load()?;
+    let contexts = collective_client::contexts::Contexts::load()?;
     let context = match &a.context {
         Some(c) => {
             collective_core::validate_name(c).context("--context")?;
@@ -473,7 +473,7 @@ async fn redeem(a: RedeemArgs) -> Result<()> {
     };
     let out = match a.out {
         Some(o) => o,
-        None => crate::context::contexts_dir()?.join(&context),
+        None => collective_client::contexts::contexts_dir()?.join(&context),
     };
     let r = enrol::redeem_user(&invite, &name, &out).await?;
     let cfg_path = r.client_config.clone();
@@ -481,11 +481,11 @@ async fn redeem(a: RedeemArgs) -> Result<()> {
     for (path, rights) in &r.grants {
         println!("  {rights} on {path}");
     }
-    let entry = crate::context::ContextEntry {
+    let entry = collective_client::contexts::ContextEntry {
         config: std::path::absolute(&cfg_path).unwrap_or(cfg_path.clone()),
         principal: r.principal.clone(),
     };
-    match crate::context::Contexts::add(&context, entry) {
+    match collective_client::contexts::Contexts::add(&context, entry) {
         Ok(true) => println!("added the context {context}; it is the current one: `collective ls /` uses it"),
         Ok(false) => {
             println!("added the context {context}; use it with `collective --context {context} …` or `collective context use {context}`")
@@ -756,7 +756,7 @@ mod tests {
     fn peers_columns_line_up_with_long_member_names() {
         let peer = |member: &str, local: bool, last_seen_ms: i64, nodes: u32| PeerInfo {
             member: member.into(),
-            state: "alive".into(),
+            state: collective_proto::v1::MemberHealth::Alive as i32,
             last_seen_ms,
             local,
             nodes,

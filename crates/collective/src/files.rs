@@ -7,9 +7,9 @@ use std::time::Instant;
 
 use anyhow::{Context, Result, bail};
 use clap::Args;
-use collective_client::{Client, Progress, Source};
+use collective_client::{Client, Progress, Source, status};
 use collective_core::{RemotePath, format_bytes, format_time_ms, validate_path};
-use collective_proto::v1::{CertificateStatus, FileAttr, FileKind, StatusResponse};
+use collective_proto::v1::{CertificateStatus, FileAttr, FileKind, MemberHealth, NodeHealth, StatusResponse};
 use serde_json::json;
 
 use crate::config::{ClientOverrides, client_config};
@@ -460,14 +460,15 @@ pub async fn stat(o: &ClientOverrides, a: StatArgs) -> Result<()> {
 
 /// Days until `ms` (negative when past).
 fn days_until(ms: i64) -> i64 {
-    (ms - collective_core::unix_ms_now() as i64).div_euclid(86_400_000)
+    status::days_until(ms, collective_core::unix_ms_now())
 }
 
-/// The certificates `status` reports: the coordinator's and its nodes', and the caller's own.
 fn certificates(s: &StatusResponse, mine: &Option<CertificateStatus>) -> Vec<CertificateStatus> {
-    let mut v = s.certificates.clone();
-    v.extend(mine.iter().cloned());
-    v
+    status::certificates(s, mine.as_ref())
+}
+
+fn warnings(s: &StatusResponse, mine: &Option<CertificateStatus>) -> Vec<String> {
+    status::warnings(s, mine.as_ref(), collective_core::unix_ms_now())
 }
 
 fn status_json(s: &StatusResponse, mine: &Option<CertificateStatus>) -> serde_json::Value {
@@ -480,7 +481,7 @@ fn status_json(s: &StatusResponse, mine: &Option<CertificateStatus>) -> serde_js
         "replication": s.replication,
         "nodes": s.nodes.iter().map(|n| json!({
             "node": n.node,
-            "state": n.state,
+            "state": n.state().name(),
             "address": n.quic_addr,
             "capacity_bytes": n.capacity_bytes,
             "used_bytes": n.used_bytes,
@@ -521,7 +522,7 @@ fn status_json(s: &StatusResponse, mine: &Option<CertificateStatus>) -> serde_js
         },
         "members": s.members.iter().map(|m| json!({
             "member": m.member,
-            "state": m.state,
+            "state": m.state().name(),
             "last_seen": if m.last_seen_ms > 0 { json!(format_time_ms(m.last_seen_ms)) } else { json!(null) },
         })).collect::<Vec<_>>(),
         "certificates": certificates(s, mine).iter().map(|c| json!({
@@ -534,76 +535,11 @@ fn status_json(s: &StatusResponse, mine: &Option<CertificateStatus>) -> serde_js
     })
 }
 
-/// Certificates expiring within this many days are warned about.
-const CERT_WARN_DAYS: i64 = 14;
-
-fn warnings(s: &StatusResponse, mine: &Option<CertificateStatus>) -> Vec<String> {
-    let mut w = Vec::new();
-    for m in s.members.iter().filter(|m| m.state != "alive") {
-        w.push(format!(
-            "member {} is {}: its datastores and the copies it holds for others are unreachable",
-            m.member, m.state
-        ));
-    }
-    for c in certificates(s, mine) {
-        let days = days_until(c.not_after_ms);
-        if days < 0 {
-            w.push(format!(
-                "the {} certificate of {} has expired; issue a new one",
-                c.role, c.principal
-            ));
-        } else if days < CERT_WARN_DAYS {
-            w.push(format!(
-                "the {} certificate of {} expires in {days} day(s); renew it before then",
-                c.role, c.principal
-            ));
-        }
-    }
-    let up = s.nodes.iter().filter(|n| n.state == "up").count();
-    for n in s.nodes.iter().filter(|n| n.state != "up") {
-        w.push(format!("{} is down: chunks it holds have fewer copies until it returns", n.node));
-    }
-    if up < s.replication as usize {
-        w.push(format!(
-            "only {up} node(s) up but replication is {}: new files cannot be stored",
-            s.replication
-        ));
-    }
-    if s.unreadable_chunks > 0 {
-        w.push(format!(
-            "{} chunk(s) have no known copy: some files cannot be read",
-            s.unreadable_chunks
-        ));
-    }
-    if s.under_replicated_chunks > 0 {
-        w.push(format!(
-            "{} chunk(s) have fewer than {} copies",
-            s.under_replicated_chunks, s.replication
-        ));
-    }
-    if let Some(r) = &s.repair {
-        if !r.blocked_reason.is_empty() {
-            w.push(format!("repair is blocked: {}", r.blocked_reason));
-        }
-        if r.unknown_chunks > 0 {
-            w.push(crate::upkeep::unknown_line(r));
-        }
-    }
-    for n in s
-        .nodes
-        .iter()
-        .filter(|n| n.capacity_bytes > 0 && n.free_bytes * 100 < n.capacity_bytes * 15)
-    {
-        w.push(format!("{} is more than 85% full", n.node));
-    }
-    w
-}
-
 fn print_status(s: &StatusResponse, mine: &Option<CertificateStatus>) {
     println!("coordinator {} (member {}, version {})", s.coordinator, s.member, s.version);
     println!();
     if !s.members.is_empty() {
-        let alive = s.members.iter().filter(|m| m.state == "alive").count();
+        let alive = s.members.iter().filter(|m| m.state() == MemberHealth::Alive).count();
         println!("members ({alive} of {} others alive):", s.members.len());
         for m in &s.members {
             let seen = if m.last_seen_ms > 0 {
@@ -611,13 +547,13 @@ fn print_status(s: &StatusResponse, mine: &Option<CertificateStatus>) {
             } else {
                 "never".into()
             };
-            println!("  {:<36} {:<8} last heard {seen}", m.member, m.state);
+            println!("  {:<36} {:<8} last heard {seen}", m.member, m.state().name());
         }
         println!();
     }
     println!(
         "nodes ({} up of {}):",
-        s.nodes.iter().filter(|n| n.state == "up").count(),
+        s.nodes.iter().filter(|n| n.state() == NodeHealth::Up).count(),
         s.nodes.len()
     );
     println!(
@@ -628,7 +564,7 @@ fn print_status(s: &StatusResponse, mine: &Option<CertificateStatus>) {
         println!(
             "  {:<36} {:<5} {:>10} {:>10} {:>10} {:>8}",
             n.node,
-            n.state,
+            n.state().name(),
             format_bytes(n.capacity_bytes),
             format_bytes(n.used_bytes),
             format_bytes(n.free_bytes),

@@ -5,18 +5,15 @@
 mod ca;
 mod config;
 mod context;
-mod dev;
-mod devfed;
 mod federate;
 mod files;
 mod mount;
-mod netem;
-mod netns;
 mod observe;
 mod servers;
 mod setup;
 mod table;
 mod upkeep;
+mod workers;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -99,6 +96,9 @@ enum Command {
     /// Re-hash stored chunks to find bit rot (and repair it)
     #[command(subcommand)]
     Scrub(upkeep::ScrubCommand),
+    /// Background work of the coordinator and its nodes (repair, gc, reconcile, heat,
+    /// scrub): state, progress, throttle; pause and resume
+    Workers(workers::WorkersCli),
     /// Federation root and members' view of each other
     #[command(subcommand)]
     Federation(federate::FederationCommand),
@@ -116,7 +116,7 @@ enum Command {
     Context(context::ContextCommand),
     /// A local cluster for trying Collective out and for tests
     #[command(subcommand)]
-    Dev(dev::DevCommand),
+    Dev(collective_devkit::DevCommand),
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -277,7 +277,8 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         },
         Command::Repair(c) => upkeep::repair(&overrides, c).await,
         Command::Scrub(c) => upkeep::scrub(&overrides, c).await,
-        Command::Dev(c) => dev::run(c).await,
+        Command::Workers(c) => workers::workers(&overrides, c).await,
+        Command::Dev(c) => collective_devkit::run(c).await,
         Command::Put(a) => files::put(&overrides, a).await,
         Command::Get(a) => files::get(&overrides, a).await,
         Command::Cat(a) => files::cat(&overrides, a).await,

@@ -54,18 +54,6 @@ const DEFAULT_HTTP_LISTEN: &str = "127.0.0.1:9100";
 const DEFAULT_GOSSIP_LISTEN: &str = "127.0.0.1:7946";
 
 impl ServerAddrs {
-    /// Local addresses for `dev up` and tests: listen and advertise the same.
-    pub fn local(grpc: &str, http: &str, gossip: &str, sans: Vec<String>) -> ServerAddrs {
-        ServerAddrs {
-            grpc_listen: Some(grpc.into()),
-            http_listen: Some(http.into()),
-            gossip_listen: Some(gossip.into()),
-            advertise: None,
-            gossip_advertise: None,
-            san: sans,
-        }
-    }
-
     /// The first of these flags given on the command line, if any (for commands where
     /// they only mean something together with another flag).
     pub fn given(&self) -> Option<&'static str> {

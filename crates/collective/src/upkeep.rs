@@ -7,7 +7,7 @@ use anyhow::{Result, bail};
 use clap::Subcommand;
 use collective_client::Client;
 use collective_core::format_bytes;
-use collective_proto::v1::{DrainStatus, RepairStatusResponse, ScrubReport};
+use collective_proto::v1::{DrainStatus, NodeHealth, RepairStatusResponse, ScrubReport};
 use serde_json::json;
 
 use crate::config::{ClientOverrides, client_config};
@@ -74,17 +74,6 @@ pub fn estimate_str(r: &RepairStatusResponse) -> String {
     }
 }
 
-/// The words for chunks on our nodes the metadata does not know.
-pub fn unknown_line(r: &RepairStatusResponse) -> String {
-    format!(
-        "{} chunk(s) on {} are unknown to this coordinator's metadata and are kept (after a restore of an older metadata copy they may be files stored since); {} of them seen for longer than {} s can be deleted with `collective repair collect-unknown`",
-        r.unknown_chunks,
-        r.unknown_nodes.join(", "),
-        r.unknown_collectable,
-        r.gc_grace_seconds
-    )
-}
-
 fn repair_json(r: &RepairStatusResponse) -> serde_json::Value {
     json!({
         "under_replicated_chunks": r.under_replicated_chunks,
@@ -134,7 +123,7 @@ fn print_repair(r: &RepairStatusResponse) {
         println!("blocked: {} ({} chunk(s) in the last round)", r.blocked_reason, r.blocked_chunks);
     }
     if r.unknown_chunks > 0 {
-        println!("unknown: {}", unknown_line(r));
+        println!("unknown: {}", collective_client::status::unknown_line(r));
     }
     for n in &r.waiting_nodes {
         println!(
@@ -233,7 +222,7 @@ fn scrub_json(r: &ScrubReport) -> serde_json::Value {
             let s = n.scrub.unwrap_or_default();
             json!({
                 "node": n.node,
-                "state": n.state,
+                "state": n.state().name(),
                 "running": s.running,
                 "passes": s.passes,
                 "chunks_checked": s.chunks_checked,
@@ -265,7 +254,7 @@ fn print_scrub(r: &ScrubReport) {
         println!(
             "  {:<36} {:<5} {:<22} checked {:>8}  corrupt {:>4}  at {}/s",
             n.node,
-            n.state,
+            n.state().name(),
             progress,
             s.chunks_checked,
             s.corrupt_found,
@@ -301,7 +290,7 @@ pub async fn scrub(o: &ClientOverrides, c: ScrubCommand) -> Result<()> {
     loop {
         tokio::time::sleep(Duration::from_millis(500)).await;
         let r = client.scrub_report().await?;
-        let finished = r.nodes.iter().filter(|n| n.state == "up").all(|n| {
+        let finished = r.nodes.iter().filter(|n| n.state() == NodeHealth::Up).all(|n| {
             let done = n.scrub.as_ref().map(|s| s.passes).unwrap_or(0);
             let start = passes.iter().find(|(p, _)| *p == n.node).map(|(_, v)| *v).unwrap_or(0);
             done > start

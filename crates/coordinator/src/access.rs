@@ -1,57 +1,106 @@
 //! Who may do what: admins, grants inherited down the tree, and the errors that name the
 //! missing right. Every data and metadata path of the coordinator goes through here.
 
-use collective_core::{Principal, RemotePath, Rights, effective_rights, unix_ms_now};
+use std::sync::Arc;
+
+use collective_core::{Principal, RemotePath, Rights, SharedClock, Subject, effective_rights};
+use collective_meta::MetaStore;
 use tonic::Status;
 
-use crate::state::{State, meta_status};
+use crate::error::Error;
+use crate::state::State;
 
 /// The top-level name of a path (`/media/a` → `media`), None for the root.
 pub fn top_of(path: &str) -> Option<&str> {
     path.trim_start_matches('/').split('/').next().filter(|s| !s.is_empty())
 }
 
-impl State {
+/// Access control of one member's namespace: its admins, and the grants in its metadata
+/// judged at the clock's time. It decides; it does not authenticate (the caller is known
+/// by the time it asks) and it changes nothing.
+pub struct Access {
+    domain: String,
+    admins: Vec<Subject>,
+    meta: Arc<MetaStore>,
+    clock: SharedClock,
+    denials: prometheus::IntCounter,
+}
+
+impl Access {
+    pub fn new(domain: &str, admins: Vec<Subject>, meta: Arc<MetaStore>, clock: SharedClock, denials: prometheus::IntCounter) -> Access {
+        Access {
+            domain: domain.to_string(),
+            admins,
+            meta,
+            clock,
+            denials,
+        }
+    }
+
     pub fn is_admin(&self, who: &Principal) -> bool {
         self.admins.iter().any(|s| s.matches(who))
     }
 
     /// The rights `who` holds on `path` in this member's namespace.
-    pub fn rights(&self, who: &Principal, path: &str) -> Result<Rights, Status> {
+    pub fn rights(&self, who: &Principal, path: &str) -> Result<Rights, Error> {
         if self.is_admin(who) {
             return Ok(Rights::ALL);
         }
-        let grants = self.meta.grants().map_err(meta_status)?;
-        Ok(effective_rights(&grants, who, path, unix_ms_now()))
+        let grants = self.meta.grants()?;
+        Ok(effective_rights(&grants, who, path, self.clock.now_ms()))
     }
 
     /// Refuses unless `who` holds `need` on `path`, naming what is missing.
-    pub fn require(&self, who: &Principal, path: &RemotePath, need: Rights) -> Result<(), Status> {
+    pub fn require(&self, who: &Principal, path: &RemotePath, need: Rights) -> Result<(), Error> {
         let have = self.rights(who, path.as_str())?;
         if have.contains(need) {
             return Ok(());
         }
-        self.metrics.denials.inc();
-        let missing = need.missing_from(have);
+        self.denials.inc();
         let owner = top_of(path.as_str()).map(|t| format!("/{t}")).unwrap_or_else(|| "/".into());
-        Err(Status::permission_denied(format!(
-            "{who} lacks the {missing} right on {path} (has: {have}); ask an owner of {owner} on {} to grant it (`collective datastore grant {owner} {who} {missing}`)",
-            self.domain
-        )))
+        Err(Error::Lacks {
+            who: who.to_string(),
+            missing: need.missing_from(have),
+            have,
+            path: path.to_string(),
+            owner,
+            member: self.domain.clone(),
+        })
     }
 
     /// Whether a top-level entry shows up in `who`'s listing of `/`: admins see everything,
     /// others what they hold a grant in.
-    pub fn can_see(&self, who: &Principal, top: &str) -> Result<bool, Status> {
+    pub fn can_see(&self, who: &Principal, top: &str) -> Result<bool, Error> {
         if self.is_admin(who) {
             return Ok(true);
         }
-        let now = unix_ms_now();
+        let now = self.clock.now_ms();
         let root = format!("/{top}");
-        let grants = self.meta.grants().map_err(meta_status)?;
+        let grants = self.meta.grants()?;
         Ok(grants
             .iter()
             .any(|g| g.active(now) && g.subject.matches(who) && (g.covers(&root) || g.path.starts_with(&format!("{root}/")))))
+    }
+}
+
+impl State {
+    pub fn is_admin(&self, who: &Principal) -> bool {
+        self.access.is_admin(who)
+    }
+
+    /// [`Access::rights`], as a gRPC status for the services.
+    pub fn rights(&self, who: &Principal, path: &str) -> Result<Rights, Status> {
+        Ok(self.access.rights(who, path)?)
+    }
+
+    /// [`Access::require`], as a gRPC status for the services.
+    pub fn require(&self, who: &Principal, path: &RemotePath, need: Rights) -> Result<(), Status> {
+        Ok(self.access.require(who, path, need)?)
+    }
+
+    /// [`Access::can_see`], as a gRPC status for the services.
+    pub fn can_see(&self, who: &Principal, top: &str) -> Result<bool, Status> {
+        Ok(self.access.can_see(who, top)?)
     }
 }
 

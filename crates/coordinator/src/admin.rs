@@ -11,9 +11,9 @@ use collective_proto::v1::admin_client::AdminClient;
 use collective_proto::v1::admin_server::Admin;
 use collective_proto::v1::{
     CreateDatastoreRequest, DatastoreInfo, GenerateInviteRequest, GenerateInviteResponse, GrantInfo, GrantRequest, InviteInfo,
-    ListDatastoresRequest, ListDatastoresResponse, ListInvitesRequest, ListInvitesResponse, MemberRemoval, PathRequest, PeerInfo,
-    PeersRequest, PeersResponse, PlacementStrategy, RemoveMemberRequest, RevokeInviteRequest, RevokeInviteResponse, RevokeRequest,
-    RevokeResponse,
+    ListDatastoresRequest, ListDatastoresResponse, ListInvitesRequest, ListInvitesResponse, MemberHealth, MemberRemoval, PathRequest,
+    PeerInfo, PeersRequest, PeersResponse, PlacementStrategy, RemoveMemberRequest, RevokeInviteRequest, RevokeInviteResponse,
+    RevokeRequest, RevokeResponse,
 };
 use tonic::{Request, Response, Status};
 
@@ -48,8 +48,8 @@ fn path_arg(p: &str) -> Result<RemotePath, Status> {
     validate_path(p).map_err(|e| Status::invalid_argument(e.to_string()))
 }
 
-pub fn invite_info(r: &InviteRecord) -> InviteInfo {
-    let now = unix_ms_now();
+/// An invite as people see it, its state at `now` (ms since the epoch).
+pub fn invite_info(r: &InviteRecord, now: u64) -> InviteInfo {
     let (kind, member, grants) = match &r.kind {
         InviteKind::Member { name } => ("member", name.clone(), vec![]),
         InviteKind::User { grants } => (
@@ -287,7 +287,7 @@ impl Admin for AdminService {
             .map_err(meta_status)?
             .iter()
             .filter(|r| admin || r.created_by == me)
-            .map(invite_info)
+            .map(|r| invite_info(r, self.state.clock.now_ms()))
             .collect();
         Ok(Response::new(ListInvitesResponse { invites }))
     }
@@ -358,7 +358,7 @@ impl Admin for AdminService {
         };
         let mut me = PeerInfo {
             member: self.state.domain.clone(),
-            state: "alive".into(),
+            state: MemberHealth::Alive as i32,
             last_seen_ms: unix_ms_now() as i64,
             local: true,
             ..Default::default()
@@ -371,7 +371,7 @@ impl Admin for AdminService {
         for p in fed.gossip.peers() {
             let mut info = PeerInfo {
                 member: p.member.clone(),
-                state: p.label().into(),
+                state: p.health() as i32,
                 last_seen_ms: p.last_seen_ms as i64,
                 gossip_addr: p.gossip_addr.map(|a| a.to_string()).unwrap_or_default(),
                 ..Default::default()
@@ -383,7 +383,7 @@ impl Admin for AdminService {
             if r.member != self.state.domain {
                 members.push(PeerInfo {
                     member: r.member,
-                    state: "removed".into(),
+                    state: MemberHealth::Removed as i32,
                     ..Default::default()
                 });
             }
@@ -475,7 +475,7 @@ impl AdminService {
             .rights
             .parse()
             .map_err(|e: collective_core::AccessError| Status::invalid_argument(e.to_string()))?;
-        let now = unix_ms_now();
+        let now = self.state.clock.now_ms();
         if q.until_ms != 0 && (q.until_ms as u64) <= now {
             return Err(Status::invalid_argument("--until is in the past"));
         }
@@ -543,7 +543,7 @@ impl AdminService {
             return Err(Status::permission_denied("invites are made by the coordinator of your own member"));
         }
         let q = req.into_inner();
-        let now = unix_ms_now();
+        let now = self.state.clock.now_ms();
         let validity = if q.validity_ms == 0 { 7 * 86_400_000 } else { q.validity_ms };
         let max_uses = if q.max_uses == 0 { 1 } else { q.max_uses };
         if max_uses > MAX_INVITE_USES {
@@ -617,7 +617,7 @@ impl AdminService {
         self.state.metrics.invites_issued.inc();
         Ok(Response::new(GenerateInviteResponse {
             code,
-            invite: Some(invite_info(&rec)),
+            invite: Some(invite_info(&rec, now)),
         }))
     }
 

@@ -213,7 +213,7 @@ impl BootstrapService {
         let used = self
             .state
             .meta
-            .use_invite(&invite.id, &domain, |rec| match &rec.kind {
+            .use_invite(&invite.id, &domain, self.state.clock.now_ms(), |rec| match &rec.kind {
                 InviteKind::Member { name: n } if *n == name => Ok(()),
                 InviteKind::Member { .. } => Err(InviteRefusal::WrongKind("another member name")),
                 InviteKind::User { .. } => Err(InviteRefusal::WrongKind("a user")),
@@ -249,7 +249,11 @@ impl BootstrapService {
             return Err(Status::already_exists(format!("{principal} is reserved; choose another --name")));
         }
         let who = principal.to_string();
-        let used = self.state.meta.use_invite(&invite.id, &who, |_| Ok(())).map_err(meta_status)?;
+        let used = self
+            .state
+            .meta
+            .use_invite(&invite.id, &who, self.state.clock.now_ms(), |_| Ok(()))
+            .map_err(meta_status)?;
         let rec = used.map_err(|r| self.refused(r))?;
         if !self.state.meta.claim_principal(&who, &invite.id).map_err(meta_status)? {
             return Err(Status::already_exists(format!("{principal} already exists; choose another --name")));

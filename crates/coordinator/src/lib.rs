@@ -9,6 +9,7 @@ mod access;
 mod admin;
 mod bootstrap;
 mod config;
+mod error;
 mod events;
 mod federation;
 mod hosting;

@@ -81,7 +81,7 @@ fn check_chunk_size(id: &ChunkId, size: u64) -> Result<(), Status> {
 /// A placement failure: out of space (ENOSPC for a mount) or not enough live nodes.
 fn placement_status(e: collective_placement::PlacementError) -> Status {
     match e.out_of_space() {
-        true => collective_rpc::status_with_kind(tonic::Code::ResourceExhausted, e.to_string(), "no-space"),
+        true => collective_rpc::status_with_kind(tonic::Code::ResourceExhausted, e.to_string(), collective_rpc::ErrorKind::NoSpace),
         false => Status::failed_precondition(e.to_string()),
     }
 }
@@ -647,6 +647,7 @@ impl Metadata for MetadataService {
                     stored_on,
                     parents: f.parents,
                     replicas: policy.replicas as u32,
+                    strategy: policy.datastore.as_ref().map_or(collective_core::Strategy::Media, |d| d.strategy),
                 });
             }
             let meta = self.state.meta.clone();

@@ -106,6 +106,7 @@ async fn start_federation(
         probe_rtt: dur("probe_rtt", &cfg.probe_rtt)?,
         suspect_timeout: dur("suspect_timeout", &cfg.suspect_timeout)?,
         peers_file: Some(state.meta_dir.join("gossip-peers")),
+        clock: state.clock.clone(),
     };
     let signer = Arc::new(TokenSigner::from_pkcs8(&identity.pkcs8_der(), identity.principal.to_string())?);
     let (gossip, bound) = Gossip::start(settings, identity.clone(), signer, state.local_member_state(), shutdown)

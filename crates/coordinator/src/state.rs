@@ -41,8 +41,8 @@ pub struct Federated {
 pub struct State {
     pub principal: String,
     pub domain: String,
-    /// Who may do everything in this member's namespace.
-    pub admins: Vec<collective_core::Subject>,
+    /// Who may do what in this member's namespace (admins and grants).
+    pub access: crate::access::Access,
     /// The member CA, when configured (signs certificates for redeemed user invites).
     pub ca: Option<collective_pki::MemberCa>,
     /// The gRPC address others reach us at.
@@ -75,6 +75,8 @@ pub struct State {
     pub stopping: tokio::sync::watch::Sender<bool>,
     /// Calls in flight and streams open, for the shutdown log.
     pub busy: collective_rpc::Busy,
+    /// The time of day for grant and invite expiry and gossip (tests drive it).
+    pub clock: collective_core::SharedClock,
 }
 
 impl State {
@@ -112,10 +114,11 @@ impl State {
             );
         }
         let domain = identity.principal.domain.clone();
+        let clock = collective_core::system_clock();
         Ok(State {
             principal: identity.principal.to_string(),
+            access: crate::access::Access::new(&domain, admins, meta.clone(), clock.clone(), metrics.denials.clone()),
             domain,
-            admins,
             ca,
             advertise_grpc,
             federation: std::sync::OnceLock::new(),
@@ -138,6 +141,7 @@ impl State {
             peer_breakers: collective_core::Breakers::default(),
             stopping: tokio::sync::watch::channel(false).0,
             busy: collective_rpc::Busy::default(),
+            clock,
         })
     }
 
@@ -254,24 +258,4 @@ impl State {
     }
 }
 
-/// Maps metadata errors to gRPC statuses whose messages a user can act on.
-pub fn meta_status(e: MetaError) -> Status {
-    use collective_rpc::status_with_kind;
-    use tonic::Code;
-    let msg = e.to_string();
-    match e {
-        MetaError::NotFound(_) => status_with_kind(Code::NotFound, msg, "not-found"),
-        MetaError::AlreadyExists(_) => status_with_kind(Code::AlreadyExists, msg, "exists"),
-        MetaError::NotADirectory(_) => status_with_kind(Code::FailedPrecondition, msg, "not-dir"),
-        MetaError::IsADirectory(_) => status_with_kind(Code::FailedPrecondition, msg, "is-dir"),
-        MetaError::NotEmpty(_) => status_with_kind(Code::FailedPrecondition, msg, "not-empty"),
-        MetaError::IsASymlink(..) => status_with_kind(Code::FailedPrecondition, msg, "symlink"),
-        MetaError::BadLink(..) => Status::invalid_argument(msg),
-        MetaError::BadRename(..) => Status::failed_precondition(msg),
-        MetaError::ChunkNotUploaded(..) => Status::failed_precondition(msg),
-        MetaError::BadManifest(..) | MetaError::Path(_) => Status::invalid_argument(msg),
-        MetaError::QuotaFull { .. } => status_with_kind(Code::ResourceExhausted, msg, "no-space"),
-        MetaError::Placement(_) => Status::failed_precondition(msg),
-        _ => Status::internal(msg),
-    }
-}
+pub use crate::error::meta_status;

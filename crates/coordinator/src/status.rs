@@ -2,7 +2,7 @@
 //! certificates), gathered from the metadata, the node table and gossip; computing them
 //! also refreshes the coordinator's gauges.
 
-use collective_proto::v1::{CertificateStatus, MemberStatus, NodeStatus, StatusResponse};
+use collective_proto::v1::{CertificateStatus, MemberStatus, NodeHealth, NodeStatus, StatusResponse};
 use tonic::Status;
 
 use crate::state::{State, meta_status};
@@ -17,7 +17,7 @@ pub fn status_report(state: &State) -> Result<StatusResponse, Status> {
             .iter()
             .map(|(name, e)| NodeStatus {
                 node: name.clone(),
-                state: if state.is_up(e) { "up".into() } else { "down".into() },
+                state: if state.is_up(e) { NodeHealth::Up } else { NodeHealth::Down } as i32,
                 quic_addr: e.quic_addr.clone(),
                 capacity_bytes: e.usage.capacity_bytes,
                 used_bytes: e.usage.used_bytes,
@@ -55,7 +55,7 @@ pub fn status_report(state: &State) -> Result<StatusResponse, Status> {
                 .peers()
                 .into_iter()
                 .map(|p| MemberStatus {
-                    state: p.label().into(),
+                    state: p.health() as i32,
                     member: p.member,
                     last_seen_ms: p.last_seen_ms as i64,
                 })
@@ -75,7 +75,7 @@ pub fn status_report(state: &State) -> Result<StatusResponse, Status> {
     } else {
         totals.logical_bytes as f64 / totals.unique_bytes as f64
     });
-    let up = nodes.iter().filter(|n| n.state == "up").count() as i64;
+    let up = nodes.iter().filter(|n| n.state() == NodeHealth::Up).count() as i64;
     m.nodes.with_label_values(&["up"]).set(up);
     m.nodes.with_label_values(&["down"]).set(nodes.len() as i64 - up);
     let breakers = state.peer_breakers.snapshot(std::time::Instant::now());

@@ -10,9 +10,9 @@ use collective_meta::Attr;
 use collective_proto::v1::federation_client::FederationClient;
 use collective_proto::v1::upkeep_server::Upkeep;
 use collective_proto::v1::{
-    CollectUnknownRequest, CollectUnknownResponse, DrainStatus, MemberRisk, NodeRequest, NodeScrub, ReleaseChunksRequest,
+    CollectUnknownRequest, CollectUnknownResponse, DrainStatus, MemberRisk, NodeHealth, NodeRequest, NodeScrub, ReleaseChunksRequest,
     ReleaseChunksResponse, RemoveNodeResponse, RepairStatusRequest, RepairStatusResponse, RiskReport, RiskRequest, ScrubReport,
-    StartScrubRequest,
+    StartScrubRequest, SteerWorkerRequest, WorkerInfo, WorkersRequest, WorkersResponse,
 };
 use tonic::{Request, Response, Status};
 
@@ -45,6 +45,112 @@ impl UpkeepService {
             self.state
                 .audit(&who, op, &req.get_ref().node, &Err::<(), _>(e.clone()), |_| String::new());
         })
+    }
+
+    /// The coordinator's workers, then each node's (`only`: just those nodes); nodes that
+    /// are down or do not answer are listed as unreachable.
+    async fn workers_everywhere(&self, only: Option<&[String]>) -> WorkersResponse {
+        let mut out = WorkersResponse {
+            workers: self
+                .state
+                .upkeep
+                .workers
+                .reports()
+                .into_iter()
+                .map(|r| WorkerInfo::of(r, ""))
+                .collect(),
+            unreachable: vec![],
+        };
+        let mut nodes: Vec<(String, bool)> = {
+            let nodes = self.state.lock_nodes();
+            nodes.iter().map(|(n, e)| (n.clone(), self.state.is_up(e))).collect()
+        };
+        nodes.sort();
+        if let Some(only) = only {
+            nodes.retain(|(n, _)| only.contains(n));
+        }
+        let asks = nodes.iter().map(|(node, up)| async move {
+            if !up {
+                return Err(format!("{node}: down"));
+            }
+            let mut control = self.state.control(node).map_err(|s| format!("{node}: {}", s.message()))?;
+            let mut req = Request::new(WorkersRequest {});
+            req.set_timeout(crate::upkeep::CONTROL_TIMEOUT);
+            control
+                .workers(req)
+                .await
+                .map(|r| r.into_inner().workers)
+                .map_err(|s| format!("{node}: {}", s.message()))
+        });
+        for answer in futures::future::join_all(asks).await {
+            match answer {
+                Ok(w) => out.workers.extend(w),
+                Err(e) => out.unreachable.push(e),
+            }
+        }
+        out
+    }
+
+    async fn steer_worker_inner(&self, q: SteerWorkerRequest) -> Result<WorkersResponse, Status> {
+        let up = &self.state.upkeep;
+        let known = || {
+            let mut names: Vec<&str> = up.workers.names();
+            names.push("scrub");
+            names.join(", ")
+        };
+        if let Some(w) = up.workers.find(&q.name) {
+            if !q.node.is_empty() {
+                return Err(Status::invalid_argument(format!(
+                    "'{}' runs on the coordinator, not on a node; leave out --node",
+                    q.name
+                )));
+            }
+            if w.set_paused(q.pause) {
+                tracing::info!(worker = %q.name, "{}", if q.pause { "worker paused" } else { "worker resumed" });
+                up.wake.notify_one();
+            }
+            return Ok(self.workers_everywhere(Some(&[])).await);
+        }
+        if q.name != "scrub" {
+            return Err(Status::not_found(format!(
+                "there is no worker named '{}'; workers: {}",
+                q.name,
+                known()
+            )));
+        }
+        let nodes: Vec<String> = if q.node.is_empty() {
+            let nodes = self.state.lock_nodes();
+            nodes.keys().cloned().collect()
+        } else {
+            vec![self.node_arg(&q.node)?]
+        };
+        let mut failed = Vec::new();
+        for node in &nodes {
+            let r = async {
+                let mut control = self.state.control(node)?;
+                let mut req = Request::new(SteerWorkerRequest {
+                    name: q.name.clone(),
+                    node: String::new(),
+                    pause: q.pause,
+                });
+                req.set_timeout(crate::upkeep::CONTROL_TIMEOUT);
+                control.steer_worker(req).await
+            }
+            .await;
+            if let Err(s) = r {
+                failed.push(format!("{node}: {}", s.message()));
+            }
+        }
+        if !failed.is_empty() {
+            return Err(Status::unavailable(format!(
+                "could not {} the scrub on {} of {} node(s): {}; try again when they are up",
+                if q.pause { "pause" } else { "resume" },
+                failed.len(),
+                nodes.len(),
+                failed.join("; ")
+            )));
+        }
+        Ok(self.workers_everywhere(Some(&nodes)).await)
     }
 
     /// `node-02` or `node-02@alice.collective.local` → the registered node's principal.
@@ -121,7 +227,7 @@ impl UpkeepService {
             out.running |= scrub.running && self.state.is_up(e);
             out.nodes.push(NodeScrub {
                 node: name.clone(),
-                state: if self.state.is_up(e) { "up".into() } else { "down".into() },
+                state: if self.state.is_up(e) { NodeHealth::Up } else { NodeHealth::Down } as i32,
                 scrub: Some(scrub),
             });
         }
@@ -217,6 +323,26 @@ impl Upkeep for UpkeepService {
                 format!("{} deleted, {} kept", r.get_ref().deleted_chunks, r.get_ref().kept_chunks)
             });
         }
+        r
+    }
+
+    async fn workers(&self, req: Request<WorkersRequest>) -> Result<Response<WorkersResponse>, Status> {
+        self.admin(&req)?;
+        Ok(Response::new(self.workers_everywhere(None).await))
+    }
+
+    async fn steer_worker(&self, req: Request<SteerWorkerRequest>) -> Result<Response<WorkersResponse>, Status> {
+        let op = if req.get_ref().pause { "worker-pause" } else { "worker-resume" };
+        let target = match req.get_ref().node.as_str() {
+            "" => req.get_ref().name.clone(),
+            node => format!("{}@{node}", req.get_ref().name),
+        };
+        let who = self.admin(&req).map(|w| w.to_string()).inspect_err(|e| {
+            let who = collective_rpc::peer_name(&req);
+            self.state.audit(&who, op, &target, &Err::<(), _>(e.clone()), |_| String::new());
+        })?;
+        let r = self.steer_worker_inner(req.into_inner()).await.map(Response::new);
+        self.state.audit(&who, op, &target, &r, |_| String::new());
         r
     }
 

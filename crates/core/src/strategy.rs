@@ -41,6 +41,17 @@ impl Strategy {
     pub fn spreads_over_members(&self) -> bool {
         *self != Strategy::Media
     }
+
+    /// The one of two that spreads copies more widely (backup, then hybrid, then media):
+    /// what a chunk referenced by datastores of both strategies must honour.
+    pub fn wider(self, other: Strategy) -> Strategy {
+        let rank = |s: Strategy| match s {
+            Strategy::Media => 0,
+            Strategy::Hybrid => 1,
+            Strategy::Backup => 2,
+        };
+        if rank(other) > rank(self) { other } else { self }
+    }
 }
 
 impl fmt::Display for Strategy {
@@ -70,6 +81,9 @@ mod tests {
         for s in Strategy::ALL {
             assert_eq!(s.as_str().parse::<Strategy>(), Ok(s));
         }
+        assert_eq!(Strategy::Media.wider(Strategy::Hybrid), Strategy::Hybrid);
+        assert_eq!(Strategy::Backup.wider(Strategy::Hybrid), Strategy::Backup);
+        assert_eq!(Strategy::Media.wider(Strategy::Media), Strategy::Media);
         let e = "mirror".parse::<Strategy>().unwrap_err();
         assert_eq!(e.to_string(), "'mirror' is not a strategy; use media, backup or hybrid");
     }

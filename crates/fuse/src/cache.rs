@@ -21,6 +21,8 @@ use collective_proto::v1::ChunkLocation;
 use futures::FutureExt;
 use futures::future::{BoxFuture, Shared};
 
+use crate::errno::ContentError;
+
 /// Chunks from this size on are cached on disk at their second fetch (small ones at once:
 /// they are cheap to keep, and small files are the ones read again).
 const ADMIT_AT_ONCE_BELOW: u64 = 1 << 20;
@@ -111,7 +113,7 @@ impl<V: Clone> Lru<V> {
     }
 }
 
-type Fetch = Shared<BoxFuture<'static, Result<Bytes, String>>>;
+type Fetch = Shared<BoxFuture<'static, Result<Bytes, ContentError>>>;
 
 pub struct ChunkCache {
     client: Arc<Client>,
@@ -179,8 +181,9 @@ impl ChunkCache {
     }
 
     /// The plaintext of a chunk: from memory, the disk cache, or its nodes (then cached).
-    pub async fn get(self: &Arc<Self>, loc: &ChunkLocation, file: &str) -> Result<Bytes, String> {
-        let id = ChunkId::from_slice(&loc.id).ok_or("the coordinator sent a malformed chunk id")?;
+    pub async fn get(self: &Arc<Self>, loc: &ChunkLocation, file: &str) -> Result<Bytes, ContentError> {
+        let id =
+            ChunkId::from_slice(&loc.id).ok_or_else(|| ContentError::Inconsistent("the coordinator sent a malformed chunk id".into()))?;
         if let Some(b) = lock(&self.mem).get(&id) {
             return Ok(b);
         }
@@ -220,14 +223,14 @@ impl ChunkCache {
         });
     }
 
-    async fn load(self: &Arc<Self>, id: ChunkId, loc: &ChunkLocation, file: &str) -> Result<Bytes, String> {
+    async fn load(self: &Arc<Self>, id: ChunkId, loc: &ChunkLocation, file: &str) -> Result<Bytes, ContentError> {
         let on_disk = lock(&self.disk).get(&id).is_some();
         if on_disk {
             let path = self.file_of(&id);
             let read = tokio::task::spawn_blocking(move || std::fs::read(&path)).await;
             match read {
                 Ok(Ok(data)) if ChunkId::of(&data) == id => {
-                    return collective_client::open_chunk(loc, Bytes::from(data), file).map_err(|e| e.to_string());
+                    return collective_client::open_chunk(loc, Bytes::from(data), file).map_err(ContentError::from);
                 }
                 _ => {
                     // Gone or damaged on local disk: forget it and fetch again.
@@ -237,11 +240,11 @@ impl ChunkCache {
                 }
             }
         }
-        let stored = self.client.fetch_stored(loc, file).await.map_err(|e| e.to_string())?;
+        let stored = self.client.fetch_stored(loc, file).await.map_err(ContentError::from)?;
         if (stored.len() as u64) < ADMIT_AT_ONCE_BELOW || lock(&self.fetched_once).second_fetch(id) {
             self.keep(id, stored.clone());
         }
-        collective_client::open_chunk(loc, stored, file).map_err(|e| e.to_string())
+        collective_client::open_chunk(loc, stored, file).map_err(ContentError::from)
     }
 
     /// Writes a chunk into the disk cache in the background (temporary file, then rename).

@@ -27,6 +27,7 @@ use futures::FutureExt;
 use futures::future::{BoxFuture, Shared};
 
 use crate::cache::ChunkCache;
+use crate::errno::ContentError;
 use crate::ranges::RangeSet;
 
 /// A dirty run this long at the end of the chunks is cut and uploaded while writing, with
@@ -47,7 +48,7 @@ pub(crate) struct Stored {
 
 /// The sealing, hashing and upload of a batch of chunks, shared by their segments. It runs
 /// in the background: a write only cuts the bytes into chunks and goes on.
-type Batch = Shared<BoxFuture<'static, Result<Arc<Vec<Stored>>, String>>>;
+type Batch = Shared<BoxFuture<'static, Result<Arc<Vec<Stored>>, ContentError>>>;
 
 #[derive(Clone)]
 pub(crate) enum Seg {
@@ -103,10 +104,6 @@ pub(crate) struct OpenFile {
 
 fn now_ms() -> i64 {
     collective_core::unix_ms_now() as i64
-}
-
-fn client_err(e: ClientError) -> String {
-    e.to_string()
 }
 
 impl OpenFile {
@@ -309,7 +306,7 @@ impl OpenFile {
 
     /// Writes `data` at `offset`. A long dirty run at the end is cut into chunks and sent
     /// to nodes in the background.
-    pub async fn write(&mut self, client: &Arc<Client>, offset: u64, data: &[u8]) -> Result<(), String> {
+    pub async fn write(&mut self, client: &Arc<Client>, offset: u64, data: &[u8]) -> Result<(), ContentError> {
         let end = offset + data.len() as u64;
         if offset > self.size {
             // A sparse write: the gap reads as zeros (the overlay holds nothing there).
@@ -318,7 +315,7 @@ impl OpenFile {
         let dir = self.dir.clone();
         self.overlay()
             .and_then(|f| f.write_all_at(data, offset))
-            .map_err(|e| format!("writing the local overlay in {}: {e}", dir.display()))?;
+            .map_err(|e| ContentError::local(format!("writing the local overlay in {}", dir.display()), e))?;
         self.dirty.insert(offset, end);
         self.size = self.size.max(end);
         self.mtime_ms = now_ms();
@@ -327,7 +324,7 @@ impl OpenFile {
     }
 
     /// Cuts and uploads the dirty run that continues the chunks, when it is long enough.
-    async fn stream(&mut self, client: &Arc<Client>) -> Result<(), String> {
+    async fn stream(&mut self, client: &Arc<Client>) -> Result<(), ContentError> {
         if self.secret.is_none() {
             // Not known yet whether to encrypt: cut everything at commit.
             return Ok(());
@@ -344,7 +341,7 @@ impl OpenFile {
         let take = (e - seg_end).min(WINDOW.max(2 * p.max) as u64);
         let mut buf = Vec::with_capacity(take as usize);
         self.read_overlay(seg_end, seg_end + take, &mut buf)
-            .map_err(|e| format!("reading the local overlay: {e}"))?;
+            .map_err(|e| ContentError::local("reading the local overlay", e))?;
         let mut cuts: Vec<(usize, usize)> = fastcdc::v2020::FastCDC::new(&buf, p.min, p.avg, p.max)
             .map(|c| (c.offset, c.length))
             .collect();
@@ -384,9 +381,9 @@ impl OpenFile {
                     .collect::<Result<Vec<_>, _>>()
             })
             .await
-            .map_err(|e| format!("preparing chunks: {e}"))?
-            .map_err(client_err)?;
-            let on = c.store_chunks(&path, &prepared).await.map_err(client_err);
+            .map_err(|e| ContentError::Inconsistent(format!("preparing chunks: {e}")))?
+            .map_err(ContentError::from)?;
+            let on = c.store_chunks(&path, &prepared).await.map_err(ContentError::from);
             drop(permit);
             Ok(Arc::new(
                 prepared
@@ -419,12 +416,13 @@ impl OpenFile {
     }
 
     /// Sets the size: drops what lies beyond, or extends with zeros.
-    pub fn truncate(&mut self, size: u64) -> Result<(), String> {
+    pub fn truncate(&mut self, size: u64) -> Result<(), ContentError> {
         if size < self.size {
             self.dirty.remove(size, u64::MAX);
             self.segs.retain(|s| s.start < size);
             if let Some(f) = &self.overlay {
-                f.set_len(size).map_err(|e| format!("truncating the local overlay: {e}"))?;
+                f.set_len(size)
+                    .map_err(|e| ContentError::local("truncating the local overlay", e))?;
             }
         } else if size > self.size {
             // The overlay holds nothing past the old size (truncated above), so it reads
@@ -432,7 +430,8 @@ impl OpenFile {
             if let Some(f) = &self.overlay
                 && f.metadata().map(|m| m.len() > self.size).unwrap_or(false)
             {
-                f.set_len(self.size).map_err(|e| format!("truncating the local overlay: {e}"))?;
+                f.set_len(self.size)
+                    .map_err(|e| ContentError::local("truncating the local overlay", e))?;
             }
             self.dirty.insert(self.size, size);
         }
@@ -449,15 +448,15 @@ impl OpenFile {
     /// Makes the content a new committed version: re-chunks what changed, waits for every
     /// upload, commits the manifest in one transaction. Returns the new attributes, or
     /// None when there was nothing to commit.
-    pub async fn commit(&mut self, client: &Arc<Client>, cache: &Arc<ChunkCache>) -> Result<Option<FileAttr>, String> {
+    pub async fn commit(&mut self, client: &Arc<Client>, cache: &Arc<ChunkCache>) -> Result<Option<FileAttr>, ContentError> {
         if self.unlinked || !self.changed {
             return Ok(None);
         }
         if self.stale() {
-            self.refresh(client).await.map_err(client_err)?;
+            self.refresh(client).await.map_err(ContentError::from)?;
         }
         if self.needs_secret() {
-            let s = client.secret_for(&self.path).await.map_err(client_err)?;
+            let s = client.secret_for(&self.path).await.map_err(ContentError::from)?;
             self.set_secret(s);
         }
         // Chunks whose background upload failed (a node died, say) are cut and sent again:
@@ -498,7 +497,10 @@ impl OpenFile {
                     };
                     let Some(c) = all.get(*index) else {
                         self.segs = old;
-                        return Err(format!("lost track of a chunk of {} while storing it", self.path));
+                        return Err(ContentError::Inconsistent(format!(
+                            "lost track of a chunk of {} while storing it",
+                            self.path
+                        )));
                     };
                     (c.id.0.to_vec(), c.on.clone(), c.seal.map(|s| s.to_vec()).unwrap_or_default())
                 }
@@ -522,14 +524,14 @@ impl OpenFile {
             }
             Err(e) => {
                 self.segs = old;
-                Err(client_err(e))
+                Err(ContentError::from(e))
             }
         }
     }
 
     /// The segment list of the new version: untouched segments kept, touched runs (and the
     /// tail) re-chunked and uploaded.
-    async fn rebuild(&mut self, client: &Arc<Client>, cache: &Arc<ChunkCache>, old: &[Segment]) -> Result<Vec<Segment>, String> {
+    async fn rebuild(&mut self, client: &Arc<Client>, cache: &Arc<ChunkCache>, old: &[Segment]) -> Result<Vec<Segment>, ContentError> {
         // `pieces` reads through self.segs, which still holds the old segments here.
         let mut out: Vec<Segment> = Vec::new();
         let mut i = 0;
@@ -563,7 +565,7 @@ impl OpenFile {
     }
 
     /// Cuts `[start, end)` into new chunks and starts their upload.
-    async fn rechunk(&mut self, client: &Arc<Client>, cache: &Arc<ChunkCache>, start: u64, end: u64) -> Result<Vec<Segment>, String> {
+    async fn rechunk(&mut self, client: &Arc<Client>, cache: &Arc<ChunkCache>, start: u64, end: u64) -> Result<Vec<Segment>, ContentError> {
         let p = chunk_params(Some(self.size));
         let window = WINDOW.max(2 * p.max);
         let mut out = Vec::new();
@@ -572,14 +574,16 @@ impl OpenFile {
         let mut chunk_start = start;
         while pos < end {
             let take = ((window - carry.len()) as u64).min(end - pos);
-            let job = self.start_read(pos, take).map_err(|e| format!("reading the local overlay: {e}"))?;
+            let job = self
+                .start_read(pos, take)
+                .map_err(|e| ContentError::local("reading the local overlay", e))?;
             let from = carry.len();
             job.finish_into(cache, &mut carry).await?;
             // The new chunks' bytes must all be in the overlay, also those that came
             // from chunks of the old version.
             self.overlay()
                 .and_then(|f| f.write_all_at(&carry[from..], pos))
-                .map_err(|e| format!("writing the local overlay: {e}"))?;
+                .map_err(|e| ContentError::local("writing the local overlay", e))?;
             pos += take;
             let last = pos >= end;
             let mut cuts: Vec<(usize, usize)> = fastcdc::v2020::FastCDC::new(&carry, p.min, p.avg, p.max)
@@ -615,12 +619,12 @@ pub(crate) struct ReadJob {
 
 impl ReadJob {
     /// Fetches the chunks (in parallel) and appends the bytes in order to `out`.
-    pub async fn finish_into(self, cache: &Arc<ChunkCache>, out: &mut Vec<u8>) -> Result<(), String> {
+    pub async fn finish_into(self, cache: &Arc<ChunkCache>, out: &mut Vec<u8>) -> Result<(), ContentError> {
         let path = self.path.as_str();
         let fetches = self.parts.iter().map(|p| async move {
             match p {
                 Part::Chunk(loc, ..) => cache.get(loc, path).await.map(Some),
-                Part::Bytes(_) => Ok::<Option<Bytes>, String>(None),
+                Part::Bytes(_) => Ok::<Option<Bytes>, ContentError>(None),
             }
         });
         let fetched = futures::future::join_all(fetches).await;
@@ -630,7 +634,7 @@ impl ReadJob {
                 (Part::Chunk(_, s, e), Some(data)) => {
                     let slice = data
                         .get(*s..*e)
-                        .ok_or_else(|| format!("a chunk of {} is shorter than its manifest says", self.path))?;
+                        .ok_or_else(|| ContentError::Inconsistent(format!("a chunk of {} is shorter than its manifest says", self.path)))?;
                     out.extend_from_slice(slice);
                 }
                 (Part::Chunk(..), None) => {}

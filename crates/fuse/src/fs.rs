@@ -20,7 +20,7 @@ use fuser::{
 use tokio::runtime::Handle;
 
 use crate::cache::ChunkCache;
-use crate::errno::{errno_of, errno_of_message};
+use crate::errno::{ContentError, errno_of};
 use crate::file::OpenFile;
 use crate::inodes::{Inodes, child_path};
 
@@ -204,9 +204,9 @@ impl CollectiveFs {
         errno
     }
 
-    fn fail_msg(&self, op: &str, path: &str, msg: &str) -> Errno {
-        tracing::warn!(%path, op, "{msg}");
-        errno_of_message(msg)
+    fn fail_content(&self, op: &str, path: &str, e: &ContentError) -> Errno {
+        tracing::warn!(%path, op, "{e}");
+        e.errno()
     }
 
     /// Current attributes of an inode: open files' local view first, then the cache, then
@@ -276,7 +276,7 @@ impl CollectiveFs {
                 Ok(())
             }
             Ok(None) => Ok(()),
-            Err(msg) => Err(self.fail_msg(op, &g.path, &msg)),
+            Err(e) => Err(self.fail_content(op, &g.path, &e)),
         }
     }
 
@@ -373,7 +373,7 @@ impl CollectiveFs {
             .block_on(self.client.status())
             .map_err(|e| self.fail("statfs", &self.settings.root, &e))?;
         let copies = u64::from(s.replication.max(1));
-        let up = s.nodes.iter().filter(|n| n.state == "up");
+        let up = s.nodes.iter().filter(|n| n.state() == collective_proto::v1::NodeHealth::Up);
         let (cap, free) = up.fold((0u64, 0u64), |(c, f), n| (c + n.capacity_bytes, f + n.free_bytes));
         // What can still be stored at the replication factor, not raw disk bytes.
         let v = [cap / copies, free / copies, s.files + s.dirs];
@@ -405,7 +405,7 @@ impl CollectiveFs {
                 if g.needs_secret() {
                     g.set_secret(secret);
                 }
-                g.truncate(size).map_err(|m| self.fail_msg("truncate", &path, &m))?;
+                g.truncate(size).map_err(|e| self.fail_content("truncate", &path, &e))?;
                 if let Some(m) = mode {
                     g.mode = m & 0o7777;
                 }
@@ -489,7 +489,7 @@ impl CollectiveFs {
             }
             let job = g
                 .start_read(offset, u64::from(size))
-                .map_err(|e| self.fail_msg("read", &g.path, &e.to_string()))?;
+                .map_err(|e| self.fail_content("read", &g.path, &ContentError::local("reading the local overlay", e)))?;
             let prefetch = if ahead > 0 {
                 g.chunks_in(offset + u64::from(size), ahead)
             } else {
@@ -504,7 +504,7 @@ impl CollectiveFs {
         let mut out = Vec::with_capacity(size as usize);
         self.rt
             .block_on(job.finish_into(&self.cache, &mut out))
-            .map_err(|m| self.fail_msg("read", &path, &m))?;
+            .map_err(|e| self.fail_content("read", &path, &e))?;
         Ok(out)
     }
 
@@ -518,7 +518,7 @@ impl CollectiveFs {
         }
         self.rt
             .block_on(g.write(&self.client, offset, data))
-            .map_err(|m| self.fail_msg("write", &path, &m))
+            .map_err(|e| self.fail_content("write", &path, &e))
     }
 
     fn do_release(&self, fh: u64) -> Result<(), Errno> {

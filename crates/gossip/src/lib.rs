@@ -18,7 +18,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use collective_core::{Principal, Role, unix_ms_now};
+use collective_core::{Principal, Role, SharedClock};
 use collective_pki::{CertInfo, TlsIdentity, TokenSigner, TokenVerifier, fingerprint};
 pub use collective_proto::v1::MemberState;
 use foca::{Foca, Invalidates, OwnedNotification, PostcardCodec, Timer};
@@ -60,6 +60,8 @@ pub struct GossipSettings {
     pub suspect_timeout: Duration,
     /// Where to remember members between restarts (so a restarted member finds them).
     pub peers_file: Option<PathBuf>,
+    /// The time of day, for state versions and envelope freshness.
+    pub clock: SharedClock,
 }
 
 /// What gossip says about a member.
@@ -93,13 +95,20 @@ pub struct PeerView {
 }
 
 impl PeerView {
-    /// "alive", "suspect", "down", or "stopped" for a member down after a clean shutdown.
-    pub fn label(&self) -> &'static str {
-        if self.state == PeerState::Down && self.stopped_ms > 0 {
-            "stopped"
-        } else {
-            self.state.as_str()
+    /// Alive, suspect, down, or stopped for a member down after a clean shutdown.
+    pub fn health(&self) -> collective_proto::v1::MemberHealth {
+        use collective_proto::v1::MemberHealth;
+        match self.state {
+            PeerState::Down if self.stopped_ms > 0 => MemberHealth::Stopped,
+            PeerState::Down => MemberHealth::Down,
+            PeerState::Suspect => MemberHealth::Suspect,
+            PeerState::Alive => MemberHealth::Alive,
         }
+    }
+
+    /// "alive", "suspect", "down", or "stopped", for logs.
+    pub fn label(&self) -> &'static str {
+        self.health().name()
     }
 }
 
@@ -162,8 +171,22 @@ fn signed_bytes(sent_ms: u64, payload: &[u8]) -> Vec<u8> {
     m
 }
 
+/// Whether `incoming` replaces `held`, what we know of the same member: only a strictly
+/// higher version does, so equal versions are stable whatever order they arrive in and a
+/// stale state never replaces a newer one.
+fn replaces(held: Option<&MemberState>, incoming: &MemberState) -> bool {
+    held.is_none_or(|h| incoming.version > h.version)
+}
+
+/// The version our own state gets next: the time of day, but always above the last one
+/// (so it still rises when the clock steps back), and never wrapping.
+fn next_version(prev: u64, now_ms: u64) -> u64 {
+    now_ms.max(prev.saturating_add(1))
+}
+
 struct Shared {
     me: String,
+    clock: SharedClock,
     states: Mutex<HashMap<String, MemberState>>,
     peers: Mutex<HashMap<String, PeerView>>,
     counters: Counters,
@@ -176,6 +199,19 @@ struct Shared {
 }
 
 impl Shared {
+    fn new(me: &str, clock: SharedClock) -> Shared {
+        Shared {
+            me: me.to_string(),
+            clock,
+            states: Mutex::new(HashMap::new()),
+            peers: Mutex::new(HashMap::new()),
+            counters: Counters::default(),
+            dirty: AtomicBool::new(false),
+            removed: Mutex::new(HashSet::new()),
+            stopped_ms: AtomicU64::new(0),
+        }
+    }
+
     fn lock_states(&self) -> std::sync::MutexGuard<'_, HashMap<String, MemberState>> {
         self.states.lock().unwrap_or_else(|p| p.into_inner())
     }
@@ -201,7 +237,7 @@ impl Shared {
         let mut states = self.lock_states();
         let mine = states.get_mut(&self.me)?;
         change(mine);
-        mine.version = unix_ms_now().max(mine.version + 1);
+        mine.version = next_version(mine.version, self.clock.now_ms());
         let item = StateItem {
             member: mine.member.clone(),
             version: mine.version,
@@ -218,21 +254,19 @@ impl Shared {
             if let Some(mine) = states.get_mut(&self.me)
                 && s.version >= mine.version
             {
-                mine.version = s.version + 1;
+                mine.version = s.version.saturating_add(1);
             }
             return false;
         }
         if self.is_removed(&s.member) {
             return false;
         }
-        match states.get(&s.member) {
-            Some(old) if old.version >= s.version => false,
-            _ => {
-                states.insert(s.member.clone(), s);
-                self.dirty.store(true, Ordering::Relaxed);
-                true
-            }
+        if !replaces(states.get(&s.member), &s) {
+            return false;
         }
+        states.insert(s.member.clone(), s);
+        self.dirty.store(true, Ordering::Relaxed);
+        true
     }
 }
 
@@ -329,15 +363,7 @@ impl Gossip {
             settings.advertise
         };
         let me = identity.principal.domain.clone();
-        let shared = Arc::new(Shared {
-            me: me.clone(),
-            states: Mutex::new(HashMap::new()),
-            peers: Mutex::new(HashMap::new()),
-            counters: Counters::default(),
-            dirty: AtomicBool::new(false),
-            removed: Mutex::new(HashSet::new()),
-            stopped_ms: AtomicU64::new(0),
-        });
+        let shared = Arc::new(Shared::new(&me, settings.clock.clone()));
         // What we knew of the others before a restart, until gossip brings newer versions.
         let states_file = settings.peers_file.as_ref().map(|f| f.with_extension("states"));
         if let Some(f) = &states_file {
@@ -370,7 +396,7 @@ impl Gossip {
         let id = Id {
             member: me,
             addr: advertise,
-            bump: unix_ms_now(),
+            bump: shared.clock.now_ms(),
         };
         let foca = Foca::with_custom_broadcast(id, config, rand::make_rng(), PostcardCodec, Handler { shared: shared.clone() });
         let mut bootstrap = settings.bootstrap.clone();
@@ -407,7 +433,7 @@ impl Gossip {
             let mut states = self.shared.lock_states();
             let prev = states.get(&self.shared.me).map(|s| s.version).unwrap_or(0);
             state.member = self.shared.me.clone();
-            state.version = unix_ms_now().max(prev + 1);
+            state.version = next_version(prev, self.shared.clock.now_ms());
             // Once we said we are stopping, every later state says so too.
             state.stopped_ms = self.shared.stopped_ms.load(Ordering::Relaxed);
             states.insert(self.shared.me.clone(), state.clone());
@@ -548,7 +574,7 @@ impl Agent {
                 _ = &mut shutdown => {
                     // Say we are stopping on purpose (riding on the leave messages), so the
                     // others log a planned absence, not a failure.
-                    let now = unix_ms_now();
+                    let now = self.shared.clock.now_ms();
                     self.shared.stopped_ms.store(now, Ordering::Relaxed);
                     if let Some(bytes) = self.shared.bump_own_with(|s| s.stopped_ms = now) {
                         let _ = self.foca.add_broadcast(&bytes);
@@ -599,7 +625,7 @@ impl Agent {
     /// Sends what foca queued, schedules its timers, handles its notifications.
     async fn flush(&mut self) {
         while let Some((dst, data)) = self.runtime.to_send() {
-            let sent_ms = unix_ms_now();
+            let sent_ms = self.shared.clock.now_ms();
             let env = Envelope {
                 version: ENVELOPE_VERSION,
                 chain: self.identity.chain_der(),
@@ -734,7 +760,7 @@ impl Agent {
                         gossip_addr: None,
                         stopped_ms: 0,
                     });
-                    e.last_seen_ms = unix_ms_now();
+                    e.last_seen_ms = self.shared.clock.now_ms();
                 }
                 Some(payload)
             }
@@ -753,7 +779,7 @@ impl Agent {
         if env.version != ENVELOPE_VERSION {
             return Err(format!("unknown envelope version {}", env.version));
         }
-        let now = unix_ms_now();
+        let now = self.shared.clock.now_ms();
         if env.sent_ms.abs_diff(now) > MAX_SKEW_MS {
             return Err("timestamp too far from now (replayed, or clocks differ by more than a minute)".into());
         }
@@ -791,5 +817,83 @@ impl Agent {
             return Err(format!("bad signature (claims to be {})", sender.principal));
         }
         Ok((sender.principal.clone(), env.payload))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use collective_core::ManualClock;
+
+    use super::*;
+
+    fn state(member: &str, version: u64, nodes: u32) -> MemberState {
+        MemberState {
+            member: member.into(),
+            version,
+            // Something that tells versions apart besides the number.
+            coordinator: format!("coordinator@{member} with {nodes} nodes"),
+            ..Default::default()
+        }
+    }
+
+    fn held(s: &Shared, member: &str) -> Option<(u64, String)> {
+        s.lock_states().get(member).map(|m| (m.version, m.coordinator.clone()))
+    }
+
+    #[test]
+    fn a_higher_version_wins_an_equal_one_is_stable_and_a_stale_one_never_replaces_a_newer() {
+        let s = Shared::new("alice.x", ManualClock::at(1_000));
+        assert!(s.offer(state("bob.x", 5, 1)));
+        assert!(s.offer(state("bob.x", 9, 2)), "a higher version wins");
+        assert!(!s.offer(state("bob.x", 9, 3)), "an equal version is not news");
+        assert_eq!(
+            held(&s, "bob.x").unwrap().1,
+            "coordinator@bob.x with 2 nodes",
+            "and does not replace the held one"
+        );
+        assert!(!s.offer(state("bob.x", 4, 4)), "a stale version is not news");
+        assert_eq!(held(&s, "bob.x").unwrap().0, 9);
+        // The same states in any order end in the same place.
+        let orders = [[1u64, 7, 3], [7, 3, 1], [3, 1, 7]];
+        let ends: Vec<_> = orders
+            .iter()
+            .map(|order| {
+                let s = Shared::new("alice.x", ManualClock::at(1_000));
+                for v in order {
+                    s.offer(state("carol.x", *v, *v as u32));
+                }
+                held(&s, "carol.x")
+            })
+            .collect();
+        assert!(ends.iter().all(|e| *e == ends[0]), "{ends:?}");
+        // Removed members' states are refused.
+        s.removed.lock().unwrap().insert("dave.x".into());
+        assert!(!s.offer(state("dave.x", 1, 1)));
+    }
+
+    #[test]
+    fn our_own_version_rises_with_the_clock_never_falls_when_it_steps_back_and_never_wraps() {
+        let clock = ManualClock::at(10_000);
+        let s = Shared::new("alice.x", clock.clone());
+        s.lock_states().insert("alice.x".into(), state("alice.x", 0, 0));
+        let bump = || {
+            s.bump_own().unwrap();
+            s.lock_states()["alice.x"].version
+        };
+        let v = bump();
+        assert_eq!(v, 10_000, "the time of day");
+        clock.advance(Duration::from_secs(5));
+        let v = bump();
+        assert_eq!(v, 15_000);
+        clock.set(1_000);
+        let v = bump();
+        assert_eq!(v, 15_001, "a clock stepped back still gives a higher version");
+        // Someone relays a newer version of our own state (we restarted): ours goes above.
+        assert!(!s.offer(state("alice.x", 50_000, 0)), "our own state is never taken from others");
+        assert_eq!(s.lock_states()["alice.x"].version, 50_001);
+        assert_eq!(next_version(u64::MAX, 0), u64::MAX, "saturates instead of wrapping to 0");
+        assert!(!replaces(Some(&state("bob.x", u64::MAX, 0)), &state("bob.x", u64::MAX, 1)));
     }
 }

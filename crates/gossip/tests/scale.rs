@@ -77,6 +77,7 @@ fn start(identity: TlsIdentity, bootstrap: Vec<SocketAddr>, name: &str) -> Membe
         probe_rtt: Duration::from_millis(400),
         suspect_timeout: Duration::from_secs(4),
         peers_file: None,
+        clock: collective_core::system_clock(),
     };
     let (gossip, addr) = runtime
         .block_on(Gossip::start(settings, identity, signer, state(name), std::future::pending()))

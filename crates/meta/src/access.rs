@@ -203,16 +203,17 @@ impl MetaStore {
         })
     }
 
-    /// Uses an invite once, atomically: checks it is known, unrevoked, unexpired and not
-    /// used up, and records `by`. `check` runs inside the same transaction and may refuse
-    /// (e.g. a member invite used for another name).
+    /// Uses an invite once, atomically: checks it is known, unrevoked, unexpired at `now_ms`
+    /// and not used up, and records `by`. `check` runs inside the same transaction and may
+    /// refuse (e.g. a member invite used for another name).
     pub fn use_invite(
         &self,
         id: &[u8; 16],
         by: &str,
+        now_ms: u64,
         check: impl Fn(&InviteRecord) -> Result<(), InviteRefusal>,
     ) -> Result<Result<InviteRecord, InviteRefusal>, MetaError> {
-        let now = unix_ms_now();
+        let now = now_ms;
         self.engine.transact(|t| {
             let Some(v) = t.get(Table::Invites, id)? else {
                 return Ok(Err(InviteRefusal::Unknown));
@@ -295,5 +296,45 @@ mod tests {
         }
         let e = decode::<DatastoreRecord>(&v1("mirror")).unwrap_err().to_string();
         assert!(e.contains("photos") && e.contains("'mirror' is not a strategy"), "{e}");
+    }
+
+    #[test]
+    fn an_invite_works_until_it_expires_or_is_used_up_and_a_refused_use_changes_nothing() {
+        use std::time::Duration;
+
+        use collective_core::{Clock, ManualClock};
+
+        let (m, dir) = crate::namespace::tests::store("invite-expiry");
+        let clock = ManualClock::at(1_000_000);
+        let rec = InviteRecord {
+            id: [7; 16],
+            kind: InviteKind::User { grants: vec![] },
+            created_by: "alice@a.collective.local".into(),
+            created_ms: clock.now_ms(),
+            expires_ms: clock.now_ms() + 3_600_000,
+            max_uses: 2,
+            uses: 0,
+            revoked: false,
+            redeemed_by: vec![],
+        };
+        m.add_invite(&rec).unwrap();
+        let use_as = |who: &str| m.use_invite(&rec.id, who, clock.now_ms(), |_| Ok(())).unwrap();
+        assert!(use_as("ann").is_ok());
+        clock.advance(Duration::from_secs(3599));
+        assert!(use_as("ben").is_ok(), "still valid a second before it expires");
+        assert_eq!(use_as("cat").unwrap_err(), InviteRefusal::UsedUp(2));
+        let fresh = InviteRecord {
+            id: [8; 16],
+            max_uses: 5,
+            ..rec.clone()
+        };
+        m.add_invite(&fresh).unwrap();
+        clock.advance(Duration::from_secs(1));
+        let r = m.use_invite(&fresh.id, "dan", clock.now_ms(), |_| Ok(())).unwrap();
+        assert_eq!(r.unwrap_err(), InviteRefusal::Expired, "expired at its expiry time");
+        let kept = m.invites().unwrap().into_iter().find(|i| i.id == fresh.id).unwrap();
+        assert_eq!((kept.uses, kept.redeemed_by.len()), (0, 0), "a refused use is not counted");
+        drop(m);
+        let _ = std::fs::remove_dir_all(&dir);
     }
 }

@@ -222,7 +222,7 @@ mod tests {
             )
             .unwrap();
         drop(m);
-        let m = MetaStore::open(&dir).unwrap();
+        let m = crate::namespace::tests::reopen(&dir);
         let got = m
             .audit(&AuditQuery {
                 since_ms: 4_000,

@@ -11,6 +11,7 @@ mod audit;
 mod check;
 mod engine;
 mod hosting;
+mod migrate;
 mod namespace;
 mod records;
 mod unknown;
@@ -82,12 +83,16 @@ impl MetaStore {
     pub fn open(dir: &Path) -> Result<MetaStore, MetaError> {
         let engine = Engine::open(dir)?;
         match engine.get(Table::Meta, META_SCHEMA)? {
-            Some(v) => {
-                let v = records::read_u64(&v)? as u32;
-                if v != SCHEMA_VERSION {
-                    return Err(MetaError::Schema(dir.display().to_string(), v));
+            Some(v) => match records::read_u64(&v)? as u32 {
+                SCHEMA_VERSION => {}
+                1 => {
+                    migrate::chunk_strategies(&engine)?;
+                    engine.insert(Table::Meta, META_SCHEMA, (SCHEMA_VERSION as u64).to_be_bytes().to_vec())?;
+                    engine.flush()?;
+                    tracing::info!("metadata upgraded to schema {SCHEMA_VERSION}: chunk records carry their strategy");
                 }
-            }
+                v => return Err(MetaError::Schema(dir.display().to_string(), v)),
+            },
             None => {
                 engine.transact(|t| {
                     t.insert(Table::Meta, META_SCHEMA, (SCHEMA_VERSION as u64).to_be_bytes().to_vec())?;

@@ -1,7 +1,7 @@
 //! The POSIX-like namespace: path resolution, directories, atomic file commits, removal
 //! and rename, each one transaction that also keeps chunk references and totals exact.
 
-use collective_core::{ChunkId, RemotePath, unix_ms_now, validate_path};
+use collective_core::{ChunkId, RemotePath, Strategy, unix_ms_now, validate_path};
 
 use crate::engine::{Abort, Table, Txn};
 use crate::records::{
@@ -43,6 +43,8 @@ pub struct FileCommitIn {
     pub parents: bool,
     /// Copies the file's datastore asks for (kept per chunk, for repair).
     pub replicas: u32,
+    /// How the file's datastore spreads copies (kept per chunk, for repair).
+    pub strategy: Strategy,
 }
 
 fn attr(path: &str, ino: u64, n: &Inode) -> Attr {
@@ -215,6 +217,7 @@ fn acquire_chunks(t: &Txn<'_>, c: &FileCommitIn, min_replicas: usize) -> Result<
             rec.refs += 1;
             rec.unreferenced_since_ms = 0;
             rec.want = rec.want.max(c.replicas);
+            rec.strategy = rec.strategy.wider(c.strategy);
             // New copies of a known chunk (uploaded again because its copies were lost)
             // count when they were planned.
             if !reported.is_empty()
@@ -263,6 +266,7 @@ fn acquire_chunks(t: &Txn<'_>, c: &FileCommitIn, min_replicas: usize) -> Result<
             replicas: nodes,
             unreferenced_since_ms: 0,
             want: c.replicas,
+            strategy: c.strategy,
         };
         t.remove(Table::Pending, &r.id)?;
         t.insert(Table::Chunks, &r.id, encode(&rec))?;
@@ -682,20 +686,35 @@ impl MetaStore {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
-    fn store(name: &str) -> (MetaStore, std::path::PathBuf) {
+    /// Opens `dir` again after dropping its store: sled's background flusher may still
+    /// hold the lock for a moment.
+    pub(crate) fn reopen(dir: &std::path::Path) -> MetaStore {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        loop {
+            match MetaStore::open(dir) {
+                Ok(m) => return m,
+                Err(MetaError::Open(_, e)) if e.contains("lock") && std::time::Instant::now() < deadline => {
+                    std::thread::sleep(std::time::Duration::from_millis(20));
+                }
+                Err(e) => panic!("reopening {}: {e}", dir.display()),
+            }
+        }
+    }
+
+    pub(crate) fn store(name: &str) -> (MetaStore, std::path::PathBuf) {
         let d = std::env::temp_dir().join(format!("collective-meta-{name}-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&d);
         (MetaStore::open(&d).unwrap(), d)
     }
 
-    fn p(s: &str) -> RemotePath {
+    pub(crate) fn p(s: &str) -> RemotePath {
         validate_path(s).unwrap()
     }
 
-    fn commit(m: &MetaStore, path: &str, data: &[&[u8]]) -> Result<Attr, MetaError> {
+    pub(crate) fn commit(m: &MetaStore, path: &str, data: &[&[u8]]) -> Result<Attr, MetaError> {
         let mut chunks = vec![];
         let mut stored_on = vec![];
         let mut off = 0;
@@ -726,6 +745,7 @@ mod tests {
             stored_on,
             parents: true,
             replicas: 1,
+            strategy: Strategy::Media,
         };
         m.commit_files(&[c], "u@a.collective.local", 2).map(|mut v| v.remove(0))
     }
@@ -802,6 +822,7 @@ mod tests {
             stored_on: vec![vec![]],
             parents: false,
             replicas: 1,
+            strategy: Strategy::Media,
         };
         assert!(matches!(m.commit_files(&[c], "u", 1), Err(MetaError::ChunkNotUploaded(..))));
         assert!(matches!(m.stat(&p("/f")), Err(MetaError::NotFound(_))));
@@ -828,6 +849,7 @@ mod tests {
             stored_on: vec![nodes],
             parents: false,
             replicas: 1,
+            strategy: Strategy::Media,
         };
         assert!(matches!(
             m.commit_files(&[c(vec!["n1".into(), "n9".into()])], "u", 2),
@@ -862,6 +884,7 @@ mod tests {
             stored_on: vec![vec!["n3@a.collective.local".into(), "n9@a.collective.local".into()]],
             parents: false,
             replicas: 1,
+            strategy: Strategy::Media,
         };
         m.commit_files(&[c], "u", 1).unwrap();
         let rec = m.chunk(&id).unwrap().unwrap();

@@ -1,6 +1,7 @@
 //! Persisted record types. Every value starts with a format byte so a later version can
 //! read (and migrate) what an earlier one wrote.
 
+use collective_core::Strategy;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
@@ -8,8 +9,9 @@ use crate::MetaError;
 
 /// Format of the first version of every record.
 pub const RECORD_FORMAT_V1: u8 = 1;
-/// Layout of the whole store; checked at open.
-pub const SCHEMA_VERSION: u32 = 1;
+/// Layout of the whole store; checked at open. Version 2: every chunk record carries the
+/// strategy of the datastores that reference it (filled in when a version-1 store opens).
+pub const SCHEMA_VERSION: u32 = 2;
 pub const ROOT_INODE: u64 = 1;
 
 /// A persisted type. Every value starts with a format byte: a record is written in its
@@ -121,6 +123,33 @@ pub struct ChunkRecord {
     /// Copies the datastores referencing it ask for (the largest); 0: the coordinator's
     /// default (records written before this field existed).
     pub want: u32,
+    /// How its copies are spread: the widest strategy of the datastores referencing it.
+    pub strategy: Strategy,
+}
+
+/// Format 2: before `strategy`.
+#[derive(Deserialize)]
+struct ChunkRecordV2 {
+    size: u64,
+    refs: u64,
+    replicas: Vec<String>,
+    unreferenced_since_ms: u64,
+    want: u32,
+}
+
+impl From<ChunkRecordV2> for ChunkRecord {
+    /// The strategy is not known from the record alone: opening a store of schema 1 fills
+    /// it in from the datastores (`MetaStore::open`); `media` until then.
+    fn from(v2: ChunkRecordV2) -> ChunkRecord {
+        ChunkRecord {
+            size: v2.size,
+            refs: v2.refs,
+            replicas: v2.replicas,
+            unreferenced_since_ms: v2.unreferenced_since_ms,
+            want: v2.want,
+            strategy: Strategy::Media,
+        }
+    }
 }
 
 /// Format 1: before `want`.
@@ -132,9 +161,9 @@ struct ChunkRecordV1 {
     unreferenced_since_ms: u64,
 }
 
-impl From<ChunkRecordV1> for ChunkRecord {
-    fn from(v1: ChunkRecordV1) -> ChunkRecord {
-        ChunkRecord {
+impl From<ChunkRecordV1> for ChunkRecordV2 {
+    fn from(v1: ChunkRecordV1) -> ChunkRecordV2 {
+        ChunkRecordV2 {
             size: v1.size,
             refs: v1.refs,
             replicas: v1.replicas,
@@ -146,11 +175,12 @@ impl From<ChunkRecordV1> for ChunkRecord {
 
 impl Record for ChunkRecord {
     const NAME: &'static str = "chunk";
-    /// Format 2 added `want`.
-    const FORMAT: u8 = 2;
+    /// Format 2 added `want`, format 3 `strategy`.
+    const FORMAT: u8 = 3;
     fn upgrade(format: u8, b: &[u8]) -> Result<Self, MetaError> {
         match format {
-            1 => Ok(body::<ChunkRecordV1>(Self::NAME, b)?.into()),
+            1 => Ok(ChunkRecordV2::from(body::<ChunkRecordV1>(Self::NAME, b)?).into()),
+            2 => Ok(body::<ChunkRecordV2>(Self::NAME, b)?.into()),
             f => Err(unknown_format(Self::NAME, f)),
         }
     }
@@ -251,10 +281,15 @@ mod tests {
             },
         );
         let rec: ChunkRecord = decode(&old).unwrap();
-        assert_eq!((rec.size, rec.refs, rec.want), (7, 2, 0));
+        assert_eq!((rec.size, rec.refs, rec.want, rec.strategy), (7, 2, 0, Strategy::Media));
         assert_eq!(rec.replicas, vec!["n1"]);
-        let again: ChunkRecord = decode(&encode(&ChunkRecord { want: 3, ..rec })).unwrap();
-        assert_eq!(again.want, 3);
+        let again: ChunkRecord = decode(&encode(&ChunkRecord {
+            want: 3,
+            strategy: Strategy::Hybrid,
+            ..rec
+        }))
+        .unwrap();
+        assert_eq!((again.want, again.strategy), (3, Strategy::Hybrid));
         assert!(decode::<ChunkRecord>(&[9, 1, 2]).is_err());
         assert!(decode::<ChunkRecord>(&[]).is_err());
     }

@@ -258,6 +258,7 @@ mod tests {
             stored_on: vec![nodes],
             parents: true,
             replicas: 2,
+            strategy: collective_core::Strategy::Media,
         };
         m.commit_files(&[c], "u@m", 1).unwrap();
     }

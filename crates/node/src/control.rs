@@ -7,7 +7,8 @@ use collective_dataplane::NodeTarget;
 use collective_proto::v1::node_control_server::NodeControl;
 use collective_proto::v1::{
     ChunkIdBatch, CopyChunkRequest, CopyChunkResponse, DeleteChunksRequest, DeleteChunksResponse, ListChunksRequest, NodeUsage,
-    ScrubStatus, StartScrubRequest, UsageRequest, VerifyChunkRequest, VerifyChunkResponse,
+    ScrubStatus, StartScrubRequest, SteerWorkerRequest, UsageRequest, VerifyChunkRequest, VerifyChunkResponse, WorkerInfo, WorkersRequest,
+    WorkersResponse,
 };
 use tonic::{Request, Response, Status};
 
@@ -33,6 +34,13 @@ pub struct Control {
 }
 
 impl Control {
+    fn workers_response(&self) -> WorkersResponse {
+        WorkersResponse {
+            workers: vec![WorkerInfo::of(self.state.scrub.worker.report(), &self.state.principal)],
+            unreachable: vec![],
+        }
+    }
+
     fn check<T>(&self, req: &Request<T>) -> Result<(), Status> {
         let caller = collective_rpc::authorize(req, self.state.identity.revocations(), &self.state.domain, &[Role::Coordinator])?;
         if caller.principal.to_string() != self.state.coordinator {
@@ -193,5 +201,27 @@ impl NodeControl for Control {
         self.check(&req)?;
         self.state.scrub.start();
         Ok(Response::new(self.state.scrub.status()))
+    }
+
+    async fn workers(&self, req: Request<WorkersRequest>) -> Result<Response<WorkersResponse>, Status> {
+        self.check(&req)?;
+        Ok(Response::new(self.workers_response()))
+    }
+
+    async fn steer_worker(&self, req: Request<SteerWorkerRequest>) -> Result<Response<WorkersResponse>, Status> {
+        self.check(&req)?;
+        let q = req.into_inner();
+        if q.name != self.state.scrub.worker.name() {
+            return Err(Status::not_found(format!(
+                "{} has no worker named '{}'; its workers: {}",
+                self.state.principal,
+                q.name,
+                self.state.scrub.worker.name()
+            )));
+        }
+        if self.state.scrub.set_paused(q.pause) {
+            tracing::info!(worker = %q.name, "{}", if q.pause { "worker paused" } else { "worker resumed" });
+        }
+        Ok(Response::new(self.workers_response()))
     }
 }

@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use collective_chunkstore::{ChunkStore, StoreError};
-use collective_core::{ChunkId, unix_ms_now};
+use collective_core::{ChunkId, Worker, unix_ms_now};
 use collective_proto::v1::ScrubStatus;
 use tokio::sync::Notify;
 
@@ -24,6 +24,10 @@ pub struct Scrubber {
     status: std::sync::Mutex<ScrubStatus>,
     /// Corrupt chunks found (by scrubs or reads) not yet reported to the coordinator.
     found: std::sync::Mutex<Vec<ChunkId>>,
+    /// The scrub as a worker (`collective workers`): paused, a pass stops at the next chunk.
+    pub worker: Arc<Worker>,
+    /// A pass was stopped by a pause; resuming starts it again.
+    interrupted: AtomicBool,
 }
 
 impl Scrubber {
@@ -39,7 +43,18 @@ impl Scrubber {
                 ..Default::default()
             }),
             found: std::sync::Mutex::new(Vec::new()),
+            worker: Worker::new("scrub", format!("{}/s", collective_core::format_bytes(rate.max(1)))),
+            interrupted: AtomicBool::new(false),
         }
+    }
+
+    /// Pauses or resumes the scrub; a pass a pause stopped starts again on resume.
+    pub fn set_paused(&self, paused: bool) -> bool {
+        let changed = self.worker.set_paused(paused);
+        if !paused && self.interrupted.swap(false, Ordering::Relaxed) {
+            self.start();
+        }
+        changed
     }
 
     pub fn status(&self) -> ScrubStatus {
@@ -79,6 +94,11 @@ impl Scrubber {
                 _ = tokio::time::sleep(interval) => {}
                 _ = self.wake.notified() => {}
             }
+            if self.worker.paused() {
+                self.running.store(false, Ordering::Relaxed);
+                self.interrupted.store(true, Ordering::Relaxed);
+                continue;
+            }
             let me = self.clone();
             let _ = tokio::task::spawn_blocking(move || me.pass()).await;
         }
@@ -96,10 +116,16 @@ impl Scrubber {
             s.pass_chunks_done = 0;
             s.pass_chunks_total = total;
         });
+        let run = self.worker.begin(total);
         let started = Instant::now();
         let mut bytes = 0u64;
         let mut corrupt = 0u64;
+        let mut stopped = false;
         let r = self.store.for_each_id(&mut |id| {
+            if self.worker.paused() {
+                stopped = true;
+                return false;
+            }
             let size = std::fs::metadata(self.store.path_of(&id)).map(|m| m.len()).unwrap_or(0);
             match self.store.verify(&id) {
                 Ok(true) => {}
@@ -121,6 +147,7 @@ impl Scrubber {
                 s.chunks_checked += 1;
                 s.bytes_checked += size;
             });
+            run.advance(1);
             // Pace: never ahead of `rate` bytes per second since the pass began.
             let due = Duration::from_secs_f64(bytes as f64 / self.rate as f64);
             if let Some(wait) = due.checked_sub(started.elapsed()) {
@@ -130,6 +157,14 @@ impl Scrubber {
         });
         if let Err(e) = r {
             tracing::warn!("scrub pass stopped: {e}");
+            run.fail(format!("the pass stopped: {e}"));
+        }
+        drop(run);
+        if stopped {
+            self.running.store(false, Ordering::Relaxed);
+            self.interrupted.store(true, Ordering::Relaxed);
+            tracing::info!(chunks = total, "scrub paused; the pass starts again when resumed");
+            return;
         }
         self.update(|s| {
             s.passes += 1;

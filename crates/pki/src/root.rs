@@ -95,6 +95,17 @@ impl FederationRoot {
         Ok(signer.sign_raw(&removal_message(member, removed_ms, reason)).to_vec())
     }
 
+    /// Makes the member CA of `member` in `out` (a new key there) signed by this root, as
+    /// for the member that holds the root: the same request and signature a joining member
+    /// gets over an invite, without the network.
+    pub fn admit_member(&self, member: &str, out: &Path) -> Result<crate::MemberCa, PkiError> {
+        validate_name(member)?;
+        let domain = member_domain(member, &self.domain);
+        let csr = crate::MemberCa::begin_join(member, &domain, out)?;
+        let pem = self.sign_member(&csr, member)?;
+        crate::MemberCa::finish_join(out, &pem, self.cert_pem())
+    }
+
     /// Signs the CA key in a member's signing request as the member CA of `member`. The CA
     /// may only name principals of its own member domain (a name constraint every TLS peer
     /// enforces), so one member can never pose as another.

@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use collective_core::{ChunkId, unix_ms_now};
+use collective_core::{ChunkId, SharedClock, system_clock};
 use collective_proto::v1::{SignedToken, TokenClaims, TokenOp};
 use ed25519_dalek::pkcs8::DecodePrivateKey;
 use ed25519_dalek::{Signer, SigningKey, Verifier, VerifyingKey};
@@ -42,6 +42,7 @@ pub enum TokenError {
 pub struct TokenSigner {
     key: SigningKey,
     issuer: String,
+    clock: SharedClock,
 }
 
 impl TokenSigner {
@@ -49,7 +50,17 @@ impl TokenSigner {
     pub fn from_pkcs8(der: &[u8], issuer: String) -> Result<TokenSigner, PkiError> {
         let key =
             SigningKey::from_pkcs8_der(der).map_err(|e| PkiError::Invalid(format!("the coordinator key is not an Ed25519 key: {e}")))?;
-        Ok(TokenSigner { key, issuer })
+        Ok(TokenSigner {
+            key,
+            issuer,
+            clock: system_clock(),
+        })
+    }
+
+    /// Dates tokens by `clock` instead of the system's.
+    pub fn with_clock(mut self, clock: SharedClock) -> TokenSigner {
+        self.clock = clock;
+        self
     }
 
     pub fn public_key(&self) -> [u8; 32] {
@@ -70,7 +81,7 @@ impl TokenSigner {
             chunk_id: chunk.0.to_vec().into(),
             nodes: nodes.to_vec(),
             caller: caller.to_string(),
-            expires_unix_ms: unix_ms_now() + ttl.as_millis() as u64,
+            expires_unix_ms: self.clock.now_ms().saturating_add(ttl.as_millis() as u64),
             size,
             issuer: self.issuer.clone(),
         }
@@ -88,6 +99,7 @@ impl TokenSigner {
 #[derive(Clone)]
 pub struct TokenVerifier {
     key: VerifyingKey,
+    clock: SharedClock,
 }
 
 impl TokenVerifier {
@@ -96,7 +108,16 @@ impl TokenVerifier {
             .try_into()
             .map_err(|_| PkiError::Invalid("token key must be 32 bytes".into()))?;
         let key = VerifyingKey::from_bytes(&bytes).map_err(|e| PkiError::Invalid(format!("bad token key: {e}")))?;
-        Ok(TokenVerifier { key })
+        Ok(TokenVerifier {
+            key,
+            clock: system_clock(),
+        })
+    }
+
+    /// Checks expiry against `clock` instead of the system's.
+    pub fn with_clock(mut self, clock: SharedClock) -> TokenVerifier {
+        self.clock = clock;
+        self
     }
 
     /// Checks an Ed25519 signature made by [`TokenSigner::sign_raw`].
@@ -119,7 +140,7 @@ impl TokenVerifier {
         if claims.version != TOKEN_VERSION {
             return Err(TokenError::Version(claims.version));
         }
-        let now = unix_ms_now();
+        let now = self.clock.now_ms();
         if claims.expires_unix_ms < now {
             return Err(TokenError::Expired((now - claims.expires_unix_ms) / 1000));
         }
@@ -207,12 +228,16 @@ mod tests {
             v.verify(&tampered, TokenOp::Get, &c, "n1@a.collective.local", "evil@a.collective.local"),
             Err(TokenError::Forged)
         );
-        let expired = decode(&s.sign(TokenOp::Get, &c, &nodes, "u@a.collective.local", 0, Duration::ZERO));
-        std::thread::sleep(Duration::from_millis(5));
-        assert!(matches!(
-            v.verify(&expired, TokenOp::Get, &c, "n1@a.collective.local", "u@a.collective.local"),
-            Err(TokenError::Expired(_))
-        ));
+        let clock = collective_core::ManualClock::at(1_000_000);
+        let s = s.with_clock(clock.clone());
+        let v = v.with_clock(clock.clone());
+        let token = decode(&s.sign(TokenOp::Get, &c, &nodes, "u@a.collective.local", 0, Duration::from_secs(60)));
+        let check = || v.verify(&token, TokenOp::Get, &c, "n1@a.collective.local", "u@a.collective.local");
+        assert!(check().is_ok(), "valid until its lifetime is over");
+        clock.advance(Duration::from_secs(60));
+        assert!(check().is_ok(), "still valid at the last millisecond");
+        clock.advance(Duration::from_secs(31));
+        assert_eq!(check(), Err(TokenError::Expired(31)), "says how long ago it expired");
         assert_eq!(
             v.verify(
                 &SignedToken::default(),

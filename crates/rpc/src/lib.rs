@@ -266,26 +266,66 @@ pub fn authorize<T>(req: &Request<T>, revocations: &Revocations, domain: &str, r
     Ok(Caller { principal, role })
 }
 
-/// Turns a failed call into a message that names the problem and the next step.
-/// Response metadata naming which namespace error a failed call hit (`not-found`,
-/// `exists`, `not-dir`, `is-dir`, `not-empty`, `symlink`, `no-space`), so a client can
-/// map it to an errno without parsing the message.
+/// Response metadata naming which namespace error a failed call hit, so a client can map
+/// it to an errno without parsing the message (see [`ErrorKind`]).
 pub const ERROR_KIND: &str = "x-collective-error";
 
+/// Which namespace error a failed call hit; travels as [`ERROR_KIND`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ErrorKind {
+    NotFound,
+    Exists,
+    NotADirectory,
+    IsADirectory,
+    NotEmpty,
+    /// The path is a symbolic link where a file or directory was needed.
+    Symlink,
+    /// Placement found nodes up but full, or a member's contribution is used up.
+    NoSpace,
+}
+
+impl ErrorKind {
+    pub const ALL: [ErrorKind; 7] = [
+        ErrorKind::NotFound,
+        ErrorKind::Exists,
+        ErrorKind::NotADirectory,
+        ErrorKind::IsADirectory,
+        ErrorKind::NotEmpty,
+        ErrorKind::Symlink,
+        ErrorKind::NoSpace,
+    ];
+
+    /// The word on the wire.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ErrorKind::NotFound => "not-found",
+            ErrorKind::Exists => "exists",
+            ErrorKind::NotADirectory => "not-dir",
+            ErrorKind::IsADirectory => "is-dir",
+            ErrorKind::NotEmpty => "not-empty",
+            ErrorKind::Symlink => "symlink",
+            ErrorKind::NoSpace => "no-space",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<ErrorKind> {
+        ErrorKind::ALL.into_iter().find(|k| k.as_str() == s)
+    }
+}
+
 /// A status with its error kind attached (see [`ERROR_KIND`]).
-pub fn status_with_kind(code: tonic::Code, message: String, kind: &'static str) -> Status {
+pub fn status_with_kind(code: tonic::Code, message: String, kind: ErrorKind) -> Status {
     let mut md = tonic::metadata::MetadataMap::new();
-    md.insert(ERROR_KIND, tonic::metadata::MetadataValue::from_static(kind));
+    md.insert(ERROR_KIND, tonic::metadata::MetadataValue::from_static(kind.as_str()));
     Status::with_metadata(code, message, md)
 }
 
-/// The error kind a failed call carries ("" when none).
-pub fn error_kind(s: &Status) -> String {
+/// The error kind a failed call carries, if any.
+pub fn error_kind(s: &Status) -> Option<ErrorKind> {
     s.metadata()
         .get(ERROR_KIND)
         .and_then(|v| v.to_str().ok())
-        .unwrap_or_default()
-        .to_string()
+        .and_then(ErrorKind::parse)
 }
 
 /// What a TLS alert from the server (found in the error's causes) says about our

@@ -75,7 +75,7 @@ impl State {
     }
 
     /// Deletes chunks unreferenced for longer than the grace period.
-    pub(super) async fn collect(&self, ids: Vec<ChunkId>) {
+    pub(super) async fn collect(&self, ids: Vec<ChunkId>, run: &collective_core::Run<'_>) {
         if ids.is_empty() {
             return;
         }
@@ -99,9 +99,11 @@ impl State {
                 Ok(None) => {}
                 Err(e) => tracing::error!(chunk = %id.short(), "garbage collection failed: {e}"),
             }
+            run.advance(1);
         }
         if let Err(e) = self.meta.flush().await {
             tracing::error!("flushing after garbage collection failed: {e}");
+            run.fail(format!("flushing the metadata failed: {e}"));
             return;
         }
         self.delete_many(per_node).await;

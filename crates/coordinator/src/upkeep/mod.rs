@@ -14,11 +14,11 @@
 //! Reads never wait for any of this: they use whatever copies are up.
 
 use std::collections::{BTreeSet, HashMap, HashSet};
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use collective_core::{ChunkId, parse_duration, parse_size, unix_ms_now};
+use collective_core::{ChunkId, Worker, Workers, parse_duration, parse_size, unix_ms_now};
 use collective_gossip::PeerState;
 use collective_meta::ChunkRecord;
 use collective_proto::v1::federation_client::FederationClient;
@@ -31,6 +31,7 @@ use tokio::sync::Notify;
 
 use crate::config::UpkeepConfig;
 use crate::hosting::member_of;
+use crate::repair_plan::{ChunkFacts, Replica, Risk};
 use crate::state::State;
 
 mod collect;
@@ -104,15 +105,7 @@ impl Heat {
     }
 }
 
-/// Is a copy on this node usable?
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Live {
-    Up,
-    /// Down, within the grace period: still counted, not readable now.
-    Waiting,
-    /// Down past the grace period (or unknown): its copies are replaced.
-    Lost,
-}
+pub use crate::repair_plan::Live;
 
 /// When a repair run began, and the repair counters at that moment.
 struct RepairRun {
@@ -164,6 +157,21 @@ pub struct Upkeep {
     round_blocked: Mutex<Option<(crate::repair_plan::Blocked, u64)>>,
     /// The repair run under way: when it began and the counters then.
     run: Mutex<Option<RepairRun>>,
+    /// The loop's parts as workers (`collective workers`), in the order they run.
+    pub workers: Workers,
+    w_reconcile: Arc<Worker>,
+    w_heat: Arc<Worker>,
+    w_repair: Arc<Worker>,
+    w_gc: Arc<Worker>,
+}
+
+/// `90 s`, `2 h`: a duration for a throttle line.
+fn format_secs(d: Duration) -> String {
+    match d.as_secs() {
+        s if s >= 3600 && s % 3600 == 0 => format!("{} h", s / 3600),
+        s if s >= 60 && s % 60 == 0 => format!("{} min", s / 60),
+        s => format!("{s} s"),
+    }
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -172,6 +180,14 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 
 impl Upkeep {
     pub fn new(settings: UpkeepSettings, draining: Vec<String>) -> Upkeep {
+        let mut workers = Workers::default();
+        let w_reconcile = workers.add(Worker::new("reconcile", ""));
+        let w_heat = workers.add(Worker::new("heat", format!("half-life {}", format_secs(settings.hot_half_life))));
+        let w_repair = workers.add(Worker::new(
+            "repair",
+            format!("{}/s, {} at once", collective_core::format_bytes(settings.rate), settings.parallel),
+        ));
+        let w_gc = workers.add(Worker::new("gc", format!("after {}", format_secs(settings.gc_grace))));
         Upkeep {
             settings,
             started: Instant::now(),
@@ -193,6 +209,11 @@ impl Upkeep {
             run: Mutex::new(None),
             blocked_chunks: AtomicU64::new(0),
             round_blocked: Mutex::new(None),
+            workers,
+            w_reconcile,
+            w_heat,
+            w_repair,
+            w_gc,
         }
     }
 
@@ -229,6 +250,12 @@ impl Upkeep {
     /// Re-decides which chunks are hot (with hysteresis: a chunk keeps its extra copies
     /// until its reads fall below half the threshold) and forgets cold read counts.
     fn update_hot(&self) -> (u64, u64) {
+        if self.w_heat.paused() {
+            // Paused: the hot set stays as it is, and read counts are not decayed.
+            let hot = lock(&self.hot);
+            return (hot.len() as u64, hot.values().map(|e| u64::from(*e)).sum());
+        }
+        let _run = self.w_heat.begin(0);
         let s = &self.settings;
         let mut heat = lock(&self.heat);
         let mut hot = lock(&self.hot);
@@ -303,28 +330,39 @@ struct Round {
 }
 
 impl Job {
+    fn id(&self) -> &ChunkId {
+        &self.facts.id
+    }
+
+    fn size(&self) -> u64 {
+        self.facts.size
+    }
+
+    /// Copies go to other members too (backup and hybrid datastores).
+    fn spread(&self) -> bool {
+        self.facts.strategy.spreads_over_members()
+    }
+
     /// The chunk as other members' coordinators are asked about it.
     fn desc(&self) -> Vec<ChunkDesc> {
         vec![ChunkDesc {
-            id: self.id.0.to_vec().into(),
-            size: self.size,
+            id: self.facts.id.0.to_vec().into(),
+            size: self.facts.size,
         }]
     }
 }
 
-/// A chunk that needs more copies.
+/// A chunk that needs more copies: what the planner decided, and the facts it decided on.
 struct Job {
-    id: ChunkId,
-    size: u64,
-    need: usize,
-    /// Spread over members (encrypted chunks of backup and hybrid datastores).
-    spread: bool,
-    /// Copies that can be read now (sources).
-    sources: Vec<String>,
-    /// Every listed copy (never chosen as a target).
-    holders: Vec<String>,
-    /// Copies to forget once the new ones exist (lost or draining nodes).
-    retire: Vec<String>,
+    facts: crate::repair_plan::ChunkFacts,
+    plan: crate::repair_plan::Repair,
+}
+
+impl std::ops::Deref for Job {
+    type Target = crate::repair_plan::Repair;
+    fn deref(&self) -> &Self::Target {
+        &self.plan
+    }
 }
 
 impl State {
@@ -383,6 +421,7 @@ impl State {
         let mut round = Round::default();
         let mut live: HashMap<String, Live> = HashMap::new();
         let draining = lock(&up.draining).clone();
+        let free: HashMap<String, u64> = self.lock_nodes().iter().map(|(k, e)| (k.clone(), e.usage.free_bytes)).collect();
         let gc_cutoff = unix_ms_now().saturating_sub(up.settings.gc_grace.as_millis() as u64);
         let st = &mut round.status;
         for r in self.meta.chunks() {
@@ -403,58 +442,42 @@ impl State {
             }
             st.chunks += 1;
             let want = self.wanted(&rec);
-            let target = want + up.extra(&id) as usize;
-            let mut sources = Vec::new();
-            let mut counted = 0usize;
-            let mut lost = Vec::new();
-            let mut leaving = Vec::new();
-            for n in &rec.replicas {
-                let l = *live.entry(n.clone()).or_insert_with(|| self.liveness(n));
-                match l {
-                    Live::Up => sources.push(n.clone()),
-                    Live::Waiting => {}
-                    Live::Lost => {
-                        lost.push(n.clone());
-                        continue;
-                    }
+            let facts = ChunkFacts {
+                id,
+                size: rec.size,
+                want,
+                target: want + up.extra(&id) as usize,
+                strategy: rec.strategy,
+                replicas: rec
+                    .replicas
+                    .iter()
+                    .map(|n| Replica {
+                        node: n.clone(),
+                        live: *live.entry(n.clone()).or_insert_with(|| self.liveness(n)),
+                        draining: draining.contains(n),
+                        free: free.get(n).copied().unwrap_or(u64::MAX),
+                    })
+                    .collect(),
+            };
+            let plan = crate::repair_plan::plan(&facts);
+            match plan.risk {
+                Risk::Unreadable => {
+                    st.unreadable_chunks += 1;
+                    st.unreadable_bytes += rec.size;
                 }
-                if draining.contains(n) {
-                    leaving.push(n.clone());
-                } else {
-                    counted += 1;
+                Risk::UnderReplicated => {
+                    st.under_replicated_chunks += 1;
+                    st.bytes_at_risk += rec.size;
                 }
+                Risk::Healthy => {}
             }
-            // At risk: fewer readable copies than wanted (a draining node's copy still is).
-            if sources.is_empty() {
-                st.unreadable_chunks += 1;
-                st.unreadable_bytes += rec.size;
-            } else if sources.len() < want {
-                st.under_replicated_chunks += 1;
-                st.bytes_at_risk += rec.size;
+            if let Some(repair) = plan.repair
+                && round.repairs.len() < MAX_JOBS_PER_ROUND
+            {
+                round.repairs.push(Job { facts, plan: repair });
             }
-            if counted < target {
-                if !sources.is_empty() && round.repairs.len() < MAX_JOBS_PER_ROUND {
-                    round.repairs.push(Job {
-                        id,
-                        size: rec.size,
-                        need: target - counted,
-                        spread: self.meta.seal(&id).ok().flatten().is_some(),
-                        sources,
-                        holders: rec.replicas.clone(),
-                        retire: lost.into_iter().chain(leaving).collect(),
-                    });
-                }
-                continue;
-            }
-            // Enough copies: retire lost and draining ones, then any surplus (only when
-            // every copy is up, so an uncertain copy never makes us delete a good one).
-            let mut drop: Vec<String> = lost.into_iter().chain(leaving).collect();
-            let up_counted = sources.iter().filter(|n| !draining.contains(*n)).count();
-            if counted > target && up_counted == counted && drop.is_empty() {
-                drop.extend(self.surplus(&rec, counted - target));
-            }
-            if !drop.is_empty() {
-                round.drops.push((id, drop));
+            if !plan.drop.is_empty() {
+                round.drops.push((id, plan.drop));
             }
         }
         st.queued_chunks = round.repairs.len() as u64;
@@ -514,25 +537,6 @@ impl State {
         st.unknown_nodes = nodes.into_iter().collect();
     }
 
-    /// Which `n` copies of a chunk to give up: a second copy on one member before a
-    /// member's only copy, the fullest node first.
-    fn surplus(&self, rec: &ChunkRecord, n: usize) -> Vec<String> {
-        let free: HashMap<String, u64> = self.lock_nodes().iter().map(|(k, e)| (k.clone(), e.usage.free_bytes)).collect();
-        let mut per_member: HashMap<&str, usize> = HashMap::new();
-        for r in &rec.replicas {
-            *per_member.entry(member_of(r)).or_default() += 1;
-        }
-        let mut order: Vec<&String> = rec.replicas.iter().collect();
-        order.sort_by_key(|r| {
-            (
-                std::cmp::Reverse(per_member.get(member_of(r)).copied().unwrap_or(0)),
-                free.get(*r).copied().unwrap_or(u64::MAX),
-                (*r).clone(),
-            )
-        });
-        order.into_iter().take(n).cloned().collect()
-    }
-
     /// Runs rounds forever: every `scan_interval`, or sooner when woken.
     pub async fn upkeep_loop(self: std::sync::Arc<Self>) {
         let up = &self.upkeep;
@@ -544,15 +548,8 @@ impl State {
                     tokio::time::sleep(Duration::from_millis(200)).await;
                 }
             }
-            let queued: Vec<String> = std::mem::take(&mut *lock(&up.reconcile));
-            for node in queued {
-                if let Err(e) = self.reconcile(&node).await {
-                    tracing::warn!(%node, "reconciling a returning node failed: {e}");
-                    // Try again next round while it is up (it registers again otherwise).
-                    if self.lock_nodes().get(&node).is_some_and(|e| self.is_up(e)) {
-                        lock(&up.reconcile).push(node);
-                    }
-                }
+            if !up.w_reconcile.paused() {
+                self.reconcile_queued().await;
             }
             let me = self.clone();
             let round = match tokio::task::spawn_blocking(move || me.scan()).await {
@@ -569,14 +566,44 @@ impl State {
                 mut status,
             } = round;
             self.publish_status(&mut status);
-            self.note_repair_run(&repairs);
-            self.run_repairs(repairs).await;
-            self.note_blocked(lock(&up.round_blocked).take());
-            for (id, nodes) in drops {
-                self.retire(&id, &nodes).await;
+            if !up.w_repair.paused() {
+                let run = up.w_repair.begin((repairs.len() + drops.len()) as u64);
+                self.note_repair_run(&repairs);
+                self.run_repairs(repairs, &run).await;
+                self.note_blocked(lock(&up.round_blocked).take());
+                for (id, nodes) in drops {
+                    self.retire(&id, &nodes).await;
+                    run.advance(1);
+                }
             }
-            self.collect(collect).await;
-            self.collect_abandoned_uploads().await;
+            if !up.w_gc.paused() {
+                let run = up.w_gc.begin(collect.len() as u64);
+                self.collect(collect, &run).await;
+                self.collect_abandoned_uploads().await;
+            }
+        }
+    }
+
+    /// Reconciles the nodes that came back (their chunks against the metadata); a node
+    /// that fails is tried again next round while it is up.
+    async fn reconcile_queued(&self) {
+        let up = &self.upkeep;
+        let queued: Vec<String> = std::mem::take(&mut *lock(&up.reconcile));
+        let run = up.w_reconcile.begin(queued.len() as u64);
+        let mut failed = Vec::new();
+        for node in queued {
+            if let Err(e) = self.reconcile(&node).await {
+                tracing::warn!(%node, "reconciling a returning node failed: {e}");
+                failed.push(format!("{node}: {e}"));
+                // Try again next round while it is up (it registers again otherwise).
+                if self.lock_nodes().get(&node).is_some_and(|e| self.is_up(e)) {
+                    lock(&up.reconcile).push(node);
+                }
+            }
+            run.advance(1);
+        }
+        if !failed.is_empty() {
+            run.fail(failed.join("; "));
         }
     }
 

@@ -18,7 +18,7 @@ impl State {
         let mut run = lock(&self.upkeep.run);
         match (run.as_ref(), repairs.is_empty()) {
             (None, false) => {
-                let bytes: u64 = repairs.iter().map(|j| j.size * j.need as u64).sum();
+                let bytes: u64 = repairs.iter().map(|j| j.size() * j.need as u64).sum();
                 *run = Some(counters());
                 self.events.emit(
                     "repair-started",
@@ -91,7 +91,9 @@ impl State {
         *blocked = now.map(|(r, _)| r);
     }
 
-    pub(super) async fn run_repairs(&self, jobs: Vec<Job>) {
+    /// Carries out the repairs of a round, throttled; stops taking new ones once the
+    /// repair worker is paused.
+    pub(super) async fn run_repairs(&self, jobs: Vec<Job>, run: &collective_core::Run<'_>) {
         let up = &self.upkeep;
         let pace = tokio::sync::Mutex::new(Instant::now());
         futures::stream::iter(jobs)
@@ -103,11 +105,15 @@ impl State {
                         let mut next = pace.lock().await;
                         let now = Instant::now();
                         let start = (*next).max(now);
-                        *next = start + Duration::from_secs_f64(job.size as f64 * job.need as f64 / up.settings.rate as f64);
+                        *next = start + Duration::from_secs_f64(job.size() as f64 * job.need as f64 / up.settings.rate as f64);
                         start - now
                     };
                     tokio::time::sleep(wait).await;
+                    if up.workers.find("repair").is_some_and(|w| w.paused()) {
+                        return;
+                    }
                     self.repair(job).await;
+                    run.advance(1);
                 }
             })
             .await;
@@ -126,40 +132,25 @@ impl State {
             }
             let mut exclude: Vec<String> = failed.clone();
             exclude.extend(lock(&up.draining).iter().cloned());
-            let cluster = self.placement_cluster(job.spread);
-            let req = collective_placement::Request {
-                chunk: &job.id,
-                size: job.size,
-                count: need,
-                strategy: if job.spread {
-                    collective_placement::Strategy::Backup
-                } else {
-                    collective_placement::Strategy::Media
-                },
-                owner: &self.domain,
-                reader: &self.domain,
-                existing: &holders,
-                exclude: &exclude,
-                previous: &[],
+            let cluster = self.placement_cluster(job.spread());
+            let pending = crate::repair_plan::Repair {
+                holders: holders.clone(),
+                ..job.plan.clone()
             };
-            let targets = match collective_placement::place(&cluster, &req) {
+            let targets = match crate::repair_plan::targets(&job.facts, &pending, &cluster, &self.domain, &exclude, need) {
                 Ok(t) => t,
-                // Fewer places than wanted: make the copies we can.
-                Err(_) => match collective_placement::place(&cluster, &collective_placement::Request { count: 1, ..req }) {
-                    Ok(t) => t,
-                    Err(e) => {
-                        // Logged once per change of reason (note_blocked), not per chunk.
-                        tracing::debug!(chunk = %job.id.short(), "cannot repair: {e}");
-                        up.counters.failed_copies.fetch_add(1, Ordering::Relaxed);
-                        up.counters.unplaced_copies.fetch_add(1, Ordering::Relaxed);
-                        let mut b = lock(&up.round_blocked);
-                        match b.as_mut() {
-                            Some((_, chunks)) => *chunks += 1,
-                            None => *b = Some((crate::repair_plan::blocked(need, &e), 1)),
-                        }
-                        break;
+                Err(blocked) => {
+                    // Logged once per change of reason (note_blocked), not per chunk.
+                    tracing::debug!(chunk = %job.id().short(), "cannot repair: {}", blocked.reason);
+                    up.counters.failed_copies.fetch_add(1, Ordering::Relaxed);
+                    up.counters.unplaced_copies.fetch_add(1, Ordering::Relaxed);
+                    let mut b = lock(&up.round_blocked);
+                    match b.as_mut() {
+                        Some((_, chunks)) => *chunks += 1,
+                        None => *b = Some((blocked, 1)),
                     }
-                },
+                    break;
+                }
             };
             for t in targets {
                 match tokio::time::timeout(COPY_TIMEOUT, self.copy_to(&job, &t)).await {
@@ -168,12 +159,12 @@ impl State {
                         added.push(node);
                     }
                     Ok(Err(e)) => {
-                        tracing::warn!(chunk = %job.id.short(), target = %t, "repair copy failed: {e}");
+                        tracing::warn!(chunk = %job.id().short(), target = %t, "repair copy failed: {e}");
                         up.counters.failed_copies.fetch_add(1, Ordering::Relaxed);
                         failed.push(t);
                     }
                     Err(_) => {
-                        tracing::warn!(chunk = %job.id.short(), target = %t, "repair copy timed out");
+                        tracing::warn!(chunk = %job.id().short(), target = %t, "repair copy timed out");
                         up.counters.failed_copies.fetch_add(1, Ordering::Relaxed);
                         failed.push(t);
                     }
@@ -184,30 +175,30 @@ impl State {
             return;
         }
         let retire: Vec<String> = if added.len() >= job.need { job.retire.clone() } else { vec![] };
-        match self.meta.change_replicas(&job.id, &added, &[]) {
+        match self.meta.change_replicas(job.id(), &added, &[]) {
             Ok(Some(_)) => {}
             Ok(None) => {
                 // Collected meanwhile: the new copies are garbage.
-                self.delete_copies(&job.id, &added).await;
+                self.delete_copies(job.id(), &added).await;
                 return;
             }
             Err(e) => {
-                tracing::error!(chunk = %job.id.short(), "recording repaired copies failed: {e}");
+                tracing::error!(chunk = %job.id().short(), "recording repaired copies failed: {e}");
                 return;
             }
         }
-        let bytes = job.size * added.len() as u64;
+        let bytes = job.size() * added.len() as u64;
         up.counters.repaired_chunks.fetch_add(1, Ordering::Relaxed);
         up.counters.repaired_bytes.fetch_add(bytes, Ordering::Relaxed);
         self.metrics.repaired_bytes.inc_by(bytes);
         up.note_copied(bytes);
-        if lock(&up.corrupt).remove(&job.id) {
+        if lock(&up.corrupt).remove(job.id()) {
             up.counters.scrub_repaired.fetch_add(1, Ordering::Relaxed);
         }
         if !retire.is_empty() {
-            self.retire(&job.id, &retire).await;
+            self.retire(job.id(), &retire).await;
         }
-        if job.spread {
+        if job.spread() {
             self.used_elsewhere_stale.store(true, Ordering::Relaxed);
         }
     }
@@ -225,10 +216,10 @@ impl State {
                 // Push from our node: a put token for the target naming the source node.
                 let token = self
                     .signer
-                    .sign(TokenOp::Put, &job.id, &[target.to_string()], src, job.size, self.token_ttl);
+                    .sign(TokenOp::Put, job.id(), &[target.to_string()], src, job.size(), self.token_ttl);
                 let req = CopyChunkRequest {
-                    chunk_id: job.id.0.to_vec().into(),
-                    size: job.size,
+                    chunk_id: job.id().0.to_vec().into(),
+                    size: job.size(),
                     from_node: src.clone(),
                     to_node: target.to_string(),
                     to_addr,
@@ -255,10 +246,10 @@ impl State {
                 .into_iter()
                 .next()
                 .and_then(|h| h.replicas.into_iter().next())
-                .ok_or_else(|| format!("{member} no longer hosts chunk {}", job.id.short()))?;
+                .ok_or_else(|| format!("{member} no longer hosts chunk {}", job.id().short()))?;
             let req = CopyChunkRequest {
-                chunk_id: job.id.0.to_vec().into(),
-                size: job.size,
+                chunk_id: job.id().0.to_vec().into(),
+                size: job.size(),
                 from_node: from.node,
                 from_addr: from.quic_addr,
                 from_token: from.token,
@@ -289,8 +280,8 @@ impl State {
             .next()
             .ok_or_else(|| format!("{member} returned no target"))?;
         let req = CopyChunkRequest {
-            chunk_id: job.id.0.to_vec().into(),
-            size: job.size,
+            chunk_id: job.id().0.to_vec().into(),
+            size: job.size(),
             from_node: src.clone(),
             to_node: to.node.clone(),
             to_addr: to.quic_addr,

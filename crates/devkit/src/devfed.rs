@@ -6,16 +6,14 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
-use collective_client::{Client, InviteFor};
+use collective_client::{Client, ClientConfig, InviteFor, enrol};
 use collective_coordinator::{CoordinatorConfig, FederationConfig};
 use collective_core::{Rights, Role, Strategy};
 use collective_pki::{FederationRoot, MemberCa};
 
-use crate::config::{ClientOverrides, client_config};
 use crate::dev::{
     ClusterFile, Issuer, MemberInfo, NodeSite, ProcessInfo, UpArgs, free_port, spawn, start_nodes, wait_ready, write_cluster, write_toml,
 };
-use crate::federate::{JoinArgs, join};
 
 /// Member names, in joining order.
 pub const NAMES: [&str; 5] = ["alice", "bob", "carol", "dave", "erin"];
@@ -23,15 +21,8 @@ pub const FEDERATION: &str = "collective.local";
 const CONVERGE_TIMEOUT: Duration = Duration::from_secs(60);
 
 fn connect(client_config_path: &Path) -> Result<Client> {
-    let o = ClientOverrides {
-        config: Some(client_config_path.to_path_buf()),
-        context: None,
-        coordinator: None,
-        ca: None,
-        cert: None,
-        key: None,
-    };
-    Ok(Client::connect(&client_config(&o)?)?)
+    let cfg = ClientConfig::load(client_config_path)?;
+    Ok(Client::connect(&cfg)?)
 }
 
 /// Starts one member's coordinator (config already written) and its nodes; returns them all
@@ -138,73 +129,57 @@ async fn start_all(
         let grpc = format!("{host}:{}", free_port()?);
         let http = format!("{host}:{}", free_port()?);
         let gossip = format!("{host}:{}", free_port()?);
-        let (coordinator_config, client_config_path, cfg) = match &founder_client {
-            None => {
-                // The founder: its member CA is signed by the root it holds.
-                let ca_dir = member_dir.join("ca");
-                let ca = crate::ca::init_with_root(name, &domain, &ca_dir, root_dir)?;
-                let issuer = Issuer {
-                    ca: &ca,
-                    certs: member_dir.join("certs"),
-                    sans: vec![host.to_string()],
-                };
-                let (cert, key) = issuer.issue(Role::Coordinator, "coordinator")?;
-                let cfg = CoordinatorConfig {
-                    data_dir: member_dir.join("coordinator-data"),
-                    grpc_listen: grpc.clone(),
-                    http_listen: http.clone(),
-                    replication: a.replication,
-                    node_timeout: crate::dev::DEV_NODE_TIMEOUT.into(),
-                    upkeep: crate::dev::dev_upkeep(),
-                    ca_dir: ca_dir.clone(),
-                    tls: collective_coordinator::TlsFiles {
-                        ca: issuer.trust(),
-                        cert,
-                        key,
-                    },
-                    federation: FederationConfig {
-                        gossip_listen: gossip.clone(),
-                        root_dir: root_dir.to_path_buf(),
-                        contribution: a.contribution.clone(),
-                        ..Default::default()
-                    },
-                    ..Default::default()
-                };
-                let path = member_dir.join("coordinator.toml");
-                write_toml(&path, &cfg)?;
-                let client_path = member_dir.join("client.toml");
-                issuer.write_client_config(name, &grpc, &client_path)?;
-                (path, client_path, cfg)
-            }
+        let ca_dir = member_dir.join("ca");
+        let (ca, bootstrap, root_dir) = match &founder_client {
+            // The founder: its member CA is signed by the root it holds.
+            None => (root.admit_member(name, &ca_dir)?, vec![], root_dir.to_path_buf()),
+            // Everyone else: a member invite from the founder, redeemed as `member join`
+            // does (a CSR signed by the root's holder over the invite's channel).
             Some(founder) => {
-                // Everyone else: a member invite from the founder, then `member join`.
                 let r = connect(founder)?
                     .generate_invite(InviteFor::Member(name.to_string()), 1, Duration::from_secs(3600))
                     .await
                     .context("the founder's coordinator did not make a member invite")?;
-                let joined = join(&JoinArgs {
-                    code: r.code,
-                    name: name.to_string(),
-                    out: member_dir.clone(),
-                    addrs: crate::setup::ServerAddrs::local(
-                        &grpc,
-                        &http,
-                        &gossip,
-                        if host == "127.0.0.1" { vec![] } else { vec![host.to_string()] },
-                    ),
-                    contribution: a.contribution.clone(),
-                })
-                .await
-                .with_context(|| format!("{name} could not join the federation"))?;
-                let mut cfg: CoordinatorConfig = crate::config::load_toml(&joined.coordinator_config)?;
-                // The same dev timings as the founder: repair, scrub and collection watchable live.
-                cfg.replication = a.replication;
-                cfg.node_timeout = crate::dev::DEV_NODE_TIMEOUT.into();
-                cfg.upkeep = crate::dev::dev_upkeep();
-                write_toml(&joined.coordinator_config, &cfg)?;
-                (joined.coordinator_config, joined.client_config, cfg)
+                let invite = enrol::Invite::parse(&r.code)?;
+                let joined = enrol::join_member(&invite, name, &ca_dir)
+                    .await
+                    .with_context(|| format!("{name} could not join the federation"))?;
+                (joined.ca, joined.gossip_peers, PathBuf::new())
             }
         };
+        let issuer = Issuer {
+            ca: &ca,
+            certs: member_dir.join("certs"),
+            sans: vec![host.to_string()],
+        };
+        let (cert, key) = issuer.issue(Role::Coordinator, "coordinator")?;
+        let cfg = CoordinatorConfig {
+            data_dir: member_dir.join("coordinator-data"),
+            grpc_listen: grpc.clone(),
+            http_listen: http.clone(),
+            replication: a.replication,
+            // Dev timings: repair, scrub and collection watchable live.
+            node_timeout: crate::dev::DEV_NODE_TIMEOUT.into(),
+            upkeep: crate::dev::dev_upkeep(),
+            ca_dir: ca_dir.clone(),
+            tls: collective_coordinator::TlsFiles {
+                ca: issuer.trust(),
+                cert,
+                key,
+            },
+            federation: FederationConfig {
+                gossip_listen: gossip.clone(),
+                bootstrap,
+                root_dir,
+                contribution: a.contribution.clone(),
+                ..Default::default()
+            },
+            ..Default::default()
+        };
+        let coordinator_config = member_dir.join("coordinator.toml");
+        write_toml(&coordinator_config, &cfg)?;
+        let client_config_path = member_dir.join("client.toml");
+        issuer.write_client_config(name, &grpc, &client_config_path)?;
         // On failure the caller stops every process in cluster.json.
         let procs = start_member(&member_dir, &coordinator_config, &cfg, a, &site)?;
         cluster.processes.extend(procs.iter().cloned());
@@ -239,7 +214,11 @@ async fn settle(cluster: &ClusterFile) -> Result<()> {
     wait_until("every member to see every other alive", || async {
         for m in &cluster.members {
             let r = connect(&m.client_config)?.peers().await?;
-            let alive = r.members.iter().filter(|p| p.state == "alive").count();
+            let alive = r
+                .members
+                .iter()
+                .filter(|p| p.state() == collective_proto::v1::MemberHealth::Alive)
+                .count();
             if alive < n {
                 return Ok(false);
             }

@@ -1,0 +1,84 @@
+//! The coordinator's domain errors, and the one place they become gRPC statuses (the
+//! service edge): each kind gets its code, namespace errors their `x-collective-error`
+//! kind, and every message names what went wrong and what to do.
+
+use collective_core::Rights;
+use collective_meta::MetaError;
+use collective_rpc::{ErrorKind, status_with_kind};
+use tonic::{Code, Status};
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error(transparent)]
+    Meta(#[from] MetaError),
+    /// Access control said no.
+    #[error(
+        "{who} lacks the {missing} right on {path} (has: {have}); ask an owner of {owner} on {member} to grant it (`collective datastore grant {owner} {who} {missing}`)"
+    )]
+    Lacks {
+        who: String,
+        missing: Rights,
+        have: Rights,
+        path: String,
+        /// The datastore (or `/`) whose owners can grant it.
+        owner: String,
+        member: String,
+    },
+}
+
+impl From<Error> for Status {
+    fn from(e: Error) -> Status {
+        match e {
+            Error::Meta(m) => meta_status(m),
+            e @ Error::Lacks { .. } => Status::permission_denied(e.to_string()),
+        }
+    }
+}
+
+/// Maps metadata errors to gRPC statuses whose messages a user can act on.
+pub fn meta_status(e: MetaError) -> Status {
+    let msg = e.to_string();
+    match e {
+        MetaError::NotFound(_) => status_with_kind(Code::NotFound, msg, ErrorKind::NotFound),
+        MetaError::AlreadyExists(_) => status_with_kind(Code::AlreadyExists, msg, ErrorKind::Exists),
+        MetaError::NotADirectory(_) => status_with_kind(Code::FailedPrecondition, msg, ErrorKind::NotADirectory),
+        MetaError::IsADirectory(_) => status_with_kind(Code::FailedPrecondition, msg, ErrorKind::IsADirectory),
+        MetaError::NotEmpty(_) => status_with_kind(Code::FailedPrecondition, msg, ErrorKind::NotEmpty),
+        MetaError::IsASymlink(..) => status_with_kind(Code::FailedPrecondition, msg, ErrorKind::Symlink),
+        MetaError::BadLink(..) => Status::invalid_argument(msg),
+        MetaError::BadRename(..) => Status::failed_precondition(msg),
+        MetaError::ChunkNotUploaded(..) => Status::failed_precondition(msg),
+        MetaError::BadManifest(..) | MetaError::Path(_) => Status::invalid_argument(msg),
+        MetaError::QuotaFull { .. } => status_with_kind(Code::ResourceExhausted, msg, ErrorKind::NoSpace),
+        MetaError::Placement(_) => Status::failed_precondition(msg),
+        _ => Status::internal(msg),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn each_error_becomes_a_status_with_its_code_kind_and_the_words_to_act_on() {
+        let s = Status::from(Error::Meta(MetaError::NotFound("/a".into())));
+        assert_eq!(
+            (s.code(), collective_rpc::error_kind(&s)),
+            (Code::NotFound, Some(ErrorKind::NotFound))
+        );
+        let s = Status::from(Error::Lacks {
+            who: "bob@b.x".into(),
+            missing: Rights::WRITE,
+            have: Rights::READ,
+            path: "/media/a".into(),
+            owner: "/media".into(),
+            member: "a.x".into(),
+        });
+        assert_eq!(s.code(), Code::PermissionDenied);
+        assert_eq!(
+            s.message(),
+            "bob@b.x lacks the write right on /media/a (has: read); ask an owner of /media on a.x to grant it (`collective datastore grant /media bob@b.x write`)"
+        );
+        assert_eq!(collective_rpc::error_kind(&s), None);
+    }
+}
