@@ -296,10 +296,10 @@ pub fn open_chunk(loc: &ChunkLocation, stored: Bytes, file: &str) -> Result<Byte
     if loc.seal.is_empty() {
         return Ok(stored);
     }
-    crate::sealing::open(&loc.seal, stored).map_err(|detail| ClientError::Unreadable {
+    crate::sealing::open(&loc.seal, stored).map_err(|e| ClientError::Unreadable {
         chunk: ChunkId::from_slice(&loc.id).map(|i| i.short()).unwrap_or_default(),
         file: file.to_string(),
-        detail,
+        detail: e.to_string(),
     })
 }
 

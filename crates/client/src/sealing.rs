@@ -34,18 +34,27 @@ pub fn seal(secret: &[u8; 32], data: &mut [u8]) -> Result<[u8; SEAL_LEN], Client
     Ok(out)
 }
 
+/// Why a chunk does not open with its seal.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum OpenError {
+    #[error("the chunk's seal has {0} bytes, expected {SEAL_LEN}")]
+    SealLength(usize),
+    #[error("the chunk does not decrypt with the key in its manifest")]
+    WrongKey,
+}
+
 /// Decrypts a chunk read from a node (already verified against its id) with its seal.
-pub fn open(seal: &[u8], data: Bytes) -> Result<Bytes, String> {
+pub fn open(seal: &[u8], data: Bytes) -> Result<Bytes, OpenError> {
     if seal.len() != SEAL_LEN {
-        return Err(format!("the chunk's seal has {} bytes, expected {SEAL_LEN}", seal.len()));
+        return Err(OpenError::SealLength(seal.len()));
     }
     let mut buf = Vec::with_capacity(data.len() + 16);
     buf.extend_from_slice(&data);
     buf.extend_from_slice(&seal[32..]);
-    let key = cipher(&seal[..32]).map_err(|e| e.to_string())?;
+    let key = cipher(&seal[..32]).map_err(|_| OpenError::SealLength(seal.len()))?;
     let plain_len = key
         .open_in_place(Nonce::assume_unique_for_key([0; 12]), Aad::empty(), &mut buf)
-        .map_err(|_| "the chunk does not decrypt with the key in its manifest".to_string())?
+        .map_err(|_| OpenError::WrongKey)?
         .len();
     buf.truncate(plain_len);
     Ok(Bytes::from(buf))

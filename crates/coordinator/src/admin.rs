@@ -27,7 +27,22 @@ const MAX_INVITE_USES: u32 = 10_000;
 /// member does not stall `collective datastore ls`.
 const OWNER_RIGHTS_TIMEOUT: Duration = Duration::from_secs(2);
 /// What a listing says instead of the rights another member did not tell in time.
-const MEMBER_UNREACHABLE: &str = "member unreachable";
+/// Why another member's datastores were listed without the caller's rights there.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Unasked {
+    Refused,
+    Unreachable,
+}
+
+impl Unasked {
+    /// The words in `my_rights_unknown`.
+    fn as_str(self) -> &'static str {
+        match self {
+            Unasked::Refused => "member refused to tell",
+            Unasked::Unreachable => "member unreachable",
+        }
+    }
+}
 
 pub struct AdminService {
     pub state: Arc<State>,
@@ -121,12 +136,12 @@ impl AdminService {
 
     /// `member`'s own datastores as it lists them for `who` (with `who`'s rights there), or
     /// why it could not tell. Only the datastores `who` may see come back.
-    async fn owner_listing(&self, member: &str, who: &Principal) -> Result<Vec<DatastoreInfo>, String> {
+    async fn owner_listing(&self, member: &str, who: &Principal) -> Result<Vec<DatastoreInfo>, Unasked> {
         let why = |s: &Status| {
             tracing::debug!(member, "could not ask for {who}'s rights on its datastores: {}", s.message());
             match s.code() {
-                tonic::Code::PermissionDenied | tonic::Code::Unauthenticated => "member refused to tell".to_string(),
-                _ => MEMBER_UNREACHABLE.to_string(),
+                tonic::Code::PermissionDenied | tonic::Code::Unauthenticated => Unasked::Refused,
+                _ => Unasked::Unreachable,
             }
         };
         let channel = self.state.peer_channel(member).map_err(|s| why(&s))?;
@@ -207,7 +222,7 @@ impl Admin for AdminService {
                             // The owner lists a datastore only to whoever holds a grant in it.
                             None => info.my_rights = Rights::NONE.to_string(),
                         },
-                        Some(Err(why)) => info.my_rights_unknown = why.clone(),
+                        Some(Err(why)) => info.my_rights_unknown = why.as_str().to_string(),
                         None => {}
                     }
                     out.push(info);

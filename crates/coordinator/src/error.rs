@@ -24,6 +24,40 @@ pub enum Error {
         owner: String,
         member: String,
     },
+    /// One of our nodes failed or could not be reached.
+    #[error("{node}: {detail}")]
+    Node { node: String, detail: String },
+    /// Another member's coordinator failed, refused or could not be reached.
+    #[error("{member}: {detail}")]
+    Peer { member: String, detail: String },
+    /// A repair or collection cannot go on for this chunk (the words say why).
+    #[error("{0}")]
+    Stuck(String),
+    #[error("this coordinator's trust file holds no federation root, so it cannot check removals")]
+    NoFederationRoot,
+    #[error("the removal of {0} is not signed by the federation root")]
+    ForgedRemoval(String),
+    /// A file of the coordinator's own could not be read or written.
+    #[error("{what}: {detail}")]
+    File { what: String, detail: String },
+}
+
+impl Error {
+    /// A node's failed call, with the status's message.
+    pub fn node(node: &str, s: &Status) -> Error {
+        Error::Node {
+            node: node.to_string(),
+            detail: s.message().to_string(),
+        }
+    }
+
+    /// Another member's failed call, with the status's message.
+    pub fn peer(member: &str, s: &Status) -> Error {
+        Error::Peer {
+            member: member.to_string(),
+            detail: s.message().to_string(),
+        }
+    }
 }
 
 impl From<Error> for Status {
@@ -31,6 +65,10 @@ impl From<Error> for Status {
         match e {
             Error::Meta(m) => meta_status(m),
             e @ Error::Lacks { .. } => Status::permission_denied(e.to_string()),
+            e @ (Error::Node { .. } | Error::Peer { .. }) => Status::unavailable(e.to_string()),
+            e @ (Error::Stuck(_) | Error::NoFederationRoot) => Status::failed_precondition(e.to_string()),
+            e @ Error::ForgedRemoval(_) => Status::invalid_argument(e.to_string()),
+            e @ Error::File { .. } => Status::internal(e.to_string()),
         }
     }
 }

@@ -115,14 +115,14 @@ impl State {
     pub fn local_member_state(&self) -> MemberState {
         let fed = self.fed();
         let nodes = {
-            let table = self.lock_nodes();
+            let table = self.nodes.lock();
             let mut v: Vec<NodeSummary> = table
                 .iter()
                 .map(|(name, e)| NodeSummary {
                     node: name.clone(),
                     capacity_bytes: e.usage.capacity_bytes,
                     free_bytes: e.usage.free_bytes,
-                    healthy: self.is_up(e),
+                    healthy: self.nodes.is_up(e),
                 })
                 .collect();
             v.sort_by(|a, b| a.node.cmp(&b.node));

@@ -129,7 +129,7 @@ impl State {
                 };
                 for t in targets {
                     if member_of(&t) == self.domain {
-                        self.note_planned(std::slice::from_ref(&t), *size);
+                        self.nodes.note_planned(std::slice::from_ref(&t), *size);
                         local[i].push(t);
                     } else {
                         asks.entry(member_of(&t).to_string()).or_default().push((i, t));
@@ -182,14 +182,14 @@ impl State {
                 };
                 let more = collective_placement::place(&self.placement_cluster(false), &req)
                     .map_err(|e| Status::failed_precondition(e.to_string()))?;
-                self.note_planned(&more, *size);
+                self.nodes.note_planned(&more, *size);
                 local[i].extend(more);
             }
             let mut all = local[i].clone();
             all.extend(remote[i].iter().map(|a| a.node.clone()));
             self.meta.add_pending(id, *size, &all).map_err(meta_status)?;
             let token = self.signer.sign(TokenOp::Put, id, &local[i], user, *size, self.token_ttl);
-            let mut targets = self.addrs(&local[i]);
+            let mut targets = self.nodes.addrs(&local[i]);
             targets.append(&mut remote[i]);
             out.push(ChunkPlacement {
                 id: id.0.to_vec().into(),
@@ -347,7 +347,7 @@ impl State {
                 .iter()
                 .any(|c| c.id == n && c.healthy && c.free >= size && !avoid.iter().any(|a| a == n))
         };
-        let place = |id: &ChunkId, size: u64, have: &[String], prefer: &str| -> Result<String, String> {
+        let place = |id: &ChunkId, size: u64, have: &[String], prefer: &str| -> Result<String, collective_meta::MetaError> {
             // An already hosted chunk goes back to a node that holds it, if still up;
             // otherwise the node the guest's placement chose, if it can take it.
             if let Some(n) = have.iter().find(|n| usable(n, size)) {
@@ -369,7 +369,7 @@ impl State {
             };
             collective_placement::place(&cluster, &req)
                 .map(|mut v| v.remove(0))
-                .map_err(|e| format!("{} cannot host a copy: {e}", self.domain))
+                .map_err(|e| collective_meta::MetaError::Placement(format!("{} cannot host a copy: {e}", self.domain)))
         };
         let nodes = self
             .meta
@@ -386,11 +386,11 @@ impl State {
         let mut targets = Vec::with_capacity(chunks.len());
         for ((id, size), held) in chunks.iter().zip(nodes) {
             let node = held.last().cloned().unwrap_or_default();
-            self.note_planned(std::slice::from_ref(&node), *size);
+            self.nodes.note_planned(std::slice::from_ref(&node), *size);
             let token = self
                 .signer
                 .sign(TokenOp::Put, id, std::slice::from_ref(&node), &user, *size, self.token_ttl);
-            let mut addr = self.addrs(std::slice::from_ref(&node)).remove(0);
+            let mut addr = self.nodes.addrs(std::slice::from_ref(&node)).remove(0);
             addr.token = token.into();
             targets.push(addr);
         }
@@ -411,6 +411,7 @@ impl State {
             };
             let token = self.signer.sign(TokenOp::Get, &id, &rec.nodes, &user, rec.size, self.token_ttl);
             let replicas = self
+                .nodes
                 .addrs(&rec.nodes)
                 .into_iter()
                 .map(|mut a| {

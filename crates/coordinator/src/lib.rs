@@ -15,6 +15,7 @@ mod federation;
 mod hosting;
 mod metadata;
 mod metrics;
+mod nodes;
 mod observe;
 mod registry;
 mod removal;

@@ -153,12 +153,12 @@ pub async fn watch(state: Arc<State>) {
     let mut members = crate::events::Transitions::new(state.node_timeout);
     loop {
         let seen: Vec<(String, bool, Option<std::time::Duration>, String)> = {
-            let table = state.lock_nodes();
+            let table = state.nodes.lock();
             table
                 .iter()
                 .map(|(name, e)| {
                     let msg = e.usage.health_message.clone();
-                    (name.clone(), state.is_up(e), e.last_seen.map(|t| t.elapsed()), msg)
+                    (name.clone(), state.nodes.is_up(e), e.last_seen.map(|t| t.elapsed()), msg)
                 })
                 .collect()
         };

@@ -88,7 +88,7 @@ impl Registry for RegistryService {
             .await
             .map_err(|e| Status::internal(e.to_string()))?
             .map_err(meta_status)?;
-        self.state.lock_nodes().insert(
+        self.state.nodes.lock().insert(
             node.clone(),
             NodeEntry {
                 grpc_addr: r.grpc_addr,
@@ -99,7 +99,7 @@ impl Registry for RegistryService {
                 planned_bytes: 0,
             },
         );
-        self.state.forget_control(&node);
+        self.state.nodes.forget_control(&node);
         self.state.upkeep.queue_reconcile(&node);
         self.state.audit(&node, "node-register", &node, &Ok::<_, Status>(()), |_| {
             format!("{} capacity, chunks at {}", collective_core::format_bytes(rec_capacity), quic)
@@ -122,11 +122,11 @@ impl Registry for RegistryService {
     async fn heartbeat(&self, req: Request<HeartbeatRequest>) -> Result<Response<HeartbeatResponse>, Status> {
         let node = self.node_caller(&req)?;
         let q = req.into_inner();
-        if !q.corrupt.is_empty() && self.state.lock_nodes().contains_key(&node) {
+        if !q.corrupt.is_empty() && self.state.nodes.lock().contains_key(&node) {
             self.forget_corrupt(&node, &q.corrupt).await?;
         }
         let usage = q.usage.unwrap_or_default();
-        let mut nodes = self.state.lock_nodes();
+        let mut nodes = self.state.nodes.lock();
         // The first report since this coordinator started: what the node holds may have
         // changed while we were down (uploads we never recorded, deletes it never got), so
         // reconcile it as if it had just registered.

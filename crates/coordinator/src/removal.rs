@@ -16,6 +16,7 @@ use collective_proto::v1::{MemberRemoval, MemberRemovals, RemoveMemberRequest};
 use prost::Message;
 use tonic::Status;
 
+use crate::error::Error;
 use crate::state::State;
 
 /// File in the metadata directory holding the removals this coordinator enforces.
@@ -33,18 +34,21 @@ impl State {
 
     /// Reads the saved removals at start-up and enforces them. A damaged file is an error:
     /// starting without it would let a removed member back in.
-    pub(crate) fn load_removals(&self) -> Result<(), String> {
+    pub(crate) fn load_removals(&self) -> Result<(), Error> {
         let path = self.removals_path();
         let bytes = match std::fs::read(&path) {
             Ok(b) => b,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
-            Err(e) => return Err(format!("cannot read {}: {e}", path.display())),
+            Err(e) => {
+                return Err(Error::File {
+                    what: format!("cannot read {}", path.display()),
+                    detail: e.to_string(),
+                });
+            }
         };
-        let list = MemberRemovals::decode(bytes.as_slice()).map_err(|e| {
-            format!(
-                "{} is damaged ({e}); restore it from a backup, or from another member's",
-                path.display()
-            )
+        let list = MemberRemovals::decode(bytes.as_slice()).map_err(|e| Error::File {
+            what: format!("{} is damaged", path.display()),
+            detail: format!("{e}; restore it from a backup, or from another member's"),
         })?;
         {
             let mut held = self.removals.lock().unwrap_or_else(|p| p.into_inner());
@@ -58,13 +62,10 @@ impl State {
 
     /// Checks `r` is signed by the federation root and, when it is news, saves and enforces
     /// it. Returns whether it was news.
-    pub fn apply_removal(&self, r: &MemberRemoval) -> Result<bool, String> {
-        let key = self
-            .identity
-            .federation_root_key()
-            .ok_or("this coordinator's trust file holds no federation root, so it cannot check removals")?;
+    pub fn apply_removal(&self, r: &MemberRemoval) -> Result<bool, Error> {
+        let key = self.identity.federation_root_key().ok_or(Error::NoFederationRoot)?;
         if !collective_pki::verify_removal(key, &r.member, r.removed_ms, &r.reason, &r.signature) {
-            return Err(format!("the removal of {} is not signed by the federation root", r.member));
+            return Err(Error::ForgedRemoval(r.member.clone()));
         }
         let all = {
             let mut held = self.removals.lock().unwrap_or_else(|p| p.into_inner());
@@ -80,7 +81,10 @@ impl State {
         // saved it is not taken, so the next round (or the admin's retry) tries again.
         if let Err(e) = collective_pki::replace_file(&self.removals_path(), &all.encode_to_vec(), 0o644) {
             self.removals.lock().unwrap_or_else(|p| p.into_inner()).remove(&r.member);
-            return Err(format!("cannot save the removal of {}: {e}", r.member));
+            return Err(Error::File {
+                what: format!("cannot save the removal of {}", r.member),
+                detail: e.to_string(),
+            });
         }
         if r.member == self.domain {
             tracing::error!(reason = %r.reason, "this member was removed from the federation; the others no longer accept it");
@@ -172,7 +176,7 @@ impl State {
             reason: q.reason.clone(),
             signature: signature.into(),
         };
-        self.apply_removal(&r).map_err(Status::internal)?;
+        self.apply_removal(&r)?;
         // Tell everyone now rather than at the next periodic publish.
         fed.gossip.publish(self.local_member_state());
         Ok(r)

@@ -90,7 +90,7 @@ async fn start_federation(
         &cfg.gossip_listen,
         None,
     )
-    .map_err(CoordinatorError::Config)?;
+    .map_err(|e| CoordinatorError::Config(e.0))?;
     let advertise = collective_rpc::resolve(&advertise.to_string())
         .map_err(|e| CoordinatorError::Config(format!("federation.gossip_advertise: {e}")))?;
     let bootstrap = cfg
@@ -124,7 +124,7 @@ async fn start_federation(
     if state.federation.set(fed).is_err() {
         return Err(CoordinatorError::Config("federation started twice".into()));
     }
-    state.load_removals().map_err(CoordinatorError::Config)?;
+    state.load_removals().map_err(|e| CoordinatorError::Config(e.to_string()))?;
     if let Some(f) = state.fed() {
         f.gossip.publish(state.local_member_state());
         tracing::info!(federation = %f.domain, gossip = %bound, holds_root = f.root.is_some(), "federation gossip started");
@@ -188,9 +188,9 @@ pub async fn run(cfg: CoordinatorConfig, shutdown: impl Future<Output = ()> + Se
     let server_tls = identity.server_config_optional_client(collective_pki::ALPN_GRPC)?;
     let (grpc_addr, incoming) = collective_rpc::tls_incoming_with(server_tls, grpc_listen).await?;
     let advertise_grpc = collective_rpc::advertised_bound("advertise_grpc", &cfg.advertise_grpc, "grpc_listen", grpc_addr)
-        .map_err(CoordinatorError::Config)?
+        .map_err(|e| CoordinatorError::Config(e.0))?
         .to_string();
-    let upkeep = crate::upkeep::UpkeepSettings::from_config(&cfg.upkeep).map_err(CoordinatorError::Config)?;
+    let upkeep = crate::upkeep::UpkeepSettings::from_config(&cfg.upkeep)?;
     let state = Arc::new(State::new(
         identity.clone(),
         admins,
@@ -249,8 +249,8 @@ pub async fn run(cfg: CoordinatorConfig, shutdown: impl Future<Output = ()> + Se
 
     let health_state = state.clone();
     let health = Arc::new(move || {
-        let nodes = health_state.lock_nodes();
-        let up = nodes.values().filter(|e| health_state.is_up(e)).count();
+        let nodes = health_state.nodes.lock();
+        let up = nodes.values().filter(|e| health_state.nodes.is_up(e)).count();
         let total = nodes.len();
         drop(nodes);
         let mut comps = vec![match health_state.meta.totals() {

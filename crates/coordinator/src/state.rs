@@ -7,25 +7,10 @@ use std::time::{Duration, Instant};
 use collective_meta::{MetaError, MetaStore};
 use collective_pki::{TlsIdentity, TokenSigner};
 use collective_placement::{Cluster, Node as PlacementNode};
-use collective_proto::v1::node_control_client::NodeControlClient;
-use collective_proto::v1::{NodeAddr, NodeUsage};
-use tonic::Status;
+use collective_proto::v1::NodeUsage;
 use tonic::transport::Channel;
 
 use crate::metrics::CoordinatorMetrics;
-
-/// What the coordinator knows of one node.
-#[derive(Debug, Clone)]
-pub struct NodeEntry {
-    pub grpc_addr: String,
-    pub quic_addr: String,
-    pub usage: NodeUsage,
-    /// None until the node has reported since this coordinator started.
-    pub last_seen: Option<Instant>,
-    pub last_seen_ms: i64,
-    /// Bytes planned onto the node since its last report.
-    pub planned_bytes: u64,
-}
 
 /// What a coordinator knows about the federation it belongs to (None when standalone).
 pub struct Federated {
@@ -56,10 +41,10 @@ pub struct State {
     pub replication: usize,
     pub node_timeout: Duration,
     pub token_ttl: Duration,
-    pub nodes: Mutex<HashMap<String, NodeEntry>>,
+    /// This member's storage nodes: the live table and control clients.
+    pub nodes: crate::nodes::Nodes,
     pub metrics: CoordinatorMetrics,
     pub identity: TlsIdentity,
-    controls: Mutex<HashMap<String, NodeControlClient<Channel>>>,
     /// Bytes of our chunks on other members' nodes, and when that was counted.
     pub used_elsewhere: Mutex<Option<(Instant, u64)>>,
     pub used_elsewhere_stale: std::sync::atomic::AtomicBool,
@@ -129,12 +114,11 @@ impl State {
             replication,
             node_timeout,
             token_ttl,
-            nodes: Mutex::new(nodes),
+            nodes: crate::nodes::Nodes::new(nodes, node_timeout, identity.clone()),
             events: crate::events::Events::new(metrics.events.clone()),
             removals: Mutex::new(std::collections::BTreeMap::new()),
             metrics,
             identity,
-            controls: Mutex::new(HashMap::new()),
             used_elsewhere: Mutex::new(None),
             used_elsewhere_stale: std::sync::atomic::AtomicBool::new(false),
             upkeep: crate::upkeep::Upkeep::new(upkeep, draining),
@@ -145,21 +129,12 @@ impl State {
         })
     }
 
-    pub fn is_up(&self, e: &NodeEntry) -> bool {
-        e.last_seen.map(|t| t.elapsed() < self.node_timeout).unwrap_or(false) && e.usage.healthy
-    }
-
-    pub fn lock_nodes(&self) -> std::sync::MutexGuard<'_, HashMap<String, NodeEntry>> {
-        // A panic while holding the lock cannot leave the table inconsistent (plain data).
-        self.nodes.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
     /// What placement chooses from: our nodes (draining ones count as unhealthy), and with
     /// `remote`, the nodes of every other member that is up, within what it contributes.
     pub fn placement_cluster(&self, remote: bool) -> Cluster {
         let mut out = Cluster::default();
         {
-            let nodes = self.lock_nodes();
+            let nodes = self.nodes.lock();
             for (name, e) in nodes.iter() {
                 out.nodes.push(PlacementNode {
                     id: name.clone(),
@@ -167,7 +142,7 @@ impl State {
                     latency_ms: 0,
                     capacity: e.usage.capacity_bytes,
                     free: e.usage.free_bytes.saturating_sub(e.planned_bytes),
-                    healthy: self.is_up(e) && !self.upkeep.is_draining(name),
+                    healthy: self.nodes.is_up(e) && !self.upkeep.is_draining(name),
                     load: (e.planned_bytes >> 22).min(u64::from(u32::MAX)) as u32,
                 });
             }
@@ -196,66 +171,7 @@ impl State {
         out.nodes.sort_by(|a, b| a.id.cmp(&b.id));
         out
     }
-
-    /// Counts `bytes` against each node's free space until its next report.
-    pub fn note_planned(&self, chosen: &[String], bytes: u64) {
-        let mut nodes = self.lock_nodes();
-        for n in chosen {
-            if let Some(e) = nodes.get_mut(n) {
-                e.planned_bytes += bytes;
-            }
-        }
-    }
-
-    /// Addresses for a list of nodes, reachable ones first (stable otherwise).
-    pub fn addrs(&self, names: &[String]) -> Vec<NodeAddr> {
-        let nodes = self.lock_nodes();
-        let mut out: Vec<(bool, NodeAddr)> = names
-            .iter()
-            .map(|n| match nodes.get(n) {
-                Some(e) => (
-                    self.is_up(e),
-                    NodeAddr {
-                        node: n.clone(),
-                        quic_addr: e.quic_addr.clone(),
-                        ..Default::default()
-                    },
-                ),
-                None => (
-                    false,
-                    NodeAddr {
-                        node: n.clone(),
-                        ..Default::default()
-                    },
-                ),
-            })
-            .collect();
-        out.sort_by_key(|(up, _)| !*up);
-        out.into_iter().map(|(_, a)| a).collect()
-    }
-
-    /// Drops a cached control client (the node re-registered, maybe at a new address).
-    pub fn forget_control(&self, node: &str) {
-        self.controls.lock().unwrap_or_else(|p| p.into_inner()).remove(node);
-    }
-
-    /// A control client for one of our nodes.
-    pub fn control(&self, node: &str) -> Result<NodeControlClient<Channel>, Status> {
-        let mut controls = self.controls.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(c) = controls.get(node) {
-            return Ok(c.clone());
-        }
-        let addr = self
-            .lock_nodes()
-            .get(node)
-            .map(|e| e.grpc_addr.clone())
-            .ok_or_else(|| Status::not_found(format!("{node} is not a registered node")))?;
-        let principal = node.parse().map_err(|e| Status::invalid_argument(format!("{e}")))?;
-        let channel = collective_rpc::channel(&self.identity, &addr, &principal).map_err(|e| Status::internal(e.to_string()))?;
-        let client = NodeControlClient::new(channel);
-        controls.insert(node.to_string(), client.clone());
-        Ok(client)
-    }
 }
 
 pub use crate::error::meta_status;
+pub use crate::nodes::NodeEntry;

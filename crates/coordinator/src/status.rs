@@ -12,12 +12,12 @@ pub fn status_report(state: &State) -> Result<StatusResponse, Status> {
     let totals = state.meta.totals().map_err(meta_status)?;
     let repair = state.repair_status();
     let mut nodes: Vec<NodeStatus> = {
-        let table = state.lock_nodes();
+        let table = state.nodes.lock();
         table
             .iter()
             .map(|(name, e)| NodeStatus {
                 node: name.clone(),
-                state: if state.is_up(e) { NodeHealth::Up } else { NodeHealth::Down } as i32,
+                state: if state.nodes.is_up(e) { NodeHealth::Up } else { NodeHealth::Down } as i32,
                 quic_addr: e.quic_addr.clone(),
                 capacity_bytes: e.usage.capacity_bytes,
                 used_bytes: e.usage.used_bytes,
@@ -35,7 +35,7 @@ pub fn status_report(state: &State) -> Result<StatusResponse, Status> {
         not_after_ms: (state.identity.info().not_after.unix_timestamp_nanos() / 1_000_000) as i64,
     }];
     {
-        let table = state.lock_nodes();
+        let table = state.nodes.lock();
         let mut v: Vec<CertificateStatus> = table
             .iter()
             .filter(|(_, e)| e.usage.cert_not_after_ms > 0)

@@ -231,24 +231,48 @@ pub async fn write_frame<M: Message>(send: &mut quinn::SendStream, msg: &M) -> R
     send.write_all(&buf).await
 }
 
+/// Why a frame or a payload could not be read from a stream.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum FrameError {
+    #[error("frame of {0} bytes exceeds the {MAX_FRAME_BYTES}-byte limit")]
+    TooLarge(usize),
+    #[error("chunk of {0} bytes exceeds the {MAX_CHUNK_BYTES}-byte limit")]
+    PayloadTooLarge(u64),
+    /// The stream failed or ended early while reading `what`.
+    #[error("reading {what}: {detail}")]
+    Read { what: &'static str, detail: String },
+    #[error("decoding frame: {0}")]
+    Decode(String),
+    /// The sender reset the stream because its copy of the chunk is corrupt.
+    #[error("the sender found the chunk corrupt")]
+    SenderCorrupt,
+    /// The payload did not arrive whole (the words say how).
+    #[error("{0}")]
+    Payload(String),
+}
+
 /// The body length a frame header announces, refusing oversized frames.
-fn frame_len(header: [u8; 4]) -> Result<usize, String> {
+fn frame_len(header: [u8; 4]) -> Result<usize, FrameError> {
     let len = u32::from_le_bytes(header) as usize;
     if len > MAX_FRAME_BYTES {
-        return Err(format!("frame of {len} bytes exceeds the {MAX_FRAME_BYTES}-byte limit"));
+        return Err(FrameError::TooLarge(len));
     }
     Ok(len)
 }
 
 /// Reads one length-prefixed message, refusing oversized frames.
-pub async fn read_frame<M: Message + Default>(recv: &mut quinn::RecvStream) -> Result<M, String> {
+pub async fn read_frame<M: Message + Default>(recv: &mut quinn::RecvStream) -> Result<M, FrameError> {
+    let read = |what: &'static str| {
+        move |e: quinn::ReadExactError| FrameError::Read {
+            what,
+            detail: e.to_string(),
+        }
+    };
     let mut header = [0u8; 4];
-    recv.read_exact(&mut header)
-        .await
-        .map_err(|e| format!("reading frame length: {e}"))?;
+    recv.read_exact(&mut header).await.map_err(read("frame length"))?;
     let mut body = vec![0u8; frame_len(header)?];
-    recv.read_exact(&mut body).await.map_err(|e| format!("reading frame: {e}"))?;
-    M::decode(body.as_slice()).map_err(|e| format!("decoding frame: {e}"))
+    recv.read_exact(&mut body).await.map_err(read("frame"))?;
+    M::decode(body.as_slice()).map_err(|e| FrameError::Decode(e.to_string()))
 }
 
 /// [`read_frame`] for a node's answer to a get, telling a stream the node reset because
@@ -260,31 +284,37 @@ async fn read_response(recv: &mut quinn::RecvStream) -> Result<ChunkResponse, Pa
     };
     let mut header = [0u8; 4];
     recv.read_exact(&mut header).await.map_err(|e| fail("frame length", e))?;
-    let mut body = vec![0u8; frame_len(header).map_err(PayloadError::Other)?];
+    let mut body = vec![0u8; frame_len(header).map_err(|e| PayloadError::Other(e.to_string()))?];
     recv.read_exact(&mut body).await.map_err(|e| fail("frame", e))?;
     ChunkResponse::decode(body.as_slice()).map_err(|e| PayloadError::Other(format!("decoding frame: {e}")))
 }
 
 /// Parses one frame from the start of `buf` exactly as [`read_frame`] reads it from a
 /// stream; returns the message and the bytes it took.
-pub fn decode_frame<M: Message + Default>(buf: &[u8]) -> Result<(M, usize), String> {
-    let header: [u8; 4] = buf
-        .get(..4)
-        .and_then(|h| h.try_into().ok())
-        .ok_or_else(|| "reading frame length: too short".to_string())?;
+pub fn decode_frame<M: Message + Default>(buf: &[u8]) -> Result<(M, usize), FrameError> {
+    let header: [u8; 4] = buf.get(..4).and_then(|h| h.try_into().ok()).ok_or(FrameError::Read {
+        what: "frame length",
+        detail: "too short".into(),
+    })?;
     let len = frame_len(header)?;
-    let body = buf.get(4..4 + len).ok_or_else(|| "reading frame: stream ended".to_string())?;
-    let m = M::decode(body).map_err(|e| format!("decoding frame: {e}"))?;
+    let body = buf.get(4..4 + len).ok_or(FrameError::Read {
+        what: "frame",
+        detail: "stream ended".into(),
+    })?;
+    let m = M::decode(body).map_err(|e| FrameError::Decode(e.to_string()))?;
     Ok((m, 4 + len))
 }
 
 /// Reads exactly `size` payload bytes into one contiguous buffer (copied once from
 /// QUIC's receive buffers, never zero-filled first; contiguous so BLAKE3 can hash it with
 /// full SIMD parallelism).
-pub async fn read_payload(recv: &mut quinn::RecvStream, size: u64) -> Result<Bytes, String> {
+pub async fn read_payload(recv: &mut quinn::RecvStream, size: u64) -> Result<Bytes, FrameError> {
+    if size > MAX_CHUNK_BYTES {
+        return Err(FrameError::PayloadTooLarge(size));
+    }
     read_payload_whole(recv, size).await.map_err(|e| match e {
-        PayloadError::Corrupt => "the sender found the chunk corrupt".to_string(),
-        PayloadError::Other(detail) => detail,
+        PayloadError::Corrupt => FrameError::SenderCorrupt,
+        PayloadError::Other(detail) => FrameError::Payload(detail),
     })
 }
 
@@ -727,7 +757,7 @@ impl ChunkClient {
                 .await
                 .map_err(|e| terr(e.to_string()))?;
             let _ = send.finish();
-            let resp: ChunkResponse = read_frame(&mut recv).await.map_err(terr)?;
+            let resp: ChunkResponse = read_frame(&mut recv).await.map_err(|e| terr(e.to_string()))?;
             check_status(&target.node, id, &resp)
         })
         .await
@@ -746,7 +776,7 @@ impl ChunkClient {
             send.write_chunk(piece.clone()).await.map_err(|e| terr(e.to_string()))?;
         }
         let _ = send.finish();
-        let resp: ChunkResponse = read_frame(&mut recv).await.map_err(terr)?;
+        let resp: ChunkResponse = read_frame(&mut recv).await.map_err(|e| terr(e.to_string()))?;
         check_status(&target.node, id, &resp)
     }
 

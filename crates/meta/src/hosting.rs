@@ -15,7 +15,7 @@ pub const SEAL_LEN: usize = 48;
 
 /// Picks our node for a hosted chunk (id, size, nodes already holding it), or says why not.
 /// The last argument is the node the guest's placement would like ("" for none).
-pub type PlaceHosted<'a> = dyn Fn(&ChunkId, u64, &[String], &str) -> Result<String, String> + 'a;
+pub type PlaceHosted<'a> = dyn Fn(&ChunkId, u64, &[String], &str) -> Result<String, MetaError> + 'a;
 
 /// A chunk this member stores for another member.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
@@ -94,7 +94,7 @@ impl MetaStore {
                     }
                 };
                 let preferred = prefer.get(i).map(String::as_str).unwrap_or("");
-                let node = place(id, *size, &rec.nodes, preferred).map_err(|e| abort(MetaError::Placement(e)))?;
+                let node = place(id, *size, &rec.nodes, preferred).map_err(abort)?;
                 if !rec.nodes.contains(&node) {
                     rec.nodes.push(node);
                 }
@@ -164,7 +164,7 @@ mod tests {
     #[test]
     fn hosting_is_within_quota_all_or_nothing_and_idempotent() {
         let m = store("quota");
-        let place = |_: &ChunkId, _: u64, _: &[String], _: &str| Ok::<_, String>("node-01@alice.collective.local".to_string());
+        let place = |_: &ChunkId, _: u64, _: &[String], _: &str| Ok::<_, MetaError>("node-01@alice.collective.local".to_string());
         let got = m
             .host_chunks("bob.collective.local", &[(id(1), 60), (id(2), 30)], &[], 100, &place)
             .unwrap();

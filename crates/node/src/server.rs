@@ -65,7 +65,7 @@ fn advertised(host: &Option<String>, listen_key: &str, bound: SocketAddr) -> Res
             collective_rpc::suggest_addresses()
         )));
     }
-    let a = collective_rpc::advertised_bound("advertise_host", host, listen_key, bound).map_err(NodeError::Config)?;
+    let a = collective_rpc::advertised_bound("advertise_host", host, listen_key, bound).map_err(|e| NodeError::Config(e.0))?;
     Ok(collective_rpc::Advertised { port: bound.port(), ..a }.to_string())
 }
 

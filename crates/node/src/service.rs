@@ -133,6 +133,25 @@ enum Streamed {
     Refused(ChunkStatus, &'static str, String),
 }
 
+/// Why serving one chunk stream stopped (logged; the client sees the stream end).
+#[derive(Debug, thiserror::Error)]
+enum StreamError {
+    #[error(transparent)]
+    Frame(#[from] collective_dataplane::FrameError),
+    /// Reading the request or the chunk failed.
+    #[error("{0}")]
+    Read(String),
+    /// Sending to the client failed.
+    #[error("sending: {0}")]
+    Write(String),
+}
+
+impl StreamError {
+    fn write(e: impl std::fmt::Display) -> StreamError {
+        StreamError::Write(e.to_string())
+    }
+}
+
 /// Serves a get of a large chunk while reading it: each piece read from disk (on a
 /// blocking thread, with direct I/O) goes to QUIC while the next one is read, so reading
 /// and sending overlap and the chunk is never whole in memory. Its hash is known only at
@@ -144,7 +163,7 @@ async fn send_streamed(
     size: u64,
     send: &mut quinn::SendStream,
     started: Instant,
-) -> Result<Streamed, String> {
+) -> Result<Streamed, StreamError> {
     let _permit = state.reserve(size.min(2 * READ_PIECE as u64)).await;
     let reader = match state.store.reader(&id) {
         Ok(r) => r,
@@ -154,7 +173,7 @@ async fn send_streamed(
     let size = reader.len();
     write_frame(send, &response(ChunkStatus::Ok, String::new(), size))
         .await
-        .map_err(|e| e.to_string())?;
+        .map_err(StreamError::write)?;
     let read = |mut r: ChunkReader| {
         tokio::task::spawn_blocking(move || {
             let piece = r.next_piece(READ_PIECE);
@@ -167,7 +186,9 @@ async fn send_streamed(
         (Some(read(reader)), None)
     };
     while let Some(pending) = reading.take() {
-        let (reader, piece) = pending.await.map_err(|e| format!("the read was interrupted: {e}"))?;
+        let (reader, piece) = pending
+            .await
+            .map_err(|e| StreamError::Read(format!("the read was interrupted: {e}")))?;
         let piece = match piece {
             Ok(p) => p,
             Err(e) => {
@@ -182,10 +203,10 @@ async fn send_streamed(
         } else {
             reading = Some(read(reader));
         }
-        send.write_chunk(piece).await.map_err(|e| e.to_string())?;
+        send.write_chunk(piece).await.map_err(StreamError::write)?;
     }
     let Some(reader) = finished else {
-        return Err("the chunk reader was lost".into());
+        return Err(StreamError::Read("the chunk reader was lost".into()));
     };
     match state.store.finish_read(reader) {
         Ok(()) => {
@@ -324,7 +345,12 @@ pub async fn serve_connection(state: Arc<NodeState>, incoming: quinn::Connecting
     }
 }
 
-async fn handle_stream(state: &NodeState, caller: &str, mut send: quinn::SendStream, mut recv: quinn::RecvStream) -> Result<(), String> {
+async fn handle_stream(
+    state: &NodeState,
+    caller: &str,
+    mut send: quinn::SendStream,
+    mut recv: quinn::RecvStream,
+) -> Result<(), StreamError> {
     let req: ChunkRequest = read_frame(&mut recv).await?;
     let started = Instant::now();
     let op = ChunkOp::try_from(req.op).unwrap_or(ChunkOp::Unspecified);
@@ -392,7 +418,7 @@ async fn handle_stream(state: &NodeState, caller: &str, mut send: quinn::SendStr
                         state.metrics.put_seconds.observe(started.elapsed().as_secs_f64());
                         response(ChunkStatus::Ok, String::new(), 0)
                     }
-                    Err(Received::Stream(e)) => return Err(e),
+                    Err(Received::Stream(e)) => return Err(StreamError::Read(e)),
                     Err(Received::Store(e @ StoreError::HashMismatch(_))) => {
                         fail(ChunkStatus::HashMismatch, "hash_mismatch", e.to_string())
                     }
@@ -429,8 +455,8 @@ async fn handle_stream(state: &NodeState, caller: &str, mut send: quinn::SendStr
                         let size = data.len() as u64;
                         write_frame(&mut send, &response(ChunkStatus::Ok, String::new(), size))
                             .await
-                            .map_err(|e| e.to_string())?;
-                        send.write_chunk(data).await.map_err(|e| e.to_string())?;
+                            .map_err(StreamError::write)?;
+                        send.write_chunk(data).await.map_err(StreamError::write)?;
                         let _ = send.finish();
                         state.metrics.bytes_out.inc_by(size);
                         state.metrics.ops.with_label_values(&["get"]).inc();
@@ -453,7 +479,7 @@ async fn handle_stream(state: &NodeState, caller: &str, mut send: quinn::SendStr
             }
         }
     };
-    write_frame(&mut send, &resp).await.map_err(|e| e.to_string())?;
+    write_frame(&mut send, &resp).await.map_err(StreamError::write)?;
     let _ = send.finish();
     // Let the peer read the answer before the stream is dropped.
     let _ = send.stopped().await;

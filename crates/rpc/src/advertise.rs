@@ -23,14 +23,21 @@ impl std::fmt::Display for Advertised {
 }
 
 /// Splits `host:port`, `[v6]:port`, or a bare host (then the port is `None`).
-fn split_host_port(s: &str) -> Result<(String, Option<u16>), String> {
+/// An address setting that cannot be used, in words naming the setting and the fix.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct AddressError(pub String);
+
+fn split_host_port(s: &str) -> Result<(String, Option<u16>), AddressError> {
     let s = s.trim();
     if let Some(rest) = s.strip_prefix('[') {
-        let (host, tail) = rest.split_once(']').ok_or_else(|| format!("'{s}' has a '[' without its ']'"))?;
+        let (host, tail) = rest
+            .split_once(']')
+            .ok_or_else(|| AddressError(format!("'{s}' has a '[' without its ']'")))?;
         return match tail.strip_prefix(':') {
             Some(p) => Ok((host.to_string(), Some(parse_port(s, p)?))),
             None if tail.is_empty() => Ok((host.to_string(), None)),
-            None => Err(format!("'{s}' has text after the ']' that is not :PORT")),
+            None => Err(AddressError(format!("'{s}' has text after the ']' that is not :PORT"))),
         };
     }
     if s.parse::<std::net::Ipv6Addr>().is_ok() {
@@ -42,9 +49,9 @@ fn split_host_port(s: &str) -> Result<(String, Option<u16>), String> {
     }
 }
 
-fn parse_port(whole: &str, p: &str) -> Result<u16, String> {
+fn parse_port(whole: &str, p: &str) -> Result<u16, AddressError> {
     p.parse::<u16>()
-        .map_err(|_| format!("'{whole}' does not end in a port number (1-65535)"))
+        .map_err(|_| AddressError(format!("'{whole}' does not end in a port number (1-65535)")))
 }
 
 fn unreachable_host(host: &str) -> bool {
@@ -116,27 +123,27 @@ pub fn advertised(
     listen_key: &str,
     listen: &str,
     bound_port: Option<u16>,
-) -> Result<Advertised, String> {
-    let (listen_host, listen_port) = split_host_port(listen).map_err(|e| format!("{listen_key}: {e}"))?;
+) -> Result<Advertised, AddressError> {
+    let (listen_host, listen_port) = split_host_port(listen).map_err(|e| AddressError(format!("{listen_key}: {e}")))?;
     let port_of_listen = match (bound_port, listen_port) {
         (Some(b), _) => Some(b),
         (None, Some(p)) if p != 0 => Some(p),
         _ => None,
     };
     if !advertise.trim().is_empty() {
-        let (host, port) = split_host_port(advertise).map_err(|e| format!("{advertise_key}: {e}"))?;
+        let (host, port) = split_host_port(advertise).map_err(|e| AddressError(format!("{advertise_key}: {e}")))?;
         if unreachable_host(&host) {
-            return Err(format!(
+            return Err(AddressError(format!(
                 "{advertise_key} is '{advertise}', which other machines cannot connect to; set it to an address of this machine they can reach ({})",
                 suggest_addresses()
-            ));
+            )));
         }
         // A listen port of 0 stays 0 here: the server puts in the port it was given.
         let port = port
             .filter(|p| *p != 0)
             .or(port_of_listen)
             .or(listen_port)
-            .ok_or_else(|| format!("{advertise_key} '{advertise}' needs a port (HOST:PORT)"))?;
+            .ok_or_else(|| AddressError(format!("{advertise_key} '{advertise}' needs a port (HOST:PORT)")))?;
         return Ok(Advertised { host, port });
     }
     if unreachable_host(&listen_host) {
@@ -152,19 +159,19 @@ pub fn advertised(
             })
             .map(|s| s.trim_end_matches(":0").to_string())
             .unwrap_or_else(|| "HOST".into());
-        return Err(format!(
+        return Err(AddressError(format!(
             "{listen_key} is '{listen}' (every interface), which is not an address other machines can reach, and {advertise_key} is not set; set {advertise_key} = \"{example}:{port}\" or another address of this machine ({})",
             suggest_addresses()
-        ));
+        )));
     }
     let port = port_of_listen
         .or(listen_port)
-        .ok_or_else(|| format!("{listen_key} '{listen}' needs a port (HOST:PORT)"))?;
+        .ok_or_else(|| AddressError(format!("{listen_key} '{listen}' needs a port (HOST:PORT)")))?;
     Ok(Advertised { host: listen_host, port })
 }
 
 /// [`advertised`] for a listen address already bound.
-pub fn advertised_bound(advertise_key: &str, advertise: &str, listen_key: &str, bound: SocketAddr) -> Result<Advertised, String> {
+pub fn advertised_bound(advertise_key: &str, advertise: &str, listen_key: &str, bound: SocketAddr) -> Result<Advertised, AddressError> {
     advertised(advertise_key, advertise, listen_key, &bound.to_string(), Some(bound.port()))
 }
 
@@ -175,18 +182,20 @@ mod tests {
     #[test]
     fn an_unspecified_listen_address_without_advertise_is_refused_naming_the_key() {
         for listen in ["0.0.0.0:7000", "[::]:7000"] {
-            let e = advertised("advertise_grpc", "", "grpc_listen", listen, None).unwrap_err();
+            let e = advertised("advertise_grpc", "", "grpc_listen", listen, None).unwrap_err().0;
             assert!(e.contains("set advertise_grpc = \""), "{e}");
             assert!(e.contains("grpc_listen"), "{e}");
         }
-        let e = advertised("advertise_grpc", "  ", "grpc_listen", "0.0.0.0:7000", None).unwrap_err();
+        let e = advertised("advertise_grpc", "  ", "grpc_listen", "0.0.0.0:7000", None)
+            .unwrap_err()
+            .0;
         assert!(e.contains("advertise_grpc"), "{e}");
     }
 
     #[test]
     fn an_unspecified_advertise_address_is_refused() {
         for adv in ["0.0.0.0:7000", "[::]:7000", "::", "0.0.0.0", ":7000"] {
-            let e = advertised("--advertise", adv, "--grpc-listen", "0.0.0.0:7000", None).unwrap_err();
+            let e = advertised("--advertise", adv, "--grpc-listen", "0.0.0.0:7000", None).unwrap_err().0;
             assert!(e.contains("--advertise"), "{adv}: {e}");
             assert!(e.contains("cannot connect"), "{adv}: {e}");
         }
@@ -208,7 +217,7 @@ mod tests {
         assert_eq!(a.to_string(), "127.0.0.1:7000");
         let a = advertised("k", "10.0.0.1", "l", "0.0.0.0:0", None).unwrap();
         assert_eq!(a.port, 0, "a listen port of 0 is filled in by the server");
-        let e = advertised("k", "10.0.0.1", "l", "0.0.0.0", None).unwrap_err();
+        let e = advertised("k", "10.0.0.1", "l", "0.0.0.0", None).unwrap_err().0;
         assert!(e.contains("needs a port"), "{e}");
     }
 

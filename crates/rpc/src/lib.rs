@@ -5,7 +5,7 @@
 mod advertise;
 mod shutdown;
 
-pub use advertise::{Advertised, advertised, advertised_bound, machine_addresses, suggest_addresses};
+pub use advertise::{AddressError, Advertised, advertised, advertised_bound, machine_addresses, suggest_addresses};
 pub use shutdown::{Busy, BusyGuard, BusyService, SHUTDOWN_LOG_EVERY, finish_within, until_shutdown};
 
 use std::net::SocketAddr;

@@ -34,8 +34,8 @@ impl State {
                 per_member.entry(member).or_default().extend(ids);
                 continue;
             }
-            let Ok(mut control) = self.control(&node) else { continue };
-            if !self.lock_nodes().get(&node).is_some_and(|e| self.is_up(e)) {
+            let Ok(mut control) = self.nodes.control(&node) else { continue };
+            if !self.nodes.lock().get(&node).is_some_and(|e| self.nodes.is_up(e)) {
                 continue;
             }
             for batch in ids.chunks(DELETE_BATCH) {
@@ -142,32 +142,32 @@ impl State {
     /// Deletes the unknown chunks first seen at least `min_age` ago (never less than
     /// `gc_grace`) from our live nodes, after checking each is still unknown: nothing
     /// references, plans or hosts it. An admin's explicit decision (`repair collect-unknown`).
-    pub(crate) async fn collect_unknown(&self, min_age: Duration, dry_run: bool) -> Result<CollectUnknownResponse, String> {
+    pub(crate) async fn collect_unknown(&self, min_age: Duration, dry_run: bool) -> Result<CollectUnknownResponse, Error> {
         let age = min_age.max(self.upkeep.settings.gc_grace);
         let cutoff = unix_ms_now().saturating_sub(age.as_millis() as u64);
         let mut hosted: HashSet<(String, ChunkId)> = HashSet::new();
         for r in self.meta.hosted_all() {
-            let (_, id, rec) = r.map_err(|e| format!("cannot read the chunks hosted for other members: {e}"))?;
+            let (_, id, rec) = r?;
             hosted.extend(rec.nodes.into_iter().map(|n| (n, id)));
         }
-        let still_unknown = |node: &str, id: &ChunkId| -> Result<bool, String> {
-            let pending = self.meta.is_pending(id).map_err(|e| e.to_string())?;
-            let known = self.meta.chunk(id).map_err(|e| e.to_string())?.is_some();
+        let still_unknown = |node: &str, id: &ChunkId| -> Result<bool, Error> {
+            let pending = self.meta.is_pending(id)?;
+            let known = self.meta.chunk(id)?.is_some();
             Ok(!pending && !known && !hosted.contains(&(node.to_string(), *id)))
         };
         let mut out = CollectUnknownResponse::default();
         let mut per_node: std::collections::BTreeMap<String, Vec<ChunkId>> = std::collections::BTreeMap::new();
         for r in self.meta.unknown_chunks() {
-            let u = r.map_err(|e| e.to_string())?;
+            let u = r?;
             if !still_unknown(&u.node, &u.id)? {
                 // Known after all: the node's next reconcile decides about it like any copy.
                 if !dry_run {
-                    self.meta.forget_unknown(&u.node, &u.id).map_err(|e| e.to_string())?;
+                    self.meta.forget_unknown(&u.node, &u.id)?;
                 }
                 out.kept_chunks += 1;
                 continue;
             }
-            let up = self.lock_nodes().get(&u.node).is_some_and(|e| self.is_up(e));
+            let up = self.nodes.lock().get(&u.node).is_some_and(|e| self.nodes.is_up(e));
             if u.first_seen_ms > cutoff || !up {
                 out.kept_chunks += 1;
                 continue;
@@ -180,7 +180,7 @@ impl State {
             return Ok(out);
         }
         for (node, ids) in per_node {
-            let mut control = match self.control(&node) {
+            let mut control = match self.nodes.control(&node) {
                 Ok(c) => c,
                 Err(s) => {
                     out.failed_chunks += ids.len() as u64;
@@ -207,7 +207,7 @@ impl State {
                     Ok(_) => {
                         // Forgotten only once deleted: a failure leaves them recorded.
                         for id in &doomed {
-                            self.meta.forget_unknown(&node, id).map_err(|e| e.to_string())?;
+                            self.meta.forget_unknown(&node, id)?;
                         }
                         deleted_here += doomed.len() as u64;
                     }
@@ -223,7 +223,7 @@ impl State {
                 tracing::info!(%node, chunks = deleted_here, "deleted chunks unknown to the metadata, as an admin asked");
             }
         }
-        self.meta.flush().await.map_err(|e| e.to_string())?;
+        self.meta.flush().await?;
         Ok(out)
     }
 }

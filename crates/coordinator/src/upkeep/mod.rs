@@ -30,6 +30,7 @@ use futures::StreamExt;
 use tokio::sync::Notify;
 
 use crate::config::UpkeepConfig;
+use crate::error::Error;
 use crate::hosting::member_of;
 use crate::repair_plan::{ChunkFacts, Replica, Risk};
 use crate::state::State;
@@ -65,19 +66,22 @@ pub struct UpkeepSettings {
 }
 
 impl UpkeepSettings {
-    pub fn from_config(c: &UpkeepConfig) -> Result<UpkeepSettings, String> {
-        let dur = |k: &str, v: &str| parse_duration(v).map_err(|e| format!("upkeep.{k}: {e}"));
+    pub fn from_config(c: &UpkeepConfig) -> Result<UpkeepSettings, crate::CoordinatorError> {
+        use crate::CoordinatorError::Config;
+        let dur = |k: &str, v: &str| parse_duration(v).map_err(|e| Config(format!("upkeep.{k}: {e}")));
         let hot_half_life = dur("hot_half_life", &c.hot_half_life)?;
         if hot_half_life.is_zero() {
-            return Err("upkeep.hot_half_life must be more than 0".into());
+            return Err(Config("upkeep.hot_half_life must be more than 0".into()));
         }
         if c.hot_threshold.is_nan() || c.hot_threshold <= 0.0 {
-            return Err("upkeep.hot_threshold must be more than 0".into());
+            return Err(Config("upkeep.hot_threshold must be more than 0".into()));
         }
         Ok(UpkeepSettings {
             scan_interval: dur("scan_interval", &c.scan_interval)?.max(Duration::from_millis(100)),
             grace: dur("repair_grace", &c.repair_grace)?,
-            rate: parse_size(&c.repair_rate).map_err(|e| format!("upkeep.repair_rate: {e}"))?.max(1),
+            rate: parse_size(&c.repair_rate)
+                .map_err(|e| Config(format!("upkeep.repair_rate: {e}")))?
+                .max(1),
             parallel: c.repair_parallel.clamp(1, 64) as usize,
             gc_grace: dur("gc_grace", &c.gc_grace)?,
             hot_threshold: c.hot_threshold,
@@ -382,9 +386,9 @@ impl State {
         let up = &self.upkeep;
         let member = member_of(node);
         if member == self.domain {
-            let nodes = self.lock_nodes();
+            let nodes = self.nodes.lock();
             let Some(e) = nodes.get(node) else { return Live::Lost };
-            if self.is_up(e) {
+            if self.nodes.is_up(e) {
                 return Live::Up;
             }
             // The grace period starts when the node is noticed down (missed heartbeats).
@@ -421,7 +425,7 @@ impl State {
         let mut round = Round::default();
         let mut live: HashMap<String, Live> = HashMap::new();
         let draining = lock(&up.draining).clone();
-        let free: HashMap<String, u64> = self.lock_nodes().iter().map(|(k, e)| (k.clone(), e.usage.free_bytes)).collect();
+        let free: HashMap<String, u64> = self.nodes.lock().iter().map(|(k, e)| (k.clone(), e.usage.free_bytes)).collect();
         let gc_cutoff = unix_ms_now().saturating_sub(up.settings.gc_grace.as_millis() as u64);
         let st = &mut round.status;
         for r in self.meta.chunks() {
@@ -493,7 +497,7 @@ impl State {
             }
         }
         // Our own nodes that are down but hold nothing still show.
-        let ours: Vec<String> = self.lock_nodes().keys().cloned().collect();
+        let ours: Vec<String> = self.nodes.lock().keys().cloned().collect();
         for n in &ours {
             if !live.contains_key(n) {
                 match self.liveness(n) {
@@ -596,7 +600,7 @@ impl State {
                 tracing::warn!(%node, "reconciling a returning node failed: {e}");
                 failed.push(format!("{node}: {e}"));
                 // Try again next round while it is up (it registers again otherwise).
-                if self.lock_nodes().get(&node).is_some_and(|e| self.is_up(e)) {
+                if self.nodes.lock().get(&node).is_some_and(|e| self.nodes.is_up(e)) {
                     lock(&up.reconcile).push(node);
                 }
             }
@@ -695,11 +699,11 @@ mod tests {
         let mut c = UpkeepConfig::default();
         assert!(UpkeepSettings::from_config(&c).is_ok());
         c.hot_threshold = 0.0;
-        assert!(UpkeepSettings::from_config(&c).unwrap_err().contains("hot_threshold"));
+        assert!(UpkeepSettings::from_config(&c).unwrap_err().to_string().contains("hot_threshold"));
         c = UpkeepConfig {
             repair_grace: "soon".into(),
             ..UpkeepConfig::default()
         };
-        assert!(UpkeepSettings::from_config(&c).unwrap_err().contains("repair_grace"));
+        assert!(UpkeepSettings::from_config(&c).unwrap_err().to_string().contains("repair_grace"));
     }
 }

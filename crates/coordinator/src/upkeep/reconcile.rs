@@ -4,16 +4,16 @@ use super::*;
 
 impl State {
     /// A node registered again: compare what it holds with what we list for it.
-    pub(super) async fn reconcile(&self, node: &str) -> Result<(), String> {
+    pub(super) async fn reconcile(&self, node: &str) -> Result<(), Error> {
         let up = &self.upkeep;
-        let mut control = self.control(node).map_err(|s| s.message().to_string())?;
+        let mut control = self.nodes.control(node).map_err(|s| Error::node(node, &s))?;
         let mut stream = control
             .list_chunks(ListChunksRequest {})
             .await
-            .map_err(|s| s.message().to_string())?
+            .map_err(|s| Error::node(node, &s))?
             .into_inner();
         let mut held: HashSet<ChunkId> = HashSet::new();
-        while let Some(batch) = stream.message().await.map_err(|s| s.message().to_string())? {
+        while let Some(batch) = stream.message().await.map_err(|s| Error::node(node, &s))? {
             held.extend(batch.ids.iter().filter_map(|b| ChunkId::from_slice(b)));
         }
         // Chunks we host for other members live on our nodes too, outside our chunk table.
@@ -35,14 +35,14 @@ impl State {
             // transaction, so reading in this order never takes a chunk being committed
             // right now for an unknown one.
             let pending = self.meta.is_pending(id).unwrap_or(true);
-            let rec = self.meta.chunk(id).map_err(|e| e.to_string())?;
+            let rec = self.meta.chunk(id)?;
             match rec {
                 Some(rec) if rec.replicas.iter().any(|r| r == node) => {}
                 Some(rec) if rec.refs > 0 => {
                     let want = self.wanted(&rec) + up.extra(id) as usize;
                     let live = rec.replicas.iter().filter(|r| self.liveness(r) != Live::Lost).count();
                     if live < want {
-                        self.meta.change_replicas(id, &[node.to_string()], &[]).map_err(|e| e.to_string())?;
+                        self.meta.change_replicas(id, &[node.to_string()], &[])?;
                         adopted += 1;
                     } else {
                         unneeded.push(*id);
@@ -62,13 +62,13 @@ impl State {
             .map(|(id, _)| id)
             .collect();
         for id in &listed {
-            self.meta.change_replicas(id, &[], &[node.to_string()]).map_err(|e| e.to_string())?;
+            self.meta.change_replicas(id, &[], &[node.to_string()])?;
             missing += 1;
         }
         // Chunks nothing here knows are never deleted on sight: after a restore of an older
         // metadata copy they are the files stored since. They are kept and reported until an
         // admin collects them (`repair collect-unknown`).
-        let fresh = self.meta.set_unknown(node, &unknown, unix_ms_now()).map_err(|e| e.to_string())?;
+        let fresh = self.meta.set_unknown(node, &unknown, unix_ms_now())?;
         if fresh > 0 {
             self.events.emit(
                 "unknown-chunks",
@@ -86,7 +86,7 @@ impl State {
         if !unneeded.is_empty() {
             self.delete_many(HashMap::from([(node.to_string(), unneeded)])).await;
         }
-        self.meta.flush().await.map_err(|e| e.to_string())?;
+        self.meta.flush().await?;
         tracing::info!(%node, held = held.len(), adopted, dropped, missing, unknown = unknown.len(), "reconciled a returning node");
         if adopted > 0 || missing > 0 {
             up.wake.notify_one();

@@ -205,13 +205,16 @@ impl State {
 
     /// Makes one new copy on `target` (ours, or a node of another member); returns the
     /// node that now holds it.
-    pub(super) async fn copy_to(&self, job: &Job, target: &str) -> Result<String, String> {
+    pub(super) async fn copy_to(&self, job: &Job, target: &str) -> Result<String, Error> {
         let local_source = job
             .sources
             .iter()
-            .find(|n| member_of(n) == self.domain && self.lock_nodes().get(*n).is_some_and(|e| self.is_up(e)));
+            .find(|n| member_of(n) == self.domain && self.nodes.lock().get(*n).is_some_and(|e| self.nodes.is_up(e)));
         if member_of(target) == self.domain {
-            let to_addr = self.quic_addr(target).ok_or_else(|| format!("{target} has no known address"))?;
+            let to_addr = self.quic_addr(target).ok_or_else(|| Error::Node {
+                node: target.to_string(),
+                detail: "has no known address".into(),
+            })?;
             if let Some(src) = local_source {
                 // Push from our node: a put token for the target naming the source node.
                 let token = self
@@ -230,23 +233,29 @@ impl State {
                 return Ok(target.to_string());
             }
             // Only other members hold it: pull with a read token naming our target node.
-            let src = job.sources.first().ok_or("no live copy to copy from")?;
+            let src = job
+                .sources
+                .first()
+                .ok_or_else(|| Error::Stuck("no live copy to copy from".into()))?;
             let member = member_of(src).to_string();
-            let mut fedc = FederationClient::new(self.peer_channel(&member).map_err(|s| s.message().to_string())?);
+            let mut fedc = FederationClient::new(self.peer_channel(&member).map_err(|s| Error::peer(&member, &s))?);
             let answer = fedc
                 .read_tokens(ReadTokensRequest {
                     user: target.to_string(),
                     chunks: job.desc(),
                 })
                 .await
-                .map_err(|s| format!("{member}: {}", s.message()))?
+                .map_err(|s| Error::peer(&member, &s))?
                 .into_inner();
             let from = answer
                 .chunks
                 .into_iter()
                 .next()
                 .and_then(|h| h.replicas.into_iter().next())
-                .ok_or_else(|| format!("{member} no longer hosts chunk {}", job.id().short()))?;
+                .ok_or_else(|| Error::Peer {
+                    member: member.clone(),
+                    detail: format!("no longer hosts chunk {}", job.id().short()),
+                })?;
             let req = CopyChunkRequest {
                 chunk_id: job.id().0.to_vec().into(),
                 size: job.size(),
@@ -261,9 +270,10 @@ impl State {
         }
         // Another member's node: that member reserves room and signs a put token for our
         // source node, which pushes the copy.
-        let src = local_source.ok_or("a copy on another member needs a live copy on our own nodes to send from")?;
+        let src =
+            local_source.ok_or_else(|| Error::Stuck("a copy on another member needs a live copy on our own nodes to send from".into()))?;
         let member = member_of(target).to_string();
-        let mut fedc = FederationClient::new(self.peer_channel(&member).map_err(|s| s.message().to_string())?);
+        let mut fedc = FederationClient::new(self.peer_channel(&member).map_err(|s| Error::peer(&member, &s))?);
         let placed = fedc
             .host_chunks(HostChunksRequest {
                 user: src.clone(),
@@ -272,13 +282,12 @@ impl State {
                 prefer: vec![target.to_string()],
             })
             .await
-            .map_err(|s| format!("{member}: {}", s.message()))?
+            .map_err(|s| Error::peer(&member, &s))?
             .into_inner();
-        let to = placed
-            .targets
-            .into_iter()
-            .next()
-            .ok_or_else(|| format!("{member} returned no target"))?;
+        let to = placed.targets.into_iter().next().ok_or_else(|| Error::Peer {
+            member: member.clone(),
+            detail: "returned no target".into(),
+        })?;
         let req = CopyChunkRequest {
             chunk_id: job.id().0.to_vec().into(),
             size: job.size(),
@@ -293,13 +302,13 @@ impl State {
     }
 
     /// Asks one of our nodes to make a copy (it pushes or pulls, and the receiver verifies).
-    pub(super) async fn run_copy(&self, node: &str, req: CopyChunkRequest) -> Result<(), String> {
-        let mut control = self.control(node).map_err(|s| s.message().to_string())?;
-        control.copy_chunk(req).await.map_err(|s| s.message().to_string())?;
+    pub(super) async fn run_copy(&self, node: &str, req: CopyChunkRequest) -> Result<(), Error> {
+        let mut control = self.nodes.control(node).map_err(|s| Error::node(node, &s))?;
+        control.copy_chunk(req).await.map_err(|s| Error::node(node, &s))?;
         Ok(())
     }
 
     pub(super) fn quic_addr(&self, node: &str) -> Option<String> {
-        self.lock_nodes().get(node).map(|e| e.quic_addr.clone())
+        self.nodes.lock().get(node).map(|e| e.quic_addr.clone())
     }
 }

@@ -43,6 +43,10 @@ macro_rules! forward_to_owner {
     };
 }
 
+// After the macro: the submodules use it.
+mod read;
+mod write;
+
 pub struct MetadataService {
     pub state: Arc<State>,
 }
@@ -170,7 +174,7 @@ impl MetadataService {
             previous,
         };
         let chosen = collective_placement::place(&self.state.placement_cluster(false), &req).map_err(placement_status)?;
-        self.state.note_planned(&chosen, size);
+        self.state.nodes.note_planned(&chosen, size);
         self.state.meta.add_pending(id, size, &chosen).map_err(meta_status)?;
         let token = self
             .state
@@ -179,7 +183,7 @@ impl MetadataService {
         Ok(ChunkPlacement {
             id: id.0.to_vec().into(),
             stored: false,
-            targets: self.state.addrs(&chosen),
+            targets: self.state.nodes.addrs(&chosen),
             token: token.into(),
         })
     }
@@ -484,293 +488,6 @@ impl Metadata for MetadataService {
         call.done(r)
     }
 
-    async fn plan_write(&self, req: Request<PlanWriteRequest>) -> Result<Response<PlanWriteResponse>, Status> {
-        let (who, call) = self.begin("plan_write", &req, &req.get_ref().path)?;
-        let path = path_arg(&req.get_ref().path)?;
-        forward_to_owner!(self, call, who, &path, req, plan_write);
-        let q = req.into_inner();
-        let caller = who.to_string();
-        let r = async {
-            self.state.require(&who, &path, Rights::WRITE)?;
-            if q.chunks.len() > MAX_PLAN_CHUNKS {
-                return Err(Status::invalid_argument(format!("at most {MAX_PLAN_CHUNKS} chunks per plan")));
-            }
-            let policy = self.state.policy(path.as_str())?;
-            let mut placements: Vec<Option<ChunkPlacement>> = Vec::with_capacity(q.chunks.len());
-            let mut new: Vec<(usize, ChunkId, u64)> = Vec::new();
-            for (i, c) in q.chunks.iter().enumerate() {
-                let id = chunk_arg(&c.id)?;
-                check_chunk_size(&id, c.size)?;
-                let Some(rec) = self.state.meta.chunk(&id).map_err(meta_status)?.filter(|r| !r.replicas.is_empty()) else {
-                    placements.push(None);
-                    new.push((i, id, c.size));
-                    continue;
-                };
-                if rec.refs == 0 {
-                    // Reused before garbage collection took it: give the commit time.
-                    self.state.meta.touch_unreferenced(&id).map_err(meta_status)?;
-                }
-                let existing = rec.replicas;
-                // Already stored. When copies were lost, this write tops them up on our
-                // nodes if it can; otherwise the chunk stays as it is (repair's job).
-                let missing = policy.replicas.saturating_sub(existing.len());
-                let topped_up = (missing > 0)
-                    .then(|| self.placement(&id, c.size, missing, &existing, &[], &caller).ok())
-                    .flatten();
-                placements.push(Some(topped_up.unwrap_or(ChunkPlacement {
-                    id: c.id.clone(),
-                    stored: true,
-                    targets: vec![],
-                    token: Default::default(),
-                })));
-            }
-            if policy.spread {
-                let chunks: Vec<(ChunkId, u64)> = new.iter().map(|(_, id, size)| (*id, *size)).collect();
-                for ((i, _, _), p) in new.iter().zip(self.state.plan_spread(&chunks, &policy, &caller).await?) {
-                    placements[*i] = Some(p);
-                }
-            } else {
-                let mut previous: Vec<String> = Vec::new();
-                for (i, id, size) in &new {
-                    let p = self.placement(id, *size, policy.replicas, &[], &previous, &caller)?;
-                    previous = p.targets.first().map(|t| vec![t.node.clone()]).unwrap_or_default();
-                    placements[*i] = Some(p);
-                }
-            }
-            Ok(PlanWriteResponse {
-                placements: placements.into_iter().flatten().collect(),
-            })
-        }
-        .await;
-        call.done(r)
-    }
-
-    async fn replace_target(&self, req: Request<ReplaceTargetRequest>) -> Result<Response<ChunkPlacement>, Status> {
-        let (who, call) = self.begin("replace_target", &req, &req.get_ref().path)?;
-        let path = path_arg(&req.get_ref().path)?;
-        forward_to_owner!(self, call, who, &path, req, replace_target);
-        let q = req.into_inner();
-        let caller = who.to_string();
-        let r = (|| {
-            self.state.require(&who, &path, Rights::WRITE)?;
-            let id = chunk_arg(&q.id)?;
-            check_chunk_size(&id, q.size)?;
-            let count = (q.count as usize).clamp(1, self.state.policy(path.as_str())?.replicas);
-            let req = collective_placement::Request {
-                chunk: &id,
-                size: q.size,
-                count,
-                strategy: collective_placement::Strategy::Media,
-                owner: &self.state.domain,
-                reader: &self.state.domain,
-                existing: &q.avoid,
-                exclude: &[],
-                previous: &[],
-            };
-            let new = collective_placement::place(&self.state.placement_cluster(false), &req).map_err(placement_status)?;
-            self.state.note_planned(&new, q.size);
-            self.state.meta.extend_pending(&id, q.size, &new).map_err(meta_status)?;
-            let token = self
-                .state
-                .signer
-                .sign(TokenOp::Put, &id, &new, &caller, q.size, self.state.token_ttl);
-            Ok(ChunkPlacement {
-                id: q.id.clone(),
-                stored: false,
-                targets: self.state.addrs(&new),
-                token: token.into(),
-            })
-        })();
-        call.done(r)
-    }
-
-    async fn commit_files(&self, req: Request<CommitFilesRequest>) -> Result<Response<CommitFilesResponse>, Status> {
-        let (who, call) = self.begin(
-            "commit_files",
-            &req,
-            req.get_ref().files.first().map(|f| f.path.as_str()).unwrap_or(""),
-        )?;
-        let first = match req.get_ref().files.first() {
-            Some(f) => path_arg(&f.path)?,
-            None => return call.done(Ok(CommitFilesResponse { files: vec![] })),
-        };
-        forward_to_owner!(self, call, who, &first, req, commit_files);
-        let q = req.into_inner();
-        let target = if q.files.len() > 1 {
-            format!("{first} (and {} more)", q.files.len() - 1)
-        } else {
-            first.to_string()
-        };
-        let caller = who.to_string();
-        let r = async {
-            let mut files = Vec::with_capacity(q.files.len());
-            let mut min_replicas = usize::MAX;
-            let mut seals = Vec::new();
-            for f in q.files {
-                let path = path_arg(&f.path)?;
-                if top_of(path.as_str()) != top_of(first.as_str()) && self.remote(&path)?.is_some() {
-                    return Err(Status::invalid_argument(
-                        "one commit may not span members; commit each member's files separately",
-                    ));
-                }
-                self.state.require(&who, &path, Rights::WRITE)?;
-                let policy = self.state.policy(path.as_str())?;
-                min_replicas = min_replicas.min(policy.replicas);
-                if policy.spread {
-                    self.state.used_elsewhere_stale.store(true, std::sync::atomic::Ordering::Relaxed);
-                }
-                for c in &f.chunks {
-                    if !c.seal.is_empty() {
-                        let seal = <[u8; SEAL_LEN]>::try_from(c.seal.as_ref())
-                            .map_err(|_| Status::invalid_argument(format!("a chunk seal of {path} is not {SEAL_LEN} bytes")))?;
-                        seals.push((chunk_arg(&c.id)?, seal));
-                    }
-                }
-                let chunks = f
-                    .chunks
-                    .iter()
-                    .map(|c| {
-                        Ok(ChunkRef {
-                            id: chunk_arg(&c.id)?.0,
-                            offset: c.offset,
-                            size: c.size,
-                        })
-                    })
-                    .collect::<Result<Vec<_>, Status>>()?;
-                let stored_on = f.chunks.into_iter().map(|c| c.stored_on).collect();
-                files.push(FileCommitIn {
-                    path,
-                    size: f.size,
-                    mode: if f.mode == 0 { 0o644 } else { f.mode },
-                    mtime_ms: f.mtime_ms,
-                    chunks,
-                    stored_on,
-                    parents: f.parents,
-                    replicas: policy.replicas as u32,
-                    strategy: policy.datastore.as_ref().map_or(collective_core::Strategy::Media, |d| d.strategy),
-                });
-            }
-            let meta = self.state.meta.clone();
-            // Every file needs the copies its own datastore asks for; one commit may hold
-            // files of several datastores, so the smallest count is checked here (each
-            // chunk was planned with its own).
-            let replication = if min_replicas == usize::MAX {
-                self.state.replication
-            } else {
-                min_replicas
-            };
-            let attrs = blocking(move || {
-                meta.put_seals(&seals).map_err(meta_status)?;
-                meta.commit_files(&files, &caller, replication).map_err(meta_status)
-            })
-            .await?;
-            self.flush().await?;
-            collective_core::crash_point("commit:after-flush");
-            Ok(CommitFilesResponse {
-                files: attrs.into_iter().map(to_proto).collect(),
-            })
-        }
-        .await;
-        self.state.audit_failure(&who.to_string(), "commit", &target, &r);
-        call.done(r)
-    }
-
-    async fn read_plan(&self, req: Request<ReadPlanRequest>) -> Result<Response<ReadPlanResponse>, Status> {
-        let (who, call) = self.begin("read_plan", &req, req.get_ref().paths.first().map(String::as_str).unwrap_or(""))?;
-        if let Some(first) = req.get_ref().paths.first() {
-            let first = path_arg(first)?;
-            forward_to_owner!(self, call, who, &first, req, read_plan);
-        }
-        let caller = who.to_string();
-        let r = async {
-            let mut files = Vec::new();
-            for p in &req.get_ref().paths {
-                let path = path_arg(p)?;
-                self.state.require(&who, &path, Rights::READ)?;
-                let (attr, manifest) = self.state.meta.manifest(&path).map_err(meta_status)?;
-                self.state.upkeep.note_reads(manifest.iter().map(|c| ChunkId(c.id)));
-                // (id, stored size, replica names, addresses with tokens)
-                let mut chunks = Vec::with_capacity(manifest.len());
-                for c in &manifest {
-                    let id = ChunkId(c.id);
-                    chunks.push((id, c.size, self.replicas(&id)?, Vec::new()));
-                }
-                self.state.add_remote_replicas(&mut chunks, &caller).await;
-                let mut locations = Vec::with_capacity(manifest.len());
-                // Bytes of this plan each node is asked first for.
-                let mut load: std::collections::HashMap<String, u64> = std::collections::HashMap::new();
-                for (i, (c, (id, _, replicas, remote))) in manifest.into_iter().zip(chunks).enumerate() {
-                    let local: Vec<String> = replicas.into_iter().filter(|n| member_of(n) == self.state.domain).collect();
-                    // Nodes we know are down go last: tried only if every live copy fails.
-                    let (mut local, down): (Vec<String>, Vec<String>) = {
-                        let nodes = self.state.lock_nodes();
-                        local.into_iter().partition(|n| nodes.get(n).is_some_and(|e| self.state.is_up(e)))
-                    };
-                    // First the replica with the least of this file so far, so that every
-                    // stretch of the file is read from all nodes evenly (ties rotate).
-                    if !local.is_empty() {
-                        let n = local.len();
-                        local.rotate_left(i % n);
-                        let first = (0..n).min_by_key(|&k| load.get(&local[k]).copied().unwrap_or(0)).unwrap_or(0);
-                        local[..=first].rotate_right(1);
-                        *load.entry(local[0].clone()).or_default() += c.size;
-                    }
-                    local.extend(down.iter().cloned());
-                    let token = self
-                        .state
-                        .signer
-                        .sign(TokenOp::Get, &id, &local, &caller, c.size, self.state.token_ttl);
-                    // Live copies (ours, then other members'), then ours we know are down.
-                    let up = local.len() - down.len();
-                    let mut addrs = self.state.addrs(&local[..up]);
-                    addrs.extend(remote);
-                    addrs.extend(self.state.addrs(&down));
-                    let seal = self.state.meta.seal(&id).map_err(meta_status)?;
-                    locations.push(ChunkLocation {
-                        id: id.0.to_vec().into(),
-                        offset: c.offset,
-                        size: c.size,
-                        replicas: addrs,
-                        token: token.into(),
-                        seal: seal.map(|s| s.to_vec().into()).unwrap_or_default(),
-                    });
-                }
-                files.push(FilePlan {
-                    attr: Some(to_proto(attr)),
-                    chunks: locations,
-                });
-            }
-            Ok(ReadPlanResponse { files })
-        }
-        .await;
-        call.done(r)
-    }
-
-    async fn write_policy(&self, req: Request<PathRequest>) -> Result<Response<WritePolicyResponse>, Status> {
-        let (who, call) = self.begin("write_policy", &req, &req.get_ref().path)?;
-        let path = path_arg(&req.get_ref().path)?;
-        forward_to_owner!(self, call, who, &path, req, write_policy);
-        let r = (|| {
-            self.state.require(&who, &path, Rights::WRITE)?;
-            let policy = self.state.policy(path.as_str())?;
-            let encrypt = policy.encrypt();
-            Ok(match policy.datastore {
-                Some(d) => WritePolicyResponse {
-                    datastore: d.name,
-                    strategy: PlacementStrategy::from(d.strategy) as i32,
-                    replicas: policy.replicas as u32,
-                    encrypt,
-                    secret: if encrypt { d.secret.to_vec().into() } else { Default::default() },
-                },
-                None => WritePolicyResponse {
-                    replicas: policy.replicas as u32,
-                    ..Default::default()
-                },
-            })
-        })();
-        call.done(r)
-    }
-
     async fn walk(&self, req: Request<PathRequest>) -> Result<Response<Self::WalkStream>, Status> {
         let (who, call) = self.begin("walk", &req, &req.get_ref().path)?;
         let path = match path_arg(&req.get_ref().path) {
@@ -815,58 +532,28 @@ impl Metadata for MetadataService {
         call.done(Ok(Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx)) as WalkStream))
     }
 
+    async fn plan_write(&self, req: Request<PlanWriteRequest>) -> Result<Response<PlanWriteResponse>, Status> {
+        self.handle_plan_write(req).await
+    }
+
+    async fn replace_target(&self, req: Request<ReplaceTargetRequest>) -> Result<Response<ChunkPlacement>, Status> {
+        self.handle_replace_target(req).await
+    }
+
+    async fn commit_files(&self, req: Request<CommitFilesRequest>) -> Result<Response<CommitFilesResponse>, Status> {
+        self.handle_commit_files(req).await
+    }
+
+    async fn write_policy(&self, req: Request<PathRequest>) -> Result<Response<WritePolicyResponse>, Status> {
+        self.handle_write_policy(req).await
+    }
+
+    async fn read_plan(&self, req: Request<ReadPlanRequest>) -> Result<Response<ReadPlanResponse>, Status> {
+        self.handle_read_plan(req).await
+    }
+
     async fn report_bad_replica(&self, req: Request<ReportBadReplicaRequest>) -> Result<Response<ReportBadReplicaResponse>, Status> {
-        let (who, call) = self.begin("report_bad_replica", &req, &req.get_ref().node)?;
-        let node_domain = req.get_ref().node.split_once('@').map(|(_, d)| d.to_string()).unwrap_or_default();
-        if node_domain != self.state.domain && self.state.fed().is_some() && !node_domain.is_empty() {
-            let r = async {
-                let mut peer = MetadataClient::new(self.state.peer_channel(&node_domain)?);
-                peer.report_bad_replica(forwarded(req.into_inner(), &who))
-                    .await
-                    .map(Response::into_inner)
-            }
-            .await;
-            return call.done(r);
-        }
-        let caller = who.to_string();
-        let q = req.into_inner();
-        let r = async {
-            let id = chunk_arg(&q.id)?;
-            self.state.metrics.corrupt_reports.inc();
-            tracing::warn!(chunk = %id.short(), node = %q.node, reporter = %caller, reason = %q.reason, "bad replica reported");
-            // Trust the node's own verification, not the report: ask it to re-hash.
-            let mut control = self.state.control(&q.node)?;
-            let mut verify = Request::new(VerifyChunkRequest { chunk_id: q.id.clone() });
-            verify.set_timeout(crate::upkeep::CONTROL_TIMEOUT);
-            let verdict = control.verify_chunk(verify).await;
-            let bad = match verdict {
-                Ok(v) => !v.get_ref().present || !v.get_ref().intact,
-                Err(s) => {
-                    tracing::warn!(node = %q.node, "cannot verify reported replica: {}", s.message());
-                    false
-                }
-            };
-            let removed = if bad {
-                let removed = self.state.meta.remove_replica(&id, &q.node).map_err(meta_status)?;
-                self.flush().await?;
-                self.state.events.emit(
-                    "corruption-found",
-                    &q.node,
-                    crate::events::Severity::Critical,
-                    format!(
-                        "a client could not read chunk {} from node {}, which confirms the copy is missing or corrupt; it is repaired from other copies",
-                        id.short(),
-                        q.node
-                    ),
-                );
-                removed
-            } else {
-                false
-            };
-            Ok(ReportBadReplicaResponse { removed })
-        }
-        .await;
-        call.done(r)
+        self.handle_report_bad_replica(req).await
     }
 
     async fn status(&self, req: Request<StatusRequest>) -> Result<Response<StatusResponse>, Status> {
