@@ -109,7 +109,7 @@ impl State {
                         start - now
                     };
                     tokio::time::sleep(wait).await;
-                    if up.workers.find("repair").is_some_and(|w| w.paused()) {
+                    if up.w_repair.paused() {
                         return;
                     }
                     self.repair(job).await;
