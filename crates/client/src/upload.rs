@@ -497,7 +497,7 @@ pub(crate) async fn store_chunk(
                 Ok(()) => stored.push(node.clone()),
                 Err(e) => {
                     tracing::warn!(chunk = %id.short(), %node, "chunk upload failed: {e}");
-                    out_of_space = matches!(e, ClientError::Data(collective_dataplane::DataError::NoSpace { .. }));
+                    out_of_space |= matches!(e, ClientError::Data(collective_dataplane::DataError::NoSpace { .. }));
                     errors.push(e.to_string());
                 }
             }
@@ -520,7 +520,7 @@ pub(crate) async fn store_chunk(
                 token = p.token;
             }
             Err(s) => {
-                out_of_space = collective_rpc::error_kind(&s) == Some(collective_rpc::ErrorKind::NoSpace);
+                out_of_space |= collective_rpc::error_kind(&s) == Some(collective_rpc::ErrorKind::NoSpace);
                 errors.push(collective_rpc::explain_status("the coordinator", &s));
                 break;
             }

@@ -144,5 +144,8 @@ async fn steer(client: &Client, a: SteerArgs, pause: bool) -> Result<()> {
         if pause { "paused" } else { "resumed" },
         if places.is_empty() { "-".into() } else { places.join(", ") }
     );
+    for u in &r.unreachable {
+        eprintln!("not {}: {u}", if pause { "paused" } else { "resumed" });
+    }
     Ok(())
 }

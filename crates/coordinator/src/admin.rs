@@ -428,15 +428,16 @@ impl AdminService {
             }
         };
         self.state.require(who, &RemotePath::root(), Rights::WRITE)?;
-        let strategy = match PlacementStrategy::try_from(q.strategy) {
-            Ok(s) => s.known().unwrap_or(Strategy::Media),
-            Err(_) => {
-                return Err(Status::invalid_argument(format!(
-                    "strategy {} is not a strategy; use media, backup or hybrid",
-                    q.strategy
-                )));
-            }
-        };
+        // Unspecified is refused too: an older client's strategy arrives that way, and
+        // guessing `media` would store what it meant to spread over members unencrypted.
+        let strategy: Strategy = PlacementStrategy::try_from(q.strategy)
+            .ok()
+            .and_then(PlacementStrategy::known)
+            .ok_or_else(|| {
+                Status::invalid_argument(
+                    "a datastore needs a strategy: media, backup or hybrid (this client may be older than the coordinator)",
+                )
+            })?;
         let replicas = if q.replicas == 0 {
             self.state.replication as u32
         } else {

@@ -93,6 +93,18 @@ fn member_of(node: &str) -> &str {
     node.rsplit_once('@').map_or("", |(_, m)| m)
 }
 
+/// The strategy repair plans a chunk with: the one recorded for it, except that a chunk
+/// without a seal (plaintext) never spreads over members. A file moved from a media
+/// datastore into a backup one keeps its plaintext chunks, and commits that reuse them
+/// there widen the record to `backup`; those bytes must still stay on this member's nodes.
+pub fn effective_strategy(recorded: Strategy, sealed: bool) -> Strategy {
+    if recorded.spreads_over_members() && !sealed {
+        Strategy::Media
+    } else {
+        recorded
+    }
+}
+
 /// Decides what one chunk needs.
 pub fn plan(c: &ChunkFacts) -> ChunkPlan {
     let up = |r: &&Replica| r.live == Live::Up;
@@ -140,6 +152,22 @@ pub fn plan(c: &ChunkFacts) -> ChunkPlan {
         out.drop.extend(surplus(&counted, counted.len() - c.target));
     }
     out
+}
+
+/// The copies a repair lets go once it has made `added` new ones: its `retire` list, but
+/// only when every missing copy was made and every copy that stays is up (a copy that is
+/// merely late never makes us delete a readable one; the next round decides then).
+pub fn retire_after(c: &ChunkFacts, repair: &Repair, added: usize) -> Vec<String> {
+    let stays_up = c
+        .replicas
+        .iter()
+        .filter(|r| !repair.retire.contains(&r.node))
+        .all(|r| r.live == Live::Up);
+    if added >= repair.need && stays_up {
+        repair.retire.clone()
+    } else {
+        Vec::new()
+    }
 }
 
 /// Which `n` of `copies` to give up: a second copy on one member before a member's only
@@ -371,11 +399,11 @@ mod tests {
 
     /// The chunk once `plan` is carried out with `targets` as the new copies.
     fn apply(c: &ChunkFacts, p: &ChunkPlan, targets: &[String]) -> ChunkFacts {
-        let mut gone: Vec<&String> = p.drop.iter().collect();
+        let mut gone: Vec<String> = p.drop.clone();
         if let Some(r) = &p.repair {
-            gone.extend(&r.retire);
+            gone.extend(retire_after(c, r, targets.len()));
         }
-        let mut replicas: Vec<Replica> = c.replicas.iter().filter(|r| !gone.contains(&&r.node)).cloned().collect();
+        let mut replicas: Vec<Replica> = c.replicas.iter().filter(|r| !gone.contains(&r.node)).cloned().collect();
         replicas.extend(targets.iter().map(|t| Replica {
             node: t.clone(),
             live: Live::Up,
@@ -412,6 +440,20 @@ mod tests {
                 p.repair.is_none() || p.drop.is_empty(),
                 "case {case}: repairs and drops at once: {p:?}"
             );
+            // A finished repair lets go of copies only while every copy that stays is up,
+            // and an unfinished one lets go of none.
+            if let Some(r) = &p.repair {
+                let retired = retire_after(&c, r, r.need);
+                let kept_late = c.replicas.iter().any(|x| !r.retire.contains(&x.node) && x.live != Live::Up);
+                assert!(
+                    !kept_late || retired.is_empty(),
+                    "case {case}: retired {retired:?} while a kept copy is late: {c:?}"
+                );
+                assert!(
+                    retire_after(&c, r, r.need - 1).is_empty(),
+                    "case {case}: retired before the repair was done"
+                );
+            }
         }
     }
 
@@ -497,6 +539,14 @@ mod tests {
             checked += 1;
         }
         assert!(checked > 1000, "only {checked} cases exercised");
+    }
+
+    #[test]
+    fn plaintext_chunks_never_spread_over_members_whatever_their_record_says() {
+        for s in Strategy::ALL {
+            assert_eq!(effective_strategy(s, false), Strategy::Media, "{s}");
+            assert_eq!(effective_strategy(s, true), s, "{s}");
+        }
     }
 
     #[test]

@@ -87,6 +87,8 @@ impl MetaStore {
                 SCHEMA_VERSION => {}
                 1 => {
                     migrate::chunk_strategies(&engine)?;
+                    // The rewritten records are durable before the store says schema 2.
+                    engine.flush()?;
                     engine.insert(Table::Meta, META_SCHEMA, (SCHEMA_VERSION as u64).to_be_bytes().to_vec())?;
                     engine.flush()?;
                     tracing::info!("metadata upgraded to schema {SCHEMA_VERSION}: chunk records carry their strategy");

@@ -20,7 +20,15 @@ pub(crate) fn chunk_strategies(engine: &Engine) -> Result<(), MetaError> {
     for kv in engine.scan_from(Table::Manifests, &[]) {
         let (k, v) = kv?;
         let ino = read_u64(&k)?;
-        let top = top_level(engine, ino, &mut top_of)?;
+        // A manifest whose inode or parents are missing is damage `check` reports; it must
+        // not keep the store from opening.
+        let top = match top_level(engine, ino, &mut top_of) {
+            Ok(t) => t,
+            Err(e) => {
+                tracing::warn!(inode = ino, "skipping a manifest while filling in chunk strategies: {e}");
+                continue;
+            }
+        };
         let strategy = match strategy_of.get(&top) {
             Some(s) => *s,
             None => {

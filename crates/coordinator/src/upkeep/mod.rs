@@ -446,12 +446,15 @@ impl State {
             }
             st.chunks += 1;
             let want = self.wanted(&rec);
+            // Only sealed (client-encrypted) chunks ever leave this member.
+            let sealed = rec.strategy.spreads_over_members() && self.meta.seal(&id).ok().flatten().is_some();
+            let strategy = crate::repair_plan::effective_strategy(rec.strategy, sealed);
             let facts = ChunkFacts {
                 id,
                 size: rec.size,
                 want,
                 target: want + up.extra(&id) as usize,
-                strategy: rec.strategy,
+                strategy,
                 replicas: rec
                     .replicas
                     .iter()
@@ -576,6 +579,9 @@ impl State {
                 self.run_repairs(repairs, &run).await;
                 self.note_blocked(lock(&up.round_blocked).take());
                 for (id, nodes) in drops {
+                    if up.w_repair.paused() {
+                        break;
+                    }
                     self.retire(&id, &nodes).await;
                     run.advance(1);
                 }

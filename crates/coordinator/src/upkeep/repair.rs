@@ -174,7 +174,7 @@ impl State {
         if added.is_empty() {
             return;
         }
-        let retire: Vec<String> = if added.len() >= job.need { job.retire.clone() } else { vec![] };
+        let retire = crate::repair_plan::retire_after(&job.facts, &job.plan, added.len());
         match self.meta.change_replicas(job.id(), &added, &[]) {
             Ok(Some(_)) => {}
             Ok(None) => {

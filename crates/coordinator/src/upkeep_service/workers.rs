@@ -74,38 +74,56 @@ impl UpkeepService {
                 known()
             )));
         }
-        let nodes: Vec<String> = if q.node.is_empty() {
-            let nodes = self.state.nodes.lock();
-            nodes.keys().cloned().collect()
+        let verb = if q.pause { "pause" } else { "resume" };
+        let one = !q.node.is_empty();
+        // Every node that is up (one named node: that one, up or not, so the error says why).
+        let (targets, mut unreachable): (Vec<String>, Vec<String>) = if one {
+            (vec![self.node_arg(&q.node)?], vec![])
         } else {
-            vec![self.node_arg(&q.node)?]
-        };
-        let mut failed = Vec::new();
-        for node in &nodes {
-            let r = async {
-                let mut control = self.state.nodes.control(node)?;
-                let mut req = Request::new(SteerWorkerRequest {
-                    name: q.name.clone(),
-                    node: String::new(),
-                    pause: q.pause,
-                });
-                req.set_timeout(crate::upkeep::CONTROL_TIMEOUT);
-                control.steer_worker(req).await
+            let nodes = self.state.nodes.lock();
+            let mut up = Vec::new();
+            let mut down = Vec::new();
+            for (n, e) in nodes.iter() {
+                if self.state.nodes.is_up(e) {
+                    up.push(n.clone());
+                } else {
+                    down.push(format!("{n}: down"));
+                }
             }
-            .await;
-            if let Err(s) = r {
-                failed.push(format!("{node}: {}", s.message()));
+            (up, down)
+        };
+        let (name, pause) = (&q.name, q.pause);
+        let steer = |node: String| async move {
+            let mut control = self.state.nodes.control(&node)?;
+            let mut req = Request::new(SteerWorkerRequest {
+                name: name.clone(),
+                node: String::new(),
+                pause,
+            });
+            req.set_timeout(crate::upkeep::CONTROL_TIMEOUT);
+            control.steer_worker(req).await.map(|_| node)
+        };
+        let answers = futures::future::join_all(targets.iter().cloned().map(steer)).await;
+        let mut steered = Vec::new();
+        for (node, a) in targets.iter().zip(answers) {
+            match a {
+                Ok(n) => steered.push(n),
+                Err(s) => unreachable.push(format!("{node}: {}", s.message())),
             }
         }
-        if !failed.is_empty() {
+        if steered.is_empty() {
             return Err(Status::unavailable(format!(
-                "could not {} the scrub on {} of {} node(s): {}; try again when they are up",
-                if q.pause { "pause" } else { "resume" },
-                failed.len(),
-                nodes.len(),
-                failed.join("; ")
+                "could not {verb} the scrub on any node ({}); try again when they are up",
+                if unreachable.is_empty() {
+                    "no node is registered".to_string()
+                } else {
+                    unreachable.join("; ")
+                }
             )));
         }
-        Ok(self.workers_everywhere(Some(&nodes)).await)
+        // The nodes it reached, and (without --node) those it did not, for the caller.
+        let mut out = self.workers_everywhere(Some(&steered)).await;
+        out.unreachable.extend(unreachable);
+        Ok(out)
     }
 }
