@@ -255,7 +255,8 @@ impl Upkeep {
     /// until its reads fall below half the threshold) and forgets cold read counts.
     fn update_hot(&self) -> (u64, u64) {
         if self.w_heat.paused() {
-            // Paused: the hot set stays as it is, and read counts are not decayed.
+            // Paused: the hot set stays as it is (no copies granted or taken back), and
+            // cold read counts are not forgotten.
             let hot = lock(&self.hot);
             return (hot.len() as u64, hot.values().map(|e| u64::from(*e)).sum());
         }
