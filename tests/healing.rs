@@ -598,6 +598,28 @@ fn workers_are_listed_and_a_paused_gc_keeps_deleted_chunks_until_resumed() {
     );
     assert!(states.iter().any(|(n, s)| n.starts_with("node-02@") && s != "paused"), "{states:?}");
     c.ok(&["workers", "resume", "scrub"]);
+    // A user of the member with a valid certificate, not an admin: refused, audited, and
+    // nothing is paused.
+    let guest = c.second_user("guest");
+    for args in [
+        &["workers"][..],
+        &["workers", "pause", "gc"],
+        &["workers", "pause", "scrub", "--node", "node-01"],
+    ] {
+        let out = c.cli_with(&guest, args);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success() && err.contains("not an admin"), "{args:?}: {err}");
+    }
+    assert!(!c.ok(&["workers", "--json"]).contains("\"paused\""), "a refused pause took effect");
+    let refusals: serde_json::Value = json(&c, &["audit", "--json"]);
+    assert!(
+        refusals
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|e| e["op"] == "worker-pause" && e["result"] == "denied" && e["principal"].as_str().unwrap().starts_with("guest@")),
+        "the refused pause is not in the audit log: {refusals}"
+    );
     let err = c.fails(&["workers", "pause", "nope"]);
     assert!(err.contains("no worker named 'nope'") && err.contains("repair"), "{err}");
     let err = c.fails(&["workers", "pause", "repair", "--node", "node-01"]);

@@ -12,7 +12,8 @@ use collective_pki::{TlsIdentity, TokenSigner};
 use collective_proto::v1::metadata_client::MetadataClient;
 use collective_proto::v1::node_control_client::NodeControlClient;
 use collective_proto::v1::registry_client::RegistryClient;
-use collective_proto::v1::{ListRequest, PathRequest, RegisterNodeRequest, StatusRequest, TokenOp, UsageRequest};
+use collective_proto::v1::upkeep_client::UpkeepClient;
+use collective_proto::v1::{ListRequest, PathRequest, RegisterNodeRequest, StatusRequest, SteerWorkerRequest, TokenOp, UsageRequest};
 use common::{BIN, Cluster, p, random_bytes, within};
 
 fn coordinator_principal() -> Principal {
@@ -185,6 +186,21 @@ fn certificates_without_standing_are_refused() {
         let ch = collective_rpc::channel(&admin, &n1.grpc, &n1.principal.parse().unwrap()).unwrap();
         let err = NodeControlClient::new(ch).usage(UsageRequest {}).await.unwrap_err();
         assert_eq!(err.code(), tonic::Code::PermissionDenied, "{err:?}");
+        // Nor steer a node's workers straight (only through the coordinator, as an admin).
+        let ch = collective_rpc::channel(&admin, &n1.grpc, &n1.principal.parse().unwrap()).unwrap();
+        let steer = SteerWorkerRequest {
+            name: "scrub".into(),
+            node: String::new(),
+            pause: true,
+        };
+        let err = NodeControlClient::new(ch).steer_worker(steer.clone()).await.unwrap_err();
+        assert_eq!(err.code(), tonic::Code::PermissionDenied, "{err:?}");
+        // A node's certificate cannot steer the coordinator's workers either.
+        let ch = collective_rpc::channel(&node, &coord, &coordinator_principal()).unwrap();
+        let err = UpkeepClient::new(ch).steer_worker(steer).await.unwrap_err();
+        assert_eq!(err.code(), tonic::Code::PermissionDenied, "{err:?}");
+        let scrubs = c.ok(&["workers", "--json"]);
+        assert!(!scrubs.contains("\"paused\""), "a refused steer paused a worker: {scrubs}");
         // The right identity works, so the refusals above were about standing.
         let ch = collective_rpc::channel(&admin, &coord, &coordinator_principal()).unwrap();
         assert!(MetadataClient::new(ch).stat(PathRequest { path: "/x".into() }).await.is_ok());
