@@ -12,6 +12,7 @@ use collective_proto::v1::{
     RemoveMemberRequest, RevokeInviteRequest, RevokeRequest,
 };
 
+use crate::error::Answer;
 use crate::{Client, ClientError};
 
 /// What an invite brings in.
@@ -28,16 +29,14 @@ impl Client {
     /// Creates a datastore at `path` (one top-level name). `replicas == 0` takes the
     /// coordinator's default.
     pub async fn create_datastore(&self, path: &str, strategy: Strategy, replicas: u32) -> Result<DatastoreInfo, ClientError> {
-        Ok(self
-            .admin()
+        self.admin()
             .create_datastore(CreateDatastoreRequest {
                 path: path.to_string(),
                 strategy: PlacementStrategy::from(strategy) as i32,
                 replicas,
             })
             .await
-            .map_err(ClientError::status)?
-            .into_inner())
+            .answer()
     }
 
     /// Every datastore of the federation the caller can see, with the caller's rights at
@@ -54,19 +53,16 @@ impl Client {
 
     /// One datastore, with its grants when the caller may share it.
     pub async fn datastore(&self, path: &str) -> Result<DatastoreInfo, ClientError> {
-        Ok(self
-            .admin()
+        self.admin()
             .datastore_details(PathRequest { path: path.to_string() })
             .await
-            .map_err(ClientError::status)?
-            .into_inner())
+            .answer()
     }
 
     /// Grants `rights` on `path` to `subject` (a principal, `*@member` or `*@*.federation`),
     /// until `until_ms` (ms since the epoch; `None`: no expiry).
     pub async fn grant(&self, path: &str, subject: &str, rights: Rights, until_ms: Option<i64>) -> Result<GrantInfo, ClientError> {
-        Ok(self
-            .admin()
+        self.admin()
             .grant(GrantRequest {
                 path: path.to_string(),
                 subject: subject.to_string(),
@@ -74,8 +70,7 @@ impl Client {
                 until_ms: until_ms.unwrap_or(0),
             })
             .await
-            .map_err(ClientError::status)?
-            .into_inner())
+            .answer()
     }
 
     /// Removes the grant of `subject` on `path`; `false` when there was none.
@@ -98,8 +93,7 @@ impl Client {
             InviteFor::Member(name) => (name, Vec::new()),
             InviteFor::User { grants } => (String::new(), grants),
         };
-        Ok(self
-            .admin()
+        self.admin()
             .generate_invite(GenerateInviteRequest {
                 member,
                 grants,
@@ -107,8 +101,7 @@ impl Client {
                 validity_ms: validity.as_millis() as u64,
             })
             .await
-            .map_err(ClientError::status)?
-            .into_inner())
+            .answer()
     }
 
     /// Every invite this member made, with its state.
@@ -142,14 +135,12 @@ impl Client {
 
     /// Removes `member` from the federation for good (signed by the federation root).
     pub async fn remove_member(&self, member: &str, reason: &str) -> Result<MemberRemoval, ClientError> {
-        Ok(self
-            .admin()
+        self.admin()
             .remove_member(RemoveMemberRequest {
                 member: member.to_string(),
                 reason: reason.to_string(),
             })
             .await
-            .map_err(ClientError::status)?
-            .into_inner())
+            .answer()
     }
 }

@@ -52,3 +52,14 @@ impl ClientError {
         }
     }
 }
+
+/// A coordinator call's answer, or the error naming what went wrong.
+pub(crate) trait Answer<T> {
+    fn answer(self) -> Result<T, ClientError>;
+}
+
+impl<T> Answer<T> for Result<tonic::Response<T>, tonic::Status> {
+    fn answer(self) -> Result<T, ClientError> {
+        self.map(tonic::Response::into_inner).map_err(ClientError::status)
+    }
+}

@@ -14,6 +14,7 @@ use collective_proto::v1::{
 use tokio::sync::Semaphore;
 use tonic::transport::Channel;
 
+use crate::error::Answer;
 use crate::{ClientConfig, ClientError};
 
 /// Called with the number of payload bytes just transferred.
@@ -119,12 +120,7 @@ impl Client {
 
     pub async fn stat(&self, path: &str) -> Result<FileAttr, ClientError> {
         let path = validate_path(path)?;
-        Ok(self
-            .meta()
-            .stat(PathRequest { path: path.to_string() })
-            .await
-            .map_err(ClientError::status)?
-            .into_inner())
+        self.meta().stat(PathRequest { path: path.to_string() }).await.answer()
     }
 
     /// Every entry of a directory (paging through large ones), or the file itself.
@@ -150,50 +146,39 @@ impl Client {
     /// Makes a directory with the given permission bits (and its parents when asked).
     pub async fn mkdir_with(&self, path: &str, parents: bool, mode: u32) -> Result<FileAttr, ClientError> {
         let path = validate_path(path)?;
-        Ok(self
-            .meta()
+        self.meta()
             .mkdir(MkdirRequest {
                 path: path.to_string(),
                 parents,
                 mode,
             })
             .await
-            .map_err(ClientError::status)?
-            .into_inner())
+            .answer()
     }
 
     pub async fn remove(&self, path: &str, recursive: bool) -> Result<RemoveResponse, ClientError> {
         let path = validate_path(path)?;
-        Ok(self
-            .meta()
+        self.meta()
             .remove(RemoveRequest {
                 path: path.to_string(),
                 recursive,
             })
             .await
-            .map_err(ClientError::status)?
-            .into_inner())
+            .answer()
     }
 
     pub async fn rename(&self, src: &str, dst: &str) -> Result<FileAttr, ClientError> {
         let (src, dst) = (validate_path(src)?, validate_path(dst)?);
-        Ok(self
-            .meta()
+        self.meta()
             .rename(RenameRequest {
                 src: src.to_string(),
                 dst: dst.to_string(),
             })
             .await
-            .map_err(ClientError::status)?
-            .into_inner())
+            .answer()
     }
 
     pub async fn status(&self) -> Result<StatusResponse, ClientError> {
-        Ok(self
-            .meta()
-            .status(StatusRequest {})
-            .await
-            .map_err(ClientError::status)?
-            .into_inner())
+        self.meta().status(StatusRequest {}).await.answer()
     }
 }
