@@ -9,7 +9,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 use std::time::Duration;
 
-use common::{Cluster, p, random_bytes, within};
+use common::{Cluster, log_tail, p, random_bytes, within, within_explained};
 
 /// Chunk id (file name) → nodes holding a copy on disk.
 fn copies_on_disk(c: &Cluster) -> BTreeMap<String, Vec<String>> {
@@ -420,8 +420,17 @@ fn a_repair_with_nowhere_to_copy_says_it_is_blocked_and_why() {
     );
     // A node comes back: the block lifts and the repair finishes.
     c.restart("node-02");
-    within(Duration::from_secs(40), "repair to be unblocked", || {
-        json(&c, &["repair", "status", "--json"])["blocked_reason"] == ""
+    c.wait_ready();
+    within_explained(Duration::from_secs(60), "repair to be unblocked", || {
+        let r = json(&c, &["repair", "status", "--json"]);
+        if r["blocked_reason"] == "" {
+            return Ok(());
+        }
+        Err(format!(
+            "{r}\ncoordinator log:\n{}\nnode-02 log:\n{}",
+            log_tail(&c.proc("coordinator").log, 30),
+            log_tail(&c.proc("node-02").log, 15)
+        ))
     });
 }
 

@@ -524,6 +524,27 @@ pub fn within(limit: Duration, what: &str, mut f: impl FnMut() -> bool) -> Durat
     }
 }
 
+/// Like [`within`], for a condition that can say why it does not hold yet: the last
+/// reason is in the failure message.
+pub fn within_explained(limit: Duration, what: &str, mut f: impl FnMut() -> Result<(), String>) -> Duration {
+    let started = Instant::now();
+    loop {
+        let why = match f() {
+            Ok(()) => return started.elapsed(),
+            Err(why) => why,
+        };
+        assert!(started.elapsed() < limit, "not within {limit:?}: {what}; last seen:\n{why}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// The last `n` lines of a log file (for failure messages).
+pub fn log_tail(path: &Path, n: usize) -> String {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(n)..].join("\n")
+}
+
 pub fn p(path: &Path) -> &str {
     path.to_str().unwrap()
 }
