@@ -111,7 +111,7 @@ impl State {
         let caller = collective_rpc::peer(req, self.identity.revocations()).inspect_err(|_| self.metrics.denials.inc())?;
         match caller.role {
             collective_core::Role::Client if caller.principal.domain == self.domain => Ok(caller.principal),
-            collective_core::Role::Coordinator if caller.principal.domain != self.domain && self.fed().is_some() => {
+            collective_core::Role::Coordinator if caller.principal.domain != self.domain && self.links.fed().is_some() => {
                 collective_rpc::on_behalf_of(req, &caller.principal).inspect_err(|_| self.metrics.denials.inc())
             }
             role => {

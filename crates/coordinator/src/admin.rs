@@ -129,7 +129,7 @@ impl AdminService {
     fn remote(&self, path: &RemotePath) -> Result<Option<AdminClient<tonic::transport::Channel>>, Status> {
         let Some(top) = top_of(path.as_str()) else { return Ok(None) };
         match self.state.remote_owner(top)? {
-            Some(member) => Ok(Some(AdminClient::new(self.state.peer_channel(&member)?))),
+            Some(member) => Ok(Some(AdminClient::new(self.state.links.channel(&member)?))),
             None => Ok(None),
         }
     }
@@ -144,7 +144,7 @@ impl AdminService {
                 _ => Unasked::Unreachable,
             }
         };
-        let channel = self.state.peer_channel(member).map_err(|s| why(&s))?;
+        let channel = self.state.links.channel(member).map_err(|e| why(&Status::from(e)))?;
         let mut req = collective_rpc::forwarded(ListDatastoresRequest {}, who);
         req.set_timeout(OWNER_RIGHTS_TIMEOUT);
         match tokio::time::timeout(OWNER_RIGHTS_TIMEOUT, AdminClient::new(channel).list_datastores(req)).await {
@@ -188,7 +188,7 @@ impl Admin for AdminService {
         // Other members' catalogs, as gossip carries them. Their owners decide access, so
         // the caller's rights there come from asking each owner, all at once. Only for our
         // own users: a listing forwarded by another member does not fan out again.
-        if let Some(fed) = self.state.fed() {
+        if let Some(fed) = self.state.links.fed() {
             let members: Vec<_> = fed
                 .gossip
                 .states()
@@ -336,7 +336,7 @@ impl Admin for AdminService {
             tokio::task::spawn_blocking(move || state.remove_member(&q2))
                 .await
                 .map_err(|e| Status::internal(e.to_string()))
-                .and_then(|r| r)
+                .and_then(|r| r.map_err(Status::from))
         } else {
             self.state.metrics.denials.inc();
             Err(Status::permission_denied(format!(
@@ -352,7 +352,7 @@ impl Admin for AdminService {
 
     async fn peers(&self, req: Request<PeersRequest>) -> Result<Response<PeersResponse>, Status> {
         self.state.end_user(&req)?;
-        let fed = self.state.fed().ok_or_else(|| {
+        let fed = self.state.links.fed().ok_or_else(|| {
             Status::failed_precondition("this coordinator is not part of a federation (its config has no [federation] gossip_listen)")
         })?;
         let states = fed.gossip.states();
@@ -446,7 +446,7 @@ impl AdminService {
         if replicas > MAX_REPLICAS {
             return Err(Status::invalid_argument(format!("at most {MAX_REPLICAS} replicas")));
         }
-        if let Some(fed) = self.state.fed()
+        if let Some(fed) = self.state.links.fed()
             && let Some(other) = fed
                 .gossip
                 .states()
@@ -578,7 +578,7 @@ impl AdminService {
                     self.state.domain
                 )));
             }
-            if self.state.fed().and_then(|f| f.root.as_ref()).is_none() {
+            if self.state.links.fed().and_then(|f| f.root.as_ref()).is_none() {
                 return Err(Status::failed_precondition(
                     "this coordinator does not hold the federation root; run `collective invite generate --member` against the coordinator whose config sets federation.root_dir",
                 ));
@@ -623,7 +623,7 @@ impl AdminService {
         let code = InviteCode {
             id,
             kind: code_kind,
-            federation: self.state.fed().map(|f| f.domain.clone()).unwrap_or_default(),
+            federation: self.state.links.fed().map(|f| f.domain.clone()).unwrap_or_default(),
             coordinator: self.state.principal.clone(),
             addr: self.state.advertise_grpc.clone(),
             fingerprint: self.state.identity.key_fingerprint(),

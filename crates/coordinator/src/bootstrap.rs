@@ -198,6 +198,7 @@ impl BootstrapService {
         let invite = self.check_code(&q.code, InviteCodeKind::Member)?;
         let fed = self
             .state
+            .links
             .fed()
             .ok_or_else(|| Status::failed_precondition("this coordinator is not part of a federation"))?;
         let root = fed

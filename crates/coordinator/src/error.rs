@@ -33,6 +33,22 @@ pub enum Error {
     /// A repair or collection cannot go on for this chunk (the words say why).
     #[error("{0}")]
     Stuck(String),
+    #[error("this coordinator is not part of a federation")]
+    NotFederated,
+    #[error("{0} is not a registered node")]
+    UnknownNode(String),
+    /// The request names something malformed or out of bounds (the words say what).
+    #[error("{0}")]
+    Invalid(String),
+    /// The request cannot be carried out here or now (the words say what to do instead).
+    #[error("{0}")]
+    Precondition(String),
+    /// Something of ours failed that the caller can do nothing about.
+    #[error("{0}")]
+    Internal(String),
+    /// A member (ours or the one called) was removed from the federation.
+    #[error("{member} was removed from the federation ({detail})")]
+    Removed { member: String, detail: String },
     #[error("this coordinator's trust file holds no federation root, so it cannot check removals")]
     NoFederationRoot,
     #[error("the removal of {0} is not signed by the federation root")]
@@ -66,7 +82,12 @@ impl From<Error> for Status {
             Error::Meta(m) => meta_status(m),
             e @ Error::Lacks { .. } => Status::permission_denied(e.to_string()),
             e @ (Error::Node { .. } | Error::Peer { .. }) => Status::unavailable(e.to_string()),
-            e @ (Error::Stuck(_) | Error::NoFederationRoot) => Status::failed_precondition(e.to_string()),
+            e @ (Error::Stuck(_) | Error::NoFederationRoot | Error::NotFederated) => Status::failed_precondition(e.to_string()),
+            e @ Error::Removed { .. } => Status::permission_denied(e.to_string()),
+            e @ Error::UnknownNode(_) => Status::not_found(e.to_string()),
+            Error::Invalid(m) => Status::invalid_argument(m),
+            Error::Precondition(m) => Status::failed_precondition(m),
+            Error::Internal(m) => Status::internal(m),
             e @ Error::ForgedRemoval(_) => Status::invalid_argument(e.to_string()),
             e @ Error::File { .. } => Status::internal(e.to_string()),
         }

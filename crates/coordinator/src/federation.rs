@@ -14,31 +14,27 @@ use collective_proto::v1::{
     CatalogEntry, ExchangeRequest, ExchangeResponse, HostChunksRequest, HostChunksResponse, NodeSummary, ReadTokensRequest,
     ReadTokensResponse,
 };
-use tonic::transport::Channel;
 use tonic::{Request, Response, Status};
 
-use crate::state::{Federated, State, meta_status};
+use crate::error::Error;
+use crate::state::State;
 
 /// How often our own state is re-published (node usage changes continuously).
 pub const PUBLISH_EVERY: Duration = Duration::from_secs(2);
 
 impl State {
-    pub fn fed(&self) -> Option<&Federated> {
-        self.federation.get()
-    }
-
     /// Whether the top-level name `top` lives in this member's namespace.
-    pub fn is_local_top(&self, top: &str) -> Result<bool, Status> {
-        if self.meta.datastore(top).map_err(meta_status)?.is_some() {
+    pub fn is_local_top(&self, top: &str) -> Result<bool, Error> {
+        if self.meta.datastore(top)?.is_some() {
             return Ok(true);
         }
-        let path = collective_core::validate_path(&format!("/{top}")).map_err(|e| Status::invalid_argument(e.to_string()))?;
+        let path = collective_core::validate_path(&format!("/{top}")).map_err(collective_meta::MetaError::from)?;
         Ok(self.meta.stat(&path).is_ok())
     }
 
     /// The member that owns datastore `top`, when it is another member's.
-    pub fn remote_owner(&self, top: &str) -> Result<Option<String>, Status> {
-        let Some(fed) = self.fed() else { return Ok(None) };
+    pub fn remote_owner(&self, top: &str) -> Result<Option<String>, Error> {
+        let Some(fed) = self.links.fed() else { return Ok(None) };
         if self.is_local_top(top)? {
             return Ok(None);
         }
@@ -50,70 +46,9 @@ impl State {
             .map(|s| s.member))
     }
 
-    /// A gRPC channel to another member's coordinator, verified to be that coordinator.
-    pub fn peer_channel(&self, member: &str) -> Result<Channel, Status> {
-        let fed = self
-            .fed()
-            .ok_or_else(|| Status::failed_precondition("this coordinator is not part of a federation"))?;
-        if let Some(r) = self.removals.lock().unwrap_or_else(|p| p.into_inner()).get(&self.domain) {
-            return Err(Status::permission_denied(format!(
-                "{} was removed from the federation ({}); the other members no longer accept it",
-                self.domain, r.reason
-            )));
-        }
-        if self.identity.revocations().is_member_removed(member) {
-            return Err(Status::permission_denied(format!("{member} was removed from the federation")));
-        }
-        // Checked before any cached channel: a dead member's old connection only gives a
-        // transport error that does not say who is missing.
-        if fed.gossip.peer_state(member) == Some(PeerState::Down) {
-            return Err(Status::unavailable(format!(
-                "{member} is down (its coordinator stopped answering gossip); try again when `collective federation peers` shows it alive"
-            )));
-        }
-        if let Some(c) = self.peer_channels.lock().unwrap_or_else(|p| p.into_inner()).get(member) {
-            return Ok(c.clone());
-        }
-        let state = fed
-            .gossip
-            .state_of(member)
-            .ok_or_else(|| Status::unavailable(format!("{member} is not known in the federation yet")))?;
-        let principal: Principal = state
-            .coordinator
-            .parse()
-            .map_err(|e| Status::internal(format!("gossip named a bad coordinator for {member}: {e}")))?;
-        if principal.domain != member {
-            return Err(Status::internal(format!("gossip named {principal} as the coordinator of {member}")));
-        }
-        let channel = collective_rpc::channel(&self.identity, &state.grpc_addr, &principal).map_err(|e| Status::internal(e.to_string()))?;
-        self.peer_channels
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(member.to_string(), channel.clone());
-        Ok(channel)
-    }
-
-    /// A call to `member` failed: forget the cached channel (it may have restarted at a new
-    /// address) and open its circuit breaker, so plans and reads skip it for a while.
-    pub fn forget_peer(&self, member: &str) {
-        self.peer_channels.lock().unwrap_or_else(|p| p.into_inner()).remove(member);
-        let wait = self.peer_breakers.failure(member, std::time::Instant::now());
-        tracing::debug!(%member, "skipping it for {:.1} s (circuit breaker open)", wait.as_secs_f64());
-    }
-
-    /// A call to `member` succeeded: close its breaker.
-    pub fn peer_ok(&self, member: &str) {
-        self.peer_breakers.success(member);
-    }
-
-    /// Whether plans and reads should skip `member` now (its breaker is open).
-    pub fn peer_skipped(&self, member: &str) -> bool {
-        self.peer_breakers.state(member, std::time::Instant::now()) == collective_core::BreakerState::Open
-    }
-
     /// What we tell the federation about ourselves.
     pub fn local_member_state(&self) -> MemberState {
-        let fed = self.fed();
+        let fed = self.links.fed();
         let nodes = {
             let table = self.nodes.lock();
             let mut v: Vec<NodeSummary> = table
@@ -158,7 +93,7 @@ impl State {
 
     /// Checks the caller is another member's coordinator.
     pub fn authorize_peer<T>(&self, req: &Request<T>) -> Result<Principal, Status> {
-        if self.fed().is_none() {
+        if self.links.fed().is_none() {
             return Err(Status::failed_precondition("this coordinator is not part of a federation"));
         }
         let caller = collective_rpc::peer(req, self.identity.revocations())?;
@@ -182,7 +117,7 @@ pub async fn maintain(state: Arc<State>, anti_entropy: Duration) {
     loop {
         tokio::select! {
             _ = publish.tick() => {
-                let Some(fed) = state.fed() else { return };
+                let Some(fed) = state.links.fed() else { return };
                 let s = state.clone();
                 let Ok(mine) = tokio::task::spawn_blocking(move || {
                     s.learn_removals();
@@ -214,7 +149,7 @@ pub async fn maintain(state: Arc<State>, anti_entropy: Duration) {
                 }
             }
             _ = exchange.tick() => {
-                let Some(fed) = state.fed() else { return };
+                let Some(fed) = state.links.fed() else { return };
                 let alive: Vec<String> = fed
                     .gossip
                     .peers()
@@ -234,14 +169,14 @@ pub async fn maintain(state: Arc<State>, anti_entropy: Duration) {
 
 /// One anti-entropy round with `member`: both sides end up with the newer of each state.
 async fn exchange_with(state: &State, member: &str) {
-    let Some(fed) = state.fed() else { return };
-    let Ok(channel) = state.peer_channel(member) else { return };
+    let Some(fed) = state.links.fed() else { return };
+    let Ok(channel) = state.links.channel(member) else { return };
     let req = ExchangeRequest {
         states: fed.gossip.states(),
     };
     match FederationClient::new(channel).exchange(req).await {
         Ok(r) => {
-            state.peer_ok(member);
+            state.links.succeeded(member);
             let news = fed.gossip.merge(r.into_inner().states);
             if news > 0 {
                 tracing::debug!(peer = %member, news, "anti-entropy brought news");
@@ -249,7 +184,7 @@ async fn exchange_with(state: &State, member: &str) {
         }
         Err(e) => {
             tracing::debug!(peer = %member, "anti-entropy failed: {}", e.message());
-            state.forget_peer(member);
+            state.links.failed(member);
         }
     }
 }
@@ -267,7 +202,7 @@ pub struct FederationService {
 impl Federation for FederationService {
     async fn exchange(&self, req: Request<ExchangeRequest>) -> Result<Response<ExchangeResponse>, Status> {
         self.state.authorize_peer(&req)?;
-        let fed = self.state.fed().ok_or_else(|| Status::failed_precondition("not federated"))?;
+        let fed = self.state.links.fed().ok_or_else(|| Status::failed_precondition("not federated"))?;
         fed.gossip.merge(req.into_inner().states);
         Ok(Response::new(ExchangeResponse {
             states: fed.gossip.states(),

@@ -5,7 +5,7 @@
 //! `Federation.ReadTokens`); its coordinator never learns a file name or a key.
 
 use std::collections::HashMap;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use collective_core::{ChunkId, Principal};
 use collective_meta::DatastoreRecord;
@@ -76,7 +76,7 @@ impl State {
             .map(|d| d.replicas as usize)
             .filter(|r| *r > 0)
             .unwrap_or(self.replication);
-        let spread = self.fed().is_some() && ds.as_ref().is_some_and(|d| d.strategy.spreads_over_members());
+        let spread = self.links.fed().is_some() && ds.as_ref().is_some_and(|d| d.strategy.spreads_over_members());
         Ok(Policy {
             replicas,
             spread,
@@ -202,13 +202,8 @@ impl State {
     }
 
     async fn ask_host(&self, member: &str, req: HostChunksRequest) -> Result<Vec<NodeAddr>, Status> {
-        if let Err(wait) = self.peer_breakers.check(member, std::time::Instant::now()) {
-            return Err(Status::unavailable(format!(
-                "{member} failed moments ago; skipped for {:.1} s (circuit breaker open)",
-                wait.as_secs_f64()
-            )));
-        }
-        let channel = self.peer_channel(member)?;
+        self.links.check(member)?;
+        let channel = self.links.channel(member)?;
         let r = tokio::time::timeout(PEER_CALL_TIMEOUT, FederationClient::new(channel).host_chunks(req))
             .await
             .unwrap_or_else(|_| {
@@ -217,8 +212,8 @@ impl State {
                 )))
             });
         match &r {
-            Err(s) if s.code() != tonic::Code::ResourceExhausted => self.forget_peer(member),
-            _ => self.peer_ok(member),
+            Err(s) if s.code() != tonic::Code::ResourceExhausted => self.links.failed(member),
+            _ => self.links.succeeded(member),
         }
         Ok(r?.into_inner().targets)
     }
@@ -243,12 +238,13 @@ impl State {
         for (member, idx) in asks {
             // A member gossip has declared down would only cost a timeout.
             if self
+                .links
                 .fed()
                 .is_some_and(|f| f.gossip.peer_state(&member) == Some(collective_gossip::PeerState::Down))
             {
                 continue;
             }
-            if self.peer_skipped(&member) {
+            if self.links.skipped(&member) {
                 later.push((member, idx));
                 continue;
             }
@@ -272,7 +268,7 @@ impl State {
             user: user.to_string(),
             chunks: descs(idx.iter().map(|&i| (&chunks[i].0, chunks[i].1))),
         };
-        let answer = match self.peer_channel(member) {
+        let answer = match self.links.channel(member) {
             Ok(channel) => tokio::time::timeout(PEER_CALL_TIMEOUT, FederationClient::new(channel).read_tokens(req))
                 .await
                 .unwrap_or_else(|_| {
@@ -280,18 +276,18 @@ impl State {
                         "{member} did not answer within {PEER_CALL_TIMEOUT:?}"
                     )))
                 }),
-            Err(e) => Err(e),
+            Err(e) => Err(Status::from(e)),
         };
         match answer {
             Ok(r) => {
-                self.peer_ok(member);
+                self.links.succeeded(member);
                 for (i, hosted) in idx.into_iter().zip(r.into_inner().chunks) {
                     chunks[i].3.extend(hosted.replicas);
                 }
             }
             Err(e) => {
                 tracing::warn!(%member, "no read tokens from there: {}", e.message());
-                self.forget_peer(member);
+                self.links.failed(member);
             }
         }
     }
@@ -299,17 +295,7 @@ impl State {
     /// [`State::used_elsewhere`], counted again when stale (a commit placed chunks on other
     /// members) and a few seconds old, or every 30 s (counting reads every chunk).
     pub fn used_elsewhere_cached(&self) -> u64 {
-        let mut cache = self.used_elsewhere.lock().unwrap_or_else(|p| p.into_inner());
-        let stale = self.used_elsewhere_stale.load(std::sync::atomic::Ordering::Relaxed);
-        if let Some((at, v)) = *cache
-            && at.elapsed() < if stale { USAGE_REFRESH_STALE } else { USAGE_REFRESH }
-        {
-            return v;
-        }
-        self.used_elsewhere_stale.store(false, std::sync::atomic::Ordering::Relaxed);
-        let v = self.used_elsewhere();
-        *cache = Some((Instant::now(), v));
-        v
+        self.links.elsewhere(USAGE_REFRESH, USAGE_REFRESH_STALE, || self.used_elsewhere())
     }
 
     /// Bytes of our chunks that other members hold (one count per remote copy).
@@ -331,7 +317,7 @@ impl State {
     /// `Federation.HostChunks` for `guest`: reserve room and sign put tokens.
     pub async fn host_chunks(&self, req: Request<HostChunksRequest>) -> Result<Response<HostChunksResponse>, Status> {
         let guest = self.guest(&req)?;
-        let fed = self.fed().ok_or_else(|| Status::failed_precondition("not federated"))?;
+        let fed = self.links.fed().ok_or_else(|| Status::failed_precondition("not federated"))?;
         let q = req.into_inner();
         let user = parse_user(&q.user)?;
         let mut chunks = Vec::with_capacity(q.chunks.len());

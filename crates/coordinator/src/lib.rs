@@ -13,6 +13,7 @@ mod error;
 mod events;
 mod federation;
 mod hosting;
+mod links;
 mod metadata;
 mod metrics;
 mod nodes;

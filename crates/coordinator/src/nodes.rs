@@ -8,7 +8,8 @@ use std::time::{Duration, Instant};
 use collective_pki::TlsIdentity;
 use collective_proto::v1::node_control_client::NodeControlClient;
 use collective_proto::v1::{NodeAddr, NodeUsage};
-use tonic::Status;
+
+use crate::error::Error;
 use tonic::transport::Channel;
 
 /// What the coordinator knows of one node.
@@ -97,7 +98,7 @@ impl Nodes {
     }
 
     /// A control client for one of our nodes.
-    pub fn control(&self, node: &str) -> Result<NodeControlClient<Channel>, Status> {
+    pub fn control(&self, node: &str) -> Result<NodeControlClient<Channel>, Error> {
         let mut controls = self.controls.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(c) = controls.get(node) {
             return Ok(c.clone());
@@ -106,9 +107,12 @@ impl Nodes {
             .lock()
             .get(node)
             .map(|e| e.grpc_addr.clone())
-            .ok_or_else(|| Status::not_found(format!("{node} is not a registered node")))?;
-        let principal = node.parse().map_err(|e| Status::invalid_argument(format!("{e}")))?;
-        let channel = collective_rpc::channel(&self.identity, &addr, &principal).map_err(|e| Status::internal(e.to_string()))?;
+            .ok_or_else(|| Error::UnknownNode(node.to_string()))?;
+        let principal = node.parse().map_err(|e| Error::Invalid(format!("{node}: {e}")))?;
+        let channel = collective_rpc::channel(&self.identity, &addr, &principal).map_err(|e| Error::Node {
+            node: node.to_string(),
+            detail: e.to_string(),
+        })?;
         let client = NodeControlClient::new(channel);
         controls.insert(node.to_string(), client.clone());
         Ok(client)

@@ -180,7 +180,7 @@ pub async fn watch(state: Arc<State>) {
                 .emit("node-down", name, Severity::Warning, format!("node {name} is down: it {why}"));
         }
         nodes.retain(&seen.into_iter().map(|s| s.0).collect::<Vec<_>>());
-        if let Some(fed) = state.fed() {
+        if let Some(fed) = state.links.fed() {
             let peers = fed.gossip.peers();
             for p in &peers {
                 let st = p.label();

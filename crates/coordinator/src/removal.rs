@@ -14,7 +14,6 @@ use std::path::PathBuf;
 use collective_core::unix_ms_now;
 use collective_proto::v1::{MemberRemoval, MemberRemovals, RemoveMemberRequest};
 use prost::Message;
-use tonic::Status;
 
 use crate::error::Error;
 use crate::state::State;
@@ -29,7 +28,7 @@ impl State {
 
     /// The removals this coordinator enforces, by member.
     pub fn removals(&self) -> Vec<MemberRemoval> {
-        self.removals.lock().unwrap_or_else(|p| p.into_inner()).values().cloned().collect()
+        self.links.removals().values().cloned().collect()
     }
 
     /// Reads the saved removals at start-up and enforces them. A damaged file is an error:
@@ -51,7 +50,7 @@ impl State {
             detail: format!("{e}; restore it from a backup, or from another member's"),
         })?;
         {
-            let mut held = self.removals.lock().unwrap_or_else(|p| p.into_inner());
+            let mut held = self.links.removals();
             for r in list.removals {
                 held.insert(r.member.clone(), r);
             }
@@ -68,7 +67,7 @@ impl State {
             return Err(Error::ForgedRemoval(r.member.clone()));
         }
         let all = {
-            let mut held = self.removals.lock().unwrap_or_else(|p| p.into_inner());
+            let mut held = self.links.removals();
             if held.contains_key(&r.member) {
                 return Ok(false);
             }
@@ -80,7 +79,7 @@ impl State {
         // Saved before it counts as applied: a restart must not forget it. When it cannot be
         // saved it is not taken, so the next round (or the admin's retry) tries again.
         if let Err(e) = collective_pki::replace_file(&self.removals_path(), &all.encode_to_vec(), 0o644) {
-            self.removals.lock().unwrap_or_else(|p| p.into_inner()).remove(&r.member);
+            self.links.removals().remove(&r.member);
             return Err(Error::File {
                 what: format!("cannot save the removal of {}", r.member),
                 detail: e.to_string(),
@@ -103,28 +102,20 @@ impl State {
 
     /// Makes the TLS layer, gossip and the channels to other members follow the removals.
     fn enforce_removals(&self) {
-        let members: Vec<String> = self
-            .removals
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .keys()
-            .filter(|m| **m != self.domain)
-            .cloned()
-            .collect();
+        let members: Vec<String> = self.links.removals().keys().filter(|m| **m != self.domain).cloned().collect();
         self.identity.revocations().set_removed_members(&members);
-        if let Some(fed) = self.fed() {
+        if let Some(fed) = self.links.fed() {
             fed.gossip.remove_members(&members);
         }
-        let mut channels = self.peer_channels.lock().unwrap_or_else(|p| p.into_inner());
-        channels.retain(|m, _| !members.contains(m));
+        self.links.drop_channels(&members);
     }
 
     /// Takes up removals found in other members' gossiped states.
     pub(crate) fn learn_removals(&self) {
-        let Some(fed) = self.fed() else { return };
+        let Some(fed) = self.links.fed() else { return };
         for s in fed.gossip.states() {
             for r in &s.removals {
-                let known = self.removals.lock().unwrap_or_else(|p| p.into_inner()).contains_key(&r.member);
+                let known = self.links.removals().contains_key(&r.member);
                 if known {
                     continue;
                 }
@@ -136,40 +127,35 @@ impl State {
     }
 
     /// The admin call: sign a removal with the federation root we hold and enforce it.
-    pub fn remove_member(&self, q: &RemoveMemberRequest) -> Result<MemberRemoval, Status> {
-        let fed = self
-            .fed()
-            .ok_or_else(|| Status::failed_precondition("this coordinator is not part of a federation"))?;
+    pub fn remove_member(&self, q: &RemoveMemberRequest) -> Result<MemberRemoval, Error> {
+        let fed = self.links.fed().ok_or(Error::NotFederated)?;
         let root = fed.root.as_ref().ok_or_else(|| {
-            Status::failed_precondition(
-                "this coordinator does not hold the federation root; run `collective federation remove` against the coordinator whose config sets federation.root_dir",
+            Error::Precondition(
+                "this coordinator does not hold the federation root; run `collective federation remove` against the coordinator whose config sets federation.root_dir".into(),
             )
         })?;
         let name = q.member.trim();
         let member = if name.contains('.') {
             name.to_string()
         } else {
-            collective_core::validate_name(name).map_err(|e| Status::invalid_argument(e.to_string()))?;
+            collective_core::validate_name(name).map_err(|e| Error::Invalid(e.to_string()))?;
             collective_pki::member_domain(name, &fed.domain)
         };
         if !member.ends_with(&format!(".{}", fed.domain)) {
-            return Err(Status::invalid_argument(format!(
-                "{member} is not a member domain of {}",
-                fed.domain
-            )));
+            return Err(Error::Invalid(format!("{member} is not a member domain of {}", fed.domain)));
         }
         if member == self.domain {
-            return Err(Status::invalid_argument(
-                "a coordinator cannot remove its own member (it holds the federation root)",
+            return Err(Error::Invalid(
+                "a coordinator cannot remove its own member (it holds the federation root)".into(),
             ));
         }
-        if let Some(r) = self.removals.lock().unwrap_or_else(|p| p.into_inner()).get(&member) {
+        if let Some(r) = self.links.removals().get(&member) {
             return Ok(r.clone());
         }
         let removed_ms = unix_ms_now();
         let signature = root
             .sign_removal(&member, removed_ms, &q.reason)
-            .map_err(|e| Status::internal(e.to_string()))?;
+            .map_err(|e| Error::Internal(e.to_string()))?;
         let r = MemberRemoval {
             member,
             removed_ms,

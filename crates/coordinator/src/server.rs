@@ -23,10 +23,10 @@ use crate::admin::AdminService;
 use crate::bootstrap::BootstrapService;
 use crate::config::{CoordinatorConfig, FederationConfig};
 use crate::federation::FederationService;
+use crate::links::Federated;
 use crate::metadata::MetadataService;
 use crate::metrics::CoordinatorMetrics;
 use crate::registry::RegistryService;
-use crate::state::Federated;
 use crate::state::State;
 use crate::status::status_report;
 use crate::upkeep_service::UpkeepService;
@@ -121,11 +121,9 @@ async fn start_federation(
         root,
         contribution,
     };
-    if state.federation.set(fed).is_err() {
-        return Err(CoordinatorError::Config("federation started twice".into()));
-    }
+    state.links.join(fed).map_err(|e| CoordinatorError::Config(e.to_string()))?;
     state.load_removals().map_err(|e| CoordinatorError::Config(e.to_string()))?;
-    if let Some(f) = state.fed() {
+    if let Some(f) = state.links.fed() {
         f.gossip.publish(state.local_member_state());
         tracing::info!(federation = %f.domain, gossip = %bound, holds_root = f.root.is_some(), "federation gossip started");
     }
@@ -268,7 +266,7 @@ pub async fn run(cfg: CoordinatorConfig, shutdown: impl Future<Output = ()> + Se
             n if n < total => Component::new("nodes", "degraded", format!("{n} of {total} nodes up")),
             n => Component::new("nodes", "ok", format!("{n} of {total} nodes up")),
         });
-        if let Some(fed) = health_state.fed() {
+        if let Some(fed) = health_state.links.fed() {
             let peers = fed.gossip.peers();
             let alive = peers.iter().filter(|p| p.state == collective_gossip::PeerState::Alive).count();
             let away: Vec<String> = peers

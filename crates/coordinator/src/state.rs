@@ -1,27 +1,16 @@
-//! Shared coordinator state: metadata, the live node table, the token signer.
+//! The coordinator's composition root: the parts (nodes, access, links, upkeep, events)
+//! and the few facts they share (principal, domain, metadata store, token signer, clock).
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::sync::Arc;
+use std::time::Duration;
 
 use collective_meta::{MetaError, MetaStore};
 use collective_pki::{TlsIdentity, TokenSigner};
 use collective_placement::{Cluster, Node as PlacementNode};
 use collective_proto::v1::NodeUsage;
-use tonic::transport::Channel;
 
 use crate::metrics::CoordinatorMetrics;
-
-/// What a coordinator knows about the federation it belongs to (None when standalone).
-pub struct Federated {
-    /// The federation domain, e.g. `collective.local`.
-    pub domain: String,
-    pub gossip: collective_gossip::Gossip,
-    pub gossip_addr: String,
-    /// The federation root, when this coordinator may sign new members' CAs.
-    pub root: Option<collective_pki::FederationRoot>,
-    pub contribution: u64,
-}
 
 pub struct State {
     pub principal: String,
@@ -32,10 +21,10 @@ pub struct State {
     pub ca: Option<collective_pki::MemberCa>,
     /// The gRPC address others reach us at.
     pub advertise_grpc: String,
-    pub federation: std::sync::OnceLock<Federated>,
+    /// The other members: gossip, channels to their coordinators, removals.
+    pub links: crate::links::Links,
     /// The metadata directory (gossip remembers peers there).
     pub meta_dir: std::path::PathBuf,
-    pub(crate) peer_channels: Mutex<HashMap<String, Channel>>,
     pub meta: Arc<MetaStore>,
     pub signer: TokenSigner,
     pub replication: usize,
@@ -45,17 +34,10 @@ pub struct State {
     pub nodes: crate::nodes::Nodes,
     pub metrics: CoordinatorMetrics,
     pub identity: TlsIdentity,
-    /// Bytes of our chunks on other members' nodes, and when that was counted.
-    pub used_elsewhere: Mutex<Option<(Instant, u64)>>,
-    pub used_elsewhere_stale: std::sync::atomic::AtomicBool,
     /// Repair, garbage collection, hot copies, drains.
     pub upkeep: crate::upkeep::Upkeep,
-    /// One circuit breaker per other member's coordinator.
-    pub peer_breakers: collective_core::Breakers,
     /// Cluster events for `collective events`.
     pub events: crate::events::Events,
-    /// Members removed from the federation, by domain (see `removal.rs`).
-    pub(crate) removals: Mutex<std::collections::BTreeMap<String, collective_proto::v1::MemberRemoval>>,
     /// Turns true when the coordinator is asked to stop: streams end, loops wind down.
     pub stopping: tokio::sync::watch::Sender<bool>,
     /// Calls in flight and streams open, for the shutdown log.
@@ -103,12 +85,11 @@ impl State {
         Ok(State {
             principal: identity.principal.to_string(),
             access: crate::access::Access::new(&domain, admins, meta.clone(), clock.clone(), metrics.denials.clone()),
+            links: crate::links::Links::new(&domain, identity.clone()),
             domain,
             ca,
             advertise_grpc,
-            federation: std::sync::OnceLock::new(),
             meta_dir,
-            peer_channels: Mutex::new(HashMap::new()),
             meta,
             signer,
             replication,
@@ -116,13 +97,9 @@ impl State {
             token_ttl,
             nodes: crate::nodes::Nodes::new(nodes, node_timeout, identity.clone()),
             events: crate::events::Events::new(metrics.events.clone()),
-            removals: Mutex::new(std::collections::BTreeMap::new()),
             metrics,
             identity,
-            used_elsewhere: Mutex::new(None),
-            used_elsewhere_stale: std::sync::atomic::AtomicBool::new(false),
             upkeep: crate::upkeep::Upkeep::new(upkeep, draining),
-            peer_breakers: collective_core::Breakers::default(),
             stopping: tokio::sync::watch::channel(false).0,
             busy: collective_rpc::Busy::default(),
             clock,
@@ -147,12 +124,12 @@ impl State {
                 });
             }
         }
-        if remote && let Some(fed) = self.fed() {
+        if remote && let Some(fed) = self.links.fed() {
             for s in fed.gossip.states() {
                 if s.member == self.domain {
                     continue;
                 }
-                let up = self.member_up(&s.member) && !self.peer_skipped(&s.member);
+                let up = self.member_up(&s.member) && !self.links.skipped(&s.member);
                 out.room
                     .insert(s.member.clone(), s.contribution_bytes.saturating_sub(s.hosted_bytes));
                 for n in s.nodes {

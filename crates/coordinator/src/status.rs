@@ -49,6 +49,7 @@ pub fn status_report(state: &State) -> Result<StatusResponse, Status> {
         certificates.extend(v);
     }
     let mut members: Vec<MemberStatus> = state
+        .links
         .fed()
         .map(|fed| {
             fed.gossip
@@ -78,15 +79,15 @@ pub fn status_report(state: &State) -> Result<StatusResponse, Status> {
     let up = nodes.iter().filter(|n| n.state() == NodeHealth::Up).count() as i64;
     m.nodes.with_label_values(&["up"]).set(up);
     m.nodes.with_label_values(&["down"]).set(nodes.len() as i64 - up);
-    let breakers = state.peer_breakers.snapshot(std::time::Instant::now());
+    let breakers = state.links.breakers().snapshot(std::time::Instant::now());
     for st in [collective_core::BreakerState::Open, collective_core::BreakerState::HalfOpen] {
         let n = breakers.iter().filter(|(_, s)| *s == st).count();
         m.peer_breakers.with_label_values(&[st.as_str()]).set(n as i64);
     }
     let load = |c: &std::sync::atomic::AtomicU64| c.load(std::sync::atomic::Ordering::Relaxed) as i64;
-    m.peer_breaker_trips.set(load(&state.peer_breakers.opened));
-    m.peer_breaker_rejections.set(load(&state.peer_breakers.rejected));
-    if let Some(fed) = state.fed() {
+    m.peer_breaker_trips.set(load(&state.links.breakers().opened));
+    m.peer_breaker_rejections.set(load(&state.links.breakers().rejected));
+    if let Some(fed) = state.links.fed() {
         let peers = fed.gossip.peers();
         for st in ["alive", "suspect", "down"] {
             let n = peers.iter().filter(|p| p.state.as_str() == st).count();

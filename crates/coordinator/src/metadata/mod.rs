@@ -127,7 +127,7 @@ impl MetadataService {
         let Some(top) = top_of(path.as_str()) else { return Ok(None) };
         match self.state.remote_owner(top)? {
             Some(member) => Ok(Some(
-                MetadataClient::new(self.state.peer_channel(&member)?)
+                MetadataClient::new(self.state.links.channel(&member)?)
                     .max_decoding_message_size(64 << 20)
                     .max_encoding_message_size(64 << 20),
             )),
@@ -236,7 +236,7 @@ impl MetadataService {
         if more {
             return Ok(ListResponse { entries: out, more });
         }
-        if let Some(fed) = self.state.fed() {
+        if let Some(fed) = self.state.links.fed() {
             let members: Vec<String> = fed
                 .gossip
                 .states()
@@ -252,7 +252,7 @@ impl MetadataService {
                     limit: LIST_PAGE_MAX as u32,
                 };
                 async move {
-                    let mut peer = MetadataClient::new(self.state.peer_channel(&m)?);
+                    let mut peer = MetadataClient::new(self.state.links.channel(&m)?);
                     let r = tokio::time::timeout(REMOTE_LIST_TIMEOUT, peer.list(forwarded(req, who)))
                         .await
                         .map_err(|_| Status::deadline_exceeded(format!("{m} did not answer")))??;

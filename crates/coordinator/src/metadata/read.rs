@@ -83,9 +83,9 @@ impl MetadataService {
     ) -> Result<Response<ReportBadReplicaResponse>, Status> {
         let (who, call) = self.begin("report_bad_replica", &req, &req.get_ref().node)?;
         let node_domain = req.get_ref().node.split_once('@').map(|(_, d)| d.to_string()).unwrap_or_default();
-        if node_domain != self.state.domain && self.state.fed().is_some() && !node_domain.is_empty() {
+        if node_domain != self.state.domain && self.state.links.fed().is_some() && !node_domain.is_empty() {
             let r = async {
-                let mut peer = MetadataClient::new(self.state.peer_channel(&node_domain)?);
+                let mut peer = MetadataClient::new(self.state.links.channel(&node_domain)?);
                 peer.report_bad_replica(forwarded(req.into_inner(), &who))
                     .await
                     .map(Response::into_inner)

@@ -137,7 +137,7 @@ impl MetadataService {
                 let policy = self.state.policy(path.as_str())?;
                 min_replicas = min_replicas.min(policy.replicas);
                 if policy.spread {
-                    self.state.used_elsewhere_stale.store(true, std::sync::atomic::Ordering::Relaxed);
+                    self.state.links.elsewhere_changed();
                 }
                 for c in &f.chunks {
                     if !c.seal.is_empty() {

@@ -62,12 +62,12 @@ impl State {
             if ids.is_empty() {
                 continue;
             }
-            let Ok(channel) = self.peer_channel(&member) else { continue };
+            let Ok(channel) = self.links.channel(&member) else { continue };
             let req = ReleaseChunksRequest {
                 ids: ids.iter().map(|i| i.0.to_vec().into()).collect(),
             };
             match tokio::time::timeout(Duration::from_secs(10), FederationClient::new(channel).release_chunks(req)).await {
-                Ok(Ok(_)) => self.used_elsewhere_stale.store(true, Ordering::Relaxed),
+                Ok(Ok(_)) => self.links.elsewhere_changed(),
                 Ok(Err(s)) => tracing::warn!(%member, "releasing hosted chunks failed: {}", s.message()),
                 Err(_) => tracing::warn!(%member, "releasing hosted chunks timed out"),
             }
@@ -182,9 +182,9 @@ impl State {
         for (node, ids) in per_node {
             let mut control = match self.nodes.control(&node) {
                 Ok(c) => c,
-                Err(s) => {
+                Err(e) => {
                     out.failed_chunks += ids.len() as u64;
-                    out.errors.push(format!("{node}: {}", s.message()));
+                    out.errors.push(e.to_string());
                     continue;
                 }
             };

@@ -378,7 +378,8 @@ impl State {
 
     /// Whether gossip says another member is up (alive, or suspect but not yet down).
     pub fn member_up(&self, member: &str) -> bool {
-        self.fed()
+        self.links
+            .fed()
             .is_some_and(|f| matches!(f.gossip.peer_state(member), Some(PeerState::Alive | PeerState::Suspect)))
     }
 
@@ -400,7 +401,7 @@ impl State {
                 Live::Lost
             };
         }
-        let Some(fed) = self.fed() else { return Live::Lost };
+        let Some(fed) = self.links.fed() else { return Live::Lost };
         let node_up = self.member_up(member)
             && fed
                 .gossip

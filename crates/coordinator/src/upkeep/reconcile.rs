@@ -6,7 +6,7 @@ impl State {
     /// A node registered again: compare what it holds with what we list for it.
     pub(super) async fn reconcile(&self, node: &str) -> Result<(), Error> {
         let up = &self.upkeep;
-        let mut control = self.nodes.control(node).map_err(|s| Error::node(node, &s))?;
+        let mut control = self.nodes.control(node)?;
         let mut stream = control
             .list_chunks(ListChunksRequest {})
             .await

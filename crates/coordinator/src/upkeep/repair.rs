@@ -199,7 +199,7 @@ impl State {
             self.retire(job.id(), &retire).await;
         }
         if job.spread() {
-            self.used_elsewhere_stale.store(true, Ordering::Relaxed);
+            self.links.elsewhere_changed();
         }
     }
 
@@ -238,7 +238,7 @@ impl State {
                 .first()
                 .ok_or_else(|| Error::Stuck("no live copy to copy from".into()))?;
             let member = member_of(src).to_string();
-            let mut fedc = FederationClient::new(self.peer_channel(&member).map_err(|s| Error::peer(&member, &s))?);
+            let mut fedc = FederationClient::new(self.links.channel(&member)?);
             let answer = fedc
                 .read_tokens(ReadTokensRequest {
                     user: target.to_string(),
@@ -273,7 +273,7 @@ impl State {
         let src =
             local_source.ok_or_else(|| Error::Stuck("a copy on another member needs a live copy on our own nodes to send from".into()))?;
         let member = member_of(target).to_string();
-        let mut fedc = FederationClient::new(self.peer_channel(&member).map_err(|s| Error::peer(&member, &s))?);
+        let mut fedc = FederationClient::new(self.links.channel(&member)?);
         let placed = fedc
             .host_chunks(HostChunksRequest {
                 user: src.clone(),
@@ -303,7 +303,7 @@ impl State {
 
     /// Asks one of our nodes to make a copy (it pushes or pulls, and the receiver verifies).
     pub(super) async fn run_copy(&self, node: &str, req: CopyChunkRequest) -> Result<(), Error> {
-        let mut control = self.nodes.control(node).map_err(|s| Error::node(node, &s))?;
+        let mut control = self.nodes.control(node)?;
         control.copy_chunk(req).await.map_err(|s| Error::node(node, &s))?;
         Ok(())
     }

@@ -271,7 +271,7 @@ impl Upkeep for UpkeepService {
             .map_err(|e| Status::internal(e.to_string()))??;
         add_risk(&mut report, own);
         if !req.get_ref().local_only
-            && let Some(fed) = self.state.fed()
+            && let Some(fed) = self.state.links.fed()
         {
             for s in fed.gossip.states() {
                 if s.member == self.state.domain {
@@ -280,7 +280,7 @@ impl Upkeep for UpkeepService {
                 let answer = if !self.state.member_up(&s.member) {
                     Err(Status::unavailable("down"))
                 } else {
-                    match self.state.peer_channel(&s.member) {
+                    match self.state.links.channel(&s.member) {
                         Ok(ch) => tokio::time::timeout(
                             std::time::Duration::from_secs(20),
                             FederationClient::new(ch).risk(RiskRequest {
@@ -290,7 +290,7 @@ impl Upkeep for UpkeepService {
                         )
                         .await
                         .unwrap_or_else(|_| Err(Status::deadline_exceeded("no answer"))),
-                        Err(e) => Err(e),
+                        Err(e) => Err(Status::from(e)),
                     }
                 };
                 match answer {

@@ -24,7 +24,7 @@ impl State {
         let full = if name.contains('.') {
             name.to_string()
         } else {
-            match self.fed() {
+            match self.links.fed() {
                 Some(f) => format!("{name}.{}", f.domain),
                 None => format!(
                     "{name}.{}",
@@ -32,7 +32,7 @@ impl State {
                 ),
             }
         };
-        let known = full == self.domain || self.fed().is_some_and(|f| f.gossip.state_of(&full).is_some());
+        let known = full == self.domain || self.links.fed().is_some_and(|f| f.gossip.state_of(&full).is_some());
         if !known {
             return Err(Status::not_found(format!(
                 "{full} is not a member of this federation (see `collective federation peers`)"

@@ -29,7 +29,7 @@ impl UpkeepService {
             if !up {
                 return Err(format!("{node}: down"));
             }
-            let mut control = self.state.nodes.control(node).map_err(|s| format!("{node}: {}", s.message()))?;
+            let mut control = self.state.nodes.control(node).map_err(|e| e.to_string())?;
             let mut req = Request::new(WorkersRequest {});
             req.set_timeout(crate::upkeep::CONTROL_TIMEOUT);
             control
