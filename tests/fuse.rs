@@ -324,6 +324,7 @@ fn an_untarred_tree_matches_the_original_and_git_works_inside_the_mount() {
 fn posix_corner_cases_rename_over_rmdir_nonempty_unlink_while_open_and_errors() {
     let c = Cluster::start("fuse-posix", 3, 2);
     c.ok(&["mkdir", "/data"]);
+    c.ok(&["datastore", "create", "/vault", "--strategy", "media"]);
     let m = Mount::new(&c, "mnt", &[]);
     let d = m.path("data");
     // rename over an existing file replaces it, within and across directories.
@@ -352,6 +353,18 @@ fn posix_corner_cases_rename_over_rmdir_nonempty_unlink_while_open_and_errors() 
     // Hard links are refused cleanly.
     let e = std::fs::hard_link(d.join("sub/c"), d.join("hard")).unwrap_err();
     assert_eq!(errno_of(&e), libc::EPERM, "{e}");
+    // A move into another datastore: EXDEV, so `mv` copies and deletes instead.
+    let e = std::fs::rename(d.join("sub/c"), m.path("vault/c")).unwrap_err();
+    assert_eq!(errno_of(&e), libc::EXDEV, "{e}");
+    std::fs::write(d.join("moving"), "moved").unwrap();
+    let st = Command::new("mv")
+        .arg(d.join("moving"))
+        .arg(m.path("vault/moved"))
+        .status()
+        .unwrap();
+    assert!(st.success());
+    assert_eq!(c.ok(&["cat", "/vault/moved"]), "moved");
+    assert!(!d.join("moving").exists());
     // An unlinked file stays readable through a descriptor opened before.
     let data = random_bytes(3 << 20, 9);
     std::fs::write(d.join("open"), &data).unwrap();

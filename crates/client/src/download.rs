@@ -2,7 +2,7 @@
 //! back to another replica (and report the bad one); write in order (`cat`, a buffer) or
 //! each chunk at its offset as it arrives (`get` to a file, whole blocks with direct I/O).
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -16,6 +16,7 @@ use tokio::sync::OwnedSemaphorePermit;
 use tonic::transport::Channel;
 
 use crate::ClientError;
+use crate::localtree::{self, LocalTree, Place};
 use crate::session::{Client, Progress};
 
 /// Files whose plans are fetched in one coordinator call.
@@ -176,8 +177,7 @@ impl Client {
     /// Downloads a planned file to `local` through a temporary file, so a failed download
     /// never leaves a partial file behind. Small files are gathered in memory and written
     /// with one blocking call; large ones are streamed.
-    async fn save_plan(&self, plan: &FilePlan, local: &Path, progress: &Option<Progress>, parallel: usize) -> Result<u64, ClientError> {
-        let tmp = tmp_path(local);
+    async fn save_plan(&self, plan: &FilePlan, place: &Place, progress: &Option<Progress>, parallel: usize) -> Result<u64, ClientError> {
         let mode = plan
             .attr
             .as_ref()
@@ -187,23 +187,24 @@ impl Client {
         if size <= SMALL_FILE_BYTES {
             let mut data = Vec::with_capacity(size as usize);
             self.write_plan(plan, &mut Writer(&mut data), progress, parallel).await?;
-            let dest = local.to_path_buf();
-            return tokio::task::spawn_blocking(move || write_file_atomically(&tmp, &dest, &data, mode))
+            let place = place.clone();
+            return tokio::task::spawn_blocking(move || write_file_atomically(&place, &data, mode))
                 .await
-                .map_err(|e| ClientError::Other(format!("writing {}: {e}", local.display())))?;
+                .map_err(|e| ClientError::Other(format!("writing a file: {e}")))?;
         }
-        let f = tokio::fs::File::create(&tmp).await.map_err(ClientError::local(&tmp))?;
-        let file = Arc::new(f.into_std().await);
+        let place2 = place.clone();
+        let f = tokio::task::spawn_blocking(move || place2.create_temp(mode))
+            .await
+            .map_err(|e| ClientError::Other(format!("writing {}: {e}", place.shown.display())))??;
+        let file = Arc::new(f);
         let result = async {
             let n = self.fetch_into(plan, file, progress, parallel).await?;
-            use std::os::unix::fs::PermissionsExt;
-            let _ = tokio::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(mode)).await;
-            tokio::fs::rename(&tmp, local).await.map_err(ClientError::local(local))?;
+            place.commit()?;
             Ok(n)
         }
         .await;
         if result.is_err() {
-            let _ = tokio::fs::remove_file(&tmp).await;
+            place.discard();
         }
         result
     }
@@ -216,7 +217,8 @@ impl Client {
             .await?
             .pop()
             .ok_or_else(|| ClientError::Other("the coordinator returned no plan".into()))?;
-        self.save_plan(&plan, local, &progress, self.parallel).await?;
+        let place = Place::for_path(local)?;
+        self.save_plan(&plan, &place, &progress, self.parallel).await?;
         plan.attr
             .ok_or_else(|| ClientError::Other("the coordinator returned no attributes".into()))
     }
@@ -231,42 +233,41 @@ impl Client {
             .await
             .map_err(ClientError::status)?
             .into_inner();
-        tokio::fs::create_dir_all(local).await.map_err(ClientError::local(local))?;
+        let tree = LocalTree::open(local)?;
         let mut report = GetReport::default();
-        let mut pending: Vec<(String, PathBuf)> = Vec::new();
+        let mut pending: Vec<(String, Vec<String>)> = Vec::new();
         loop {
             let batch = walk.message().await.map_err(ClientError::status)?;
             let end = batch.is_none();
             for attr in batch.map(|b| b.entries).unwrap_or_default() {
-                let rel = attr.path.strip_prefix(&prefix).unwrap_or(&attr.path).to_string();
-                let rel = if rel.is_empty() || attr.path == remote.as_str() {
-                    attr.path.rsplit('/').next().unwrap_or("file").to_string()
+                // Every path is checked before anything is written (localtree.rs).
+                let parts = if attr.path == remote.as_str() {
+                    let name = attr.path.rsplit('/').next().unwrap_or_default();
+                    localtree::relative_parts("", name)?
                 } else {
-                    rel
+                    localtree::relative_parts(&prefix, &attr.path)?
                 };
                 if attr.kind == FileKind::Symlink as i32 {
-                    // Links are recreated as links, pointing where they pointed.
-                    let dest = local.join(rel);
-                    if let Some(parent) = dest.parent() {
-                        tokio::fs::create_dir_all(parent).await.map_err(ClientError::local(parent))?;
-                    }
-                    let _ = tokio::fs::remove_file(&dest).await;
-                    tokio::fs::symlink(&attr.target, &dest).await.map_err(ClientError::local(&dest))?;
+                    // Links are recreated as links, pointing where they pointed; nothing
+                    // is ever written through one.
+                    tree.place(&parts)?.symlink(&attr.target)?;
                     report.files += 1;
                     continue;
                 }
-                pending.push((attr.path.clone(), local.join(rel)));
+                if attr.kind == FileKind::Dir as i32 {
+                    continue;
+                }
+                pending.push((attr.path.clone(), parts));
             }
             while pending.len() >= PLAN_BATCH || (end && !pending.is_empty()) {
-                let take: Vec<(String, PathBuf)> = pending.drain(..pending.len().min(PLAN_BATCH)).collect();
+                let take: Vec<(String, Vec<String>)> = pending.drain(..pending.len().min(PLAN_BATCH)).collect();
                 let plans = self.plans(take.iter().map(|(p, _)| p.clone()).collect()).await?;
-                let jobs = plans.iter().zip(take.iter()).map(|(plan, (_, dest))| {
+                let jobs = plans.iter().zip(take.iter()).map(|(plan, (_, parts))| {
                     let progress = progress.clone();
+                    let tree = &tree;
                     async move {
-                        if let Some(parent) = dest.parent() {
-                            tokio::fs::create_dir_all(parent).await.map_err(ClientError::local(parent))?;
-                        }
-                        self.save_plan(plan, dest, &progress, 4).await
+                        let place = tree.place(parts)?;
+                        self.save_plan(plan, &place, &progress, 4).await
                     }
                 });
                 let sizes: Vec<u64> = futures::stream::iter(jobs).buffer_unordered(self.parallel).try_collect().await?;
@@ -641,32 +642,17 @@ impl<W: AsyncWrite + Unpin + Send> Sink for Writer<'_, W> {
 }
 
 /// Writes `data` to `tmp`, sets its mode and renames it to `local`.
-fn write_file_atomically(tmp: &Path, local: &Path, data: &[u8], mode: u32) -> Result<u64, ClientError> {
-    use std::os::unix::fs::OpenOptionsExt;
+fn write_file_atomically(place: &Place, data: &[u8], mode: u32) -> Result<u64, ClientError> {
     let result = (|| {
-        let mut f = std::fs::OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .mode(mode)
-            .open(tmp)
-            .map_err(ClientError::local(tmp))?;
-        std::io::Write::write_all(&mut f, data).map_err(ClientError::local(tmp))?;
-        std::fs::rename(tmp, local).map_err(ClientError::local(local))?;
+        let mut f = place.create_temp(mode)?;
+        std::io::Write::write_all(&mut f, data).map_err(ClientError::local(&place.shown))?;
+        place.commit()?;
         Ok(data.len() as u64)
     })();
     if result.is_err() {
-        let _ = std::fs::remove_file(tmp);
+        place.discard();
     }
     result
-}
-
-fn tmp_path(local: &Path) -> PathBuf {
-    let name = local
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_else(|| "download".into());
-    local.with_file_name(format!(".{name}.collective-part"))
 }
 
 #[cfg(test)]

@@ -187,3 +187,23 @@ pub async fn join_member(invite: &Invite, name: &str, ca_dir: &Path) -> Result<J
         gossip_peers: r.gossip_peers,
     })
 }
+
+/// The name of the user running this, as a name in a member would be written (lower
+/// case): `$USER`, `$LOGNAME`, or the password database's entry for our user id. None when
+/// there is none, or it is not a valid name.
+pub fn local_user_name() -> Option<String> {
+    let from_env = ["USER", "LOGNAME"]
+        .iter()
+        .find_map(|k| std::env::var(k).ok().filter(|v| !v.is_empty()));
+    let name = from_env.or_else(|| {
+        use std::os::unix::fs::MetadataExt;
+        let uid = std::fs::metadata("/proc/self").ok()?.uid();
+        let passwd = std::fs::read_to_string("/etc/passwd").ok()?;
+        passwd.lines().find_map(|l| {
+            let f: Vec<&str> = l.split(':').collect();
+            (f.len() > 2 && f[2].parse::<u32>().ok() == Some(uid)).then(|| f[0].to_string())
+        })
+    })?;
+    let name = name.to_lowercase();
+    collective_core::validate_name(&name).ok().map(|_| name)
+}

@@ -33,6 +33,9 @@ pub enum ClientError {
     },
     #[error("chunk {chunk} of {file} is unreadable on every replica: {detail}")]
     Unreadable { chunk: String, file: String, detail: String },
+    /// A path from the server that a download must not write (see `localtree.rs`).
+    #[error("the server sent the path {path}, which a download must not write: {why}; nothing was written outside the destination")]
+    BadServerPath { path: String, why: String },
     #[error("{0}")]
     Other(String),
 }

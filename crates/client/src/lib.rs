@@ -15,6 +15,7 @@ pub mod contexts;
 mod download;
 pub mod enrol;
 mod error;
+pub mod localtree;
 mod observe;
 mod sealing;
 mod session;

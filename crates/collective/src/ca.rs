@@ -202,6 +202,8 @@ pub fn run(cmd: CaCommand) -> Result<()> {
                 not_before,
                 not_after,
             };
+            // A name is never given twice (`names.rs` in collective-pki says why).
+            ca.names().claim(&a.name)?;
             let (crt, key) = ca.issue_to(&req, &a.out)?;
             println!("issued {} certificate for {}@{}", a.role, a.name, ca.domain);
             println!("  certificate: {}", crt.display());

@@ -363,7 +363,7 @@ pub struct GenerateArgs {
 #[derive(Args)]
 pub struct RedeemArgs {
     code: String,
-    /// Your name in the member (NAME@member-domain) [default: $USER]
+    /// Your name in the member (NAME@member-domain) [default: your user name on this machine]
     #[arg(long)]
     name: Option<String>,
     /// Name of the context this adds [default: the member's domain]
@@ -456,7 +456,12 @@ async fn redeem(a: RedeemArgs) -> Result<()> {
     invite.check_kind(InviteCodeKind::User)?;
     let name = match a.name {
         Some(n) => n,
-        None => std::env::var("USER").context("pass --name NAME (your name in the member)")?,
+        None => {
+            let n = enrol::local_user_name()
+                .context("this machine's user name cannot be a name in the member (letters, digits, '-', '_'); pass --name NAME")?;
+            println!("using the name {n} (your user name here); pass --name NAME to choose another");
+            n
+        }
     };
     collective_core::validate_name(&name)?;
     let member_domain = invite.member_domain()?;

@@ -152,6 +152,7 @@ pub fn write_member(
 ) -> Result<Written> {
     let certs = out.join("certs");
     let issue = |role: Role, name: &str| -> Result<(PathBuf, PathBuf)> {
+        ca.names().claim(name)?;
         Ok(ca.issue_to(
             &IssueRequest {
                 role,

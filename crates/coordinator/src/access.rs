@@ -3,7 +3,7 @@
 
 use std::sync::Arc;
 
-use collective_core::{Principal, RemotePath, Rights, SharedClock, Subject, effective_rights};
+use collective_core::{Principal, RemotePath, Rights, ShareRefusal, SharedClock, Subject, effective_rights};
 use collective_meta::MetaStore;
 use tonic::Status;
 
@@ -56,16 +56,51 @@ impl Access {
         if have.contains(need) {
             return Ok(());
         }
+        Err(self.lacks(who, path.as_str(), need.missing_from(have), have))
+    }
+
+    fn lacks(&self, who: &Principal, path: &str, missing: Rights, have: Rights) -> Error {
         self.denials.inc();
-        let owner = top_of(path.as_str()).map(|t| format!("/{t}")).unwrap_or_else(|| "/".into());
-        Err(Error::Lacks {
+        let owner = top_of(path).map(|t| format!("/{t}")).unwrap_or_else(|| "/".into());
+        Error::Lacks {
             who: who.to_string(),
-            missing: need.missing_from(have),
+            missing,
             have,
             path: path.to_string(),
             owner,
             member: self.domain.clone(),
-        })
+        }
+    }
+
+    /// Refuses unless `who` may give `rights` on `path` until `until_ms` (0: for good):
+    /// the one rule for grants and invites ([`collective_core::may_share`]).
+    pub fn may_share(&self, who: &Principal, path: &RemotePath, rights: Rights, until_ms: u64) -> Result<(), Error> {
+        match self.share_limit(who, path, rights)? {
+            0 => Ok(()),
+            limit if until_ms != 0 && until_ms <= limit => Ok(()),
+            limit => {
+                self.denials.inc();
+                Err(Error::Outlasts {
+                    who: who.to_string(),
+                    path: path.to_string(),
+                    until: crate::events::time_str(limit),
+                })
+            }
+        }
+    }
+
+    /// How long what `who` gives of `rights` on `path` may last (0: for good), or why it
+    /// may not give them at all.
+    pub fn share_limit(&self, who: &Principal, path: &RemotePath, rights: Rights) -> Result<u64, Error> {
+        if self.is_admin(who) {
+            return Ok(0);
+        }
+        let grants = self.meta.grants()?;
+        match collective_core::may_share(&grants, who, path.as_str(), self.clock.now_ms(), rights, 0) {
+            Ok(()) => Ok(0),
+            Err(ShareRefusal::Outlasts { until_ms }) => Ok(until_ms),
+            Err(ShareRefusal::Lacks { missing, have }) => Err(self.lacks(who, path.as_str(), missing, have)),
+        }
     }
 
     /// Whether a top-level entry shows up in `who`'s listing of `/`: admins see everything,

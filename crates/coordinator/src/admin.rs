@@ -482,7 +482,6 @@ impl AdminService {
         }
         let q = req.into_inner();
         self.local_datastore(&path)?;
-        self.state.require(who, &path, Rights::SHARE)?;
         let subject: Subject = q
             .subject
             .parse()
@@ -494,6 +493,12 @@ impl AdminService {
         let now = self.state.clock.now_ms();
         if q.until_ms != 0 && (q.until_ms as u64) <= now {
             return Err(Status::invalid_argument("--until is in the past"));
+        }
+        // Sharing never widens: only rights held, never past their end. A grant already
+        // there is replaced only by someone who could have given it.
+        self.state.access.may_share(who, &path, rights, q.until_ms.max(0) as u64)?;
+        if let Some(old) = self.state.meta.grant(path.as_str(), &subject).map_err(meta_status)? {
+            self.state.access.may_share(who, &path, old.rights, old.until_ms)?;
         }
         let g = Grant {
             path: path.to_string(),
@@ -530,6 +535,10 @@ impl AdminService {
             .subject
             .parse()
             .map_err(|e: collective_core::AccessError| Status::invalid_argument(e.to_string()))?;
+        // Taken away only by someone who could have given it.
+        if let Some(old) = self.state.meta.grant(path.as_str(), &subject).map_err(meta_status)? {
+            self.state.access.may_share(who, &path, old.rights, old.until_ms)?;
+        }
         let removed = self
             .state
             .meta
@@ -599,8 +608,9 @@ impl AdminService {
             for spec in &q.grants {
                 let (path, rights) = parse_grant_spec(spec).map_err(|e| Status::invalid_argument(e.to_string()))?;
                 self.local_datastore(&path)?;
-                // Sharing needs the share right, and one cannot give away more than one has.
-                self.state.require(who, &path, rights.union(Rights::SHARE))?;
+                // The rule grants follow; how long the rights last is settled at redemption
+                // (never past the inviter's own).
+                self.state.access.share_limit(who, &path, rights)?;
                 grants.push((path.to_string(), rights.0));
             }
             (InviteKind::User { grants }, InviteCodeKind::User)

@@ -5,13 +5,14 @@
 use std::sync::Arc;
 
 use collective_core::{Grant, Principal, Rights, Role, Subject, unix_ms_now, validate_name};
-use collective_meta::{InviteKind, InviteRefusal};
-use collective_pki::{InviteCode, InviteCodeKind, IssueRequest, TokenVerifier};
+use collective_meta::{InviteKind, InviteRecord, InviteRefusal};
+use collective_pki::{InviteCode, InviteCodeKind, IssueRequest, PkiError, TokenVerifier};
 use collective_proto::v1::bootstrap_server::Bootstrap;
 use collective_proto::v1::{JoinMemberRequest, JoinMemberResponse, RedeemInviteRequest, RedeemInviteResponse};
 use tonic::{Request, Response, Status};
 
 use crate::admin::grant_info;
+use crate::error::Error;
 use crate::state::{State, meta_status};
 
 /// How long certificates of redeemed user invites are valid.
@@ -250,18 +251,7 @@ impl BootstrapService {
             return Err(Status::already_exists(format!("{principal} is reserved; choose another --name")));
         }
         let who = principal.to_string();
-        let used = self
-            .state
-            .meta
-            .use_invite(&invite.id, &who, self.state.clock.now_ms(), |_| Ok(()))
-            .map_err(meta_status)?;
-        let rec = used.map_err(|r| self.refused(r))?;
-        if !self.state.meta.claim_principal(&who, &invite.id).map_err(meta_status)? {
-            return Err(Status::already_exists(format!("{principal} already exists; choose another --name")));
-        }
-        let InviteKind::User { grants } = &rec.kind else {
-            return Err(Status::invalid_argument("this invite is not for a user"));
-        };
+        // The certificate is made first: a bad signing request must not use up the invite.
         let issue = IssueRequest {
             role: Role::Client,
             name: q.name.clone(),
@@ -272,14 +262,63 @@ impl BootstrapService {
         let (_, chain) = ca
             .sign_csr(&q.csr_pem, &issue)
             .map_err(|e| Status::invalid_argument(e.to_string()))?;
+        let state = self.state.clone();
+        let names = ca.names();
+        let (name, who2, id) = (q.name.clone(), who.clone(), invite.id);
+        // Under the name register's lock: a name any certificate of ours ever carried is
+        // refused before the invite is touched, and the name is claimed only once the
+        // invite was used. The inviter must still hold what the invite gives; the grants
+        // last no longer than the inviter's own rights.
+        let redeemed = tokio::task::spawn_blocking(move || {
+            names.claim_with(&name, || -> Result<(InviteRecord, Vec<u64>), Error> {
+                if state.meta.principal_claimed(&who2)? {
+                    return Err(Error::Pki(PkiError::NameTaken {
+                        principal: who2.clone(),
+                        suggestion: collective_pki::free_name(&name, &Default::default()),
+                    }));
+                }
+                let limits = std::sync::Mutex::new(Vec::new());
+                let used = state.meta.use_invite(&id, &who2, state.clock.now_ms(), |rec| {
+                    let InviteKind::User { grants } = &rec.kind else {
+                        return Err(InviteRefusal::WrongKind("a new member"));
+                    };
+                    let inviter: Principal = rec.created_by.parse().map_err(|_| InviteRefusal::Inviter(rec.created_by.clone()))?;
+                    let mut out = Vec::new();
+                    for (path, bits) in grants {
+                        let path = collective_core::validate_path(path).map_err(|_| InviteRefusal::Inviter(rec.created_by.clone()))?;
+                        let limit = state
+                            .access
+                            .share_limit(&inviter, &path, Rights(*bits))
+                            .map_err(|e| InviteRefusal::Inviter(e.to_string()))?;
+                        out.push(limit);
+                    }
+                    *limits.lock().unwrap_or_else(|p| p.into_inner()) = out;
+                    Ok(())
+                })?;
+                let rec = used.map_err(Error::Invite)?;
+                state.meta.claim_principal(&who2, &id)?;
+                Ok((rec, limits.into_inner().unwrap_or_else(|p| p.into_inner())))
+            })
+        })
+        .await
+        .map_err(|e| Status::internal(e.to_string()))?;
+        let (rec, limits) = redeemed.map_err(|e| {
+            if matches!(e, Error::Invite(_)) {
+                self.state.metrics.denials.inc();
+            }
+            Status::from(e)
+        })?;
+        let InviteKind::User { grants } = &rec.kind else {
+            return Err(Status::invalid_argument("this invite is not for a user"));
+        };
         let now = unix_ms_now();
         let mut infos = Vec::new();
-        for (path, bits) in grants {
+        for ((path, bits), until_ms) in grants.iter().zip(limits.into_iter().chain(std::iter::repeat(0))) {
             let g = Grant {
                 path: path.clone(),
                 subject: Subject::Principal(principal.clone()),
                 rights: Rights(*bits),
-                until_ms: 0,
+                until_ms,
                 granted_by: rec.created_by.clone(),
                 granted_ms: now,
             };

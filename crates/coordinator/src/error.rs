@@ -24,6 +24,15 @@ pub enum Error {
         owner: String,
         member: String,
     },
+    /// Sharing would give rights for longer than the giver holds them.
+    #[error("{who}'s own rights on {path} end at {until}; what {who} shares cannot last longer: give --until {until} or earlier")]
+    Outlasts { who: String, path: String, until: String },
+    /// A certificate matter: a name already carried, a bad signing request.
+    #[error(transparent)]
+    Pki(#[from] collective_pki::PkiError),
+    /// An invite that cannot be used (the words say why and what to do).
+    #[error(transparent)]
+    Invite(collective_meta::InviteRefusal),
     /// One of our nodes failed or could not be reached.
     #[error("{node}: {detail}")]
     Node { node: String, detail: String },
@@ -80,7 +89,7 @@ impl From<Error> for Status {
     fn from(e: Error) -> Status {
         match e {
             Error::Meta(m) => meta_status(m),
-            e @ Error::Lacks { .. } => Status::permission_denied(e.to_string()),
+            e @ (Error::Lacks { .. } | Error::Outlasts { .. }) => Status::permission_denied(e.to_string()),
             e @ (Error::Node { .. } | Error::Peer { .. }) => Status::unavailable(e.to_string()),
             e @ (Error::Stuck(_) | Error::NoFederationRoot | Error::NotFederated) => Status::failed_precondition(e.to_string()),
             e @ Error::Removed { .. } => Status::permission_denied(e.to_string()),
@@ -90,6 +99,9 @@ impl From<Error> for Status {
             Error::Internal(m) => Status::internal(m),
             e @ Error::ForgedRemoval(_) => Status::invalid_argument(e.to_string()),
             e @ Error::File { .. } => Status::internal(e.to_string()),
+            e @ Error::Pki(collective_pki::PkiError::NameTaken { .. }) => Status::already_exists(e.to_string()),
+            e @ Error::Pki(_) => Status::invalid_argument(e.to_string()),
+            e @ Error::Invite(_) => Status::permission_denied(e.to_string()),
         }
     }
 }
@@ -106,6 +118,7 @@ pub fn meta_status(e: MetaError) -> Status {
         MetaError::IsASymlink(..) => status_with_kind(Code::FailedPrecondition, msg, ErrorKind::Symlink),
         MetaError::BadLink(..) => Status::invalid_argument(msg),
         MetaError::BadRename(..) => Status::failed_precondition(msg),
+        MetaError::CrossDatastore(..) => status_with_kind(Code::FailedPrecondition, msg, ErrorKind::CrossDatastore),
         MetaError::ChunkNotUploaded(..) => Status::failed_precondition(msg),
         MetaError::BadManifest(..) | MetaError::Path(_) => Status::invalid_argument(msg),
         MetaError::QuotaFull { .. } => status_with_kind(Code::ResourceExhausted, msg, ErrorKind::NoSpace),

@@ -179,9 +179,113 @@ pub fn effective_rights<'a>(grants: impl IntoIterator<Item = &'a Grant>, who: &P
         .fold(Rights::NONE, |acc, g| acc.union(g.rights))
 }
 
+/// Why `who` may not give rights away (see [`may_share`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ShareRefusal {
+    /// Sharing needs the share right and every right given: `missing` is not held.
+    Lacks { missing: Rights, have: Rights },
+    /// What is given would outlast the giver's own rights, which end at `until_ms`.
+    Outlasts { until_ms: u64 },
+}
+
+/// Until when `who` keeps every right of `rights` on `path` from `grants`: None when one
+/// is not held now, Some(0) when they are held for good, else the earliest time one of
+/// them ends (for each right, the grant that holds it longest counts).
+pub fn held_until(grants: &[Grant], who: &Principal, path: &str, now_ms: u64, rights: Rights) -> Option<u64> {
+    let mut limit = 0u64; // 0: for good
+    for (bit, _) in NAMES.iter().filter(|(r, _)| rights.contains(*r)) {
+        let mut best: Option<u64> = None;
+        for g in grants
+            .iter()
+            .filter(|g| g.active(now_ms) && g.subject.matches(who) && g.covers(path) && g.rights.contains(*bit))
+        {
+            best = Some(match (best, g.until_ms) {
+                (_, 0) | (Some(0), _) => 0,
+                (Some(b), u) => b.max(u),
+                (None, u) => u,
+            });
+        }
+        match best? {
+            0 => {}
+            u if limit == 0 => limit = u,
+            u => limit = limit.min(u),
+        }
+    }
+    Some(limit)
+}
+
+/// The one rule for giving rights away, for grants and invites alike: the giver holds the
+/// share right and every right it gives, and what it gives ends no later than its own
+/// rights do (`until_ms` 0: for good). Admins are not judged by grants and are not asked.
+pub fn may_share(grants: &[Grant], who: &Principal, path: &str, now_ms: u64, rights: Rights, until_ms: u64) -> Result<(), ShareRefusal> {
+    let need = rights.union(Rights::SHARE);
+    let have = effective_rights(grants, who, path, now_ms);
+    if !have.contains(need) {
+        return Err(ShareRefusal::Lacks {
+            missing: need.missing_from(have),
+            have,
+        });
+    }
+    match held_until(grants, who, path, now_ms, need) {
+        Some(0) => Ok(()),
+        Some(limit) if until_ms != 0 && until_ms <= limit => Ok(()),
+        Some(limit) => Err(ShareRefusal::Outlasts { until_ms: limit }),
+        None => Err(ShareRefusal::Lacks {
+            missing: need.missing_from(have),
+            have,
+        }),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn sharing_gives_only_rights_held_and_never_past_their_end() {
+        let bob: Principal = "bob@bob.collective.local".parse().unwrap();
+        let gs = vec![
+            grant("/esc", "bob@bob.collective.local", "read+share", 0),
+            grant("/esc/a", "bob@bob.collective.local", "write", 5_000),
+            grant("/tmp", "*@bob.collective.local", "read+write+share", 3_000),
+            grant("/tmp", "bob@bob.collective.local", "share", 0),
+        ];
+        let r = |s: &str| s.parse::<Rights>().unwrap();
+        // Held for good: given for good or for a while.
+        assert_eq!(may_share(&gs, &bob, "/esc", 1, r("read"), 0), Ok(()));
+        assert_eq!(may_share(&gs, &bob, "/esc/x", 1, r("read+share"), 9_000), Ok(()));
+        // Never more than held (the reproduction: read+share gives write and delete).
+        assert_eq!(
+            may_share(&gs, &bob, "/esc", 1, r("read+write+delete"), 0),
+            Err(ShareRefusal::Lacks {
+                missing: r("write+delete"),
+                have: r("read+share")
+            })
+        );
+        // Write on /esc/a ends at 5000: it can be given until then, not beyond.
+        assert_eq!(may_share(&gs, &bob, "/esc/a", 1, r("write"), 5_000), Ok(()));
+        assert_eq!(
+            may_share(&gs, &bob, "/esc/a", 1, r("write"), 0),
+            Err(ShareRefusal::Outlasts { until_ms: 5_000 })
+        );
+        assert_eq!(
+            may_share(&gs, &bob, "/esc/a", 1, r("write"), 6_000),
+            Err(ShareRefusal::Outlasts { until_ms: 5_000 })
+        );
+        // Each right counts the grant that holds it longest: share for good, write until 3000.
+        assert_eq!(held_until(&gs, &bob, "/tmp", 1, r("share")), Some(0));
+        assert_eq!(held_until(&gs, &bob, "/tmp", 1, r("write+share")), Some(3_000));
+        assert_eq!(
+            may_share(&gs, &bob, "/tmp", 1, r("write"), 0),
+            Err(ShareRefusal::Outlasts { until_ms: 3_000 })
+        );
+        // Once the grant ended, nothing of it can be given.
+        assert!(matches!(
+            may_share(&gs, &bob, "/tmp", 3_000, r("write"), 0),
+            Err(ShareRefusal::Lacks { .. })
+        ));
+        assert_eq!(held_until(&gs, &bob, "/nowhere", 1, r("read")), None);
+    }
 
     fn grant(path: &str, subject: &str, rights: &str, until_ms: u64) -> Grant {
         Grant {

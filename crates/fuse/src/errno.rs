@@ -19,6 +19,7 @@ pub fn errno_of(e: &ClientError) -> Errno {
             Some(ErrorKind::NotEmpty) => Errno::ENOTEMPTY,
             Some(ErrorKind::Symlink) => Errno::EINVAL,
             Some(ErrorKind::NoSpace) => Errno::ENOSPC,
+            Some(ErrorKind::CrossDatastore) => Errno::EXDEV,
             None => match code {
                 Code::PermissionDenied | Code::Unauthenticated => Errno::EACCES,
                 Code::NotFound => Errno::ENOENT,

@@ -105,6 +105,9 @@ pub enum InviteRefusal {
     UsedUp(u32),
     #[error("this invite is for {0}, not for this kind of request")]
     WrongKind(&'static str),
+    /// Whoever made the invite no longer holds what it gives.
+    #[error("the invite gives more than its maker holds now ({0}); ask them, or an owner, for a new one")]
+    Inviter(String),
 }
 
 fn grant_key(path: &str, subject: &Subject) -> Vec<u8> {
@@ -157,6 +160,14 @@ impl MetaStore {
                 format!("{} {} until {}", g.subject, g.rights, g.until_ms),
             )
         })
+    }
+
+    /// The grant of `subject` on exactly `path`, if any.
+    pub fn grant(&self, path: &str, subject: &Subject) -> Result<Option<Grant>, MetaError> {
+        self.engine
+            .get(Table::Grants, &grant_key(path, subject))?
+            .map(|v| decode(&v))
+            .transpose()
     }
 
     /// Removes the grant of `subject` on `path`; returns whether there was one.
@@ -236,6 +247,11 @@ impl MetaStore {
             t.insert(Table::Invites, id, encode(&rec))?;
             Ok(Ok(rec))
         })
+    }
+
+    /// Whether an invite already created `principal`.
+    pub fn principal_claimed(&self, principal: &str) -> Result<bool, MetaError> {
+        Ok(self.engine.get(Table::Principals, principal.as_bytes())?.is_some())
     }
 
     /// Records a principal created by an invite; false when the name is already taken.

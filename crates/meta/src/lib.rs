@@ -54,6 +54,10 @@ pub enum MetaError {
     BadManifest(String, String),
     #[error("cannot move {0} to {1}: {2}")]
     BadRename(String, String, String),
+    #[error(
+        "cannot move {0} to {1}: they are in different datastores (each has its own placement and keys); copy instead (`collective get` then `put`, or `cp` in the mount) and remove the original"
+    )]
+    CrossDatastore(String, String),
     #[error(transparent)]
     Path(#[from] PathError),
     #[error("metadata is corrupt: {0}")]

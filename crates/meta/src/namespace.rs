@@ -645,6 +645,23 @@ impl MetaStore {
             if src == dst {
                 return attr_in(t, dst.as_str(), ino, &node);
             }
+            // Moves stay inside one datastore: its chunks are placed and sealed for it.
+            let datastore_of = |p: &RemotePath| -> Result<Option<String>, Abort> {
+                let Some(top) = p.as_str().trim_start_matches('/').split('/').next().filter(|s| !s.is_empty()) else {
+                    return Ok(None);
+                };
+                Ok(t.get(Table::Datastores, top.as_bytes())?.map(|_| top.to_string()))
+            };
+            let (from, to) = (datastore_of(src)?, datastore_of(dst)?);
+            let is_root = |p: &RemotePath| p.as_str().matches('/').count() == 1;
+            if (from.is_some() && is_root(src)) || (to.is_some() && is_root(dst)) {
+                return Err(bad(
+                    "a datastore's root stays where it is (`collective datastore` manages datastores)",
+                ));
+            }
+            if from != to {
+                return Err(abort(MetaError::CrossDatastore(src.to_string(), dst.to_string())));
+            }
             let dst_parent = resolve(t, &dst_parent_path)?;
             if get_inode(t, dst_parent)?.kind != Kind::Dir {
                 return Err(abort(MetaError::NotADirectory(dst_parent_path.to_string())));
@@ -889,6 +906,47 @@ pub(crate) mod tests {
         m.commit_files(&[c], "u", 1).unwrap();
         let rec = m.chunk(&id).unwrap().unwrap();
         assert_eq!((rec.refs, rec.replicas), (2, vec!["n3@a.collective.local".to_string()]));
+        drop(m);
+        std::fs::remove_dir_all(d).unwrap();
+    }
+
+    #[test]
+    fn moves_stay_inside_one_datastore_and_a_datastore_root_stays_put() {
+        let (m, d) = store("cross-datastore");
+        for name in ["media", "backup"] {
+            let rec = crate::DatastoreRecord {
+                name: name.into(),
+                owner: "u".into(),
+                strategy: Strategy::Media,
+                replicas: 1,
+                created_ms: 0,
+                secret: [7; 32],
+            };
+            m.create_datastore(&p(&format!("/{name}")), &rec).unwrap();
+        }
+        commit(&m, "/media/a", &[b"x"]).unwrap();
+        commit(&m, "/loose", &[b"y"]).unwrap();
+        m.mkdir(&p("/media/d"), false, 0o755, "u").unwrap();
+        for (src, dst) in [
+            ("/media/a", "/backup/a"),
+            ("/media/d", "/backup/d"),
+            ("/loose", "/media/loose"),
+            ("/media/a", "/a"),
+        ] {
+            let e = m.rename(&p(src), &p(dst), "u").unwrap_err();
+            assert!(matches!(e, MetaError::CrossDatastore(..)), "{src} -> {dst}: {e}");
+            assert!(e.to_string().contains("copy instead"), "{e}");
+        }
+        for (src, dst) in [("/media", "/films"), ("/media/d", "/media")] {
+            assert!(
+                matches!(m.rename(&p(src), &p(dst), "u"), Err(MetaError::BadRename(..))),
+                "{src} -> {dst}"
+            );
+        }
+        // Nothing moved; moves inside one datastore, or outside any, still work.
+        assert!(m.stat(&p("/media/a")).is_ok() && m.stat(&p("/media")).is_ok());
+        m.rename(&p("/media/a"), &p("/media/d/a"), "u").unwrap();
+        m.rename(&p("/loose"), &p("/loose2"), "u").unwrap();
         drop(m);
         std::fs::remove_dir_all(d).unwrap();
     }

@@ -221,6 +221,11 @@ impl MemberCa {
         &self.cert_pem
     }
 
+    /// The register of names this member's certificates have carried (see `names.rs`).
+    pub fn names(&self) -> crate::NameRegister {
+        crate::NameRegister::new(&self.dir, &self.domain)
+    }
+
     /// The certificate peers of this member trust.
     pub fn trust_anchor_pem(&self) -> &str {
         self.root_pem.as_deref().unwrap_or(&self.cert_pem)

@@ -18,6 +18,10 @@ pub enum PkiError {
     Rcgen(#[from] rcgen::Error),
     #[error("TLS configuration failed: {0}")]
     Tls(#[from] rustls::Error),
+    #[error(
+        "{principal} has been the name of a certificate of this member before (a name is never given twice, so that no new certificate inherits an old one's grants or shakes off its revocation); choose another name, e.g. {suggestion}"
+    )]
+    NameTaken { principal: String, suggestion: String },
     #[error("{0}")]
     Invalid(String),
 }

@@ -282,10 +282,12 @@ pub enum ErrorKind {
     Symlink,
     /// Placement found nodes up but full, or a member's contribution is used up.
     NoSpace,
+    /// A move between datastores (the mount answers EXDEV, so `mv` copies instead).
+    CrossDatastore,
 }
 
 impl ErrorKind {
-    pub const ALL: [ErrorKind; 7] = [
+    pub const ALL: [ErrorKind; 8] = [
         ErrorKind::NotFound,
         ErrorKind::Exists,
         ErrorKind::NotADirectory,
@@ -293,6 +295,7 @@ impl ErrorKind {
         ErrorKind::NotEmpty,
         ErrorKind::Symlink,
         ErrorKind::NoSpace,
+        ErrorKind::CrossDatastore,
     ];
 
     /// The word on the wire.
@@ -305,6 +308,7 @@ impl ErrorKind {
             ErrorKind::NotEmpty => "not-empty",
             ErrorKind::Symlink => "symlink",
             ErrorKind::NoSpace => "no-space",
+            ErrorKind::CrossDatastore => "cross-datastore",
         }
     }
 

@@ -428,8 +428,9 @@ impl Metadata for MetadataService {
         let (src, dst) = (path_arg(&req.get_ref().src)?, path_arg(&req.get_ref().dst)?);
         let (rs, rd) = (self.remote(&src)?, self.remote(&dst)?);
         if top_of(src.as_str()) != top_of(dst.as_str()) && (rs.is_some() || rd.is_some()) {
-            return call.done(Err(Status::invalid_argument(format!(
-                "cannot move {src} to {dst}: they are in different members' datastores; copy the data instead (get, then put)"
+            return call.done(Err(meta_status(collective_meta::MetaError::CrossDatastore(
+                src.to_string(),
+                dst.to_string(),
             ))));
         }
         if let Some(mut peer) = rs {
