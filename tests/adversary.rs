@@ -160,7 +160,7 @@ fn a_name_any_certificate_carried_is_never_given_again_and_a_refused_name_keeps_
         .cmd_as("alice")
         .env_remove("COLLECTIVE_CONFIG")
         .env("XDG_CONFIG_HOME", fed.path("xdg"))
-        .env("USER", "Grandpa")
+        .env("USER", "Grand_Pa")
         .args(["invite", "redeem", &code, "--out"])
         .arg(fed.path("redeemed-default"))
         .output()
@@ -168,7 +168,7 @@ fn a_name_any_certificate_carried_is_never_given_again_and_a_refused_name_keeps_
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     assert!(
-        text.contains("using the name grandpa") && text.contains("grandpa@alice.collective.local"),
+        text.contains("using the name grand-pa") && text.contains("grand-pa@alice.collective.local"),
         "{text}"
     );
 }
@@ -191,4 +191,186 @@ fn a_move_across_datastores_is_refused_and_says_to_copy() {
     c.ok(&["get", "/photos/a.jpg", p(&back)]);
     assert_eq!(std::fs::read(&back).unwrap(), data);
     c.ok(&["mv", "/photos/a.jpg", "/photos/b.jpg"]);
+}
+
+/// What the CLI never sends: a sharer's raw Admin calls with a negative expiry (once read
+/// as "for good"), one past the end of time, more rights than it holds, and
+/// an invite for more than it holds. Each is refused and no grant changes; an invite it
+/// may make gives grants that end when its own do.
+#[test]
+fn a_sharer_crafting_admin_requests_cannot_give_more_or_longer_than_it_holds() {
+    use collective_proto::v1::admin_client::AdminClient;
+    use collective_proto::v1::{GenerateInviteRequest, GrantRequest, RevokeRequest};
+    let c = Cluster::start("adv-craft", 1, 1);
+    c.ok(&["datastore", "create", "/photos", "--strategy", "media", "--replicas", "1"]);
+    c.second_user("kid");
+    c.second_user("aunt");
+    c.ok(&[
+        "datastore",
+        "grant",
+        "/photos",
+        "kid@home.collective.local",
+        "read,share",
+        "--until",
+        "1h",
+    ]);
+    c.ok(&["datastore", "grant", "/photos", "aunt@home.collective.local", "read,write"]);
+    let grants = || c.ok(&["datastore", "info", "/photos", "--json"]);
+    let before = grants();
+    let certs = c.path("kid");
+    let kid = collective_pki::TlsIdentity::load(&c.dir.join("certs/ca.crt"), &certs.join("kid.crt"), &certs.join("kid.key")).unwrap();
+    let coordinator: collective_core::Principal = "coordinator@home.collective.local".parse().unwrap();
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap();
+    let code = rt.block_on(async {
+        let ch = collective_rpc::channel(&kid, &c.proc("coordinator").grpc, &coordinator).unwrap();
+        let mut admin = AdminClient::new(ch);
+        let grant = |subject: &str, rights: &str, until_ms: i64| GrantRequest {
+            path: "/photos".into(),
+            subject: subject.into(),
+            rights: rights.into(),
+            until_ms,
+        };
+        use tonic::Code::{InvalidArgument, PermissionDenied};
+        // Within kid's own hour, so only the rights decide.
+        let soon = (collective_core::unix_ms_now() + 1_800_000) as i64;
+        for (what, req, code, word) in [
+            (
+                "an expiry before the epoch",
+                grant("*@home.collective.local", "read", -1),
+                InvalidArgument,
+                "never negative",
+            ),
+            (
+                "an expiry past the end of time",
+                grant("*@home.collective.local", "read", i64::MAX),
+                PermissionDenied,
+                "end at",
+            ),
+            ("no expiry", grant("*@home.collective.local", "read", 0), PermissionDenied, "end at"),
+            (
+                "more rights than held",
+                grant("*@home.collective.local", "read,write", 0),
+                PermissionDenied,
+                "lacks the write right",
+            ),
+            (
+                "replacing a wider grant",
+                grant("aunt@home.collective.local", "read", soon),
+                PermissionDenied,
+                "lacks the write right",
+            ),
+        ] {
+            let s = admin.grant(req).await.expect_err(what);
+            assert_eq!(s.code(), code, "{what}: {s:?}");
+            assert!(s.message().contains(word), "{what}: {}", s.message());
+        }
+        let s = admin
+            .revoke(RevokeRequest {
+                path: "/photos".into(),
+                subject: "aunt@home.collective.local".into(),
+            })
+            .await
+            .expect_err("revoking a wider grant");
+        assert!(s.message().contains("lacks the write right"), "{}", s.message());
+        let s = admin
+            .generate_invite(GenerateInviteRequest {
+                grants: vec!["/photos:read+write".into()],
+                ..Default::default()
+            })
+            .await
+            .expect_err("an invite for more than held");
+        assert!(s.message().contains("lacks the write right"), "{}", s.message());
+        admin
+            .generate_invite(GenerateInviteRequest {
+                grants: vec!["/photos:read".into()],
+                ..Default::default()
+            })
+            .await
+            .expect("an invite for what kid holds")
+            .into_inner()
+            .code
+    });
+    assert_eq!(grants(), before, "a refused request changed the grants");
+    let out = c
+        .cmd()
+        .env_remove("COLLECTIVE_CONFIG")
+        .env("XDG_CONFIG_HOME", c.path("xdg"))
+        .args(["invite", "redeem", &code, "--name", "cousin", "--out"])
+        .arg(c.path("redeemed-cousin"))
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let info: serde_json::Value = serde_json::from_str(&grants()).unwrap();
+    let cousin = info["grants"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|g| g["subject"] == "cousin@home.collective.local")
+        .cloned()
+        .unwrap_or_else(|| panic!("no grant for cousin: {info}"));
+    assert!(cousin["until"].is_string(), "the invite's grant outlasts kid's own: {cousin}");
+}
+
+/// Bob's member CA is name-constrained to bob.collective.local, which lets it sign
+/// `x@y.bob.collective.local` too: a principal that would pass for a member of its own (and
+/// for a removed member coming back). Refused at the TLS handshake and in gossip, with the
+/// rule named in the refusing coordinator's log; grants to "every member" do not cover it.
+#[test]
+fn a_certificate_for_a_name_below_a_member_domain_is_refused_everywhere() {
+    use collective_proto::v1::PathRequest;
+    use collective_proto::v1::metadata_client::MetadataClient;
+    let fed = Cluster::federation("adv-subdomain", 2, 1);
+    let bob = fed.member("bob").clone();
+    fed.ok_as("alice", &["datastore", "create", "/open", "--strategy", "media", "--replicas", "1"]);
+    fed.ok_as("alice", &["datastore", "grant", "/open", "*@*.collective.local", "read"]);
+    let note = fed.write_local("note.txt", b"for every member");
+    fed.ok_as("alice", &["put", p(&note), "/open/note.txt"]);
+    // What bob's CA can sign: a client certificate for x@y.bob.collective.local.
+    let ca_pem = std::fs::read_to_string(bob.ca_dir.join("ca.crt")).unwrap();
+    let ca_key = rcgen::KeyPair::from_pem(&std::fs::read_to_string(bob.ca_dir.join("ca.key")).unwrap()).unwrap();
+    let issuer = rcgen::Issuer::from_ca_cert_pem(&ca_pem, &ca_key).unwrap();
+    let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ED25519).unwrap();
+    let mut params = rcgen::CertificateParams::default();
+    params.distinguished_name = rcgen::DistinguishedName::new();
+    params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, "x@y.bob.collective.local");
+    params
+        .distinguished_name
+        .push(rcgen::DnType::OrganizationName, "y.bob.collective.local");
+    params.distinguished_name.push(rcgen::DnType::OrganizationalUnitName, "client");
+    params.subject_alt_names = vec![rcgen::SanType::DnsName("x.y.bob.collective.local".try_into().unwrap())];
+    params.key_usages = vec![rcgen::KeyUsagePurpose::DigitalSignature];
+    params.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ClientAuth];
+    params.use_authority_key_identifier_extension = true;
+    let cert = params.signed_by(&key, &issuer).unwrap();
+    let dir = fed.path("subdomain");
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join("x.crt"), format!("{}{}", cert.pem(), ca_pem)).unwrap();
+    collective_pki::write_private_file(&dir.join("x.key"), key.serialize_pem().as_bytes()).unwrap();
+    let x = collective_pki::TlsIdentity::load(&bob.ca_dir.join("root.crt"), &dir.join("x.crt"), &dir.join("x.key"))
+        .expect("a certificate bob's CA signed loads");
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap();
+    for m in ["alice", "bob"] {
+        let member = fed.member(m).clone();
+        let coordinator: collective_core::Principal = format!("coordinator@{}", member.domain).parse().unwrap();
+        let r = rt.block_on(async {
+            let ch = collective_rpc::channel(&x, &member.grpc, &coordinator).unwrap();
+            MetadataClient::new(ch).stat(PathRequest { path: "/".into() }).await
+        });
+        assert!(r.is_err(), "{m}'s coordinator served x@y.bob.collective.local: {r:?}");
+        let log = fed.member_procs(m).into_iter().find(|p| p.role == "coordinator").unwrap().log;
+        common::within(Duration::from_secs(10), "the refusal to be logged", || {
+            std::fs::read_to_string(&log)
+                .unwrap_or_default()
+                .contains("x@y.bob.collective.local is refused: a member's domain is exactly one name below the federation domain")
+        });
+    }
+    // The data is intact, and the grant to every member still works for members.
+    within(Duration::from_secs(30), "bob to learn of /open", || {
+        fed.ok_as("bob", &["datastore", "ls"]).contains("/open ")
+    });
+    assert_eq!(fed.ok_as("bob", &["cat", "/open/note.txt"]), "for every member");
 }

@@ -198,7 +198,10 @@ impl Client {
             .map_err(|e| ClientError::Other(format!("writing {}: {e}", place.shown.display())))??;
         let file = Arc::new(f);
         let result = async {
-            let n = self.fetch_into(plan, file, progress, parallel).await?;
+            let n = self.fetch_into(plan, file.clone(), progress, parallel).await?;
+            // The exact mode (creating it was subject to the umask).
+            use std::os::unix::fs::PermissionsExt;
+            let _ = file.set_permissions(std::fs::Permissions::from_mode(mode));
             place.commit()?;
             Ok(n)
         }
@@ -641,7 +644,7 @@ impl<W: AsyncWrite + Unpin + Send> Sink for Writer<'_, W> {
     }
 }
 
-/// Writes `data` to `tmp`, sets its mode and renames it to `local`.
+/// Writes `data` to a temporary file beside `place` (mode `mode`) and renames it there.
 fn write_file_atomically(place: &Place, data: &[u8], mode: u32) -> Result<u64, ClientError> {
     let result = (|| {
         let mut f = place.create_temp(mode)?;

@@ -188,9 +188,9 @@ pub async fn join_member(invite: &Invite, name: &str, ca_dir: &Path) -> Result<J
     })
 }
 
-/// The name of the user running this, as a name in a member would be written (lower
-/// case): `$USER`, `$LOGNAME`, or the password database's entry for our user id. None when
-/// there is none, or it is not a valid name.
+/// The name of the user running this, as a name in a member is written: `$USER`,
+/// `$LOGNAME`, or the password database's entry for our user id, in lower case with '-'
+/// for what a name cannot hold. None when there is none, or nothing of it is usable.
 pub fn local_user_name() -> Option<String> {
     let from_env = ["USER", "LOGNAME"]
         .iter()
@@ -204,6 +204,12 @@ pub fn local_user_name() -> Option<String> {
             (f.len() > 2 && f[2].parse::<u32>().ok() == Some(uid)).then(|| f[0].to_string())
         })
     })?;
-    let name = name.to_lowercase();
+    // `John_Doe` proposes `john-doe`: lower case, and '-' for what a name cannot hold.
+    let name: String = name
+        .to_lowercase()
+        .chars()
+        .map(|c| if c.is_ascii_lowercase() || c.is_ascii_digit() { c } else { '-' })
+        .collect();
+    let name = name.trim_matches('-').to_string();
     collective_core::validate_name(&name).ok().map(|_| name)
 }

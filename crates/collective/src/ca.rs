@@ -202,9 +202,9 @@ pub fn run(cmd: CaCommand) -> Result<()> {
                 not_before,
                 not_after,
             };
-            // A name is never given twice (`names.rs` in collective-pki says why).
-            ca.names().claim(&a.name)?;
-            let (crt, key) = ca.issue_to(&req, &a.out)?;
+            // A name is never given twice (`names.rs` in collective-pki says why); a
+            // certificate that could not be made claims nothing.
+            let (crt, key) = ca.names().claim_with(&a.name, || ca.issue_to(&req, &a.out))?;
             println!("issued {} certificate for {}@{}", a.role, a.name, ca.domain);
             println!("  certificate: {}", crt.display());
             println!("  private key: {} (0600)", key.display());

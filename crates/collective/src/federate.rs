@@ -406,7 +406,7 @@ pub async fn invite(o: &ClientOverrides, cmd: InviteCommand) -> Result<()> {
             if let Some(i) = r.invite {
                 let how = match a.member {
                     Some(m) => format!("collective member join CODE --name {m} --out DIR"),
-                    None => "collective invite redeem CODE --name NAME".into(),
+                    None => "collective invite redeem CODE [--name NAME]".into(),
                 };
                 eprintln!(
                     "invite {} valid until {} for {} use(s); the invitee runs: {how}",
@@ -457,8 +457,9 @@ async fn redeem(a: RedeemArgs) -> Result<()> {
     let name = match a.name {
         Some(n) => n,
         None => {
-            let n = enrol::local_user_name()
-                .context("this machine's user name cannot be a name in the member (letters, digits, '-', '_'); pass --name NAME")?;
+            let n = enrol::local_user_name().context(
+                "this machine's user name cannot be made a name in the member (lower-case letters, digits and '-'); pass --name NAME",
+            )?;
             println!("using the name {n} (your user name here); pass --name NAME to choose another");
             n
         }

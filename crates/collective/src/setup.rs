@@ -152,17 +152,14 @@ pub fn write_member(
 ) -> Result<Written> {
     let certs = out.join("certs");
     let issue = |role: Role, name: &str| -> Result<(PathBuf, PathBuf)> {
-        ca.names().claim(name)?;
-        Ok(ca.issue_to(
-            &IssueRequest {
-                role,
-                name: name.to_string(),
-                sans: addrs.sans.clone(),
-                not_before: None,
-                not_after: None,
-            },
-            &certs,
-        )?)
+        let req = IssueRequest {
+            role,
+            name: name.to_string(),
+            sans: addrs.sans.clone(),
+            not_before: None,
+            not_after: None,
+        };
+        Ok(ca.names().claim_with(name, || ca.issue_to(&req, &certs))?)
     };
     let rel = |p: &Path| p.strip_prefix(out).map(Path::to_path_buf).unwrap_or_else(|_| p.to_path_buf());
     let dot = |p: PathBuf| if p.as_os_str().is_empty() { PathBuf::from(".") } else { p };

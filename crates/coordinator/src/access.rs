@@ -75,32 +75,41 @@ impl Access {
     /// Refuses unless `who` may give `rights` on `path` until `until_ms` (0: for good):
     /// the one rule for grants and invites ([`collective_core::may_share`]).
     pub fn may_share(&self, who: &Principal, path: &RemotePath, rights: Rights, until_ms: u64) -> Result<(), Error> {
-        match self.share_limit(who, path, rights)? {
-            0 => Ok(()),
-            limit if until_ms != 0 && until_ms <= limit => Ok(()),
-            limit => {
-                self.denials.inc();
-                Err(Error::Outlasts {
-                    who: who.to_string(),
-                    path: path.to_string(),
-                    until: crate::events::time_str(limit),
-                })
-            }
-        }
+        self.judge_sharing(who, path, |grants, now| {
+            collective_core::may_share(grants, who, path.as_str(), now, rights, until_ms)
+        })
     }
 
     /// How long what `who` gives of `rights` on `path` may last (0: for good), or why it
-    /// may not give them at all.
+    /// may not give them at all ([`collective_core::share_limit`]).
     pub fn share_limit(&self, who: &Principal, path: &RemotePath, rights: Rights) -> Result<u64, Error> {
+        self.judge_sharing(who, path, |grants, now| {
+            collective_core::share_limit(grants, who, path.as_str(), now, rights)
+        })
+    }
+
+    /// Runs a sharing rule on the grants at the clock's time; admins pass (with "for good").
+    fn judge_sharing<T: Default>(
+        &self,
+        who: &Principal,
+        path: &RemotePath,
+        rule: impl FnOnce(&[collective_core::Grant], u64) -> Result<T, ShareRefusal>,
+    ) -> Result<T, Error> {
         if self.is_admin(who) {
-            return Ok(0);
+            return Ok(T::default());
         }
         let grants = self.meta.grants()?;
-        match collective_core::may_share(&grants, who, path.as_str(), self.clock.now_ms(), rights, 0) {
-            Ok(()) => Ok(0),
-            Err(ShareRefusal::Outlasts { until_ms }) => Ok(until_ms),
-            Err(ShareRefusal::Lacks { missing, have }) => Err(self.lacks(who, path.as_str(), missing, have)),
-        }
+        rule(&grants, self.clock.now_ms()).map_err(|refusal| match refusal {
+            ShareRefusal::Lacks { missing, have } => self.lacks(who, path.as_str(), missing, have),
+            ShareRefusal::Outlasts { until_ms } => {
+                self.denials.inc();
+                Error::Outlasts {
+                    who: who.to_string(),
+                    path: path.to_string(),
+                    until: crate::events::time_str(until_ms),
+                }
+            }
+        })
     }
 
     /// Whether a top-level entry shows up in `who`'s listing of `/`: admins see everything,

@@ -491,12 +491,17 @@ impl AdminService {
             .parse()
             .map_err(|e: collective_core::AccessError| Status::invalid_argument(e.to_string()))?;
         let now = self.state.clock.now_ms();
+        if q.until_ms < 0 {
+            return Err(Status::invalid_argument(
+                "until_ms is 0 (no end) or a time after now, never negative",
+            ));
+        }
         if q.until_ms != 0 && (q.until_ms as u64) <= now {
             return Err(Status::invalid_argument("--until is in the past"));
         }
         // Sharing never widens: only rights held, never past their end. A grant already
         // there is replaced only by someone who could have given it.
-        self.state.access.may_share(who, &path, rights, q.until_ms.max(0) as u64)?;
+        self.state.access.may_share(who, &path, rights, q.until_ms as u64)?;
         if let Some(old) = self.state.meta.grant(path.as_str(), &subject).map_err(meta_status)? {
             self.state.access.may_share(who, &path, old.rights, old.until_ms)?;
         }

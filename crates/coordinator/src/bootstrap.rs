@@ -277,27 +277,30 @@ impl BootstrapService {
                         suggestion: collective_pki::free_name(&name, &Default::default()),
                     }));
                 }
-                let limits = std::sync::Mutex::new(Vec::new());
-                let used = state.meta.use_invite(&id, &who2, state.clock.now_ms(), |rec| {
-                    let InviteKind::User { grants } = &rec.kind else {
-                        return Err(InviteRefusal::WrongKind("a new member"));
-                    };
-                    let inviter: Principal = rec.created_by.parse().map_err(|_| InviteRefusal::Inviter(rec.created_by.clone()))?;
-                    let mut out = Vec::new();
+                // Judged before the invite is used, outside its transaction (which must not
+                // read other tables); an invite's grants never change once made.
+                let mut limits = Vec::new();
+                if let Some(rec) = state.meta.invite(&id)?
+                    && let InviteKind::User { grants } = &rec.kind
+                {
+                    let by = &rec.created_by;
+                    let inviter: Principal = by.parse().map_err(|_| Error::Invite(InviteRefusal::Inviter(by.clone())))?;
                     for (path, bits) in grants {
-                        let path = collective_core::validate_path(path).map_err(|_| InviteRefusal::Inviter(rec.created_by.clone()))?;
+                        let path = collective_core::validate_path(path).map_err(collective_meta::MetaError::from)?;
                         let limit = state
                             .access
                             .share_limit(&inviter, &path, Rights(*bits))
-                            .map_err(|e| InviteRefusal::Inviter(e.to_string()))?;
-                        out.push(limit);
+                            .map_err(|e| Error::Invite(InviteRefusal::Inviter(e.to_string())))?;
+                        limits.push(limit);
                     }
-                    *limits.lock().unwrap_or_else(|p| p.into_inner()) = out;
-                    Ok(())
+                }
+                let used = state.meta.use_invite(&id, &who2, state.clock.now_ms(), |rec| match &rec.kind {
+                    InviteKind::User { .. } => Ok(()),
+                    InviteKind::Member { .. } => Err(InviteRefusal::WrongKind("a new member")),
                 })?;
                 let rec = used.map_err(Error::Invite)?;
                 state.meta.claim_principal(&who2, &id)?;
-                Ok((rec, limits.into_inner().unwrap_or_else(|p| p.into_inner())))
+                Ok((rec, limits))
             })
         })
         .await
@@ -311,9 +314,12 @@ impl BootstrapService {
         let InviteKind::User { grants } = &rec.kind else {
             return Err(Status::invalid_argument("this invite is not for a user"));
         };
+        if limits.len() != grants.len() {
+            return Err(Status::internal("the invite's grants were not all judged; nothing was granted"));
+        }
         let now = unix_ms_now();
         let mut infos = Vec::new();
-        for ((path, bits), until_ms) in grants.iter().zip(limits.into_iter().chain(std::iter::repeat(0))) {
+        for ((path, bits), until_ms) in grants.iter().zip(limits) {
             let g = Grant {
                 path: path.clone(),
                 subject: Subject::Principal(principal.clone()),

@@ -99,8 +99,16 @@ impl From<Error> for Status {
             Error::Internal(m) => Status::internal(m),
             e @ Error::ForgedRemoval(_) => Status::invalid_argument(e.to_string()),
             e @ Error::File { .. } => Status::internal(e.to_string()),
-            e @ Error::Pki(collective_pki::PkiError::NameTaken { .. }) => Status::already_exists(e.to_string()),
-            e @ Error::Pki(_) => Status::invalid_argument(e.to_string()),
+            Error::Pki(p) => {
+                use collective_pki::PkiError as P;
+                let code = match &p {
+                    P::NameTaken { .. } => Code::AlreadyExists,
+                    // Our own files (the CA directory, its name register).
+                    P::Read { .. } | P::Write { .. } | P::KeyPermissions { .. } | P::BadFile { .. } => Code::Internal,
+                    _ => Code::InvalidArgument,
+                };
+                Status::new(code, p.to_string())
+            }
             e @ Error::Invite(_) => Status::permission_denied(e.to_string()),
         }
     }

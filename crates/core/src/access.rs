@@ -104,10 +104,12 @@ impl Subject {
         match self {
             Subject::Principal(q) => q == p,
             Subject::Member(d) => &p.domain == d,
+            // Members are one name below the federation domain; deeper names are no member.
             Subject::Federation(f) => p
                 .domain
                 .strip_suffix(f.as_str())
-                .is_some_and(|head| head.ends_with('.') && head.len() > 1),
+                .and_then(|head| head.strip_suffix('.'))
+                .is_some_and(|label| !label.is_empty() && !label.contains('.')),
         }
     }
 }
@@ -214,26 +216,27 @@ pub fn held_until(grants: &[Grant], who: &Principal, path: &str, now_ms: u64, ri
     Some(limit)
 }
 
+/// How long what `who` gives of `rights` on `path` may last (0: for good), or the rights it
+/// lacks: sharing needs the share right and every right given.
+pub fn share_limit(grants: &[Grant], who: &Principal, path: &str, now_ms: u64, rights: Rights) -> Result<u64, ShareRefusal> {
+    let need = rights.union(Rights::SHARE);
+    held_until(grants, who, path, now_ms, need).ok_or_else(|| {
+        let have = effective_rights(grants, who, path, now_ms);
+        ShareRefusal::Lacks {
+            missing: need.missing_from(have),
+            have,
+        }
+    })
+}
+
 /// The one rule for giving rights away, for grants and invites alike: the giver holds the
 /// share right and every right it gives, and what it gives ends no later than its own
 /// rights do (`until_ms` 0: for good). Admins are not judged by grants and are not asked.
 pub fn may_share(grants: &[Grant], who: &Principal, path: &str, now_ms: u64, rights: Rights, until_ms: u64) -> Result<(), ShareRefusal> {
-    let need = rights.union(Rights::SHARE);
-    let have = effective_rights(grants, who, path, now_ms);
-    if !have.contains(need) {
-        return Err(ShareRefusal::Lacks {
-            missing: need.missing_from(have),
-            have,
-        });
-    }
-    match held_until(grants, who, path, now_ms, need) {
-        Some(0) => Ok(()),
-        Some(limit) if until_ms != 0 && until_ms <= limit => Ok(()),
-        Some(limit) => Err(ShareRefusal::Outlasts { until_ms: limit }),
-        None => Err(ShareRefusal::Lacks {
-            missing: need.missing_from(have),
-            have,
-        }),
+    match share_limit(grants, who, path, now_ms, rights)? {
+        0 => Ok(()),
+        limit if until_ms != 0 && until_ms <= limit => Ok(()),
+        limit => Err(ShareRefusal::Outlasts { until_ms: limit }),
     }
 }
 
@@ -323,6 +326,8 @@ mod tests {
         assert!(f.matches(&bob) && f.matches(&carol));
         let other: Principal = "eve@eve.evil.local".parse().unwrap();
         assert!(!f.matches(&other));
+        let deeper: Principal = "x@y.bob.collective.local".parse().unwrap();
+        assert!(!f.matches(&deeper), "a name below a member is no member");
         assert_eq!(f.to_string(), "*@*.collective.local");
         assert!("*@".parse::<Subject>().is_err());
         assert!("bob".parse::<Subject>().is_err());

@@ -18,7 +18,9 @@ mod strategy;
 mod units;
 mod worker;
 
-pub use access::{AccessError, Grant, Rights, ShareRefusal, Subject, effective_rights, held_until, may_share, parse_grant_spec};
+pub use access::{
+    AccessError, Grant, Rights, ShareRefusal, Subject, effective_rights, held_until, may_share, parse_grant_spec, share_limit,
+};
 pub use breaker::{BREAKER_MAX, BREAKER_MIN, BreakerState, Breakers, backoff, jittered};
 pub use chunk::{CHUNK_ID_LEN, ChunkId, MAX_CHUNK_BYTES};
 pub use clock::{Clock, ManualClock, SharedClock, SystemClock, system_clock};

@@ -301,8 +301,7 @@ impl Issuer<'_> {
             not_before: None,
             not_after: None,
         };
-        self.ca.names().claim(name)?;
-        Ok(self.ca.issue_to(&req, &self.certs)?)
+        Ok(self.ca.names().claim_with(name, || self.ca.issue_to(&req, &self.certs))?)
     }
 
     pub fn trust(&self) -> PathBuf {

@@ -202,6 +202,11 @@ impl MetaStore {
             .collect()
     }
 
+    /// One invite, as stored now.
+    pub fn invite(&self, id: &[u8; 16]) -> Result<Option<InviteRecord>, MetaError> {
+        self.engine.get(Table::Invites, id)?.map(|v| decode(&v)).transpose()
+    }
+
     pub fn revoke_invite(&self, id: &[u8; 16]) -> Result<bool, MetaError> {
         self.engine.transact(|t| {
             let Some(v) = t.get(Table::Invites, id)? else {

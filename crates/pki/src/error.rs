@@ -22,6 +22,10 @@ pub enum PkiError {
         "{principal} has been the name of a certificate of this member before (a name is never given twice, so that no new certificate inherits an old one's grants or shakes off its revocation); choose another name, e.g. {suggestion}"
     )]
     NameTaken { principal: String, suggestion: String },
+    #[error(
+        "{principal} is refused: a member's domain is exactly one name below the federation domain {federation} (like bob.{federation}), the one the root signed its CA for; certificates for deeper names are refused, whoever signed them"
+    )]
+    MemberDomain { principal: String, federation: String },
     #[error("{0}")]
     Invalid(String),
 }

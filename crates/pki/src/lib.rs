@@ -24,6 +24,9 @@ pub use invite::{INVITE_PREFIX, InviteCode, InviteCodeKind};
 pub use keyfile::{check_key_permissions, replace_file, write_private_file};
 pub use names::{NAMES_FILE, NameRegister, free_name};
 pub use revocation::{REVOCATION_FILE, RevocationList, Revocations, RevokedCert, parse_fingerprint};
-pub use root::{FederationRoot, MEMBER_CA_OU, ROOT_OU, federation_root_key, member_domain, new_csr, removal_message, verify_removal};
+pub use root::{
+    FederationRoot, MEMBER_CA_OU, ROOT_OU, check_member_domain, federation_domain, federation_root_key, member_domain, new_csr,
+    removal_message, verify_removal,
+};
 pub use tls::{ALPN_GRPC, ALPN_QUIC, TlsFiles, TlsIdentity, peer_from_der};
 pub use token::{DEFAULT_TOKEN_TTL, TokenError, TokenSigner, TokenVerifier};

@@ -119,6 +119,9 @@ struct Watched {
     set: HashSet<[u8; 32]>,
     /// Member domains removed from the federation: every certificate naming one is refused.
     removed: HashSet<String>,
+    /// The federation domain, when we trust a federation root: a principal's member domain
+    /// must be exactly one name below it (`check_member_domain`).
+    federation: Option<String>,
 }
 
 /// The revoked fingerprints a process enforces, shared by its TLS verifiers and its per-call
@@ -163,15 +166,43 @@ impl Revocations {
         Ok(false)
     }
 
-    /// Whether the certificate (DER) is revoked, or names a principal of a member removed
-    /// from the federation (what TLS handshakes check).
+    /// Whether the certificate (DER) is revoked, or names a principal this process refuses
+    /// (see [`Revocations::principal_refusal`]); what TLS handshakes check.
     pub fn is_revoked(&self, der: &[u8]) -> bool {
-        if self.is_certificate_revoked(der) {
-            return true;
+        self.is_certificate_revoked(der) || self.refusal_of_der(der).is_some()
+    }
+
+    /// Why the principal a certificate (DER) names is refused, if it is.
+    pub fn refusal_of_der(&self, der: &[u8]) -> Option<String> {
+        // Parse only when something can refuse a principal at all.
+        let Ok(w) = self.inner.read() else { return None };
+        if w.removed.is_empty() && w.federation.is_none() {
+            return None;
         }
-        // Parse only when some member was removed at all.
-        let Ok(w) = self.inner.read() else { return false };
-        !w.removed.is_empty() && crate::tls::peer_from_der(der).is_ok_and(|(p, _)| w.removed.contains(&p.domain))
+        drop(w);
+        let (p, _) = crate::tls::peer_from_der(der).ok()?;
+        self.principal_refusal(&p)
+    }
+
+    /// Why `p` is refused whatever its certificate: its member was removed from the
+    /// federation, or its member domain is not one name below the federation domain.
+    pub fn principal_refusal(&self, p: &collective_core::Principal) -> Option<String> {
+        let w = self.inner.read().ok()?;
+        if w.removed.contains(&p.domain) {
+            return Some(format!(
+                "{} was removed from the federation; its principals (here {p}) are no longer accepted",
+                p.domain
+            ));
+        }
+        let federation = w.federation.as_deref()?;
+        crate::root::check_member_domain(p, federation).err().map(|e| e.to_string())
+    }
+
+    /// Takes the federation domain whose member-domain rule every peer must follow.
+    pub fn set_federation(&self, domain: &str) {
+        if let Ok(mut w) = self.inner.write() {
+            w.federation = Some(domain.to_string());
+        }
     }
 
     /// Whether this very certificate (DER) is on the revocation list. For a caller already

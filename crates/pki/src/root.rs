@@ -165,12 +165,36 @@ pub fn verify_removal(root_key: &[u8], member: &str, removed_ms: u64, reason: &s
 /// The federation root's public key, found in a PEM bundle of trusted certificates (every
 /// member's trust file holds the root), or None when the bundle holds no federation root.
 pub fn federation_root_key(trust_pem: &str) -> Option<Vec<u8>> {
+    root_cert(trust_pem).map(|c| c.public_key)
+}
+
+/// The federation root among the certificates of `trust_pem`.
+fn root_cert(trust_pem: &str) -> Option<CertInfo> {
     crate::cert::pem_ders(trust_pem)
         .ok()?
         .iter()
         .filter_map(|der| CertInfo::from_der(der).ok())
         .find(|c| c.is_ca && c.org_unit.as_deref() == Some(ROOT_OU))
-        .map(|c| c.public_key)
+}
+
+/// The federation domain of the root in `trust_pem`, when it holds one.
+pub fn federation_domain(trust_pem: &str) -> Option<String> {
+    root_cert(trust_pem).and_then(|c| c.organization)
+}
+
+/// A member's domain is exactly one name below the federation domain, the one the root
+/// signed its CA for (`bob.collective.local`). A member CA's name constraint lets it sign
+/// names below its own domain too (`x@y.bob.collective.local`); such a principal would pass
+/// for a member of its own, so it is refused wherever a peer is known.
+pub fn check_member_domain(p: &Principal, federation: &str) -> Result<(), PkiError> {
+    let label = p.domain.strip_suffix(federation).and_then(|h| h.strip_suffix('.'));
+    match label {
+        Some(l) if collective_core::validate_name(l).is_ok() => Ok(()),
+        _ => Err(PkiError::MemberDomain {
+            principal: p.to_string(),
+            federation: federation.to_string(),
+        }),
+    }
 }
 
 /// Makes a key pair and a signing request naming `common_name`; returns (key PEM, CSR PEM).
@@ -182,6 +206,30 @@ pub fn new_csr(common_name: &str) -> Result<(String, String), PkiError> {
     params.distinguished_name.push(DnType::CommonName, common_name);
     let csr = params.serialize_request(&key)?.pem()?;
     Ok((key.serialize_pem(), csr))
+}
+
+#[cfg(test)]
+mod member_domain_tests {
+    use super::*;
+
+    #[test]
+    fn a_member_domain_is_exactly_one_name_below_the_federation() {
+        let ok: Principal = "x@bob.collective.local".parse().unwrap();
+        assert!(check_member_domain(&ok, "collective.local").is_ok());
+        for bad in [
+            "x@y.bob.collective.local",
+            "x@collective.local",
+            "x@bob.other.local",
+            "x@bobcollective.local",
+        ] {
+            let p: Principal = bad.parse().unwrap();
+            let e = check_member_domain(&p, "collective.local").unwrap_err().to_string();
+            assert!(
+                e.contains("exactly one name below the federation domain collective.local"),
+                "{bad}: {e}"
+            );
+        }
+    }
 }
 
 #[cfg(test)]

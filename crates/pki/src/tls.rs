@@ -185,10 +185,17 @@ impl ClientCertVerifier for NotRevoked {
         intermediates: &[CertificateDer<'_>],
         now: rustls_pki_types::UnixTime,
     ) -> Result<rustls::server::danger::ClientCertVerified, rustls::Error> {
-        if self.revocations.is_revoked(end_entity) {
+        if self.revocations.is_certificate_revoked(end_entity) {
             return Err(rustls::Error::InvalidCertificate(rustls::CertificateError::Revoked));
         }
-        self.inner.verify_client_cert(end_entity, intermediates, now)
+        let verified = self.inner.verify_client_cert(end_entity, intermediates, now)?;
+        if let Some(why) = self.revocations.refusal_of_der(end_entity) {
+            tracing::warn!("refused a client certificate at the TLS handshake: {why}");
+            return Err(rustls::Error::InvalidCertificate(rustls::CertificateError::Other(
+                rustls::OtherError(Arc::new(std::io::Error::other(why))),
+            )));
+        }
+        Ok(verified)
     }
 
     fn verify_tls12_signature(
@@ -254,6 +261,10 @@ impl TlsIdentity {
         }
         let principal = live.info.principal().map_err(|e| bad_file(cert, "Collective certificate", e))?;
         let role = live.info.role().map_err(|e| bad_file(cert, "Collective certificate", e))?;
+        let revocations = Revocations::default();
+        if let Some(federation) = crate::root::federation_domain(&trust) {
+            revocations.set_federation(&federation);
+        }
         Ok(TlsIdentity {
             principal,
             role,
@@ -261,7 +272,7 @@ impl TlsIdentity {
             key_path: key.to_path_buf(),
             live: Arc::new(RwLock::new(live)),
             roots: Arc::new(roots),
-            revocations: Revocations::default(),
+            revocations,
             root_key: crate::root::federation_root_key(&trust).map(Arc::new),
         })
     }
@@ -400,7 +411,11 @@ impl TlsIdentity {
             .map_err(|e| PkiError::Invalid(format!("cannot build verifier: {e}")))?;
         let ders: Vec<CertificateDer<'_>> = chain.iter().map(|c| CertificateDer::from(c.as_slice())).collect();
         verifier.verify_client_cert(&ders[0], &ders[1..], rustls_pki_types::UnixTime::now())?;
-        peer_from_der(leaf)
+        let (principal, role) = peer_from_der(leaf)?;
+        if let Some(why) = self.revocations.principal_refusal(&principal) {
+            return Err(PkiError::Invalid(why));
+        }
+        Ok((principal, role))
     }
 
     /// Client side for first contact: no certificate of ours, and the server is trusted

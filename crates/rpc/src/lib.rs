@@ -200,11 +200,8 @@ pub fn peer<T>(req: &Request<T>, revocations: &Revocations) -> Result<Caller, St
         .first()
         .ok_or_else(|| Status::unauthenticated("no client certificate was presented"))?;
     let (principal, role) = peer_from_der(leaf).map_err(|e| Status::unauthenticated(format!("client certificate refused: {e}")))?;
-    if revocations.is_member_removed(&principal.domain) {
-        return Err(Status::permission_denied(format!(
-            "{} was removed from the federation; its principals (here {principal}) are no longer accepted",
-            principal.domain
-        )));
+    if let Some(why) = revocations.principal_refusal(&principal) {
+        return Err(Status::permission_denied(why));
     }
     if revocations.is_certificate_revoked(leaf) {
         return Err(Status::unauthenticated(format!(
