@@ -374,3 +374,174 @@ fn a_certificate_for_a_name_below_a_member_domain_is_refused_everywhere() {
     });
     assert_eq!(fed.ok_as("bob", &["cat", "/open/note.txt"]), "for every member");
 }
+
+/// A coordinator that lies about paths (compromised, or answering in bad faith): the files
+/// `get -r` would write come from its `Walk`. It serves a tree with its own certificate and
+/// one lie at a time; the client refuses each, naming the path, and writes nothing outside
+/// its destination.
+mod lying_coordinator {
+    use collective_proto::v1::metadata_server::{Metadata, MetadataServer};
+    use collective_proto::v1::*;
+    use tonic::codegen::BoxStream;
+    use tonic::{Request, Response, Status};
+
+    pub struct Liar {
+        pub entries: Vec<FileAttr>,
+    }
+
+    fn no<T>() -> Result<Response<T>, Status> {
+        Err(Status::unimplemented("not in this fake"))
+    }
+
+    #[tonic::async_trait]
+    impl Metadata for Liar {
+        type WalkStream = BoxStream<WalkBatch>;
+
+        async fn stat(&self, r: Request<PathRequest>) -> Result<Response<FileAttr>, Status> {
+            Ok(Response::new(FileAttr {
+                path: r.into_inner().path,
+                kind: FileKind::Dir as i32,
+                mode: 0o755,
+                ..Default::default()
+            }))
+        }
+        async fn walk(&self, _: Request<PathRequest>) -> Result<Response<Self::WalkStream>, Status> {
+            let batch = WalkBatch {
+                entries: self.entries.clone(),
+            };
+            Ok(Response::new(Box::pin(tonic::codegen::tokio_stream::iter(vec![Ok(batch)]))))
+        }
+        async fn read_plan(&self, r: Request<ReadPlanRequest>) -> Result<Response<ReadPlanResponse>, Status> {
+            let files = r
+                .into_inner()
+                .paths
+                .into_iter()
+                .map(|path| FilePlan {
+                    attr: Some(FileAttr {
+                        path,
+                        kind: FileKind::File as i32,
+                        mode: 0o644,
+                        ..Default::default()
+                    }),
+                    chunks: vec![],
+                })
+                .collect();
+            Ok(Response::new(ReadPlanResponse { files }))
+        }
+        async fn list(&self, _: Request<ListRequest>) -> Result<Response<ListResponse>, Status> {
+            no()
+        }
+        async fn mkdir(&self, _: Request<MkdirRequest>) -> Result<Response<FileAttr>, Status> {
+            no()
+        }
+        async fn remove(&self, _: Request<RemoveRequest>) -> Result<Response<RemoveResponse>, Status> {
+            no()
+        }
+        async fn rename(&self, _: Request<RenameRequest>) -> Result<Response<FileAttr>, Status> {
+            no()
+        }
+        async fn symlink(&self, _: Request<SymlinkRequest>) -> Result<Response<FileAttr>, Status> {
+            no()
+        }
+        async fn set_attr(&self, _: Request<SetAttrRequest>) -> Result<Response<FileAttr>, Status> {
+            no()
+        }
+        async fn plan_write(&self, _: Request<PlanWriteRequest>) -> Result<Response<PlanWriteResponse>, Status> {
+            no()
+        }
+        async fn replace_target(&self, _: Request<ReplaceTargetRequest>) -> Result<Response<ChunkPlacement>, Status> {
+            no()
+        }
+        async fn commit_files(&self, _: Request<CommitFilesRequest>) -> Result<Response<CommitFilesResponse>, Status> {
+            no()
+        }
+        async fn report_bad_replica(&self, _: Request<ReportBadReplicaRequest>) -> Result<Response<ReportBadReplicaResponse>, Status> {
+            no()
+        }
+        async fn status(&self, _: Request<StatusRequest>) -> Result<Response<StatusResponse>, Status> {
+            no()
+        }
+        async fn write_policy(&self, _: Request<PathRequest>) -> Result<Response<WritePolicyResponse>, Status> {
+            no()
+        }
+    }
+
+    pub fn server(entries: Vec<FileAttr>) -> MetadataServer<Liar> {
+        MetadataServer::new(Liar { entries })
+    }
+}
+
+#[test]
+fn a_coordinator_sending_bad_paths_gets_an_error_and_nothing_is_written_outside_the_destination() {
+    use collective_proto::v1::{FileAttr, FileKind};
+    let c = Cluster::start("adv-paths", 1, 1);
+    let outside = c.path("outside");
+    std::fs::create_dir_all(&outside).unwrap();
+    let file = |path: &str| FileAttr {
+        path: path.into(),
+        kind: FileKind::File as i32,
+        mode: 0o644,
+        ..Default::default()
+    };
+    let link = FileAttr {
+        path: "/t/d".into(),
+        kind: FileKind::Symlink as i32,
+        target: outside.display().to_string(),
+        ..Default::default()
+    };
+    let lies: Vec<(&str, Vec<FileAttr>, &str)> = vec![
+        ("a '..' part", vec![file("/t/ok"), file("/t/../escaped")], "/t/../escaped"),
+        (
+            "a path outside the tree",
+            vec![file(&format!("{}/abs", outside.display()))],
+            "is not below /t/",
+        ),
+        (
+            "a file through a link it sent first",
+            vec![link, file("/t/d/planted")],
+            "nothing is written through links",
+        ),
+        ("an empty part", vec![file("/t//x")], "an empty part"),
+    ];
+    let certs = c.dir.join("certs");
+    let coordinator = collective_pki::TlsIdentity::load(
+        &certs.join("ca.crt"),
+        &certs.join("coordinator.crt"),
+        &certs.join("coordinator.key"),
+    )
+    .unwrap();
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap();
+    for (i, (what, entries, word)) in lies.into_iter().enumerate() {
+        let (addr, incoming) = rt
+            .block_on(collective_rpc::tls_incoming(&coordinator, "127.0.0.1:0".parse().unwrap()))
+            .unwrap();
+        let server = rt.spawn(
+            tonic::transport::Server::builder()
+                .add_service(lying_coordinator::server(entries))
+                .serve_with_incoming(incoming),
+        );
+        // The user's own client config, pointed at the liar.
+        let text = std::fs::read_to_string(&c.client_config).unwrap();
+        let cfg = c.path(&format!("liar-{i}.toml"));
+        let text: Vec<String> = text
+            .lines()
+            .map(|l| {
+                if l.starts_with("coordinator =") {
+                    format!("coordinator = \"{addr}\"")
+                } else {
+                    l.into()
+                }
+            })
+            .collect();
+        std::fs::write(&cfg, text.join("\n")).unwrap();
+        let dest = c.path(&format!("dest-{i}"));
+        let out = c.cli_with(&cfg, &["get", "-r", "/t", p(&dest)]);
+        server.abort();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{what}: the download succeeded");
+        assert!(err.contains("the server sent the path") && err.contains(word), "{what}: {err}");
+        assert_eq!(std::fs::read_dir(&outside).unwrap().count(), 0, "{what}: a file landed outside");
+        assert!(!c.path("escaped").exists() && !c.dir.join("escaped").exists(), "{what}");
+    }
+}
