@@ -545,3 +545,92 @@ fn a_coordinator_sending_bad_paths_gets_an_error_and_nothing_is_written_outside_
         assert!(!c.path("escaped").exists() && !c.dir.join("escaped").exists(), "{what}");
     }
 }
+
+/// The third reproduction of issue 31: bob's node hosts chunks of alice's backup
+/// datastore (ciphertext, as designed) and alice lets bob write into her `/drop`. bob takes
+/// a chunk id from the file names on his node's disk and commits a file naming it, over
+/// the ordinary API with his own certificate. A chunk id is not a capability: the commit
+/// is refused, nothing appears, and alice's file reads as before.
+#[test]
+fn a_member_naming_hosted_chunk_ids_in_a_commit_gets_nothing() {
+    use collective_proto::v1::metadata_client::MetadataClient;
+    use collective_proto::v1::{ChunkRef, CommitFilesRequest, FileCommit};
+    let fed = Cluster::federation("adv-chunk-ids", 2, 1);
+    fed.ok_as(
+        "alice",
+        &["datastore", "create", "/vault", "--strategy", "backup", "--replicas", "2"],
+    );
+    fed.ok_as("alice", &["datastore", "create", "/drop", "--strategy", "media", "--replicas", "1"]);
+    fed.ok_as("alice", &["datastore", "grant", "/drop", "bob@bob.collective.local", "read,write"]);
+    let secret = random_bytes(100_000, 31);
+    let f = fed.write_local("secret.bin", &secret);
+    fed.ok_as("alice", &["put", p(&f), "/vault/secret.bin"]);
+    within(Duration::from_secs(30), "bob to learn of /drop", || {
+        fed.ok_as("bob", &["datastore", "ls"]).contains("/drop ")
+    });
+    // What bob's own disk tells him: the ids of alice's chunks his node hosts.
+    let bobs = fed.member("bob").domain.clone();
+    let hosted: Vec<(Vec<u8>, u64)> = fed
+        .stored_chunks()
+        .into_iter()
+        .filter(|(node, _)| node.ends_with(&format!("@{bobs}")))
+        .filter_map(|(_, path)| {
+            let name = path.file_name()?.to_str()?.get(..64)?.to_string();
+            let id: Option<Vec<u8>> = (0..32).map(|i| u8::from_str_radix(&name[2 * i..2 * i + 2], 16).ok()).collect();
+            Some((id?, std::fs::metadata(&path).ok()?.len()))
+        })
+        .collect();
+    assert!(!hosted.is_empty(), "bob's node hosts none of alice's backup chunks");
+    // bob's client certificate, as his client.toml names it.
+    let cfg = std::fs::read_to_string(&fed.member("bob").client_config).unwrap();
+    let field = |k: &str| {
+        let v = cfg
+            .lines()
+            .find(|l| l.starts_with(&format!("{k} =")))
+            .unwrap()
+            .split('"')
+            .nth(1)
+            .unwrap()
+            .to_string();
+        let path = std::path::PathBuf::from(&v);
+        if path.is_absolute() {
+            path
+        } else {
+            fed.member("bob").client_config.parent().unwrap().join(path)
+        }
+    };
+    let bob = collective_pki::TlsIdentity::load(&field("ca"), &field("cert"), &field("key")).unwrap();
+    let coordinator: collective_core::Principal = format!("coordinator@{bobs}").parse().unwrap();
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap();
+    for (i, (id, size)) in hosted.iter().take(3).enumerate() {
+        let r = rt.block_on(async {
+            let ch = collective_rpc::channel(&bob, &fed.member("bob").grpc, &coordinator).unwrap();
+            MetadataClient::new(ch)
+                .commit_files(CommitFilesRequest {
+                    files: vec![FileCommit {
+                        path: format!("/drop/stolen-{i}"),
+                        size: *size,
+                        mode: 0o644,
+                        mtime_ms: 0,
+                        chunks: vec![ChunkRef {
+                            id: id.clone().into(),
+                            offset: 0,
+                            size: *size,
+                            stored_on: vec![],
+                            seal: Default::default(),
+                        }],
+                        parents: false,
+                    }],
+                })
+                .await
+        });
+        let s = r.expect_err("a commit naming a hosted chunk id was taken");
+        assert!(s.message().contains("was not uploaded by this write"), "{}", s.message());
+        let err = fed.fails_as("alice", &["cat", &format!("/drop/stolen-{i}")]);
+        assert!(err.contains("no such file"), "{err}");
+    }
+    let back = fed.path("back.bin");
+    fed.ok_as("alice", &["get", "/vault/secret.bin", p(&back)]);
+    assert!(std::fs::read(&back).unwrap() == secret, "alice's file is intact");
+}

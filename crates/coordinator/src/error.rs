@@ -126,6 +126,7 @@ pub fn meta_status(e: MetaError) -> Status {
         MetaError::IsASymlink(..) => status_with_kind(Code::FailedPrecondition, msg, ErrorKind::Symlink),
         MetaError::BadLink(..) => Status::invalid_argument(msg),
         MetaError::BadRename(..) => Status::failed_precondition(msg),
+        MetaError::NotEmptyDatastore(..) => status_with_kind(Code::FailedPrecondition, msg, ErrorKind::NotEmpty),
         MetaError::CrossDatastore(..) => status_with_kind(Code::FailedPrecondition, msg, ErrorKind::CrossDatastore),
         MetaError::ChunkNotUploaded(..) => Status::failed_precondition(msg),
         MetaError::BadManifest(..) | MetaError::Path(_) => Status::invalid_argument(msg),

@@ -187,7 +187,7 @@ impl State {
             }
             let mut all = local[i].clone();
             all.extend(remote[i].iter().map(|a| a.node.clone()));
-            self.meta.add_pending(id, *size, &all).map_err(meta_status)?;
+            self.meta.add_pending(id, *size, &all, user).map_err(meta_status)?;
             let token = self.signer.sign(TokenOp::Put, id, &local[i], user, *size, self.token_ttl);
             let mut targets = self.nodes.addrs(&local[i]);
             targets.append(&mut remote[i]);

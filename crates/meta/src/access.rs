@@ -118,13 +118,18 @@ fn grant_key(path: &str, subject: &Subject) -> Vec<u8> {
 }
 
 impl MetaStore {
-    /// Creates the datastore `path` (a top-level directory; an existing one is adopted).
+    /// Creates the datastore `path` (a top-level directory; an existing empty one is adopted).
     pub fn create_datastore(&self, path: &RemotePath, rec: &DatastoreRecord) -> Result<(), MetaError> {
         self.engine.transact(|t| {
             if t.get(Table::Datastores, rec.name.as_bytes())?.is_some() {
                 return Err(abort(MetaError::AlreadyExists(format!("datastore {path}"))));
             }
-            mkdir_all(t, path, &rec.owner)?;
+            let ino = mkdir_all(t, path, &rec.owner)?;
+            // A datastore starts empty: files already there were counted (and would be
+            // read) outside any datastore.
+            if crate::namespace::get_inode(t, ino)?.count > 0 {
+                return Err(abort(MetaError::NotEmptyDatastore(path.to_string())));
+            }
             t.insert(Table::Datastores, rec.name.as_bytes(), encode(rec))?;
             audit(
                 t,

@@ -8,7 +8,7 @@ use std::collections::HashMap;
 use collective_core::ChunkId;
 
 use crate::engine::Table;
-use crate::records::{ChunkRecord, Inode, Kind, Manifest, ROOT_INODE, decode, read_u64};
+use crate::records::{ChunkRecord, Inode, Kind, Manifest, ROOT_INODE, ScopeRecord, decode, read_u64, scope_key};
 use crate::{MetaError, MetaStore};
 
 /// What [`MetaStore::check`] found.
@@ -118,8 +118,10 @@ impl MetaStore {
             }
         }
 
-        // Manifests: one per file, and the references they hold.
+        // Manifests: one per file, and the references they hold (in all, and per datastore).
         let mut refs: HashMap<[u8; 32], u64> = HashMap::new();
+        let mut scoped: HashMap<Vec<u8>, u64> = HashMap::new();
+        let mut scope_memo: HashMap<u64, String> = HashMap::new();
         for kv in self.engine.scan_from(Table::Manifests, &[]) {
             let (k, v) = kv?;
             let ino = read_u64(&k)?;
@@ -147,8 +149,10 @@ impl MetaStore {
                 }
                 _ => problem(&mut r, format!("a manifest belongs to inode {ino}, which is not a file")),
             }
+            let scope = self.scope_of_inode(ino, &inodes, &mut scope_memo)?;
             for c in &chunks {
                 *refs.entry(c.id).or_default() += 1;
+                *scoped.entry(scope_key(&c.id, &scope)).or_default() += 1;
                 r.references += 1;
             }
         }
@@ -200,9 +204,72 @@ impl MetaStore {
                 format!("{n} manifest entries name chunk {}, which has no chunk record", ChunkId(id).short()),
             );
         }
+
+        // Per datastore: each chunk's count there matches the manifests of its files.
+        let shown = |k: &[u8]| {
+            let (id, scope) = k.split_at(32.min(k.len()));
+            let id = <[u8; 32]>::try_from(id).map(|i| ChunkId(i).short()).unwrap_or_default();
+            let scope = String::from_utf8_lossy(scope);
+            let scope = if scope.is_empty() {
+                "(outside datastores)".to_string()
+            } else {
+                format!("/{scope}")
+            };
+            (id, scope)
+        };
+        for kv in self.engine.scan_from(Table::ChunkScopes, &[]) {
+            let (k, v) = kv?;
+            let rec = decode::<ScopeRecord>(&v)?;
+            let counted = scoped.remove(&k).unwrap_or(0);
+            if rec.refs != counted {
+                let (id, scope) = shown(&k);
+                problem(
+                    &mut r,
+                    format!(
+                        "chunk {id} counts {} references in {scope} but its manifests there hold {counted}",
+                        rec.refs
+                    ),
+                );
+            }
+        }
+        for (k, n) in scoped {
+            let (id, scope) = shown(&k);
+            problem(
+                &mut r,
+                format!("{n} manifest entries in {scope} name chunk {id}, which that datastore does not count"),
+            );
+        }
         if more > 0 {
             r.problems.push(format!("... and {more} more problems"));
         }
         Ok(r)
+    }
+
+    /// The datastore a file inode's chunks count in ("" outside any), from the inode table.
+    fn scope_of_inode(&self, ino: u64, inodes: &HashMap<u64, Inode>, memo: &mut HashMap<u64, String>) -> Result<String, MetaError> {
+        let mut at = ino;
+        let mut seen = Vec::new();
+        let top = loop {
+            if let Some(s) = memo.get(&at) {
+                break s.clone();
+            }
+            let Some(i) = inodes.get(&at) else { break String::new() };
+            if at == ROOT_INODE || seen.len() > 4096 {
+                break String::new();
+            }
+            seen.push(at);
+            if i.parent == ROOT_INODE {
+                break if self.engine.get(Table::Datastores, i.name.as_bytes())?.is_some() {
+                    i.name.clone()
+                } else {
+                    String::new()
+                };
+            }
+            at = i.parent;
+        };
+        for i in seen {
+            memo.insert(i, top.clone());
+        }
+        Ok(top)
     }
 }

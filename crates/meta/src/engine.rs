@@ -27,9 +27,11 @@ pub enum Table {
     Hosted = 13,
     /// Symbolic links: inode → target.
     Links = 14,
+    /// Per datastore and chunk: references and the seal (`ScopeRecord`).
+    ChunkScopes = 15,
 }
 
-const TABLES: [&str; 15] = [
+const TABLES: [&str; 16] = [
     "meta",
     "inodes",
     "dirents",
@@ -45,6 +47,7 @@ const TABLES: [&str; 15] = [
     "chunk_seals",
     "hosted",
     "links",
+    "chunk_scopes",
 ];
 
 pub struct Engine {

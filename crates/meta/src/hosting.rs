@@ -2,12 +2,12 @@
 //! the owning member holds, and the chunks this member hosts for others, with what they
 //! count against its contribution.
 
-use collective_core::ChunkId;
+use collective_core::{ChunkId, RemotePath};
 use serde::{Deserialize, Serialize};
 
 use crate::abort;
 use crate::engine::Table;
-use crate::records::{decode, encode};
+use crate::records::{ScopeRecord, decode, encode, scope_key};
 use crate::{MetaError, MetaStore};
 
 /// A seal: the 32-byte convergent key of an encrypted chunk, then its 16-byte AEAD tag.
@@ -38,29 +38,47 @@ pub(crate) fn hosted_key(guest: &str, id: &ChunkId) -> Vec<u8> {
 }
 
 impl MetaStore {
-    /// Records the seals of encrypted chunks (a chunk's seal never changes: its id is the
-    /// hash of the ciphertext the seal's key made).
-    pub fn put_seals(&self, seals: &[(ChunkId, [u8; SEAL_LEN])]) -> Result<(), MetaError> {
-        if seals.is_empty() {
-            return Ok(());
+    /// The datastore a path's chunks are counted and sealed with ("" outside any).
+    pub fn scope(&self, path: &RemotePath) -> Result<String, MetaError> {
+        let top = path.as_str().trim_start_matches('/').split('/').next().unwrap_or_default();
+        if top.is_empty() || self.engine.get(Table::Datastores, top.as_bytes())?.is_none() {
+            return Ok(String::new());
         }
-        self.engine.transact(|t| {
-            for (id, seal) in seals {
-                if t.get(Table::ChunkSeals, id.as_bytes())?.is_none() {
-                    t.insert(Table::ChunkSeals, id.as_bytes(), seal.to_vec())?;
-                }
-            }
-            Ok(())
-        })
+        Ok(top.to_string())
     }
 
-    pub fn seal(&self, id: &ChunkId) -> Result<Option<[u8; SEAL_LEN]>, MetaError> {
-        match self.engine.get(Table::ChunkSeals, id.as_bytes())? {
-            None => Ok(None),
-            Some(v) => <[u8; SEAL_LEN]>::try_from(v.as_slice())
-                .map(Some)
-                .map_err(|_| MetaError::Corrupt(format!("seal of chunk {} has {} bytes", id.short(), v.len()))),
+    /// The seal of `id` for reading it as part of a file at `path`: the one its datastore
+    /// keeps, never another datastore's.
+    pub fn seal_in(&self, path: &RemotePath, id: &ChunkId) -> Result<Option<[u8; SEAL_LEN]>, MetaError> {
+        let Some(v) = self.engine.get(Table::ChunkScopes, &scope_key(id.as_bytes(), &self.scope(path)?))? else {
+            return Ok(None);
+        };
+        let rec: ScopeRecord = decode(&v)?;
+        if rec.seal.is_empty() {
+            return Ok(None);
         }
+        <[u8; SEAL_LEN]>::try_from(rec.seal.as_slice())
+            .map(Some)
+            .map_err(|_| MetaError::Corrupt(format!("seal of chunk {} has {} bytes", id.short(), rec.seal.len())))
+    }
+
+    /// Whether the datastore of `path` holds `id` (some file of it names the chunk).
+    pub fn scope_holds(&self, path: &RemotePath, id: &ChunkId) -> Result<bool, MetaError> {
+        Ok(self
+            .engine
+            .get(Table::ChunkScopes, &scope_key(id.as_bytes(), &self.scope(path)?))?
+            .is_some())
+    }
+
+    /// Whether some datastore keeps a seal for `id` (its bytes are ciphertext).
+    pub fn sealed_anywhere(&self, id: &ChunkId) -> Result<bool, MetaError> {
+        for kv in self.engine.scan_prefix(Table::ChunkScopes, id.as_bytes(), None) {
+            let (_, v) = kv?;
+            if !decode::<ScopeRecord>(&v)?.seal.is_empty() {
+                return Ok(true);
+            }
+        }
+        Ok(false)
     }
 
     /// Reserves room for chunks of `guest` on our nodes, all or nothing: each chunk not
@@ -180,14 +198,5 @@ mod tests {
         let (total, per) = m.hosted_usage().unwrap();
         assert_eq!(total, 90);
         assert_eq!(per, vec![("bob.collective.local".to_string(), 90)]);
-    }
-
-    #[test]
-    fn a_seal_once_recorded_is_kept() {
-        let m = store("seal");
-        m.put_seals(&[(id(1), [7; SEAL_LEN])]).unwrap();
-        m.put_seals(&[(id(1), [9; SEAL_LEN])]).unwrap();
-        assert_eq!(m.seal(&id(1)).unwrap(), Some([7; SEAL_LEN]));
-        assert_eq!(m.seal(&id(2)).unwrap(), None);
     }
 }

@@ -55,6 +55,14 @@ pub enum MetaError {
     #[error("cannot move {0} to {1}: {2}")]
     BadRename(String, String, String),
     #[error(
+        "chunk {0} of {1} was not uploaded by this write, and no file of its datastore that the writer may read holds it; upload the data (a current client does)"
+    )]
+    ChunkNotYours(String, String),
+    #[error(
+        "{0} already holds files, and a datastore starts empty (its files are placed and sealed its way); create the datastore under another name and copy the files into it"
+    )]
+    NotEmptyDatastore(String),
+    #[error(
         "cannot move {0} to {1}: they are in different datastores (each has its own placement and keys); copy instead (`collective get` then `put`, or `cp` in the mount) and remove the original"
     )]
     CrossDatastore(String, String),
@@ -89,13 +97,18 @@ impl MetaStore {
         match engine.get(Table::Meta, META_SCHEMA)? {
             Some(v) => match records::read_u64(&v)? as u32 {
                 SCHEMA_VERSION => {}
-                1 => {
-                    migrate::chunk_strategies(&engine)?;
-                    // The rewritten records are durable before the store says schema 2.
+                v @ (1 | 2) => {
+                    if v == 1 {
+                        migrate::chunk_strategies(&engine)?;
+                    }
+                    migrate::chunk_scopes(&engine)?;
+                    // The rewritten records are durable before the store says its new schema.
                     engine.flush()?;
                     engine.insert(Table::Meta, META_SCHEMA, (SCHEMA_VERSION as u64).to_be_bytes().to_vec())?;
                     engine.flush()?;
-                    tracing::info!("metadata upgraded to schema {SCHEMA_VERSION}: chunk records carry their strategy");
+                    tracing::info!(
+                        "metadata upgraded to schema {SCHEMA_VERSION}: chunk records carry their strategy, seals are kept per datastore"
+                    );
                 }
                 v => return Err(MetaError::Schema(dir.display().to_string(), v)),
             },
@@ -149,15 +162,16 @@ impl MetaStore {
             .transpose()
     }
 
-    /// Records that `id` may be uploaded to `nodes` (added to the nodes of earlier plans,
-    /// which other clients may still be using).
-    pub fn add_pending(&self, id: &ChunkId, size: u64, nodes: &[String]) -> Result<(), MetaError> {
-        self.extend_pending(id, size, nodes).map(|_| ())
+    /// Records that `by` plans to upload `id` to `nodes` (added to the nodes of earlier
+    /// plans, which other clients may still be using).
+    pub fn add_pending(&self, id: &ChunkId, size: u64, nodes: &[String], by: &str) -> Result<(), MetaError> {
+        self.extend_pending(id, size, nodes, by).map(|_| ())
     }
 
     /// Adds `new` to the nodes a pending upload may use (nodes of earlier plans stay
-    /// allowed: other clients may be using them). Returns all nodes.
-    pub fn extend_pending(&self, id: &ChunkId, size: u64, new: &[String]) -> Result<Vec<String>, MetaError> {
+    /// allowed: other clients may be using them), and `by` to who planned it. Returns all
+    /// nodes.
+    pub fn extend_pending(&self, id: &ChunkId, size: u64, new: &[String], by: &str) -> Result<Vec<String>, MetaError> {
         self.engine.transact(|t| {
             let mut rec: PendingRecord = match t.get(Table::Pending, id.as_bytes())? {
                 Some(v) => decode(&v).map_err(abort)?,
@@ -165,9 +179,13 @@ impl MetaStore {
                     size,
                     nodes: vec![],
                     created_ms: collective_core::unix_ms_now(),
+                    planned_by: vec![],
                 },
             };
             rec.created_ms = collective_core::unix_ms_now();
+            if !rec.planned_by.iter().any(|b| b == by) {
+                rec.planned_by.push(by.to_string());
+            }
             for n in new {
                 if !rec.nodes.contains(n) {
                     rec.nodes.push(n.clone());
@@ -269,8 +287,10 @@ pub fn decode_record(table: Table, key: &[u8], value: &[u8]) -> Result<(), MetaE
         Table::Grants => decode::<collective_core::Grant>(value).map(drop),
         Table::Invites => decode::<InviteRecord>(value).map(drop),
         Table::Principals => decode::<records::PrincipalRecord>(value).map(drop),
+        // Schema 2's seals, emptied by the move to schema 3.
         Table::ChunkSeals if value.len() == SEAL_LEN => Ok(()),
         Table::ChunkSeals => Err(MetaError::Corrupt(format!("a chunk seal of {} bytes", value.len()))),
+        Table::ChunkScopes => decode::<records::ScopeRecord>(value).map(drop),
         Table::Hosted => decode::<HostedRecord>(value).map(drop),
         Table::Links => decode::<records::LinkTarget>(value).map(drop),
     }

@@ -8,27 +8,15 @@ use collective_core::Strategy;
 use crate::MetaError;
 use crate::access::DatastoreRecord;
 use crate::engine::{Engine, Table};
-use crate::records::{ChunkRecord, Inode, Manifest, ROOT_INODE, decode, encode, read_u64};
+use crate::records::{ChunkRecord, Inode, Manifest, ROOT_INODE, ScopeRecord, decode, encode, read_u64, scope_key};
 
 /// Schema 1 to 2: every chunk record learns the strategy of the datastores whose files
 /// reference it (the widest, when several do). Chunks outside any datastore stay `media`.
 /// Safe to run again: it computes everything from the manifests.
 pub(crate) fn chunk_strategies(engine: &Engine) -> Result<(), MetaError> {
-    let mut top_of: HashMap<u64, String> = HashMap::new();
     let mut strategy_of: HashMap<String, Strategy> = HashMap::new();
     let mut wanted: HashMap<[u8; 32], Strategy> = HashMap::new();
-    for kv in engine.scan_from(Table::Manifests, &[]) {
-        let (k, v) = kv?;
-        let ino = read_u64(&k)?;
-        // A manifest whose inode or parents are missing is damage `check` reports; it must
-        // not keep the store from opening.
-        let top = match top_level(engine, ino, &mut top_of) {
-            Ok(t) => t,
-            Err(e) => {
-                tracing::warn!(inode = ino, "skipping a manifest while filling in chunk strategies: {e}");
-                continue;
-            }
-        };
+    each_manifest(engine, "filling in chunk strategies", |top, manifest| {
         let strategy = match strategy_of.get(&top) {
             Some(s) => *s,
             None => {
@@ -40,11 +28,12 @@ pub(crate) fn chunk_strategies(engine: &Engine) -> Result<(), MetaError> {
                 s
             }
         };
-        for c in decode::<Manifest>(&v)?.0 {
+        for c in manifest.0 {
             let e = wanted.entry(c.id).or_insert(Strategy::Media);
             *e = e.wider(strategy);
         }
-    }
+        Ok(())
+    })?;
     let mut changed = 0u64;
     for (id, strategy) in wanted {
         let Some(v) = engine.get(Table::Chunks, &id)? else { continue };
@@ -67,6 +56,67 @@ pub(crate) fn chunk_strategies(engine: &Engine) -> Result<(), MetaError> {
         engine.insert(Table::Chunks, &k, encode(&rec))?;
     }
     tracing::debug!(chunks = changed, "chunk strategies filled in");
+    Ok(())
+}
+
+/// Schema 2 to 3: seals and references per datastore and chunk. Each chunk's references
+/// are counted per scope (its files' datastore, or "" outside any) from the manifests;
+/// each scope takes the member-wide seal the chunk had, which is what its files were read
+/// with until now. The member-wide seals are then dropped. Safe to run again: it
+/// computes everything from the manifests (and keeps a seal already moved).
+pub(crate) fn chunk_scopes(engine: &Engine) -> Result<(), MetaError> {
+    let mut scope_of: HashMap<String, String> = HashMap::new();
+    let mut refs: HashMap<([u8; 32], String), u64> = HashMap::new();
+    each_manifest(engine, "moving seals to datastores", |top, manifest| {
+        let scope = match scope_of.get(&top) {
+            Some(s) => s.clone(),
+            None => {
+                let s = if engine.get(Table::Datastores, top.as_bytes())?.is_some() {
+                    top.clone()
+                } else {
+                    String::new()
+                };
+                scope_of.insert(top, s.clone());
+                s
+            }
+        };
+        for c in manifest.0 {
+            *refs.entry((c.id, scope.clone())).or_default() += 1;
+        }
+        Ok(())
+    })?;
+    for ((id, scope), n) in &refs {
+        let key = scope_key(id, scope);
+        let seal = match engine.get(Table::ChunkScopes, &key)? {
+            Some(v) => decode::<ScopeRecord>(&v)?.seal,
+            None => engine.get(Table::ChunkSeals, id)?.unwrap_or_default(),
+        };
+        engine.insert(Table::ChunkScopes, &key, encode(&ScopeRecord { refs: *n, seal }))?;
+    }
+    let old: Vec<Vec<u8>> = engine
+        .scan_from(Table::ChunkSeals, &[])
+        .map(|kv| kv.map(|(k, _)| k))
+        .collect::<Result<_, _>>()?;
+    for k in old {
+        engine.remove(Table::ChunkSeals, &k)?;
+    }
+    tracing::debug!(scopes = refs.len(), "seals moved to their datastores");
+    Ok(())
+}
+
+/// Calls `f` with every manifest and the top-level name its file lives under. A manifest
+/// whose inode or parents are missing is damage `check` reports; it must not keep the store
+/// from opening, so it is skipped with a warning saying `while`.
+fn each_manifest(engine: &Engine, while_: &str, mut f: impl FnMut(String, Manifest) -> Result<(), MetaError>) -> Result<(), MetaError> {
+    let mut top_of: HashMap<u64, String> = HashMap::new();
+    for kv in engine.scan_from(Table::Manifests, &[]) {
+        let (k, v) = kv?;
+        let ino = read_u64(&k)?;
+        match top_level(engine, ino, &mut top_of) {
+            Ok(top) => f(top, decode::<Manifest>(&v)?)?,
+            Err(e) => tracing::warn!(inode = ino, "skipping a manifest while {while_}: {e}"),
+        }
+    }
     Ok(())
 }
 
@@ -171,6 +221,49 @@ mod tests {
                 "every record rewritten in the current format"
             );
         }
+        assert!(m.check().unwrap().is_consistent());
+        drop(m);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn a_schema_2_store_opens_with_each_datastore_counting_its_chunks_and_keeping_the_old_seal() {
+        let (m, dir) = store("migrate-scopes");
+        datastore(&m, "vault", Strategy::Backup);
+        datastore(&m, "photos", Strategy::Media);
+        commit(&m, "/vault/a", &[b"sealed", b"shared"]).unwrap();
+        commit(&m, "/vault/b", &[b"shared"]).unwrap();
+        commit(&m, "/photos/c", &[b"shared"]).unwrap();
+        commit(&m, "/loose", &[b"shared"]).unwrap();
+        // Back to schema 2: one seal per chunk for the whole member, no per-datastore counts.
+        let sealed = ChunkId::of(b"sealed");
+        let keys: Vec<Vec<u8>> = m.engine.scan_from(Table::ChunkScopes, &[]).map(|kv| kv.unwrap().0).collect();
+        for k in keys {
+            m.engine.remove(Table::ChunkScopes, &k).unwrap();
+        }
+        m.engine.insert(Table::ChunkSeals, sealed.as_bytes(), vec![7; 48]).unwrap();
+        m.engine.insert(Table::Meta, b"schema", 2u64.to_be_bytes().to_vec()).unwrap();
+        m.engine.flush().unwrap();
+        drop(m);
+
+        let m = crate::namespace::tests::reopen(&dir);
+        let count = |id: &[u8], scope: &str| {
+            m.engine
+                .get(Table::ChunkScopes, &scope_key(&ChunkId::of(id).0, scope))
+                .unwrap()
+                .map(|v| decode::<ScopeRecord>(&v).unwrap().refs)
+        };
+        assert_eq!(count(b"shared", "vault"), Some(2));
+        assert_eq!(count(b"shared", "photos"), Some(1));
+        assert_eq!(count(b"shared", ""), Some(1), "files outside datastores count together");
+        assert_eq!(m.seal_in(&p("/vault/a"), &sealed).unwrap(), Some([7; 48]));
+        assert_eq!(
+            m.engine.scan_from(Table::ChunkSeals, &[]).count(),
+            0,
+            "the member-wide seals are gone"
+        );
+        let schema = m.engine.get(Table::Meta, b"schema").unwrap().unwrap();
+        assert_eq!(read_u64(&schema).unwrap(), u64::from(SCHEMA_VERSION));
         assert!(m.check().unwrap().is_consistent());
         drop(m);
         let _ = std::fs::remove_dir_all(&dir);

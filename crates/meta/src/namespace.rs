@@ -4,8 +4,12 @@
 use collective_core::{ChunkId, RemotePath, Strategy, unix_ms_now, validate_path};
 
 use crate::engine::{Abort, Table, Txn};
+use std::collections::HashSet;
+
+use crate::hosting::SEAL_LEN;
 use crate::records::{
-    ChunkRecord, ChunkRef, Inode, Kind, LinkTarget, Manifest, PendingRecord, decode, dirent_key, encode, read_u64, u64_key,
+    ChunkRecord, ChunkRef, Inode, Kind, LinkTarget, Manifest, PendingRecord, ScopeRecord, decode, dirent_key, encode, read_u64, scope_key,
+    u64_key,
 };
 use crate::{MetaError, MetaStore, ROOT_INODE, abort, alloc_inode, audit, put_totals, totals_in};
 
@@ -45,6 +49,23 @@ pub struct FileCommitIn {
     pub replicas: u32,
     /// How the file's datastore spreads copies (kept per chunk, for repair).
     pub strategy: Strategy,
+    /// For each chunk, the seal the writer made (encrypted datastores). Kept only when the
+    /// chunk is new to the file's datastore; a seal already there is never replaced.
+    pub seals: Vec<Option<[u8; SEAL_LEN]>>,
+    /// The writer may read the whole datastore: any chunk already in it may be named.
+    pub reads_datastore: bool,
+    /// The writer may read this file: the chunks of its current version may be named.
+    pub reads_file: bool,
+}
+
+/// The datastore whose chunks a path's are counted and sealed with: its top-level name
+/// when that is a datastore, "" for everything else.
+fn scope_of(t: &Txn<'_>, path: &RemotePath) -> Result<String, Abort> {
+    let top = path.as_str().trim_start_matches('/').split('/').next().unwrap_or_default();
+    if top.is_empty() || t.get(Table::Datastores, top.as_bytes())?.is_none() {
+        return Ok(String::new());
+    }
+    Ok(top.to_string())
 }
 
 fn attr(path: &str, ino: u64, n: &Inode) -> Attr {
@@ -78,7 +99,7 @@ fn attr_in(t: &Txn<'_>, path: &str, ino: u64, n: &Inode) -> Result<Attr, Abort> 
     Ok(a)
 }
 
-fn get_inode(t: &Txn<'_>, ino: u64) -> Result<Inode, Abort> {
+pub(crate) fn get_inode(t: &Txn<'_>, ino: u64) -> Result<Inode, Abort> {
     match t.get(Table::Inodes, &u64_key(ino))? {
         Some(v) => decode(&v).map_err(abort),
         None => Err(abort(MetaError::Corrupt(format!("inode {ino} is referenced but missing")))),
@@ -190,9 +211,19 @@ fn load_manifest(t: &Txn<'_>, ino: u64) -> Result<Vec<ChunkRef>, Abort> {
 }
 
 /// Drops one reference to each chunk of a manifest.
-fn release_chunks(t: &Txn<'_>, chunks: &[ChunkRef]) -> Result<(), Abort> {
+fn release_chunks(t: &Txn<'_>, chunks: &[ChunkRef], scope: &str) -> Result<(), Abort> {
     let now = unix_ms_now();
     for c in chunks {
+        let key = scope_key(&c.id, scope);
+        if let Some(v) = t.get(Table::ChunkScopes, &key)? {
+            let mut s: ScopeRecord = decode(&v).map_err(abort)?;
+            s.refs = s.refs.saturating_sub(1);
+            if s.refs == 0 {
+                t.remove(Table::ChunkScopes, &key)?;
+            } else {
+                t.insert(Table::ChunkScopes, &key, encode(&s))?;
+            }
+        }
         if let Some(v) = t.get(Table::Chunks, &c.id)? {
             let mut rec: ChunkRecord = decode::<ChunkRecord>(&v).map_err(abort)?;
             rec.refs = rec.refs.saturating_sub(1);
@@ -208,22 +239,61 @@ fn release_chunks(t: &Txn<'_>, chunks: &[ChunkRef]) -> Result<(), Abort> {
 /// Takes one reference to each chunk. A chunk not stored before becomes stored on the
 /// nodes that acknowledged it, provided they were issued a token for it and there are at
 /// least `min_replicas` of them.
-fn acquire_chunks(t: &Txn<'_>, c: &FileCommitIn, min_replicas: usize) -> Result<(), Abort> {
+///
+/// A chunk id is not a capability: `owner` may name a chunk only if its own write plan
+/// asked for the upload, it is already named by this commit, or the file's datastore holds
+/// it and `owner` may read it there (the whole datastore, or this file's current version,
+/// `old`). The first file of a datastore to name a chunk brings its seal; later ones
+/// never replace it.
+fn acquire_chunks(
+    t: &Txn<'_>,
+    c: &FileCommitIn,
+    owner: &str,
+    min_replicas: usize,
+    old: &[ChunkRef],
+    seen: &mut HashSet<[u8; 32]>,
+) -> Result<(), Abort> {
     let no_nodes = Vec::new();
+    let scope = scope_of(t, &c.path)?;
     for (i, r) in c.chunks.iter().enumerate() {
         let reported = c.stored_on.get(i).unwrap_or(&no_nodes);
-        if let Some(v) = t.get(Table::Chunks, &r.id)? {
+        let skey = scope_key(&r.id, &scope);
+        let scoped: Option<ScopeRecord> = t.get(Table::ChunkScopes, &skey)?.map(|v| decode(&v)).transpose().map_err(abort)?;
+        let pending: Option<PendingRecord> = t.get(Table::Pending, &r.id)?.map(|v| decode(&v)).transpose().map_err(abort)?;
+        let planned = pending.as_ref().is_some_and(|p| p.planned_by.iter().any(|b| b == owner));
+        let readable = scoped.is_some() && (c.reads_datastore || (c.reads_file && old.iter().any(|o| o.id == r.id)));
+        let known = t.get(Table::Chunks, &r.id)?;
+        if !(planned || readable || seen.contains(&r.id)) {
+            let short = ChunkId(r.id).short();
+            return Err(abort(if known.is_some() || pending.is_some() {
+                MetaError::ChunkNotYours(short, c.path.to_string())
+            } else {
+                MetaError::ChunkNotUploaded(short, c.path.to_string())
+            }));
+        }
+        seen.insert(r.id);
+        let scoped = match scoped {
+            Some(mut s) => {
+                s.refs += 1;
+                s
+            }
+            None => ScopeRecord {
+                refs: 1,
+                seal: c.seals.get(i).copied().flatten().map(|s| s.to_vec()).unwrap_or_default(),
+            },
+        };
+        t.insert(Table::ChunkScopes, &skey, encode(&scoped))?;
+        if let Some(v) = known {
             let mut rec: ChunkRecord = decode::<ChunkRecord>(&v).map_err(abort)?;
             rec.refs += 1;
             rec.unreferenced_since_ms = 0;
             rec.want = rec.want.max(c.replicas);
             rec.strategy = rec.strategy.wider(c.strategy);
-            // New copies of a known chunk (uploaded again because its copies were lost)
-            // count when they were planned.
+            // New copies of a known chunk (uploaded again because its copies were lost,
+            // or by a writer who had to show it holds the data) count when they were planned.
             if !reported.is_empty()
-                && let Some(p) = t.get(Table::Pending, &r.id)?
+                && let Some(pending) = &pending
             {
-                let pending: PendingRecord = decode(&p).map_err(abort)?;
                 let mut added = 0u64;
                 for n in reported.iter().filter(|n| pending.nodes.contains(n)) {
                     if !rec.replicas.contains(n) {
@@ -241,10 +311,9 @@ fn acquire_chunks(t: &Txn<'_>, c: &FileCommitIn, min_replicas: usize) -> Result<
             continue;
         }
         let short = ChunkId(r.id).short();
-        let Some(v) = t.get(Table::Pending, &r.id)? else {
+        let Some(pending) = pending else {
             return Err(abort(MetaError::ChunkNotUploaded(short, c.path.to_string())));
         };
-        let pending: PendingRecord = decode(&v).map_err(abort)?;
         if pending.size != r.size {
             return Err(abort(MetaError::BadManifest(
                 c.path.to_string(),
@@ -303,11 +372,11 @@ fn check_manifest(c: &FileCommitIn) -> Result<(), MetaError> {
 }
 
 /// Commits one file inside a transaction: new or replacing an older version atomically.
-fn commit_one(t: &Txn<'_>, c: &FileCommitIn, owner: &str, min_replicas: usize) -> Result<Attr, Abort> {
+fn commit_one(t: &Txn<'_>, c: &FileCommitIn, owner: &str, min_replicas: usize, seen: &mut HashSet<[u8; 32]>) -> Result<Attr, Abort> {
     let (_, name) = c.path.split_last().map_err(|e| abort(e.into()))?;
     let parent = parent_dir(t, &c.path, c.parents, owner)?;
     let existing = lookup(t, parent, name)?;
-    let (ino, version, totals) = match existing {
+    let (ino, version, totals, old_chunks) = match existing {
         Some(ino) => {
             let old = get_inode(t, ino)?;
             match old.kind {
@@ -317,43 +386,71 @@ fn commit_one(t: &Txn<'_>, c: &FileCommitIn, owner: &str, min_replicas: usize) -
                     t.remove(Table::Links, &u64_key(ino))?;
                     let mut totals = totals_in(t)?;
                     totals.files += 1;
-                    return commit_into(t, c, owner, min_replicas, parent, name, ino, old.version + 1, totals);
+                    let at = Place {
+                        parent,
+                        name,
+                        ino,
+                        version: old.version + 1,
+                    };
+                    return commit_into(t, c, owner, min_replicas, at, totals, &[], seen);
                 }
                 Kind::File => {}
             }
             let old_chunks = load_manifest(t, ino)?;
-            release_chunks(t, &old_chunks)?;
             let mut totals = totals_in(t)?;
             totals.logical_bytes = totals.logical_bytes.saturating_sub(old.size);
-            (ino, old.version + 1, totals)
+            (ino, old.version + 1, totals, old_chunks)
         }
         None => {
             let ino = alloc_inode(t)?;
             link(t, parent, name, ino)?;
             let mut totals = totals_in(t)?;
             totals.files += 1;
-            (ino, 1, totals)
+            (ino, 1, totals, Vec::new())
         }
     };
-    commit_into(t, c, owner, min_replicas, parent, name, ino, version, totals)
+    let at = Place {
+        parent,
+        name,
+        ino,
+        version,
+    };
+    let attr = commit_into(t, c, owner, min_replicas, at, totals, &old_chunks, seen)?;
+    // The old version lets go only now: chunks both versions name keep their count and
+    // their seal in between.
+    release_chunks(t, &old_chunks, &scope_of(t, &c.path)?)?;
+    Ok(attr)
 }
 
-/// Writes the new version of a file at `ino` (linked as `name` in `parent`).
+/// Where a commit writes: the inode, its entry, and its new version.
+struct Place<'a> {
+    parent: u64,
+    name: &'a str,
+    ino: u64,
+    version: u64,
+}
+
+/// Writes the new version of a file at `at` (`old`: the chunks of the version it replaces).
 #[allow(clippy::too_many_arguments)]
 fn commit_into(
     t: &Txn<'_>,
     c: &FileCommitIn,
     owner: &str,
     min_replicas: usize,
-    parent: u64,
-    name: &str,
-    ino: u64,
-    version: u64,
+    at: Place<'_>,
     mut totals: crate::Totals,
+    old: &[ChunkRef],
+    seen: &mut HashSet<[u8; 32]>,
 ) -> Result<Attr, Abort> {
+    let Place {
+        parent,
+        name,
+        ino,
+        version,
+    } = at;
     totals.logical_bytes += c.size;
     put_totals(t, &totals)?;
-    acquire_chunks(t, c, min_replicas)?;
+    acquire_chunks(t, c, owner, min_replicas, old, seen)?;
     let node = Inode {
         kind: Kind::File,
         parent,
@@ -391,7 +488,7 @@ fn remove_one(t: &Txn<'_>, path: &RemotePath, who: &str) -> Result<Kind, Abort> 
         }
         Kind::File => {
             let chunks = load_manifest(t, ino)?;
-            release_chunks(t, &chunks)?;
+            release_chunks(t, &chunks, &scope_of(t, path)?)?;
             t.remove(Table::Manifests, &u64_key(ino))?;
             totals.files = totals.files.saturating_sub(1);
             totals.logical_bytes = totals.logical_bytes.saturating_sub(node.size);
@@ -593,7 +690,8 @@ impl MetaStore {
         }
         collective_core::crash_point("commit:before-transaction");
         let done = self.engine.transact(|t| {
-            let attrs = files.iter().map(|c| commit_one(t, c, owner, min_replicas)).collect();
+            let mut seen = HashSet::new();
+            let attrs = files.iter().map(|c| commit_one(t, c, owner, min_replicas, &mut seen)).collect();
             collective_core::crash_point("commit:inside-transaction");
             attrs
         });
@@ -645,16 +743,10 @@ impl MetaStore {
             if src == dst {
                 return attr_in(t, dst.as_str(), ino, &node);
             }
-            // Moves stay inside one datastore: its chunks are placed and sealed for it.
-            let datastore_of = |p: &RemotePath| -> Result<Option<String>, Abort> {
-                let Some(top) = p.as_str().trim_start_matches('/').split('/').next().filter(|s| !s.is_empty()) else {
-                    return Ok(None);
-                };
-                Ok(t.get(Table::Datastores, top.as_bytes())?.map(|_| top.to_string()))
-            };
-            let (from, to) = (datastore_of(src)?, datastore_of(dst)?);
+            // Moves stay inside one datastore: its chunks are placed, counted and sealed for it.
+            let (from, to) = (scope_of(t, src)?, scope_of(t, dst)?);
             let is_root = |p: &RemotePath| p.as_str().matches('/').count() == 1;
-            if (from.is_some() && is_root(src)) || (to.is_some() && is_root(dst)) {
+            if (!from.is_empty() && is_root(src)) || (!to.is_empty() && is_root(dst)) {
                 return Err(bad(
                     "a datastore's root stays where it is (`collective datastore` manages datastores)",
                 ));
@@ -737,14 +829,14 @@ pub(crate) mod tests {
         let mut off = 0;
         for d in data {
             let id = ChunkId::of(d);
-            if m.chunk(&id).unwrap().is_none() {
-                m.add_pending(
-                    &id,
-                    d.len() as u64,
-                    &["n1@a.collective.local".into(), "n2@a.collective.local".into()],
-                )
-                .unwrap();
-            }
+            // The writer's own plan for every chunk (as a client's upload has).
+            m.add_pending(
+                &id,
+                d.len() as u64,
+                &["n1@a.collective.local".into(), "n2@a.collective.local".into()],
+                "u@a.collective.local",
+            )
+            .unwrap();
             chunks.push(ChunkRef {
                 id: id.0,
                 offset: off,
@@ -758,11 +850,14 @@ pub(crate) mod tests {
             size: off,
             mode: 0o644,
             mtime_ms: 0,
+            seals: vec![None; chunks.len()],
             chunks,
             stored_on,
             parents: true,
             replicas: 1,
             strategy: Strategy::Media,
+            reads_datastore: true,
+            reads_file: true,
         };
         m.commit_files(&[c], "u@a.collective.local", 2).map(|mut v| v.remove(0))
     }
@@ -840,6 +935,9 @@ pub(crate) mod tests {
             parents: false,
             replicas: 1,
             strategy: Strategy::Media,
+            seals: vec![None],
+            reads_datastore: true,
+            reads_file: true,
         };
         assert!(matches!(m.commit_files(&[c], "u", 1), Err(MetaError::ChunkNotUploaded(..))));
         assert!(matches!(m.stat(&p("/f")), Err(MetaError::NotFound(_))));
@@ -852,7 +950,7 @@ pub(crate) mod tests {
     fn a_chunk_with_too_few_acknowledged_copies_is_refused() {
         let (m, d) = store("fewcopies");
         let id = ChunkId::of(b"abc");
-        m.add_pending(&id, 3, &["n1".into(), "n2".into()]).unwrap();
+        m.add_pending(&id, 3, &["n1".into(), "n2".into()], "u").unwrap();
         let c = |nodes: Vec<String>| FileCommitIn {
             path: p("/f"),
             size: 3,
@@ -867,6 +965,9 @@ pub(crate) mod tests {
             parents: false,
             replicas: 1,
             strategy: Strategy::Media,
+            seals: vec![None],
+            reads_datastore: true,
+            reads_file: true,
         };
         assert!(matches!(
             m.commit_files(&[c(vec!["n1".into(), "n9".into()])], "u", 2),
@@ -887,7 +988,7 @@ pub(crate) mod tests {
         m.remove_replica(&id, "n1@a.collective.local").unwrap();
         m.remove_replica(&id, "n2@a.collective.local").unwrap();
         assert!(m.chunk(&id).unwrap().unwrap().replicas.is_empty());
-        m.add_pending(&id, 4, &["n3@a.collective.local".into()]).unwrap();
+        m.add_pending(&id, 4, &["n3@a.collective.local".into()], "u").unwrap();
         let c = FileCommitIn {
             path: p("/b"),
             size: 4,
@@ -902,10 +1003,100 @@ pub(crate) mod tests {
             parents: false,
             replicas: 1,
             strategy: Strategy::Media,
+            seals: vec![None],
+            reads_datastore: true,
+            reads_file: true,
         };
         m.commit_files(&[c], "u", 1).unwrap();
         let rec = m.chunk(&id).unwrap().unwrap();
         assert_eq!((rec.refs, rec.replicas), (2, vec!["n3@a.collective.local".to_string()]));
+        drop(m);
+        std::fs::remove_dir_all(d).unwrap();
+    }
+
+    /// A one-chunk file commit as a coordinator makes it.
+    fn one_chunk(path: &str, data: &[u8], stored_on: &[&str], seal: u8, reads: (bool, bool)) -> FileCommitIn {
+        FileCommitIn {
+            path: p(path),
+            size: data.len() as u64,
+            mode: 0o644,
+            mtime_ms: 0,
+            chunks: vec![ChunkRef {
+                id: ChunkId::of(data).0,
+                offset: 0,
+                size: data.len() as u64,
+            }],
+            stored_on: vec![stored_on.iter().map(|s| s.to_string()).collect()],
+            parents: false,
+            replicas: 1,
+            strategy: Strategy::Backup,
+            seals: vec![Some([seal; SEAL_LEN])],
+            reads_datastore: reads.0,
+            reads_file: reads.1,
+        }
+    }
+
+    #[test]
+    fn a_chunk_id_opens_nothing_outside_the_datastores_that_hold_it() {
+        let (m, d) = store("scopes");
+        for name in ["vault", "drop"] {
+            let rec = crate::DatastoreRecord {
+                name: name.into(),
+                owner: "alice".into(),
+                strategy: Strategy::Backup,
+                replicas: 1,
+                created_ms: 0,
+                secret: [3; 32],
+            };
+            m.create_datastore(&p(&format!("/{name}")), &rec).unwrap();
+        }
+        let data = b"alice's secret";
+        let id = ChunkId::of(data);
+        m.add_pending(&id, data.len() as u64, &["n1".into()], "alice").unwrap();
+        m.commit_files(&[one_chunk("/vault/f", data, &["n1"], 1, (true, true))], "alice", 1)
+            .unwrap();
+        let seal_of = |path: &str| m.seal_in(&p(path), &id).unwrap();
+        assert_eq!(seal_of("/vault/f"), Some([1; SEAL_LEN]));
+
+        // bob knows the id (his node hosts the ciphertext) and names it in /drop: refused.
+        let stolen = one_chunk("/drop/stolen", data, &[], 9, (true, true));
+        let e = m.commit_files(std::slice::from_ref(&stolen), "bob", 1).unwrap_err();
+        assert!(matches!(e, MetaError::ChunkNotYours(..)), "{e}");
+        assert!(matches!(m.stat(&p("/drop/stolen")), Err(MetaError::NotFound(_))));
+        assert_eq!(seal_of("/drop/stolen"), None, "another datastore's seal is never given out");
+
+        // Planned as his own upload, he may name it; his file gets his seal, alice keeps hers.
+        m.add_pending(&id, data.len() as u64, &["n1".into()], "bob").unwrap();
+        m.commit_files(&[one_chunk("/drop/stolen", data, &["n1"], 9, (true, true))], "bob", 1)
+            .unwrap();
+        assert_eq!(seal_of("/drop/stolen"), Some([9; SEAL_LEN]));
+        assert_eq!(seal_of("/vault/f"), Some([1; SEAL_LEN]));
+
+        // A later writer of the datastore never replaces its seal.
+        m.add_pending(&id, data.len() as u64, &["n1".into()], "mallory").unwrap();
+        m.commit_files(&[one_chunk("/vault/g", data, &["n1"], 2, (true, true))], "mallory", 1)
+            .unwrap();
+        assert_eq!(seal_of("/vault/g"), Some([1; SEAL_LEN]));
+
+        // Without a plan: a writer who may read the file it replaces keeps its chunks; one
+        // who may read neither the datastore nor the file names nothing held there.
+        m.commit_files(&[one_chunk("/vault/f", data, &[], 5, (false, true))], "carol", 1)
+            .unwrap();
+        let e = m
+            .commit_files(&[one_chunk("/vault/h", data, &[], 5, (false, false))], "carol", 1)
+            .unwrap_err();
+        assert!(matches!(e, MetaError::ChunkNotYours(..)), "{e}");
+        assert_eq!(seal_of("/vault/f"), Some([1; SEAL_LEN]));
+
+        // Counts stay exact through overwrites and removals, and the last file lets the seal go.
+        let report = m.check().unwrap();
+        assert!(report.is_consistent(), "{:?}", report.problems);
+        for f in ["/vault/f", "/vault/g"] {
+            m.remove(&p(f), false, "alice").unwrap();
+        }
+        assert_eq!(seal_of("/vault/f"), None);
+        assert!(m.sealed_anywhere(&id).unwrap(), "/drop still holds it");
+        assert!(m.check().unwrap().is_consistent());
         drop(m);
         std::fs::remove_dir_all(d).unwrap();
     }

@@ -11,7 +11,9 @@ use crate::MetaError;
 pub const RECORD_FORMAT_V1: u8 = 1;
 /// Layout of the whole store; checked at open. Version 2: every chunk record carries the
 /// strategy of the datastores that reference it (filled in when a version-1 store opens).
-pub const SCHEMA_VERSION: u32 = 2;
+/// Version 3: seals and reference counts are kept per datastore and chunk
+/// ([`ScopeRecord`]), no longer one seal per chunk for the whole member.
+pub const SCHEMA_VERSION: u32 = 3;
 pub const ROOT_INODE: u64 = 1;
 
 /// A persisted type. Every value starts with a format byte: a record is written in its
@@ -192,6 +194,51 @@ pub struct PendingRecord {
     pub size: u64,
     pub nodes: Vec<String>,
     pub created_ms: u64,
+    /// Principals whose write plans asked for this upload: only they may commit the chunk
+    /// into a datastore that does not hold it yet (format 2).
+    pub planned_by: Vec<String>,
+}
+
+impl Record for PendingRecord {
+    const NAME: &'static str = "pending";
+    const FORMAT: u8 = 2;
+
+    fn upgrade(format: u8, b: &[u8]) -> Result<Self, MetaError> {
+        #[derive(Deserialize)]
+        struct V1 {
+            size: u64,
+            nodes: Vec<String>,
+            created_ms: u64,
+        }
+        match format {
+            // Uploads planned before the upgrade name nobody: they are planned again.
+            RECORD_FORMAT_V1 => body::<V1>(Self::NAME, b).map(|v| PendingRecord {
+                size: v.size,
+                nodes: v.nodes,
+                created_ms: v.created_ms,
+                planned_by: Vec::new(),
+            }),
+            f => Err(unknown_format(Self::NAME, f)),
+        }
+    }
+}
+
+/// One datastore's hold on a chunk: how many of its files reference the chunk, and the
+/// seal (key and tag, empty for plaintext) that the commit which first referenced it there
+/// wrote. A later writer never replaces the seal, and another datastore's seal is never
+/// given out for it: a chunk id known from elsewhere opens nothing here.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ScopeRecord {
+    pub refs: u64,
+    pub seal: Vec<u8>,
+}
+
+/// Key of a [`ScopeRecord`]: the chunk id, then the datastore's name ("" for paths outside
+/// any datastore), so that every scope of one chunk is one prefix.
+pub fn scope_key(id: &[u8; 32], scope: &str) -> Vec<u8> {
+    let mut k = id.to_vec();
+    k.extend_from_slice(scope.as_bytes());
+    k
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -235,7 +282,7 @@ first_format! {
     Inode => "inode",
     Manifest => "manifest",
     LinkTarget => "link",
-    PendingRecord => "pending",
+    ScopeRecord => "chunk scope",
     NodeRecord => "node",
     Totals => "totals",
     PrincipalRecord => "principal",

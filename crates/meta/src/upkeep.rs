@@ -56,7 +56,7 @@ impl MetaStore {
         })
     }
 
-    /// Forgets a chunk that has had no reference since before `cutoff_ms` (and its seal).
+    /// Forgets a chunk that has had no reference since before `cutoff_ms`.
     /// Returns its record so its copies can be deleted; None when it is referenced again,
     /// became unreferenced later, or is gone.
     pub fn collect_chunk(&self, id: &ChunkId, cutoff_ms: u64) -> Result<Option<ChunkRecord>, MetaError> {
@@ -68,8 +68,8 @@ impl MetaStore {
             if rec.refs > 0 || rec.unreferenced_since_ms > cutoff_ms {
                 return Ok(None);
             }
+            // No file references it, so no datastore holds a seal for it any more.
             t.remove(Table::Chunks, id.as_bytes())?;
-            t.remove(Table::ChunkSeals, id.as_bytes())?;
             let mut totals = totals_in(t)?;
             totals.unique_chunks = totals.unique_chunks.saturating_sub(1);
             totals.unique_bytes = totals.unique_bytes.saturating_sub(rec.size);
@@ -244,7 +244,7 @@ mod tests {
 
     fn commit(m: &MetaStore, path: &str, id: ChunkId, nodes: &[&str]) {
         let nodes: Vec<String> = nodes.iter().map(|s| s.to_string()).collect();
-        m.add_pending(&id, 10, &nodes).unwrap();
+        m.add_pending(&id, 10, &nodes, "u@m").unwrap();
         let c = FileCommitIn {
             path: collective_core::validate_path(path).unwrap(),
             size: 10,
@@ -259,6 +259,9 @@ mod tests {
             parents: true,
             replicas: 2,
             strategy: collective_core::Strategy::Media,
+            seals: vec![None],
+            reads_datastore: true,
+            reads_file: true,
         };
         m.commit_files(&[c], "u@m", 1).unwrap();
     }
@@ -320,7 +323,7 @@ mod tests {
     fn abandoned_uploads_are_dropped_with_the_nodes_to_clean() {
         let m = store("pending");
         let id = ChunkId([4; 32]);
-        m.add_pending(&id, 10, &["n1".into(), "n2".into()]).unwrap();
+        m.add_pending(&id, 10, &["n1".into(), "n2".into()], "u").unwrap();
         assert_eq!(m.stale_pending(u64::MAX, 10).unwrap().len(), 1);
         assert!(m.drop_pending(&id, 0).unwrap().is_empty(), "renewed after the cutoff: kept");
         let mut nodes = m.drop_pending(&id, u64::MAX).unwrap();

@@ -175,7 +175,7 @@ impl MetadataService {
         };
         let chosen = collective_placement::place(&self.state.placement_cluster(false), &req).map_err(placement_status)?;
         self.state.nodes.note_planned(&chosen, size);
-        self.state.meta.add_pending(id, size, &chosen).map_err(meta_status)?;
+        self.state.meta.add_pending(id, size, &chosen, caller).map_err(meta_status)?;
         let token = self
             .state
             .signer

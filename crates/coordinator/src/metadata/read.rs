@@ -56,7 +56,7 @@ impl MetadataService {
                     let mut addrs = self.state.nodes.addrs(&local[..up]);
                     addrs.extend(remote);
                     addrs.extend(self.state.nodes.addrs(&down));
-                    let seal = self.state.meta.seal(&id).map_err(meta_status)?;
+                    let seal = self.state.meta.seal_in(&path, &id).map_err(meta_status)?;
                     locations.push(ChunkLocation {
                         id: id.0.to_vec().into(),
                         offset: c.offset,

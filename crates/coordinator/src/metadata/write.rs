@@ -16,12 +16,31 @@ impl MetadataService {
                 return Err(Status::invalid_argument(format!("at most {MAX_PLAN_CHUNKS} chunks per plan")));
             }
             let policy = self.state.policy(path.as_str())?;
+            // Which chunks this writer may take as stored: those its datastore holds, when
+            // it may read the datastore (or the file it replaces holds them). Anything else
+            // is planned as an upload, so the answer says nothing of other datastores.
+            let (reads_datastore, reads_file) = self.reads(&who, &path)?;
+            let own: std::collections::HashSet<[u8; 32]> = if reads_file && !reads_datastore {
+                match self.state.meta.manifest(&path) {
+                    Ok((_, chunks)) => chunks.into_iter().map(|c| c.id).collect(),
+                    Err(_) => Default::default(),
+                }
+            } else {
+                Default::default()
+            };
             let mut placements: Vec<Option<ChunkPlacement>> = Vec::with_capacity(q.chunks.len());
             let mut new: Vec<(usize, ChunkId, u64)> = Vec::new();
             for (i, c) in q.chunks.iter().enumerate() {
                 let id = chunk_arg(&c.id)?;
                 check_chunk_size(&id, c.size)?;
-                let Some(rec) = self.state.meta.chunk(&id).map_err(meta_status)?.filter(|r| !r.replicas.is_empty()) else {
+                let reusable = (reads_datastore || own.contains(&id.0)) && self.state.meta.scope_holds(&path, &id).map_err(meta_status)?;
+                let Some(rec) = self
+                    .state
+                    .meta
+                    .chunk(&id)
+                    .map_err(meta_status)?
+                    .filter(|r| reusable && !r.replicas.is_empty())
+                else {
                     placements.push(None);
                     new.push((i, id, c.size));
                     continue;
@@ -89,7 +108,7 @@ impl MetadataService {
             };
             let new = collective_placement::place(&self.state.placement_cluster(false), &req).map_err(placement_status)?;
             self.state.nodes.note_planned(&new, q.size);
-            self.state.meta.extend_pending(&id, q.size, &new).map_err(meta_status)?;
+            self.state.meta.extend_pending(&id, q.size, &new, &caller).map_err(meta_status)?;
             let token = self
                 .state
                 .signer
@@ -125,7 +144,6 @@ impl MetadataService {
         let r = async {
             let mut files = Vec::with_capacity(q.files.len());
             let mut min_replicas = usize::MAX;
-            let mut seals = Vec::new();
             for f in q.files {
                 let path = path_arg(&f.path)?;
                 if top_of(path.as_str()) != top_of(first.as_str()) && self.remote(&path)?.is_some() {
@@ -139,13 +157,18 @@ impl MetadataService {
                 if policy.spread {
                     self.state.links.elsewhere_changed();
                 }
+                let mut seals = Vec::with_capacity(f.chunks.len());
                 for c in &f.chunks {
-                    if !c.seal.is_empty() {
-                        let seal = <[u8; SEAL_LEN]>::try_from(c.seal.as_ref())
-                            .map_err(|_| Status::invalid_argument(format!("a chunk seal of {path} is not {SEAL_LEN} bytes")))?;
-                        seals.push((chunk_arg(&c.id)?, seal));
-                    }
+                    seals.push(if c.seal.is_empty() {
+                        None
+                    } else {
+                        Some(
+                            <[u8; SEAL_LEN]>::try_from(c.seal.as_ref())
+                                .map_err(|_| Status::invalid_argument(format!("a chunk seal of {path} is not {SEAL_LEN} bytes")))?,
+                        )
+                    });
                 }
+                let (reads_datastore, reads_file) = self.reads(&who, &path)?;
                 let chunks = f
                     .chunks
                     .iter()
@@ -168,6 +191,9 @@ impl MetadataService {
                     parents: f.parents,
                     replicas: policy.replicas as u32,
                     strategy: policy.datastore.as_ref().map_or(collective_core::Strategy::Media, |d| d.strategy),
+                    seals,
+                    reads_datastore,
+                    reads_file,
                 });
             }
             let meta = self.state.meta.clone();
@@ -179,11 +205,7 @@ impl MetadataService {
             } else {
                 min_replicas
             };
-            let attrs = blocking(move || {
-                meta.put_seals(&seals).map_err(meta_status)?;
-                meta.commit_files(&files, &caller, replication).map_err(meta_status)
-            })
-            .await?;
+            let attrs = blocking(move || meta.commit_files(&files, &caller, replication).map_err(meta_status)).await?;
             self.flush().await?;
             collective_core::crash_point("commit:after-flush");
             Ok(CommitFilesResponse {
@@ -193,6 +215,18 @@ impl MetadataService {
         .await;
         self.state.audit_failure(&who.to_string(), "commit", &target, &r);
         call.done(r)
+    }
+
+    /// Whether `who` may read the datastore of `path` (its root) and the file at `path`:
+    /// what decides which stored chunks a write may name without uploading them.
+    fn reads(&self, who: &Principal, path: &RemotePath) -> Result<(bool, bool), Status> {
+        let root = match top_of(path.as_str()) {
+            Some(top) if !self.state.meta.scope(path).map_err(meta_status)?.is_empty() => format!("/{top}"),
+            _ => "/".to_string(),
+        };
+        let datastore = self.state.rights(who, &root)?.contains(Rights::READ);
+        let file = datastore || self.state.rights(who, path.as_str())?.contains(Rights::READ);
+        Ok((datastore, file))
     }
 
     pub(super) async fn handle_write_policy(&self, req: Request<PathRequest>) -> Result<Response<WritePolicyResponse>, Status> {

@@ -449,7 +449,7 @@ impl State {
             st.chunks += 1;
             let want = self.wanted(&rec);
             // Only sealed (client-encrypted) chunks ever leave this member.
-            let sealed = rec.strategy.spreads_over_members() && self.meta.seal(&id).ok().flatten().is_some();
+            let sealed = rec.strategy.spreads_over_members() && self.meta.sealed_anywhere(&id).unwrap_or(false);
             let strategy = crate::repair_plan::effective_strategy(rec.strategy, sealed);
             let facts = ChunkFacts {
                 id,
