@@ -493,6 +493,18 @@ fn backup_copies_land_on_two_members_and_host_members_store_only_ciphertext() {
         }
     }
     let src = fed.write_local("photos.tar", &data);
+    // Placement spreads over the members bob knows to be alive with room: wait until he
+    // knows both others (on a loaded machine gossip may take a moment after start).
+    within(Duration::from_secs(30), "bob to know alice's and carol's capacity", || {
+        let v: serde_json::Value = serde_json::from_str(&fed.ok_as("bob", &["federation", "peers", "--json"])).unwrap();
+        v["members"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|m| m["state"] == "alive" && m["capacity_bytes"].as_u64().unwrap_or(0) > 0)
+            .count()
+            >= 3
+    });
     fed.ok_as("bob", &["put", p(&src), "/backup/photos.tar"]);
 
     // Where each chunk lives: chunk id → members holding it.

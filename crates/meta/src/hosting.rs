@@ -47,10 +47,10 @@ impl MetaStore {
         Ok(top.to_string())
     }
 
-    /// The seal of `id` for reading it as part of a file at `path`: the one its datastore
-    /// keeps, never another datastore's.
-    pub fn seal_in(&self, path: &RemotePath, id: &ChunkId) -> Result<Option<[u8; SEAL_LEN]>, MetaError> {
-        let Some(v) = self.engine.get(Table::ChunkScopes, &scope_key(id.as_bytes(), &self.scope(path)?))? else {
+    /// The seal of `id` for reading it in datastore `scope` (see [`MetaStore::scope`]): the
+    /// one that datastore keeps, never another's.
+    pub fn seal_in(&self, scope: &str, id: &ChunkId) -> Result<Option<[u8; SEAL_LEN]>, MetaError> {
+        let Some(v) = self.engine.get(Table::ChunkScopes, &scope_key(id.as_bytes(), scope))? else {
             return Ok(None);
         };
         let rec: ScopeRecord = decode(&v)?;
@@ -62,12 +62,9 @@ impl MetaStore {
             .map_err(|_| MetaError::Corrupt(format!("seal of chunk {} has {} bytes", id.short(), rec.seal.len())))
     }
 
-    /// Whether the datastore of `path` holds `id` (some file of it names the chunk).
-    pub fn scope_holds(&self, path: &RemotePath, id: &ChunkId) -> Result<bool, MetaError> {
-        Ok(self
-            .engine
-            .get(Table::ChunkScopes, &scope_key(id.as_bytes(), &self.scope(path)?))?
-            .is_some())
+    /// Whether datastore `scope` holds `id` (some file of it names the chunk).
+    pub fn scope_holds(&self, scope: &str, id: &ChunkId) -> Result<bool, MetaError> {
+        Ok(self.engine.get(Table::ChunkScopes, &scope_key(id.as_bytes(), scope))?.is_some())
     }
 
     /// Whether some datastore keeps a seal for `id` (its bytes are ciphertext).

@@ -236,6 +236,14 @@ fn release_chunks(t: &Txn<'_>, chunks: &[ChunkRef], scope: &str) -> Result<(), A
     Ok(())
 }
 
+/// What one commit has already settled: the (chunk, datastore) pairs it named, and the
+/// chunks the writer's own plans asked for.
+#[derive(Default)]
+struct Seen {
+    named: HashSet<Vec<u8>>,
+    planned: HashSet<[u8; 32]>,
+}
+
 /// Takes one reference to each chunk. A chunk not stored before becomes stored on the
 /// nodes that acknowledged it, provided they were issued a token for it and there are at
 /// least `min_replicas` of them.
@@ -245,25 +253,23 @@ fn release_chunks(t: &Txn<'_>, chunks: &[ChunkRef], scope: &str) -> Result<(), A
 /// it and `owner` may read it there (the whole datastore, or this file's current version,
 /// `old`). The first file of a datastore to name a chunk brings its seal; later ones
 /// never replace it.
-fn acquire_chunks(
-    t: &Txn<'_>,
-    c: &FileCommitIn,
-    owner: &str,
-    min_replicas: usize,
-    old: &[ChunkRef],
-    seen: &mut HashSet<[u8; 32]>,
-) -> Result<(), Abort> {
+fn acquire_chunks(t: &Txn<'_>, c: &FileCommitIn, owner: &str, min_replicas: usize, old: &[ChunkRef], seen: &mut Seen) -> Result<(), Abort> {
     let no_nodes = Vec::new();
     let scope = scope_of(t, &c.path)?;
+    let old: HashSet<[u8; 32]> = if c.reads_file && !c.reads_datastore {
+        old.iter().map(|o| o.id).collect()
+    } else {
+        HashSet::new()
+    };
     for (i, r) in c.chunks.iter().enumerate() {
         let reported = c.stored_on.get(i).unwrap_or(&no_nodes);
         let skey = scope_key(&r.id, &scope);
         let scoped: Option<ScopeRecord> = t.get(Table::ChunkScopes, &skey)?.map(|v| decode(&v)).transpose().map_err(abort)?;
         let pending: Option<PendingRecord> = t.get(Table::Pending, &r.id)?.map(|v| decode(&v)).transpose().map_err(abort)?;
-        let planned = pending.as_ref().is_some_and(|p| p.planned_by.iter().any(|b| b == owner));
-        let readable = scoped.is_some() && (c.reads_datastore || (c.reads_file && old.iter().any(|o| o.id == r.id)));
+        let planned = seen.planned.contains(&r.id) || pending.as_ref().is_some_and(|p| p.planned_by.iter().any(|b| b == owner));
+        let readable = scoped.is_some() && (c.reads_datastore || old.contains(&r.id));
         let known = t.get(Table::Chunks, &r.id)?;
-        if !(planned || readable || seen.contains(&r.id)) {
+        if !(planned || readable || seen.named.contains(&skey)) {
             let short = ChunkId(r.id).short();
             return Err(abort(if known.is_some() || pending.is_some() {
                 MetaError::ChunkNotYours(short, c.path.to_string())
@@ -271,7 +277,12 @@ fn acquire_chunks(
                 MetaError::ChunkNotUploaded(short, c.path.to_string())
             }));
         }
-        seen.insert(r.id);
+        seen.named.insert(skey.clone());
+        if planned {
+            // The commit takes the pending record away; the plan still counts for the
+            // rest of this commit (the same data in another datastore's file).
+            seen.planned.insert(r.id);
+        }
         let scoped = match scoped {
             Some(mut s) => {
                 s.refs += 1;
@@ -372,7 +383,7 @@ fn check_manifest(c: &FileCommitIn) -> Result<(), MetaError> {
 }
 
 /// Commits one file inside a transaction: new or replacing an older version atomically.
-fn commit_one(t: &Txn<'_>, c: &FileCommitIn, owner: &str, min_replicas: usize, seen: &mut HashSet<[u8; 32]>) -> Result<Attr, Abort> {
+fn commit_one(t: &Txn<'_>, c: &FileCommitIn, owner: &str, min_replicas: usize, seen: &mut Seen) -> Result<Attr, Abort> {
     let (_, name) = c.path.split_last().map_err(|e| abort(e.into()))?;
     let parent = parent_dir(t, &c.path, c.parents, owner)?;
     let existing = lookup(t, parent, name)?;
@@ -440,7 +451,7 @@ fn commit_into(
     at: Place<'_>,
     mut totals: crate::Totals,
     old: &[ChunkRef],
-    seen: &mut HashSet<[u8; 32]>,
+    seen: &mut Seen,
 ) -> Result<Attr, Abort> {
     let Place {
         parent,
@@ -690,7 +701,7 @@ impl MetaStore {
         }
         collective_core::crash_point("commit:before-transaction");
         let done = self.engine.transact(|t| {
-            let mut seen = HashSet::new();
+            let mut seen = Seen::default();
             let attrs = files.iter().map(|c| commit_one(t, c, owner, min_replicas, &mut seen)).collect();
             collective_core::crash_point("commit:inside-transaction");
             attrs
@@ -1055,7 +1066,7 @@ pub(crate) mod tests {
         m.add_pending(&id, data.len() as u64, &["n1".into()], "alice").unwrap();
         m.commit_files(&[one_chunk("/vault/f", data, &["n1"], 1, (true, true))], "alice", 1)
             .unwrap();
-        let seal_of = |path: &str| m.seal_in(&p(path), &id).unwrap();
+        let seal_of = |path: &str| m.seal_in(&m.scope(&p(path)).unwrap(), &id).unwrap();
         assert_eq!(seal_of("/vault/f"), Some([1; SEAL_LEN]));
 
         // bob knows the id (his node hosts the ciphertext) and names it in /drop: refused.
@@ -1087,6 +1098,17 @@ pub(crate) mod tests {
             .unwrap_err();
         assert!(matches!(e, MetaError::ChunkNotYours(..)), "{e}");
         assert_eq!(seal_of("/vault/f"), Some([1; SEAL_LEN]));
+
+        // One plan covers the same data in files of two datastores of one commit.
+        let both = b"the same bytes twice";
+        m.add_pending(&ChunkId::of(both), both.len() as u64, &["n1".into()], "alice")
+            .unwrap();
+        let pair = [
+            one_chunk("/vault/both", both, &["n1"], 3, (true, true)),
+            one_chunk("/drop/both", both, &["n1"], 4, (true, true)),
+        ];
+        m.commit_files(&pair, "alice", 1).unwrap();
+        assert_eq!(m.seal_in("drop", &ChunkId::of(both)).unwrap(), Some([4; SEAL_LEN]));
 
         // Counts stay exact through overwrites and removals, and the last file lets the seal go.
         let report = m.check().unwrap();

@@ -17,6 +17,7 @@ impl MetadataService {
                 let path = path_arg(p)?;
                 self.state.require(&who, &path, Rights::READ)?;
                 let (attr, manifest) = self.state.meta.manifest(&path).map_err(meta_status)?;
+                let scope = self.state.meta.scope(&path).map_err(meta_status)?;
                 self.state.upkeep.note_reads(manifest.iter().map(|c| ChunkId(c.id)));
                 // (id, stored size, replica names, addresses with tokens)
                 let mut chunks = Vec::with_capacity(manifest.len());
@@ -56,7 +57,7 @@ impl MetadataService {
                     let mut addrs = self.state.nodes.addrs(&local[..up]);
                     addrs.extend(remote);
                     addrs.extend(self.state.nodes.addrs(&down));
-                    let seal = self.state.meta.seal_in(&path, &id).map_err(meta_status)?;
+                    let seal = self.state.meta.seal_in(&scope, &id).map_err(meta_status)?;
                     locations.push(ChunkLocation {
                         id: id.0.to_vec().into(),
                         offset: c.offset,

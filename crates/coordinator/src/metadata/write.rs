@@ -28,12 +28,13 @@ impl MetadataService {
             } else {
                 Default::default()
             };
+            let scope = self.state.meta.scope(&path).map_err(meta_status)?;
             let mut placements: Vec<Option<ChunkPlacement>> = Vec::with_capacity(q.chunks.len());
             let mut new: Vec<(usize, ChunkId, u64)> = Vec::new();
             for (i, c) in q.chunks.iter().enumerate() {
                 let id = chunk_arg(&c.id)?;
                 check_chunk_size(&id, c.size)?;
-                let reusable = (reads_datastore || own.contains(&id.0)) && self.state.meta.scope_holds(&path, &id).map_err(meta_status)?;
+                let reusable = (reads_datastore || own.contains(&id.0)) && self.state.meta.scope_holds(&scope, &id).map_err(meta_status)?;
                 let Some(rec) = self
                     .state
                     .meta
