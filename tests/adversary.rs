@@ -581,25 +581,7 @@ fn a_member_naming_hosted_chunk_ids_in_a_commit_gets_nothing() {
         })
         .collect();
     assert!(!hosted.is_empty(), "bob's node hosts none of alice's backup chunks");
-    // bob's client certificate, as his client.toml names it.
-    let cfg = std::fs::read_to_string(&fed.member("bob").client_config).unwrap();
-    let field = |k: &str| {
-        let v = cfg
-            .lines()
-            .find(|l| l.starts_with(&format!("{k} =")))
-            .unwrap()
-            .split('"')
-            .nth(1)
-            .unwrap()
-            .to_string();
-        let path = std::path::PathBuf::from(&v);
-        if path.is_absolute() {
-            path
-        } else {
-            fed.member("bob").client_config.parent().unwrap().join(path)
-        }
-    };
-    let bob = collective_pki::TlsIdentity::load(&field("ca"), &field("cert"), &field("key")).unwrap();
+    let bob = client_identity(&fed, "bob");
     let coordinator: collective_core::Principal = format!("coordinator@{bobs}").parse().unwrap();
     let _ = rustls::crypto::ring::default_provider().install_default();
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap();
@@ -633,4 +615,541 @@ fn a_member_naming_hosted_chunk_ids_in_a_commit_gets_nothing() {
     let back = fed.path("back.bin");
     fed.ok_as("alice", &["get", "/vault/secret.bin", p(&back)]);
     assert!(std::fs::read(&back).unwrap() == secret, "alice's file is intact");
+}
+
+/// A certificate from member `m`'s CA, issued with the plain CLI (a member can always
+/// issue its own), loaded as an identity the harness speaks with.
+fn issue_identity(fed: &Cluster, m: &str, role: &str, name: &str) -> (collective_pki::TlsIdentity, std::path::PathBuf) {
+    let member = fed.member(m).clone();
+    let out = fed.path(&format!("issued-{m}-{name}"));
+    let r = std::process::Command::new(common::BIN)
+        .args(["ca", "issue", "--ca", p(&member.ca_dir), "--role", role, "--name", name, "--out"])
+        .arg(&out)
+        .output()
+        .unwrap();
+    assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let id = collective_pki::TlsIdentity::load(
+        &out.join("ca.crt"),
+        &out.join(format!("{name}.crt")),
+        &out.join(format!("{name}.key")),
+    )
+    .unwrap();
+    (id, out.join(format!("{name}.crt")))
+}
+
+/// One anti-entropy exchange with member `m`'s coordinator, as `id`: hands it `states` and
+/// returns what it holds afterwards, decoded by member domain.
+fn exchange(
+    rt: &tokio::runtime::Runtime,
+    fed: &Cluster,
+    id: &collective_pki::TlsIdentity,
+    m: &str,
+    states: Vec<collective_proto::v1::SignedState>,
+) -> Result<Vec<(collective_proto::v1::MemberState, collective_proto::v1::SignedState)>, tonic::Status> {
+    use collective_proto::v1::federation_client::FederationClient;
+    use prost::Message;
+    let member = fed.member(m).clone();
+    let coordinator: collective_core::Principal = format!("coordinator@{}", member.domain).parse().unwrap();
+    rt.block_on(async {
+        let ch = collective_rpc::channel(id, &member.grpc, &coordinator).map_err(|e| tonic::Status::unavailable(e.to_string()))?;
+        let r = FederationClient::new(ch)
+            .exchange(collective_proto::v1::ExchangeRequest { states })
+            .await?;
+        Ok(r.into_inner()
+            .states
+            .into_iter()
+            .map(|s| (collective_proto::v1::MemberState::decode(s.state.as_ref()).unwrap(), s))
+            .collect())
+    })
+}
+
+/// `state` signed with `id`'s key, as a coordinator signs its own.
+fn sign_state(id: &collective_pki::TlsIdentity, state: &collective_proto::v1::MemberState) -> collective_proto::v1::SignedState {
+    use prost::Message;
+    let key = collective_pki::TokenSigner::from_pkcs8(&id.pkcs8_der(), id.principal.to_string()).unwrap();
+    let bytes = state.encode_to_vec();
+    let mut msg = b"collective-state-v1".to_vec();
+    msg.extend_from_slice(&bytes);
+    let chain = id.chain_der();
+    collective_proto::v1::SignedState {
+        signature: key.sign_raw(&msg).to_vec().into(),
+        signer: collective_pki::fingerprint_bytes(&chain[0]).to_vec().into(),
+        chain: chain.into_iter().map(Into::into).collect(),
+        state: bytes.into(),
+    }
+}
+
+/// Point 3: bob, with a coordinator certificate of his own CA, hands carol a state that
+/// claims to be alice's (pointing her address at his machine), alice's real state altered
+/// on the way, his own state back-dating a claim on alice's datastore, and a version pinned
+/// in the future. carol keeps alice's real state, keeps routing alice's datastore to her,
+/// and logs each refusal with its reason.
+#[test]
+fn a_member_relaying_forged_or_altered_gossip_states_changes_nothing() {
+    use collective_proto::v1::CatalogEntry;
+    use prost::Message;
+    let fed = Cluster::federation("adv-gossip", 3, 1);
+    fed.ok_as(
+        "alice",
+        &["datastore", "create", "/photos", "--strategy", "media", "--replicas", "1"],
+    );
+    fed.ok_as("alice", &["datastore", "grant", "/photos", "*@*.collective.local", "read"]);
+    let note = fed.write_local("note.txt", b"alice's photo");
+    fed.ok_as("alice", &["put", p(&note), "/photos/note.txt"]);
+    within(Duration::from_secs(30), "carol to learn of /photos", || {
+        fed.ok_as("carol", &["datastore", "ls"]).contains("/photos ")
+    });
+    let (relay, _) = issue_identity(&fed, "bob", "coordinator", "relay");
+    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap();
+    let alice_domain = fed.member("alice").domain.clone();
+    let bob_domain = fed.member("bob").domain.clone();
+    let held = exchange(&rt, &fed, &relay, "carol", vec![]).unwrap();
+    let (alice_state, alice_signed) = held.iter().find(|(s, _)| s.member == alice_domain).cloned().unwrap();
+    let (bob_state, _) = held.iter().find(|(s, _)| s.member == bob_domain).cloned().unwrap();
+    let bob_grpc = fed.member("bob").grpc.clone();
+
+    // 1. A state for alice, signed by bob.
+    let mut forged = alice_state.clone();
+    forged.grpc_addr = bob_grpc.clone();
+    forged.version += 1_000;
+    // 2. alice's real state, altered.
+    let mut altered = alice_signed.clone();
+    altered.state = MemberStateExt::with_addr(&alice_state, &bob_grpc).encode_to_vec().into();
+    // 3. bob's own state claiming /photos "created at the epoch".
+    let mut claim = bob_state.clone();
+    claim.datastores.push(CatalogEntry {
+        name: "photos".into(),
+        owner: format!("bob@{bob_domain}"),
+        created_ms: 1,
+        ..Default::default()
+    });
+    claim.version = collective_core::unix_ms_now();
+    // 4. bob's state pinned at a version no real one reaches.
+    let mut pinned = bob_state.clone();
+    pinned.version = u64::MAX - 1;
+    let sent = vec![
+        sign_state(&relay, &forged),
+        altered,
+        sign_state(&relay, &claim),
+        sign_state(&relay, &pinned),
+    ];
+    exchange(&rt, &fed, &relay, "carol", sent).unwrap();
+
+    let after = exchange(&rt, &fed, &relay, "carol", vec![]).unwrap();
+    let alice_now = after.iter().find(|(s, _)| s.member == alice_domain).unwrap();
+    assert_eq!(
+        alice_now.0.grpc_addr, alice_state.grpc_addr,
+        "carol took a forged address for alice"
+    );
+    let bob_now = after.iter().find(|(s, _)| s.member == bob_domain).unwrap();
+    assert!(bob_now.0.version < u64::MAX - 1, "carol took a pinned version for bob");
+    // carol still routes /photos to alice, and reads alice's file.
+    assert_eq!(fed.ok_as("carol", &["cat", "/photos/note.txt"]), "alice's photo");
+    let log = fed.member_procs("carol").into_iter().find(|p| p.role == "coordinator").unwrap().log;
+    common::within(Duration::from_secs(10), "carol to log each refusal", || {
+        let text = std::fs::read_to_string(&log).unwrap_or_default();
+        text.contains(&format!(
+            "the state of {alice_domain} is signed by relay@{bob_domain}: a member signs only its own state"
+        )) && text.contains(&format!("bad signature on the state of {alice_domain}"))
+            && text.contains("more than 10 minutes ahead of our clock")
+    });
+    // alice's data is intact where she is.
+    assert_eq!(fed.ok_as("alice", &["cat", "/photos/note.txt"]), "alice's photo");
+}
+
+/// A copy of a member state with another gRPC address (what a forger would change).
+struct MemberStateExt;
+impl MemberStateExt {
+    fn with_addr(s: &collective_proto::v1::MemberState, addr: &str) -> collective_proto::v1::MemberState {
+        collective_proto::v1::MemberState {
+            grpc_addr: addr.to_string(),
+            ..s.clone()
+        }
+    }
+}
+
+/// Point 3: a write through another member right after a datastore is created lands in
+/// that datastore, not in the other member's own namespace, even before gossip carried
+/// the new name; and a second claim on the name fails at `datastore create`.
+#[test]
+fn a_write_through_another_member_right_after_a_datastore_is_created_lands_in_it() {
+    let fed = Cluster::federation("adv-fresh", 2, 1);
+    // The members know each other (what gossip has not carried yet is the new name).
+    within(Duration::from_secs(30), "bob to see alice alive", || {
+        fed.peer_states("bob")
+            .iter()
+            .any(|(m, s)| m == "alice.collective.local" && s == "alive")
+    });
+    let note = fed.write_local("note.txt", b"written through bob");
+    for round in 0..3 {
+        let ds = format!("/fresh{round}");
+        fed.ok_as("alice", &["datastore", "create", &ds, "--strategy", "media", "--replicas", "1"]);
+        fed.ok_as("alice", &["datastore", "grant", &ds, "bob@bob.collective.local", "read,write"]);
+        let put = fed
+            .cmd_as("bob")
+            .args(["put", p(&note), &format!("{ds}/from-bob.txt")])
+            .output()
+            .unwrap();
+        if !put.status.success() {
+            let log = fed.member_procs("bob").into_iter().find(|p| p.role == "coordinator").unwrap().log;
+            panic!(
+                "bob's put into {ds} failed: {}\nbob's coordinator:\n{}",
+                String::from_utf8_lossy(&put.stderr),
+                common::log_tail(&log, 40)
+            );
+        }
+        assert_eq!(
+            fed.ok_as("alice", &["cat", &format!("{ds}/from-bob.txt")]),
+            "written through bob",
+            "bob's write did not reach alice's {ds}"
+        );
+        let err = fed.fails_as("bob", &["datastore", "create", &ds, "--strategy", "media"]);
+        assert!(
+            err.contains(&format!("{ds} already exists in the federation (owned by alice.collective.local)")),
+            "{err}"
+        );
+    }
+}
+
+/// Point 8: alice revokes one of her coordinator certificates; bob and carol refuse it
+/// within a minute, and alice's other certificates keep working everywhere.
+#[test]
+fn a_certificate_a_member_revokes_is_refused_by_every_other_member_within_a_minute() {
+    let fed = Cluster::federation("adv-revoke", 3, 1);
+    fed.ok_as("bob", &["datastore", "create", "/bobs", "--strategy", "media", "--replicas", "1"]);
+    fed.ok_as("bob", &["datastore", "grant", "/bobs", "alice@alice.collective.local", "read"]);
+    let note = fed.write_local("note.txt", b"bob shares this");
+    fed.ok_as("bob", &["put", p(&note), "/bobs/note.txt"]);
+    let (spare, cert) = issue_identity(&fed, "alice", "coordinator", "spare");
+    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap();
+    for m in ["bob", "carol"] {
+        exchange(&rt, &fed, &spare, m, vec![])
+            .unwrap_or_else(|e| panic!("{m} refused alice's spare coordinator before it was revoked: {e}"));
+    }
+    let alice = fed.member("alice").clone();
+    let r = std::process::Command::new(common::BIN)
+        .args(["ca", "revoke", "--ca", p(&alice.ca_dir), p(&cert), "--reason", "key copied"])
+        .output()
+        .unwrap();
+    assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
+    let started = std::time::Instant::now();
+    for m in ["bob", "carol"] {
+        within(
+            Duration::from_secs(60).saturating_sub(started.elapsed()),
+            "the revocation to reach every member",
+            || exchange(&rt, &fed, &spare, m, vec![]).is_err(),
+        );
+    }
+    eprintln!("alice's revocation was enforced by bob and carol after {:?}", started.elapsed());
+    within(Duration::from_secs(30), "alice to learn of /bobs", || {
+        fed.ok_as("alice", &["datastore", "ls"]).contains("/bobs ")
+    });
+    assert_eq!(fed.ok_as("alice", &["cat", "/bobs/note.txt"]), "bob shares this");
+}
+
+/// Member `m`'s user certificate, as its client.toml names it.
+fn client_identity(fed: &Cluster, m: &str) -> collective_pki::TlsIdentity {
+    let member = fed.member(m).clone();
+    let cfg = std::fs::read_to_string(&member.client_config).unwrap();
+    let field = |k: &str| {
+        let v = cfg
+            .lines()
+            .find(|l| l.starts_with(&format!("{k} =")))
+            .unwrap()
+            .split('"')
+            .nth(1)
+            .unwrap()
+            .to_string();
+        let path = std::path::PathBuf::from(&v);
+        if path.is_absolute() {
+            path
+        } else {
+            member.client_config.parent().unwrap().join(path)
+        }
+    };
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    collective_pki::TlsIdentity::load(&field("ca"), &field("cert"), &field("key")).unwrap()
+}
+
+/// The peak memory (VmHWM, bytes) of a process.
+fn peak_rss(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let kb: u64 = status
+        .lines()
+        .find(|l| l.starts_with("VmHWM:"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|v| v.parse().ok())
+        .unwrap();
+    kb * 1024
+}
+
+/// Point 7: a stranger holding only an invite code (the coordinator's fingerprint, no
+/// certificate) sends a 32 MiB request to a service that needs a certificate, and an
+/// oversized one to invite redemption. Both are answered with a clear error, the
+/// coordinator's memory does not grow by the request's size, and it serves its member on.
+#[test]
+fn a_stranger_without_a_certificate_is_answered_before_its_request_is_read() {
+    use collective_proto::v1::PathRequest;
+    use collective_proto::v1::bootstrap_client::BootstrapClient;
+    use collective_proto::v1::metadata_client::MetadataClient;
+    let fed = Cluster::federation("adv-stranger", 2, 1);
+    fed.ok_as("alice", &["datastore", "create", "/pub", "--strategy", "media", "--replicas", "1"]);
+    let code = fed
+        .ok_as("alice", &["invite", "generate", "--grant", "/pub:read"])
+        .trim()
+        .to_string();
+    let (invite, _, _) = collective_pki::InviteCode::decode(&code).unwrap();
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let tls = collective_pki::TlsIdentity::pinned_client_config(invite.fingerprint, collective_pki::ALPN_GRPC).unwrap();
+    let alice = fed.member("alice").clone();
+    let coordinator: collective_core::Principal = format!("coordinator@{}", alice.domain).parse().unwrap();
+    let pid = fed.member_procs("alice").into_iter().find(|p| p.role == "coordinator").unwrap().pid;
+    let before = peak_rss(pid);
+    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap();
+    let (stat, redeem) = rt.block_on(async {
+        let ch = collective_rpc::channel_with_config(tls, &alice.grpc, &coordinator).unwrap();
+        let stat = MetadataClient::new(ch.clone())
+            .max_encoding_message_size(64 << 20)
+            .stat(PathRequest {
+                path: "x".repeat(32 << 20),
+            })
+            .await;
+        let redeem = BootstrapClient::new(ch)
+            .redeem_invite(collective_proto::v1::RedeemInviteRequest {
+                code: "y".repeat(1 << 20),
+                ..Default::default()
+            })
+            .await;
+        (stat, redeem)
+    });
+    let s = stat.expect_err("a call without a certificate was served");
+    assert_eq!(s.code(), tonic::Code::Unauthenticated, "{s:?}");
+    assert!(
+        s.message().contains("this call needs a client certificate of the federation"),
+        "{}",
+        s.message()
+    );
+    let r = redeem.expect_err("an oversized invite redemption was served");
+    assert!(r.message().contains("message length too large"), "{r:?}");
+    let grown = peak_rss(pid).saturating_sub(before);
+    assert!(
+        grown < 16 << 20,
+        "the coordinator's peak memory grew by {grown} bytes for a refused request"
+    );
+    // The member is served as before.
+    fed.ok_as("alice", &["ls", "/"]);
+}
+
+/// Point 7: one principal opening connection after connection is refused past its limit,
+/// while another principal of the same member is served.
+#[test]
+fn a_peer_opening_too_many_connections_is_refused_past_its_limit() {
+    use collective_proto::v1::PathRequest;
+    use collective_proto::v1::metadata_client::MetadataClient;
+    let fed = Cluster::federation("adv-conns", 2, 1);
+    let (hog, _) = issue_identity(&fed, "alice", "client", "hog");
+    let alice = fed.member("alice").clone();
+    let coordinator: collective_core::Principal = format!("coordinator@{}", alice.domain).parse().unwrap();
+    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap();
+    let limit = collective_rpc::MAX_CONNECTIONS_PER_PRINCIPAL;
+    let (served, refused, _held) = rt.block_on(async {
+        let mut held = Vec::new();
+        let (mut served, mut refused) = (0, 0);
+        for _ in 0..limit + 3 {
+            // A channel of its own is a connection of its own.
+            let ch = collective_rpc::channel(&hog, &alice.grpc, &coordinator).unwrap();
+            let mut client = MetadataClient::new(ch);
+            match client.stat(PathRequest { path: "/".into() }).await {
+                Ok(_) => served += 1,
+                Err(s) if s.code() == tonic::Code::PermissionDenied => served += 1,
+                Err(_) => refused += 1,
+            }
+            held.push(client);
+        }
+        (served, refused, held)
+    });
+    assert_eq!((served, refused), (limit, 3), "connections past the limit were served");
+    let log = fed.member_procs("alice").into_iter().find(|p| p.role == "coordinator").unwrap().log;
+    within(Duration::from_secs(10), "the refusal to be logged", || {
+        std::fs::read_to_string(&log)
+            .unwrap_or_default()
+            .contains(&format!("hog@{} already holds {limit} connections", alice.domain))
+    });
+    fed.ok_as("alice", &["ls", "/"]);
+}
+
+/// Point 7: an upload whose size differs from the size its token was signed for is refused
+/// before anything is stored; an upload that stalls is cut at its deadline and its disk
+/// reservation released.
+#[test]
+fn a_node_refuses_an_upload_of_another_size_than_its_token_and_cuts_a_stalled_one() {
+    use collective_proto::v1::metadata_client::MetadataClient;
+    use collective_proto::v1::{ChunkDesc, ChunkOp, ChunkRequest, ChunkResponse, PlanWriteRequest, SignedToken};
+    use prost::Message;
+    let fed = Cluster::federation("adv-upload", 2, 1);
+    fed.ok_as("alice", &["datastore", "create", "/up", "--strategy", "media", "--replicas", "1"]);
+    let me = client_identity(&fed, "alice");
+    let alice = fed.member("alice").clone();
+    let coordinator: collective_core::Principal = format!("coordinator@{}", alice.domain).parse().unwrap();
+    let used = || -> u64 {
+        let v: serde_json::Value = serde_json::from_str(&fed.ok_as("alice", &["status", "--json"])).unwrap();
+        v["nodes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|n| n["used_bytes"].as_u64().unwrap_or(0))
+            .sum()
+    };
+    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap();
+    let plan = |data: &[u8], claimed: u64| {
+        let id = blake3::hash(data);
+        rt.block_on(async {
+            let ch = collective_rpc::channel(&me, &alice.grpc, &coordinator).unwrap();
+            let r = MetadataClient::new(ch)
+                .plan_write(PlanWriteRequest {
+                    chunks: vec![ChunkDesc {
+                        id: id.as_bytes().to_vec().into(),
+                        size: claimed,
+                    }],
+                    path: "/up/file".into(),
+                })
+                .await
+                .unwrap()
+                .into_inner();
+            let p = r.placements.into_iter().next().unwrap();
+            let t = &p.targets[0];
+            let target = collective_dataplane::NodeTarget {
+                node: t.node.clone(),
+                addr: t.quic_addr.parse().unwrap(),
+            };
+            (collective_core::ChunkId(*id.as_bytes()), target, p.token.to_vec())
+        })
+    };
+    let _in_runtime = rt.enter();
+    let chunks = collective_dataplane::ChunkClient::new(&me).unwrap();
+
+    // 1. Planned as 10 bytes, sent as 1 MiB (the bytes do hash to the id).
+    let data = random_bytes(1 << 20, 71);
+    let (id, target, token) = plan(&data, 10);
+    let start_used = used();
+    let r = rt.block_on(chunks.put(&target, &id, &[bytes::Bytes::from(data.clone())], &token));
+    let e = r.expect_err("an upload larger than its token was stored");
+    assert!(
+        e.to_string()
+            .contains("the upload says 1048576 bytes but its token allows exactly 10"),
+        "{e}"
+    );
+
+    // 2. A 16 MiB upload that sends 1 MiB and stops.
+    let big = random_bytes(16 << 20, 72);
+    let (id, target, token) = plan(&big, big.len() as u64);
+    let started = std::time::Instant::now();
+    let outcome = rt.block_on(async {
+        let (mut send, mut recv) = chunks.open_stream(&target).await.unwrap();
+        let req = ChunkRequest {
+            version: collective_dataplane::PROTOCOL_VERSION,
+            op: ChunkOp::Put as i32,
+            chunk_id: id.0.to_vec().into(),
+            size: big.len() as u64,
+            token: Some(SignedToken::decode(token.as_slice()).unwrap()),
+        };
+        collective_dataplane::write_frame(&mut send, &req).await.unwrap();
+        send.write_all(&big[..1 << 20]).await.unwrap();
+        // Stalled: the node must give up on its own, well before this bound.
+        tokio::time::timeout(
+            Duration::from_secs(90),
+            collective_dataplane::read_frame::<ChunkResponse>(&mut recv),
+        )
+        .await
+    });
+    let outcome = outcome.expect("the node kept a stalled upload open for 90 s");
+    assert!(outcome.is_err(), "a stalled upload was answered as if complete: {outcome:?}");
+    eprintln!("the stalled upload was cut after {:?}", started.elapsed());
+    within(Duration::from_secs(10), "the stalled upload's reservation to be released", || {
+        used() <= start_used
+    });
+    // Nothing of either was kept, and an honest upload of the first chunk still works.
+    let (id, target, token) = plan(&data, data.len() as u64);
+    rt.block_on(chunks.put(&target, &id, &[bytes::Bytes::from(data)], &token)).unwrap();
+}
+
+/// Point 9: another member's principal (here bob, through a coordinator certificate of his
+/// own CA naming himself as the user) sees of alice's events only membership changes and
+/// grant changes on a datastore he may share; alice's status and her admins' audit view
+/// are not his. Expensive calls are limited per principal with a clear error.
+#[test]
+fn a_remote_principal_sees_only_its_share_and_expensive_calls_are_rate_limited() {
+    use collective_proto::v1::metadata_client::MetadataClient;
+    use collective_proto::v1::observe_client::ObserveClient;
+    use collective_proto::v1::{AuditRequest, EventsRequest, StatusRequest};
+    let fed = Cluster::federation("adv-share", 2, 1);
+    fed.ok_as("alice", &["datastore", "create", "/open", "--strategy", "media", "--replicas", "1"]);
+    fed.ok_as("alice", &["datastore", "create", "/mine", "--strategy", "media", "--replicas", "1"]);
+    fed.ok_as("alice", &["datastore", "grant", "/open", "bob@bob.collective.local", "read"]);
+    fed.ok_as("alice", &["datastore", "grant", "/mine", "bob@bob.collective.local", "read,share"]);
+    fed.ok_as("alice", &["datastore", "grant", "/open", "mom@alice.collective.local", "read"]);
+    let (relay, _) = issue_identity(&fed, "bob", "coordinator", "relay");
+    let alice = fed.member("alice").clone();
+    let coordinator: collective_core::Principal = format!("coordinator@{}", alice.domain).parse().unwrap();
+    let bob: collective_core::Principal = "bob@bob.collective.local".parse().unwrap();
+    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap();
+    let (events, status, audit) = rt.block_on(async {
+        let ch = collective_rpc::channel(&relay, &alice.grpc, &coordinator).unwrap();
+        let mut stream = ObserveClient::new(ch.clone())
+            .events(collective_rpc::forwarded(
+                EventsRequest {
+                    after_seq: 0,
+                    follow: false,
+                },
+                &bob,
+            ))
+            .await
+            .unwrap()
+            .into_inner();
+        let mut events = Vec::new();
+        while let Some(e) = stream.message().await.unwrap() {
+            events.push(e);
+        }
+        let status = MetadataClient::new(ch.clone())
+            .status(collective_rpc::forwarded(StatusRequest {}, &bob))
+            .await;
+        let audit = ObserveClient::new(ch)
+            .audit(collective_rpc::forwarded(
+                AuditRequest {
+                    principal: "alice@alice.collective.local".into(),
+                    ..Default::default()
+                },
+                &bob,
+            ))
+            .await;
+        (events, status, audit)
+    });
+    let kinds: Vec<(String, String)> = events.iter().map(|e| (e.kind.clone(), e.subject.clone())).collect();
+    assert!(
+        kinds
+            .iter()
+            .all(|(k, s)| k.starts_with("member-") || (k == "grant-changed" && s.starts_with("/mine"))),
+        "bob saw more than his share of alice's events: {kinds:?}"
+    );
+    assert!(kinds.iter().any(|(k, s)| k == "grant-changed" && s == "/mine"), "{kinds:?}");
+    let all = fed.ok_as("alice", &["events", "--json"]);
+    assert!(
+        all.contains("node-registered") && all.contains("mom@alice.collective.local"),
+        "alice sees her own events"
+    );
+    let s = status.expect_err("bob read alice's status");
+    assert!(s.message().contains("is for its own principals"), "{}", s.message());
+    let a = audit.expect_err("bob read alice's audit entries");
+    assert!(a.message().contains("may only read its own audit entries"), "{}", a.message());
+
+    // Risk walks: a burst, then a clear refusal.
+    for _ in 0..3 {
+        fed.ok_as("alice", &["federation", "risk", "bob"]);
+    }
+    let err = fed.fails_as("alice", &["federation", "risk", "bob"]);
+    assert!(
+        err.contains("alice@alice.collective.local asked for a risk report too often") && err.contains("try again in"),
+        "{err}"
+    );
 }

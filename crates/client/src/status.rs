@@ -41,6 +41,21 @@ pub fn warnings(s: &StatusResponse, mine: Option<&CertificateStatus>, now_ms: u6
             m.state().name()
         ));
     }
+    for c in &s.contested {
+        if c.owner == s.member {
+            w.push(format!(
+                "{} also claim(s) datastore /{}; the federation keeps routing it to this member (its claim came first)",
+                c.others.join(", "),
+                c.name
+            ));
+        } else {
+            w.push(format!(
+                "datastore /{} is also {}'s, whose claim came first: other members reach theirs and only this member's \
+                 users reach this one; copy its files into a datastore with another name",
+                c.name, c.owner
+            ));
+        }
+    }
     for c in certificates(s, mine) {
         let days = days_until(c.not_after_ms, now_ms);
         if days < 0 {

@@ -525,6 +525,11 @@ fn status_json(s: &StatusResponse, mine: &Option<CertificateStatus>) -> serde_js
             "state": m.state().name(),
             "last_seen": if m.last_seen_ms > 0 { json!(format_time_ms(m.last_seen_ms)) } else { json!(null) },
         })).collect::<Vec<_>>(),
+        "contested_datastores": s.contested.iter().map(|c| json!({
+            "path": format!("/{}", c.name),
+            "owner": c.owner,
+            "others": c.others,
+        })).collect::<Vec<_>>(),
         "certificates": certificates(s, mine).iter().map(|c| json!({
             "principal": c.principal,
             "role": c.role,

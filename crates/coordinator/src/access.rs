@@ -37,8 +37,10 @@ impl Access {
         }
     }
 
+    /// Whether `who` is an admin here: a principal of this member that `admins` names.
+    /// Another member's principals never are, whatever the list says.
     pub fn is_admin(&self, who: &Principal) -> bool {
-        self.admins.iter().any(|s| s.matches(who))
+        who.domain == self.domain && self.admins.iter().any(|s| s.matches(who))
     }
 
     /// The rights `who` holds on `path` in this member's namespace.

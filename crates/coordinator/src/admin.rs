@@ -126,9 +126,9 @@ impl AdminService {
     }
 
     /// The owner's Admin service, when `path` is in another member's datastore.
-    fn remote(&self, path: &RemotePath) -> Result<Option<AdminClient<tonic::transport::Channel>>, Status> {
+    async fn remote(&self, path: &RemotePath) -> Result<Option<AdminClient<tonic::transport::Channel>>, Status> {
         let Some(top) = top_of(path.as_str()) else { return Ok(None) };
-        match self.state.remote_owner(top)? {
+        match self.state.route(top).await? {
             Some(member) => Ok(Some(AdminClient::new(self.state.links.channel(&member)?))),
             None => Ok(None),
         }
@@ -236,7 +236,7 @@ impl Admin for AdminService {
     async fn datastore_details(&self, req: Request<PathRequest>) -> Result<Response<DatastoreInfo>, Status> {
         let who = self.state.end_user(&req)?;
         let path = path_arg(&req.get_ref().path)?;
-        if let Some(mut peer) = self.remote(&path)? {
+        if let Some(mut peer) = self.remote(&path).await? {
             return peer.datastore_details(collective_rpc::forwarded(req.into_inner(), &who)).await;
         }
         let d = self.local_datastore(&path)?;
@@ -446,6 +446,9 @@ impl AdminService {
         if replicas > MAX_REPLICAS {
             return Err(Status::invalid_argument(format!("at most {MAX_REPLICAS} replicas")));
         }
+        // Ask every reachable member first: a name another member claims, even a moment
+        // ago, is refused here rather than contested later.
+        self.state.converge().await;
         if let Some(fed) = self.state.links.fed()
             && let Some(other) = fed
                 .gossip
@@ -471,13 +474,14 @@ impl AdminService {
         };
         self.state.meta.create_datastore(&path, &rec).map_err(meta_status)?;
         self.state.meta.flush().await.map_err(meta_status)?;
+        self.state.publish_now();
         tracing::info!(datastore = %path, owner = %who, strategy = %rec.strategy, replicas, "datastore created");
         Ok(Response::new(self.datastore_info(&rec, who)?))
     }
 
     async fn grant_inner(&self, who: &Principal, req: Request<GrantRequest>) -> Result<Response<GrantInfo>, Status> {
         let path = path_arg(&req.get_ref().path)?;
-        if let Some(mut peer) = self.remote(&path)? {
+        if let Some(mut peer) = self.remote(&path).await? {
             return peer.grant(collective_rpc::forwarded(req.into_inner(), who)).await;
         }
         let q = req.into_inner();
@@ -531,7 +535,7 @@ impl AdminService {
 
     async fn revoke_inner(&self, who: &Principal, req: Request<RevokeRequest>) -> Result<Response<RevokeResponse>, Status> {
         let path = path_arg(&req.get_ref().path)?;
-        if let Some(mut peer) = self.remote(&path)? {
+        if let Some(mut peer) = self.remote(&path).await? {
             return peer.revoke(collective_rpc::forwarded(req.into_inner(), who)).await;
         }
         self.state.require(who, &path, Rights::SHARE)?;

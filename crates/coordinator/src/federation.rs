@@ -21,6 +21,10 @@ use crate::state::State;
 
 /// How often our own state is re-published (node usage changes continuously).
 pub const PUBLISH_EVERY: Duration = Duration::from_secs(2);
+/// Rounds of asking every member at once start at most this often.
+pub const CONVERGE_EVERY: Duration = Duration::from_millis(100);
+/// How long one member has to answer such a round.
+const CONVERGE_TIMEOUT: Duration = Duration::from_secs(2);
 
 impl State {
     /// Whether the top-level name `top` lives in this member's namespace.
@@ -32,18 +36,88 @@ impl State {
         Ok(self.meta.stat(&path).is_ok())
     }
 
-    /// The member that owns datastore `top`, when it is another member's.
+    /// The member that owns datastore `top` as far as we know now, when it is another
+    /// member's. A name in our own namespace is ours; of two members claiming one name, the
+    /// one gossip settled on (`collective_gossip::claims`).
     pub fn remote_owner(&self, top: &str) -> Result<Option<String>, Error> {
         let Some(fed) = self.links.fed() else { return Ok(None) };
         if self.is_local_top(top)? {
             return Ok(None);
         }
-        Ok(fed
+        Ok(fed.gossip.owner_of(top).filter(|m| *m != self.domain))
+    }
+
+    /// The member that owns datastore `top`, when it is another member's. A name that is
+    /// neither ours nor known to be another member's may be a datastore created a moment
+    /// ago that gossip has not brought yet: we ask every reachable member first, so that a
+    /// write meant for it never lands in our own namespace.
+    pub async fn route(&self, top: &str) -> Result<Option<String>, Error> {
+        if let Some(member) = self.remote_owner(top)? {
+            return Ok(Some(member));
+        }
+        if self.links.fed().is_none() || self.is_local_top(top)? {
+            return Ok(None);
+        }
+        self.converge().await;
+        self.remote_owner(top)
+    }
+
+    /// One anti-entropy round with every member gossip does not hold down, all at once,
+    /// begun after this call: callers that arrive while a round runs share the next one,
+    /// and rounds start at most one per [`CONVERGE_EVERY`].
+    pub async fn converge(&self) {
+        let Some(fed) = self.links.fed() else { return };
+        let arrived = self.clock.now_ms();
+        let mut last_start = self.links.converged_ms.lock().await;
+        if *last_start > arrived {
+            return;
+        }
+        let since = self.clock.now_ms().saturating_sub(*last_start);
+        let spacing = CONVERGE_EVERY.as_millis() as u64;
+        if since < spacing {
+            tokio::time::sleep(Duration::from_millis(spacing - since)).await;
+        }
+        *last_start = self.clock.now_ms().max(arrived + 1);
+        let members = reachable(fed);
+        futures::future::join_all(
+            members
+                .iter()
+                .map(|m| tokio::time::timeout(CONVERGE_TIMEOUT, exchange_with(self, m))),
+        )
+        .await;
+    }
+
+    /// Enforces every other member's revocations as its signed state lists them (each
+    /// applies only to that member's own certificates). Our own list reaches the others in
+    /// our state, so a revoked certificate is refused federation-wide within a few gossip
+    /// rounds.
+    pub fn learn_revocations(&self) {
+        let Some(fed) = self.links.fed() else { return };
+        let lists: std::collections::HashMap<String, Vec<[u8; 32]>> = fed
             .gossip
             .states()
             .into_iter()
-            .find(|s| s.member != self.domain && s.datastores.iter().any(|d| d.name == top))
-            .map(|s| s.member))
+            .filter(|s| s.member != self.domain)
+            .map(|s| {
+                let fps = s.revoked.iter().filter_map(|b| <[u8; 32]>::try_from(b.as_ref()).ok()).collect();
+                (s.member, fps)
+            })
+            .collect();
+        let revocations = self.identity.revocations();
+        if revocations.set_member_revocations(&lists) {
+            tracing::info!(
+                enforced = revocations.member_revocations(),
+                "other members' revocations changed; their revoked certificates are refused here"
+            );
+        }
+    }
+
+    /// Publishes our state now rather than at the next tick (a datastore was created or
+    /// deleted: members asking us right away must see it).
+    pub fn publish_now(&self) {
+        if let Some(fed) = self.links.fed() {
+            fed.gossip.publish(self.local_member_state());
+        }
     }
 
     /// What we tell the federation about ourselves.
@@ -73,6 +147,7 @@ impl State {
                 owner: d.owner,
                 strategy: PlacementStrategy::from(d.strategy) as i32,
                 replicas: d.replicas,
+                created_ms: d.created_ms,
             })
             .collect();
         MemberState {
@@ -88,6 +163,13 @@ impl State {
             used_elsewhere_bytes: self.used_elsewhere_cached(),
             removals: self.removals(),
             stopped_ms: 0,
+            revoked: self
+                .identity
+                .revocations()
+                .fingerprints()
+                .into_iter()
+                .map(|f| f.to_vec().into())
+                .collect(),
         }
     }
 
@@ -121,6 +203,7 @@ pub async fn maintain(state: Arc<State>, anti_entropy: Duration) {
                 let s = state.clone();
                 let Ok(mine) = tokio::task::spawn_blocking(move || {
                     s.learn_removals();
+                    s.learn_revocations();
                     s.local_member_state()
                 })
                 .await
@@ -150,13 +233,7 @@ pub async fn maintain(state: Arc<State>, anti_entropy: Duration) {
             }
             _ = exchange.tick() => {
                 let Some(fed) = state.links.fed() else { return };
-                let alive: Vec<String> = fed
-                    .gossip
-                    .peers()
-                    .into_iter()
-                    .filter(|p| p.state != PeerState::Down)
-                    .map(|p| p.member)
-                    .collect();
+                let alive = reachable(fed);
                 if alive.is_empty() {
                     continue;
                 }
@@ -167,17 +244,27 @@ pub async fn maintain(state: Arc<State>, anti_entropy: Duration) {
     }
 }
 
+/// Other members gossip does not hold down.
+fn reachable(fed: &crate::links::Federated) -> Vec<String> {
+    fed.gossip
+        .peers()
+        .into_iter()
+        .filter(|p| p.state != PeerState::Down)
+        .map(|p| p.member)
+        .collect()
+}
+
 /// One anti-entropy round with `member`: both sides end up with the newer of each state.
 async fn exchange_with(state: &State, member: &str) {
     let Some(fed) = state.links.fed() else { return };
     let Ok(channel) = state.links.channel(member) else { return };
     let req = ExchangeRequest {
-        states: fed.gossip.states(),
+        states: fed.gossip.signed_states(),
     };
     match FederationClient::new(channel).exchange(req).await {
         Ok(r) => {
             state.links.succeeded(member);
-            let news = fed.gossip.merge(r.into_inner().states);
+            let news = fed.gossip.merge(&r.into_inner().states);
             if news > 0 {
                 tracing::debug!(peer = %member, news, "anti-entropy brought news");
             }
@@ -203,9 +290,9 @@ impl Federation for FederationService {
     async fn exchange(&self, req: Request<ExchangeRequest>) -> Result<Response<ExchangeResponse>, Status> {
         self.state.authorize_peer(&req)?;
         let fed = self.state.links.fed().ok_or_else(|| Status::failed_precondition("not federated"))?;
-        fed.gossip.merge(req.into_inner().states);
+        fed.gossip.merge(&req.into_inner().states);
         Ok(Response::new(ExchangeResponse {
-            states: fed.gossip.states(),
+            states: fed.gossip.signed_states(),
         }))
     }
 

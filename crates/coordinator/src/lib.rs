@@ -24,6 +24,7 @@ mod repair_plan;
 mod server;
 mod state;
 mod status;
+mod throttle;
 mod upkeep;
 mod upkeep_service;
 

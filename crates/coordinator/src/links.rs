@@ -42,6 +42,9 @@ pub struct Links {
     /// Bytes of our chunks on other members' nodes, and when that was counted.
     elsewhere: Mutex<Option<(Instant, u64)>>,
     elsewhere_stale: AtomicBool,
+    /// When we last asked every member for its state at once (ms, our clock); held while
+    /// asking, so that concurrent callers wait for one round instead of starting theirs.
+    pub converged_ms: tokio::sync::Mutex<u64>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -60,6 +63,7 @@ impl Links {
             removals: Mutex::new(BTreeMap::new()),
             elsewhere: Mutex::new(None),
             elsewhere_stale: AtomicBool::new(false),
+            converged_ms: tokio::sync::Mutex::new(0),
         }
     }
 

@@ -15,6 +15,8 @@ use crate::state::{State, meta_status};
 
 /// Entries `collective audit` returns when the caller sets no limit.
 const DEFAULT_AUDIT_LIMIT: usize = 1000;
+/// Entries one audit call returns at most (a caller pages with `since_ms`).
+const MAX_AUDIT_LIMIT: usize = 10_000;
 
 fn result_of(s: &Status) -> &'static str {
     match s.code() {
@@ -70,25 +72,37 @@ impl Observe for ObserveService {
         let (past, rx) = self.state.events.subscribe(q.after_seq);
         let follow = q.follow;
         tracing::debug!(principal = %who, follow, "events subscriber");
+        // Another member's principal sees what its grants cover, nothing of our nodes,
+        // repairs or invites.
+        let sees = {
+            let state = self.state.clone();
+            let who = who.clone();
+            move |e: &ClusterEvent| state.event_visible_to(&who, e)
+        };
+        let past: Vec<ClusterEvent> = past.into_iter().filter(|e| sees(e)).collect();
         let past = futures::stream::iter(past.into_iter().map(Ok));
-        let live = futures::stream::unfold((rx, q.after_seq, follow), |(mut rx, last, follow)| async move {
-            if !follow {
-                return None;
-            }
-            loop {
-                match rx.recv().await {
-                    Ok(e) if e.seq > last => {
-                        let seq = e.seq;
-                        return Some((Ok(e), (rx, seq, true)));
+        let live = futures::stream::unfold((rx, q.after_seq, follow), move |(mut rx, last, follow)| {
+            let sees = sees.clone();
+            async move {
+                if !follow {
+                    return None;
+                }
+                loop {
+                    match rx.recv().await {
+                        Ok(e) if e.seq > last && !sees(&e) => {}
+                        Ok(e) if e.seq > last => {
+                            let seq = e.seq;
+                            return Some((Ok(e), (rx, seq, true)));
+                        }
+                        Ok(_) => {}
+                        Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {
+                            let err = Status::resource_exhausted(format!(
+                                "this follower fell {n} events behind and was dropped; run `collective events --follow` again"
+                            ));
+                            return Some((Err(err), (rx, last, false)));
+                        }
+                        Err(tokio::sync::broadcast::error::RecvError::Closed) => return None,
                     }
-                    Ok(_) => {}
-                    Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {
-                        let err = Status::resource_exhausted(format!(
-                            "this follower fell {n} events behind and was dropped; run `collective events --follow` again"
-                        ));
-                        return Some((Err(err), (rx, last, false)));
-                    }
-                    Err(tokio::sync::broadcast::error::RecvError::Closed) => return None,
                 }
             }
         });
@@ -123,7 +137,11 @@ impl Observe for ObserveService {
         let query = AuditQuery {
             since_ms: q.since_ms.max(0) as u64,
             principal,
-            limit: if q.limit == 0 { DEFAULT_AUDIT_LIMIT } else { q.limit as usize },
+            limit: if q.limit == 0 {
+                DEFAULT_AUDIT_LIMIT
+            } else {
+                (q.limit as usize).min(MAX_AUDIT_LIMIT)
+            },
         };
         let state = self.state.clone();
         let entries = tokio::task::spawn_blocking(move || state.meta.audit(&query))
@@ -143,6 +161,28 @@ impl Observe for ObserveService {
                 })
                 .collect(),
         }))
+    }
+}
+
+impl State {
+    /// Whether `who` may see event `e`: everything for our own principals; for another
+    /// member's, the membership changes gossip tells everyone anyway, and grant changes on
+    /// a datastore it may share (the grants `datastore ls` would show it).
+    pub fn event_visible_to(&self, who: &collective_core::Principal, e: &ClusterEvent) -> bool {
+        if who.domain == self.domain {
+            return true;
+        }
+        match e.kind.as_str() {
+            "member-alive" | "member-suspect" | "member-down" | "member-stopped" | "member-removed" => true,
+            "grant-changed" => {
+                let top = e.subject.trim_start_matches('/').split('/').next().unwrap_or("");
+                !top.is_empty()
+                    && self
+                        .rights(who, &format!("/{top}"))
+                        .is_ok_and(|r| r.contains(collective_core::Rights::SHARE))
+            }
+            _ => false,
+        }
     }
 }
 
@@ -184,7 +224,10 @@ pub async fn watch(state: Arc<State>) {
             let peers = fed.gossip.peers();
             for p in &peers {
                 let st = p.label();
-                if !members.changed(&p.member, st, "alive") {
+                // A clean stop is the member's own word, never a start-up guess: reported on
+                // first sight, like a member alive.
+                let first_sight = if st == "stopped" { st } else { "alive" };
+                if !members.changed(&p.member, st, first_sight) {
                     continue;
                 }
                 let (kind, severity, text) = match p.state {

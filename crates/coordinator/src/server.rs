@@ -33,6 +33,8 @@ use crate::upkeep_service::UpkeepService;
 use collective_proto::v1::upkeep_server::UpkeepServer;
 
 const MAX_MESSAGE_BYTES: usize = 64 << 20;
+/// Invite redemption, the one service strangers reach: a code and a certificate request.
+const BOOTSTRAP_MESSAGE_BYTES: usize = 64 << 10;
 /// How often audit entries past their retention are deleted.
 const AUDIT_PRUNE_EVERY: Duration = Duration::from_secs(3600);
 const GAUGE_REFRESH: Duration = Duration::from_secs(5);
@@ -231,12 +233,15 @@ pub async fn run(cfg: CoordinatorConfig, shutdown: impl Future<Output = ()> + Se
         .max_encoding_message_size(MAX_MESSAGE_BYTES);
     let registry = RegistryServer::new(RegistryService { state: state.clone() });
     let grpc = tokio::spawn(
-        tonic::transport::Server::builder()
+        collective_rpc::server_builder()
+            // Only invite redemption is for strangers; every other call without a client
+            // certificate is answered before its body is read.
+            .layer(collective_rpc::RequireCertificate::except(&["/collective.v1.Bootstrap/"]))
             .layer(state.busy.clone())
             .add_service(metadata)
             .add_service(registry)
             .add_service(AdminServer::new(AdminService { state: state.clone() }))
-            .add_service(BootstrapServer::new(BootstrapService::new(state.clone())))
+            .add_service(BootstrapServer::new(BootstrapService::new(state.clone())).max_decoding_message_size(BOOTSTRAP_MESSAGE_BYTES))
             .add_service(FederationServer::new(FederationService { state: state.clone() }))
             .add_service(UpkeepServer::new(UpkeepService { state: state.clone() }))
             .add_service(collective_proto::v1::observe_server::ObserveServer::new(

@@ -17,6 +17,8 @@ pub struct State {
     pub domain: String,
     /// Who may do what in this member's namespace (admins and grants).
     pub access: crate::access::Access,
+    /// Limits on expensive calls, per principal.
+    pub throttles: crate::throttle::Throttles,
     /// The member CA, when configured (signs certificates for redeemed user invites).
     pub ca: Option<collective_pki::MemberCa>,
     /// The gRPC address others reach us at.
@@ -85,6 +87,7 @@ impl State {
         Ok(State {
             principal: identity.principal.to_string(),
             access: crate::access::Access::new(&domain, admins, meta.clone(), clock.clone(), metrics.denials.clone()),
+            throttles: crate::throttle::Throttles::new(&domain, clock.clone()),
             links: crate::links::Links::new(&domain, identity.clone()),
             domain,
             ca,

@@ -2,7 +2,7 @@
 //! certificates), gathered from the metadata, the node table and gossip; computing them
 //! also refreshes the coordinator's gauges.
 
-use collective_proto::v1::{CertificateStatus, MemberStatus, NodeHealth, NodeStatus, StatusResponse};
+use collective_proto::v1::{CertificateStatus, ContestedDatastore, MemberStatus, NodeHealth, NodeStatus, StatusResponse};
 use tonic::Status;
 
 use crate::state::{State, meta_status};
@@ -125,5 +125,21 @@ pub fn status_report(state: &State) -> Result<StatusResponse, Status> {
         repair: Some(repair.clone()),
         members,
         certificates,
+        contested: state
+            .links
+            .fed()
+            .map(|fed| {
+                fed.gossip
+                    .contests()
+                    .into_iter()
+                    .filter(|c| c.owner == state.domain || c.others.contains(&state.domain))
+                    .map(|c| ContestedDatastore {
+                        name: c.name,
+                        owner: c.owner,
+                        others: c.others,
+                    })
+                    .collect()
+            })
+            .unwrap_or_default(),
     })
 }

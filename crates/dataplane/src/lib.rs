@@ -325,6 +325,9 @@ pub const RESET_CORRUPT: u32 = 0xC0;
 /// The code a node resets a get's stream with when reading the chunk from its disk fails
 /// part-way.
 pub const RESET_IO: u32 = 0xC1;
+/// The code a node resets a stream with when it did not complete within its deadline (no
+/// request in time, or an upload that stalled).
+pub const RESET_TIMEOUT: u32 = 0xC2;
 
 /// Why a chunk's payload did not arrive.
 enum PayloadError {
@@ -339,6 +342,9 @@ fn payload_error(e: quinn::ReadError) -> PayloadError {
         quinn::ReadError::Reset(code) if code.into_inner() == u64::from(RESET_CORRUPT) => PayloadError::Corrupt,
         quinn::ReadError::Reset(code) if code.into_inner() == u64::from(RESET_IO) => {
             PayloadError::Other("the node failed to read the chunk from its disk part-way".into())
+        }
+        quinn::ReadError::Reset(code) if code.into_inner() == u64::from(RESET_TIMEOUT) => {
+            PayloadError::Other("the node cut the stream at its deadline (the transfer stalled)".into())
         }
         e => PayloadError::Other(format!("reading chunk payload: {e}")),
     }
@@ -693,6 +699,17 @@ impl ChunkClient {
             self.breakers.success(&target.node);
         }
         r
+    }
+
+    /// One raw chunk stream to `target`, for tools that speak the chunk protocol frame by
+    /// frame ([`write_frame`], [`read_frame`]) rather than through [`ChunkClient::put`] and
+    /// [`ChunkClient::get`].
+    pub async fn open_stream(&self, target: &NodeTarget) -> Result<(quinn::SendStream, quinn::RecvStream), DataError> {
+        let conn = self.connection(target).await?;
+        conn.open_bi().await.map_err(|e| DataError::Transfer {
+            node: target.node.clone(),
+            detail: format!("opening a stream: {e}"),
+        })
     }
 
     /// Sends one chunk to one node; returns once the node has stored it durably. The chunk

@@ -1,13 +1,19 @@
 //! Membership and dissemination between the coordinators of a federation: SWIM (foca) over
 //! UDP, where every datagram travels in an envelope signed with the sending coordinator's
 //! key and carrying its certificate chain. A datagram that does not verify against the
-//! federation root, or does not come from a coordinator certificate, is dropped and
-//! counted before foca sees it.
+//! federation root, does not come from a coordinator certificate, or whose SWIM header names
+//! another member than the certificate's, is dropped and counted before foca sees it.
 //!
 //! On top of membership, each coordinator publishes one [`MemberState`] (its addresses,
-//! node summaries, datastore catalog) with a Lamport version; newer versions replace older
-//! ones as they spread with foca's piggy-backed broadcasts. The coordinator runs periodic
-//! anti-entropy over gRPC and feeds what it learns back with [`Gossip::merge`].
+//! node summaries, datastore catalog, revocations) with a version, signed by its own key
+//! ([`SignedState`]). Whoever relays a state, a receiver keeps it only if the signature
+//! verifies against a coordinator certificate of that very member chained to the root, and
+//! its version is not in the future; newer versions replace older ones as they spread with
+//! foca's piggy-backed broadcasts. The coordinator runs periodic anti-entropy over gRPC and
+//! feeds what it learns back with [`Gossip::merge`].
+//!
+//! Datastore names are shared by the federation: [`Gossip::owner_of`] says which member a
+//! name belongs to when two claim it (see [`claims`]).
 
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap, HashSet};
@@ -19,14 +25,23 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use collective_core::{Principal, Role, SharedClock};
-use collective_pki::{CertInfo, TlsIdentity, TokenSigner, TokenVerifier, fingerprint};
-pub use collective_proto::v1::MemberState;
-use foca::{Foca, Invalidates, OwnedNotification, PostcardCodec, Timer};
+use collective_pki::{TlsIdentity, TokenSigner, fingerprint_bytes};
+pub use collective_proto::v1::{MemberState, SignedState};
+use foca::{Codec, Foca, Invalidates, OwnedNotification, PostcardCodec, Timer};
 use prost::Message;
 use serde::{Deserialize, Serialize};
 use tokio::net::UdpSocket;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
+
+pub mod claims;
+mod signed;
+
+pub use claims::Contest;
+pub use signed::{MAX_FUTURE_MS, StateRefused};
+
+use claims::Owners;
+use signed::Signers;
 
 /// Datagrams older (or further in the future) than this are dropped as replays.
 const MAX_SKEW_MS: u64 = 60_000;
@@ -125,6 +140,8 @@ pub struct Counters {
     pub dropped: AtomicU64,
     /// Times a member was declared down (a member that is alive and counted here is flapping).
     pub members_down: AtomicU64,
+    /// Member states refused: forged, signed by the wrong member, or versioned in the future.
+    pub states_refused: AtomicU64,
 }
 
 /// The identity foca gossips about: the member, its gossip address and a bump that a
@@ -184,10 +201,24 @@ fn next_version(prev: u64, now_ms: u64) -> u64 {
     now_ms.max(prev.saturating_add(1))
 }
 
+/// A member state we keep: decoded, and as its member signed it (to pass on).
+#[derive(Clone)]
+struct Held {
+    state: MemberState,
+    signed: SignedState,
+}
+
 struct Shared {
     me: String,
     clock: SharedClock,
-    states: Mutex<HashMap<String, MemberState>>,
+    states: Mutex<HashMap<String, Held>>,
+    /// Verified certificate chains, for states and envelopes alike.
+    signers: Mutex<Signers>,
+    /// Our identity and key, to sign our own state.
+    identity: TlsIdentity,
+    key: Arc<TokenSigner>,
+    /// Who each datastore name belongs to.
+    owners: Mutex<Owners>,
     peers: Mutex<HashMap<String, PeerView>>,
     counters: Counters,
     /// Other members' states changed since they were last saved.
@@ -199,11 +230,15 @@ struct Shared {
 }
 
 impl Shared {
-    fn new(me: &str, clock: SharedClock) -> Shared {
+    fn new(identity: TlsIdentity, key: Arc<TokenSigner>, clock: SharedClock) -> Shared {
         Shared {
-            me: me.to_string(),
+            me: identity.principal.domain.clone(),
             clock,
             states: Mutex::new(HashMap::new()),
+            signers: Mutex::new(Signers::new(identity.clone())),
+            identity,
+            key,
+            owners: Mutex::new(Owners::default()),
             peers: Mutex::new(HashMap::new()),
             counters: Counters::default(),
             dirty: AtomicBool::new(false),
@@ -212,8 +247,42 @@ impl Shared {
         }
     }
 
-    fn lock_states(&self) -> std::sync::MutexGuard<'_, HashMap<String, MemberState>> {
+    fn lock_states(&self) -> std::sync::MutexGuard<'_, HashMap<String, Held>> {
         self.states.lock().unwrap_or_else(|p| p.into_inner())
+    }
+    fn lock_signers(&self) -> std::sync::MutexGuard<'_, Signers> {
+        self.signers.lock().unwrap_or_else(|p| p.into_inner())
+    }
+    fn lock_owners(&self) -> std::sync::MutexGuard<'_, Owners> {
+        self.owners.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Settles who owns each datastore name from the catalogs we hold now.
+    fn settle_owners(&self) {
+        let claims: Vec<(String, String, u64)> = self
+            .lock_states()
+            .values()
+            .flat_map(|h| {
+                h.state
+                    .datastores
+                    .iter()
+                    .map(|d| (h.state.member.clone(), d.name.clone(), d.created_ms))
+            })
+            .collect();
+        let now = self.clock.now_ms();
+        self.lock_owners().settle(&claims, now);
+    }
+
+    /// Signs `state` as ours and keeps it; returns it encoded for broadcast.
+    fn keep_own(&self, states: &mut HashMap<String, Held>, state: MemberState) -> Option<Vec<u8>> {
+        let signed = signed::sign(&state, &self.identity, &self.key);
+        let item = StateItem {
+            member: state.member.clone(),
+            version: state.version,
+            signed: signed::without_chain(&signed).encode_to_vec(),
+        };
+        states.insert(self.me.clone(), Held { state, signed });
+        postcard::to_allocvec(&item).ok()
     }
     fn lock_peers(&self) -> std::sync::MutexGuard<'_, HashMap<String, PeerView>> {
         self.peers.lock().unwrap_or_else(|p| p.into_inner())
@@ -224,7 +293,7 @@ impl Shared {
 
     /// When `member` last said it was shutting down cleanly (0: it did not).
     fn stopped_ms(&self, member: &str) -> u64 {
-        self.lock_states().get(member).map_or(0, |s| s.stopped_ms)
+        self.lock_states().get(member).map_or(0, |h| h.state.stopped_ms)
     }
 
     /// Raises the version of our own state and returns it encoded for broadcast.
@@ -235,38 +304,55 @@ impl Shared {
     /// Changes our own state, raises its version and returns it encoded for broadcast.
     fn bump_own_with(&self, change: impl FnOnce(&mut MemberState)) -> Option<Vec<u8>> {
         let mut states = self.lock_states();
-        let mine = states.get_mut(&self.me)?;
-        change(mine);
+        let mut mine = states.get(&self.me)?.state.clone();
+        change(&mut mine);
         mine.version = next_version(mine.version, self.clock.now_ms());
-        let item = StateItem {
-            member: mine.member.clone(),
-            version: mine.version,
-            state: mine.encode_to_vec(),
-        };
-        postcard::to_allocvec(&item).ok()
+        self.keep_own(&mut states, mine)
     }
 
-    /// Keeps `s` if it is newer than what we hold; returns whether it was.
-    fn offer(&self, s: MemberState) -> bool {
+    /// Keeps `s` if it verifies and is newer than what we hold; returns whether it was news.
+    fn offer(&self, s: &SignedState) -> Result<bool, StateRefused> {
+        let now = self.clock.now_ms();
+        let (state, full) = self.lock_signers().open(s, now)?;
         let mut states = self.lock_states();
-        if s.member == self.me {
-            // Someone holds a newer version of our own state (we restarted): make ours newer.
-            if let Some(mine) = states.get_mut(&self.me)
-                && s.version >= mine.version
+        if state.member == self.me {
+            // A newer version of our own state, signed by us (we restarted): make ours newer.
+            if let Some(mine) = states.get(&self.me)
+                && state.version >= mine.state.version
             {
-                mine.version = s.version.saturating_add(1);
+                let mut mine = mine.state.clone();
+                mine.version = state.version.saturating_add(1);
+                self.keep_own(&mut states, mine);
             }
-            return false;
+            return Ok(false);
         }
-        if self.is_removed(&s.member) {
-            return false;
+        if self.is_removed(&state.member) {
+            return Ok(false);
         }
-        if !replaces(states.get(&s.member), &s) {
-            return false;
+        if !replaces(states.get(&state.member).map(|h| &h.state), &state) {
+            return Ok(false);
         }
-        states.insert(s.member.clone(), s);
+        states.insert(state.member.clone(), Held { state, signed: full });
+        drop(states);
         self.dirty.store(true, Ordering::Relaxed);
-        true
+        self.settle_owners();
+        Ok(true)
+    }
+
+    /// [`Shared::offer`], counting and logging a refusal.
+    fn offer_logged(&self, s: &SignedState) -> bool {
+        match self.offer(s) {
+            Ok(news) => news,
+            // Not an attack: the chain comes with the next anti-entropy.
+            Err(StateRefused::UnknownSigner) => false,
+            Err(e) => {
+                let n = self.counters.states_refused.fetch_add(1, Ordering::Relaxed);
+                if n < 10 || n.is_power_of_two() {
+                    tracing::warn!(refused_total = n + 1, "refused a member state: {e}");
+                }
+                false
+            }
+        }
     }
 }
 
@@ -282,11 +368,13 @@ impl Invalidates for StateKey {
     }
 }
 
+/// A state riding on SWIM messages: who and which version (foca's key, checked against the
+/// state), and the [`SignedState`] without its chain.
 #[derive(Serialize, Deserialize)]
 struct StateItem {
     member: String,
     version: u64,
-    state: Vec<u8>,
+    signed: Vec<u8>,
 }
 
 struct Handler {
@@ -303,7 +391,8 @@ impl foca::BroadcastHandler<Id> for Handler {
 
     fn receive_item(&mut self, data: &[u8], sender: Option<&Id>) -> Result<Option<StateKey>, BadItem> {
         let item: StateItem = postcard::from_bytes(data).map_err(|e| BadItem(e.to_string()))?;
-        let state = MemberState::decode(item.state.as_slice()).map_err(|e| BadItem(e.to_string()))?;
+        let signed = SignedState::decode(item.signed.as_slice()).map_err(|e| BadItem(e.to_string()))?;
+        let state = MemberState::decode(signed.state.as_ref()).map_err(|e| BadItem(e.to_string()))?;
         if state.member != item.member || state.version != item.version {
             return Err(BadItem("header does not match the state".into()));
         }
@@ -315,7 +404,7 @@ impl foca::BroadcastHandler<Id> for Handler {
         if sender.is_none() {
             return Ok(Some(key));
         }
-        Ok(self.shared.offer(state).then_some(key))
+        Ok(self.shared.offer_logged(&signed).then_some(key))
     }
 }
 
@@ -328,13 +417,6 @@ enum Cmd {
 pub struct Gossip {
     shared: Arc<Shared>,
     cmd: mpsc::Sender<Cmd>,
-}
-
-/// A verified sender, cached by certificate fingerprint.
-struct Sender {
-    principal: Principal,
-    verifier: TokenVerifier,
-    not_after_ms: u64,
 }
 
 impl Gossip {
@@ -363,14 +445,16 @@ impl Gossip {
             settings.advertise
         };
         let me = identity.principal.domain.clone();
-        let shared = Arc::new(Shared::new(&me, settings.clock.clone()));
-        // What we knew of the others before a restart, until gossip brings newer versions.
+        let shared = Arc::new(Shared::new(identity.clone(), signer.clone(), settings.clock.clone()));
+        // What we knew of the others before a restart, until gossip brings newer versions,
+        // and who held which datastore name.
         let states_file = settings.peers_file.as_ref().map(|f| f.with_extension("states"));
         if let Some(f) = &states_file {
+            if let Some(owners) = load_owners(&f.with_extension("owners")) {
+                *shared.lock_owners() = owners;
+            }
             for s in load_states(f) {
-                if s.member != me {
-                    shared.offer(s);
-                }
+                shared.offer_logged(&s);
             }
         }
         let (cmd_tx, cmd_rx) = mpsc::channel(64);
@@ -414,7 +498,6 @@ impl Gossip {
             identity,
             signer,
             shared,
-            senders: HashMap::new(),
             timers: BinaryHeap::new(),
             timer_seq: 0,
             runtime: foca::AccumulatingRuntime::new(),
@@ -429,39 +512,59 @@ impl Gossip {
 
     /// Publishes a new version of our own state (version: max(now, previous + 1)).
     pub fn publish(&self, mut state: MemberState) {
-        {
+        let bytes = {
             let mut states = self.shared.lock_states();
-            let prev = states.get(&self.shared.me).map(|s| s.version).unwrap_or(0);
+            let prev = states.get(&self.shared.me).map(|h| h.state.version).unwrap_or(0);
             state.member = self.shared.me.clone();
             state.version = next_version(prev, self.shared.clock.now_ms());
             // Once we said we are stopping, every later state says so too.
             state.stopped_ms = self.shared.stopped_ms.load(Ordering::Relaxed);
-            states.insert(self.shared.me.clone(), state.clone());
-        }
-        let item = StateItem {
-            member: state.member.clone(),
-            version: state.version,
-            state: state.encode_to_vec(),
+            self.shared.keep_own(&mut states, state)
         };
-        if let Ok(bytes) = postcard::to_allocvec(&item) {
+        self.shared.settle_owners();
+        if let Some(bytes) = bytes {
             let _ = self.cmd.try_send(Cmd::Publish(bytes));
         }
     }
 
-    /// Adds states learned by anti-entropy; returns how many were news.
-    pub fn merge(&self, states: Vec<MemberState>) -> usize {
-        states.into_iter().filter(|s| self.shared.offer(s.clone())).count()
+    /// Adds states learned by anti-entropy; returns how many were news. States that do
+    /// not verify are refused, counted and logged.
+    pub fn merge(&self, states: &[SignedState]) -> usize {
+        states.iter().filter(|s| self.shared.offer_logged(s)).count()
+    }
+
+    /// Checks one state as [`Gossip::merge`] would, saying why it is refused.
+    pub fn offer(&self, state: &SignedState) -> Result<bool, StateRefused> {
+        self.shared.offer(state)
+    }
+
+    /// Every member state we know as its member signed it, ours included (for anti-entropy).
+    pub fn signed_states(&self) -> Vec<SignedState> {
+        let states = self.shared.lock_states();
+        let mut v: Vec<(&String, &Held)> = states.iter().collect();
+        v.sort_by(|a, b| a.0.cmp(b.0));
+        v.into_iter().map(|(_, h)| h.signed.clone()).collect()
     }
 
     /// Every member state we know, ours included.
     pub fn states(&self) -> Vec<MemberState> {
-        let mut v: Vec<MemberState> = self.shared.lock_states().values().cloned().collect();
+        let mut v: Vec<MemberState> = self.shared.lock_states().values().map(|h| h.state.clone()).collect();
         v.sort_by(|a, b| a.member.cmp(&b.member));
         v
     }
 
     pub fn state_of(&self, member: &str) -> Option<MemberState> {
-        self.shared.lock_states().get(member).cloned()
+        self.shared.lock_states().get(member).map(|h| h.state.clone())
+    }
+
+    /// The member datastore name `name` belongs to (see [`claims`]).
+    pub fn owner_of(&self, name: &str) -> Option<String> {
+        self.shared.lock_owners().owner_of(name).map(str::to_string)
+    }
+
+    /// Datastore names more than one member claims, with the member each is routed to.
+    pub fn contests(&self) -> Vec<Contest> {
+        self.shared.lock_owners().contests()
     }
 
     /// Every other member gossip has heard of.
@@ -495,6 +598,7 @@ impl Gossip {
             self.shared.lock_states().retain(|m, _| !removed.contains(m));
             self.shared.lock_peers().retain(|m, _| !removed.contains(m));
             self.shared.dirty.store(true, Ordering::Relaxed);
+            self.shared.settle_owners();
         }
         changed
     }
@@ -516,7 +620,6 @@ struct Agent {
     identity: TlsIdentity,
     signer: Arc<TokenSigner>,
     shared: Arc<Shared>,
-    senders: HashMap<String, Sender>,
     timers: BinaryHeap<Reverse<(Due, TimerBox)>>,
     timer_seq: u64,
     runtime: foca::AccumulatingRuntime<Id>,
@@ -527,14 +630,28 @@ struct Agent {
     leaving: bool,
 }
 
-/// Other members' states saved by an earlier run (empty when missing or unreadable).
-fn load_states(path: &std::path::Path) -> Vec<MemberState> {
+/// Other members' states saved by an earlier run (empty when missing or unreadable); they
+/// are verified again as they are loaded.
+fn load_states(path: &std::path::Path) -> Vec<SignedState> {
     let Ok(bytes) = std::fs::read(path) else { return vec![] };
     let Ok(items) = postcard::from_bytes::<Vec<Vec<u8>>>(&bytes) else {
         tracing::warn!(file = %path.display(), "ignoring an unreadable saved gossip state file");
         return vec![];
     };
-    items.iter().filter_map(|b| MemberState::decode(b.as_slice()).ok()).collect()
+    items.iter().filter_map(|b| SignedState::decode(b.as_slice()).ok()).collect()
+}
+
+/// Who held which datastore name, as an earlier run saved it.
+fn load_owners(path: &std::path::Path) -> Option<Owners> {
+    let bytes = std::fs::read(path).ok()?;
+    postcard::from_bytes(&bytes).ok()
+}
+
+/// Writes `bytes` to `path` through a temporary file and a rename.
+fn replace_file(path: &std::path::Path, bytes: &[u8]) -> std::io::Result<()> {
+    let tmp = path.with_extension("saving");
+    std::fs::write(&tmp, bytes)?;
+    std::fs::rename(&tmp, path)
 }
 
 /// Foca timers, ordered only by their due time and sequence.
@@ -705,7 +822,7 @@ impl Agent {
             e.state = state;
             e.gossip_addr = Some(id.addr);
             e.stopped_ms = if state == PeerState::Down {
-                self.shared.lock_states().get(&id.member).map_or(0, |s| s.stopped_ms)
+                self.shared.stopped_ms(&id.member)
             } else {
                 0
             };
@@ -721,14 +838,15 @@ impl Agent {
                 .shared
                 .lock_states()
                 .values()
-                .filter(|s| s.member != self.shared.me)
-                .map(|s| s.encode_to_vec())
+                .filter(|h| h.state.member != self.shared.me)
+                .map(|h| h.signed.encode_to_vec())
                 .collect();
-            let tmp = f.with_extension("states-tmp");
+            let owners = postcard::to_allocvec(&*self.shared.lock_owners());
             let saved = postcard::to_allocvec(&items)
                 .map_err(std::io::Error::other)
-                .and_then(|b| std::fs::write(&tmp, b))
-                .and_then(|_| std::fs::rename(&tmp, f));
+                .and_then(|b| replace_file(f, &b))
+                .and(owners.map_err(std::io::Error::other))
+                .and_then(|o| replace_file(&f.with_extension("owners"), &o));
             if let Err(e) = saved {
                 tracing::debug!(file = %f.display(), "cannot save gossip states: {e}");
                 self.shared.dirty.store(true, Ordering::Relaxed);
@@ -784,53 +902,126 @@ impl Agent {
             return Err("timestamp too far from now (replayed, or clocks differ by more than a minute)".into());
         }
         let leaf = env.chain.first().ok_or("no certificate")?;
-        let fp = fingerprint(leaf);
-        let cached = self.senders.get(&fp).is_some_and(|s| s.not_after_ms > now);
-        if !cached {
-            let (principal, role) = self
-                .identity
-                .verify_chain(&env.chain)
+        let fp = fingerprint_bytes(leaf);
+        let principal = {
+            let mut signers = self.shared.lock_signers();
+            let sender = signers
+                .resolve(fp, &env.chain, now)
                 .map_err(|e| format!("certificate refused: {e}"))?;
-            if role != Role::Coordinator {
-                return Err(format!("{principal} is a {role}, not a coordinator"));
+            if sender.role != Role::Coordinator {
+                return Err(format!("{} is a {}, not a coordinator", sender.principal, sender.role));
             }
-            let info = CertInfo::from_der(leaf).map_err(|e| e.to_string())?;
-            let verifier = TokenVerifier::new(&info.public_key).map_err(|e| e.to_string())?;
-            let not_after_ms = (info.not_after.unix_timestamp().max(0) as u64).saturating_mul(1000);
-            if self.senders.len() > 256 {
-                self.senders.clear();
+            if !sender.verifier.verify_raw(&signed_bytes(env.sent_ms, &env.payload), &env.sig) {
+                return Err(format!("bad signature (claims to be {})", sender.principal));
             }
-            self.senders.insert(
-                fp.clone(),
-                Sender {
-                    principal,
-                    verifier,
-                    not_after_ms,
-                },
-            );
+            sender.principal.clone()
+        };
+        if self.shared.is_removed(&principal.domain) {
+            return Err(format!("{} was removed from the federation", principal.domain));
         }
-        let sender = self.senders.get(&fp).ok_or("sender cache")?;
-        if self.shared.is_removed(&sender.principal.domain) {
-            return Err(format!("{} was removed from the federation", sender.principal.domain));
-        }
-        if !sender.verifier.verify_raw(&signed_bytes(env.sent_ms, &env.payload), &env.sig) {
-            return Err(format!("bad signature (claims to be {})", sender.principal));
-        }
-        Ok((sender.principal.clone(), env.payload))
+        check_sender(&env.payload, &principal)?;
+        Ok((principal, env.payload))
     }
+}
+
+/// The member a SWIM message says it comes from must be the one whose certificate signed
+/// the datagram: nobody speaks for another member (or probes, refutes or leaves in its name).
+fn check_sender(payload: &[u8], signer: &Principal) -> Result<(), String> {
+    let header = PostcardCodec
+        .decode_header(payload)
+        .map_err(|e| format!("malformed SWIM message from {signer}: {e}"))?;
+    let header: foca::Header<Id> = header;
+    if header.src.member != signer.domain {
+        return Err(format!(
+            "a SWIM message signed by {signer} claims to come from member '{}'",
+            header.src.member
+        ));
+    }
+    Ok(())
 }
 
 #[cfg(test)]
 mod tests {
+    use std::path::Path;
+    use std::sync::atomic::AtomicUsize;
     use std::time::Duration;
 
     use collective_core::ManualClock;
+    use collective_pki::{FederationRoot, IssueRequest, MemberCa};
 
     use super::*;
 
+    const FEDERATION: &str = "x.local";
+
+    /// A federation root with its members' coordinators (and a user of the last one), on
+    /// real certificates.
+    struct Fed {
+        dir: PathBuf,
+        ids: HashMap<String, (TlsIdentity, Arc<TokenSigner>)>,
+    }
+
+    impl Drop for Fed {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.dir);
+        }
+    }
+
+    fn issue(ca: &MemberCa, dir: &Path, role: Role, name: &str) -> (TlsIdentity, Arc<TokenSigner>) {
+        let req = IssueRequest {
+            role,
+            name: name.into(),
+            sans: vec!["127.0.0.1".into()],
+            not_before: None,
+            not_after: None,
+        };
+        let out = dir.join(name);
+        let (cert, key) = ca.issue_to(&req, &out).unwrap();
+        let id = TlsIdentity::load(&out.join("ca.crt"), &cert, &key).unwrap();
+        let signer = Arc::new(TokenSigner::from_pkcs8(&id.pkcs8_der(), id.principal.to_string()).unwrap());
+        (id, signer)
+    }
+
+    fn fed(members: &[&str]) -> Fed {
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        static N: AtomicUsize = AtomicUsize::new(0);
+        let dir = std::env::temp_dir().join(format!(
+            "collective-gossip-unit-{}-{}",
+            std::process::id(),
+            N.fetch_add(1, Ordering::Relaxed)
+        ));
+        let root = FederationRoot::init(FEDERATION, &dir.join("root")).unwrap();
+        let mut ids = HashMap::new();
+        for m in members {
+            let domain = collective_pki::member_domain(m, FEDERATION);
+            let ca_dir = dir.join(m);
+            let csr = MemberCa::begin_join(m, &domain, &ca_dir).unwrap();
+            let pem = root.sign_member(&csr, m).unwrap();
+            let ca = MemberCa::finish_join(&ca_dir, &pem, root.cert_pem()).unwrap();
+            ids.insert(m.to_string(), issue(&ca, &ca_dir, Role::Coordinator, "coordinator"));
+            ids.insert(format!("{m}-user"), issue(&ca, &ca_dir, Role::Client, "user"));
+        }
+        Fed { dir, ids }
+    }
+
+    impl Fed {
+        fn shared(&self, member: &str, clock: SharedClock) -> Shared {
+            let (id, key) = &self.ids[member];
+            Shared::new(id.clone(), key.clone(), clock)
+        }
+        /// `state` signed by `who`'s key.
+        fn sign(&self, who: &str, state: &MemberState) -> SignedState {
+            let (id, key) = &self.ids[who];
+            signed::sign(state, id, key)
+        }
+    }
+
+    fn domain(m: &str) -> String {
+        collective_pki::member_domain(m, FEDERATION)
+    }
+
     fn state(member: &str, version: u64, nodes: u32) -> MemberState {
         MemberState {
-            member: member.into(),
+            member: domain(member),
             version,
             // Something that tells versions apart besides the number.
             coordinator: format!("coordinator@{member} with {nodes} nodes"),
@@ -839,48 +1030,56 @@ mod tests {
     }
 
     fn held(s: &Shared, member: &str) -> Option<(u64, String)> {
-        s.lock_states().get(member).map(|m| (m.version, m.coordinator.clone()))
+        s.lock_states()
+            .get(&domain(member))
+            .map(|h| (h.state.version, h.state.coordinator.clone()))
     }
 
     #[test]
     fn a_higher_version_wins_an_equal_one_is_stable_and_a_stale_one_never_replaces_a_newer() {
-        let s = Shared::new("alice.x", ManualClock::at(1_000));
-        assert!(s.offer(state("bob.x", 5, 1)));
-        assert!(s.offer(state("bob.x", 9, 2)), "a higher version wins");
-        assert!(!s.offer(state("bob.x", 9, 3)), "an equal version is not news");
+        let f = fed(&["alice", "bob", "carol", "dave"]);
+        let s = f.shared("alice", ManualClock::at(1_000));
+        let offer = |s: &Shared, m: &str, v: u64, n: u32| s.offer(&f.sign(m, &state(m, v, n))).unwrap();
+        assert!(offer(&s, "bob", 5, 1));
+        assert!(offer(&s, "bob", 9, 2), "a higher version wins");
+        assert!(!offer(&s, "bob", 9, 3), "an equal version is not news");
         assert_eq!(
-            held(&s, "bob.x").unwrap().1,
-            "coordinator@bob.x with 2 nodes",
+            held(&s, "bob").unwrap().1,
+            "coordinator@bob with 2 nodes",
             "and does not replace the held one"
         );
-        assert!(!s.offer(state("bob.x", 4, 4)), "a stale version is not news");
-        assert_eq!(held(&s, "bob.x").unwrap().0, 9);
+        assert!(!offer(&s, "bob", 4, 4), "a stale version is not news");
+        assert_eq!(held(&s, "bob").unwrap().0, 9);
         // The same states in any order end in the same place.
         let orders = [[1u64, 7, 3], [7, 3, 1], [3, 1, 7]];
         let ends: Vec<_> = orders
             .iter()
             .map(|order| {
-                let s = Shared::new("alice.x", ManualClock::at(1_000));
+                let s = f.shared("alice", ManualClock::at(1_000));
                 for v in order {
-                    s.offer(state("carol.x", *v, *v as u32));
+                    offer(&s, "carol", *v, *v as u32);
                 }
-                held(&s, "carol.x")
+                held(&s, "carol")
             })
             .collect();
         assert!(ends.iter().all(|e| *e == ends[0]), "{ends:?}");
         // Removed members' states are refused.
-        s.removed.lock().unwrap().insert("dave.x".into());
-        assert!(!s.offer(state("dave.x", 1, 1)));
+        s.removed.lock().unwrap().insert(domain("dave"));
+        assert!(!offer(&s, "dave", 1, 1));
     }
 
     #[test]
     fn our_own_version_rises_with_the_clock_never_falls_when_it_steps_back_and_never_wraps() {
+        let f = fed(&["alice", "bob"]);
         let clock = ManualClock::at(10_000);
-        let s = Shared::new("alice.x", clock.clone());
-        s.lock_states().insert("alice.x".into(), state("alice.x", 0, 0));
+        let s = f.shared("alice", clock.clone());
+        {
+            let mut states = s.lock_states();
+            s.keep_own(&mut states, state("alice", 0, 0));
+        }
         let bump = || {
             s.bump_own().unwrap();
-            s.lock_states()["alice.x"].version
+            s.lock_states()[&domain("alice")].state.version
         };
         let v = bump();
         assert_eq!(v, 10_000, "the time of day");
@@ -890,10 +1089,119 @@ mod tests {
         clock.set(1_000);
         let v = bump();
         assert_eq!(v, 15_001, "a clock stepped back still gives a higher version");
-        // Someone relays a newer version of our own state (we restarted): ours goes above.
-        assert!(!s.offer(state("alice.x", 50_000, 0)), "our own state is never taken from others");
-        assert_eq!(s.lock_states()["alice.x"].version, 50_001);
+        // A newer version of our own state (from before a restart) comes back: ours goes above.
+        clock.set(50_000);
+        assert!(
+            !s.offer(&f.sign("alice", &state("alice", 50_000, 0))).unwrap(),
+            "never taken from others"
+        );
+        assert_eq!(s.lock_states()[&domain("alice")].state.version, 50_001);
+        // ... but a "newer own state" someone else signed changes nothing.
+        assert!(s.offer(&f.sign("bob", &state("alice", 90_000, 0))).is_err());
+        assert_eq!(s.lock_states()[&domain("alice")].state.version, 50_001);
         assert_eq!(next_version(u64::MAX, 0), u64::MAX, "saturates instead of wrapping to 0");
-        assert!(!replaces(Some(&state("bob.x", u64::MAX, 0)), &state("bob.x", u64::MAX, 1)));
+        assert!(!replaces(Some(&state("bob", u64::MAX, 0)), &state("bob", u64::MAX, 1)));
+    }
+
+    #[test]
+    fn a_relay_cannot_forge_alter_or_pin_another_members_state() {
+        let f = fed(&["alice", "bob", "carol", "dave"]);
+        let clock = ManualClock::at(1_000_000);
+        let s = f.shared("alice", clock.clone());
+        assert!(s.offer(&f.sign("carol", &state("carol", 1_000, 1))).unwrap());
+
+        // bob signs a state that claims to be carol's (pointing her address at his).
+        let mut forged = state("carol", 2_000, 9);
+        forged.grpc_addr = "bob's machine:443".into();
+        let e = s.offer(&f.sign("bob", &forged)).unwrap_err();
+        assert!(matches!(e, StateRefused::WrongMember { .. }), "{e}");
+        assert!(e.to_string().contains("a member signs only its own state"), "{e}");
+
+        // bob alters carol's genuine state on the way.
+        let mut altered = f.sign("carol", &state("carol", 3_000, 3));
+        let mut tampered = state("carol", 3_000, 3);
+        tampered.grpc_addr = "bob's machine:443".into();
+        altered.state = tampered.encode_to_vec().into();
+        assert!(matches!(s.offer(&altered), Err(StateRefused::BadSignature(_))));
+
+        // A state signed by a user of carol's, not her coordinator.
+        let e = s.offer(&f.sign("carol-user", &state("carol", 4_000, 4))).unwrap_err();
+        assert!(matches!(e, StateRefused::NotCoordinator(..)), "{e}");
+
+        // A version pinned far in the future (even signed by carol herself) is refused, so
+        // nobody can freeze what others believe of her.
+        let e = s.offer(&f.sign("carol", &state("carol", u64::MAX, 5))).unwrap_err();
+        assert!(matches!(e, StateRefused::Future { .. }), "{e}");
+
+        // Without its chain, a state is taken only from a signer already verified.
+        let dave_state = signed::without_chain(&f.sign("dave", &state("dave", 1_000, 1)));
+        assert_eq!(s.offer(&dave_state), Err(StateRefused::UnknownSigner));
+        assert!(s.offer(&f.sign("dave", &state("dave", 900, 1))).unwrap());
+        assert!(s.offer(&dave_state).unwrap(), "dave's chain is known now");
+        assert_eq!(
+            s.counters.states_refused.load(Ordering::Relaxed),
+            0,
+            "offer() itself does not count"
+        );
+
+        // What we hold of carol is still her own, and what we pass on carries her chain.
+        assert_eq!(held(&s, "carol").unwrap(), (1_000, "coordinator@carol with 1 nodes".into()));
+        let passed = s.lock_states()[&domain("carol")].signed.clone();
+        let other = f.shared("bob", clock);
+        assert!(other.offer(&passed).unwrap(), "a relayed state verifies for a third member");
+    }
+
+    #[test]
+    fn a_swim_message_must_come_from_the_member_whose_certificate_signed_the_datagram() {
+        let f = fed(&["alice", "bob", "carol"]);
+        // A real foca message from carol's identity.
+        let carol = Id {
+            member: domain("carol"),
+            addr: "127.0.0.1:1".parse().unwrap(),
+            bump: 1,
+        };
+        let mut foca = Foca::new(carol, foca::Config::simple(), rand::make_rng::<rand::rngs::StdRng>(), PostcardCodec);
+        let mut runtime = foca::AccumulatingRuntime::new();
+        let dst = Id {
+            member: String::new(),
+            addr: "127.0.0.1:2".parse().unwrap(),
+            bump: 0,
+        };
+        foca.announce(dst, &mut runtime).unwrap();
+        let (_, payload) = runtime.to_send().unwrap();
+        let carol_p = f.ids["carol"].0.principal.clone();
+        let bob_p = f.ids["bob"].0.principal.clone();
+        assert!(check_sender(&payload, &carol_p).is_ok());
+        let e = check_sender(&payload, &bob_p).unwrap_err();
+        assert!(e.contains("claims to come from member 'carol.x.local'"), "{e}");
+        assert!(check_sender(b"\xff\xff garbage", &bob_p).is_err());
+    }
+
+    #[test]
+    fn datastore_names_are_settled_from_signed_catalogs() {
+        let f = fed(&["alice", "bob"]);
+        let clock = ManualClock::at(5_000_000);
+        let s = f.shared("alice", clock.clone());
+        let mut mine = state("alice", 0, 0);
+        mine.datastores.push(collective_proto::v1::CatalogEntry {
+            name: "photos".into(),
+            created_ms: 4_000_000,
+            ..Default::default()
+        });
+        {
+            let mut states = s.lock_states();
+            s.keep_own(&mut states, mine);
+        }
+        s.settle_owners();
+        clock.advance(Duration::from_millis(claims::RACE_MS + 1));
+        let mut theirs = state("bob", 1_000, 0);
+        theirs.datastores.push(collective_proto::v1::CatalogEntry {
+            name: "photos".into(),
+            created_ms: 1,
+            ..Default::default()
+        });
+        assert!(s.offer(&f.sign("bob", &theirs)).unwrap());
+        assert_eq!(s.lock_owners().owner_of("photos"), Some(domain("alice").as_str()));
+        assert_eq!(s.lock_owners().contests()[0].others, vec![domain("bob")]);
     }
 }

@@ -23,6 +23,7 @@ pub struct HostedRecord {
     pub size: u64,
     /// Our nodes that were given a token for it.
     pub nodes: Vec<String>,
+    /// When a node was last given a token for it (the record was made, or a copy added).
     pub created_ms: u64,
 }
 
@@ -78,9 +79,10 @@ impl MetaStore {
         Ok(false)
     }
 
-    /// Reserves room for chunks of `guest` on our nodes, all or nothing: each chunk not
-    /// hosted yet counts against `quota` (bytes hosted for every member together).
-    /// `place` picks the node for a new chunk. Returns the nodes of each chunk, in order.
+    /// Reserves room for chunks of `guest` on our nodes, all or nothing: each copy (a chunk
+    /// on one node) counts its size against `quota` (bytes hosted for every member
+    /// together), as the node stores it. `place` picks the node for a new copy. Returns the
+    /// nodes of each chunk, in order.
     pub fn host_chunks(
         &self,
         guest: &str,
@@ -96,22 +98,21 @@ impl MetaStore {
                 let key = hosted_key(guest, id);
                 let mut rec = match t.get(Table::Hosted, &key)? {
                     Some(v) => decode::<HostedRecord>(&v).map_err(abort)?,
-                    None => {
-                        if total + size > quota {
-                            return Err(abort(MetaError::QuotaFull { used: total, quota }));
-                        }
-                        total += size;
-                        HostedRecord {
-                            size: *size,
-                            nodes: vec![],
-                            created_ms: collective_core::unix_ms_now(),
-                        }
-                    }
+                    None => HostedRecord {
+                        size: *size,
+                        nodes: vec![],
+                        created_ms: 0,
+                    },
                 };
                 let preferred = prefer.get(i).map(String::as_str).unwrap_or("");
-                let node = place(id, *size, &rec.nodes, preferred).map_err(abort)?;
+                let node = place(id, rec.size, &rec.nodes, preferred).map_err(abort)?;
                 if !rec.nodes.contains(&node) {
+                    if total.saturating_add(rec.size) > quota {
+                        return Err(abort(MetaError::QuotaFull { used: total, quota }));
+                    }
+                    total += rec.size;
                     rec.nodes.push(node);
+                    rec.created_ms = collective_core::unix_ms_now();
                 }
                 t.insert(Table::Hosted, &key, encode(&rec))?;
                 out.push(rec.nodes);
@@ -140,16 +141,64 @@ impl MetaStore {
             let (k, v) = r?;
             let guest = String::from_utf8_lossy(k.split(|b| *b == 0).next().unwrap_or_default()).into_owned();
             let rec: HostedRecord = decode(&v)?;
+            let stored = rec.size * rec.nodes.len() as u64;
             match per.last_mut() {
-                Some((g, n)) if *g == guest => *n += rec.size,
-                _ => per.push((guest, rec.size)),
+                Some((g, n)) if *g == guest => *n += stored,
+                _ => per.push((guest, stored)),
             }
         }
         Ok((total, per))
     }
 }
 
-const HOSTED_TOTAL: &[u8] = b"hosted-total";
+impl MetaStore {
+    /// Drops the copies `node` was given a token for but does not hold (`held` is what it
+    /// lists), among records last given a token in `(after_ms, before_ms]`: an upload that
+    /// never came stops counting against the quota once its token has expired. Returns the
+    /// copies and bytes released.
+    pub fn prune_hosted(
+        &self,
+        node: &str,
+        held: &std::collections::HashSet<ChunkId>,
+        after_ms: u64,
+        before_ms: u64,
+    ) -> Result<(u64, u64), MetaError> {
+        let stale: Vec<(String, ChunkId)> = self
+            .hosted_all()
+            .filter_map(|r| r.ok())
+            .filter(|(_, id, rec)| {
+                rec.created_ms > after_ms && rec.created_ms <= before_ms && rec.nodes.iter().any(|n| n == node) && !held.contains(id)
+            })
+            .map(|(guest, id, _)| (guest, id))
+            .collect();
+        self.engine.transact(|t| {
+            let mut total = read_total(t)?;
+            let (mut copies, mut bytes) = (0u64, 0u64);
+            for (guest, id) in &stale {
+                let key = hosted_key(guest, id);
+                let Some(v) = t.get(Table::Hosted, &key)? else { continue };
+                let mut rec: HostedRecord = decode(&v).map_err(abort)?;
+                // Given a token again since we looked: leave it to a later pass.
+                if rec.created_ms > before_ms || !rec.nodes.iter().any(|n| n == node) {
+                    continue;
+                }
+                rec.nodes.retain(|n| n != node);
+                total = total.saturating_sub(rec.size);
+                copies += 1;
+                bytes += rec.size;
+                if rec.nodes.is_empty() {
+                    t.remove(Table::Hosted, &key)?;
+                } else {
+                    t.insert(Table::Hosted, &key, encode(&rec))?;
+                }
+            }
+            write_total(t, total)?;
+            Ok((copies, bytes))
+        })
+    }
+}
+
+pub(crate) const HOSTED_TOTAL: &[u8] = b"hosted-total";
 
 pub(crate) fn write_total(t: &crate::engine::Txn<'_>, total: u64) -> Result<(), crate::engine::Abort> {
     t.insert(Table::Meta, HOSTED_TOTAL, total.to_be_bytes().to_vec())
@@ -195,5 +244,41 @@ mod tests {
         let (total, per) = m.hosted_usage().unwrap();
         assert_eq!(total, 90);
         assert_eq!(per, vec![("bob.collective.local".to_string(), 90)]);
+    }
+
+    #[test]
+    fn each_copy_counts_against_the_quota_and_an_upload_that_never_came_stops_counting() {
+        let m = store("copies");
+        let node = std::cell::Cell::new(1);
+        let place = |_: &ChunkId, _: u64, _: &[String], _: &str| Ok::<_, MetaError>(format!("node-0{}@alice.collective.local", node.get()));
+        m.host_chunks("bob.collective.local", &[(id(1), 40)], &[], 100, &place).unwrap();
+        // A second copy of the same chunk on another node (a repair asks with `avoid`).
+        node.set(2);
+        m.host_chunks("bob.collective.local", &[(id(1), 40)], &[], 100, &place).unwrap();
+        assert_eq!(m.hosted_usage().unwrap().0, 80, "two copies are stored, two count");
+        node.set(3);
+        let err = m.host_chunks("bob.collective.local", &[(id(1), 40)], &[], 100, &place).unwrap_err();
+        assert!(matches!(err, MetaError::QuotaFull { used: 80, quota: 100 }), "{err}");
+        // node-02 never received its upload: once its token expired, the copy is dropped.
+        let held: std::collections::HashSet<ChunkId> = std::collections::HashSet::new();
+        let now = collective_core::unix_ms_now();
+        assert_eq!(
+            m.prune_hosted("node-02@alice.collective.local", &held, 0, now - 60_000).unwrap(),
+            (0, 0),
+            "still within its token"
+        );
+        assert_eq!(
+            m.prune_hosted("node-02@alice.collective.local", &held, 0, now + 1).unwrap(),
+            (1, 40)
+        );
+        assert_eq!(m.hosted_usage().unwrap().0, 40);
+        let rec = m.hosted("bob.collective.local", &id(1)).unwrap().unwrap();
+        assert_eq!(rec.nodes, vec!["node-01@alice.collective.local".to_string()]);
+        // A node that holds its copy keeps it.
+        let held: std::collections::HashSet<ChunkId> = [id(1)].into();
+        assert_eq!(m.prune_hosted("node-01@alice.collective.local", &held, 0, now + 1).unwrap(), (0, 0));
+        // Releasing the chunk frees what its copies counted.
+        m.release_hosted("bob.collective.local", &[id(1)]).unwrap();
+        assert_eq!(m.hosted_usage().unwrap().0, 0);
     }
 }

@@ -97,17 +97,21 @@ impl MetaStore {
         match engine.get(Table::Meta, META_SCHEMA)? {
             Some(v) => match records::read_u64(&v)? as u32 {
                 SCHEMA_VERSION => {}
-                v @ (1 | 2) => {
+                v @ (1..=3) => {
                     if v == 1 {
                         migrate::chunk_strategies(&engine)?;
                     }
-                    migrate::chunk_scopes(&engine)?;
+                    if v <= 2 {
+                        migrate::chunk_scopes(&engine)?;
+                    }
+                    migrate::hosted_total(&engine)?;
                     // The rewritten records are durable before the store says its new schema.
                     engine.flush()?;
                     engine.insert(Table::Meta, META_SCHEMA, (SCHEMA_VERSION as u64).to_be_bytes().to_vec())?;
                     engine.flush()?;
                     tracing::info!(
-                        "metadata upgraded to schema {SCHEMA_VERSION}: chunk records carry their strategy, seals are kept per datastore"
+                        "metadata upgraded to schema {SCHEMA_VERSION}: chunk records carry their strategy, seals are kept per datastore, \
+                         hosting counts every copy"
                     );
                 }
                 v => return Err(MetaError::Schema(dir.display().to_string(), v)),

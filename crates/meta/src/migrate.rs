@@ -10,6 +10,19 @@ use crate::access::DatastoreRecord;
 use crate::engine::{Engine, Table};
 use crate::records::{ChunkRecord, Inode, Manifest, ROOT_INODE, ScopeRecord, decode, encode, read_u64, scope_key};
 
+/// Schema 3 to 4: the bytes hosted for other members count each copy (a chunk on two of
+/// our nodes counts twice), as the quota now does. Safe to run again.
+pub(crate) fn hosted_total(engine: &Engine) -> Result<(), MetaError> {
+    let mut total = 0u64;
+    for kv in engine.scan_from(Table::Hosted, &[]) {
+        let (_, v) = kv?;
+        let rec: crate::hosting::HostedRecord = decode(&v)?;
+        total = total.saturating_add(rec.size.saturating_mul(rec.nodes.len() as u64));
+    }
+    engine.insert(Table::Meta, crate::hosting::HOSTED_TOTAL, total.to_be_bytes().to_vec())?;
+    Ok(())
+}
+
 /// Schema 1 to 2: every chunk record learns the strategy of the datastores whose files
 /// reference it (the widest, when several do). Chunks outside any datastore stay `media`.
 /// Safe to run again: it computes everything from the manifests.

@@ -13,7 +13,7 @@ pub const RECORD_FORMAT_V1: u8 = 1;
 /// strategy of the datastores that reference it (filled in when a version-1 store opens).
 /// Version 3: seals and reference counts are kept per datastore and chunk
 /// ([`ScopeRecord`]), no longer one seal per chunk for the whole member.
-pub const SCHEMA_VERSION: u32 = 3;
+pub const SCHEMA_VERSION: u32 = 4;
 pub const ROOT_INODE: u64 = 1;
 
 /// A persisted type. Every value starts with a format byte: a record is written in its

@@ -190,7 +190,7 @@ impl MetaStore {
                 let key = crate::hosting::hosted_key(guest, id);
                 if let Some(v) = t.get(Table::Hosted, &key)? {
                     let rec: HostedRecord = decode(&v).map_err(abort)?;
-                    total = total.saturating_sub(rec.size);
+                    total = total.saturating_sub(rec.size * rec.nodes.len() as u64);
                     t.remove(Table::Hosted, &key)?;
                     out.push((*id, rec));
                 }
@@ -206,6 +206,10 @@ impl MetaStore {
             let key = crate::hosting::hosted_key(guest, id);
             if let Some(v) = t.get(Table::Hosted, &key)? {
                 let mut rec: HostedRecord = decode(&v).map_err(abort)?;
+                // The quota counts each copy: follow the number of nodes.
+                let total = crate::hosting::read_total(t)?;
+                let total = total.saturating_sub(rec.size * rec.nodes.len() as u64) + rec.size * nodes.len() as u64;
+                crate::hosting::write_total(t, total)?;
                 rec.nodes = nodes.to_vec();
                 t.insert(Table::Hosted, &key, encode(&rec))?;
             }

@@ -139,7 +139,7 @@ pub async fn run(cfg: NodeConfig, shutdown: impl Future<Output = ()> + Send + 's
     let advertised_quic = advertised(&cfg.advertise_host, "quic_listen", quic_addr)?;
     let control = NodeControlServer::new(Control { state: state.clone() });
     let grpc = tokio::spawn(
-        tonic::transport::Server::builder()
+        collective_rpc::server_builder()
             .layer(state.busy.clone())
             .add_service(control)
             .serve_with_incoming_shutdown(incoming, stopped(stop_rx.clone())),

@@ -1,11 +1,12 @@
 //! The QUIC chunk service: one stream, one verified chunk operation.
 
-use std::sync::Arc;
-use std::time::Instant;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use collective_chunkstore::{ChunkReader, ChunkStore, KEEP_CACHED_BELOW, StoreError};
 use collective_core::ChunkId;
-use collective_dataplane::{MAX_CHUNK_BYTES, PROTOCOL_VERSION, RESET_CORRUPT, RESET_IO, peer_of, read_frame, write_frame};
+use collective_dataplane::{MAX_CHUNK_BYTES, PROTOCOL_VERSION, RESET_CORRUPT, RESET_IO, RESET_TIMEOUT, peer_of, read_frame, write_frame};
 use collective_pki::{TlsIdentity, TokenVerifier};
 use collective_proto::v1::{ChunkOp, ChunkRequest, ChunkResponse, ChunkStatus, NodeUsage, TokenOp};
 use tokio::sync::{RwLock, Semaphore};
@@ -14,6 +15,31 @@ use crate::metrics::NodeMetrics;
 
 /// Bytes of chunk data a node holds in memory at once across all transfers.
 const BUFFER_BUDGET_KIB: u32 = 8 * 1024;
+/// A stream must say what it wants within this long.
+const REQUEST_DEADLINE: Duration = Duration::from_secs(10);
+/// An upload has this long, plus one second per [`MIN_UPLOAD_RATE`] bytes, to arrive whole;
+/// a stalled one is cut at its deadline and its disk reservation released.
+const UPLOAD_GRACE: Duration = Duration::from_secs(30);
+const MIN_UPLOAD_RATE: u64 = 1 << 20;
+/// Whatever it does, a stream ends within this long (a download to a reader that stopped
+/// reading, for one).
+const STREAM_LIFETIME: Duration = Duration::from_secs(300);
+/// Connections one principal may hold to this node at once.
+pub const MAX_CONNECTIONS_PER_PEER: usize = 16;
+/// Chunk streams one principal may have in flight at once, over all its connections;
+/// further streams wait.
+pub const MAX_STREAMS_PER_PEER: usize = 256;
+
+/// How long an upload of `size` bytes may take.
+fn upload_deadline(size: u64) -> Duration {
+    UPLOAD_GRACE + Duration::from_secs(size / MIN_UPLOAD_RATE)
+}
+
+/// What one principal holds on this node: its connections and a budget of streams.
+struct PeerUse {
+    connections: usize,
+    streams: Arc<Semaphore>,
+}
 
 pub struct NodeState {
     pub principal: String,
@@ -34,6 +60,8 @@ pub struct NodeState {
     pub stopping: tokio::sync::watch::Sender<bool>,
     /// Chunk transfers and control calls in flight, for the shutdown log.
     pub busy: collective_rpc::Busy,
+    /// Connections and streams in use, by principal.
+    peer_use: Mutex<HashMap<String, PeerUse>>,
 }
 
 impl NodeState {
@@ -58,6 +86,36 @@ impl NodeState {
             identity,
             stopping: tokio::sync::watch::channel(false).0,
             busy: collective_rpc::Busy::default(),
+            peer_use: Mutex::new(HashMap::new()),
+        }
+    }
+
+    fn lock_peer_use(&self) -> std::sync::MutexGuard<'_, HashMap<String, PeerUse>> {
+        self.peer_use.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Counts a connection of `caller`; returns its stream budget, or None when it already
+    /// holds [`MAX_CONNECTIONS_PER_PEER`].
+    fn open_connection(&self, caller: &str) -> Option<Arc<Semaphore>> {
+        let mut m = self.lock_peer_use();
+        let u = m.entry(caller.to_string()).or_insert_with(|| PeerUse {
+            connections: 0,
+            streams: Arc::new(Semaphore::new(MAX_STREAMS_PER_PEER)),
+        });
+        if u.connections >= MAX_CONNECTIONS_PER_PEER {
+            return None;
+        }
+        u.connections += 1;
+        Some(u.streams.clone())
+    }
+
+    fn close_connection(&self, caller: &str) {
+        let mut m = self.lock_peer_use();
+        if let Some(u) = m.get_mut(caller) {
+            u.connections = u.connections.saturating_sub(1);
+            if u.connections == 0 {
+                m.remove(caller);
+            }
         }
     }
 
@@ -311,6 +369,14 @@ pub async fn serve_connection(state: Arc<NodeState>, incoming: quinn::Connecting
     // users read chunks they were granted); every operation still needs a token from our
     // coordinator that names this caller.
     let caller = peer.to_string();
+    let Some(streams) = state.open_connection(&caller) else {
+        tracing::warn!(%caller, "refused a connection: {MAX_CONNECTIONS_PER_PEER} already open from this principal");
+        state.metrics.denied.inc();
+        conn.close(2u32.into(), b"too many connections from this principal");
+        return;
+    };
+    let closer = (state.clone(), caller.clone());
+    let _counted = Defer(move || closer.0.close_connection(&closer.1));
     let stats_conn = conn.clone();
     let _stats = Defer(move || {
         let s = stats_conn.stats();
@@ -333,13 +399,25 @@ pub async fn serve_connection(state: Arc<NodeState>, incoming: quinn::Connecting
             },
             _ = stop.wait_for(|v| *v) => break,
         };
+        // Over its budget, the principal's next stream waits (and, behind it, QUIC's flow
+        // control makes its sender wait).
+        let permit = tokio::select! {
+            p = streams.clone().acquire_owned() => match p {
+                Ok(p) => p,
+                Err(_) => break,
+            },
+            _ = stop.wait_for(|v| *v) => break,
+        };
         let state = state.clone();
         let caller = caller.clone();
         let guard = state.busy.enter("chunk transfer");
         tokio::spawn(async move {
-            if let Err(e) = handle_stream(&state, &caller, send, recv).await {
-                tracing::debug!(%caller, "chunk stream ended early: {e}");
+            match tokio::time::timeout(STREAM_LIFETIME, handle_stream(&state, &caller, send, recv)).await {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => tracing::debug!(%caller, "chunk stream ended early: {e}"),
+                Err(_) => tracing::warn!(%caller, "cut a chunk stream still open after {STREAM_LIFETIME:?}"),
             }
+            drop(permit);
             drop(guard);
         });
     }
@@ -351,7 +429,15 @@ async fn handle_stream(
     mut send: quinn::SendStream,
     mut recv: quinn::RecvStream,
 ) -> Result<(), StreamError> {
-    let req: ChunkRequest = read_frame(&mut recv).await?;
+    let req: ChunkRequest = match tokio::time::timeout(REQUEST_DEADLINE, read_frame(&mut recv)).await {
+        Ok(r) => r?,
+        Err(_) => {
+            let _ = send.reset(RESET_TIMEOUT.into());
+            return Err(StreamError::Read(format!(
+                "no request within {REQUEST_DEADLINE:?} of opening the stream"
+            )));
+        }
+    };
     let started = Instant::now();
     let op = ChunkOp::try_from(req.op).unwrap_or(ChunkOp::Unspecified);
     let op_name = match op {
@@ -393,9 +479,25 @@ async fn handle_stream(
                 },
             }
         };
-        if let Err(msg) = verified {
+        let claims = match verified {
+            Ok(c) => c,
+            Err(msg) => {
+                state.metrics.denied.inc();
+                break 'resp fail(ChunkStatus::Denied, "denied", msg);
+            }
+        };
+        // The coordinator reserved room for the size it signed; an upload of any other size
+        // would store what nobody accounted for.
+        if op == ChunkOp::Put && claims.size != req.size {
             state.metrics.denied.inc();
-            break 'resp fail(ChunkStatus::Denied, "denied", msg);
+            break 'resp fail(
+                ChunkStatus::Denied,
+                "denied",
+                format!(
+                    "the upload says {} bytes but its token allows exactly {}; ask the coordinator for a new plan",
+                    req.size, claims.size
+                ),
+            );
         }
         match op {
             ChunkOp::Put => {
@@ -411,7 +513,21 @@ async fn handle_stream(
                     Err(e @ StoreError::NoSpace { .. }) => break 'resp fail(ChunkStatus::NoSpace, "no_space", e.to_string()),
                     Err(e) => break 'resp fail(ChunkStatus::IoError, "io", e.to_string()),
                 };
-                match receive_chunk(writer, &mut recv, req.size).await {
+                let deadline = upload_deadline(req.size);
+                let received = match tokio::time::timeout(deadline, receive_chunk(writer, &mut recv, req.size)).await {
+                    Ok(r) => r,
+                    // The writer is dropped with the future: its reservation is released.
+                    Err(_) => {
+                        state.metrics.op_errors.with_label_values(&["put", "timeout"]).inc();
+                        let _ = send.reset(RESET_TIMEOUT.into());
+                        let _ = recv.stop(RESET_TIMEOUT.into());
+                        return Err(StreamError::Read(format!(
+                            "upload of {} bytes not complete within {deadline:?}; its reservation is released",
+                            req.size
+                        )));
+                    }
+                };
+                match received {
                     Ok(()) => {
                         state.metrics.bytes_in.inc_by(req.size);
                         state.metrics.ops.with_label_values(&["put"]).inc();

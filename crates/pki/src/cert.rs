@@ -25,7 +25,15 @@ pub struct CertInfo {
 
 /// SHA-256 fingerprint of a DER certificate, lowercase hex.
 pub fn fingerprint(der: &[u8]) -> String {
-    hex::encode(ring::digest::digest(&ring::digest::SHA256, der).as_ref())
+    hex::encode(fingerprint_bytes(der))
+}
+
+/// The SHA-256 fingerprint of a certificate (DER), as bytes.
+pub fn fingerprint_bytes(der: &[u8]) -> [u8; 32] {
+    let d = ring::digest::digest(&ring::digest::SHA256, der);
+    let mut out = [0u8; 32];
+    out.copy_from_slice(d.as_ref());
+    out
 }
 
 impl CertInfo {

@@ -18,7 +18,7 @@ mod tls;
 mod token;
 
 pub use ca::{IssueRequest, MemberCa};
-pub use cert::{CertInfo, fingerprint};
+pub use cert::{CertInfo, fingerprint, fingerprint_bytes};
 pub use error::PkiError;
 pub use invite::{INVITE_PREFIX, InviteCode, InviteCodeKind};
 pub use keyfile::{check_key_permissions, replace_file, write_private_file};

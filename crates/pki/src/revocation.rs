@@ -7,7 +7,7 @@
 //! certificate by its SHA-256 fingerprint, so a principal whose old certificate was revoked
 //! keeps its identity under a new one.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
 use std::time::SystemTime;
@@ -122,6 +122,10 @@ struct Watched {
     /// The federation domain, when we trust a federation root: a principal's member domain
     /// must be exactly one name below it (`check_member_domain`).
     federation: Option<String>,
+    /// Other members' revocations (from their signed gossip state): fingerprint → the
+    /// member that listed it. Enforced only on certificates naming a principal of that
+    /// member, so no member can revoke another's certificates.
+    foreign: HashMap<[u8; 32], String>,
 }
 
 /// The revoked fingerprints a process enforces, shared by its TLS verifiers and its per-call
@@ -210,11 +214,38 @@ impl Revocations {
     pub fn is_certificate_revoked(&self, der: &[u8]) -> bool {
         let Ok(w) = self.inner.read() else { return false };
         // Every call checks its caller: hash only when something is revoked at all.
-        if w.set.is_empty() {
+        if w.set.is_empty() && w.foreign.is_empty() {
             return false;
         }
-        let d = ring::digest::digest(&ring::digest::SHA256, der);
-        <[u8; 32]>::try_from(d.as_ref()).is_ok_and(|fp| w.set.contains(&fp))
+        let fp = crate::cert::fingerprint_bytes(der);
+        if w.set.contains(&fp) {
+            return true;
+        }
+        match w.foreign.get(&fp) {
+            Some(member) => crate::tls::peer_from_der(der).is_ok_and(|(p, _)| p.domain == *member),
+            None => false,
+        }
+    }
+
+    /// Enforces other members' revocations: for each member domain, the fingerprints its
+    /// CA revoked (as its signed gossip state lists them). Returns whether anything changed.
+    pub fn set_member_revocations(&self, lists: &HashMap<String, Vec<[u8; 32]>>) -> bool {
+        let foreign: HashMap<[u8; 32], String> = lists
+            .iter()
+            .flat_map(|(member, fps)| fps.iter().map(move |fp| (*fp, member.clone())))
+            .collect();
+        match self.inner.write() {
+            Ok(mut w) if w.foreign != foreign => {
+                w.foreign = foreign;
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// How many of other members' revocations are enforced.
+    pub fn member_revocations(&self) -> usize {
+        self.inner.read().map(|w| w.foreign.len()).unwrap_or(0)
     }
 
     /// Whether `domain` is a member removed from the federation.
@@ -283,6 +314,21 @@ mod tests {
         }
     }
 
+    /// A client certificate (DER) from a fresh CA of `member`.
+    fn client_leaf(dir: &std::path::Path, member: &str) -> Vec<u8> {
+        let ca = crate::MemberCa::init(member, &format!("{member}.collective.local"), &dir.join(member)).unwrap();
+        let issued = ca
+            .issue(&crate::IssueRequest {
+                role: collective_core::Role::Client,
+                name: "someone".into(),
+                sans: vec![],
+                not_before: None,
+                not_after: None,
+            })
+            .unwrap();
+        crate::cert::pem_ders(&issued.chain_pem).unwrap().swap_remove(0)
+    }
+
     #[test]
     fn lists_round_trip_and_are_picked_up_when_they_change() {
         let dir = std::env::temp_dir().join(format!("collective-revocation-{}", std::process::id()));
@@ -317,19 +363,7 @@ mod tests {
     fn removed_members_lose_every_certificate_and_others_keep_theirs() {
         let dir = std::env::temp_dir().join(format!("collective-removed-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
-        let leaf = |member: &str| {
-            let ca = crate::MemberCa::init(member, &format!("{member}.collective.local"), &dir.join(member)).unwrap();
-            let issued = ca
-                .issue(&crate::IssueRequest {
-                    role: collective_core::Role::Client,
-                    name: "someone".into(),
-                    sans: vec![],
-                    not_before: None,
-                    not_after: None,
-                })
-                .unwrap();
-            crate::cert::pem_ders(&issued.chain_pem).unwrap().swap_remove(0)
-        };
+        let leaf = |member: &str| client_leaf(&dir, member);
         let (bob, carol) = (leaf("bob"), leaf("carol"));
         let revs = Revocations::default();
         assert!(!revs.is_revoked(&bob));
@@ -340,6 +374,27 @@ mod tests {
         assert!(!revs.is_revoked(&carol));
         assert!(revs.is_empty(), "removals are not certificate revocations");
         assert_eq!(revs.removed_members(), vec!["bob.collective.local".to_string()]);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn a_member_revokes_its_own_certificates_federation_wide_and_never_another_members() {
+        let dir = std::env::temp_dir().join(format!("collective-foreign-revoked-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let leaf = |member: &str| client_leaf(&dir, member);
+        let (bob, carol) = (leaf("bob"), leaf("carol"));
+        let fp = |der: &[u8]| crate::cert::fingerprint_bytes(der);
+        let revs = Revocations::default();
+        let mut lists = HashMap::new();
+        lists.insert("bob.collective.local".to_string(), vec![fp(&bob)]);
+        // bob also lists carol's certificate: not his to revoke.
+        lists.get_mut("bob.collective.local").unwrap().push(fp(&carol));
+        assert!(revs.set_member_revocations(&lists));
+        assert!(!revs.set_member_revocations(&lists), "unchanged");
+        assert!(revs.is_revoked(&bob), "bob's own revocation holds here");
+        assert!(!revs.is_revoked(&carol), "bob cannot revoke carol's certificate");
+        assert!(revs.is_empty(), "other members' lists are not ours (nodes get ours only)");
+        assert_eq!(revs.member_revocations(), 2);
         std::fs::remove_dir_all(&dir).unwrap();
     }
 

@@ -3,9 +3,14 @@
 //! calling (principal, member, role). Servers and clients of every role share it.
 
 mod advertise;
+mod limits;
 mod shutdown;
 
 pub use advertise::{AddressError, Advertised, advertised, advertised_bound, machine_addresses, suggest_addresses};
+pub use limits::{
+    ConnectionCounts, Counted, MAX_ANONYMOUS_CONNECTIONS_PER_ADDRESS, MAX_CONNECTIONS_PER_PRINCIPAL, MAX_HANDSHAKES, MAX_HEADER_LIST_BYTES,
+    MAX_STREAMS_PER_CONNECTION, RequireCertificate,
+};
 pub use shutdown::{Busy, BusyGuard, BusyService, SHUTDOWN_LOG_EVERY, finish_within, until_shutdown};
 
 use std::net::SocketAddr;
@@ -37,8 +42,20 @@ pub enum RpcError {
 /// The TLS stream tonic serves; `peer_certs()` works on requests over it.
 pub type ServerStream = tokio_rustls::server::TlsStream<TcpStream>;
 
-/// Authenticated connections, ready for `Server::serve_with_incoming_shutdown`.
-pub type Incoming = tokio_stream::wrappers::ReceiverStream<Result<ServerStream, std::io::Error>>;
+/// Authenticated connections, each counted against its peer while open, ready for
+/// `Server::serve_with_incoming_shutdown`.
+pub type Incoming = tokio_stream::wrappers::ReceiverStream<Result<Counted, std::io::Error>>;
+
+/// A tonic server with the limits every Collective server keeps: calls per connection,
+/// header size, keep-alive (a dead peer's connection is closed), and a deadline on the
+/// handshake of each HTTP/2 connection.
+pub fn server_builder() -> tonic::transport::Server {
+    tonic::transport::Server::builder()
+        .max_concurrent_streams(MAX_STREAMS_PER_CONNECTION)
+        .http2_max_header_list_size(MAX_HEADER_LIST_BYTES)
+        .http2_keepalive_interval(Some(Duration::from_secs(30)))
+        .http2_keepalive_timeout(Some(Duration::from_secs(20)))
+}
 
 /// Binds `addr` and returns the bound address and a stream of authenticated TLS
 /// connections (failed handshakes are logged and dropped) ready for
@@ -48,14 +65,22 @@ pub async fn tls_incoming(identity: &TlsIdentity, addr: SocketAddr) -> Result<(S
     tls_incoming_with(config, addr).await
 }
 
-/// Like [`tls_incoming`] with a caller-supplied server configuration.
+/// Like [`tls_incoming`] with a caller-supplied server configuration. At most
+/// [`MAX_HANDSHAKES`] handshakes run at once, and a peer above its connection limit
+/// ([`MAX_CONNECTIONS_PER_PRINCIPAL`], [`MAX_ANONYMOUS_CONNECTIONS_PER_ADDRESS`]) is
+/// refused after its handshake.
 pub async fn tls_incoming_with(config: Arc<rustls::ServerConfig>, addr: SocketAddr) -> Result<(SocketAddr, Incoming), RpcError> {
     let acceptor = TlsAcceptor::from(config);
     let listener = TcpListener::bind(addr).await.map_err(|e| RpcError::Bind(addr, e))?;
     let bound = listener.local_addr().map_err(|e| RpcError::Bind(addr, e))?;
     let (tx, rx) = tokio::sync::mpsc::channel(64);
+    let counts = ConnectionCounts::default();
+    let handshakes = Arc::new(tokio::sync::Semaphore::new(MAX_HANDSHAKES));
     tokio::spawn(async move {
         loop {
+            let Ok(permit) = handshakes.clone().acquire_owned().await else {
+                break;
+            };
             let (tcp, peer) = match listener.accept().await {
                 Ok(x) => x,
                 Err(e) => {
@@ -70,11 +95,17 @@ pub async fn tls_incoming_with(config: Arc<rustls::ServerConfig>, addr: SocketAd
             }
             let acceptor = acceptor.clone();
             let tx = tx.clone();
+            let counts = counts.clone();
             tokio::spawn(async move {
-                match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
-                    Ok(Ok(tls)) => {
-                        let _ = tx.send(Ok(tls)).await;
-                    }
+                let handshake = tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await;
+                drop(permit);
+                match handshake {
+                    Ok(Ok(tls)) => match counts.admit(tls, peer.ip()) {
+                        Ok(counted) => {
+                            let _ = tx.send(Ok(counted)).await;
+                        }
+                        Err(why) => tracing::warn!(%peer, "connection refused: {why}"),
+                    },
                     Ok(Err(e)) => tracing::warn!(%peer, "TLS handshake refused: {e}"),
                     Err(_) => tracing::warn!(%peer, "TLS handshake timed out"),
                 }

@@ -37,7 +37,7 @@ const REMOTE_LIST_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(
 /// for a path of our own it does nothing and the RPC goes on locally.
 macro_rules! forward_to_owner {
     ($svc:expr, $call:expr, $who:expr, $path:expr, $req:ident, $method:ident) => {
-        if let Some(mut peer) = $svc.remote($path)? {
+        if let Some(mut peer) = $svc.remote($path).await? {
             return $call.done(peer.$method(forwarded($req.into_inner(), &$who)).await.map(Response::into_inner));
         }
     };
@@ -123,9 +123,9 @@ impl MetadataService {
     }
 
     /// The owner's Metadata service, when `path` is in another member's datastore.
-    fn remote(&self, path: &RemotePath) -> Result<Option<MetadataClient<Channel>>, Status> {
+    async fn remote(&self, path: &RemotePath) -> Result<Option<MetadataClient<Channel>>, Status> {
         let Some(top) = top_of(path.as_str()) else { return Ok(None) };
-        match self.state.remote_owner(top)? {
+        match self.state.route(top).await? {
             Some(member) => Ok(Some(
                 MetadataClient::new(self.state.links.channel(&member)?)
                     .max_decoding_message_size(64 << 20)
@@ -426,7 +426,7 @@ impl Metadata for MetadataService {
     async fn rename(&self, req: Request<RenameRequest>) -> Result<Response<FileAttr>, Status> {
         let (who, call) = self.begin("rename", &req, &req.get_ref().src)?;
         let (src, dst) = (path_arg(&req.get_ref().src)?, path_arg(&req.get_ref().dst)?);
-        let (rs, rd) = (self.remote(&src)?, self.remote(&dst)?);
+        let (rs, rd) = (self.remote(&src).await?, self.remote(&dst).await?);
         if top_of(src.as_str()) != top_of(dst.as_str()) && (rs.is_some() || rd.is_some()) {
             return call.done(Err(meta_status(collective_meta::MetaError::CrossDatastore(
                 src.to_string(),
@@ -495,7 +495,7 @@ impl Metadata for MetadataService {
             Ok(p) => p,
             Err(e) => return call.done(Err(e)),
         };
-        if let Some(mut peer) = self.remote(&path)? {
+        if let Some(mut peer) = self.remote(&path).await? {
             let r = peer
                 .walk(forwarded(req.into_inner(), &who))
                 .await
@@ -558,7 +558,15 @@ impl Metadata for MetadataService {
     }
 
     async fn status(&self, req: Request<StatusRequest>) -> Result<Response<StatusResponse>, Status> {
-        let (_, call) = self.begin("status", &req, "")?;
+        let (who, call) = self.begin("status", &req, "")?;
+        // Node names, addresses, capacities and certificates are this member's business.
+        if who.domain != self.state.domain {
+            self.state.metrics.denials.inc();
+            return call.done(Err(Status::permission_denied(format!(
+                "the status of {} is for its own principals, not {who}; ask your own member's coordinator (`collective status`)",
+                self.state.domain
+            ))));
+        }
         let state = self.state.clone();
         let r = blocking(move || Ok(crate::status::status_report(&state))).await.and_then(|r| r);
         call.done(r)

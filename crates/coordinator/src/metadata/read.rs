@@ -83,6 +83,9 @@ impl MetadataService {
         req: Request<ReportBadReplicaRequest>,
     ) -> Result<Response<ReportBadReplicaResponse>, Status> {
         let (who, call) = self.begin("report_bad_replica", &req, &req.get_ref().node)?;
+        if let Err(e) = self.state.throttles.check(&who, crate::throttle::Costly::Rehash) {
+            return call.done(Err(e));
+        }
         let node_domain = req.get_ref().node.split_once('@').map(|(_, d)| d.to_string()).unwrap_or_default();
         if node_domain != self.state.domain && self.state.links.fed().is_some() && !node_domain.is_empty() {
             let r = async {

@@ -147,7 +147,7 @@ impl MetadataService {
             let mut min_replicas = usize::MAX;
             for f in q.files {
                 let path = path_arg(&f.path)?;
-                if top_of(path.as_str()) != top_of(first.as_str()) && self.remote(&path)?.is_some() {
+                if top_of(path.as_str()) != top_of(first.as_str()) && self.remote(&path).await?.is_some() {
                     return Err(Status::invalid_argument(
                         "one commit may not span members; commit each member's files separately",
                     ));

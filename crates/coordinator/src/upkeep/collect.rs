@@ -139,6 +139,66 @@ impl State {
         }
     }
 
+    /// Copies we host for other members whose upload never came stop counting against the
+    /// hosting quota: once per [`HOSTING_AUDIT_EVERY`], each node given a hosting token
+    /// since the last pass (and whose token has long expired) lists what it holds, and the
+    /// copies it lacks are dropped.
+    pub(super) async fn audit_hosting(&self) {
+        let up = &self.upkeep;
+        let cutoff = self.hosting_cutoff();
+        let after = {
+            let audit = lock(&up.hosting_audit);
+            if audit.1.is_some_and(|t| t.elapsed() < HOSTING_AUDIT_EVERY) {
+                return;
+            }
+            audit.0
+        };
+        let nodes: BTreeSet<String> = self
+            .meta
+            .hosted_all()
+            .filter_map(|r| r.ok())
+            .filter(|(_, _, rec)| rec.created_ms > after && rec.created_ms <= cutoff)
+            .flat_map(|(_, _, rec)| rec.nodes)
+            .collect();
+        let mut complete = true;
+        for node in nodes {
+            let held = match self.node_chunks(&node).await {
+                Ok(h) => h,
+                Err(e) => {
+                    tracing::debug!(%node, "cannot check hosted copies now: {e}");
+                    complete = false;
+                    continue;
+                }
+            };
+            match self.meta.prune_hosted(&node, &held, after, cutoff) {
+                Ok((0, _)) => {}
+                Ok((copies, bytes)) => tracing::info!(
+                    %node,
+                    copies,
+                    bytes,
+                    "hosted copies whose upload never came no longer count against the hosting quota"
+                ),
+                Err(e) => {
+                    tracing::warn!(%node, "checking hosted copies failed: {e}");
+                    complete = false;
+                }
+            }
+        }
+        let mut audit = lock(&up.hosting_audit);
+        if complete {
+            audit.0 = cutoff;
+        }
+        audit.1 = Some(Instant::now());
+    }
+
+    /// Hosting tokens given before this (ms) have expired long enough ago that an upload
+    /// started with one has finished or been cut.
+    pub(super) fn hosting_cutoff(&self) -> u64 {
+        unix_ms_now()
+            .saturating_sub(self.token_ttl.as_millis() as u64)
+            .saturating_sub(HOSTED_UPLOAD_MARGIN.as_millis() as u64)
+    }
+
     /// Deletes the unknown chunks first seen at least `min_age` ago (never less than
     /// `gc_grace`) from our live nodes, after checking each is still unknown: nothing
     /// references, plans or hosts it. An admin's explicit decision (`repair collect-unknown`).

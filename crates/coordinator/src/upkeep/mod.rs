@@ -46,6 +46,11 @@ const MAX_JOBS_PER_ROUND: usize = 2_000;
 const HEAT_CAP: usize = 100_000;
 /// Chunk ids per delete call.
 const DELETE_BATCH: usize = 1024;
+/// How often copies hosted for other members are checked against their node.
+const HOSTING_AUDIT_EVERY: Duration = Duration::from_secs(600);
+/// Past its token's expiry, how long a hosted upload may still be running (a node cuts
+/// every stream long before).
+const HOSTED_UPLOAD_MARGIN: Duration = Duration::from_secs(600);
 /// How long a short control call to one of our nodes may take (a hung node must not stall
 /// the loop).
 pub const CONTROL_TIMEOUT: Duration = Duration::from_secs(10);
@@ -167,6 +172,9 @@ pub struct Upkeep {
     w_heat: Arc<Worker>,
     w_repair: Arc<Worker>,
     w_gc: Arc<Worker>,
+    /// Hosted copies given a token up to this time (ms) were checked against their node;
+    /// and when that check last ran.
+    hosting_audit: Mutex<(u64, Option<Instant>)>,
 }
 
 /// `90 s`, `2 h`: a duration for a throttle line.
@@ -218,6 +226,7 @@ impl Upkeep {
             w_heat,
             w_repair,
             w_gc,
+            hosting_audit: Mutex::new((0, None)),
         }
     }
 
@@ -592,6 +601,7 @@ impl State {
                 let run = up.w_gc.begin(collect.len() as u64);
                 self.collect(collect, &run).await;
                 self.collect_abandoned_uploads().await;
+                self.audit_hosting().await;
             }
         }
     }

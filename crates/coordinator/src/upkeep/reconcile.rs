@@ -3,9 +3,8 @@
 use super::*;
 
 impl State {
-    /// A node registered again: compare what it holds with what we list for it.
-    pub(super) async fn reconcile(&self, node: &str) -> Result<(), Error> {
-        let up = &self.upkeep;
+    /// Every chunk `node` holds, as it lists them.
+    pub(super) async fn node_chunks(&self, node: &str) -> Result<HashSet<ChunkId>, Error> {
         let mut control = self.nodes.control(node)?;
         let mut stream = control
             .list_chunks(ListChunksRequest {})
@@ -15,6 +14,18 @@ impl State {
         let mut held: HashSet<ChunkId> = HashSet::new();
         while let Some(batch) = stream.message().await.map_err(|s| Error::node(node, &s))? {
             held.extend(batch.ids.iter().filter_map(|b| ChunkId::from_slice(b)));
+        }
+        Ok(held)
+    }
+
+    /// A node registered again: compare what it holds with what we list for it.
+    pub(super) async fn reconcile(&self, node: &str) -> Result<(), Error> {
+        let up = &self.upkeep;
+        let held = self.node_chunks(node).await?;
+        // Hosted copies it was given a token for and never received stop counting.
+        let (copies, bytes) = self.meta.prune_hosted(node, &held, 0, self.hosting_cutoff())?;
+        if copies > 0 {
+            tracing::info!(%node, copies, bytes, "hosted copies whose upload never came no longer count against the hosting quota");
         }
         // Chunks we host for other members live on our nodes too, outside our chunk table.
         let hosted: HashSet<ChunkId> = self

@@ -148,7 +148,8 @@ impl Upkeep for UpkeepService {
     }
 
     async fn start_scrub(&self, req: Request<StartScrubRequest>) -> Result<Response<ScrubReport>, Status> {
-        self.admin(&req)?;
+        let who = self.admin(&req)?;
+        self.state.throttles.check(&who, crate::throttle::Costly::Scrub)?;
         let up: Vec<String> = {
             let nodes = self.state.nodes.lock();
             nodes
@@ -259,6 +260,7 @@ impl Upkeep for UpkeepService {
         if who.domain != self.state.domain {
             return Err(Status::permission_denied("ask your own member's coordinator"));
         }
+        self.state.throttles.check(&who, crate::throttle::Costly::Risk)?;
         let member = self.state.member_arg(&req.get_ref().member)?;
         let mut report = RiskReport {
             member: member.clone(),

@@ -153,7 +153,8 @@ impl State {
 
     /// `Federation.Risk` for another member: our own files only.
     pub async fn peer_risk(self: &Arc<Self>, req: Request<RiskRequest>) -> Result<Response<RiskReport>, Status> {
-        self.authorize_peer(&req)?;
+        let peer = self.authorize_peer(&req)?;
+        self.throttles.check(&peer, crate::throttle::Costly::Risk)?;
         let member = req.get_ref().member.clone();
         let state = self.clone();
         let m = member.clone();
