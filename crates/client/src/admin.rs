@@ -134,6 +134,15 @@ impl Client {
     }
 
     /// Removes `member` from the federation for good (signed by the federation root).
+    /// This member's recovery kit, as text to print (member admins only).
+    pub async fn recovery_kit(&self) -> Result<String, ClientError> {
+        self.admin()
+            .recovery_kit(collective_proto::v1::RecoveryKitRequest {})
+            .await
+            .answer()
+            .map(|r| r.kit)
+    }
+
     pub async fn remove_member(&self, member: &str, reason: &str) -> Result<MemberRemoval, ClientError> {
         self.admin()
             .remove_member(RemoveMemberRequest {

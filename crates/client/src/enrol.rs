@@ -213,3 +213,17 @@ pub fn local_user_name() -> Option<String> {
     let name = name.trim_matches('-').to_string();
     collective_core::validate_name(&name).ok().map(|_| name)
 }
+
+/// File name of the recovery kit beside a member's configurations.
+pub const RECOVERY_KIT_FILE: &str = "recovery-kit.txt";
+
+pub use collective_pki::KitFacts;
+
+/// Writes the recovery kit of a member that has just come into being to
+/// `out/recovery-kit.txt` (readable by its owner only) and returns its path.
+pub fn write_recovery_kit(out: &Path, ca_dir: &Path, facts: &KitFacts) -> Result<PathBuf, ClientError> {
+    let text = collective_pki::recovery_kit(ca_dir, facts)?;
+    let path = out.join(RECOVERY_KIT_FILE);
+    write_private_file(&path, text.as_bytes())?;
+    Ok(path)
+}

@@ -179,6 +179,7 @@ pub fn run(cmd: CaCommand) -> Result<()> {
             };
             let federation = a.root.as_ref().map(|root| crate::setup::FederationPart {
                 bootstrap: vec![],
+                peers: vec![],
                 root_dir: Some(std::path::absolute(root).unwrap_or_else(|_| root.clone())),
                 contribution: a.contribution.clone(),
             });

@@ -255,6 +255,7 @@ pub async fn federation(o: &ClientOverrides, cmd: FederationCommand) -> Result<(
                 &addrs,
                 Some(crate::setup::FederationPart {
                     bootstrap: vec![],
+                    peers: vec![],
                     root_dir: Some(out.clone()),
                     contribution,
                 }),
@@ -510,7 +511,14 @@ async fn redeem(a: RedeemArgs) -> Result<()> {
 pub enum MemberCommand {
     /// Join a federation with a member invite: makes this member's CA key here, gets it
     /// signed, and writes a coordinator config ready to start
-    Join(JoinArgs),
+    Join(Box<JoinArgs>),
+    /// Write this member's recovery kit again (member admins): print it and keep it
+    /// outside the house; with it, `member recover` brings the member back on a new machine
+    RecoveryKit {
+        /// The file to write (readable by you only)
+        #[arg(long)]
+        out: PathBuf,
+    },
 }
 
 #[derive(Args)]
@@ -534,11 +542,21 @@ pub struct Joined {
     pub domain: String,
     pub coordinator_config: PathBuf,
     pub client_config: PathBuf,
+    pub recovery_kit: PathBuf,
     pub ca_dir: PathBuf,
 }
 
-pub async fn member(cmd: MemberCommand) -> Result<()> {
+pub async fn member(o: &ClientOverrides, cmd: MemberCommand) -> Result<()> {
     match cmd {
+        MemberCommand::RecoveryKit { out } => {
+            let kit = connect(o)?.recovery_kit().await?;
+            collective_pki::write_private_file(&out, kit.as_bytes()).with_context(|| format!("cannot write {}", out.display()))?;
+            println!(
+                "recovery kit written to {} (0600): print it and keep it outside the house",
+                out.display()
+            );
+            Ok(())
+        }
         MemberCommand::Join(a) => {
             let j = join(&a).await?;
             println!("joined the federation as {}", j.domain);
@@ -546,6 +564,7 @@ pub async fn member(cmd: MemberCommand) -> Result<()> {
             let w = crate::setup::Written {
                 coordinator_config: j.coordinator_config,
                 client_config: j.client_config,
+                recovery_kit: j.recovery_kit,
             };
             crate::setup::print_written(&w, &addrs, &j.ca_dir);
             Ok(())
@@ -570,6 +589,7 @@ pub async fn join(a: &JoinArgs) -> Result<Joined> {
         &addrs,
         Some(crate::setup::FederationPart {
             bootstrap: gossip_peers,
+            peers: vec![invite.code.addr.clone()],
             root_dir: None,
             contribution: a.contribution.clone(),
         }),
@@ -578,6 +598,7 @@ pub async fn join(a: &JoinArgs) -> Result<Joined> {
         domain,
         coordinator_config: written.coordinator_config,
         client_config: written.client_config,
+        recovery_kit: written.recovery_kit,
         ca_dir,
     })
 }

@@ -58,8 +58,8 @@ enum Command {
     /// Certificate authority: make a member CA, issue and inspect certificates
     #[command(subcommand)]
     Ca(ca::CaCommand),
-    /// Run a coordinator (metadata, placement, tokens)
-    Coordinator(servers::CoordinatorArgs),
+    /// Run a coordinator (metadata, placement, tokens), or back up and restore its metadata
+    Coordinator(servers::CoordinatorCli),
     /// Run a storage node (`collective node --config node.toml`), or drain or remove one
     Node(servers::NodeCli),
     /// Store local files (streamed; directories with -r)
@@ -220,7 +220,7 @@ fn main() -> ExitCode {
     let _ = rustls::crypto::ring::default_provider().install_default();
     let server = matches!(
         cli.command,
-        Command::Coordinator(_)
+        Command::Coordinator(servers::CoordinatorCli { command: None, .. })
             | Command::Node(servers::NodeCli { command: None, .. })
             | Command::Dev(_)
             | Command::Mount(mount::MountArgs { foreground: true, .. })
@@ -264,7 +264,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     };
     match cli.command {
         Command::Ca(c) => ca::run(c),
-        Command::Coordinator(a) => servers::coordinator(a).await,
+        Command::Coordinator(a) => servers::coordinator_cli(a).await,
         Command::Node(servers::NodeCli { command: None, run }) => servers::node(run).await,
         Command::Node(servers::NodeCli { command: Some(c), .. }) => match c {
             servers::NodeCommand::Drain {
@@ -295,7 +295,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Umount(a) => mount::umount(a).await,
         Command::Federation(c) => federate::federation(&overrides, c).await,
         Command::Invite(c) => federate::invite(&overrides, c).await,
-        Command::Member(c) => federate::member(c).await,
+        Command::Member(c) => federate::member(&overrides, c).await,
         Command::Datastore(c) => federate::datastore(&overrides, c).await,
         Command::Context(c) => context::run(c),
     }

@@ -10,6 +10,40 @@ use collective_node::NodeConfig;
 
 use crate::config::{load_toml, rebase, rebase_tls};
 
+/// `collective coordinator`: run a coordinator (with `--config`), or back up and restore
+/// its metadata.
+#[derive(Args)]
+#[command(args_conflicts_with_subcommands = true)]
+pub struct CoordinatorCli {
+    #[command(subcommand)]
+    pub command: Option<CoordinatorCommand>,
+    #[command(flatten)]
+    pub run: CoordinatorArgs,
+}
+
+#[derive(clap::Subcommand)]
+pub enum CoordinatorCommand {
+    /// Take a consistent backup of a running coordinator's metadata (it keeps serving)
+    Backup {
+        /// The coordinator's coordinator.toml (its address and certificate)
+        #[arg(long)]
+        config: PathBuf,
+        /// The file to write (replaced only once the backup is complete and verified)
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// Make a coordinator's metadata directory from a backup; then start the coordinator
+    /// with `data_dir` set to it
+    Restore {
+        /// A file written by `collective coordinator backup`
+        #[arg(long)]
+        from: PathBuf,
+        /// The new metadata directory (must not exist, or be empty)
+        #[arg(long)]
+        data_dir: PathBuf,
+    },
+}
+
 #[derive(Args)]
 pub struct CoordinatorArgs {
     /// coordinator.toml
@@ -103,17 +137,97 @@ async fn stop_signal() {
     tracing::info!("stop requested");
 }
 
+/// A coordinator.toml with its relative paths made relative to the file.
+fn coordinator_config(p: &std::path::Path) -> Result<CoordinatorConfig> {
+    let mut cfg: CoordinatorConfig = load_toml(p)?;
+    rebase(p, &mut cfg.data_dir);
+    rebase_tls(p, &mut cfg.tls);
+    for dir in [&mut cfg.ca_dir, &mut cfg.federation.root_dir] {
+        if !dir.as_os_str().is_empty() {
+            rebase(p, dir);
+        }
+    }
+    Ok(cfg)
+}
+
+pub async fn coordinator_cli(c: CoordinatorCli) -> Result<()> {
+    match c.command {
+        None => coordinator(c.run).await,
+        Some(CoordinatorCommand::Backup { config, out }) => backup(&config, &out).await,
+        Some(CoordinatorCommand::Restore { from, data_dir }) => {
+            let info = tokio::task::spawn_blocking(move || collective_coordinator::restore(&from, &data_dir).map(|i| (i, data_dir)))
+                .await?
+                .context("restore failed")?;
+            let (info, dir) = info;
+            println!(
+                "restored {} entries and {} later change sets (backup of {}) into {}; start the coordinator with data_dir = \"{}\"",
+                info.entries,
+                info.changes,
+                collective_core::format_time_ms(info.created_ms as i64),
+                dir.display(),
+                dir.display()
+            );
+            Ok(())
+        }
+    }
+}
+
+/// `collective coordinator backup`: as the coordinator's own certificate, stream its
+/// metadata into a temporary file beside `out`, then put it in place.
+async fn backup(config: &std::path::Path, out: &std::path::Path) -> Result<()> {
+    let cfg = coordinator_config(config)?;
+    let identity = cfg
+        .tls
+        .load()
+        .with_context(|| format!("cannot load the coordinator's certificate named in {}", config.display()))?;
+    let addr = local_address(&cfg.grpc_listen);
+    let me = identity.principal.clone();
+    let tmp = out.with_extension("partial");
+    let mut file = std::io::BufWriter::new(std::fs::File::create(&tmp).with_context(|| format!("cannot write {}", tmp.display()))?);
+    let summary = collective_client::backup_metadata(&identity, &addr, &me, &mut file).await;
+    let summary = match summary {
+        Ok(s) => s,
+        Err(e) => {
+            let _ = std::fs::remove_file(&tmp);
+            return Err(anyhow::anyhow!(e)).with_context(|| format!("cannot back up the coordinator at {addr}; is it running?"));
+        }
+    };
+    let file = file
+        .into_inner()
+        .map_err(|e| anyhow::anyhow!("cannot write {}: {e}", tmp.display()))?;
+    file.sync_all().with_context(|| format!("cannot write {}", tmp.display()))?;
+    std::fs::rename(&tmp, out).with_context(|| format!("cannot put the backup in place at {}", out.display()))?;
+    println!(
+        "backed up {} entries ({} changed during the backup) of {me} into {} ({}); restore with `collective coordinator restore --from {} --data-dir DIR`",
+        summary.entries,
+        summary.changes,
+        out.display(),
+        collective_core::format_bytes(summary.bytes),
+        out.display()
+    );
+    Ok(())
+}
+
+/// Where to reach a coordinator from its own machine: its listen address, with an
+/// unspecified host (`0.0.0.0`, `[::]`) replaced by loopback.
+fn local_address(listen: &str) -> String {
+    match listen.parse::<std::net::SocketAddr>() {
+        Ok(a) if a.ip().is_unspecified() => {
+            let ip: std::net::IpAddr = if a.is_ipv4() {
+                std::net::Ipv4Addr::LOCALHOST.into()
+            } else {
+                std::net::Ipv6Addr::LOCALHOST.into()
+            };
+            std::net::SocketAddr::new(ip, a.port()).to_string()
+        }
+        _ => listen.to_string(),
+    }
+}
+
 pub async fn coordinator(a: CoordinatorArgs) -> Result<()> {
     let mut cfg = CoordinatorConfig::default();
     if let Some(p) = &a.config {
-        cfg = load_toml(p)?;
-        rebase(p, &mut cfg.data_dir);
-        rebase_tls(p, &mut cfg.tls);
-        for dir in [&mut cfg.ca_dir, &mut cfg.federation.root_dir] {
-            if !dir.as_os_str().is_empty() {
-                rebase(p, dir);
-            }
-        }
+        cfg = coordinator_config(p)?;
     }
     if let Some(v) = a.data_dir {
         cfg.data_dir = v;

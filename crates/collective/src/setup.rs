@@ -124,6 +124,8 @@ impl ServerAddrs {
 /// The federation part of a new member's coordinator configuration.
 pub struct FederationPart {
     pub bootstrap: Vec<String>,
+    /// gRPC addresses of other members' coordinators known now (for the recovery kit).
+    pub peers: Vec<String>,
     /// Only on the founder's coordinator (relative to `out`).
     pub root_dir: Option<PathBuf>,
     pub contribution: String,
@@ -133,6 +135,8 @@ pub struct FederationPart {
 pub struct Written {
     pub coordinator_config: PathBuf,
     pub client_config: PathBuf,
+    /// `out/recovery-kit.txt`, to print and keep outside the house.
+    pub recovery_kit: PathBuf,
 }
 
 fn write_toml<T: serde::Serialize>(path: &Path, v: &T) -> Result<()> {
@@ -165,6 +169,8 @@ pub fn write_member(
     let dot = |p: PathBuf| if p.as_os_str().is_empty() { PathBuf::from(".") } else { p };
     let (cert, key) = issue(Role::Coordinator, "coordinator")?;
     let trust = certs.join("ca.crt");
+    let kit_peers = federation.as_ref().map(|f| f.peers.clone()).unwrap_or_default();
+    let federated = federation.is_some();
     let cfg = CoordinatorConfig {
         data_dir: PathBuf::from("coordinator-data"),
         grpc_listen: addrs.grpc_listen.clone(),
@@ -201,9 +207,24 @@ pub fn write_member(
     };
     let client_config = out.join("client.toml");
     write_toml(&client_config, &client)?;
+    let recovery_kit = collective_client::enrol::write_recovery_kit(
+        out,
+        ca_dir,
+        &collective_client::enrol::KitFacts {
+            member: ca.member.clone(),
+            domain: ca.domain.clone(),
+            federation: if federated {
+                ca.domain.split_once('.').map(|(_, f)| f.to_string()).unwrap_or_default()
+            } else {
+                String::new()
+            },
+            bootstrap: kit_peers,
+        },
+    )?;
     Ok(Written {
         coordinator_config,
         client_config,
+        recovery_kit,
     })
 }
 
@@ -212,6 +233,10 @@ pub fn print_written(w: &Written, addrs: &Resolved, ca_dir: &Path) {
     println!("  member CA:          {}", ca_dir.display());
     println!("  coordinator config: {}", w.coordinator_config.display());
     println!("  your client config: {}", w.client_config.display());
+    println!(
+        "  recovery kit:       {}  (print it and keep it outside the house; `collective member recovery-kit` writes it again)",
+        w.recovery_kit.display()
+    );
     println!(
         "  others reach the coordinator at {}{}",
         addrs.advertise_grpc,

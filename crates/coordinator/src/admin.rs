@@ -128,7 +128,7 @@ impl AdminService {
     /// The owner's Admin service, when `path` is in another member's datastore.
     async fn remote(&self, path: &RemotePath) -> Result<Option<AdminClient<tonic::transport::Channel>>, Status> {
         let Some(top) = top_of(path.as_str()) else { return Ok(None) };
-        match self.state.route(top).await? {
+        match self.state.remote_owner(top)? {
             Some(member) => Ok(Some(AdminClient::new(self.state.links.channel(&member)?))),
             None => Ok(None),
         }
@@ -152,6 +152,50 @@ impl AdminService {
             Ok(Err(s)) => Err(why(&s)),
             Err(_) => Err(why(&Status::deadline_exceeded("no answer in time"))),
         }
+    }
+
+    /// The kit: only for this member's admins, since it can bring the member back.
+    async fn recovery_kit_inner(&self, who: &Principal) -> Result<String, Status> {
+        if !self.state.is_admin(who) {
+            self.state.metrics.denials.inc();
+            return Err(Status::permission_denied(format!(
+                "{who} is not an admin of {}; the recovery kit can bring the member back, so only its admins may write it",
+                self.state.domain
+            )));
+        }
+        let ca = self.state.ca.as_ref().ok_or_else(|| {
+            Status::failed_precondition("this coordinator runs without its member CA (no ca_dir); the recovery secret lives beside the CA")
+        })?;
+        let (federation, bootstrap) = match self.state.links.fed() {
+            Some(fed) => {
+                let federation = self.state.domain.split_once('.').map(|(_, f)| f.to_string()).unwrap_or_default();
+                let peers: Vec<String> = fed
+                    .gossip
+                    .states()
+                    .into_iter()
+                    .filter(|s| s.member != self.state.domain && !s.grpc_addr.is_empty())
+                    .map(|s| s.grpc_addr)
+                    .collect();
+                (federation, peers)
+            }
+            // A member on its own comes back from its nodes.
+            None => {
+                let mut nodes: Vec<String> = self.state.nodes.lock().values().map(|e| e.grpc_addr.clone()).collect();
+                nodes.sort();
+                (String::new(), nodes)
+            }
+        };
+        let facts = collective_pki::KitFacts {
+            member: ca.member.clone(),
+            domain: ca.domain.clone(),
+            federation,
+            bootstrap,
+        };
+        let dir = ca.dir.clone();
+        tokio::task::spawn_blocking(move || collective_pki::recovery_kit(&dir, &facts))
+            .await
+            .map_err(|e| Status::internal(format!("worker failed: {e}")))?
+            .map_err(|e| Status::internal(format!("cannot write the recovery kit: {e}")))
     }
 
     fn local_datastore(&self, path: &RemotePath) -> Result<DatastoreRecord, Status> {
@@ -325,6 +369,17 @@ impl Admin for AdminService {
             },
         );
         r
+    }
+
+    async fn recovery_kit(
+        &self,
+        req: Request<collective_proto::v1::RecoveryKitRequest>,
+    ) -> Result<Response<collective_proto::v1::RecoveryKitResponse>, Status> {
+        let who = self.state.end_user(&req)?;
+        let r = self.recovery_kit_inner(&who).await;
+        self.state
+            .audit(&who.to_string(), "recovery-kit", &self.state.domain, &r, |_| String::new());
+        r.map(|kit| Response::new(collective_proto::v1::RecoveryKitResponse { kit }))
     }
 
     async fn remove_member(&self, req: Request<RemoveMemberRequest>) -> Result<Response<MemberRemoval>, Status> {

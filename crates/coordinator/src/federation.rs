@@ -21,6 +21,8 @@ use crate::state::State;
 
 /// How often our own state is re-published (node usage changes continuously).
 pub const PUBLISH_EVERY: Duration = Duration::from_secs(2);
+/// Member states one anti-entropy exchange may carry.
+const MAX_EXCHANGED_STATES: usize = 512;
 /// Rounds of asking every member at once start at most this often.
 pub const CONVERGE_EVERY: Duration = Duration::from_millis(100);
 /// How long one member has to answer such a round.
@@ -290,10 +292,22 @@ impl Federation for FederationService {
     async fn exchange(&self, req: Request<ExchangeRequest>) -> Result<Response<ExchangeResponse>, Status> {
         self.state.authorize_peer(&req)?;
         let fed = self.state.links.fed().ok_or_else(|| Status::failed_precondition("not federated"))?;
-        fed.gossip.merge(&req.into_inner().states);
-        Ok(Response::new(ExchangeResponse {
-            states: fed.gossip.signed_states(),
-        }))
+        let states = req.into_inner().states;
+        if states.len() > MAX_EXCHANGED_STATES {
+            return Err(Status::invalid_argument(format!(
+                "{} member states in one exchange; a federation has at most {MAX_EXCHANGED_STATES} members",
+                states.len()
+            )));
+        }
+        // Checking signatures is CPU work: off the runtime's threads.
+        let gossip = fed.gossip.clone();
+        let signed = tokio::task::spawn_blocking(move || {
+            gossip.merge(&states);
+            gossip.signed_states()
+        })
+        .await
+        .map_err(|e| Status::internal(format!("worker failed: {e}")))?;
+        Ok(Response::new(ExchangeResponse { states: signed }))
     }
 
     async fn host_chunks(&self, req: Request<HostChunksRequest>) -> Result<Response<HostChunksResponse>, Status> {

@@ -49,3 +49,12 @@ pub fn check(cfg: &CoordinatorConfig) -> Result<CheckReport, CoordinatorError> {
     })?;
     Ok(meta.check()?)
 }
+
+/// Makes the metadata directory `data_dir` (new, or empty) from a backup file taken by
+/// `collective coordinator backup`, checking every byte against the backup's hash first;
+/// a damaged backup leaves nothing behind. Start a coordinator on `data_dir` afterwards.
+pub fn restore(from: &std::path::Path, data_dir: &std::path::Path) -> Result<collective_meta::ExportInfo, CoordinatorError> {
+    let file = std::fs::File::open(from).map_err(|e| CoordinatorError::Io(format!("cannot read the backup {}: {e}", from.display())))?;
+    let info = collective_meta::import(data_dir, std::io::BufReader::with_capacity(1 << 20, file))?;
+    Ok(info)
+}

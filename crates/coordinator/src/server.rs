@@ -186,7 +186,7 @@ pub async fn run(cfg: CoordinatorConfig, shutdown: impl Future<Output = ()> + Se
 
     let grpc_listen = collective_rpc::resolve(&cfg.grpc_listen).map_err(|e| CoordinatorError::Config(format!("grpc_listen: {e}")))?;
     let server_tls = identity.server_config_optional_client(collective_pki::ALPN_GRPC)?;
-    let (grpc_addr, incoming) = collective_rpc::tls_incoming_with(server_tls, grpc_listen).await?;
+    let (grpc_addr, incoming) = collective_rpc::tls_incoming_with(server_tls, grpc_listen, Some(&identity.principal.domain)).await?;
     let advertise_grpc = collective_rpc::advertised_bound("advertise_grpc", &cfg.advertise_grpc, "grpc_listen", grpc_addr)
         .map_err(|e| CoordinatorError::Config(e.0))?
         .to_string();

@@ -513,6 +513,14 @@ async fn up_single(a: &UpArgs, dir: &Path) -> Result<()> {
 
     let client_path = dir.join("client.toml");
     issuer.write_client_config("admin", &grpc, &client_path)?;
+    // A member on its own comes back from its nodes: the kit names them.
+    let facts = collective_pki::KitFacts {
+        member: ca.member.clone(),
+        domain: ca.domain.clone(),
+        federation: String::new(),
+        bootstrap: processes.iter().filter(|p| p.role == "node").map(|p| p.grpc.clone()).collect(),
+    };
+    collective_client::enrol::write_recovery_kit(dir, &ca_dir, &facts)?;
     let cluster = ClusterFile {
         member: DOMAIN.into(),
         client_config: client_path.clone(),

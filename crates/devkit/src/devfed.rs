@@ -203,6 +203,22 @@ async fn start_all(
         }
         write_cluster(dir, cluster)?;
     }
+    // Each member's recovery kit names the others' coordinators, where recovery asks.
+    for m in &cluster.members {
+        let facts = collective_pki::KitFacts {
+            member: m.name.clone(),
+            domain: m.domain.clone(),
+            federation: FEDERATION.to_string(),
+            bootstrap: cluster
+                .members
+                .iter()
+                .filter(|o| o.name != m.name)
+                .map(|o| o.grpc.clone())
+                .collect(),
+        };
+        let member_dir = m.ca_dir.parent().unwrap_or(dir);
+        collective_client::enrol::write_recovery_kit(member_dir, &m.ca_dir, &facts)?;
+    }
 
     settle(cluster).await
 }

@@ -167,25 +167,10 @@ pub fn csrs(data: &[u8]) {
 
 /// Every kind of on-disk metadata record (the first byte picks the table).
 pub fn records(data: &[u8]) {
-    const TABLES: [Table; 15] = [
-        Table::Meta,
-        Table::Inodes,
-        Table::Dirents,
-        Table::Manifests,
-        Table::Chunks,
-        Table::Pending,
-        Table::Nodes,
-        Table::Audit,
-        Table::Datastores,
-        Table::Grants,
-        Table::Invites,
-        Table::Principals,
-        Table::ChunkSeals,
-        Table::Hosted,
-        Table::Links,
-    ];
+    // Every data table, and the change log.
+    let tables: Vec<Table> = collective_meta::DATA_TABLES.iter().copied().chain([Table::Changes]).collect();
     let Some((&which, rest)) = data.split_first() else { return };
-    let table = TABLES[which as usize % TABLES.len()];
+    let table = tables[which as usize % tables.len()];
     let _ = collective_meta::decode_record(table, b"totals", rest);
     let _ = collective_meta::decode_record(table, b"next_inode", rest);
 }

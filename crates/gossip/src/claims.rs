@@ -10,12 +10,13 @@
 //! - Otherwise the name stays with its holder: a later claim, even one that says it was
 //!   created earlier, is refused and reported as contested. A member cannot take over a
 //!   name others already route to by back-dating its catalog.
-//! - A name is released when its holder's state no longer lists it (the datastore was
-//!   deleted, or the member removed).
+//! - A name is released when its holder's state (held now) no longer lists it, or the
+//!   holder is removed from the federation; a holder whose state we do not hold yet (just
+//!   after a restart) keeps its names.
 //!
 //! The table is kept across restarts so that what was held stays held.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 
 use serde::{Deserialize, Serialize};
 
@@ -49,15 +50,15 @@ pub struct Owners {
 }
 
 impl Owners {
-    /// Settles ownership given every member's current catalog (`(member, name, created_ms)`)
-    /// at time `now`.
-    pub fn settle(&mut self, claims: &[(String, String, u64)], now: u64) {
+    /// Settles ownership given every member's current catalog (`(member, name, created_ms)`;
+    /// `present`: the members whose state we hold) at time `now`.
+    pub fn settle(&mut self, claims: &[(String, String, u64)], present: &HashSet<String>, now: u64) {
         let mut claims: Vec<&(String, String, u64)> = claims.iter().collect();
         claims.sort_by(|a, b| (a.2, &a.0).cmp(&(b.2, &b.0)));
-        // A holder that no longer claims its name lets it go.
+        // A holder whose state no longer claims its name lets it go.
         let current: HashMap<(&str, &str), u64> = claims.iter().map(|(m, n, c)| ((m.as_str(), n.as_str()), *c)).collect();
         self.held
-            .retain(|name, c| current.contains_key(&(c.member.as_str(), name.as_str())));
+            .retain(|name, c| !present.contains(&c.member) || current.contains_key(&(c.member.as_str(), name.as_str())));
         self.refused.clear();
         for (member, name, created) in claims {
             match self.held.get_mut(name) {
@@ -91,6 +92,11 @@ impl Owners {
         }
     }
 
+    /// Lets go of every name `member` holds (it was removed from the federation).
+    pub fn release_member(&mut self, member: &str) {
+        self.held.retain(|_, c| c.member != member);
+    }
+
     /// The member `name` is routed to.
     pub fn owner_of(&self, name: &str) -> Option<&str> {
         self.held.get(name).map(|c| c.member.as_str())
@@ -119,19 +125,29 @@ mod tests {
         (member.into(), name.into(), created)
     }
 
+    /// Settles with every claimant's state held.
+    fn settle(o: &mut Owners, claims: &[(String, String, u64)], now: u64) {
+        let present: HashSet<String> = claims.iter().map(|c| c.0.clone()).collect();
+        o.settle(claims, &present, now);
+    }
+
     #[test]
     fn the_earlier_creation_wins_a_race_and_everyone_settles_the_same_way_whatever_they_saw_first() {
         // carol saw alice's claim first, dave saw bob's; both then see both.
         let mut carol = Owners::default();
-        carol.settle(&[c("alice", "photos", 2_000)], 10_000);
-        carol.settle(&[c("alice", "photos", 2_000), c("bob", "photos", 1_000)], 11_000);
+        settle(&mut carol, &[c("alice", "photos", 2_000)], 10_000);
+        settle(&mut carol, &[c("alice", "photos", 2_000), c("bob", "photos", 1_000)], 11_000);
         let mut dave = Owners::default();
-        dave.settle(&[c("bob", "photos", 1_000)], 10_500);
-        dave.settle(&[c("alice", "photos", 2_000), c("bob", "photos", 1_000)], 12_000);
+        settle(&mut dave, &[c("bob", "photos", 1_000)], 10_500);
+        settle(&mut dave, &[c("alice", "photos", 2_000), c("bob", "photos", 1_000)], 12_000);
         // An old claim seen after a young one does not race it (a partition, or a lie).
         let mut erin = Owners::default();
-        erin.settle(&[c("alice", "photos", 2_000 + RACE_MS)], 2_500 + RACE_MS);
-        erin.settle(&[c("alice", "photos", 2_000 + RACE_MS), c("bob", "photos", 1_000)], 3_000 + RACE_MS);
+        settle(&mut erin, &[c("alice", "photos", 2_000 + RACE_MS)], 2_500 + RACE_MS);
+        settle(
+            &mut erin,
+            &[c("alice", "photos", 2_000 + RACE_MS), c("bob", "photos", 1_000)],
+            3_000 + RACE_MS,
+        );
         assert_eq!(erin.owner_of("photos"), Some("alice"));
         assert_eq!(carol.owner_of("photos"), Some("bob"));
         assert_eq!(dave.owner_of("photos"), Some("bob"));
@@ -145,16 +161,16 @@ mod tests {
         );
         // Equal creation times: the smaller domain, for everyone.
         let mut o = Owners::default();
-        o.settle(&[c("zed", "x", 5), c("amy", "x", 5)], 1);
+        settle(&mut o, &[c("zed", "x", 5), c("amy", "x", 5)], 1);
         assert_eq!(o.owner_of("x"), Some("amy"));
     }
 
     #[test]
     fn a_name_held_past_the_race_window_cannot_be_taken_by_back_dating_a_claim() {
         let mut o = Owners::default();
-        o.settle(&[c("alice", "photos", 50_000)], 60_000);
+        settle(&mut o, &[c("alice", "photos", 50_000)], 60_000);
         let later = 60_000 + RACE_MS + 1;
-        o.settle(&[c("alice", "photos", 50_000), c("mallory", "photos", 0)], later);
+        settle(&mut o, &[c("alice", "photos", 50_000), c("mallory", "photos", 0)], later);
         assert_eq!(o.owner_of("photos"), Some("alice"));
         assert_eq!(o.contests()[0].others, vec!["mallory".to_string()]);
     }
@@ -162,11 +178,18 @@ mod tests {
     #[test]
     fn a_name_is_released_when_its_holder_stops_claiming_it_and_the_table_survives_a_restart() {
         let mut o = Owners::default();
-        o.settle(&[c("alice", "photos", 1), c("alice", "music", 1)], 10);
+        settle(&mut o, &[c("alice", "photos", 1), c("alice", "music", 1)], 10);
         let saved = postcard::to_allocvec(&o).unwrap();
         let mut back: Owners = postcard::from_bytes(&saved).unwrap();
         assert_eq!(back.owner_of("music"), Some("alice"));
-        back.settle(&[c("alice", "photos", 1), c("bob", "music", 7)], 10 + RACE_MS * 2);
+        // Just after a restart, before alice's state is back: she keeps both names.
+        back.settle(&[c("bob", "music", 7)], &["bob".to_string()].into(), 10 + RACE_MS * 2);
+        assert_eq!(
+            back.owner_of("music"),
+            Some("alice"),
+            "a holder whose state is not back yet keeps its names"
+        );
+        settle(&mut back, &[c("alice", "photos", 1), c("bob", "music", 7)], 10 + RACE_MS * 2);
         assert_eq!(back.owner_of("music"), Some("bob"), "alice deleted it, bob's claim now holds");
         assert!(back.contests().is_empty());
     }

@@ -259,18 +259,22 @@ impl Shared {
 
     /// Settles who owns each datastore name from the catalogs we hold now.
     fn settle_owners(&self) {
-        let claims: Vec<(String, String, u64)> = self
-            .lock_states()
-            .values()
-            .flat_map(|h| {
-                h.state
-                    .datastores
-                    .iter()
-                    .map(|d| (h.state.member.clone(), d.name.clone(), d.created_ms))
-            })
-            .collect();
+        let (claims, present) = {
+            let states = self.lock_states();
+            let claims: Vec<(String, String, u64)> = states
+                .values()
+                .flat_map(|h| {
+                    h.state
+                        .datastores
+                        .iter()
+                        .map(|d| (h.state.member.clone(), d.name.clone(), d.created_ms))
+                })
+                .collect();
+            let present: std::collections::HashSet<String> = states.keys().cloned().collect();
+            (claims, present)
+        };
         let now = self.clock.now_ms();
-        self.lock_owners().settle(&claims, now);
+        self.lock_owners().settle(&claims, &present, now);
     }
 
     /// Signs `state` as ours and keeps it; returns it encoded for broadcast.
@@ -312,6 +316,16 @@ impl Shared {
 
     /// Keeps `s` if it verifies and is newer than what we hold; returns whether it was news.
     fn offer(&self, s: &SignedState) -> Result<bool, StateRefused> {
+        let news = self.offer_unsettled(s)?;
+        if news {
+            self.settle_owners();
+        }
+        Ok(news)
+    }
+
+    /// [`Shared::offer`] without settling datastore names (loading many states at once
+    /// settles once, after the last).
+    fn offer_unsettled(&self, s: &SignedState) -> Result<bool, StateRefused> {
         let now = self.clock.now_ms();
         let (state, full) = self.lock_signers().open(s, now)?;
         let mut states = self.lock_states();
@@ -335,7 +349,6 @@ impl Shared {
         states.insert(state.member.clone(), Held { state, signed: full });
         drop(states);
         self.dirty.store(true, Ordering::Relaxed);
-        self.settle_owners();
         Ok(true)
     }
 
@@ -454,8 +467,11 @@ impl Gossip {
                 *shared.lock_owners() = owners;
             }
             for s in load_states(f) {
-                shared.offer_logged(&s);
+                if let Err(e) = shared.offer_unsettled(&s) {
+                    tracing::debug!("a saved member state is refused: {e}");
+                }
             }
+            shared.settle_owners();
         }
         let (cmd_tx, cmd_rx) = mpsc::channel(64);
         let gossip = Gossip {
@@ -598,6 +614,12 @@ impl Gossip {
             self.shared.lock_states().retain(|m, _| !removed.contains(m));
             self.shared.lock_peers().retain(|m, _| !removed.contains(m));
             self.shared.dirty.store(true, Ordering::Relaxed);
+            {
+                let mut owners = self.shared.lock_owners();
+                for m in &removed {
+                    owners.release_member(m);
+                }
+            }
             self.shared.settle_owners();
         }
         changed

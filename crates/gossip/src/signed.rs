@@ -21,6 +21,9 @@ pub const MAX_FUTURE_MS: u64 = 10 * 60_000;
 /// A cached signer's chain is checked again (revocation, removal, expiry) after this long.
 const RECHECK_MS: u64 = 30_000;
 const MAX_CACHED: usize = 1024;
+/// Signers kept per member: a member's CA can mint any number of coordinator certificates,
+/// and those must not push other members' signers out.
+const MAX_CACHED_PER_MEMBER: usize = 8;
 
 /// Why a member state was not taken.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -94,6 +97,18 @@ impl Signers {
             };
             let info = CertInfo::from_der(leaf).map_err(|e| StateRefused::BadChain(e.to_string()))?;
             let verifier = TokenVerifier::new(&info.public_key).map_err(|e| StateRefused::BadChain(e.to_string()))?;
+            // Room among this member's own signers first: the least recently checked goes.
+            let mine: Vec<([u8; 32], u64)> = self
+                .known
+                .iter()
+                .filter(|(k, s)| s.principal.domain == principal.domain && **k != fp)
+                .map(|(k, s)| (*k, s.checked_ms))
+                .collect();
+            if mine.len() >= MAX_CACHED_PER_MEMBER
+                && let Some((oldest, _)) = mine.iter().min_by_key(|(_, at)| *at)
+            {
+                self.known.remove(oldest);
+            }
             if self.known.len() >= MAX_CACHED {
                 self.known
                     .retain(|_, s| s.not_after_ms > now && now.saturating_sub(s.checked_ms) < RECHECK_MS);

@@ -97,7 +97,19 @@ impl MetaStore {
             for (i, (id, size)) in chunks.iter().enumerate() {
                 let key = hosted_key(guest, id);
                 let mut rec = match t.get(Table::Hosted, &key)? {
-                    Some(v) => decode::<HostedRecord>(&v).map_err(abort)?,
+                    Some(v) => {
+                        let rec = decode::<HostedRecord>(&v).map_err(abort)?;
+                        // Tokens are signed for the size asked; another size than the one
+                        // accounted for would store what the quota never counted.
+                        if rec.size != *size {
+                            return Err(abort(MetaError::Placement(format!(
+                                "chunk {} is hosted here as {} bytes, not {size}; a chunk's size never changes",
+                                id.short(),
+                                rec.size
+                            ))));
+                        }
+                        rec
+                    }
                     None => HostedRecord {
                         size: *size,
                         nodes: vec![],
@@ -259,6 +271,11 @@ mod tests {
         node.set(3);
         let err = m.host_chunks("bob.collective.local", &[(id(1), 40)], &[], 100, &place).unwrap_err();
         assert!(matches!(err, MetaError::QuotaFull { used: 80, quota: 100 }), "{err}");
+        // Asking again with another size (to get a token for more bytes) is refused.
+        let err = m
+            .host_chunks("bob.collective.local", &[(id(1), 64 << 20)], &[], 1 << 40, &place)
+            .unwrap_err();
+        assert!(err.to_string().contains("never changes"), "{err}");
         // node-02 never received its upload: once its token expired, the copy is dropped.
         let held: std::collections::HashSet<ChunkId> = std::collections::HashSet::new();
         let now = collective_core::unix_ms_now();

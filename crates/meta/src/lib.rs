@@ -14,6 +14,7 @@ mod hosting;
 mod migrate;
 mod namespace;
 mod records;
+mod snapshot;
 mod unknown;
 mod upkeep;
 
@@ -24,12 +25,13 @@ use collective_core::{ChunkId, PathError, RemotePath};
 pub use access::{DatastoreRecord, InviteKind, InviteRecord, InviteRefusal};
 pub use audit::{AuditEntry, AuditQuery};
 pub use check::CheckReport;
-pub use engine::Table;
+pub use engine::{DATA_TABLES, Table};
 use engine::{Engine, Txn};
 pub use hosting::{HostedRecord, SEAL_LEN};
 pub use namespace::{Attr, FileCommitIn};
 pub use records::{ChunkRecord, ChunkRef, Kind, NodeRecord, PendingRecord, ROOT_INODE, SCHEMA_VERSION, Totals};
 use records::{decode, encode};
+pub use snapshot::{ExportInfo, import};
 pub use unknown::UnknownChunk;
 
 #[derive(Debug, thiserror::Error)]
@@ -84,6 +86,8 @@ pub enum MetaError {
 
 pub struct MetaStore {
     engine: Engine,
+    /// Held by the export under way (one at a time).
+    exporting: std::sync::Mutex<()>,
 }
 
 const META_SCHEMA: &[u8] = b"schema";
@@ -138,7 +142,10 @@ impl MetaStore {
                 engine.flush()?;
             }
         }
-        let store = MetaStore { engine };
+        let store = MetaStore {
+            engine,
+            exporting: std::sync::Mutex::new(()),
+        };
         store.migrate_audit_keys()?;
         Ok(store)
     }
@@ -297,5 +304,8 @@ pub fn decode_record(table: Table, key: &[u8], value: &[u8]) -> Result<(), MetaE
         Table::ChunkScopes => decode::<records::ScopeRecord>(value).map(drop),
         Table::Hosted => decode::<HostedRecord>(value).map(drop),
         Table::Links => decode::<records::LinkTarget>(value).map(drop),
+        Table::Changes => postcard::from_bytes::<engine::ChangeSet>(value)
+            .map(drop)
+            .map_err(|e| MetaError::Corrupt(format!("a change log entry: {e}"))),
     }
 }

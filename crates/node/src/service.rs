@@ -17,25 +17,23 @@ use crate::metrics::NodeMetrics;
 const BUFFER_BUDGET_KIB: u32 = 8 * 1024;
 /// A stream must say what it wants within this long.
 const REQUEST_DEADLINE: Duration = Duration::from_secs(10);
-/// An upload has this long, plus one second per [`MIN_UPLOAD_RATE`] bytes, to arrive whole;
-/// a stalled one is cut at its deadline and its disk reservation released.
-const UPLOAD_GRACE: Duration = Duration::from_secs(30);
-const MIN_UPLOAD_RATE: u64 = 1 << 20;
+/// An upload that sends nothing for this long is stalled: it is cut and its disk
+/// reservation released (a slow link still sends something every few seconds).
+pub const UPLOAD_IDLE: Duration = Duration::from_secs(30);
 /// Whatever it does, a stream ends within this long (a download to a reader that stopped
-/// reading, for one).
-const STREAM_LIFETIME: Duration = Duration::from_secs(300);
-/// Connections one principal may hold to this node at once.
+/// reading, for one): a backstop far above any honest transfer of one chunk.
+const STREAM_LIFETIME: Duration = Duration::from_secs(1800);
+/// Connections one principal of our own member may hold to this node at once, and all
+/// the principals of another member together (its CA can make any number of them).
 pub const MAX_CONNECTIONS_PER_PEER: usize = 16;
-/// Chunk streams one principal may have in flight at once, over all its connections;
+pub const MAX_CONNECTIONS_PER_MEMBER: usize = 64;
+/// Chunk streams in flight at once, likewise per principal of ours and per other member;
 /// further streams wait.
 pub const MAX_STREAMS_PER_PEER: usize = 256;
+pub const MAX_STREAMS_PER_MEMBER: usize = 1024;
 
-/// How long an upload of `size` bytes may take.
-fn upload_deadline(size: u64) -> Duration {
-    UPLOAD_GRACE + Duration::from_secs(size / MIN_UPLOAD_RATE)
-}
-
-/// What one principal holds on this node: its connections and a budget of streams.
+/// What one holder (a principal of ours, or another member) has on this node: its
+/// connections and a budget of streams.
 struct PeerUse {
     connections: usize,
     streams: Arc<Semaphore>,
@@ -94,27 +92,37 @@ impl NodeState {
         self.peer_use.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Counts a connection of `caller`; returns its stream budget, or None when it already
-    /// holds [`MAX_CONNECTIONS_PER_PEER`].
-    fn open_connection(&self, caller: &str) -> Option<Arc<Semaphore>> {
+    /// Who a connection of `peer` counts against: itself when it is of our member, its
+    /// member otherwise; and that holder's limits (connections, streams).
+    fn holder(&self, peer: &collective_core::Principal) -> (String, usize, usize) {
+        if peer.domain == self.domain {
+            (peer.to_string(), MAX_CONNECTIONS_PER_PEER, MAX_STREAMS_PER_PEER)
+        } else {
+            (peer.domain.clone(), MAX_CONNECTIONS_PER_MEMBER, MAX_STREAMS_PER_MEMBER)
+        }
+    }
+
+    /// Counts a connection against `holder`; returns its stream budget, or None when it
+    /// already holds `max` connections.
+    fn open_connection(&self, holder: &str, max: usize, streams: usize) -> Option<Arc<Semaphore>> {
         let mut m = self.lock_peer_use();
-        let u = m.entry(caller.to_string()).or_insert_with(|| PeerUse {
+        let u = m.entry(holder.to_string()).or_insert_with(|| PeerUse {
             connections: 0,
-            streams: Arc::new(Semaphore::new(MAX_STREAMS_PER_PEER)),
+            streams: Arc::new(Semaphore::new(streams)),
         });
-        if u.connections >= MAX_CONNECTIONS_PER_PEER {
+        if u.connections >= max {
             return None;
         }
         u.connections += 1;
         Some(u.streams.clone())
     }
 
-    fn close_connection(&self, caller: &str) {
+    fn close_connection(&self, holder: &str) {
         let mut m = self.lock_peer_use();
-        if let Some(u) = m.get_mut(caller) {
+        if let Some(u) = m.get_mut(holder) {
             u.connections = u.connections.saturating_sub(1);
             if u.connections == 0 {
-                m.remove(caller);
+                m.remove(holder);
             }
         }
     }
@@ -178,6 +186,8 @@ const STAGE_BYTES: usize = 256 * 1024;
 enum Received {
     Stream(String),
     Store(StoreError),
+    /// Nothing arrived for [`UPLOAD_IDLE`] after this many bytes.
+    Stalled(u64),
 }
 
 /// What a large chunk is read from disk and sent in.
@@ -315,7 +325,12 @@ async fn receive_chunk(
         r
     };
     while received < size {
-        match recv.read_chunk((size - received) as usize, true).await {
+        let next = match tokio::time::timeout(UPLOAD_IDLE, recv.read_chunk((size - received) as usize, true)).await {
+            Ok(next) => next,
+            // Dropping the writer (with this function's frame) releases its reservation.
+            Err(_) => return Err(Received::Stalled(received)),
+        };
+        match next {
             Ok(Some(chunk)) => {
                 received += chunk.bytes.len() as u64;
                 if writer.is_direct() {
@@ -369,13 +384,14 @@ pub async fn serve_connection(state: Arc<NodeState>, incoming: quinn::Connecting
     // users read chunks they were granted); every operation still needs a token from our
     // coordinator that names this caller.
     let caller = peer.to_string();
-    let Some(streams) = state.open_connection(&caller) else {
-        tracing::warn!(%caller, "refused a connection: {MAX_CONNECTIONS_PER_PEER} already open from this principal");
+    let (holder, max_connections, max_streams) = state.holder(&peer);
+    let Some(streams) = state.open_connection(&holder, max_connections, max_streams) else {
+        tracing::warn!(%caller, "refused a connection: {holder} already holds {max_connections}");
         state.metrics.denied.inc();
-        conn.close(2u32.into(), b"too many connections from this principal");
+        conn.close(2u32.into(), b"too many connections");
         return;
     };
-    let closer = (state.clone(), caller.clone());
+    let closer = (state.clone(), holder);
     let _counted = Defer(move || closer.0.close_connection(&closer.1));
     let stats_conn = conn.clone();
     let _stats = Defer(move || {
@@ -513,21 +529,16 @@ async fn handle_stream(
                     Err(e @ StoreError::NoSpace { .. }) => break 'resp fail(ChunkStatus::NoSpace, "no_space", e.to_string()),
                     Err(e) => break 'resp fail(ChunkStatus::IoError, "io", e.to_string()),
                 };
-                let deadline = upload_deadline(req.size);
-                let received = match tokio::time::timeout(deadline, receive_chunk(writer, &mut recv, req.size)).await {
-                    Ok(r) => r,
-                    // The writer is dropped with the future: its reservation is released.
-                    Err(_) => {
+                match receive_chunk(writer, &mut recv, req.size).await {
+                    Err(Received::Stalled(got)) => {
                         state.metrics.op_errors.with_label_values(&["put", "timeout"]).inc();
                         let _ = send.reset(RESET_TIMEOUT.into());
                         let _ = recv.stop(RESET_TIMEOUT.into());
                         return Err(StreamError::Read(format!(
-                            "upload of {} bytes not complete within {deadline:?}; its reservation is released",
+                            "upload stalled: nothing for {UPLOAD_IDLE:?} after {got} of {} bytes; its reservation is released",
                             req.size
                         )));
                     }
-                };
-                match received {
                     Ok(()) => {
                         state.metrics.bytes_in.inc_by(req.size);
                         state.metrics.ops.with_label_values(&["put"]).inc();

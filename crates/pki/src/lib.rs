@@ -12,6 +12,7 @@ mod error;
 mod invite;
 mod keyfile;
 mod names;
+mod recovery;
 mod revocation;
 mod root;
 mod tls;
@@ -23,6 +24,7 @@ pub use error::PkiError;
 pub use invite::{INVITE_PREFIX, InviteCode, InviteCodeKind};
 pub use keyfile::{check_key_permissions, replace_file, write_private_file};
 pub use names::{NAMES_FILE, NameRegister, free_name};
+pub use recovery::{KitFacts, RECOVERY_SECRET_FILE, RecoveryKit, RecoverySecret, recovery_kit, recovery_secret};
 pub use revocation::{REVOCATION_FILE, RevocationList, Revocations, RevokedCert, parse_fingerprint};
 pub use root::{
     FederationRoot, MEMBER_CA_OU, ROOT_OU, check_member_domain, federation_domain, federation_root_key, member_domain, new_csr,

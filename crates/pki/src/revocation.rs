@@ -125,7 +125,7 @@ struct Watched {
     /// Other members' revocations (from their signed gossip state): fingerprint → the
     /// member that listed it. Enforced only on certificates naming a principal of that
     /// member, so no member can revoke another's certificates.
-    foreign: HashMap<[u8; 32], String>,
+    foreign: HashMap<[u8; 32], HashSet<String>>,
 }
 
 /// The revoked fingerprints a process enforces, shared by its TLS verifiers and its per-call
@@ -222,7 +222,7 @@ impl Revocations {
             return true;
         }
         match w.foreign.get(&fp) {
-            Some(member) => crate::tls::peer_from_der(der).is_ok_and(|(p, _)| p.domain == *member),
+            Some(members) => crate::tls::peer_from_der(der).is_ok_and(|(p, _)| members.contains(&p.domain)),
             None => false,
         }
     }
@@ -230,10 +230,12 @@ impl Revocations {
     /// Enforces other members' revocations: for each member domain, the fingerprints its
     /// CA revoked (as its signed gossip state lists them). Returns whether anything changed.
     pub fn set_member_revocations(&self, lists: &HashMap<String, Vec<[u8; 32]>>) -> bool {
-        let foreign: HashMap<[u8; 32], String> = lists
-            .iter()
-            .flat_map(|(member, fps)| fps.iter().map(move |fp| (*fp, member.clone())))
-            .collect();
+        let mut foreign: HashMap<[u8; 32], HashSet<String>> = HashMap::new();
+        for (member, fps) in lists {
+            for fp in fps {
+                foreign.entry(*fp).or_default().insert(member.clone());
+            }
+        }
         match self.inner.write() {
             Ok(mut w) if w.foreign != foreign => {
                 w.foreign = foreign;
@@ -393,6 +395,12 @@ mod tests {
         assert!(!revs.set_member_revocations(&lists), "unchanged");
         assert!(revs.is_revoked(&bob), "bob's own revocation holds here");
         assert!(!revs.is_revoked(&carol), "bob cannot revoke carol's certificate");
+        // mallory copying bob's list changes nothing for bob's revocation.
+        lists.insert("mallory.collective.local".to_string(), vec![fp(&bob)]);
+        for _ in 0..10 {
+            revs.set_member_revocations(&lists);
+            assert!(revs.is_revoked(&bob));
+        }
         assert!(revs.is_empty(), "other members' lists are not ours (nodes get ours only)");
         assert_eq!(revs.member_revocations(), 2);
         std::fs::remove_dir_all(&dir).unwrap();

@@ -8,8 +8,8 @@ mod shutdown;
 
 pub use advertise::{AddressError, Advertised, advertised, advertised_bound, machine_addresses, suggest_addresses};
 pub use limits::{
-    ConnectionCounts, Counted, MAX_ANONYMOUS_CONNECTIONS_PER_ADDRESS, MAX_CONNECTIONS_PER_PRINCIPAL, MAX_HANDSHAKES, MAX_HEADER_LIST_BYTES,
-    MAX_STREAMS_PER_CONNECTION, RequireCertificate,
+    ConnectionCounts, Counted, MAX_ANONYMOUS_CONNECTIONS_PER_ADDRESS, MAX_CONNECTIONS_PER_MEMBER, MAX_CONNECTIONS_PER_PRINCIPAL,
+    MAX_HANDSHAKES, MAX_HANDSHAKES_PER_ADDRESS, MAX_HEADER_LIST_BYTES, MAX_STREAMS_PER_CONNECTION, RequireCertificate,
 };
 pub use shutdown::{Busy, BusyGuard, BusyService, SHUTDOWN_LOG_EVERY, finish_within, until_shutdown};
 
@@ -24,7 +24,7 @@ use tokio_rustls::{TlsAcceptor, TlsConnector};
 use tonic::transport::{Channel, Endpoint};
 use tonic::{Request, Status};
 
-const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// Per-call deadline for unary calls.
 pub const CALL_TIMEOUT: Duration = Duration::from_secs(120);
@@ -62,25 +62,28 @@ pub fn server_builder() -> tonic::transport::Server {
 /// `Server::serve_with_incoming_shutdown`.
 pub async fn tls_incoming(identity: &TlsIdentity, addr: SocketAddr) -> Result<(SocketAddr, Incoming), RpcError> {
     let config = identity.server_config(ALPN_GRPC).map_err(|e| RpcError::Tls(e.to_string()))?;
-    tls_incoming_with(config, addr).await
+    tls_incoming_with(config, addr, Some(&identity.principal.domain)).await
 }
 
 /// Like [`tls_incoming`] with a caller-supplied server configuration. At most
-/// [`MAX_HANDSHAKES`] handshakes run at once, and a peer above its connection limit
+/// [`MAX_HANDSHAKES`] handshakes run at once ([`MAX_HANDSHAKES_PER_ADDRESS`] from one
+/// address; more are closed at once), and a peer above its connection limit
 /// ([`MAX_CONNECTIONS_PER_PRINCIPAL`], [`MAX_ANONYMOUS_CONNECTIONS_PER_ADDRESS`]) is
 /// refused after its handshake.
-pub async fn tls_incoming_with(config: Arc<rustls::ServerConfig>, addr: SocketAddr) -> Result<(SocketAddr, Incoming), RpcError> {
+/// `own_domain` is the server's member: principals of other members count together.
+pub async fn tls_incoming_with(
+    config: Arc<rustls::ServerConfig>,
+    addr: SocketAddr,
+    own_domain: Option<&str>,
+) -> Result<(SocketAddr, Incoming), RpcError> {
     let acceptor = TlsAcceptor::from(config);
     let listener = TcpListener::bind(addr).await.map_err(|e| RpcError::Bind(addr, e))?;
     let bound = listener.local_addr().map_err(|e| RpcError::Bind(addr, e))?;
     let (tx, rx) = tokio::sync::mpsc::channel(64);
-    let counts = ConnectionCounts::default();
-    let handshakes = Arc::new(tokio::sync::Semaphore::new(MAX_HANDSHAKES));
+    let counts = ConnectionCounts::for_domain(own_domain.map(str::to_string));
+    let handshakes = limits::Handshakes::default();
     tokio::spawn(async move {
         loop {
-            let Ok(permit) = handshakes.clone().acquire_owned().await else {
-                break;
-            };
             let (tcp, peer) = match listener.accept().await {
                 Ok(x) => x,
                 Err(e) => {
@@ -89,16 +92,22 @@ pub async fn tls_incoming_with(config: Arc<rustls::ServerConfig>, addr: SocketAd
                     continue;
                 }
             };
-            let _ = tcp.set_nodelay(true);
             if tx.is_closed() {
                 break;
             }
+            // Accepting never waits: a connection over the handshake limits is closed at
+            // once, so idle sockets from one address cannot stop everyone else.
+            let Some(slot) = handshakes.begin(peer.ip()) else {
+                tracing::debug!(%peer, "too many TLS handshakes at once from this address; connection closed");
+                continue;
+            };
+            let _ = tcp.set_nodelay(true);
             let acceptor = acceptor.clone();
             let tx = tx.clone();
             let counts = counts.clone();
             tokio::spawn(async move {
                 let handshake = tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await;
-                drop(permit);
+                drop(slot);
                 match handshake {
                     Ok(Ok(tls)) => match counts.admit(tls, peer.ip()) {
                         Ok(counted) => {

@@ -16,13 +16,18 @@ use tonic::transport::server::{Connected, TcpConnectInfo, TlsConnectInfo};
 
 use crate::ServerStream;
 
-/// Connections one principal may hold open to a server at once.
+/// Connections one principal of the server's own member may hold open at once.
 pub const MAX_CONNECTIONS_PER_PRINCIPAL: usize = 32;
+/// Connections the principals of one other member may hold open together (its CA can make
+/// any number of principals).
+pub const MAX_CONNECTIONS_PER_MEMBER: usize = 64;
 /// Connections one address may hold open without a client certificate (invite redemption
 /// and first contact only).
 pub const MAX_ANONYMOUS_CONNECTIONS_PER_ADDRESS: usize = 4;
-/// TLS handshakes a server runs at once; more connections wait in the kernel's backlog.
-pub const MAX_HANDSHAKES: usize = 64;
+/// TLS handshakes a server runs at once, and from one address; a connection over either
+/// is closed at once.
+pub const MAX_HANDSHAKES: usize = 256;
+pub const MAX_HANDSHAKES_PER_ADDRESS: usize = 8;
 /// Concurrent calls (HTTP/2 streams) on one connection.
 pub const MAX_STREAMS_PER_CONNECTION: u32 = 128;
 /// Largest request header block a server accepts.
@@ -32,22 +37,73 @@ pub const MAX_HEADER_LIST_BYTES: u32 = 16 << 10;
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 enum Holder {
     Principal(String),
+    /// Every principal of another member together.
+    Member(String),
     Anonymous(IpAddr),
+}
+
+/// TLS handshakes under way, in all and by address.
+#[derive(Clone, Default)]
+pub(crate) struct Handshakes {
+    inner: Arc<Mutex<(usize, HashMap<IpAddr, usize>)>>,
+}
+
+/// One handshake counted until dropped.
+pub(crate) struct HandshakeSlot {
+    of: Handshakes,
+    addr: IpAddr,
+}
+
+impl Handshakes {
+    /// Counts a handshake from `addr`, or None when over a limit.
+    pub(crate) fn begin(&self, addr: IpAddr) -> Option<HandshakeSlot> {
+        let mut g = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        let from = g.1.get(&addr).copied().unwrap_or(0);
+        if g.0 >= MAX_HANDSHAKES || from >= MAX_HANDSHAKES_PER_ADDRESS {
+            return None;
+        }
+        g.0 += 1;
+        *g.1.entry(addr).or_default() += 1;
+        Some(HandshakeSlot { of: self.clone(), addr })
+    }
+}
+
+impl Drop for HandshakeSlot {
+    fn drop(&mut self) {
+        let mut g = self.of.inner.lock().unwrap_or_else(|p| p.into_inner());
+        g.0 = g.0.saturating_sub(1);
+        if let Some(n) = g.1.get_mut(&self.addr) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                g.1.remove(&self.addr);
+            }
+        }
+    }
 }
 
 /// Open connections by holder.
 #[derive(Clone, Default)]
 pub struct ConnectionCounts {
     inner: Arc<Mutex<HashMap<Holder, usize>>>,
+    /// The server's own member domain: other members' principals count together.
+    own_domain: Option<String>,
 }
 
 impl ConnectionCounts {
+    pub(crate) fn for_domain(domain: Option<String>) -> ConnectionCounts {
+        ConnectionCounts {
+            inner: Arc::default(),
+            own_domain: domain,
+        }
+    }
+
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<Holder, usize>> {
         self.inner.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Counts `tls` against its principal (or, without a certificate, its address); when
-    /// that holder is at its limit, the connection is dropped (closed) and the reason given.
+    /// Counts `tls` against its principal (a principal of another member: against that
+    /// member; without a certificate: against its address); when that holder is at its
+    /// limit, the connection is dropped (closed) and the reason given.
     pub(crate) fn admit(&self, tls: ServerStream, addr: IpAddr) -> Result<Counted, String> {
         let principal = tls
             .get_ref()
@@ -55,9 +111,10 @@ impl ConnectionCounts {
             .peer_certificates()
             .and_then(|c| c.first())
             .and_then(|leaf| peer_from_der(leaf).ok())
-            .map(|(p, _)| p.to_string());
+            .map(|(p, _)| p);
         let (holder, limit) = match principal {
-            Some(p) => (Holder::Principal(p), MAX_CONNECTIONS_PER_PRINCIPAL),
+            Some(p) if self.own_domain.as_deref().is_some_and(|d| d != p.domain) => (Holder::Member(p.domain), MAX_CONNECTIONS_PER_MEMBER),
+            Some(p) => (Holder::Principal(p.to_string()), MAX_CONNECTIONS_PER_PRINCIPAL),
             None => (Holder::Anonymous(addr), MAX_ANONYMOUS_CONNECTIONS_PER_ADDRESS),
         };
         let mut m = self.lock();
@@ -65,6 +122,7 @@ impl ConnectionCounts {
         if *n >= limit {
             let who = match &holder {
                 Holder::Principal(p) => p.clone(),
+                Holder::Member(m) => format!("member {m}"),
                 Holder::Anonymous(a) => format!("{a} (no certificate)"),
             };
             return Err(format!("{who} already holds {limit} connections"));

@@ -35,9 +35,16 @@ const REMOTE_LIST_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(
 /// Sends a call about another member's datastore to that member's coordinator, naming the
 /// end user (the owner checks its grants), and returns its answer from the enclosing RPC;
 /// for a path of our own it does nothing and the RPC goes on locally.
+/// `creating`: the call may create a top-level name, so one unknown to us is looked up
+/// with every member first (`State::route`).
 macro_rules! forward_to_owner {
     ($svc:expr, $call:expr, $who:expr, $path:expr, $req:ident, $method:ident) => {
-        if let Some(mut peer) = $svc.remote($path).await? {
+        if let Some(mut peer) = $svc.remote($path, false).await? {
+            return $call.done(peer.$method(forwarded($req.into_inner(), &$who)).await.map(Response::into_inner));
+        }
+    };
+    (creating; $svc:expr, $call:expr, $who:expr, $path:expr, $req:ident, $method:ident) => {
+        if let Some(mut peer) = $svc.remote($path, true).await? {
             return $call.done(peer.$method(forwarded($req.into_inner(), &$who)).await.map(Response::into_inner));
         }
     };
@@ -123,9 +130,16 @@ impl MetadataService {
     }
 
     /// The owner's Metadata service, when `path` is in another member's datastore.
-    async fn remote(&self, path: &RemotePath) -> Result<Option<MetadataClient<Channel>>, Status> {
+    /// With `creating`, a top-level name unknown to us is first looked up with every
+    /// member (a datastore created a moment ago elsewhere); reads do not wait for that.
+    async fn remote(&self, path: &RemotePath, creating: bool) -> Result<Option<MetadataClient<Channel>>, Status> {
         let Some(top) = top_of(path.as_str()) else { return Ok(None) };
-        match self.state.route(top).await? {
+        let owner = if creating {
+            self.state.route(top).await?
+        } else {
+            self.state.remote_owner(top)?
+        };
+        match owner {
             Some(member) => Ok(Some(
                 MetadataClient::new(self.state.links.channel(&member)?)
                     .max_decoding_message_size(64 << 20)
@@ -380,7 +394,7 @@ impl Metadata for MetadataService {
     async fn mkdir(&self, req: Request<MkdirRequest>) -> Result<Response<FileAttr>, Status> {
         let (who, call) = self.begin("mkdir", &req, &req.get_ref().path)?;
         let path = path_arg(&req.get_ref().path)?;
-        forward_to_owner!(self, call, who, &path, req, mkdir);
+        forward_to_owner!(creating; self, call, who, &path, req, mkdir);
         let q = req.into_inner();
         let target = path.to_string();
         let caller = who.to_string();
@@ -426,7 +440,7 @@ impl Metadata for MetadataService {
     async fn rename(&self, req: Request<RenameRequest>) -> Result<Response<FileAttr>, Status> {
         let (who, call) = self.begin("rename", &req, &req.get_ref().src)?;
         let (src, dst) = (path_arg(&req.get_ref().src)?, path_arg(&req.get_ref().dst)?);
-        let (rs, rd) = (self.remote(&src).await?, self.remote(&dst).await?);
+        let (rs, rd) = (self.remote(&src, false).await?, self.remote(&dst, true).await?);
         if top_of(src.as_str()) != top_of(dst.as_str()) && (rs.is_some() || rd.is_some()) {
             return call.done(Err(meta_status(collective_meta::MetaError::CrossDatastore(
                 src.to_string(),
@@ -453,7 +467,7 @@ impl Metadata for MetadataService {
     async fn symlink(&self, req: Request<SymlinkRequest>) -> Result<Response<FileAttr>, Status> {
         let (who, call) = self.begin("symlink", &req, &req.get_ref().path)?;
         let path = path_arg(&req.get_ref().path)?;
-        forward_to_owner!(self, call, who, &path, req, symlink);
+        forward_to_owner!(creating; self, call, who, &path, req, symlink);
         let q = req.into_inner();
         let target = path.to_string();
         let caller = who.to_string();
@@ -495,7 +509,7 @@ impl Metadata for MetadataService {
             Ok(p) => p,
             Err(e) => return call.done(Err(e)),
         };
-        if let Some(mut peer) = self.remote(&path).await? {
+        if let Some(mut peer) = self.remote(&path, false).await? {
             let r = peer
                 .walk(forwarded(req.into_inner(), &who))
                 .await

@@ -7,7 +7,7 @@ impl MetadataService {
     pub(super) async fn handle_plan_write(&self, req: Request<PlanWriteRequest>) -> Result<Response<PlanWriteResponse>, Status> {
         let (who, call) = self.begin("plan_write", &req, &req.get_ref().path)?;
         let path = path_arg(&req.get_ref().path)?;
-        forward_to_owner!(self, call, who, &path, req, plan_write);
+        forward_to_owner!(creating; self, call, who, &path, req, plan_write);
         let q = req.into_inner();
         let caller = who.to_string();
         let r = async {
@@ -134,7 +134,7 @@ impl MetadataService {
             Some(f) => path_arg(&f.path)?,
             None => return call.done(Ok(CommitFilesResponse { files: vec![] })),
         };
-        forward_to_owner!(self, call, who, &first, req, commit_files);
+        forward_to_owner!(creating; self, call, who, &first, req, commit_files);
         let q = req.into_inner();
         let target = if q.files.len() > 1 {
             format!("{first} (and {} more)", q.files.len() - 1)
@@ -147,7 +147,7 @@ impl MetadataService {
             let mut min_replicas = usize::MAX;
             for f in q.files {
                 let path = path_arg(&f.path)?;
-                if top_of(path.as_str()) != top_of(first.as_str()) && self.remote(&path).await?.is_some() {
+                if top_of(path.as_str()) != top_of(first.as_str()) && self.remote(&path, true).await?.is_some() {
                     return Err(Status::invalid_argument(
                         "one commit may not span members; commit each member's files separately",
                     ));
@@ -233,7 +233,7 @@ impl MetadataService {
     pub(super) async fn handle_write_policy(&self, req: Request<PathRequest>) -> Result<Response<WritePolicyResponse>, Status> {
         let (who, call) = self.begin("write_policy", &req, &req.get_ref().path)?;
         let path = path_arg(&req.get_ref().path)?;
-        forward_to_owner!(self, call, who, &path, req, write_policy);
+        forward_to_owner!(creating; self, call, who, &path, req, write_policy);
         let r = (|| {
             self.state.require(&who, &path, Rights::WRITE)?;
             let policy = self.state.policy(path.as_str())?;

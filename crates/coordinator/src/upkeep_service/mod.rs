@@ -20,6 +20,7 @@ use crate::hosting::member_of;
 use crate::state::{State, meta_status};
 use crate::upkeep::Live;
 
+mod backup;
 mod drain;
 mod risk;
 mod workers;
@@ -142,6 +143,15 @@ impl UpkeepService {
 
 #[tonic::async_trait]
 impl Upkeep for UpkeepService {
+    type BackupMetadataStream = backup::BackupStream;
+
+    async fn backup_metadata(
+        &self,
+        req: Request<collective_proto::v1::BackupMetadataRequest>,
+    ) -> Result<Response<Self::BackupMetadataStream>, Status> {
+        self.stream_backup(req).await
+    }
+
     async fn repair_status(&self, req: Request<RepairStatusRequest>) -> Result<Response<RepairStatusResponse>, Status> {
         self.admin(&req)?;
         Ok(Response::new(self.state.repair_status()))

@@ -1,0 +1,363 @@
+//! A member's recovery secret and the kit a person prints and keeps outside the house.
+//!
+//! The secret is 256 random bits. Keys for the member's metadata backups (and the copy of
+//! its CA key kept in the federation) are derived from it, so whoever holds the kit can
+//! bring the member back on a new machine, and nobody else can read those backups.
+//!
+//! On paper the secret is 18 words of five letters: 16 carry its bits (16 bits each,
+//! consonant-vowel-consonant-vowel-consonant, so every word can be read aloud and typed
+//! without ambiguity) and 2 carry a checksum, so a mistyped word is caught before anything
+//! is tried with it.
+
+use std::fmt::Write as _;
+use std::path::Path;
+
+use crate::PkiError;
+
+const CONSONANTS: &[u8; 16] = b"bdfghjklmnprstvz";
+const VOWELS: &[u8; 4] = b"aiou";
+const WORDS: usize = 18;
+const KIT_TITLE: &str = "Collective recovery kit";
+/// File name of the secret beside the member CA (0600).
+pub const RECOVERY_SECRET_FILE: &str = "recovery.secret";
+
+/// 256 random bits that can bring a member back.
+#[derive(Clone, PartialEq, Eq)]
+pub struct RecoverySecret([u8; 32]);
+
+impl std::fmt::Debug for RecoverySecret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("RecoverySecret(…)")
+    }
+}
+
+fn word(v: u16) -> String {
+    let c = |shift: u16| CONSONANTS[((v >> shift) & 0xF) as usize] as char;
+    let o = |shift: u16| VOWELS[((v >> shift) & 0x3) as usize] as char;
+    [c(12), o(10), c(6), o(4), c(0)].iter().collect()
+}
+
+fn unword(w: &str) -> Option<u16> {
+    let b = w.as_bytes();
+    if b.len() != 5 {
+        return None;
+    }
+    let c = |x: u8| CONSONANTS.iter().position(|k| *k == x).map(|p| p as u16);
+    let o = |x: u8| VOWELS.iter().position(|k| *k == x).map(|p| p as u16);
+    Some((c(b[0])? << 12) | (o(b[1])? << 10) | (c(b[2])? << 6) | (o(b[3])? << 4) | c(b[4])?)
+}
+
+fn checksum(bytes: &[u8; 32]) -> [u16; 2] {
+    let d = ring::digest::digest(&ring::digest::SHA256, bytes);
+    let d = d.as_ref();
+    [u16::from_be_bytes([d[0], d[1]]), u16::from_be_bytes([d[2], d[3]])]
+}
+
+impl RecoverySecret {
+    /// A new secret from the system's randomness.
+    pub fn generate() -> Result<RecoverySecret, PkiError> {
+        let mut b = [0u8; 32];
+        ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut b)
+            .map_err(|_| PkiError::Invalid("no randomness available for a recovery secret".into()))?;
+        Ok(RecoverySecret(b))
+    }
+
+    /// The 18 words, six per line.
+    pub fn to_words(&self) -> String {
+        let mut all: Vec<String> = self.0.chunks(2).map(|p| word(u16::from_be_bytes([p[0], p[1]]))).collect();
+        all.extend(checksum(&self.0).iter().map(|v| word(*v)));
+        all.chunks(6).map(|l| l.join(" ")).collect::<Vec<_>>().join("\n")
+    }
+
+    /// Reads the words back, however they are spaced, hyphenated or capitalised.
+    pub fn from_words(text: &str) -> Result<RecoverySecret, PkiError> {
+        let words: Vec<String> = text
+            .split(|c: char| c.is_whitespace() || c == '-' || c == ',')
+            .filter(|w| !w.is_empty())
+            .map(|w| w.to_ascii_lowercase())
+            .collect();
+        if words.len() != WORDS {
+            return Err(PkiError::Invalid(format!(
+                "a recovery secret is {WORDS} words; this has {}",
+                words.len()
+            )));
+        }
+        let mut values = Vec::with_capacity(WORDS);
+        for (i, w) in words.iter().enumerate() {
+            values.push(unword(w).ok_or_else(|| {
+                PkiError::Invalid(format!(
+                    "word {} ('{w}') of the recovery secret is not a recovery word (five letters, consonant-vowel-consonant-vowel-consonant); check it against the printed kit",
+                    i + 1
+                ))
+            })?);
+        }
+        let mut b = [0u8; 32];
+        for (i, v) in values[..16].iter().enumerate() {
+            b[2 * i..2 * i + 2].copy_from_slice(&v.to_be_bytes());
+        }
+        if checksum(&b) != [values[16], values[17]] {
+            return Err(PkiError::Invalid(
+                "the recovery secret's words do not match their checksum: a word was mistyped; check each against the printed kit".into(),
+            ));
+        }
+        Ok(RecoverySecret(b))
+    }
+
+    /// A 256-bit key for one `purpose` (e.g. "metadata-backup-v1"), derived from the secret;
+    /// different purposes give unrelated keys.
+    pub fn derive(&self, purpose: &str) -> [u8; 32] {
+        let salt = ring::hkdf::Salt::new(ring::hkdf::HKDF_SHA256, b"collective-recovery-v1");
+        let prk = salt.extract(&self.0);
+        let info = [purpose.as_bytes()];
+        let mut out = [0u8; 32];
+        // HKDF-SHA256 gives up to 8160 bytes; 32 always fit.
+        if let Ok(okm) = prk.expand(&info, ring::hkdf::HKDF_SHA256) {
+            let _ = okm.fill(&mut out);
+        }
+        out
+    }
+
+    /// Saves the secret as hex in `path`, readable by its owner only.
+    pub fn save(&self, path: &Path) -> Result<(), PkiError> {
+        crate::keyfile::write_private_file(path, hex::encode(self.0).as_bytes())
+    }
+
+    /// Loads a secret saved by [`RecoverySecret::save`].
+    pub fn load(path: &Path) -> Result<RecoverySecret, PkiError> {
+        crate::keyfile::check_key_permissions(path)?;
+        let text = std::fs::read_to_string(path).map_err(|source| PkiError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        let bytes = hex::decode(text.trim()).map_err(|_| PkiError::BadFile {
+            path: path.to_path_buf(),
+            what: "recovery secret",
+            detail: "not hex".into(),
+        })?;
+        <[u8; 32]>::try_from(bytes.as_slice())
+            .map(RecoverySecret)
+            .map_err(|_| PkiError::BadFile {
+                path: path.to_path_buf(),
+                what: "recovery secret",
+                detail: "not 32 bytes".into(),
+            })
+    }
+}
+
+/// What a member needs to come back on a new machine, as printed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RecoveryKit {
+    /// Member name (alice) and domain (alice.collective.local).
+    pub member: String,
+    pub domain: String,
+    /// The federation domain, and the SHA-256 fingerprint of its root certificate (hex).
+    pub federation: String,
+    pub root_fingerprint: String,
+    /// Coordinators of other members to ask (gRPC addresses), or, for a single member,
+    /// its nodes.
+    pub bootstrap: Vec<String>,
+    pub secret: RecoverySecret,
+    /// When the kit was written (RFC 3339).
+    pub written: String,
+}
+
+impl RecoveryKit {
+    /// The kit as a page to print.
+    pub fn render(&self) -> String {
+        let mut s = String::new();
+        let _ = writeln!(s, "{KIT_TITLE}");
+        let _ = writeln!(s);
+        let _ = writeln!(
+            s,
+            "Print this page and keep it outside the house (with a friend, in a safe). Whoever holds\n\
+             it can bring this member back, files, grants and identity, on a new machine:\n\
+             \n    collective member recover --kit recovery-kit.txt --out DIR\n\
+             \nKeep it secret: it opens this member's metadata backups."
+        );
+        let _ = writeln!(s);
+        let _ = writeln!(s, "member: {}", self.member);
+        let _ = writeln!(s, "domain: {}", self.domain);
+        let _ = writeln!(s, "federation: {}", self.federation);
+        let _ = writeln!(s, "root-fingerprint: {}", self.root_fingerprint);
+        for b in &self.bootstrap {
+            let _ = writeln!(s, "bootstrap: {b}");
+        }
+        let _ = writeln!(s, "written: {}", self.written);
+        let _ = writeln!(s);
+        let _ = writeln!(s, "secret:");
+        for line in self.secret.to_words().lines() {
+            let _ = writeln!(s, "  {line}");
+        }
+        s
+    }
+
+    /// Reads a kit back (from its file, or typed in again from paper).
+    pub fn parse(text: &str) -> Result<RecoveryKit, PkiError> {
+        if !text.trim_start().starts_with(KIT_TITLE) {
+            return Err(PkiError::Invalid(format!(
+                "this is not a recovery kit (it does not start with \"{KIT_TITLE}\")"
+            )));
+        }
+        let mut fields: Vec<(String, String)> = Vec::new();
+        let mut words = String::new();
+        let mut in_secret = false;
+        for line in text.lines() {
+            if in_secret {
+                if line.trim().is_empty() {
+                    in_secret = false;
+                } else {
+                    words.push_str(line);
+                    words.push(' ');
+                }
+                continue;
+            }
+            if line.trim() == "secret:" {
+                in_secret = true;
+                continue;
+            }
+            if let Some((k, v)) = line.split_once(": ")
+                && !k.starts_with(' ')
+                && !k.contains(' ')
+            {
+                fields.push((k.to_string(), v.trim().to_string()));
+            }
+        }
+        let one = |k: &str| -> Result<String, PkiError> {
+            fields
+                .iter()
+                .find(|(key, _)| key == k)
+                .map(|(_, v)| v.clone())
+                .ok_or_else(|| PkiError::Invalid(format!("the recovery kit has no '{k}:' line; it is incomplete or altered")))
+        };
+        Ok(RecoveryKit {
+            member: one("member")?,
+            domain: one("domain")?,
+            federation: one("federation")?,
+            root_fingerprint: one("root-fingerprint")?,
+            bootstrap: fields.iter().filter(|(k, _)| k == "bootstrap").map(|(_, v)| v.clone()).collect(),
+            written: one("written")?,
+            secret: RecoverySecret::from_words(&words)?,
+        })
+    }
+}
+
+/// What a member's recovery kit names besides its secret.
+#[derive(Debug, Clone)]
+pub struct KitFacts {
+    /// Member name (alice) and domain (alice.collective.local).
+    pub member: String,
+    pub domain: String,
+    /// The federation domain ("" for a member on its own).
+    pub federation: String,
+    /// Where recovery asks first: other members' coordinators, or a lone member's nodes.
+    pub bootstrap: Vec<String>,
+}
+
+/// The member's recovery secret, kept beside its CA in `ca_dir` (made once, the first time
+/// it is asked for).
+pub fn recovery_secret(ca_dir: &Path) -> Result<RecoverySecret, PkiError> {
+    let path = ca_dir.join(RECOVERY_SECRET_FILE);
+    if path.exists() {
+        return RecoverySecret::load(&path);
+    }
+    let secret = RecoverySecret::generate()?;
+    secret.save(&path)?;
+    Ok(secret)
+}
+
+/// The recovery kit of the member whose CA is `ca_dir`, as text to print.
+pub fn recovery_kit(ca_dir: &Path, facts: &KitFacts) -> Result<String, PkiError> {
+    // A federation member is anchored by the root; a member on its own by its CA.
+    let anchor = ["root.crt", "ca.crt"]
+        .iter()
+        .map(|f| ca_dir.join(f))
+        .find(|p| p.exists())
+        .ok_or_else(|| PkiError::Invalid(format!("{} holds no CA certificate (root.crt or ca.crt)", ca_dir.display())))?;
+    let pem = std::fs::read_to_string(&anchor).map_err(|source| PkiError::Read {
+        path: anchor.clone(),
+        source,
+    })?;
+    let root = crate::CertInfo::from_pem(&pem)?;
+    let kit = RecoveryKit {
+        member: facts.member.clone(),
+        domain: facts.domain.clone(),
+        federation: if facts.federation.is_empty() {
+            "(none: a member on its own)".into()
+        } else {
+            facts.federation.clone()
+        },
+        root_fingerprint: root.fingerprint,
+        bootstrap: facts.bootstrap.clone(),
+        secret: recovery_secret(ca_dir)?,
+        written: time::OffsetDateTime::now_utc()
+            .format(&time::format_description::well_known::Rfc3339)
+            .unwrap_or_default(),
+    };
+    Ok(kit.render())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn words_round_trip_and_a_mistyped_word_is_caught() {
+        for _ in 0..50 {
+            let s = RecoverySecret::generate().unwrap();
+            let words = s.to_words();
+            assert_eq!(words.split_whitespace().count(), 18);
+            assert_eq!(RecoverySecret::from_words(&words).unwrap(), s);
+            // Typed back in capitals with hyphens: the same.
+            let typed = words.to_uppercase().replace(' ', "-");
+            assert_eq!(RecoverySecret::from_words(&typed).unwrap(), s);
+        }
+        let s = RecoverySecret::generate().unwrap();
+        let mut w: Vec<String> = s.to_words().split_whitespace().map(str::to_string).collect();
+        // One letter changed in one word: a valid word, but the checksum fails.
+        let first = w[3].as_bytes()[1];
+        let other = VOWELS.iter().find(|v| **v != first).unwrap();
+        w[3].replace_range(1..2, &(*other as char).to_string());
+        let e = RecoverySecret::from_words(&w.join(" ")).unwrap_err().to_string();
+        assert!(e.contains("mistyped"), "{e}");
+        let e = RecoverySecret::from_words("lusab babad").unwrap_err().to_string();
+        assert!(e.contains("18 words"), "{e}");
+        let e = RecoverySecret::from_words(&"hello ".repeat(18)).unwrap_err().to_string();
+        assert!(e.contains("not a recovery word"), "{e}");
+    }
+
+    #[test]
+    fn derived_keys_differ_by_purpose_and_are_stable() {
+        let s = RecoverySecret::generate().unwrap();
+        assert_eq!(s.derive("metadata-backup-v1"), s.derive("metadata-backup-v1"));
+        assert_ne!(s.derive("metadata-backup-v1"), s.derive("ca-key-v1"));
+        assert_ne!(
+            s.derive("metadata-backup-v1"),
+            RecoverySecret::generate().unwrap().derive("metadata-backup-v1")
+        );
+    }
+
+    #[test]
+    fn a_kit_renders_and_parses_back_and_an_altered_one_is_refused() {
+        let kit = RecoveryKit {
+            member: "alice".into(),
+            domain: "alice.collective.local".into(),
+            federation: "collective.local".into(),
+            root_fingerprint: "ab".repeat(32),
+            bootstrap: vec!["192.168.2.20:7000".into(), "192.168.3.30:7000".into()],
+            secret: RecoverySecret::generate().unwrap(),
+            written: "2026-12-07T12:00:00Z".into(),
+        };
+        let page = kit.render();
+        assert!(page.contains("keep it outside the house"), "{page}");
+        assert_eq!(RecoveryKit::parse(&page).unwrap(), kit);
+        let no_member = page.replace("member: alice\n", "");
+        assert!(RecoveryKit::parse(&no_member).unwrap_err().to_string().contains("'member:'"));
+        assert!(RecoveryKit::parse("hello").unwrap_err().to_string().contains("not a recovery kit"));
+        let dir = std::env::temp_dir().join(format!("collective-recovery-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let f = dir.join(RECOVERY_SECRET_FILE);
+        kit.secret.save(&f).unwrap();
+        assert_eq!(RecoverySecret::load(&f).unwrap(), kit.secret);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}
