@@ -54,6 +54,14 @@ fn a_backup_taken_while_files_are_written_brings_the_coordinator_back_with_every
     let backup = c.path("meta.backup");
     let out = run(&["coordinator", "backup", "--config", p(&coord.config), "--out", p(&backup)]);
     assert!(out.status.success(), "backup failed: {}", String::from_utf8_lossy(&out.stderr));
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(&backup).unwrap().permissions().mode() & 0o777;
+        assert_eq!(
+            mode, 0o600,
+            "a backup holds every datastore key and must be readable by its owner only"
+        );
+    }
     let said = String::from_utf8_lossy(&out.stdout);
     assert!(
         said.contains("backed up") && said.contains("restore with `collective coordinator restore"),

@@ -512,8 +512,8 @@ pub enum MemberCommand {
     /// Join a federation with a member invite: makes this member's CA key here, gets it
     /// signed, and writes a coordinator config ready to start
     Join(Box<JoinArgs>),
-    /// Write this member's recovery kit again (member admins): print it and keep it
-    /// outside the house; with it, `member recover` brings the member back on a new machine
+    /// Write this member's recovery kit again (member admins): its recovery secret and the
+    /// addresses recovery asks first; print it and keep it outside the house
     RecoveryKit {
         /// The file to write (readable by you only)
         #[arg(long)]

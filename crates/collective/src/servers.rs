@@ -183,7 +183,17 @@ async fn backup(config: &std::path::Path, out: &std::path::Path) -> Result<()> {
     let addr = local_address(&cfg.grpc_listen);
     let me = identity.principal.clone();
     let tmp = out.with_extension("partial");
-    let mut file = std::io::BufWriter::new(std::fs::File::create(&tmp).with_context(|| format!("cannot write {}", tmp.display()))?);
+    // It holds every datastore's key: readable by its owner only.
+    let mut file = std::io::BufWriter::new({
+        use std::os::unix::fs::OpenOptionsExt;
+        std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(&tmp)
+            .with_context(|| format!("cannot write {}", tmp.display()))?
+    });
     let summary = collective_client::backup_metadata(&identity, &addr, &me, &mut file).await;
     let summary = match summary {
         Ok(s) => s,

@@ -543,6 +543,8 @@ async fn up_single(a: &UpArgs, dir: &Path) -> Result<()> {
     println!("use it:");
     println!("  export COLLECTIVE_CONFIG={}", client_path.display());
     println!("  collective put ./some-file /some-file && collective ls -l / && collective status");
+    println!("recovery kit (what a real member prints and keeps outside the house):");
+    println!("  {}", dir.join(collective_client::enrol::RECOVERY_KIT_FILE).display());
     println!("stop it:");
     println!("  collective dev down --dir {}", dir.display());
     Ok(())

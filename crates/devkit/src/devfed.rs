@@ -332,6 +332,11 @@ fn report(cluster: &ClusterFile, dir: &Path, took: Duration) {
             dir.display()
         );
     }
+    println!("recovery kits (what a real member prints and keeps outside the house):");
+    println!(
+        "  {}",
+        dir.join("<member>").join(collective_client::enrol::RECOVERY_KIT_FILE).display()
+    );
     println!("stop it:");
     println!("  collective dev down --dir {}", dir.display());
 }

@@ -169,10 +169,10 @@ impl RecoveryKit {
         let _ = writeln!(s);
         let _ = writeln!(
             s,
-            "Print this page and keep it outside the house (with a friend, in a safe). Whoever holds\n\
-             it can bring this member back, files, grants and identity, on a new machine:\n\
-             \n    collective member recover --kit recovery-kit.txt --out DIR\n\
-             \nKeep it secret: it opens this member's metadata backups."
+            "Print this page and keep it outside the house (with a friend, in a safe). It is\n\
+             this member's recovery secret: whoever holds it can bring the member back on a new\n\
+             machine (docs/operations.md, \"The recovery kit\"). Keep it as secret as the\n\
+             member CA's key."
         );
         let _ = writeln!(s);
         let _ = writeln!(s, "member: {}", self.member);
