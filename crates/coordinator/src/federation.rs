@@ -54,14 +54,16 @@ impl State {
     /// ago that gossip has not brought yet: we ask every reachable member first, so that a
     /// write meant for it never lands in our own namespace.
     pub async fn route(&self, top: &str) -> Result<Option<String>, Error> {
-        if let Some(member) = self.remote_owner(top)? {
-            return Ok(Some(member));
-        }
-        if self.links.fed().is_none() || self.is_local_top(top)? {
+        let Some(fed) = self.links.fed() else { return Ok(None) };
+        if self.is_local_top(top)? {
             return Ok(None);
         }
+        let owner = || fed.gossip.owner_of(top).filter(|m| *m != self.domain);
+        if let Some(member) = owner() {
+            return Ok(Some(member));
+        }
         self.converge().await;
-        self.remote_owner(top)
+        Ok(owner())
     }
 
     /// One anti-entropy round with every member gossip does not hold down, all at once,

@@ -324,12 +324,26 @@ async fn receive_chunk(
         staged.clear();
         r
     };
+    // One timer for the whole upload, armed for UPLOAD_IDLE after the last progress: a
+    // timer per piece (thousands per chunk) costs the node more than the copy itself.
+    let mut last = Instant::now();
+    let idle = tokio::time::sleep(UPLOAD_IDLE);
+    tokio::pin!(idle);
     while received < size {
-        let next = match tokio::time::timeout(UPLOAD_IDLE, recv.read_chunk((size - received) as usize, true)).await {
-            Ok(next) => next,
-            // Dropping the writer (with this function's frame) releases its reservation.
-            Err(_) => return Err(Received::Stalled(received)),
+        let next = tokio::select! {
+            biased;
+            r = recv.read_chunk((size - received) as usize, true) => r,
+            _ = &mut idle => {
+                let quiet = last.elapsed();
+                // Dropping the writer (with this function's frame) releases its reservation.
+                if quiet >= UPLOAD_IDLE {
+                    return Err(Received::Stalled(received));
+                }
+                idle.as_mut().reset(tokio::time::Instant::now() + (UPLOAD_IDLE - quiet));
+                continue;
+            }
         };
+        last = Instant::now();
         match next {
             Ok(Some(chunk)) => {
                 received += chunk.bytes.len() as u64;
