@@ -83,6 +83,7 @@ pub async fn tls_incoming_with(
     let counts = ConnectionCounts::for_domain(own_domain.map(str::to_string));
     let handshakes = limits::Handshakes::default();
     tokio::spawn(async move {
+        let mut refused = 0u64;
         loop {
             let (tcp, peer) = match listener.accept().await {
                 Ok(x) => x,
@@ -98,7 +99,11 @@ pub async fn tls_incoming_with(
             // Accepting never waits: a connection over the handshake limits is closed at
             // once, so idle sockets from one address cannot stop everyone else.
             let Some(slot) = handshakes.begin(peer.ip()) else {
-                tracing::debug!(%peer, "too many TLS handshakes at once from this address; connection closed");
+                refused += 1;
+                // Logged sparingly: a flood must not fill the log too.
+                if refused <= 10 || refused.is_power_of_two() {
+                    tracing::warn!(%peer, refused_total = refused, "too many TLS handshakes at once (from this address, or in all); connection closed");
+                }
                 continue;
             };
             let _ = tcp.set_nodelay(true);

@@ -26,8 +26,10 @@ pub const MAX_CONNECTIONS_PER_MEMBER: usize = 64;
 pub const MAX_ANONYMOUS_CONNECTIONS_PER_ADDRESS: usize = 4;
 /// TLS handshakes a server runs at once, and from one address; a connection over either
 /// is closed at once.
-pub const MAX_HANDSHAKES: usize = 256;
-pub const MAX_HANDSHAKES_PER_ADDRESS: usize = 8;
+pub const MAX_HANDSHAKES: usize = 1024;
+/// Generous: a household behind one address (NAT), or every process of a member on one
+/// machine, opens many connections at once, and a loaded machine handshakes slowly.
+pub const MAX_HANDSHAKES_PER_ADDRESS: usize = 64;
 /// Concurrent calls (HTTP/2 streams) on one connection.
 pub const MAX_STREAMS_PER_CONNECTION: u32 = 128;
 /// Largest request header block a server accepts.

@@ -65,13 +65,20 @@ impl State {
             }
         }
         // Copies we list on the node that it no longer has.
-        let listed: Vec<ChunkId> = self
+        let mut listed: Vec<ChunkId> = self
             .meta
             .chunks()
             .filter_map(|r| r.ok())
             .filter(|(id, rec)| rec.replicas.iter().any(|r| r == node) && !held.contains(id))
             .map(|(id, _)| id)
             .collect();
+        // A chunk uploaded after the listing and committed before the scan above looks
+        // missing: ask the node once more, and drop only copies absent both times (a commit
+        // records a copy only once the node has stored it, so it is in the second listing).
+        if !listed.is_empty() {
+            let again = self.node_chunks(node).await?;
+            listed.retain(|id| !again.contains(id));
+        }
         for id in &listed {
             self.meta.change_replicas(id, &[], &[node.to_string()])?;
             missing += 1;
