@@ -1153,3 +1153,84 @@ fn a_remote_principal_sees_only_its_share_and_expensive_calls_are_rate_limited()
         "{err}"
     );
 }
+
+/// The calls this issue's work added, sent as the CLI never would: another member's
+/// coordinator (naming its own user, or alice's) and a plain user of alice ask alice's
+/// coordinator for a metadata backup (every datastore key) and her recovery kit; an
+/// exchange carries more member states than any federation has. Each is refused with its
+/// reason, and nothing of alice's leaves.
+#[test]
+fn backups_kits_and_oversized_exchanges_are_refused_to_anyone_but_the_member_itself() {
+    use collective_proto::v1::admin_client::AdminClient;
+    use collective_proto::v1::upkeep_client::UpkeepClient;
+    use collective_proto::v1::{BackupMetadataRequest, RecoveryKitRequest};
+    let fed = Cluster::federation("adv-backup", 2, 1);
+    let alice = fed.member("alice").clone();
+    let coordinator: collective_core::Principal = format!("coordinator@{}", alice.domain).parse().unwrap();
+    let (relay, _) = issue_identity(&fed, "bob", "coordinator", "relay");
+    let (mom, _) = issue_identity(&fed, "alice", "client", "mom");
+    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap();
+    let bob_user: collective_core::Principal = "bob@bob.collective.local".parse().unwrap();
+    let alice_user: collective_core::Principal = format!("alice@{}", alice.domain).parse().unwrap();
+    let backup_as = |id: &collective_pki::TlsIdentity, on_behalf: Option<&collective_core::Principal>| {
+        rt.block_on(async {
+            let ch = collective_rpc::channel(id, &alice.grpc, &coordinator).unwrap();
+            let req = match on_behalf {
+                Some(u) => collective_rpc::forwarded(BackupMetadataRequest {}, u),
+                None => tonic::Request::new(BackupMetadataRequest {}),
+            };
+            match UpkeepClient::new(ch).backup_metadata(req).await {
+                Err(s) => Err(s),
+                Ok(r) => {
+                    let mut stream = r.into_inner();
+                    let mut bytes = 0usize;
+                    while let Ok(Some(p)) = stream.message().await {
+                        bytes += p.data.len();
+                    }
+                    Ok(bytes)
+                }
+            }
+        })
+    };
+    for (who, id, as_user) in [
+        ("bob's coordinator for bob", &relay, Some(&bob_user)),
+        ("bob's coordinator naming alice", &relay, Some(&alice_user)),
+        ("bob's coordinator alone", &relay, None),
+        ("alice's user mom", &mom, None),
+    ] {
+        let r = backup_as(id, as_user);
+        let s = r.expect_err(&format!("{who} got a backup of alice's metadata"));
+        assert!(
+            matches!(s.code(), tonic::Code::PermissionDenied | tonic::Code::Unauthenticated),
+            "{who}: {s:?}"
+        );
+        let kit = rt.block_on(async {
+            let ch = collective_rpc::channel(id, &alice.grpc, &coordinator).unwrap();
+            let req = match as_user {
+                Some(u) => collective_rpc::forwarded(RecoveryKitRequest {}, u),
+                None => tonic::Request::new(RecoveryKitRequest {}),
+            };
+            AdminClient::new(ch).recovery_kit(req).await
+        });
+        assert!(kit.is_err(), "{who} got alice's recovery kit");
+    }
+    // An exchange with more states than any federation has members: refused, unread.
+    let too_many = vec![collective_proto::v1::SignedState::default(); 600];
+    let e = exchange(&rt, &fed, &relay, "alice", too_many).expect_err("600 states were taken");
+    assert!(e.message().contains("at most 512 members"), "{e:?}");
+    // alice herself still has both.
+    let kit = fed.path("alice-kit.txt");
+    fed.ok_as("alice", &["member", "recovery-kit", "--out", p(&kit)]);
+    let out = std::process::Command::new(common::BIN)
+        .args([
+            "coordinator",
+            "backup",
+            "--config",
+            p(&alice.coordinator_config),
+            "--out",
+            p(&fed.path("alice.backup")),
+        ])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+}
