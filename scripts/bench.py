@@ -218,7 +218,9 @@ def main():
         sys.exit("build first: cargo build --release")
     shutil.rmtree(OUT, ignore_errors=True)
     os.makedirs(WORK)
-    subprocess.run([BIN, "dev", "up", "--dir", CLUSTER, "--nodes", "3", "--replication", str(R), "--capacity", "1TiB"], check=True, stdout=subprocess.DEVNULL)
+    # Metadata backups at the production interval, as a real member runs them.
+    subprocess.run([BIN, "dev", "up", "--dir", CLUSTER, "--nodes", "3", "--replication", str(R), "--capacity", "1TiB",
+                    "--metadata-backup-interval", "60s"], check=True, stdout=subprocess.DEVNULL)
     try:
         with open(os.path.join(CLUSTER, "cluster.json")) as f:
             procs = json.load(f)["processes"]
@@ -280,6 +282,15 @@ def main():
 
         print("FUSE mount: write, read, ls -l of 10,000 files, untar of 5,000 files...", flush=True)
         results.update(fuse_figures())
+
+        print("metadata backup: a snapshot of 100,000 files, then one backup after 1,000 changes...", flush=True)
+        out = subprocess.run(
+            [BIN, "dev", "bench-metadata", "--files", "100000", "--changes", "1000", "--dir", os.path.join(WORK, "meta-bench")],
+            check=True, capture_output=True, text=True,
+        )
+        m = json.loads(out.stdout)
+        for k in ("meta_snapshot_s", "meta_snapshot_bytes", "meta_backup_delta_bytes"):
+            results[k] = m[k]
     finally:
         subprocess.run([BIN, "dev", "down", "--dir", CLUSTER], stdout=subprocess.DEVNULL)
         shutil.rmtree(WORK, ignore_errors=True)
@@ -307,6 +318,12 @@ def main():
         "rss_coordinator_mb": ("<= 30", lambda v: v <= 30),
         "rss_node_max_mb": ("<= 40", lambda v: v <= 40),
         "rss_client_max_mb": ("<= 64", lambda v: v <= 64),
+        "meta_snapshot_s": ("< 10", lambda v: v < 10),
+        "meta_snapshot_bytes": ("", None),
+        "meta_backup_delta_bytes": (
+            f"<= {0.05 * results['meta_snapshot_bytes']:.0f}",
+            lambda v: v <= 0.05 * results["meta_snapshot_bytes"],
+        ),
     }
     print()
     print(f"{'figure':<28} {'measured':>10}  {'target':<10} ok")

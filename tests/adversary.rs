@@ -987,7 +987,8 @@ fn a_node_refuses_an_upload_of_another_size_than_its_token_and_cuts_a_stalled_on
     use collective_proto::v1::metadata_client::MetadataClient;
     use collective_proto::v1::{ChunkDesc, ChunkOp, ChunkRequest, ChunkResponse, PlanWriteRequest, SignedToken};
     use prost::Message;
-    let fed = Cluster::federation("adv-upload", 2, 1);
+    // The nodes' usage is measured: no metadata backups, whose chunks would count too.
+    let fed = Cluster::federation_with("adv-upload", 2, 1, &["--metadata-backup-interval", "0"]);
     fed.ok_as("alice", &["datastore", "create", "/up", "--strategy", "media", "--replicas", "1"]);
     let me = client_identity(&fed, "alice");
     let alice = fed.member("alice").clone();
@@ -1233,4 +1234,131 @@ fn backups_kits_and_oversized_exchanges_are_refused_to_anyone_but_the_member_its
         .output()
         .unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+}
+
+/// Recovery records (issue 32): bob, with a coordinator certificate of his own CA, hands
+/// carol a record claiming to be alice's and alice's real record replayed; a stranger asks
+/// for alice's record without her kit, with a stale signature, and for a member nobody
+/// keeps; on alice's node, a stranger and a user of alice try to plant a record. Each is
+/// refused and carol still hands the holder of alice's kit alice's own record.
+#[test]
+fn recovery_records_are_kept_only_from_their_member_and_handed_only_to_the_kit_holder() {
+    use collective_proto::v1::bootstrap_client::BootstrapClient;
+    use collective_proto::v1::federation_client::FederationClient;
+    use collective_proto::v1::node_control_client::NodeControlClient;
+    use collective_proto::v1::node_recovery_client::NodeRecoveryClient;
+    use collective_proto::v1::{FetchRecoveryRequest, RecoveryRecord, SignedRecoveryRecord};
+    use prost::Message;
+    let fed = Cluster::federation("adv-recovery", 3, 1);
+    let alice = fed.member("alice").clone();
+    let carol = fed.member("carol").clone();
+    within(Duration::from_secs(60), "alice's record to reach her keepers", || {
+        let v: serde_json::Value = serde_json::from_str(&fed.ok_as("alice", &["status", "--json"])).unwrap_or_default();
+        v["metadata_backup"]["keepers"].as_u64().unwrap_or(0) >= 3 && v["metadata_backup"]["pending_changes"] == 0
+    });
+    let kit_text = std::fs::read_to_string(alice.coordinator_config.parent().unwrap().join("recovery-kit.txt")).unwrap();
+    let kit = collective_pki::RecoveryKit::parse(&kit_text).unwrap();
+    let (relay, _) = issue_identity(&fed, "bob", "coordinator", "relay");
+    let (mom, _) = issue_identity(&fed, "alice", "client", "mom");
+    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap();
+    let carol_coord: collective_core::Principal = format!("coordinator@{}", carol.domain).parse().unwrap();
+    let anonymous = collective_pki::TlsIdentity::first_contact_client_config(collective_pki::ALPN_GRPC).unwrap();
+    let fetch = |addr: &str, member: &str, time_ms: u64, signature: Vec<u8>, node: bool| {
+        let anonymous = anonymous.clone();
+        rt.block_on(async {
+            let ch = collective_rpc::channel_with_config(anonymous, addr, &carol_coord).unwrap();
+            let req = FetchRecoveryRequest {
+                member: member.to_string(),
+                time_ms,
+                signature: signature.into(),
+            };
+            if node {
+                NodeRecoveryClient::new(ch).fetch_recovery(req).await.map(|r| r.into_inner())
+            } else {
+                BootstrapClient::new(ch).fetch_recovery(req).await.map(|r| r.into_inner())
+            }
+        })
+    };
+    let now = collective_core::unix_ms_now();
+    let genuine = fetch(&carol.grpc, &alice.domain, now, kit.secret.sign_fetch(&alice.domain, now), false)
+        .expect("the kit holder gets alice's record");
+    let signed = genuine.record.clone().unwrap();
+    let record = RecoveryRecord::decode(signed.record.as_ref()).unwrap();
+    assert_eq!(record.member, alice.domain);
+
+    // Without the kit: another secret, a stale time, and a member nobody keeps.
+    let other = collective_pki::RecoverySecret::generate().unwrap();
+    let e = fetch(&carol.grpc, &alice.domain, now, other.sign_fetch(&alice.domain, now), false).unwrap_err();
+    assert_eq!(e.code(), tonic::Code::PermissionDenied, "{e:?}");
+    let stale = now - 20 * 60_000;
+    let e = fetch(
+        &carol.grpc,
+        &alice.domain,
+        stale,
+        kit.secret.sign_fetch(&alice.domain, stale),
+        false,
+    )
+    .unwrap_err();
+    assert!(e.message().contains("10 minutes"), "{e:?}");
+    let e = fetch(
+        &carol.grpc,
+        "nobody.collective.local",
+        now,
+        kit.secret.sign_fetch("nobody.collective.local", now),
+        false,
+    )
+    .unwrap_err();
+    assert_eq!(e.code(), tonic::Code::NotFound, "{e:?}");
+
+    // bob plants a record in alice's name, and replays hers.
+    let forged = RecoveryRecord {
+        version: record.version + 1_000,
+        heads: vec![],
+        ..record.clone()
+    };
+    let bob_signer = collective_pki::TokenSigner::from_pkcs8(&relay.pkcs8_der(), relay.principal.to_string()).unwrap();
+    let forged = collective_pki::sign_record(&bob_signer, &relay, forged.encode_to_vec());
+    for (what, planted) in [("a record signed by bob", forged), ("alice's own record", signed.clone())] {
+        let r = rt.block_on(async {
+            let ch = collective_rpc::channel(&relay, &carol.grpc, &carol_coord).unwrap();
+            FederationClient::new(ch).keep_recovery(planted).await
+        });
+        let e = r.expect_err(&format!("carol kept {what} from bob"));
+        assert_eq!(e.code(), tonic::Code::PermissionDenied, "{what}: {e:?}");
+    }
+    let again = fetch(&carol.grpc, &alice.domain, now, kit.secret.sign_fetch(&alice.domain, now), false).unwrap();
+    assert_eq!(
+        again.record.unwrap().record,
+        signed.record,
+        "carol's copy of alice's record changed"
+    );
+
+    // Alice's node: a stranger cannot fetch without the kit nor plant; nor can a user of hers.
+    let node = fed.member_procs("alice").into_iter().find(|p| p.role == "node").unwrap();
+    let e = fetch(&node.grpc, &alice.domain, now, other.sign_fetch(&alice.domain, now), true).unwrap_err();
+    assert_eq!(e.code(), tonic::Code::PermissionDenied, "{e:?}");
+    let from_node = fetch(&node.grpc, &alice.domain, now, kit.secret.sign_fetch(&alice.domain, now), true).unwrap();
+    assert_eq!(
+        RecoveryRecord::decode(from_node.record.unwrap().record.as_ref()).unwrap().member,
+        alice.domain
+    );
+    let node_name: collective_core::Principal = node.principal.parse().unwrap();
+    let planted = SignedRecoveryRecord {
+        record: signed.record.clone(),
+        ..Default::default()
+    };
+    let e = rt
+        .block_on(async {
+            let ch = collective_rpc::channel_with_config(anonymous.clone(), &node.grpc, &node_name).unwrap();
+            NodeControlClient::new(ch).keep_recovery(planted.clone()).await
+        })
+        .unwrap_err();
+    assert_eq!(e.code(), tonic::Code::Unauthenticated, "{e:?}");
+    let e = rt
+        .block_on(async {
+            let ch = collective_rpc::channel(&mom, &node.grpc, &node_name).unwrap();
+            NodeControlClient::new(ch).keep_recovery(signed.clone()).await
+        })
+        .unwrap_err();
+    assert_eq!(e.code(), tonic::Code::PermissionDenied, "{e:?}");
 }

@@ -11,6 +11,10 @@ use std::time::Duration;
 
 use common::{Cluster, log_tail, p, random_bytes, within, within_explained};
 
+/// For tests that count chunk files on the nodes: no metadata backups, whose chunks would
+/// be counted with the files' (tests/recovery.rs covers them).
+const NO_BACKUPS: &[&str] = &["--metadata-backup-interval", "0"];
+
 /// Chunk id (file name) → nodes holding a copy on disk.
 fn copies_on_disk(c: &Cluster) -> BTreeMap<String, Vec<String>> {
     let mut out: BTreeMap<String, Vec<String>> = BTreeMap::new();
@@ -59,7 +63,7 @@ fn flip_a_byte(path: &Path) {
 
 #[test]
 fn a_killed_nodes_copies_are_restored_and_its_return_leaves_no_extra_copies() {
-    let c = Cluster::start("repair", 3, 2);
+    let c = Cluster::start_with("repair", 3, 2, NO_BACKUPS);
     let files = make_files(&c, "src", 200, 1);
     c.ok(&["put", "-r", p(&c.path("src")), "/photos"]);
     let before = copies_on_disk(&c);
@@ -436,7 +440,7 @@ fn a_repair_with_nowhere_to_copy_says_it_is_blocked_and_why() {
 
 #[test]
 fn chunks_unknown_to_restored_metadata_are_kept_reported_and_collected_only_on_request() {
-    let c = Cluster::start("unknown-chunks", 2, 2);
+    let c = Cluster::start_with("unknown-chunks", 2, 2, NO_BACKUPS);
     let a = random_bytes(250_000, 21);
     let fa = c.write_local("a.bin", &a);
     c.ok(&["put", p(&fa), "/a.bin"]);
@@ -549,7 +553,7 @@ fn the_first_read_after_a_node_dies_does_not_wait_for_it_and_logs_it_once() {
 
 #[test]
 fn workers_are_listed_and_a_paused_gc_keeps_deleted_chunks_until_resumed() {
-    let c = Cluster::start("workers", 2, 2);
+    let c = Cluster::start_with("workers", 2, 2, NO_BACKUPS);
     let listed = json(&c, &["workers", "--json"]);
     let workers = listed["workers"].as_array().unwrap();
     let on = |name: &str, node: Option<&str>| {

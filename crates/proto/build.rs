@@ -2,6 +2,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../proto");
     let files = [
         "token.proto",
+        "recovery.proto",
         "chunk.proto",
         "node.proto",
         "coordinator.proto",

@@ -32,6 +32,9 @@ pub fn unknown_line(r: &RepairStatusResponse) -> String {
 }
 
 /// Everything in `s` a person should act on, most urgent kinds first, at `now_ms`.
+/// A metadata backup older than this (10 minutes) is a warning.
+pub const METADATA_BACKUP_WARN_S: u64 = 600;
+
 pub fn warnings(s: &StatusResponse, mine: Option<&CertificateStatus>, now_ms: u64) -> Vec<String> {
     let mut w = Vec::new();
     for m in s.members.iter().filter(|m| m.state() != MemberHealth::Alive) {
@@ -53,6 +56,35 @@ pub fn warnings(s: &StatusResponse, mine: Option<&CertificateStatus>, now_ms: u6
                 "datastore /{} is also {}'s, whose claim came first: other members reach theirs and only this member's \
                  users reach this one; copy its files into a datastore with another name",
                 c.name, c.owner
+            ));
+        }
+    }
+    if let Some(r) = s.repair.as_ref().filter(|r| r.lost_files > 0) {
+        w.push(format!(
+            "{} file(s) have a chunk with no copy left anywhere and cannot be read; `collective repair status --json` lists them (lost_files)",
+            r.lost_files
+        ));
+    }
+    if let Some(b) = &s.metadata_backup {
+        if !b.enabled {
+            w.push(format!(
+                "metadata backups are off ({}): if this coordinator's disk is lost, so are this member's files",
+                b.off_reason
+            ));
+        } else if b.age_s > METADATA_BACKUP_WARN_S {
+            let last = if b.last_success_ms == 0 {
+                "none yet".to_string()
+            } else {
+                format!("{} min ago", b.age_s / 60)
+            };
+            let why = if b.last_error.is_empty() {
+                String::new()
+            } else {
+                format!(": {}", b.last_error)
+            };
+            w.push(format!(
+                "the last metadata backup into the federation was {last}, {} change(s) wait{why}",
+                b.pending_changes
             ));
         }
     }

@@ -1,7 +1,7 @@
 //! `collective federation|invite|member|datastore …`: the federation root, invites, joining
 //! a federation, datastores and grants.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
 use clap::{Args, Subcommand};
@@ -519,6 +519,30 @@ pub enum MemberCommand {
         #[arg(long)]
         out: PathBuf,
     },
+    /// Bring this member back on a new machine from its recovery kit: fetches the newest
+    /// metadata backup from the other members (or a lone member's nodes) and writes a
+    /// complete coordinator into --out
+    Recover(RecoverArgs),
+}
+
+#[derive(Args)]
+pub struct RecoverArgs {
+    /// The recovery kit (the file, or its words typed into one)
+    #[arg(long)]
+    pub(crate) kit: PathBuf,
+    /// Directory for the recovered coordinator (new, or empty)
+    #[arg(long)]
+    pub(crate) out: PathBuf,
+    /// Where the coordinator will listen for gRPC [default: a free loopback port]
+    #[arg(long)]
+    pub(crate) listen: Option<String>,
+    /// Recover the newest backup at or before this time (RFC 3339, or a duration back
+    /// from now such as 2h)
+    #[arg(long)]
+    pub(crate) at: Option<String>,
+    /// Recover even though the member's old coordinator still seems alive
+    #[arg(long)]
+    pub(crate) force: bool,
 }
 
 #[derive(Args)]
@@ -557,6 +581,7 @@ pub async fn member(o: &ClientOverrides, cmd: MemberCommand) -> Result<()> {
             );
             Ok(())
         }
+        MemberCommand::Recover(a) => recover(&a).await,
         MemberCommand::Join(a) => {
             let j = join(&a).await?;
             println!("joined the federation as {}", j.domain);
@@ -570,6 +595,47 @@ pub async fn member(o: &ClientOverrides, cmd: MemberCommand) -> Result<()> {
             Ok(())
         }
     }
+}
+
+/// `member recover`: the coordinator directory, then a client configuration for its admin.
+pub async fn recover(a: &RecoverArgs) -> Result<()> {
+    let kit = std::fs::read_to_string(&a.kit).with_context(|| format!("cannot read the recovery kit {}", a.kit.display()))?;
+    let at_ms = a.at.as_deref().map(crate::observe::since_ms).transpose()?.map(|t| t.max(0) as u64);
+    let r = collective_coordinator::recover(collective_coordinator::RecoverOptions {
+        kit,
+        out: a.out.clone(),
+        listen: a.listen.clone(),
+        at_ms,
+        force: a.force,
+    })
+    .await?;
+    let dir = r.config.parent().map(Path::to_path_buf).unwrap_or_default();
+    let client = collective_client::ClientConfig {
+        coordinator: r.grpc_listen.clone(),
+        coordinator_name: r.coordinator_name.clone(),
+        ca: r.trust_anchor.clone(),
+        cert: r.admin_cert.clone(),
+        key: r.admin_key.clone(),
+        ..Default::default()
+    };
+    let client_path = dir.join("client.toml");
+    client.write(&client_path)?;
+    println!(
+        "recovered {} from the backup of {} ({} entries), asked {}",
+        r.member,
+        collective_core::format_time_ms(r.backup_ms as i64),
+        r.entries,
+        r.keepers.join(", ")
+    );
+    println!("  coordinator config: {}", r.config.display());
+    println!("  it will listen on:  {}", r.grpc_listen);
+    println!("  admin client config: {}", client_path.display());
+    println!("next:");
+    println!("  collective coordinator --config {}", r.config.display());
+    println!("  export COLLECTIVE_CONFIG={}", client_path.display());
+    println!("  collective status      (surviving nodes come back; point them at the new address if it changed)");
+    println!("  collective repair status --json   (files whose every copy was lost are listed under lost_files)");
+    Ok(())
 }
 
 pub async fn join(a: &JoinArgs) -> Result<Joined> {

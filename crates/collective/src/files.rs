@@ -525,6 +525,17 @@ fn status_json(s: &StatusResponse, mine: &Option<CertificateStatus>) -> serde_js
             "state": m.state().name(),
             "last_seen": if m.last_seen_ms > 0 { json!(format_time_ms(m.last_seen_ms)) } else { json!(null) },
         })).collect::<Vec<_>>(),
+        "metadata_backup": s.metadata_backup.as_ref().map(|b| json!({
+            "enabled": b.enabled,
+            "off_reason": b.off_reason,
+            "last_success": if b.last_success_ms > 0 { json!(format_time_ms(b.last_success_ms as i64)) } else { json!(null) },
+            "age_s": b.age_s,
+            "pending_changes": b.pending_changes,
+            "sequence": b.sequence,
+            "keepers": b.keepers,
+            "backups_kept": b.backups_kept,
+            "last_error": b.last_error,
+        })),
         "contested_datastores": s.contested.iter().map(|c| json!({
             "path": format!("/{}", c.name),
             "owner": c.owner,
@@ -619,6 +630,17 @@ fn print_status(s: &StatusResponse, mine: &Option<CertificateStatus>) {
             "reclaimable: {} in {} unreferenced chunk(s), deleted after the garbage-collection grace period",
             format_bytes(s.reclaimable_bytes),
             s.reclaimable_chunks
+        );
+    }
+    if let Some(b) = s.metadata_backup.as_ref().filter(|b| b.enabled) {
+        let last = if b.last_success_ms > 0 {
+            format!("last {} ({}s ago)", format_time_ms(b.last_success_ms as i64), b.age_s)
+        } else {
+            "none yet".into()
+        };
+        println!(
+            "metadata backup: {last}, {} change(s) pending, {} kept, {} keeper(s) hold the newest",
+            b.pending_changes, b.backups_kept, b.keepers
         );
     }
     let w = warnings(s, mine);

@@ -97,7 +97,7 @@ enum Command {
     #[command(subcommand)]
     Scrub(upkeep::ScrubCommand),
     /// Background work of the coordinator and its nodes (repair, gc, reconcile, heat,
-    /// scrub): state, progress, throttle; pause and resume
+    /// metadata-backup, scrub): state, progress, throttle; pause and resume
     Workers(workers::WorkersCli),
     /// Federation root and members' view of each other
     #[command(subcommand)]

@@ -68,7 +68,7 @@ pub async fn events(o: &ClientOverrides, a: EventsArgs) -> Result<()> {
 }
 
 /// `--since`: a duration back from now, or an RFC 3339 time.
-fn since_ms(s: &str) -> Result<i64> {
+pub(crate) fn since_ms(s: &str) -> Result<i64> {
     if let Ok(d) = parse_duration(s) {
         return Ok(unix_ms_now().saturating_sub(d.as_millis() as u64) as i64);
     }

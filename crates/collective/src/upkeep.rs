@@ -103,6 +103,9 @@ fn repair_json(r: &RepairStatusResponse) -> serde_json::Value {
         "reclaimable_bytes": r.reclaimable_bytes,
         "collected_chunks": r.collected_chunks,
         "collected_bytes": r.collected_bytes,
+        "lost_file_count": r.lost_files,
+        "lost_files": r.lost_paths,
+        "lost_chunks": r.lost_chunks,
     })
 }
 
@@ -124,6 +127,20 @@ fn print_repair(r: &RepairStatusResponse) {
     }
     if r.unknown_chunks > 0 {
         println!("unknown: {}", collective_client::status::unknown_line(r));
+    }
+    if r.lost_files > 0 {
+        println!(
+            "lost: {} file(s) have a chunk with no copy left anywhere; they cannot be read (`--json` lists them under lost_files){}",
+            r.lost_files,
+            if r.lost_paths.len() as u64 == r.lost_files {
+                String::new()
+            } else {
+                format!(", the first {} of them", r.lost_paths.len())
+            }
+        );
+        for p in r.lost_paths.iter().take(10) {
+            println!("  {p}");
+        }
     }
     for n in &r.waiting_nodes {
         println!(

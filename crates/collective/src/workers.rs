@@ -33,7 +33,7 @@ pub enum WorkersCommand {
 
 #[derive(Args)]
 pub struct SteerArgs {
-    /// repair, gc, reconcile, heat (the coordinator's) or scrub (the nodes')
+    /// repair, gc, reconcile, heat, metadata-backup (the coordinator's) or scrub (the nodes')
     name: String,
     /// Only on this node (node workers; default: every node)
     #[arg(long)]

@@ -191,6 +191,19 @@ impl Bootstrap for BootstrapService {
         }
         r
     }
+
+    async fn fetch_recovery(
+        &self,
+        req: Request<collective_proto::v1::FetchRecoveryRequest>,
+    ) -> Result<Response<collective_proto::v1::FetchRecoveryResponse>, Status> {
+        let addr = req.remote_addr().map(|a| a.ip());
+        let member = req.get_ref().member.clone();
+        let r = self.attempts.guard(addr, self.state.fetch_recovery(req)).await;
+        let who = format!("holder of {member}'s recovery kit");
+        self.state
+            .audit(&who, "recovery-fetch", &member, &r, |_| "recovery record handed out".to_string());
+        r
+    }
 }
 
 impl BootstrapService {

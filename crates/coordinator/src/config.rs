@@ -30,6 +30,17 @@ pub struct CoordinatorConfig {
     pub advertise_grpc: String,
     /// How long audit log entries are kept, e.g. "365d".
     pub audit_retention: String,
+    /// How often committed metadata changes are backed up into the federation, e.g. "60s"
+    /// ("0": never; the member then cannot be recovered from its kit).
+    pub metadata_backup_interval: String,
+    /// How often a whole snapshot is taken (between them, only the changes are stored).
+    pub metadata_backup_snapshot_every: String,
+    /// Backups kept for point-in-time recovery: the newest of each of the last N hours
+    /// and of the last N days.
+    pub metadata_backup_keep_hourly: u32,
+    pub metadata_backup_keep_daily: u32,
+    /// Most bytes per second the backup uploads, e.g. "32MiB".
+    pub metadata_backup_rate: String,
     pub tls: TlsFiles,
     pub federation: FederationConfig,
     pub upkeep: UpkeepConfig,
@@ -128,6 +139,11 @@ impl Default for CoordinatorConfig {
             admins: vec![],
             advertise_grpc: String::new(),
             audit_retention: "365d".into(),
+            metadata_backup_interval: "60s".into(),
+            metadata_backup_snapshot_every: "1h".into(),
+            metadata_backup_keep_hourly: 24,
+            metadata_backup_keep_daily: 7,
+            metadata_backup_rate: "32MiB".into(),
             tls: TlsFiles::default(),
             federation: FederationConfig::default(),
             upkeep: UpkeepConfig::default(),

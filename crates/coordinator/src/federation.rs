@@ -330,4 +330,11 @@ impl Federation for FederationService {
     async fn risk(&self, req: Request<collective_proto::v1::RiskRequest>) -> Result<Response<collective_proto::v1::RiskReport>, Status> {
         self.state.peer_risk(req).await
     }
+
+    async fn keep_recovery(
+        &self,
+        req: Request<collective_proto::v1::SignedRecoveryRecord>,
+    ) -> Result<Response<collective_proto::v1::KeepRecoveryResponse>, Status> {
+        self.state.keep_recovery(req).await
+    }
 }

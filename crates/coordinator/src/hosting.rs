@@ -88,6 +88,35 @@ impl State {
     /// one copy here, the rest on other members). Members that fail or are full are left
     /// out and placement runs again; our own nodes make up for whatever is still missing.
     pub async fn plan_spread(&self, chunks: &[(ChunkId, u64)], policy: &Policy, user: &str) -> Result<Vec<ChunkPlacement>, Status> {
+        let placed = self.spread(chunks, policy, user, false).await?;
+        let mut out = Vec::with_capacity(chunks.len());
+        for ((id, size), (local, mut remote)) in chunks.iter().zip(placed) {
+            let mut all = local.clone();
+            all.extend(remote.iter().map(|a| a.node.clone()));
+            self.meta.add_pending(id, *size, &all, user).map_err(meta_status)?;
+            let token = self.signer.sign(TokenOp::Put, id, &local, user, *size, self.token_ttl);
+            let mut targets = self.nodes.addrs(&local);
+            targets.append(&mut remote);
+            out.push(ChunkPlacement {
+                id: id.0.to_vec().into(),
+                stored: false,
+                targets,
+                token: token.into(),
+            });
+        }
+        Ok(out)
+    }
+
+    /// Where each chunk goes under a spreading policy: our nodes, and other members' nodes
+    /// (with their put tokens for `user`). `metadata_backup`: the chunks are our metadata
+    /// backup's, which hosts keep apart from our files'.
+    pub async fn spread(
+        &self,
+        chunks: &[(ChunkId, u64)],
+        policy: &Policy,
+        user: &str,
+        metadata_backup: bool,
+    ) -> Result<Vec<(Vec<String>, Vec<NodeAddr>)>, Status> {
         let strategy = policy
             .datastore
             .as_ref()
@@ -145,6 +174,7 @@ impl State {
                     chunks: descs(wanted.iter().map(|(i, _)| (&chunks[*i].0, chunks[*i].1))),
                     avoid: vec![],
                     prefer: wanted.iter().map(|(_, n)| n.clone()).collect(),
+                    metadata_backup,
                 };
                 match self.ask_host(&member, req).await {
                     Ok(targets) if targets.len() == wanted.len() => {
@@ -163,7 +193,7 @@ impl State {
                 }
             }
         }
-        let mut out = Vec::with_capacity(chunks.len());
+        let mut out: Vec<(Vec<String>, Vec<NodeAddr>)> = Vec::with_capacity(chunks.len());
         for (i, (id, size)) in chunks.iter().enumerate() {
             let mut existing = local[i].clone();
             existing.extend(remote[i].iter().map(|a| a.node.clone()));
@@ -185,18 +215,7 @@ impl State {
                 self.nodes.note_planned(&more, *size);
                 local[i].extend(more);
             }
-            let mut all = local[i].clone();
-            all.extend(remote[i].iter().map(|a| a.node.clone()));
-            self.meta.add_pending(id, *size, &all, user).map_err(meta_status)?;
-            let token = self.signer.sign(TokenOp::Put, id, &local[i], user, *size, self.token_ttl);
-            let mut targets = self.nodes.addrs(&local[i]);
-            targets.append(&mut remote[i]);
-            out.push(ChunkPlacement {
-                id: id.0.to_vec().into(),
-                stored: false,
-                targets,
-                token: token.into(),
-            });
+            out.push((std::mem::take(&mut local[i]), std::mem::take(&mut remote[i])));
         }
         Ok(out)
     }
@@ -267,6 +286,7 @@ impl State {
         let req = ReadTokensRequest {
             user: user.to_string(),
             chunks: descs(idx.iter().map(|&i| (&chunks[i].0, chunks[i].1))),
+            metadata_backup: false,
         };
         let answer = match self.links.channel(member) {
             Ok(channel) => tokio::time::timeout(PEER_CALL_TIMEOUT, FederationClient::new(channel).read_tokens(req))
@@ -319,6 +339,11 @@ impl State {
         let guest = self.guest(&req)?;
         let fed = self.links.fed().ok_or_else(|| Status::failed_precondition("not federated"))?;
         let q = req.into_inner();
+        let guest = if q.metadata_backup {
+            collective_meta::backup_guest(&guest)
+        } else {
+            guest
+        };
         let user = parse_user(&q.user)?;
         let mut chunks = Vec::with_capacity(q.chunks.len());
         for c in &q.chunks {
@@ -387,6 +412,11 @@ impl State {
     pub async fn read_tokens(&self, req: Request<ReadTokensRequest>) -> Result<Response<ReadTokensResponse>, Status> {
         let guest = self.guest(&req)?;
         let q = req.into_inner();
+        let guest = if q.metadata_backup {
+            collective_meta::backup_guest(&guest)
+        } else {
+            guest
+        };
         let user = parse_user(&q.user)?;
         let mut out = Vec::with_capacity(q.chunks.len());
         for c in &q.chunks {

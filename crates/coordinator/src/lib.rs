@@ -14,10 +14,12 @@ mod events;
 mod federation;
 mod hosting;
 mod links;
+mod metabackup;
 mod metadata;
 mod metrics;
 mod nodes;
 mod observe;
+mod recover;
 mod registry;
 mod removal;
 mod repair_plan;
@@ -31,6 +33,8 @@ mod upkeep_service;
 pub use collective_meta::CheckReport;
 pub use collective_pki::TlsFiles;
 pub use config::{CoordinatorConfig, FederationConfig, UpkeepConfig};
+pub use metabackup::{BackupBench, bench_backup};
+pub use recover::{RecoverOptions, Recovered, recover};
 pub use server::{CoordinatorError, run};
 
 /// Opens the metadata of a stopped coordinator and checks it (see

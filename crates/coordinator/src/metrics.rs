@@ -35,6 +35,10 @@ pub struct CoordinatorMetrics {
     pub peer_breakers: IntGaugeVec,
     pub peer_breaker_trips: IntGauge,
     pub peer_breaker_rejections: IntGauge,
+    /// Seconds since the last metadata backup reached the federation (since start when
+    /// none has yet).
+    pub metadata_backup_age: IntGauge,
+    pub metadata_backup_pending: IntGauge,
 }
 
 impl CoordinatorMetrics {
@@ -139,6 +143,14 @@ impl CoordinatorMetrics {
             "Chunks with fewer live copies than their datastore asks for",
         )?;
         let manifests = gauge("collective_coordinator_manifests", "File manifests stored")?;
+        let metadata_backup_age = gauge(
+            "collective_metadata_backup_age_seconds",
+            "Seconds since this member's metadata was last backed up into the federation",
+        )?;
+        let metadata_backup_pending = gauge(
+            "collective_metadata_backup_pending_changes",
+            "Committed metadata changes not yet backed up into the federation",
+        )?;
         let unreadable = gauge("collective_coordinator_unreadable_chunks", "Chunks with no live copy")?;
         let bytes_at_risk = gauge(
             "collective_coordinator_bytes_at_risk",
@@ -209,6 +221,8 @@ impl CoordinatorMetrics {
             bytes_at_risk,
             reclaimable_bytes,
             hot_chunks,
+            metadata_backup_age,
+            metadata_backup_pending,
             extra_replicas,
             repaired_bytes,
             collected_bytes,

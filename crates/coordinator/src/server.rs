@@ -54,6 +54,8 @@ pub enum CoordinatorError {
     Rpc(#[from] collective_rpc::RpcError),
     #[error("{0}")]
     Io(String),
+    #[error("recovery stopped: {0}")]
+    Recover(String),
 }
 
 /// Joins the federation: loads the root (when we hold it), starts gossip. Returns the
@@ -191,7 +193,16 @@ pub async fn run(cfg: CoordinatorConfig, shutdown: impl Future<Output = ()> + Se
         .map_err(|e| CoordinatorError::Config(e.0))?
         .to_string();
     let upkeep = crate::upkeep::UpkeepSettings::from_config(&cfg.upkeep)?;
-    let state = Arc::new(State::new(
+    let backup = crate::metabackup::MetaBackup::new(
+        crate::metabackup::BackupSettings::from_config(&cfg)?,
+        crate::metabackup::IdentitySources {
+            ca_dir: cfg.ca_dir.clone(),
+            root_dir: cfg.federation.root_dir.clone(),
+            tls: cfg.tls.clone(),
+            config_toml: toml::to_string(&cfg).map_err(|e| CoordinatorError::Config(format!("cannot write the settings down: {e}")))?,
+        },
+    );
+    let mut state = State::new(
         identity.clone(),
         admins,
         ca,
@@ -204,7 +215,10 @@ pub async fn run(cfg: CoordinatorConfig, shutdown: impl Future<Output = ()> + Se
         token_ttl,
         metrics,
         upkeep,
-    )?);
+    )?;
+    state.upkeep.workers.add(backup.worker.clone());
+    state.backup = backup;
+    let state = Arc::new(state);
 
     let stop_rx = state.stopping.subscribe();
     let stopper = state.clone();
@@ -323,6 +337,7 @@ pub async fn run(cfg: CoordinatorConfig, shutdown: impl Future<Output = ()> + Se
         }
     });
     let upkeep_loop = tokio::spawn(state.clone().upkeep_loop());
+    let backup_loop = tokio::spawn(state.clone().metadata_backup_loop());
     let watcher = tokio::spawn(crate::observe::watch(state.clone()));
     tracing::info!(coordinator = %identity.principal, %grpc_addr, %http_addr, replication = cfg.replication, "coordinator started");
 
@@ -333,6 +348,7 @@ pub async fn run(cfg: CoordinatorConfig, shutdown: impl Future<Output = ()> + Se
         m.abort();
     }
     upkeep_loop.abort();
+    backup_loop.abort();
     gauges.abort();
     watcher.abort();
     let who = format!("coordinator {}", identity.principal);

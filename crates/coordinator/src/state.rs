@@ -46,6 +46,8 @@ pub struct State {
     pub busy: collective_rpc::Busy,
     /// The time of day for grant and invite expiry and gossip (tests drive it).
     pub clock: collective_core::SharedClock,
+    /// The metadata backup into the federation (off until `server` configures it).
+    pub backup: crate::metabackup::MetaBackup,
 }
 
 impl State {
@@ -106,6 +108,7 @@ impl State {
             stopping: tokio::sync::watch::channel(false).0,
             busy: collective_rpc::Busy::default(),
             clock,
+            backup: crate::metabackup::MetaBackup::new(crate::metabackup::BackupSettings::off(), Default::default()),
         })
     }
 

@@ -125,6 +125,7 @@ pub fn status_report(state: &State) -> Result<StatusResponse, Status> {
         repair: Some(repair.clone()),
         members,
         certificates,
+        metadata_backup: Some(state.backup_status()),
         contested: state
             .links
             .fed()

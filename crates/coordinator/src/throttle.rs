@@ -82,6 +82,33 @@ impl Throttles {
     }
 }
 
+/// Paces transfers to a rate: each one books its share of the time, in the order asked.
+pub struct Pacer {
+    next: tokio::sync::Mutex<std::time::Instant>,
+    bytes_per_sec: f64,
+}
+
+impl Pacer {
+    pub fn new(bytes_per_sec: u64) -> Pacer {
+        Pacer {
+            next: tokio::sync::Mutex::new(std::time::Instant::now()),
+            bytes_per_sec: bytes_per_sec.max(1) as f64,
+        }
+    }
+
+    /// Waits until `bytes` more may be sent.
+    pub async fn wait(&self, bytes: u64) {
+        let wait = {
+            let mut next = self.next.lock().await;
+            let now = std::time::Instant::now();
+            let start = (*next).max(now);
+            *next = start + Duration::from_secs_f64(bytes as f64 / self.bytes_per_sec);
+            start - now
+        };
+        tokio::time::sleep(wait).await;
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

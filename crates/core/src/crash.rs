@@ -18,6 +18,10 @@ pub const CRASH_POINTS: &[&str] = &[
     "commit:after-flush",
     "remove:after-transaction",
     "rename:after-transaction",
+    "metadata-backup:after-chunks",
+    "metadata-backup:after-manifest",
+    "metadata-backup:after-progress",
+    "metadata-backup:after-record",
 ];
 
 /// Kills the process if `COLLECTIVE_CRASH_AT` names `point`.

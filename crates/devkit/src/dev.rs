@@ -33,6 +33,18 @@ pub enum DevCommand {
     /// Delay and drop packets between the members of a `dev up --netns` federation until
     /// stopped (needs iptables-legacy; the kernel's netem is not needed)
     Netem(crate::netem::NetemArgs),
+    /// What a metadata backup costs: builds a namespace of --files files in a store of its
+    /// own, times a snapshot (export, cut, seal), then measures what one backup after
+    /// --changes small changes adds to the federation; prints one JSON object
+    BenchMetadata {
+        #[arg(long, default_value_t = 100_000)]
+        files: u64,
+        #[arg(long, default_value_t = 1_000)]
+        changes: u64,
+        /// Scratch directory (removed afterwards)
+        #[arg(long)]
+        dir: PathBuf,
+    },
 }
 
 #[derive(Args)]
@@ -60,6 +72,10 @@ pub struct UpArgs {
     /// slowed; needs root. `dev down` removes the namespaces
     #[arg(long)]
     pub(crate) netns: bool,
+    /// How often each coordinator backs its metadata up into the federation (production
+    /// default: 60s; short here so a demo or a test sees its changes backed up at once)
+    #[arg(long, default_value = DEV_BACKUP_INTERVAL)]
+    pub(crate) metadata_backup_interval: String,
 }
 
 /// `cluster.json`: every process of a dev cluster (of every member, in a federation).
@@ -117,6 +133,17 @@ pub async fn run(cmd: DevCommand) -> Result<()> {
         DevCommand::Up(a) => up(a).await,
         DevCommand::Down { dir } => down(&dir),
         DevCommand::Netem(a) => crate::netem::run(a).await,
+        DevCommand::BenchMetadata { files, changes, dir } => {
+            if dir.exists() {
+                anyhow::bail!("{} exists; name a directory the benchmark may create and remove", dir.display());
+            }
+            let d = dir.clone();
+            let r = tokio::task::spawn_blocking(move || collective_coordinator::bench_backup(&d, files, changes)).await?;
+            let _ = std::fs::remove_dir_all(&dir);
+            let r = r.map_err(anyhow::Error::msg)?;
+            println!("{}", serde_json::to_string_pretty(&r)?);
+            Ok(())
+        }
     }
 }
 
@@ -237,6 +264,9 @@ fn http_status(addr: &str, path: &str) -> Option<u16> {
 
 /// A node that misses heartbeats this long is down (production default: 10s).
 pub(crate) const DEV_NODE_TIMEOUT: &str = "6s";
+/// Metadata backups into the federation this often (production default: 60s), so a demo
+/// or a test sees its changes backed up within seconds.
+pub(crate) const DEV_BACKUP_INTERVAL: &str = "5s";
 
 /// Short upkeep periods so repair, scrub and garbage collection can be watched live (and
 /// tested); production defaults are minutes to hours (see docs/configuration.md).
@@ -482,6 +512,7 @@ async fn up_single(a: &UpArgs, dir: &Path) -> Result<()> {
         http_listen: http.clone(),
         replication: a.replication,
         node_timeout: DEV_NODE_TIMEOUT.into(),
+        metadata_backup_interval: a.metadata_backup_interval.clone(),
         upkeep: dev_upkeep(),
         // The coordinator signs certificates for users who redeem invites.
         ca_dir: ca_dir.clone(),

@@ -160,6 +160,7 @@ async fn start_all(
             replication: a.replication,
             // Dev timings: repair, scrub and collection watchable live.
             node_timeout: crate::dev::DEV_NODE_TIMEOUT.into(),
+            metadata_backup_interval: a.metadata_backup_interval.clone(),
             upkeep: crate::dev::dev_upkeep(),
             ca_dir: ca_dir.clone(),
             tls: collective_coordinator::TlsFiles {

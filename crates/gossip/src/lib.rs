@@ -799,6 +799,14 @@ impl Agent {
                         let _ = self.foca.add_broadcast(&bytes);
                     }
                 }
+                OwnedNotification::MemberDown(id)
+                    if self
+                        .foca
+                        .iter_membership_state()
+                        .any(|m| m.id().member == id.member && m.id().addr != id.addr && m.state() != foca::State::Down) =>
+                {
+                    tracing::debug!(member = %id.member, addr = %id.addr, "an old address of a member that lives at another is down");
+                }
                 OwnedNotification::MemberDown(id) if !self.shared.is_removed(&id.member) => {
                     if self.shared.stopped_ms(&id.member) > 0 {
                         tracing::info!(member = %id.member, "federation member stopped (it shut down cleanly)");
@@ -823,6 +831,15 @@ impl Agent {
     fn refresh_peers(&mut self, last_file: &mut String) {
         let mut peers = self.shared.lock_peers();
         let mut addrs = Vec::new();
+        // Foca keys identities by address: a member that came back at another address (a
+        // coordinator recovered on a new machine) has its old identity too, down. The
+        // member is as alive as its liveliest identity.
+        let rank = |s: PeerState| match s {
+            PeerState::Alive => 2,
+            PeerState::Suspect => 1,
+            PeerState::Down => 0,
+        };
+        let mut best: HashMap<String, (PeerState, SocketAddr)> = HashMap::new();
         for m in self.foca.iter_membership_state() {
             let id = m.id();
             if id.member == self.shared.me || id.member.is_empty() || self.shared.is_removed(&id.member) {
@@ -833,24 +850,29 @@ impl Agent {
                 foca::State::Suspect => PeerState::Suspect,
                 foca::State::Down => PeerState::Down,
             };
-            // Foca keeps one identity per member (a restart's newer incarnation wins).
-            let e = peers.entry(id.member.clone()).or_insert_with(|| PeerView {
-                member: id.member.clone(),
+            if state != PeerState::Down {
+                addrs.push(id.addr.to_string());
+            }
+            let e = best.entry(id.member.clone()).or_insert((state, id.addr));
+            if rank(state) > rank(e.0) {
+                *e = (state, id.addr);
+            }
+        }
+        for (member, (state, addr)) in best {
+            let e = peers.entry(member.clone()).or_insert_with(|| PeerView {
+                member: member.clone(),
                 state,
                 last_seen_ms: 0,
                 gossip_addr: None,
                 stopped_ms: 0,
             });
             e.state = state;
-            e.gossip_addr = Some(id.addr);
+            e.gossip_addr = Some(addr);
             e.stopped_ms = if state == PeerState::Down {
-                self.shared.stopped_ms(&id.member)
+                self.shared.stopped_ms(&member)
             } else {
                 0
             };
-            if state != PeerState::Down {
-                addrs.push(id.addr.to_string());
-            }
         }
         drop(peers);
         if let Some(f) = &self.states_file

@@ -33,8 +33,12 @@ pub enum Table {
     Links = 14,
     /// Per datastore and chunk: references and the seal (`ScopeRecord`).
     ChunkScopes = 15,
-    /// The change log while something follows it (an export): sequence → [`ChangeSet`].
+    /// The change log while something follows it (an export, the metadata backup):
+    /// sequence → [`ChangeSet`].
     Changes = 16,
+    /// The metadata backup's own state (what it stored where): never logged nor exported,
+    /// since a backup must not be a change to back up.
+    Backup = 17,
 }
 
 /// Every table, in the order an export walks them (the change log is not data).
@@ -71,7 +75,7 @@ pub type Change = (u8, Vec<u8>, Option<Vec<u8>>);
 #[derive(Debug, Default, Serialize, Deserialize)]
 pub struct ChangeSet(pub Vec<Change>);
 
-const TABLES: [&str; 17] = [
+const TABLES: [&str; 18] = [
     "meta",
     "inodes",
     "dirents",
@@ -89,7 +93,22 @@ const TABLES: [&str; 17] = [
     "links",
     "chunk_scopes",
     "changes",
+    "metadata_backup",
 ];
+
+/// Whether a write to `key` of `t` goes into the change log. Not logged: the log itself,
+/// the backup's own state, and what is recomputed or re-sent anyway (the chunks this member
+/// hosts for other members' metadata backups, which their coordinators place again, and
+/// the total hosted, counted again when a store opens). Otherwise every backup would be a
+/// change to back up, on this member and on the ones hosting its chunks, forever.
+fn logged(t: Table, key: &[u8]) -> bool {
+    match t {
+        Table::Changes | Table::Backup => false,
+        Table::Hosted => !crate::hosting::is_backup_key(key),
+        Table::Meta => key != crate::hosting::HOSTED_TOTAL,
+        _ => true,
+    }
+}
 
 pub struct Engine {
     db: sled::Db,
@@ -115,14 +134,18 @@ impl Txn<'_> {
         Ok(self.trees[t as usize].get(key)?.map(|v| v.to_vec()))
     }
     pub fn insert(&self, t: Table, key: &[u8], value: Vec<u8>) -> Result<(), Abort> {
-        if let Some(c) = &self.changes {
+        if let Some(c) = &self.changes
+            && logged(t, key)
+        {
             c.borrow_mut().push((t as u8, key.to_vec(), Some(value.clone())));
         }
         self.trees[t as usize].insert(key, value)?;
         Ok(())
     }
     pub fn remove(&self, t: Table, key: &[u8]) -> Result<(), Abort> {
-        if let Some(c) = &self.changes {
+        if let Some(c) = &self.changes
+            && logged(t, key)
+        {
             c.borrow_mut().push((t as u8, key.to_vec(), None));
         }
         self.trees[t as usize].remove(key)?;
@@ -143,8 +166,8 @@ impl Engine {
             .open()
             .map_err(|e| MetaError::Open(dir.display().to_string(), e.to_string()))?;
         let trees = TABLES.iter().map(|n| db.open_tree(n)).collect::<Result<Vec<_>, _>>()?;
-        // A log left by an export that did not finish (the process died) follows nothing.
-        trees[Table::Changes as usize].clear()?;
+        // The change log stays: changes not yet backed up when the process stopped are
+        // still to be backed up (an owner that keeps no log clears it, `clear_changes`).
         Ok(Engine {
             db,
             trees,
@@ -214,6 +237,19 @@ impl Engine {
             })
     }
 
+    /// How many logged change sets have a sequence number above `after`.
+    pub fn changes_after(&self, after: u64) -> u64 {
+        self.trees[Table::Changes as usize]
+            .range(after.saturating_add(1).to_be_bytes()..)
+            .count() as u64
+    }
+
+    /// Forgets the whole change log.
+    pub fn clear_changes(&self) -> Result<(), MetaError> {
+        self.trees[Table::Changes as usize].clear()?;
+        Ok(())
+    }
+
     /// Forgets logged changes up to `upto` (exclusive).
     pub fn trim_changes(&self, upto: u64) -> Result<(), MetaError> {
         let tree = &self.trees[Table::Changes as usize];
@@ -275,7 +311,7 @@ impl Engine {
     pub fn insert(&self, t: Table, key: &[u8], value: Vec<u8>) -> Result<(), MetaError> {
         {
             let _shared = self.gate.read().unwrap_or_else(|p| p.into_inner());
-            if self.logging.load(Ordering::SeqCst) == 0 {
+            if self.logging.load(Ordering::SeqCst) == 0 || !logged(t, key) {
                 self.trees[t as usize].insert(key, value)?;
                 return Ok(());
             }
@@ -286,7 +322,7 @@ impl Engine {
     pub fn remove(&self, t: Table, key: &[u8]) -> Result<(), MetaError> {
         {
             let _shared = self.gate.read().unwrap_or_else(|p| p.into_inner());
-            if self.logging.load(Ordering::SeqCst) == 0 {
+            if self.logging.load(Ordering::SeqCst) == 0 || !logged(t, key) {
                 self.trees[t as usize].remove(key)?;
                 return Ok(());
             }

@@ -31,6 +31,21 @@ impl crate::records::Record for HostedRecord {
     const NAME: &'static str = "hosted chunk";
 }
 
+/// Chunks of a member's metadata backups are hosted under its domain with this suffix:
+/// kept apart from its files' chunks, and never logged (see `engine::logged`).
+pub const BACKUP_GUEST_SUFFIX: &str = "#metadata";
+
+/// The guest name a member's metadata-backup chunks are hosted under.
+pub fn backup_guest(member: &str) -> String {
+    format!("{member}{BACKUP_GUEST_SUFFIX}")
+}
+
+/// Whether a key of the hosted table is one of a metadata-backup chunk.
+pub(crate) fn is_backup_key(key: &[u8]) -> bool {
+    let guest = key.split(|b| *b == 0).next().unwrap_or_default();
+    guest.ends_with(BACKUP_GUEST_SUFFIX.as_bytes())
+}
+
 pub(crate) fn hosted_key(guest: &str, id: &ChunkId) -> Vec<u8> {
     let mut k = guest.as_bytes().to_vec();
     k.push(0);
@@ -151,7 +166,8 @@ impl MetaStore {
         let mut per: Vec<(String, u64)> = Vec::new();
         for r in self.engine.scan_prefix(Table::Hosted, b"", None) {
             let (k, v) = r?;
-            let guest = String::from_utf8_lossy(k.split(|b| *b == 0).next().unwrap_or_default()).into_owned();
+            let guest = String::from_utf8_lossy(k.split(|b| *b == 0).next().unwrap_or_default());
+            let guest = guest.trim_end_matches(BACKUP_GUEST_SUFFIX).to_string();
             let rec: HostedRecord = decode(&v)?;
             let stored = rec.size * rec.nodes.len() as u64;
             match per.last_mut() {

@@ -27,11 +27,11 @@ pub use audit::{AuditEntry, AuditQuery};
 pub use check::CheckReport;
 pub use engine::{DATA_TABLES, Table};
 use engine::{Engine, Txn};
-pub use hosting::{HostedRecord, SEAL_LEN};
+pub use hosting::{BACKUP_GUEST_SUFFIX, HostedRecord, SEAL_LEN, backup_guest};
 pub use namespace::{Attr, FileCommitIn};
 pub use records::{ChunkRecord, ChunkRef, Kind, NodeRecord, PendingRecord, ROOT_INODE, SCHEMA_VERSION, Totals};
 use records::{decode, encode};
-pub use snapshot::{ExportInfo, import};
+pub use snapshot::{ExportInfo, import, import_chain};
 pub use unknown::UnknownChunk;
 
 #[derive(Debug, thiserror::Error)]
@@ -86,8 +86,11 @@ pub enum MetaError {
 
 pub struct MetaStore {
     engine: Engine,
-    /// Held by the export under way (one at a time).
+    /// Held by the export under way (one at a time), and by a trim of the change log.
     exporting: std::sync::Mutex<()>,
+    /// The change log is on for good (the metadata backup follows it): exports leave it
+    /// alone and only [`MetaStore::trim_log`] shortens it.
+    log_kept: std::sync::atomic::AtomicBool,
 }
 
 const META_SCHEMA: &[u8] = b"schema";
@@ -142,9 +145,13 @@ impl MetaStore {
                 engine.flush()?;
             }
         }
+        // The total hosted is not logged (see `engine::logged`): counted again here, so a
+        // store brought back from a backup starts from the right figure.
+        migrate::hosted_total(&engine)?;
         let store = MetaStore {
             engine,
             exporting: std::sync::Mutex::new(()),
+            log_kept: std::sync::atomic::AtomicBool::new(false),
         };
         store.migrate_audit_keys()?;
         Ok(store)
@@ -307,5 +314,7 @@ pub fn decode_record(table: Table, key: &[u8], value: &[u8]) -> Result<(), MetaE
         Table::Changes => postcard::from_bytes::<engine::ChangeSet>(value)
             .map(drop)
             .map_err(|e| MetaError::Corrupt(format!("a change log entry: {e}"))),
+        // Opaque to this crate: the metadata backup reads its own records.
+        Table::Backup => Ok(()),
     }
 }

@@ -14,6 +14,7 @@
 
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::Ordering;
 
 use serde::{Deserialize, Serialize};
 
@@ -21,6 +22,8 @@ use crate::engine::{ChangeSet, DATA_TABLES, Engine, Table};
 use crate::{MetaError, MetaStore, SCHEMA_VERSION};
 
 const MAGIC: &[u8; 16] = b"COLLECTIVE-META\n";
+/// A change segment: the same frames, with no entries.
+const SEGMENT_MAGIC: &[u8; 16] = b"COLLECTIVE-LOGS\n";
 const FORMAT: u8 = 1;
 /// Largest frame an import accepts (an entry is one record: a manifest of a very large
 /// file is the biggest).
@@ -28,10 +31,28 @@ const MAX_FRAME: usize = 64 << 20;
 
 #[derive(Serialize, Deserialize)]
 enum Frame {
-    Header { schema: u32, created_ms: u64 },
-    Entry { table: u8, key: Vec<u8>, value: Vec<u8> },
-    Changes { seq: u64, set: ChangeSet },
-    End { seq: u64, entries: u64, changes: u64 },
+    Header {
+        schema: u32,
+        created_ms: u64,
+    },
+    Entry {
+        table: u8,
+        key: Vec<u8>,
+        value: Vec<u8>,
+    },
+    Changes {
+        seq: u64,
+        set: ChangeSet,
+    },
+    End {
+        seq: u64,
+        entries: u64,
+        changes: u64,
+    },
+    /// In a change segment, after the header: the sequence it starts after.
+    After {
+        seq: u64,
+    },
 }
 
 /// What an export holds.
@@ -57,6 +78,44 @@ struct Hashing<W> {
 }
 
 impl<W: Write> Hashing<W> {
+    /// A new stream: the magic line, the format byte and the header.
+    fn start(out: W, magic: &[u8], created_ms: u64) -> Result<Hashing<W>, MetaError> {
+        let mut w = Hashing {
+            out,
+            hasher: blake3::Hasher::new(),
+            bytes: 0,
+        };
+        w.put(magic)?;
+        w.put(&[FORMAT])?;
+        w.frame(&Frame::Header {
+            schema: SCHEMA_VERSION,
+            created_ms,
+        })?;
+        Ok(w)
+    }
+
+    /// The change sets logged in `(after, upto)`, as frames; returns how many.
+    fn changes(&mut self, engine: &Engine, after: u64, upto: u64) -> Result<u64, MetaError> {
+        let mut n = 0u64;
+        for c in engine.changes(after, upto) {
+            let (seq, set) = c?;
+            self.frame(&Frame::Changes { seq, set })?;
+            n += 1;
+        }
+        Ok(n)
+    }
+
+    /// The end frame, then the hash of everything before it; returns the hash.
+    fn finish(mut self, end: &Frame) -> Result<([u8; 32], u64), MetaError> {
+        self.frame(end)?;
+        let hash: [u8; 32] = *self.hasher.finalize().as_bytes();
+        self.out
+            .write_all(&hash)
+            .and_then(|_| self.out.flush())
+            .map_err(|e| MetaError::Db(format!("writing the export: {e}")))?;
+        Ok((hash, self.bytes + 32))
+    }
+
     fn put(&mut self, b: &[u8]) -> Result<(), MetaError> {
         self.hasher.update(b);
         self.bytes += b.len() as u64;
@@ -83,47 +142,115 @@ impl MetaStore {
         let end = engine.mark(Some(false));
         let (mut w, entries) = walked?;
         let end = end?;
-        let mut changes = 0u64;
-        for c in engine.changes(start, end) {
-            let (seq, set) = c?;
-            w.frame(&Frame::Changes { seq, set })?;
-            changes += 1;
-        }
-        w.frame(&Frame::End {
+        let changes = w.changes(engine, start, end)?;
+        let (hash, bytes) = w.finish(&Frame::End {
             seq: end,
             entries,
             changes,
         })?;
-        let hash: [u8; 32] = *w.hasher.finalize().as_bytes();
-        w.out
-            .write_all(&hash)
-            .and_then(|_| w.out.flush())
-            .map_err(|e| MetaError::Db(format!("writing the export: {e}")))?;
-        engine.trim_changes(end)?;
+        if !self.log_kept.load(Ordering::SeqCst) {
+            engine.trim_changes(end)?;
+        }
         Ok(ExportInfo {
             seq: end,
             entries,
             changes,
-            bytes: w.bytes + 32,
+            bytes,
             hash,
             created_ms,
         })
     }
 }
 
+/// The change log, for a follower that keeps it on for good (the metadata backup).
+impl MetaStore {
+    /// Turns the change log on for good (true): every committed change is logged until
+    /// [`MetaStore::trim_log`] drops it, across restarts. False forgets the log and logs
+    /// only while an export runs.
+    pub fn keep_change_log(&self, keep: bool) -> Result<(), MetaError> {
+        let was = self.log_kept.swap(keep, Ordering::SeqCst);
+        match (was, keep) {
+            (false, true) => {
+                self.engine.mark(Some(true))?;
+            }
+            (true, false) => {
+                self.engine.mark(Some(false))?;
+                let _one = self.exporting.lock().unwrap_or_else(|p| p.into_inner());
+                self.engine.clear_changes()?;
+            }
+            (false, false) => {
+                // A log left from a run that kept one: nobody follows it now.
+                let _one = self.exporting.lock().unwrap_or_else(|p| p.into_inner());
+                self.engine.clear_changes()?;
+            }
+            (true, true) => {}
+        }
+        Ok(())
+    }
+
+    /// A sequence number between transactions (see `Engine::mark`): every change committed
+    /// before it is logged below it.
+    pub fn mark(&self) -> Result<u64, MetaError> {
+        self.engine.mark(None)
+    }
+
+    /// Logged change sets above `after` (committed and not yet backed up).
+    pub fn changes_after(&self, after: u64) -> u64 {
+        self.engine.changes_after(after)
+    }
+
+    /// Drops logged changes below `upto` (waits for an export under way, which may need
+    /// them).
+    pub fn trim_log(&self, upto: u64) -> Result<(), MetaError> {
+        let _one = self.exporting.lock().unwrap_or_else(|p| p.into_inner());
+        self.engine.trim_changes(upto)
+    }
+
+    /// Writes the change sets logged in `(after, upto)` as a segment (the export format
+    /// with no entries): applied on top of an export consistent at `after`, it brings the
+    /// store to `upto`.
+    pub fn export_changes(&self, after: u64, upto: u64, out: impl Write) -> Result<ExportInfo, MetaError> {
+        let created_ms = collective_core::unix_ms_now();
+        let mut w = Hashing::start(out, SEGMENT_MAGIC, created_ms)?;
+        w.frame(&Frame::After { seq: after })?;
+        let changes = w.changes(&self.engine, after, upto)?;
+        let (hash, bytes) = w.finish(&Frame::End {
+            seq: upto,
+            entries: 0,
+            changes,
+        })?;
+        Ok(ExportInfo {
+            seq: upto,
+            entries: 0,
+            changes,
+            bytes,
+            hash,
+            created_ms,
+        })
+    }
+
+    /// Backup-side state, kept outside the data (never logged nor exported).
+    pub fn backup_get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, MetaError> {
+        self.engine.get(Table::Backup, key)
+    }
+
+    pub fn backup_put(&self, key: &[u8], value: Vec<u8>) -> Result<(), MetaError> {
+        self.engine.insert(Table::Backup, key, value)
+    }
+
+    pub fn backup_remove(&self, key: &[u8]) -> Result<(), MetaError> {
+        self.engine.remove(Table::Backup, key)
+    }
+
+    /// Backup-side entries whose key starts with `prefix`, in key order.
+    pub fn backup_scan(&self, prefix: &[u8]) -> impl Iterator<Item = Result<(Vec<u8>, Vec<u8>), MetaError>> + '_ {
+        self.engine.scan_prefix(Table::Backup, prefix, None)
+    }
+}
+
 /// The header and every entry of every table, as they are while we read them.
 fn walk<W: Write>(engine: &Engine, out: W, created_ms: u64) -> Result<(Hashing<W>, u64), MetaError> {
-    let mut w = Hashing {
-        out,
-        hasher: blake3::Hasher::new(),
-        bytes: 0,
-    };
-    w.put(MAGIC)?;
-    w.put(&[FORMAT])?;
-    w.frame(&Frame::Header {
-        schema: SCHEMA_VERSION,
-        created_ms,
-    })?;
+    let mut w = Hashing::start(out, MAGIC, created_ms)?;
     let mut entries = 0u64;
     for t in DATA_TABLES {
         for kv in engine.scan_from(t, &[]) {
@@ -152,7 +279,14 @@ fn take(input: &mut impl Read, hasher: &mut blake3::Hasher, len: usize) -> Resul
 /// Makes a new store in `dir` (which must not exist, or be empty) from an export, checking
 /// every byte against the export's hash before the store is put in place. A damaged export
 /// leaves nothing behind.
-pub fn import(dir: &Path, mut input: impl Read) -> Result<ExportInfo, MetaError> {
+pub fn import(dir: &Path, input: impl Read) -> Result<ExportInfo, MetaError> {
+    import_chain(dir, input, std::iter::empty::<&[u8]>())
+}
+
+/// Like [`import`], then applies change segments ([`MetaStore::export_changes`]) in order:
+/// each must start where the one before it (or the export) ends. The result says the
+/// sequence of the last. Any damaged or out-of-order piece leaves nothing behind.
+pub fn import_chain<R: Read>(dir: &Path, snapshot: impl Read, segments: impl IntoIterator<Item = R>) -> Result<ExportInfo, MetaError> {
     if dir.exists() && std::fs::read_dir(dir).map(|mut d| d.next().is_some()).unwrap_or(true) {
         return Err(MetaError::Open(
             dir.display().to_string(),
@@ -161,7 +295,23 @@ pub fn import(dir: &Path, mut input: impl Read) -> Result<ExportInfo, MetaError>
     }
     let staging = staging_dir(dir);
     let _ = std::fs::remove_dir_all(&staging);
-    let r = import_into(&staging, &mut input);
+    let r = (|| {
+        let mut snapshot = snapshot;
+        let mut info = import_into(&staging, &mut snapshot)?;
+        for (i, mut seg) in segments.into_iter().enumerate() {
+            let engine = Engine::open(&staging)?;
+            let (upto, changes) = apply_segment(&engine, &mut seg, info.seq).map_err(|e| match e {
+                MetaError::Corrupt(m) => MetaError::Corrupt(format!("change segment {}: {m}", i + 1)),
+                e => e,
+            })?;
+            engine.flush()?;
+            info.seq = upto;
+            info.changes += changes;
+        }
+        // Opening it as a store checks the schema and upgrades an older one.
+        MetaStore::open(&staging)?;
+        Ok(info)
+    })();
     match r {
         Ok(info) => {
             if dir.exists() {
@@ -175,6 +325,96 @@ pub fn import(dir: &Path, mut input: impl Read) -> Result<ExportInfo, MetaError>
             Err(e)
         }
     }
+}
+
+/// Reads one frame, hashing it.
+fn read_frame(input: &mut impl Read, hasher: &mut blake3::Hasher) -> Result<(Frame, u64), MetaError> {
+    let len = take(input, hasher, 4)?;
+    let len = u32::from_be_bytes([len[0], len[1], len[2], len[3]]) as usize;
+    if len > MAX_FRAME {
+        return Err(MetaError::Corrupt(format!(
+            "an export frame of {len} bytes is larger than any record"
+        )));
+    }
+    let body = take(input, hasher, len)?;
+    let frame: Frame = postcard::from_bytes(&body).map_err(|e| MetaError::Corrupt(format!("a damaged export frame: {e}")))?;
+    Ok((frame, 4 + len as u64))
+}
+
+/// Checks the trailing hash against what was read.
+fn check_hash(input: &mut impl Read, hasher: blake3::Hasher) -> Result<[u8; 32], MetaError> {
+    let expected: [u8; 32] = *hasher.finalize().as_bytes();
+    let mut hash = [0u8; 32];
+    input
+        .read_exact(&mut hash)
+        .map_err(|e| MetaError::Corrupt(format!("the export ends before its hash ({e})")))?;
+    if hash != expected {
+        return Err(MetaError::Corrupt(
+            "the export does not match its hash: it was damaged or altered".into(),
+        ));
+    }
+    Ok(hash)
+}
+
+fn apply_set(engine: &Engine, set: ChangeSet) -> Result<(), MetaError> {
+    for (table, key, value) in set.0 {
+        let t = table_of(table)?;
+        match value {
+            Some(v) => engine.load(t, &key, &v)?,
+            None => engine.unload(t, &key)?,
+        }
+    }
+    Ok(())
+}
+
+/// Applies one change segment that must start after `at`; returns where it ends and how
+/// many change sets it held.
+fn apply_segment(engine: &Engine, input: &mut impl Read, at: u64) -> Result<(u64, u64), MetaError> {
+    let mut hasher = blake3::Hasher::new();
+    let magic = take(input, &mut hasher, SEGMENT_MAGIC.len() + 1)?;
+    if &magic[..SEGMENT_MAGIC.len()] != SEGMENT_MAGIC {
+        return Err(MetaError::Corrupt("this is not a Collective change segment".into()));
+    }
+    if magic[SEGMENT_MAGIC.len()] != FORMAT {
+        return Err(MetaError::Corrupt(format!(
+            "segment format {} is not one this program reads ({FORMAT})",
+            magic[SEGMENT_MAGIC.len()]
+        )));
+    }
+    let mut after: Option<u64> = None;
+    let mut changes = 0u64;
+    let upto = loop {
+        match read_frame(input, &mut hasher)?.0 {
+            Frame::Header { schema, .. } if schema > SCHEMA_VERSION => {
+                return Err(MetaError::Corrupt(format!("it was written by a newer program (schema {schema})")));
+            }
+            Frame::Header { .. } => {}
+            Frame::After { seq } => {
+                if seq != at {
+                    return Err(MetaError::Corrupt(format!(
+                        "it starts after change {seq}, but the store is at {at}: a piece in between is missing"
+                    )));
+                }
+                after = Some(seq);
+            }
+            Frame::Changes { seq, set } => {
+                if after.is_none() || seq <= at {
+                    return Err(MetaError::Corrupt(format!("change {seq} is out of order")));
+                }
+                apply_set(engine, set)?;
+                changes += 1;
+            }
+            Frame::End { seq, changes: c, .. } => {
+                if c != changes {
+                    return Err(MetaError::Corrupt(format!("it says {c} change sets but holds {changes}")));
+                }
+                break seq;
+            }
+            Frame::Entry { .. } => return Err(MetaError::Corrupt("a change segment holds no entries".into())),
+        }
+    };
+    check_hash(input, hasher)?;
+    Ok((upto, changes))
 }
 
 fn staging_dir(dir: &Path) -> PathBuf {
@@ -200,16 +440,8 @@ fn import_into(staging: &Path, input: &mut impl Read) -> Result<ExportInfo, Meta
     let mut header: Option<u64> = None;
     let (mut entries, mut changes) = (0u64, 0u64);
     let end = loop {
-        let len = take(input, &mut hasher, 4)?;
-        let len = u32::from_be_bytes([len[0], len[1], len[2], len[3]]) as usize;
-        if len > MAX_FRAME {
-            return Err(MetaError::Corrupt(format!(
-                "an export frame of {len} bytes is larger than any record"
-            )));
-        }
-        let body = take(input, &mut hasher, len)?;
-        bytes += 4 + len as u64;
-        let frame: Frame = postcard::from_bytes(&body).map_err(|e| MetaError::Corrupt(format!("a damaged export frame: {e}")))?;
+        let (frame, n) = read_frame(input, &mut hasher)?;
+        bytes += n;
         match frame {
             Frame::Header { schema, created_ms } => {
                 if schema > SCHEMA_VERSION {
@@ -222,15 +454,10 @@ fn import_into(staging: &Path, input: &mut impl Read) -> Result<ExportInfo, Meta
                 entries += 1;
             }
             Frame::Changes { set, .. } => {
-                for (table, key, value) in set.0 {
-                    let t = table_of(table)?;
-                    match value {
-                        Some(v) => engine.load(t, &key, &v)?,
-                        None => engine.unload(t, &key)?,
-                    }
-                }
+                apply_set(&engine, set)?;
                 changes += 1;
             }
+            Frame::After { .. } => return Err(MetaError::Corrupt("this is a change segment, not an export".into())),
             Frame::End {
                 seq,
                 entries: e,
@@ -246,20 +473,9 @@ fn import_into(staging: &Path, input: &mut impl Read) -> Result<ExportInfo, Meta
         }
     };
     let created_ms = header.ok_or_else(|| MetaError::Corrupt("the export has no header".into()))?;
-    let expected: [u8; 32] = *hasher.finalize().as_bytes();
-    let mut hash = [0u8; 32];
-    input
-        .read_exact(&mut hash)
-        .map_err(|e| MetaError::Corrupt(format!("the export ends before its hash ({e})")))?;
-    if hash != expected {
-        return Err(MetaError::Corrupt(
-            "the export does not match its hash: it was damaged or altered".into(),
-        ));
-    }
+    let hash = check_hash(input, hasher)?;
     engine.flush()?;
     drop(engine);
-    // Opening it as a store checks the schema and upgrades an older one.
-    MetaStore::open(staging)?;
     Ok(ExportInfo {
         seq: end,
         entries,
@@ -376,5 +592,70 @@ mod tests {
         assert!(e.to_string().contains("not empty"), "{e}");
         let e = import(&d.join("r4"), &b"hello, this is not an export at all"[..]).unwrap_err();
         assert!(e.to_string().contains("not a Collective metadata export"), "{e}");
+    }
+
+    #[test]
+    fn a_snapshot_and_the_change_segments_after_it_bring_a_store_to_the_last_segment() {
+        let d = scratch("chain");
+        let m = MetaStore::open(&d.join("db")).unwrap();
+        m.keep_change_log(true).unwrap();
+        commit(&m, "/docs/one", &[b"one"]).unwrap();
+        let mut snap = Vec::new();
+        let info = m.export(&mut snap).unwrap();
+        // The kept log survives the export; the backup trims it.
+        assert!(m.changes_after(0) > 0);
+        m.trim_log(info.seq).unwrap();
+        assert_eq!(m.changes_after(0), 0);
+
+        commit(&m, "/docs/two", &[b"two"]).unwrap();
+        let mid = m.mark().unwrap();
+        assert!(m.changes_after(info.seq) > 0);
+        let mut seg1 = Vec::new();
+        m.export_changes(info.seq, mid, &mut seg1).unwrap();
+        m.remove(&path("/docs/one"), false, "u@a.x").unwrap();
+        let end = m.mark().unwrap();
+        let mut seg2 = Vec::new();
+        let s2 = m.export_changes(mid, end, &mut seg2).unwrap();
+        assert!(s2.changes > 0);
+
+        let back = import_chain(&d.join("r"), snap.as_slice(), [seg1.as_slice(), seg2.as_slice()]).unwrap();
+        assert_eq!(back.seq, end);
+        let r = MetaStore::open(&d.join("r")).unwrap();
+        assert_eq!(dump(&r), dump(&m));
+        assert!(r.check().unwrap().problems.is_empty());
+
+        // Out of order, a gap, or a flipped byte: refused, nothing left behind.
+        let e = import_chain(&d.join("r2"), snap.as_slice(), [seg2.as_slice()]).unwrap_err();
+        assert!(e.to_string().contains("missing"), "{e}");
+        let mut bad = seg1.clone();
+        let at = bad.len() - 40;
+        bad[at] ^= 1;
+        let e = import_chain(&d.join("r3"), snap.as_slice(), [bad.as_slice(), seg2.as_slice()]).unwrap_err();
+        assert!(e.to_string().contains("segment 1"), "{e}");
+        assert!(!d.join("r3").exists() && !d.join("r3.restoring").exists());
+        // A segment is not an export.
+        let e = import(&d.join("r4"), seg1.as_slice()).unwrap_err();
+        assert!(e.to_string().contains("not a Collective metadata export"), "{e}");
+    }
+
+    #[test]
+    fn hosting_another_members_backup_chunks_is_not_a_change_to_back_up() {
+        let d = scratch("unlogged");
+        let m = MetaStore::open(&d.join("db")).unwrap();
+        m.keep_change_log(true).unwrap();
+        let at = m.mark().unwrap();
+        let id = collective_core::ChunkId::of(b"backup piece");
+        let place = |_: &collective_core::ChunkId, _: u64, _: &[String], _: &str| Ok("node-01@b.x".to_string());
+        m.host_chunks(&crate::hosting::backup_guest("a.x"), &[(id, 12)], &[], 1 << 20, &place)
+            .unwrap();
+        m.backup_put(b"state", vec![1, 2, 3]).unwrap();
+        assert_eq!(m.changes_after(at), 0, "backup chunks and the backup's own state are not logged");
+        m.host_chunks("a.x", &[(collective_core::ChunkId::of(b"file piece"), 10)], &[], 1 << 20, &place)
+            .unwrap();
+        assert_eq!(m.changes_after(at), 1, "a file's chunk hosted is a change");
+        // The total is counted again on open, backup chunks included.
+        drop(m);
+        let m = MetaStore::open(&d.join("db")).unwrap();
+        assert_eq!(m.hosted_usage().unwrap().0, 22);
     }
 }

@@ -6,9 +6,9 @@ use collective_core::{ChunkId, Role};
 use collective_dataplane::NodeTarget;
 use collective_proto::v1::node_control_server::NodeControl;
 use collective_proto::v1::{
-    ChunkIdBatch, CopyChunkRequest, CopyChunkResponse, DeleteChunksRequest, DeleteChunksResponse, ListChunksRequest, NodeUsage,
-    ScrubStatus, StartScrubRequest, SteerWorkerRequest, UsageRequest, VerifyChunkRequest, VerifyChunkResponse, WorkerInfo, WorkersRequest,
-    WorkersResponse,
+    ChunkIdBatch, CopyChunkRequest, CopyChunkResponse, DeleteChunksRequest, DeleteChunksResponse, KeepRecoveryResponse, ListChunksRequest,
+    NodeUsage, ScrubStatus, SignedRecoveryRecord, StartScrubRequest, SteerWorkerRequest, UsageRequest, VerifyChunkRequest,
+    VerifyChunkResponse, WorkerInfo, WorkersRequest, WorkersResponse,
 };
 use tonic::{Request, Response, Status};
 
@@ -31,6 +31,8 @@ use crate::service::NodeState;
 
 pub struct Control {
     pub state: Arc<NodeState>,
+    /// Where the member's recovery record is kept.
+    pub record: crate::recovery::RecordFile,
 }
 
 impl Control {
@@ -60,6 +62,19 @@ fn chunk_id(b: &[u8]) -> Result<ChunkId, Status> {
 #[tonic::async_trait]
 impl NodeControl for Control {
     type ListChunksStream = IdStream;
+
+    async fn keep_recovery(&self, req: Request<SignedRecoveryRecord>) -> Result<Response<KeepRecoveryResponse>, Status> {
+        self.check(&req)?;
+        let control = Control {
+            state: self.state.clone(),
+            record: self.record.clone(),
+        };
+        let signed = req.into_inner();
+        tokio::task::spawn_blocking(move || control.keep_record(signed))
+            .await
+            .map_err(|e| Status::internal(e.to_string()))?
+            .map(Response::new)
+    }
 
     async fn usage(&self, req: Request<UsageRequest>) -> Result<Response<NodeUsage>, Status> {
         self.check(&req)?;

@@ -11,6 +11,7 @@
 mod config;
 mod control;
 mod metrics;
+mod recovery;
 mod scrub;
 mod server;
 mod service;

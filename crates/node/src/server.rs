@@ -134,14 +134,31 @@ pub async fn run(cfg: NodeConfig, shutdown: impl Future<Output = ()> + Send + 's
     }
 
     // gRPC control endpoint.
-    let (grpc_addr, incoming) = collective_rpc::tls_incoming(&identity, addr("grpc_listen", &cfg.grpc_listen)?).await?;
+    // Without a client certificate only the recovery record may be fetched (by the holder
+    // of the member's recovery kit); every other call is answered before it is read.
+    let grpc_tls = identity.server_config_optional_client(collective_pki::ALPN_GRPC)?;
+    let (grpc_addr, incoming) =
+        collective_rpc::tls_incoming_with(grpc_tls, addr("grpc_listen", &cfg.grpc_listen)?, Some(&identity.principal.domain)).await?;
     let advertised_grpc = advertised(&cfg.advertise_host, "grpc_listen", grpc_addr)?;
     let advertised_quic = advertised(&cfg.advertise_host, "quic_listen", quic_addr)?;
-    let control = NodeControlServer::new(Control { state: state.clone() });
+    let record = crate::recovery::RecordFile {
+        path: cfg.data_dir.join(crate::recovery::RECORD_FILE),
+    };
+    let control = NodeControlServer::new(Control {
+        state: state.clone(),
+        record: record.clone(),
+    });
+    let recovery = collective_proto::v1::node_recovery_server::NodeRecoveryServer::new(crate::recovery::RecoveryService {
+        state: state.clone(),
+        file: record,
+    })
+    .max_decoding_message_size(64 << 10);
     let grpc = tokio::spawn(
         collective_rpc::server_builder()
+            .layer(collective_rpc::RequireCertificate::except(&["/collective.v1.NodeRecovery/"]))
             .layer(state.busy.clone())
             .add_service(control)
+            .add_service(recovery)
             .serve_with_incoming_shutdown(incoming, stopped(stop_rx.clone())),
     );
 

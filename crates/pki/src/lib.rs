@@ -15,6 +15,7 @@ mod names;
 mod recovery;
 mod revocation;
 mod root;
+pub mod sealing;
 mod tls;
 mod token;
 
@@ -24,7 +25,10 @@ pub use error::PkiError;
 pub use invite::{INVITE_PREFIX, InviteCode, InviteCodeKind};
 pub use keyfile::{check_key_permissions, replace_file, write_private_file};
 pub use names::{NAMES_FILE, NameRegister, free_name};
-pub use recovery::{KitFacts, RECOVERY_SECRET_FILE, RecoveryKit, RecoverySecret, recovery_kit, recovery_secret};
+pub use recovery::{
+    FETCH_SKEW_MS, KitFacts, RECOVERY_SECRET_FILE, RecoveryKit, RecoverySecret, existing_recovery_secret, open_record, recovery_kit,
+    recovery_secret, sign_record, verify_fetch,
+};
 pub use revocation::{REVOCATION_FILE, RevocationList, Revocations, RevokedCert, parse_fingerprint};
 pub use root::{
     FederationRoot, MEMBER_CA_OU, ROOT_OU, check_member_domain, federation_domain, federation_root_key, member_domain, new_csr,

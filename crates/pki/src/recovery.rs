@@ -265,6 +265,16 @@ pub fn recovery_secret(ca_dir: &Path) -> Result<RecoverySecret, PkiError> {
     Ok(secret)
 }
 
+/// The member's recovery secret if one was made (never makes one: a secret nobody printed
+/// would seal backups no kit can open).
+pub fn existing_recovery_secret(ca_dir: &Path) -> Result<Option<RecoverySecret>, PkiError> {
+    let path = ca_dir.join(RECOVERY_SECRET_FILE);
+    if path.exists() {
+        return RecoverySecret::load(&path).map(Some);
+    }
+    Ok(None)
+}
+
 /// The recovery kit of the member whose CA is `ca_dir`, as text to print.
 pub fn recovery_kit(ca_dir: &Path, facts: &KitFacts) -> Result<String, PkiError> {
     // A federation member is anchored by the root; a member on its own by its CA.
@@ -296,9 +306,179 @@ pub fn recovery_kit(ca_dir: &Path, facts: &KitFacts) -> Result<String, PkiError>
     Ok(kit.render())
 }
 
+/// Signs and checks what recovery relies on: the request a kit holder makes for its
+/// member's recovery record, sealed blobs, and the record itself.
+impl RecoverySecret {
+    /// The Ed25519 key that proves possession of the kit (its public half rides the
+    /// member's recovery record, so keepers can check a fetch without learning the secret).
+    fn fetch_key(&self) -> ed25519_dalek::SigningKey {
+        ed25519_dalek::SigningKey::from_bytes(&self.derive("recovery-fetch-v1"))
+    }
+
+    /// The public key keepers check fetches against.
+    pub fn fetch_public_key(&self) -> [u8; 32] {
+        self.fetch_key().verifying_key().to_bytes()
+    }
+
+    /// Signs a fetch of `member`'s record at `time_ms`.
+    pub fn sign_fetch(&self, member: &str, time_ms: u64) -> Vec<u8> {
+        use ed25519_dalek::Signer;
+        self.fetch_key().sign(&fetch_message(member, time_ms)).to_bytes().to_vec()
+    }
+
+    /// Seals `plain` for `purpose` (ChaCha20-Poly1305 under the derived key, a random
+    /// nonce in front): only the secret's holder can open it, and any change is caught.
+    pub fn seal_blob(&self, purpose: &str, plain: &[u8]) -> Result<Vec<u8>, PkiError> {
+        use ring::aead::{Aad, CHACHA20_POLY1305, LessSafeKey, Nonce, UnboundKey};
+        let key = UnboundKey::new(&CHACHA20_POLY1305, &self.derive(purpose))
+            .map(LessSafeKey::new)
+            .map_err(|_| PkiError::Invalid("cannot set up sealing".into()))?;
+        let mut nonce = [0u8; 12];
+        ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut nonce)
+            .map_err(|_| PkiError::Invalid("no randomness available for sealing".into()))?;
+        let mut out = nonce.to_vec();
+        out.extend_from_slice(plain);
+        let tag = key
+            .seal_in_place_separate_tag(Nonce::assume_unique_for_key(nonce), Aad::from(purpose.as_bytes()), &mut out[12..])
+            .map_err(|_| PkiError::Invalid("sealing failed".into()))?;
+        out.extend_from_slice(tag.as_ref());
+        Ok(out)
+    }
+
+    /// Opens what [`RecoverySecret::seal_blob`] sealed for `purpose`; `None` when it was
+    /// sealed under another secret or altered.
+    pub fn open_blob(&self, purpose: &str, sealed: &[u8]) -> Option<Vec<u8>> {
+        use ring::aead::{Aad, CHACHA20_POLY1305, LessSafeKey, Nonce, UnboundKey};
+        if sealed.len() < 12 + 16 {
+            return None;
+        }
+        let key = UnboundKey::new(&CHACHA20_POLY1305, &self.derive(purpose))
+            .map(LessSafeKey::new)
+            .ok()?;
+        let nonce: [u8; 12] = sealed[..12].try_into().ok()?;
+        let mut buf = sealed[12..].to_vec();
+        let n = key
+            .open_in_place(Nonce::assume_unique_for_key(nonce), Aad::from(purpose.as_bytes()), &mut buf)
+            .ok()?
+            .len();
+        buf.truncate(n);
+        Some(buf)
+    }
+}
+
+fn fetch_message(member: &str, time_ms: u64) -> Vec<u8> {
+    let mut m = b"collective-recovery-fetch-v1".to_vec();
+    m.extend_from_slice(member.as_bytes());
+    m.extend_from_slice(&time_ms.to_be_bytes());
+    m
+}
+
+/// How far a fetch's time may be from the keeper's clock.
+pub const FETCH_SKEW_MS: u64 = 10 * 60_000;
+
+/// Checks a kit holder's fetch of `member`'s record against the record's fetch key.
+pub fn verify_fetch(public_key: &[u8], member: &str, time_ms: u64, now_ms: u64, signature: &[u8]) -> Result<(), PkiError> {
+    if time_ms.abs_diff(now_ms) > FETCH_SKEW_MS {
+        return Err(PkiError::Invalid(
+            "the request's time is more than 10 minutes from this machine's clock; set the clock right (NTP) and try again".into(),
+        ));
+    }
+    let verifier = crate::TokenVerifier::new(public_key)?;
+    if !verifier.verify_raw(&fetch_message(member, time_ms), signature) {
+        return Err(PkiError::Invalid(
+            "the request is not signed with this member's recovery secret: check the kit is this member's, that no newer kit was written since (`member recovery-kit`), and that its words are typed right".into(),
+        ));
+    }
+    Ok(())
+}
+
+const RECORD_CONTEXT: &[u8] = b"collective-recovery-record-v1";
+
+/// Signs an encoded recovery record with the coordinator's token key, chain attached.
+pub fn sign_record(
+    signer: &crate::TokenSigner,
+    identity: &crate::TlsIdentity,
+    record: Vec<u8>,
+) -> collective_proto::v1::SignedRecoveryRecord {
+    let mut msg = RECORD_CONTEXT.to_vec();
+    msg.extend_from_slice(&record);
+    collective_proto::v1::SignedRecoveryRecord {
+        signature: signer.sign_raw(&msg).to_vec().into(),
+        chain: identity.chain_der().into_iter().map(Into::into).collect(),
+        record: record.into(),
+    }
+}
+
+/// Checks a signed recovery record with `identity`'s trust (the chain must reach it, and
+/// name a coordinator of the member the record is for); returns the record.
+pub fn open_record(
+    identity: &crate::TlsIdentity,
+    signed: &collective_proto::v1::SignedRecoveryRecord,
+) -> Result<collective_proto::v1::RecoveryRecord, PkiError> {
+    use prost::Message;
+    let record = collective_proto::v1::RecoveryRecord::decode(signed.record.as_ref())
+        .map_err(|e| PkiError::Invalid(format!("malformed recovery record: {e}")))?;
+    let chain: Vec<Vec<u8>> = signed.chain.iter().map(|c| c.to_vec()).collect();
+    let (principal, role) = identity.verify_chain(&chain)?;
+    if role != collective_core::Role::Coordinator || principal.domain != record.member {
+        return Err(PkiError::Invalid(format!(
+            "the recovery record of {} is signed by {principal}: only that member's coordinator signs it",
+            record.member
+        )));
+    }
+    let leaf = chain
+        .first()
+        .ok_or_else(|| PkiError::Invalid("the recovery record carries no certificate".into()))?;
+    let info = crate::CertInfo::from_der(leaf)?;
+    let mut msg = RECORD_CONTEXT.to_vec();
+    msg.extend_from_slice(&signed.record);
+    if !crate::TokenVerifier::new(&info.public_key)?.verify_raw(&msg, &signed.signature) {
+        return Err(PkiError::Invalid(format!(
+            "bad signature on the recovery record of {}",
+            record.member
+        )));
+    }
+    Ok(record)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn sealed_blobs_open_only_with_their_secret_and_purpose() {
+        let s = RecoverySecret::generate().unwrap();
+        let other = RecoverySecret::generate().unwrap();
+        let plain = b"the member's manifest".to_vec();
+        let a = s.seal_blob("p1", &plain).unwrap();
+        let b = s.seal_blob("p1", &plain).unwrap();
+        assert_ne!(a, b, "a fresh nonce every time");
+        assert!(!a.windows(plain.len()).any(|w| w == plain.as_slice()), "the plaintext shows");
+        assert_eq!(s.open_blob("p1", &a).unwrap(), plain);
+        assert!(s.open_blob("p2", &a).is_none(), "another purpose opened it");
+        assert!(other.open_blob("p1", &a).is_none(), "another secret opened it");
+        let mut altered = a.clone();
+        altered[20] ^= 1;
+        assert!(s.open_blob("p1", &altered).is_none(), "an altered blob opened");
+        assert!(s.open_blob("p1", &a[..10]).is_none());
+    }
+
+    #[test]
+    fn a_fetch_is_taken_only_signed_by_the_members_secret_for_that_member_and_time() {
+        let s = RecoverySecret::generate().unwrap();
+        let key = s.fetch_public_key();
+        let now = 1_800_000_000_000;
+        let sig = s.sign_fetch("alice.collective.local", now);
+        assert!(verify_fetch(&key, "alice.collective.local", now, now + 1000, &sig).is_ok());
+        // Another member's name, another time, another secret, a stale or future request.
+        assert!(verify_fetch(&key, "bob.collective.local", now, now, &sig).is_err());
+        assert!(verify_fetch(&key, "alice.collective.local", now + 1, now, &sig).is_err());
+        let other = RecoverySecret::generate().unwrap();
+        assert!(verify_fetch(&other.fetch_public_key(), "alice.collective.local", now, now, &sig).is_err());
+        let e = verify_fetch(&key, "alice.collective.local", now, now + 11 * 60_000, &sig).unwrap_err();
+        assert!(e.to_string().contains("10 minutes"), "{e}");
+        assert!(verify_fetch(&key, "alice.collective.local", now, now - 11 * 60_000, &sig).is_err());
+    }
 
     #[test]
     fn words_round_trip_and_a_mistyped_word_is_caught() {

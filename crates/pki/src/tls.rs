@@ -425,7 +425,24 @@ impl TlsIdentity {
         let mut cfg = rustls::ClientConfig::builder_with_provider(provider())
             .with_protocol_versions(&[&rustls::version::TLS13])?
             .dangerous()
-            .with_custom_certificate_verifier(Arc::new(Pinned { fingerprint }))
+            .with_custom_certificate_verifier(Arc::new(Pinned {
+                fingerprint: Some(fingerprint),
+            }))
+            .with_no_client_auth();
+        cfg.alpn_protocols = vec![alpn.to_vec()];
+        Ok(Arc::new(cfg))
+    }
+
+    /// Client side for recovery, when nothing is known but a recovery kit: no certificate
+    /// of ours, and any server certificate is taken (its handshake signature is still
+    /// checked). Safe only for what is authenticated another way: a recovery record is
+    /// sealed under the kit's secret, and the root it carries is checked against the kit's
+    /// fingerprint before anything else is trusted.
+    pub fn first_contact_client_config(alpn: &[u8]) -> Result<Arc<rustls::ClientConfig>, PkiError> {
+        let mut cfg = rustls::ClientConfig::builder_with_provider(provider())
+            .with_protocol_versions(&[&rustls::version::TLS13])?
+            .dangerous()
+            .with_custom_certificate_verifier(Arc::new(Pinned { fingerprint: None }))
             .with_no_client_auth();
         cfg.alpn_protocols = vec![alpn.to_vec()];
         Ok(Arc::new(cfg))
@@ -451,10 +468,11 @@ fn sha256(data: &[u8]) -> [u8; 32] {
 }
 
 /// Trusts exactly one server, named by the SHA-256 of its public key (or, for codes made
-/// before keys were pinned, of its certificate).
+/// before keys were pinned, of its certificate); with no fingerprint, any server (see
+/// [`TlsIdentity::first_contact_client_config`]). The handshake signature is always checked.
 #[derive(Debug)]
 struct Pinned {
-    fingerprint: [u8; 32],
+    fingerprint: Option<[u8; 32]>,
 }
 
 impl rustls::client::danger::ServerCertVerifier for Pinned {
@@ -466,8 +484,11 @@ impl rustls::client::danger::ServerCertVerifier for Pinned {
         _ocsp: &[u8],
         _now: rustls_pki_types::UnixTime,
     ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
-        let key_matches = CertInfo::from_der(end_entity).is_ok_and(|i| sha256(&i.public_key) == self.fingerprint);
-        if key_matches || sha256(end_entity) == self.fingerprint {
+        let Some(fingerprint) = self.fingerprint else {
+            return Ok(rustls::client::danger::ServerCertVerified::assertion());
+        };
+        let key_matches = CertInfo::from_der(end_entity).is_ok_and(|i| sha256(&i.public_key) == fingerprint);
+        if key_matches || sha256(end_entity) == fingerprint {
             Ok(rustls::client::danger::ServerCertVerified::assertion())
         } else {
             Err(rustls::Error::General(

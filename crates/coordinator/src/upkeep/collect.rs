@@ -65,6 +65,7 @@ impl State {
             let Ok(channel) = self.links.channel(&member) else { continue };
             let req = ReleaseChunksRequest {
                 ids: ids.iter().map(|i| i.0.to_vec().into()).collect(),
+                metadata_backup: false,
             };
             match tokio::time::timeout(Duration::from_secs(10), FederationClient::new(channel).release_chunks(req)).await {
                 Ok(Ok(_)) => self.links.elsewhere_changed(),

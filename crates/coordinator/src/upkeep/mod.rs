@@ -175,6 +175,9 @@ pub struct Upkeep {
     /// Hosted copies given a token up to this time (ms) were checked against their node;
     /// and when that check last ran.
     hosting_audit: Mutex<(u64, Option<Instant>)>,
+    /// The chunks with no copy left that the lost files were last found for, and those
+    /// files (looked for again only when the chunks change).
+    lost: Mutex<(Vec<ChunkId>, Vec<String>, u64)>,
 }
 
 /// `90 s`, `2 h`: a duration for a throttle line.
@@ -227,6 +230,7 @@ impl Upkeep {
             w_repair,
             w_gc,
             hosting_audit: Mutex::new((0, None)),
+            lost: Mutex::new((Vec::new(), Vec::new(), 0)),
         }
     }
 
@@ -438,6 +442,7 @@ impl State {
         let draining = lock(&up.draining).clone();
         let free: HashMap<String, u64> = self.nodes.lock().iter().map(|(k, e)| (k.clone(), e.usage.free_bytes)).collect();
         let gc_cutoff = unix_ms_now().saturating_sub(up.settings.gc_grace.as_millis() as u64);
+        let mut lost_chunks: Vec<ChunkId> = Vec::new();
         let st = &mut round.status;
         for r in self.meta.chunks() {
             let (id, rec) = match r {
@@ -477,6 +482,9 @@ impl State {
                     })
                     .collect(),
             };
+            if facts.replicas.iter().all(|r| r.live == Live::Lost) {
+                lost_chunks.push(id);
+            }
             let plan = crate::repair_plan::plan(&facts);
             match plan.risk {
                 Risk::Unreadable => {
@@ -527,8 +535,47 @@ impl State {
         st.waiting_nodes = waiting;
         st.draining_nodes = draining.into_iter().collect();
         self.count_unknown(st);
+        self.find_lost_files(lost_chunks, st);
         st.last_scan_ms = unix_ms_now() as i64;
         round
+    }
+
+    /// The files whose chunks include one with no copy left: found again only when those
+    /// chunks change (a walk of every file).
+    fn find_lost_files(&self, mut chunks: Vec<ChunkId>, st: &mut RepairStatusResponse) {
+        const MAX_PATHS: usize = 10_000;
+        chunks.sort();
+        let mut lost = lock(&self.upkeep.lost);
+        if lost.0 != chunks {
+            let set: HashSet<ChunkId> = chunks.iter().copied().collect();
+            let mut paths = Vec::new();
+            let mut count = 0u64;
+            if !set.is_empty() {
+                let mut files = Vec::new();
+                let walked = self.meta.walk_files(&collective_core::RemotePath::root(), &mut |_, a| {
+                    files.push(a.path);
+                    true
+                });
+                if let Err(e) = walked {
+                    tracing::warn!("cannot look for lost files: {e}");
+                    return;
+                }
+                for f in files {
+                    let Ok(path) = collective_core::validate_path(&f) else { continue };
+                    let Ok((_, manifest)) = self.meta.manifest(&path) else { continue };
+                    if manifest.iter().any(|c| set.contains(&ChunkId(c.id))) {
+                        count += 1;
+                        if paths.len() < MAX_PATHS {
+                            paths.push(f);
+                        }
+                    }
+                }
+            }
+            *lost = (chunks, paths, count);
+        }
+        st.lost_chunks = lost.0.len() as u64;
+        st.lost_files = lost.2;
+        st.lost_paths = lost.1.clone();
     }
 
     /// Unknown chunks still kept on our nodes (those known again meanwhile left out).

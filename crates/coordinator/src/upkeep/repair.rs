@@ -95,20 +95,13 @@ impl State {
     /// repair worker is paused.
     pub(super) async fn run_repairs(&self, jobs: Vec<Job>, run: &collective_core::Run<'_>) {
         let up = &self.upkeep;
-        let pace = tokio::sync::Mutex::new(Instant::now());
+        let pace = crate::throttle::Pacer::new(up.settings.rate);
         futures::stream::iter(jobs)
             .for_each_concurrent(up.settings.parallel, |job| {
                 let pace = &pace;
                 async move {
                     // Throttle: each copy books its share of `repair_rate`.
-                    let wait = {
-                        let mut next = pace.lock().await;
-                        let now = Instant::now();
-                        let start = (*next).max(now);
-                        *next = start + Duration::from_secs_f64(job.size() as f64 * job.need as f64 / up.settings.rate as f64);
-                        start - now
-                    };
-                    tokio::time::sleep(wait).await;
+                    pace.wait(job.size() * job.need as u64).await;
                     if up.w_repair.paused() {
                         return;
                     }
@@ -243,6 +236,7 @@ impl State {
                 .read_tokens(ReadTokensRequest {
                     user: target.to_string(),
                     chunks: job.desc(),
+                    metadata_backup: false,
                 })
                 .await
                 .map_err(|s| Error::peer(&member, &s))?
@@ -280,6 +274,7 @@ impl State {
                 chunks: job.desc(),
                 avoid: vec![],
                 prefer: vec![target.to_string()],
+                metadata_backup: false,
             })
             .await
             .map_err(|s| Error::peer(&member, &s))?

@@ -124,6 +124,11 @@ impl State {
     /// `Federation.ReleaseChunks`: the guest no longer needs these chunks here.
     pub async fn release_chunks(&self, req: Request<ReleaseChunksRequest>) -> Result<Response<ReleaseChunksResponse>, Status> {
         let guest = self.authorize_peer(&req)?.domain;
+        let guest = if req.get_ref().metadata_backup {
+            collective_meta::backup_guest(&guest)
+        } else {
+            guest
+        };
         let ids: Vec<ChunkId> = req.get_ref().ids.iter().filter_map(|b| ChunkId::from_slice(b)).collect();
         let released = self.meta.release_hosted(&guest, &ids).map_err(meta_status)?;
         self.meta.flush().await.map_err(meta_status)?;
