@@ -1362,3 +1362,126 @@ fn recovery_records_are_kept_only_from_their_member_and_handed_only_to_the_kit_h
         .unwrap_err();
     assert_eq!(e.code(), tonic::Code::PermissionDenied, "{e:?}");
 }
+
+mod lying_keeper {
+    use collective_proto::v1::bootstrap_server::{Bootstrap, BootstrapServer};
+    use collective_proto::v1::*;
+    use tonic::{Request, Response, Status};
+
+    /// A keeper that answers every fetch with the record it was given.
+    pub struct Liar {
+        pub answer: FetchRecoveryResponse,
+    }
+
+    #[tonic::async_trait]
+    impl Bootstrap for Liar {
+        async fn join_member(&self, _: Request<JoinMemberRequest>) -> Result<Response<JoinMemberResponse>, Status> {
+            Err(Status::unimplemented("not in this fake"))
+        }
+        async fn redeem_invite(&self, _: Request<RedeemInviteRequest>) -> Result<Response<RedeemInviteResponse>, Status> {
+            Err(Status::unimplemented("not in this fake"))
+        }
+        async fn fetch_recovery(&self, _: Request<FetchRecoveryRequest>) -> Result<Response<FetchRecoveryResponse>, Status> {
+            Ok(Response::new(self.answer.clone()))
+        }
+    }
+
+    pub fn server(answer: FetchRecoveryResponse) -> BootstrapServer<Liar> {
+        BootstrapServer::new(Liar { answer })
+    }
+}
+
+/// A keeper (or whoever now answers at an address the kit names) hands out records that
+/// claim to be alice's newest: one altered (its version raised to the maximum, its heads
+/// emptied), one whose identity is not sealed with her secret. Recovery refuses both,
+/// names them, and recovers from the record bob keeps.
+#[test]
+fn a_keeper_handing_out_forged_newest_records_does_not_stop_a_recovery() {
+    use collective_proto::v1::bootstrap_client::BootstrapClient;
+    use collective_proto::v1::{FetchRecoveryRequest, RecoveryRecord};
+    use prost::Message;
+    let fed = Cluster::federation("adv-liar-keeper", 2, 1);
+    let alice = fed.member("alice").clone();
+    let bob = fed.member("bob").clone();
+    within(Duration::from_secs(60), "alice's record to reach bob", || {
+        let v: serde_json::Value = serde_json::from_str(&fed.ok_as("alice", &["status", "--json"])).unwrap_or_default();
+        v["metadata_backup"]["keepers"].as_u64().unwrap_or(0) >= 2 && v["metadata_backup"]["pending_changes"] == 0
+    });
+    let kit_text = std::fs::read_to_string(alice.coordinator_config.parent().unwrap().join("recovery-kit.txt")).unwrap();
+    let kit = collective_pki::RecoveryKit::parse(&kit_text).unwrap();
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap();
+    let now = collective_core::unix_ms_now();
+    let genuine = rt
+        .block_on(async {
+            let tls = collective_pki::TlsIdentity::first_contact_client_config(collective_pki::ALPN_GRPC).unwrap();
+            let name: collective_core::Principal = format!("coordinator@{}", bob.domain).parse().unwrap();
+            let ch = collective_rpc::channel_with_config(tls, &bob.grpc, &name).unwrap();
+            BootstrapClient::new(ch)
+                .fetch_recovery(FetchRecoveryRequest {
+                    member: alice.domain.clone(),
+                    time_ms: now,
+                    signature: kit.secret.sign_fetch(&alice.domain, now).into(),
+                })
+                .await
+        })
+        .unwrap()
+        .into_inner();
+    let signed = genuine.record.clone().unwrap();
+    let record = RecoveryRecord::decode(signed.record.as_ref()).unwrap();
+    let altered = RecoveryRecord {
+        version: u64::MAX - 1,
+        heads: vec![],
+        ..record.clone()
+    };
+    let foreign = RecoveryRecord {
+        version: u64::MAX - 2,
+        identity: collective_pki::RecoverySecret::generate()
+            .unwrap()
+            .seal_blob("metadata-backup-identity-v1", b"x")
+            .unwrap()
+            .into(),
+        ..record.clone()
+    };
+    let (liar_id, _) = issue_identity(&fed, "bob", "coordinator", "liar");
+    let mut lines = String::new();
+    for (i, forged) in [altered, foreign].into_iter().enumerate() {
+        let mut answer = genuine.clone();
+        answer.keeper = format!("liar-{i}");
+        answer.member_state = "down".into();
+        answer.record = Some(collective_proto::v1::SignedRecoveryRecord {
+            record: forged.encode_to_vec().into(),
+            ..signed.clone()
+        });
+        // Open to strangers, as a real keeper's Bootstrap service is.
+        let tls = liar_id.server_config_optional_client(collective_pki::ALPN_GRPC).unwrap();
+        let (addr, incoming) = rt
+            .block_on(collective_rpc::tls_incoming_with(tls, "127.0.0.1:0".parse().unwrap(), None))
+            .unwrap();
+        rt.spawn(
+            tonic::transport::Server::builder()
+                .add_service(lying_keeper::server(answer))
+                .serve_with_incoming(incoming),
+        );
+        lines.push_str(&format!("bootstrap: {addr}\n"));
+    }
+    let with_liars = kit_text.replacen("written:", &format!("{lines}written:"), 1);
+    let kit_path = fed.write_local("kit-with-liars.txt", with_liars.as_bytes());
+    fed.kill9("coordinator@alice");
+    let out = fed.path("alice-recovered");
+    let mut said = String::new();
+    within(Duration::from_secs(30), "a recovery past the lying keepers", || {
+        let _ = std::fs::remove_dir_all(&out);
+        let r = std::process::Command::new(common::BIN)
+            .args(["member", "recover", "--kit", p(&kit_path), "--out", p(&out)])
+            .output()
+            .unwrap();
+        said = String::from_utf8_lossy(&r.stderr).into_owned();
+        r.status.success()
+    });
+    assert!(
+        said.contains("liar-0") && said.contains("liar-1"),
+        "the forged records were not named: {said}"
+    );
+    assert!(out.join("coordinator.toml").exists());
+}

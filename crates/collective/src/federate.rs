@@ -533,9 +533,15 @@ pub struct RecoverArgs {
     /// Directory for the recovered coordinator (new, or empty)
     #[arg(long)]
     pub(crate) out: PathBuf,
-    /// Where the coordinator will listen for gRPC [default: a free loopback port]
+    /// Where the coordinator will listen for gRPC, e.g. the address the old one listened
+    /// on, so its nodes find it (its HTTP and gossip ports stay as they were, on that host)
+    /// [default: free loopback ports]
     #[arg(long)]
     pub(crate) listen: Option<String>,
+    /// The host other members and the nodes reach this machine at (needed when --listen
+    /// is 0.0.0.0 or ::)
+    #[arg(long)]
+    pub(crate) advertise: Option<String>,
     /// Recover the newest backup at or before this time (RFC 3339, or a duration back
     /// from now such as 2h)
     #[arg(long)]
@@ -600,11 +606,16 @@ pub async fn member(o: &ClientOverrides, cmd: MemberCommand) -> Result<()> {
 /// `member recover`: the coordinator directory, then a client configuration for its admin.
 pub async fn recover(a: &RecoverArgs) -> Result<()> {
     let kit = std::fs::read_to_string(&a.kit).with_context(|| format!("cannot read the recovery kit {}", a.kit.display()))?;
-    let at_ms = a.at.as_deref().map(crate::observe::since_ms).transpose()?.map(|t| t.max(0) as u64);
+    let at_ms =
+        a.at.as_deref()
+            .map(|t| crate::observe::time_ms("--at", t))
+            .transpose()?
+            .map(|t| t.max(0) as u64);
     let r = collective_coordinator::recover(collective_coordinator::RecoverOptions {
         kit,
         out: a.out.clone(),
         listen: a.listen.clone(),
+        advertise: a.advertise.clone(),
         at_ms,
         force: a.force,
     })

@@ -68,12 +68,18 @@ pub async fn events(o: &ClientOverrides, a: EventsArgs) -> Result<()> {
 }
 
 /// `--since`: a duration back from now, or an RFC 3339 time.
-pub(crate) fn since_ms(s: &str) -> Result<i64> {
+fn since_ms(s: &str) -> Result<i64> {
+    time_ms("--since", s)
+}
+
+/// A time given to `flag`: a duration back from now (`2h`), or an RFC 3339 time.
+pub(crate) fn time_ms(flag: &str, s: &str) -> Result<i64> {
     if let Ok(d) = parse_duration(s) {
         return Ok(unix_ms_now().saturating_sub(d.as_millis() as u64) as i64);
     }
-    let t =
-        OffsetDateTime::parse(s, &Rfc3339).with_context(|| format!("--since '{s}' is neither a duration (1h, 7d) nor an RFC 3339 time"))?;
+    let t = OffsetDateTime::parse(s, &Rfc3339).with_context(|| {
+        format!("{flag} '{s}' is neither a duration back from now (2h, 7d) nor an RFC 3339 time (2026-12-07T14:00:00Z)")
+    })?;
     Ok((t.unix_timestamp_nanos() / 1_000_000) as i64)
 }
 

@@ -197,7 +197,7 @@ impl Bootstrap for BootstrapService {
         req: Request<collective_proto::v1::FetchRecoveryRequest>,
     ) -> Result<Response<collective_proto::v1::FetchRecoveryResponse>, Status> {
         let addr = req.remote_addr().map(|a| a.ip());
-        let member = req.get_ref().member.clone();
+        let member: String = req.get_ref().member.chars().take(253).collect();
         let r = self.attempts.guard(addr, self.state.fetch_recovery(req)).await;
         let who = format!("holder of {member}'s recovery kit");
         self.state

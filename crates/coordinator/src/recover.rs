@@ -31,7 +31,7 @@ use collective_proto::v1::federation_client::FederationClient;
 use collective_proto::v1::node_recovery_client::NodeRecoveryClient;
 use collective_proto::v1::{
     BackupBlob, BackupChunk, BackupHead, BackupManifest, BackupProgress, ChunkDesc, FetchRecoveryRequest, FetchRecoveryResponse, NodeAddr,
-    ReadTokensRequest, RecoveryIdentity, RecoveryRecord, TokenOp,
+    ReadTokensRequest, RecoveryIdentity, RecoveryRecord, SignedRecoveryRecord, TokenOp,
 };
 use prost::Message;
 
@@ -54,6 +54,9 @@ pub struct RecoverOptions {
     pub out: PathBuf,
     /// Where the new coordinator listens for gRPC (default: a free loopback port).
     pub listen: Option<String>,
+    /// The host other members and the nodes reach it at (needed when `listen` is a
+    /// wildcard address).
+    pub advertise: Option<String>,
     /// Recover the newest backup at or before this time (ms since the epoch).
     pub at_ms: Option<u64>,
     /// Go on even though the member's coordinator still seems alive.
@@ -91,55 +94,242 @@ fn time_str(ms: u64) -> String {
     collective_core::format_time_ms(ms as i64)
 }
 
-/// Brings a member back from its kit into `opts.out` (see the module documentation).
+/// One keeper's answer that holds up without trusting the keeper: the record is this
+/// member's, made for this kit, its identity opens with the secret and carries the root the
+/// kit names. (Its signature is checked once the identity is on disk.)
+struct Candidate {
+    record: RecoveryRecord,
+    signed: SignedRecoveryRecord,
+    identity: RecoveryIdentity,
+    keeper: String,
+}
+
+/// The member's trust anchor among the identity's files: the federation root, or a lone
+/// member's CA.
+fn anchor_pem(identity: &RecoveryIdentity) -> Option<String> {
+    ["root.crt", "ca.crt"].iter().find_map(|n| {
+        identity
+            .files
+            .iter()
+            .find(|f| f.place == "ca" && f.name == *n)
+            .map(|f| String::from_utf8_lossy(&f.data).into_owned())
+    })
+}
+
+fn vet(kit: &RecoveryKit, answer: &FetchRecoveryResponse, record: &RecoveryRecord) -> Result<Candidate, String> {
+    if record.member != kit.domain {
+        return Err(format!("a record of {}", record.member));
+    }
+    if record.recovery_key.as_ref() != kit.secret.fetch_public_key().as_slice() {
+        return Err("a record made for another recovery secret (another member's, or an older kit)".into());
+    }
+    let sealed = kit
+        .secret
+        .open_blob(IDENTITY_PURPOSE, &record.identity)
+        .ok_or("a record whose identity does not open with the kit's secret (altered)")?;
+    let identity = RecoveryIdentity::decode(sealed.as_slice()).map_err(|e| format!("a malformed identity ({e})"))?;
+    let pem = anchor_pem(&identity).ok_or("an identity without a CA certificate")?;
+    let info = collective_pki::CertInfo::from_pem(&pem).map_err(|e| e.to_string())?;
+    if !info.fingerprint.eq_ignore_ascii_case(&kit.root_fingerprint) {
+        return Err(format!(
+            "a root certificate with fingerprint {}, not the kit's {}: compare `root-fingerprint:` with the printed kit",
+            info.fingerprint, kit.root_fingerprint
+        ));
+    }
+    Ok(Candidate {
+        record: record.clone(),
+        signed: answer.record.clone().unwrap_or_default(),
+        identity,
+        keeper: answer.keeper.clone(),
+    })
+}
+
+/// Whether the member's old coordinator still answers at `addr` (a member on its own has
+/// no other member's gossip to tell).
+async fn old_coordinator_answers(kit: &RecoveryKit, addr: &str) -> bool {
+    let Ok(tls) = TlsIdentity::first_contact_client_config(collective_pki::ALPN_GRPC) else {
+        return false;
+    };
+    let Ok(name) = Principal::new("coordinator", &kit.domain) else {
+        return false;
+    };
+    let Ok(channel) = collective_rpc::channel_with_config(tls, addr, &name) else {
+        return false;
+    };
+    let now = unix_ms_now();
+    let req = FetchRecoveryRequest {
+        member: kit.domain.clone(),
+        time_ms: now,
+        signature: kit.secret.sign_fetch(&kit.domain, now).into(),
+    };
+    match tokio::time::timeout(Duration::from_secs(3), BootstrapClient::new(channel).fetch_recovery(req)).await {
+        Ok(Err(s)) => s.code() == tonic::Code::FailedPrecondition && s.message().contains("is running"),
+        _ => false,
+    }
+}
+
+/// Makes `dir` readable by its owner only (it holds keys and, while building, plaintext).
+fn private_dir(dir: &Path) -> Result<(), CoordinatorError> {
+    use std::os::unix::fs::DirBuilderExt;
+    std::fs::DirBuilder::new().recursive(true).mode(0o700).create(dir).map_err(io(dir))
+}
+
+/// Brings a member back from its kit into `opts.out` (see the module documentation). It is
+/// built beside `--out` and moved in place whole: a refusal or failure leaves nothing.
 pub async fn recover(opts: RecoverOptions) -> Result<Recovered, CoordinatorError> {
     let kit = RecoveryKit::parse(&opts.kit).map_err(|e| err(format!("the recovery kit is not usable: {e}")))?;
-    if opts.out.exists() && std::fs::read_dir(&opts.out).map(|mut d| d.next().is_some()).unwrap_or(true) {
-        return Err(err(format!("{} is not empty; recover into a new directory", opts.out.display())));
+    let out = std::path::absolute(&opts.out).map_err(io(&opts.out))?;
+    if out.exists() && std::fs::read_dir(&out).map(|mut d| d.next().is_some()).unwrap_or(true) {
+        return Err(err(format!(
+            "{} is not empty; recover into a new directory (a refused recovery leaves nothing behind, so this one holds something else)",
+            out.display()
+        )));
     }
     if kit.bootstrap.is_empty() {
         return Err(err(
-            "the kit names no one to ask (no bootstrap addresses); add one line `bootstrap: HOST:PORT` naming another member's coordinator",
+            "the kit names no one to ask; add a line `bootstrap: HOST:PORT` with another member's coordinator gRPC address \
+             (its advertise_grpc, e.g. 192.168.2.20:7000), or for a member on its own one of its nodes' gRPC addresses",
         ));
     }
+    let addrs = Addresses::choose(&opts)?;
     let answers = ask_keepers(&kit).await?;
-    // A coordinator that still runs must not get a twin.
-    if !opts.force
-        && let Some((a, _)) = answers.iter().find(|(a, _)| matches!(a.member_state.as_str(), "alive" | "suspect"))
-    {
+    let mut candidates = Vec::new();
+    let mut refused = Vec::new();
+    for (a, r) in &answers {
+        match vet(&kit, a, r) {
+            Ok(c) => candidates.push(c),
+            Err(e) => refused.push(format!("{}: {e}", a.keeper)),
+        }
+    }
+    if candidates.is_empty() {
         return Err(err(format!(
-            "{}'s coordinator is still alive as far as {} can tell (its last gossip: {}); \
-             two coordinators of one member must never run: stop it, or pass --force if it is really gone",
-            kit.domain,
-            a.keeper,
-            if a.last_seen_ms > 0 {
-                time_str(a.last_seen_ms)
-            } else {
-                "now".into()
-            }
+            "no keeper has a recovery record this kit opens: {}",
+            refused.join("; ")
         )));
     }
-    let (record, signed) = answers
-        .iter()
-        .filter_map(|(a, r)| a.record.clone().map(|s| (r.clone(), s)))
-        .max_by_key(|(r, _)| r.version)
-        .ok_or_else(|| err("no keeper returned a recovery record"))?;
-    let sealed_identity = kit.secret.open_blob(IDENTITY_PURPOSE, &record.identity).ok_or_else(|| {
-        err(format!(
-            "the kit's secret does not open {}'s recovery record: this kit belongs to another member, or the record was altered",
-            kit.domain
-        ))
-    })?;
-    let identity_files =
-        RecoveryIdentity::decode(sealed_identity.as_slice()).map_err(|e| err(format!("the sealed identity is malformed: {e}")))?;
+    if !refused.is_empty() {
+        tracing::warn!("records refused: {}", refused.join("; "));
+    }
+    candidates.sort_by_key(|c| std::cmp::Reverse(c.record.version));
+    // A coordinator that still runs must not get a twin.
+    if !opts.force {
+        if let Some(a) = answers
+            .iter()
+            .map(|(a, _)| a)
+            .find(|a| matches!(a.member_state.as_str(), "alive" | "suspect"))
+        {
+            return Err(err(format!(
+                "{}'s coordinator is still alive as far as {} can tell (its last gossip: {}); \
+                 two coordinators of one member must never run: stop it, or pass --force if it is really gone",
+                kit.domain,
+                a.keeper,
+                if a.last_seen_ms > 0 {
+                    time_str(a.last_seen_ms)
+                } else {
+                    "now".into()
+                }
+            )));
+        }
+        let old = &candidates[0].record.grpc_addr;
+        if !old.is_empty() && old_coordinator_answers(&kit, old).await {
+            return Err(err(format!(
+                "{}'s coordinator still answers at {old}; two coordinators of one member must never run: \
+                 stop it, or pass --force if that is another program",
+                kit.domain
+            )));
+        }
+    }
+    let name = out
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "recovered".into());
+    let staging = out.with_file_name(format!(".{name}.recovering"));
+    let _ = std::fs::remove_dir_all(&staging);
+    private_dir(&staging)?;
+    match build(&kit, candidates, &answers, &opts, &addrs, &staging, &out).await {
+        Ok(r) => {
+            if out.exists() {
+                std::fs::remove_dir(&out).map_err(io(&out))?;
+            }
+            std::fs::rename(&staging, &out).map_err(io(&out))?;
+            Ok(r)
+        }
+        Err(e) => {
+            let _ = std::fs::remove_dir_all(&staging);
+            Err(e)
+        }
+    }
+}
 
-    // The member's directories, as they were.
-    std::fs::create_dir_all(&opts.out).map_err(io(&opts.out))?;
-    let out = opts.out.canonicalize().map_err(io(&opts.out))?;
-    let (ca_dir, root_dir, certs) = (out.join("ca"), out.join("root"), out.join("certs"));
+/// Where the recovered coordinator listens and what it tells others.
+struct Addresses {
+    /// `--listen` as given (None: free loopback ports).
+    listen: Option<String>,
+    advertise: Option<String>,
+}
+
+impl Addresses {
+    fn choose(opts: &RecoverOptions) -> Result<Addresses, CoordinatorError> {
+        if let Some(l) = &opts.listen {
+            let sock = collective_rpc::resolve(l).map_err(|e| err(format!("--listen: {e}")))?;
+            if sock.ip().is_unspecified() && opts.advertise.is_none() {
+                return Err(err(format!(
+                    "--listen {l} listens on every address: add --advertise HOST, the address other members and the nodes reach this machine at"
+                )));
+            }
+        }
+        Ok(Addresses {
+            listen: opts.listen.clone(),
+            advertise: opts.advertise.clone(),
+        })
+    }
+
+    /// The coordinator's settings for this machine: the old ones with new paths, listening
+    /// at `--listen` (with the old HTTP and gossip ports on that host), or on free
+    /// loopback ports.
+    fn apply(&self, cfg: &mut CoordinatorConfig) -> Result<String, CoordinatorError> {
+        let port_of = |a: &str| a.rsplit_once(':').and_then(|(_, p)| p.parse::<u16>().ok());
+        let (grpc, host, http_port, gossip_port) = match &self.listen {
+            Some(l) => {
+                let host = l.rsplit_once(':').map(|(h, _)| h.to_string()).unwrap_or_else(|| "127.0.0.1".into());
+                let http = port_of(&cfg.http_listen).map_or_else(free_tcp_port, Ok)?;
+                let gossip = port_of(&cfg.federation.gossip_listen).map_or_else(free_udp_port, Ok)?;
+                (l.clone(), host, http, gossip)
+            }
+            None => (
+                format!("127.0.0.1:{}", free_tcp_port()?),
+                "127.0.0.1".to_string(),
+                free_tcp_port()?,
+                free_udp_port()?,
+            ),
+        };
+        cfg.grpc_listen = grpc.clone();
+        cfg.http_listen = format!("{host}:{http_port}");
+        let grpc_port = port_of(&grpc).unwrap_or(7000);
+        cfg.advertise_grpc = self.advertise.as_ref().map(|h| format!("{h}:{grpc_port}")).unwrap_or_default();
+        if !cfg.federation.gossip_listen.is_empty() {
+            cfg.federation.gossip_listen = format!("{host}:{gossip_port}");
+            cfg.federation.gossip_advertise = self.advertise.as_ref().map(|h| format!("{h}:{gossip_port}")).unwrap_or_default();
+        }
+        Ok(grpc)
+    }
+}
+
+/// Writes the member's directories into `staging` from the newest record whose signature
+/// checks, with every path in the settings as it will be under `out`.
+async fn build(
+    kit: &RecoveryKit,
+    candidates: Vec<Candidate>,
+    answers: &[(FetchRecoveryResponse, RecoveryRecord)],
+    opts: &RecoverOptions,
+    addrs: &Addresses,
+    staging: &Path,
+    out: &Path,
+) -> Result<Recovered, CoordinatorError> {
+    let (ca_dir, root_dir, certs) = (staging.join("ca"), staging.join("root"), staging.join("certs"));
     let mut old_config: Option<CoordinatorConfig> = None;
     let mut has_root = false;
-    for f in &identity_files.files {
+    for f in &candidates[0].identity.files {
         if f.name.contains('/') || f.name.starts_with('.') || f.name.is_empty() {
             return Err(err(format!("the sealed identity names a bad file '{}'", f.name)));
         }
@@ -161,7 +351,7 @@ pub async fn recover(opts: RecoverOptions) -> Result<Recovered, CoordinatorError
                 )));
             }
         };
-        std::fs::create_dir_all(dir).map_err(io(dir))?;
+        private_dir(dir)?;
         let path = dir.join(&f.name);
         if f.name.ends_with(".key") {
             collective_pki::write_private_file(&path, &f.data).map_err(|e| err(e.to_string()))?;
@@ -169,26 +359,12 @@ pub async fn recover(opts: RecoverOptions) -> Result<Recovered, CoordinatorError
             std::fs::write(&path, &f.data).map_err(io(&path))?;
         }
     }
-    let old_config = old_config.ok_or_else(|| err("the sealed identity holds no coordinator settings"))?;
+    let mut cfg = old_config.ok_or_else(|| err("the sealed identity holds no coordinator settings"))?;
     // The same secret goes on sealing the member's backups: the kit in hand stays valid.
-    std::fs::create_dir_all(&ca_dir).map_err(io(&ca_dir))?;
+    private_dir(&ca_dir)?;
     kit.secret
         .save(&ca_dir.join(collective_pki::RECOVERY_SECRET_FILE))
         .map_err(|e| err(e.to_string()))?;
-    // The anchor must be the one the kit names: the federation root, or a lone CA.
-    let anchor = ["root.crt", "ca.crt"]
-        .iter()
-        .map(|n| ca_dir.join(n))
-        .find(|p| p.exists())
-        .ok_or_else(|| err("the sealed identity holds no CA certificate"))?;
-    let anchor_pem = std::fs::read_to_string(&anchor).map_err(io(&anchor))?;
-    let anchor_info = collective_pki::CertInfo::from_pem(&anchor_pem).map_err(|e| err(e.to_string()))?;
-    if !anchor_info.fingerprint.eq_ignore_ascii_case(kit.root_fingerprint.trim()) {
-        return Err(err(format!(
-            "the record's root certificate has fingerprint {}, but the kit says {}: the kit is not this federation's",
-            anchor_info.fingerprint, kit.root_fingerprint
-        )));
-    }
 
     // A fresh certificate for the coordinator's old key.
     let ca = MemberCa::load(&ca_dir).map_err(|e| err(format!("the recovered member CA does not load: {e}")))?;
@@ -210,7 +386,22 @@ pub async fn recover(opts: RecoverOptions) -> Result<Recovered, CoordinatorError
             identity.principal, kit.domain
         )));
     }
-    collective_pki::open_record(&identity, &signed).map_err(|e| err(format!("the recovery record's signature does not check: {e}")))?;
+    // The newest record whose signature checks (as of when it was signed).
+    let mut bad = Vec::new();
+    let chosen = candidates
+        .into_iter()
+        .find(|c| match collective_pki::open_record_as_of(&identity, &c.signed, true) {
+            Ok(_) => true,
+            Err(e) => {
+                bad.push(format!("{}: {e}", c.keeper));
+                false
+            }
+        })
+        .ok_or_else(|| err(format!("no recovery record's signature checks: {}", bad.join("; "))))?;
+    if !bad.is_empty() {
+        tracing::warn!("records refused: {}", bad.join("; "));
+    }
+    let record = chosen.record;
 
     // The backup to bring back.
     let mut heads: Vec<BackupHead> = record.heads.clone();
@@ -227,46 +418,35 @@ pub async fn recover(opts: RecoverOptions) -> Result<Recovered, CoordinatorError
             )));
         }
     }
-    let head = heads
-        .first()
-        .cloned()
-        .ok_or_else(|| err(format!("{} has no backup yet", kit.domain)))?;
-    let fetcher = Fetcher::new(identity.clone(), &record, &answers)?;
-    let work = out.join(".recovering");
-    std::fs::create_dir_all(&work).map_err(io(&work))?;
-    let data_dir = out.join("coordinator-data");
+    let head = heads.first().cloned().ok_or_else(|| {
+        err(format!(
+            "{} has no backup in the federation yet; bring it back from a `coordinator backup` file if there is one",
+            kit.domain
+        ))
+    })?;
+    let fetcher = Fetcher::new(identity.clone(), &record, answers)?;
+    let work = staging.join(".pieces");
+    private_dir(&work)?;
+    let data_dir = staging.join("coordinator-data");
     let older = heads.get(1).map(|h| time_str(h.created_ms));
     let offer = |e: String| match &older {
         Some(t) => err(format!("{e}; an older backup may be whole: run again with --at {t}")),
         None => err(e),
     };
-    let (manifest, info) = fetcher.restore(&kit, &head, &work, &data_dir).await.map_err(offer)?;
+    let (manifest, info) = fetcher.restore(kit, &head, &work, &data_dir).await.map_err(offer)?;
     let _ = std::fs::remove_dir_all(&work);
     seed_backup_state(&data_dir, &kit.domain, &head, &manifest)?;
 
-    // The coordinator's settings, with this machine's paths and addresses.
-    let listen = match &opts.listen {
-        Some(l) => l.clone(),
-        None => format!("127.0.0.1:{}", free_tcp_port()?),
-    };
-    let host = listen
-        .rsplit_once(':')
-        .map(|(h, _)| h.to_string())
-        .unwrap_or_else(|| "127.0.0.1".into());
-    let mut cfg = old_config;
-    cfg.data_dir = data_dir;
-    cfg.ca_dir = ca_dir.clone();
-    cfg.grpc_listen = listen.clone();
-    cfg.advertise_grpc = String::new();
-    cfg.http_listen = format!("{host}:{}", free_tcp_port()?);
+    // The coordinator's settings, with the paths it will have under `out`.
+    let grpc_listen = addrs.apply(&mut cfg)?;
+    cfg.data_dir = out.join("coordinator-data");
+    cfg.ca_dir = out.join("ca");
     cfg.tls = collective_pki::TlsFiles {
-        ca: trust.clone(),
-        cert: cert_path,
-        key: key_path,
+        ca: out.join("certs/trust.crt"),
+        cert: out.join("certs/coordinator.crt"),
+        key: out.join("certs/coordinator.key"),
     };
     if !cfg.federation.gossip_listen.is_empty() {
-        cfg.federation.gossip_listen = format!("{host}:{}", free_udp_port()?);
-        cfg.federation.gossip_advertise = String::new();
         cfg.federation.bootstrap = answers
             .iter()
             .flat_map(|(a, _)| a.coordinators.iter())
@@ -275,33 +455,31 @@ pub async fn recover(opts: RecoverOptions) -> Result<Recovered, CoordinatorError
             .collect::<std::collections::BTreeSet<_>>()
             .into_iter()
             .collect();
-        cfg.federation.root_dir = if has_root { root_dir } else { PathBuf::new() };
+        cfg.federation.root_dir = if has_root { out.join("root") } else { PathBuf::new() };
     }
-    let config = out.join("coordinator.toml");
+    let config = staging.join("coordinator.toml");
     let text = toml::to_string_pretty(&cfg).map_err(|e| err(format!("cannot write the settings: {e}")))?;
     std::fs::write(&config, text).map_err(io(&config))?;
 
     // An admin's certificate for `client.toml`.
-    let admin_dir = out.join("admin");
-    let (admin_cert, admin_key) = ca
-        .issue_to(
-            &IssueRequest {
-                role: Role::Client,
-                name: "admin".into(),
-                sans: vec![],
-                not_before: None,
-                not_after: None,
-            },
-            &admin_dir,
-        )
-        .map_err(|e| err(format!("cannot issue the admin's certificate: {e}")))?;
+    ca.issue_to(
+        &IssueRequest {
+            role: Role::Client,
+            name: "admin".into(),
+            sans: vec![],
+            not_before: None,
+            not_after: None,
+        },
+        &staging.join("admin"),
+    )
+    .map_err(|e| err(format!("cannot issue the admin's certificate: {e}")))?;
     Ok(Recovered {
         member: kit.domain.clone(),
-        config,
-        grpc_listen: listen,
-        admin_cert,
-        admin_key,
-        trust_anchor: admin_dir.join("ca.crt"),
+        config: out.join("coordinator.toml"),
+        grpc_listen,
+        admin_cert: out.join("admin/admin.crt"),
+        admin_key: out.join("admin/admin.key"),
+        trust_anchor: out.join("admin/ca.crt"),
         coordinator_name: identity.principal.name.clone(),
         backup_ms: manifest.created_ms,
         entries: info.entries,
@@ -374,7 +552,7 @@ async fn ask_keepers(kit: &RecoveryKit) -> Result<Vec<(FetchRecoveryResponse, Re
     }
     if answers.is_empty() {
         return Err(err(format!(
-            "no keeper of {}'s recovery record answered: {}",
+            "no keeper of {}'s recovery record answered: {}. Each `bootstrap:` line must be the gRPC address of another              member's coordinator (its advertise_grpc, e.g. 192.168.2.20:7000) or, for a member on its own, of one of its              nodes, reachable from here; add lines for members that moved",
             kit.domain,
             failures.join("; ")
         )));
@@ -506,17 +684,21 @@ impl Fetcher {
             let id = ChunkId::from_slice(&c.id).ok_or_else(|| format!("{what} names a malformed chunk id"))?;
             chunks.push((id, c.size, c.nodes.clone()));
         }
-        let places = self.locate(&chunks).await;
         let mut file = std::io::BufWriter::new(std::fs::File::create(path).map_err(|e| format!("cannot write {}: {e}", path.display()))?);
         let mut hasher = blake3::Hasher::new();
         let mut length = 0u64;
-        for ((id, _, _), (c, places)) in chunks.iter().zip(blob.chunks.iter().zip(places)) {
-            let sealed = self.get(id, &places).await.map_err(|e| format!("{what}: {e}"))?;
-            let plain = open_chunk(c, sealed).map_err(|e| format!("{what}: chunk {}: {e}", id.short()))?;
-            hasher.update(&plain);
-            length += plain.len() as u64;
-            file.write_all(&plain)
-                .map_err(|e| format!("cannot write {}: {e}", path.display()))?;
+        // Tokens are asked for a batch at a time, just before its chunks are read: a large
+        // store over a slow link would outlast tokens asked for all at once.
+        for (batch, descs) in chunks.chunks(TOKENS_BATCH).zip(blob.chunks.chunks(TOKENS_BATCH)) {
+            let places = self.locate(batch).await;
+            for ((id, _, _), (c, places)) in batch.iter().zip(descs.iter().zip(places)) {
+                let sealed = self.get(id, &places).await.map_err(|e| format!("{what}: {e}"))?;
+                let plain = open_chunk(c, sealed).map_err(|e| format!("{what}: chunk {}: {e}", id.short()))?;
+                hasher.update(&plain);
+                length += plain.len() as u64;
+                file.write_all(&plain)
+                    .map_err(|e| format!("cannot write {}: {e}", path.display()))?;
+            }
         }
         file.flush().map_err(|e| format!("cannot write {}: {e}", path.display()))?;
         if length != blob.length || hasher.finalize().as_bytes().as_slice() != blob.hash.as_ref() {

@@ -217,6 +217,10 @@ pub async fn run(cfg: CoordinatorConfig, shutdown: impl Future<Output = ()> + Se
         upkeep,
     )?;
     state.upkeep.workers.add(backup.worker.clone());
+    // The change log is on before the first call is served, so no committed change misses
+    // the next backup; if it was ever off since the last one, that backup is a snapshot.
+    let continuous = state.meta.keep_change_log(backup.off_reason().is_empty())?;
+    backup.log_broken.store(!continuous, std::sync::atomic::Ordering::SeqCst);
     state.backup = backup;
     let state = Arc::new(state);
 

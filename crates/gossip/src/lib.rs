@@ -801,9 +801,14 @@ impl Agent {
                 }
                 OwnedNotification::MemberDown(id)
                     if self
-                        .foca
-                        .iter_membership_state()
-                        .any(|m| m.id().member == id.member && m.id().addr != id.addr && m.state() != foca::State::Down) =>
+                        .shared
+                        .lock_states()
+                        .get(&id.member)
+                        .is_some_and(|h| h.state.gossip_addr != id.addr.to_string())
+                        && self
+                            .foca
+                            .iter_membership_state()
+                            .any(|m| m.id().member == id.member && m.id().addr != id.addr && m.state() != foca::State::Down) =>
                 {
                     tracing::debug!(member = %id.member, addr = %id.addr, "an old address of a member that lives at another is down");
                 }
@@ -829,11 +834,21 @@ impl Agent {
 
     /// Mirrors foca's view of every member into the shared table.
     fn refresh_peers(&mut self, last_file: &mut String) {
+        // Where each member's own signed state says its gossip is (read before the peer
+        // table is locked).
+        let official: HashMap<String, SocketAddr> = self
+            .shared
+            .lock_states()
+            .iter()
+            .filter_map(|(m, h)| h.state.gossip_addr.parse().ok().map(|a| (m.clone(), a)))
+            .collect();
         let mut peers = self.shared.lock_peers();
         let mut addrs = Vec::new();
         // Foca keys identities by address: a member that came back at another address (a
         // coordinator recovered on a new machine) has its old identity too, down. The
-        // member is as alive as its liveliest identity.
+        // identity at the address the member's signed state names is the member; without
+        // one there, the member is as alive as its liveliest identity (never an identity
+        // another member could keep alive for it at an address of its choosing).
         let rank = |s: PeerState| match s {
             PeerState::Alive => 2,
             PeerState::Suspect => 1,
@@ -853,8 +868,10 @@ impl Agent {
             if state != PeerState::Down {
                 addrs.push(id.addr.to_string());
             }
+            let at_official = official.get(&id.member) == Some(&id.addr);
             let e = best.entry(id.member.clone()).or_insert((state, id.addr));
-            if rank(state) > rank(e.0) {
+            let e_official = official.get(&id.member) == Some(&e.1);
+            if at_official || (!e_official && rank(state) > rank(e.0)) {
                 *e = (state, id.addr);
             }
         }

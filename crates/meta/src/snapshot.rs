@@ -166,26 +166,32 @@ impl MetaStore {
 impl MetaStore {
     /// Turns the change log on for good (true): every committed change is logged until
     /// [`MetaStore::trim_log`] drops it, across restarts. False forgets the log and logs
-    /// only while an export runs.
-    pub fn keep_change_log(&self, keep: bool) -> Result<(), MetaError> {
+    /// only while an export runs. Turning it on says whether it was on without a break
+    /// since the last time (false: changes may be missing from it, so the next backup must
+    /// be a whole snapshot).
+    pub fn keep_change_log(&self, keep: bool) -> Result<bool, MetaError> {
+        const KEPT: &[u8] = b"change-log-kept";
         let was = self.log_kept.swap(keep, Ordering::SeqCst);
         match (was, keep) {
             (false, true) => {
                 self.engine.mark(Some(true))?;
+                let continuous = self.engine.get(Table::Backup, KEPT)?.is_some();
+                self.engine.insert(Table::Backup, KEPT, vec![1])?;
+                self.engine.flush()?;
+                Ok(continuous)
             }
-            (true, false) => {
-                self.engine.mark(Some(false))?;
-                let _one = self.exporting.lock().unwrap_or_else(|p| p.into_inner());
-                self.engine.clear_changes()?;
-            }
-            (false, false) => {
+            (true, true) => Ok(true),
+            (true, false) | (false, false) => {
+                if was {
+                    self.engine.mark(Some(false))?;
+                }
+                self.engine.remove(Table::Backup, KEPT)?;
                 // A log left from a run that kept one: nobody follows it now.
                 let _one = self.exporting.lock().unwrap_or_else(|p| p.into_inner());
                 self.engine.clear_changes()?;
+                Ok(false)
             }
-            (true, true) => {}
         }
-        Ok(())
     }
 
     /// A sequence number between transactions (see `Engine::mark`): every change committed

@@ -51,6 +51,12 @@ impl RecordFile {
                 state.domain, record.member
             )));
         }
+        // A version far ahead (a clock that jumped) would pin every later record out.
+        if record.version > collective_core::unix_ms_now().saturating_add(collective_pki::FETCH_SKEW_MS) {
+            return Err(Status::invalid_argument(
+                "the record's version is more than 10 minutes ahead of this node's clock; check the clocks (NTP)",
+            ));
+        }
         if let Some((old, _)) = self.load()?
             && old.version >= record.version
         {
@@ -74,7 +80,7 @@ impl NodeRecovery for RecoveryService {
         let q = req.into_inner();
         let Some((record, signed)) = self.file.load()?.filter(|(r, _)| r.member == q.member) else {
             return Err(Status::not_found(format!(
-                "{} keeps no recovery record of {}",
+                "{} keeps no recovery record of {}; ask another of its nodes, or another member's coordinator",
                 self.state.principal, q.member
             )));
         };

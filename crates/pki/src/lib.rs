@@ -26,8 +26,8 @@ pub use invite::{INVITE_PREFIX, InviteCode, InviteCodeKind};
 pub use keyfile::{check_key_permissions, replace_file, write_private_file};
 pub use names::{NAMES_FILE, NameRegister, free_name};
 pub use recovery::{
-    FETCH_SKEW_MS, KitFacts, RECOVERY_SECRET_FILE, RecoveryKit, RecoverySecret, existing_recovery_secret, open_record, recovery_kit,
-    recovery_secret, sign_record, verify_fetch,
+    FETCH_SKEW_MS, KitFacts, RECOVERY_SECRET_FILE, RecoveryKit, RecoverySecret, existing_recovery_secret, open_record, open_record_as_of,
+    recovery_kit, recovery_secret, sign_record, verify_fetch,
 };
 pub use revocation::{REVOCATION_FILE, RevocationList, Revocations, RevokedCert, parse_fingerprint};
 pub use root::{

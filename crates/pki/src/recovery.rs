@@ -78,7 +78,7 @@ impl RecoverySecret {
             .collect();
         if words.len() != WORDS {
             return Err(PkiError::Invalid(format!(
-                "a recovery secret is {WORDS} words; this has {}",
+                "a recovery secret is {WORDS} words; this has {} (the words go on the lines after `secret:`, with no other line after them)",
                 words.len()
             )));
         }
@@ -193,50 +193,74 @@ impl RecoveryKit {
 
     /// Reads a kit back (from its file, or typed in again from paper).
     pub fn parse(text: &str) -> Result<RecoveryKit, PkiError> {
-        if !text.trim_start().starts_with(KIT_TITLE) {
+        if !text.to_ascii_lowercase().contains(&KIT_TITLE.to_ascii_lowercase()) {
             return Err(PkiError::Invalid(format!(
-                "this is not a recovery kit (it does not start with \"{KIT_TITLE}\")"
+                "this is not a recovery kit (it has no line \"{KIT_TITLE}\")"
             )));
         }
+        // Typed back from paper: keys in any case, with or without a space after the
+        // colon, anywhere on their line; the words under `secret:` (or after it on its
+        // line) up to the next key or the end, blank lines and all.
+        const KEYS: [&str; 7] = [
+            "member",
+            "domain",
+            "federation",
+            "root-fingerprint",
+            "bootstrap",
+            "written",
+            "secret",
+        ];
         let mut fields: Vec<(String, String)> = Vec::new();
         let mut words = String::new();
         let mut in_secret = false;
         for line in text.lines() {
-            if in_secret {
-                if line.trim().is_empty() {
-                    in_secret = false;
-                } else {
-                    words.push_str(line);
-                    words.push(' ');
+            let t = line.trim();
+            if let Some((k, v)) = t.split_once(':') {
+                let k = k.trim().to_ascii_lowercase();
+                if KEYS.contains(&k.as_str()) {
+                    in_secret = k == "secret";
+                    if in_secret {
+                        words.push_str(v);
+                        words.push(' ');
+                    } else {
+                        fields.push((k, v.trim().to_string()));
+                    }
+                    continue;
                 }
-                continue;
             }
-            if line.trim() == "secret:" {
-                in_secret = true;
-                continue;
-            }
-            if let Some((k, v)) = line.split_once(": ")
-                && !k.starts_with(' ')
-                && !k.contains(' ')
-            {
-                fields.push((k.to_string(), v.trim().to_string()));
+            if in_secret {
+                words.push_str(t);
+                words.push(' ');
             }
         }
-        let one = |k: &str| -> Result<String, PkiError> {
-            fields
-                .iter()
-                .find(|(key, _)| key == k)
-                .map(|(_, v)| v.clone())
-                .ok_or_else(|| PkiError::Invalid(format!("the recovery kit has no '{k}:' line; it is incomplete or altered")))
+        let one = |k: &str| fields.iter().find(|(key, _)| key == k).map(|(_, v)| v.clone());
+        let needed = |k: &str| {
+            one(k).ok_or_else(|| {
+                PkiError::Invalid(format!(
+                    "the recovery kit has no '{k}:' line; write it as on the printed kit (`{k}: value`, one to a line)"
+                ))
+            })
         };
+        let domain = needed("domain")?;
+        let root_fingerprint: String = needed("root-fingerprint")?
+            .chars()
+            .filter(|c| !c.is_whitespace() && *c != ':')
+            .collect::<String>()
+            .to_ascii_lowercase();
+        if root_fingerprint.len() != 64 || !root_fingerprint.chars().all(|c| c.is_ascii_hexdigit()) {
+            return Err(PkiError::Invalid(format!(
+                "the kit's root-fingerprint has {} characters; it is 64 hexadecimal digits (0-9, a-f): compare it with the printed kit",
+                root_fingerprint.len()
+            )));
+        }
         Ok(RecoveryKit {
-            member: one("member")?,
-            domain: one("domain")?,
-            federation: one("federation")?,
-            root_fingerprint: one("root-fingerprint")?,
+            member: one("member").unwrap_or_else(|| domain.split('.').next().unwrap_or_default().to_string()),
+            federation: one("federation").unwrap_or_default(),
+            root_fingerprint,
             bootstrap: fields.iter().filter(|(k, _)| k == "bootstrap").map(|(_, v)| v.clone()).collect(),
-            written: one("written")?,
+            written: one("written").unwrap_or_default(),
             secret: RecoverySecret::from_words(&words)?,
+            domain,
         })
     }
 }
@@ -415,11 +439,26 @@ pub fn open_record(
     identity: &crate::TlsIdentity,
     signed: &collective_proto::v1::SignedRecoveryRecord,
 ) -> Result<collective_proto::v1::RecoveryRecord, PkiError> {
+    open_record_as_of(identity, signed, false)
+}
+
+/// [`open_record`]; with `when_signed`, the chain is checked as of the record's own
+/// version (recovery, long after a coordinator whose certificate has expired since died).
+pub fn open_record_as_of(
+    identity: &crate::TlsIdentity,
+    signed: &collective_proto::v1::SignedRecoveryRecord,
+    when_signed: bool,
+) -> Result<collective_proto::v1::RecoveryRecord, PkiError> {
     use prost::Message;
     let record = collective_proto::v1::RecoveryRecord::decode(signed.record.as_ref())
         .map_err(|e| PkiError::Invalid(format!("malformed recovery record: {e}")))?;
     let chain: Vec<Vec<u8>> = signed.chain.iter().map(|c| c.to_vec()).collect();
-    let (principal, role) = identity.verify_chain(&chain)?;
+    let (principal, role) = if when_signed {
+        let at = rustls_pki_types::UnixTime::since_unix_epoch(std::time::Duration::from_millis(record.version));
+        identity.verify_chain_at(&chain, at)?
+    } else {
+        identity.verify_chain(&chain)?
+    };
     if role != collective_core::Role::Coordinator || principal.domain != record.member {
         return Err(PkiError::Invalid(format!(
             "the recovery record of {} is signed by {principal}: only that member's coordinator signs it",
@@ -530,9 +569,31 @@ mod tests {
         let page = kit.render();
         assert!(page.contains("keep it outside the house"), "{page}");
         assert_eq!(RecoveryKit::parse(&page).unwrap(), kit);
-        let no_member = page.replace("member: alice\n", "");
-        assert!(RecoveryKit::parse(&no_member).unwrap_err().to_string().contains("'member:'"));
+        let no_domain = page.replace("domain: alice.collective.local\n", "");
+        assert!(RecoveryKit::parse(&no_domain).unwrap_err().to_string().contains("'domain:'"));
         assert!(RecoveryKit::parse("hello").unwrap_err().to_string().contains("not a recovery kit"));
+
+        // Typed from paper: a note above the title, keys in capitals without a space after
+        // the colon, the fingerprint in groups, the first words on the `secret:` line, a
+        // blank line between word rows, a bootstrap line added after the words, and the
+        // member, federation and written lines left out.
+        let words: Vec<String> = kit.secret.to_words().split_whitespace().map(str::to_string).collect();
+        let fp = "ab".repeat(32);
+        let typed = format!(
+            "typed on 2026-12-08\ncollective RECOVERY kit\nDomain:alice.collective.local\nroot-fingerprint: {} {}\nbootstrap: 192.168.2.20:7000\nSECRET: {}\n\n{}\n bootstrap : 192.168.3.30:7000\n",
+            &fp[..32],
+            &fp[32..],
+            words[..6].join(" "),
+            words[6..].join(" ")
+        );
+        let back = RecoveryKit::parse(&typed).unwrap();
+        assert_eq!(back.secret, kit.secret);
+        assert_eq!(back.domain, kit.domain);
+        assert_eq!(back.member, "alice", "the member is the domain's first name");
+        assert_eq!(back.root_fingerprint, kit.root_fingerprint);
+        assert_eq!(back.bootstrap, kit.bootstrap);
+        let short = page.replace(&"ab".repeat(32), &"ab".repeat(31));
+        assert!(RecoveryKit::parse(&short).unwrap_err().to_string().contains("64 hexadecimal"));
         let dir = std::env::temp_dir().join(format!("collective-recovery-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let f = dir.join(RECOVERY_SECRET_FILE);

@@ -400,6 +400,12 @@ impl TlsIdentity {
     /// to what we trust, valid now, not revoked, allowed as a client, and naming a
     /// Collective principal.
     pub fn verify_chain(&self, chain: &[Vec<u8>]) -> Result<(Principal, Role), PkiError> {
+        self.verify_chain_at(chain, rustls_pki_types::UnixTime::now())
+    }
+
+    /// [`TlsIdentity::verify_chain`] as of `at` (a signature made then, checked later: a
+    /// certificate that has expired since still vouches for what it signed while valid).
+    pub fn verify_chain_at(&self, chain: &[Vec<u8>], at: rustls_pki_types::UnixTime) -> Result<(Principal, Role), PkiError> {
         let leaf = chain
             .first()
             .ok_or_else(|| PkiError::NotCollective("empty certificate chain".into()))?;
@@ -410,7 +416,7 @@ impl TlsIdentity {
             .build()
             .map_err(|e| PkiError::Invalid(format!("cannot build verifier: {e}")))?;
         let ders: Vec<CertificateDer<'_>> = chain.iter().map(|c| CertificateDer::from(c.as_slice())).collect();
-        verifier.verify_client_cert(&ders[0], &ders[1..], rustls_pki_types::UnixTime::now())?;
+        verifier.verify_client_cert(&ders[0], &ders[1..], at)?;
         let (principal, role) = peer_from_der(leaf)?;
         if let Some(why) = self.revocations.principal_refusal(&principal) {
             return Err(PkiError::Invalid(why));

@@ -63,12 +63,23 @@ impl State {
             }
         }
         let signed = self.backup_record(secret, progress)?;
+        let version = collective_proto::v1::RecoveryRecord::decode(signed.record.as_ref()).map_or(0, |r| r.version);
+        // A keeper that kept a newer version than ours (a clock that jumped) did not take it.
+        let taken = |kept: u64, who: &str| {
+            if kept == version {
+                Ok(who.to_string())
+            } else {
+                Err(format!(
+                    "{who} keeps a record of version {kept}, newer than this one ({version}): check the clocks (NTP)"
+                ))
+            }
+        };
         let to_members = members.iter().map(|m| {
             let signed = signed.clone();
             async move {
                 let channel = self.links.channel(m).map_err(|e| e.to_string())?;
                 match tokio::time::timeout(PUSH_TIMEOUT, FederationClient::new(channel).keep_recovery(signed)).await {
-                    Ok(Ok(_)) => Ok(m.clone()),
+                    Ok(Ok(r)) => taken(r.into_inner().kept_version, m),
                     Ok(Err(s)) => Err(format!("{m}: {}", s.message())),
                     Err(_) => Err(format!("{m}: no answer within {PUSH_TIMEOUT:?}")),
                 }
@@ -81,7 +92,7 @@ impl State {
                 let mut req = Request::new(signed);
                 req.set_timeout(PUSH_TIMEOUT);
                 match control.keep_recovery(req).await {
-                    Ok(_) => Ok(n.clone()),
+                    Ok(r) => taken(r.into_inner().kept_version, n),
                     Err(s) => Err(format!("{n}: {}", s.message())),
                 }
             }
@@ -170,6 +181,12 @@ impl State {
     /// with what gossip says of the member now (recovery refuses while it lives).
     pub async fn fetch_recovery(&self, req: Request<FetchRecoveryRequest>) -> Result<Response<FetchRecoveryResponse>, Status> {
         let q = req.into_inner();
+        collective_core::Principal::new("coordinator", &q.member).map_err(|e| {
+            Status::invalid_argument(format!(
+                "'{}' is not a member domain: {e}",
+                q.member.chars().take(80).collect::<String>()
+            ))
+        })?;
         if q.member == self.domain {
             return Err(Status::failed_precondition(format!(
                 "this is {}'s own coordinator, and it is running: there is nothing to recover",

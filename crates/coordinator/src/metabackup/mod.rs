@@ -59,6 +59,8 @@ const MAX_SEGMENTS: usize = 120;
 /// Keepers are sent the record again after this long even when nothing changed (a keeper
 /// that restarted from an old disk, or a new member, gets it).
 const REPUBLISH_EVERY: Duration = Duration::from_secs(600);
+/// How often other members are asked what they still hold of the newest backup.
+const AUDIT_COPIES_EVERY: Duration = Duration::from_secs(3600);
 /// Largest identity file carried (certificates, keys, the names register, revocations).
 const MAX_IDENTITY_FILE: u64 = 1 << 20;
 
@@ -134,10 +136,15 @@ pub struct MetaBackup {
     status: Mutex<Live>,
     client: tokio::sync::OnceCell<Arc<collective_dataplane::ChunkClient>>,
     started_ms: u64,
+    /// The change log was off at some point since the last backup (set at start): the next
+    /// backup is a whole snapshot.
+    pub log_broken: std::sync::atomic::AtomicBool,
 }
 
 #[derive(Default)]
 struct Live {
+    /// When other members were last asked what they still hold of the newest backup.
+    audited: Option<std::time::Instant>,
     /// When a run last found every committed change already backed up (and the record
     /// with its keepers): the backup is as current then as after a new one.
     confirmed_ms: u64,
@@ -163,6 +170,7 @@ impl MetaBackup {
             status: Mutex::new(Live::default()),
             client: tokio::sync::OnceCell::new(),
             started_ms: unix_ms_now(),
+            log_broken: std::sync::atomic::AtomicBool::new(true),
         }
     }
 
@@ -184,6 +192,15 @@ impl MetaBackup {
     /// When a backup last reached the federation, or when this coordinator started.
     pub fn age_from_ms(&self, last_success_ms: u64) -> u64 {
         if last_success_ms > 0 { last_success_ms } else { self.started_ms }
+    }
+}
+
+/// Removes a file when dropped (on every way out of a backup).
+struct RemoveOnDrop(PathBuf);
+
+impl Drop for RemoveOnDrop {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
     }
 }
 
@@ -302,11 +319,6 @@ impl State {
         let off = self.backup.off_reason();
         if !off.is_empty() {
             tracing::warn!("metadata backups are off: {off}");
-            let _ = self.meta.keep_change_log(false);
-            return;
-        }
-        if let Err(e) = self.meta.keep_change_log(true) {
-            tracing::error!("cannot keep the change log for metadata backups: {e}");
             return;
         }
         let mut stopping = self.stopping.subscribe();
@@ -371,11 +383,33 @@ impl State {
                 )
             })?;
         let mut progress = self.backup_progress()?;
+        // Once an hour, what other members still hold of the newest backup.
+        let audit_due = self.backup.live().audited.is_none_or(|t| t.elapsed() >= AUDIT_COPIES_EVERY);
+        if audit_due && let Some(m) = &progress.current {
+            self.audit_backup_copies(m).await;
+            self.backup.live().audited = Some(std::time::Instant::now());
+            // The manifest names the nodes as placed; its chunk records say what is left.
+            if let Some(m) = progress.current.as_mut() {
+                for blob in m.snapshot.iter_mut().chain(m.segments.iter_mut()) {
+                    for c in blob.chunks.iter_mut() {
+                        if let Some(id) = collective_core::ChunkId::from_slice(&c.id)
+                            && let Ok(Some(v)) = self.meta.backup_get(&chunk_key(&id))
+                            && let Ok(rec) = collective_proto::v1::BackupChunk::decode(v.as_slice())
+                        {
+                            c.nodes = rec.nodes;
+                        }
+                    }
+                }
+            }
+        }
         let mark = self.meta.mark().map_err(|e| e.to_string())?;
         let pending = self.meta.changes_after(progress.seq);
         let now = unix_ms_now();
         let current = progress.current.clone();
+        // Changes may be missing from the log (it was off): only a whole snapshot is sure.
+        let broken = self.backup.log_broken.load(std::sync::atomic::Ordering::SeqCst);
         let snapshot_due = match &current {
+            _ if broken => true,
             None => true,
             Some(m) => {
                 now.saturating_sub(m.snapshot.as_ref().map_or(0, |s| s.created_ms))
@@ -392,9 +426,19 @@ impl State {
             return Ok(());
         }
         let key = secret.derive(CHUNK_PURPOSE);
+        // The piece is plaintext metadata: in a directory of the coordinator's own, removed
+        // whatever happens.
         let work = self.meta_dir.with_extension("backup-work");
-        std::fs::create_dir_all(&work).map_err(|e| format!("cannot create {}: {e}", work.display()))?;
+        {
+            use std::os::unix::fs::DirBuilderExt;
+            std::fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o700)
+                .create(&work)
+                .map_err(|e| format!("cannot create {}: {e}", work.display()))?;
+        }
         let file = work.join("piece");
+        let _piece = RemoveOnDrop(file.clone());
         let (run, manifest) = if snapshot_due {
             let meta = self.meta.clone();
             let f = file.clone();
@@ -444,7 +488,6 @@ impl State {
             m.created_ms = info.created_ms;
             (run, m)
         };
-        let _ = std::fs::remove_file(&file);
         crash_point("metadata-backup:after-chunks");
         // The manifest: sealed (not convergent: it names every key), one more chunk.
         let sealed = secret
@@ -472,6 +515,9 @@ impl State {
             .and_then(|_| self.meta.flush_blocking())
             .map_err(|e| e.to_string())?;
         crash_point("metadata-backup:after-progress");
+        if snapshot_due {
+            self.backup.log_broken.store(false, std::sync::atomic::Ordering::SeqCst);
+        }
         self.meta.trim_log(progress.seq).map_err(|e| e.to_string())?;
         drop(run);
         self.publish_record(&secret, &progress, true).await?;

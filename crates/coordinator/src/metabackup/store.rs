@@ -277,6 +277,56 @@ impl State {
         Ok(())
     }
 
+    /// Asks every member holding copies of the newest backup's chunks which it still has,
+    /// and forgets the others: a host that lost them (a disk, a restore of its own
+    /// metadata) or dropped them makes the next backup a snapshot that places them again.
+    pub(super) async fn audit_backup_copies(&self, m: &BackupManifest) {
+        let mut asks: BTreeMap<String, Vec<(ChunkId, u64)>> = BTreeMap::new();
+        for c in manifest_chunks(m) {
+            let Some(id) = ChunkId::from_slice(&c.id) else { continue };
+            let mut seen = HashSet::new();
+            for n in &c.nodes {
+                let member = member_of(n);
+                if member != self.domain && seen.insert(member.to_string()) {
+                    asks.entry(member.to_string()).or_default().push((id, c.size));
+                }
+            }
+        }
+        for (member, chunks) in asks {
+            if !self.member_up(&member) {
+                continue;
+            }
+            let Ok(channel) = self.links.channel(&member) else { continue };
+            for batch in chunks.chunks(256) {
+                let req = collective_proto::v1::ReadTokensRequest {
+                    user: self.principal.clone(),
+                    chunks: batch
+                        .iter()
+                        .map(|(id, size)| collective_proto::v1::ChunkDesc {
+                            id: id.0.to_vec().into(),
+                            size: *size,
+                        })
+                        .collect(),
+                    metadata_backup: true,
+                };
+                let answer = tokio::time::timeout(Duration::from_secs(10), FederationClient::new(channel.clone()).read_tokens(req)).await;
+                let Ok(Ok(r)) = answer else { break };
+                for ((id, _), hosted) in batch.iter().zip(r.into_inner().chunks) {
+                    let held: HashSet<String> = hosted.replicas.into_iter().map(|a| a.node).collect();
+                    let key = chunk_key(id);
+                    let Ok(Some(v)) = self.meta.backup_get(&key) else { continue };
+                    let Ok(mut rec) = BackupChunk::decode(v.as_slice()) else { continue };
+                    let before = rec.nodes.len();
+                    rec.nodes.retain(|n| member_of(n) != member || held.contains(n));
+                    if rec.nodes.len() != before {
+                        tracing::warn!(%member, chunk = %id.short(), "a copy of a metadata backup chunk is gone; the next backup places it again");
+                        let _ = self.meta.backup_put(&key, rec.encode_to_vec());
+                    }
+                }
+            }
+        }
+    }
+
     /// Keeps a manifest we stored (plaintext, in our own store) until its head is dropped.
     pub(super) fn keep_manifest(&self, id: &ChunkId, m: &BackupManifest) -> Result<(), String> {
         self.meta
@@ -329,28 +379,27 @@ impl State {
         if gone.is_empty() && dropped_manifests.is_empty() {
             return;
         }
-        let mut ok = true;
+        // What each release reached: members that released their copies, our nodes that
+        // deleted theirs (or are down: they are forgotten). A record keeps only the copies
+        // not released, so a later try asks only those.
+        let mut released_members = HashSet::new();
+        let mut released_nodes = HashSet::new();
         for (member, ids) in remote {
             // A member that is down is not waited for: asked again after a later backup.
             if !self.member_up(&member) {
-                ok = false;
                 continue;
             }
-            let Ok(channel) = self.links.channel(&member) else {
-                ok = false;
-                continue;
-            };
+            let Ok(channel) = self.links.channel(&member) else { continue };
             let req = ReleaseChunksRequest {
                 ids: ids.iter().map(|i| i.0.to_vec().into()).collect(),
                 metadata_backup: true,
             };
             match tokio::time::timeout(Duration::from_secs(10), FederationClient::new(channel).release_chunks(req)).await {
-                Ok(Ok(_)) => {}
-                Ok(Err(s)) => {
-                    tracing::debug!(%member, "releasing backup chunks failed: {}", s.message());
-                    ok = false;
+                Ok(Ok(_)) => {
+                    released_members.insert(member);
                 }
-                Err(_) => ok = false,
+                Ok(Err(s)) => tracing::debug!(%member, "releasing backup chunks failed: {}", s.message()),
+                Err(_) => tracing::debug!(%member, "releasing backup chunks timed out"),
             }
         }
         let guest = collective_meta::backup_guest(&self.domain);
@@ -362,26 +411,28 @@ impl State {
             // coordinator does not know (kept, and listed by `repair status`).
             let up = self.nodes.lock().get(&node).is_some_and(|e| self.nodes.is_up(e));
             if !up {
+                released_nodes.insert(node);
                 continue;
             }
-            let Ok(mut control) = self.nodes.control(&node) else {
-                ok = false;
-                continue;
-            };
+            let Ok(mut control) = self.nodes.control(&node) else { continue };
             let mut req = tonic::Request::new(DeleteChunksRequest {
                 chunk_ids: ids.iter().map(|i| i.0.to_vec().into()).collect(),
             });
             req.set_timeout(crate::upkeep::CONTROL_TIMEOUT);
-            if control.delete_chunks(req).await.is_err() {
-                ok = false;
+            if control.delete_chunks(req).await.is_ok() {
+                released_nodes.insert(node);
             }
         }
-        if !ok {
-            // Tried again after the next backup; until then the chunks only take room.
-            return;
-        }
         for (k, _) in gone {
-            let _ = self.meta.backup_remove(&k);
+            let Ok(Some(v)) = self.meta.backup_get(&k) else { continue };
+            let Ok(mut rec) = BackupChunk::decode(v.as_slice()) else { continue };
+            rec.nodes
+                .retain(|n| !released_nodes.contains(n) && !released_members.contains(member_of(n)));
+            let _ = if rec.nodes.is_empty() {
+                self.meta.backup_remove(&k)
+            } else {
+                self.meta.backup_put(&k, rec.encode_to_vec())
+            };
         }
         for k in dropped_manifests {
             let _ = self.meta.backup_remove(&k);
