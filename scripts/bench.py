@@ -218,9 +218,11 @@ def main():
         sys.exit("build first: cargo build --release")
     shutil.rmtree(OUT, ignore_errors=True)
     os.makedirs(WORK)
-    # Metadata backups at the production interval, as a real member runs them.
+    # Metadata backups at the production interval, as a real member runs them
+    # (BENCH_BACKUP_INTERVAL=0 measures without them).
+    backup_interval = os.environ.get("BENCH_BACKUP_INTERVAL", "60s")
     subprocess.run([BIN, "dev", "up", "--dir", CLUSTER, "--nodes", "3", "--replication", str(R), "--capacity", "1TiB",
-                    "--metadata-backup-interval", "60s"], check=True, stdout=subprocess.DEVNULL)
+                    "--metadata-backup-interval", backup_interval], check=True, stdout=subprocess.DEVNULL)
     try:
         with open(os.path.join(CLUSTER, "cluster.json")) as f:
             procs = json.load(f)["processes"]
