@@ -59,6 +59,8 @@ const MAX_SEGMENTS: usize = 120;
 /// Keepers are sent the record again after this long even when nothing changed (a keeper
 /// that restarted from an old disk, or a new member, gets it).
 const REPUBLISH_EVERY: Duration = Duration::from_secs(600);
+/// The export's write buffer: the coordinator's memory counts, its throughput hardly.
+const WRITE_BUFFER: usize = 64 << 10;
 /// How often other members are asked what they still hold of the newest backup.
 const AUDIT_COPIES_EVERY: Duration = Duration::from_secs(3600);
 /// Largest identity file carried (certificates, keys, the names register, revocations).
@@ -444,7 +446,7 @@ impl State {
             let f = file.clone();
             let info = tokio::task::spawn_blocking(move || -> Result<collective_meta::ExportInfo, String> {
                 let out = std::fs::File::create(&f).map_err(|e| format!("cannot write {}: {e}", f.display()))?;
-                meta.export(std::io::BufWriter::with_capacity(1 << 20, out))
+                meta.export(std::io::BufWriter::with_capacity(WRITE_BUFFER, out))
                     .map_err(|e| e.to_string())
             })
             .await
@@ -471,7 +473,7 @@ impl State {
             let (f, after) = (file.clone(), progress.seq);
             let info = tokio::task::spawn_blocking(move || -> Result<collective_meta::ExportInfo, String> {
                 let out = std::fs::File::create(&f).map_err(|e| format!("cannot write {}: {e}", f.display()))?;
-                meta.export_changes(after, mark, std::io::BufWriter::with_capacity(1 << 20, out))
+                meta.export_changes(after, mark, std::io::BufWriter::with_capacity(WRITE_BUFFER, out))
                     .map_err(|e| e.to_string())
             })
             .await

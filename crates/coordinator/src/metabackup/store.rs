@@ -25,8 +25,9 @@ use crate::state::State;
 const MIN_CHUNK: usize = 16 << 10;
 pub(super) const AVG_CHUNK: usize = 64 << 10;
 const MAX_CHUNK: usize = 256 << 10;
-/// Chunks placed per round of placement.
-const BATCH: usize = 64;
+/// Chunks placed per round of placement, and cut ahead of it at most: what a backup holds
+/// in memory (a few MiB whatever the store's size).
+const BATCH: usize = 32;
 /// Uploads in flight at once.
 const PARALLEL: usize = 4;
 const UPLOAD_TIMEOUT: Duration = Duration::from_secs(60);
@@ -102,7 +103,7 @@ impl State {
 
     /// Stores the file at `path` as sealed chunks; returns its blob (chunks, length, hash).
     pub(super) async fn store_blob(self: &Arc<Self>, path: &Path, key: &[u8; 32], run: &Run<'_>) -> Result<BackupBlob, String> {
-        let (tx, mut rx) = tokio::sync::mpsc::channel::<Piece>(2 * BATCH);
+        let (tx, mut rx) = tokio::sync::mpsc::channel::<Piece>(BATCH);
         let (p, k) = (path.to_path_buf(), *key);
         let cutter = tokio::task::spawn_blocking(move || cut(&p, k, tx));
         let mut blob = BackupBlob::default();
