@@ -1361,6 +1361,57 @@ fn recovery_records_are_kept_only_from_their_member_and_handed_only_to_the_kit_h
         })
         .unwrap_err();
     assert_eq!(e.code(), tonic::Code::PermissionDenied, "{e:?}");
+    // The chunks carol hosts for backups: bob, asking and releasing in the metadata-backup
+    // space by chunk id, reaches only his own; alice's stay hers, and stay.
+    use collective_proto::v1::{ChunkDesc, ReadTokensRequest, ReleaseChunksRequest};
+    let (alice_probe, _) = issue_identity(&fed, "alice", "coordinator", "probe");
+    let on_carol: Vec<collective_core::ChunkId> = fed
+        .stored_chunks()
+        .into_iter()
+        .filter(|(n, _)| n.ends_with(&carol.domain))
+        .filter_map(|(_, f)| collective_core::ChunkId::from_hex(&f.file_name().unwrap().to_string_lossy()))
+        .collect();
+    let held = |who: &collective_pki::TlsIdentity| -> std::collections::BTreeSet<collective_core::ChunkId> {
+        rt.block_on(async {
+            let ch = collective_rpc::channel(who, &carol.grpc, &carol_coord).unwrap();
+            let r = FederationClient::new(ch)
+                .read_tokens(ReadTokensRequest {
+                    user: who.principal.to_string(),
+                    chunks: on_carol
+                        .iter()
+                        .map(|id| ChunkDesc {
+                            id: id.0.to_vec().into(),
+                            size: 0,
+                        })
+                        .collect(),
+                    metadata_backup: true,
+                })
+                .await
+                .unwrap()
+                .into_inner();
+            on_carol
+                .iter()
+                .zip(r.chunks)
+                .filter(|(_, h)| !h.replicas.is_empty())
+                .map(|(id, _)| *id)
+                .collect()
+        })
+    };
+    let alices = held(&alice_probe);
+    assert!(!alices.is_empty(), "carol hosts none of alice's backup chunks");
+    let bobs = held(&relay);
+    assert!(alices.is_disjoint(&bobs), "bob got read tokens for alice's backup chunks");
+    rt.block_on(async {
+        let ch = collective_rpc::channel(&relay, &carol.grpc, &carol_coord).unwrap();
+        FederationClient::new(ch)
+            .release_chunks(ReleaseChunksRequest {
+                ids: alices.iter().map(|id| id.0.to_vec().into()).collect(),
+                metadata_backup: true,
+            })
+            .await
+            .unwrap()
+    });
+    assert_eq!(held(&alice_probe), alices, "bob's release took alice's backup chunks");
 }
 
 mod lying_keeper {

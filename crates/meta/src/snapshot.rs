@@ -373,20 +373,26 @@ fn apply_set(engine: &Engine, set: ChangeSet) -> Result<(), MetaError> {
     Ok(())
 }
 
+/// Reads and checks a stream's magic line and format byte (`what`: "metadata export").
+fn opening(input: &mut impl Read, hasher: &mut blake3::Hasher, magic: &[u8], what: &str) -> Result<(), MetaError> {
+    let got = take(input, hasher, magic.len() + 1)?;
+    if &got[..magic.len()] != magic {
+        return Err(MetaError::Corrupt(format!("this is not a Collective {what}")));
+    }
+    if got[magic.len()] != FORMAT {
+        return Err(MetaError::Corrupt(format!(
+            "{what} format {} is not one this program reads ({FORMAT})",
+            got[magic.len()]
+        )));
+    }
+    Ok(())
+}
+
 /// Applies one change segment that must start after `at`; returns where it ends and how
 /// many change sets it held.
 fn apply_segment(engine: &Engine, input: &mut impl Read, at: u64) -> Result<(u64, u64), MetaError> {
     let mut hasher = blake3::Hasher::new();
-    let magic = take(input, &mut hasher, SEGMENT_MAGIC.len() + 1)?;
-    if &magic[..SEGMENT_MAGIC.len()] != SEGMENT_MAGIC {
-        return Err(MetaError::Corrupt("this is not a Collective change segment".into()));
-    }
-    if magic[SEGMENT_MAGIC.len()] != FORMAT {
-        return Err(MetaError::Corrupt(format!(
-            "segment format {} is not one this program reads ({FORMAT})",
-            magic[SEGMENT_MAGIC.len()]
-        )));
-    }
+    opening(input, &mut hasher, SEGMENT_MAGIC, "change segment")?;
     let mut after: Option<u64> = None;
     let mut changes = 0u64;
     let upto = loop {
@@ -431,16 +437,7 @@ fn staging_dir(dir: &Path) -> PathBuf {
 
 fn import_into(staging: &Path, input: &mut impl Read) -> Result<ExportInfo, MetaError> {
     let mut hasher = blake3::Hasher::new();
-    let magic = take(input, &mut hasher, MAGIC.len() + 1)?;
-    if &magic[..MAGIC.len()] != MAGIC {
-        return Err(MetaError::Corrupt("this is not a Collective metadata export".into()));
-    }
-    if magic[MAGIC.len()] != FORMAT {
-        return Err(MetaError::Corrupt(format!(
-            "export format {} is not one this program reads ({FORMAT})",
-            magic[MAGIC.len()]
-        )));
-    }
+    opening(input, &mut hasher, MAGIC, "metadata export")?;
     let engine = Engine::open(staging)?;
     let mut bytes = (MAGIC.len() + 1) as u64;
     let mut header: Option<u64> = None;
